@@ -1,0 +1,51 @@
+"""Builder: appends typed nodes to a graph under construction.
+
+Tracing, autodiff and every rewriting pass build graphs through this one
+class, so type inference and location tracking happen in one place.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .graph import Graph, Loc, Node, freeze_attrs
+from .types import TensorType
+
+
+class Builder:
+    def __init__(self, name: str = "main", parent: "Builder | None" = None):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.parent = parent
+        # Values of enclosing builders used here become inputs of this graph.
+        self.captures: dict[tuple[int, int], int] = {}
+        self.captured_values: list = []
+        self.loc_provider: Callable[[], Loc | None] | None = None
+        self.fixed_loc: Loc | None = None  # overrides the provider (e.g. for adjoint nodes)
+
+    def current_loc(self) -> Loc | None:
+        if self.fixed_loc is not None:
+            return self.fixed_loc
+        if self.loc_provider is not None:
+            return self.loc_provider()
+        return None
+
+    def emit(self, op, inputs, attrs: dict | None = None, loc: Loc | None = None) -> int:
+        attrs = attrs or {}
+        types = [self.nodes[i].type for i in inputs]
+        op.check_signature(types, attrs)
+        out = op.infer(types, attrs)
+        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc or self.current_loc())
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def add_input(self, type_: TensorType, name: str, loc: Loc | None = None) -> int:
+        from .ops import Input
+
+        return self.emit(Input, [], {"name": name, "type": type_}, loc)
+
+    def copy(self, node: Node, inputs, loc: Loc | None = None) -> int:
+        """Append `node` with remapped inputs (type re-inferred, location kept)."""
+        return self.emit(node.op, inputs, node.attr_dict, loc or node.loc)
+
+    def finish(self, outputs) -> Graph:
+        return Graph(tuple(self.nodes), tuple(outputs), self.name)

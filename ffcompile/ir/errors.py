@@ -1,0 +1,13 @@
+"""Errors users see: each names the op (or IR line) and the types involved."""
+
+
+class ShapeError(TypeError):
+    """An op was given operands whose shapes, dtypes or attributes don't fit."""
+
+
+class IRParseError(ValueError):
+    """Malformed IR text; the message names the line."""
+
+
+class VerifyError(ValueError):
+    """A graph breaks an IR invariant (SSA order, types, attributes)."""

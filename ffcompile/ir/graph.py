@@ -1,0 +1,128 @@
+"""The graph IR: an ordered SSA list of immutable, typed nodes (like a jaxpr).
+
+A node's id is its position in `Graph.nodes`; inputs always refer to earlier
+nodes, so list order is a topological order and no traversal needs recursion.
+Graph inputs are nodes of op `input`; outputs are a tuple of node ids.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .types import TensorType
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a node came from: the user's file:line, the module path, and its role.
+
+    role is "" for a traced node, or names the transform that made it from the
+    node at this location ("grad", "recompute", ...)."""
+
+    file: str
+    line: int
+    scope: str = ""
+    role: str = ""
+
+    def derived(self, role: str) -> "Loc":
+        return Loc(self.file, self.line, self.scope, role)
+
+    def __str__(self) -> str:
+        parts = [self.role] if self.role else []
+        parts.append(f'"{self.file}":{self.line}')
+        if self.scope:
+            parts.append(f"@{self.scope}")
+        return f"loc({' '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Node:
+    op: type  # an Op subclass from ops.py
+    inputs: tuple[int, ...]
+    attrs: tuple[tuple[str, Any], ...]  # sorted by name; values hashable
+    type: TensorType
+    loc: Loc | None = field(default=None, compare=True)
+
+    def attr(self, name: str):
+        for key, value in self.attrs:
+            if key == name:
+                return value
+        raise KeyError(f"{self.op.name} has no attribute {name!r}")
+
+    @property
+    def attr_dict(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    @property
+    def key(self):
+        """Structural identity used by CSE: (op, inputs, attrs, type)."""
+        return (self.op, self.inputs, self.attrs, self.type)
+
+
+def freeze_attrs(attrs: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((attrs or {}).items()))
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+    outputs: tuple[int, ...]
+    name: str = "main"
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return tuple(i for i, n in enumerate(self.nodes) if n.op.name == "input")
+
+    @property
+    def input_types(self) -> tuple[TensorType, ...]:
+        return tuple(self.nodes[i].type for i in self.inputs)
+
+    @property
+    def output_types(self) -> tuple[TensorType, ...]:
+        return tuple(self.nodes[i].type for i in self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> list[list[int]]:
+        """users[i] lists the nodes that read node i (with repetition)."""
+        result: list[list[int]] = [[] for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            for j in node.inputs:
+                result[j].append(i)
+        return result
+
+    def __str__(self) -> str:
+        from .printer import print_graph
+
+        return print_graph(self)
+
+    def fingerprint(self) -> str:
+        """Hash of the program text without locations: equal programs share compiled code."""
+        from .printer import print_graph
+
+        return hashlib.sha256(print_graph(self, locs=False).encode()).hexdigest()[:16]
+
+    def to_networkx(self):
+        import networkx as nx
+
+        dag = nx.MultiDiGraph(name=self.name)
+        for i, node in enumerate(self.nodes):
+            dag.add_node(i, op=node.op.name, type=str(node.type), attrs=node.attr_dict)
+        for i, node in enumerate(self.nodes):
+            for slot, j in enumerate(node.inputs):
+                dag.add_edge(j, i, slot=slot)
+        return dag
+
+    def to_dot(self) -> str:
+        lines = [f'digraph "{self.name}" {{', "  node [shape=box, fontname=monospace];"]
+        for i, node in enumerate(self.nodes):
+            lines.append(f'  n{i} [label="%{i} {node.op.name}\\n{node.type}"];')
+        for i, node in enumerate(self.nodes):
+            for j in node.inputs:
+                lines.append(f"  n{j} -> n{i};")
+        for k, j in enumerate(self.outputs):
+            lines.append(f'  out{k} [label="out {k}", shape=oval];  n{j} -> out{k};')
+        lines.append("}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,404 @@
+"""Values and the functions that emit ops on them.
+
+A `Value` is a typed handle to a node of a graph under construction. It has
+NumPy-like operators (broadcasting, Python scalars as weakly typed constants),
+so user code, VJP rules and decompositions all read like array code while
+they build IR. This is the Tracer of DESIGN.md.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import ops as O
+from .builder import Builder
+from .errors import ShapeError
+from .types import TensorType, dtype_name
+
+
+class Value:
+    __slots__ = ("builder", "id")
+    __array_ufunc__ = None  # make `ndarray + Value` call Value.__radd__
+
+    def __init__(self, builder: Builder, id: int):
+        self.builder = builder
+        self.id = id
+
+    # ---- static information
+    @property
+    def type(self) -> TensorType:
+        return self.builder.nodes[self.id].type
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.type.rank
+
+    @property
+    def size(self) -> int:
+        return self.type.size
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d traced value")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Value(%{self.id}:{self.type})"
+
+    def __bool__(self):
+        raise TypeError(
+            "a traced value has no concrete truth value: Python `if`/`while` on it cannot be "
+            "compiled; use ff.where for data-dependent choices"
+        )
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("a traced value cannot become a NumPy array inside a compiled function")
+
+    __hash__ = object.__hash__
+
+    # ---- arithmetic
+    def __add__(self, other): return add(self, other)
+    def __radd__(self, other): return add(other, self)
+    def __sub__(self, other): return sub(self, other)
+    def __rsub__(self, other): return sub(other, self)
+    def __mul__(self, other): return mul(self, other)
+    def __rmul__(self, other): return mul(other, self)
+    def __truediv__(self, other): return div(self, other)
+    def __rtruediv__(self, other): return div(other, self)
+    def __matmul__(self, other): return matmul(self, other)
+    def __rmatmul__(self, other): return matmul(other, self)
+    def __neg__(self): return neg(self)
+    def __pos__(self): return self
+    def __abs__(self): return abs_(self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Value):
+            return exp(log(self) * exponent)
+        if not isinstance(exponent, numbers.Real):
+            return NotImplemented
+        return pow(self, float(exponent))
+
+    def __gt__(self, other): return greater(self, other)
+    def __ge__(self, other): return greater_equal(self, other)
+    def __lt__(self, other): return less(self, other)
+    def __le__(self, other): return less_equal(self, other)
+    def __eq__(self, other): return equal(self, other)  # noqa: elementwise, like NumPy
+    def __ne__(self, other): return equal(self, other) == False  # noqa: E712
+
+    # ---- methods
+    @property
+    def T(self):
+        return transpose(self, tuple(reversed(range(self.ndim))))
+
+    def sum(self, axis=None, keepdims=False):
+        return reduce_sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return reduce_max(self, axis, keepdims)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return reshape(self, shape)
+
+    def astype(self, dtype):
+        return convert(self, dtype_name(dtype))
+
+    def __getitem__(self, index):
+        return getitem(self, index)
+
+
+# --------------------------------------------------------------------------- lifting
+
+
+def _builder_of(args) -> Builder:
+    """The innermost builder among the Values in args."""
+    found = None
+    for arg in args:
+        if isinstance(arg, Value):
+            if found is None or _is_enclosing(found, arg.builder):
+                found = arg.builder
+    if found is None:
+        raise TypeError("ffcompile functions operate on traced values; call them inside ff.compile")
+    return found
+
+
+def _is_enclosing(outer: Builder, inner: Builder) -> bool:
+    b = inner.parent
+    while b is not None:
+        if b is outer:
+            return True
+        b = b.parent
+    return False
+
+
+def capture(builder: Builder, value: Value) -> Value:
+    """A Value of an enclosing trace, as an input of `builder` (closure conversion)."""
+    if value.builder is builder:
+        return value
+    if not _is_enclosing(value.builder, builder):
+        raise ValueError(f"{value!r} belongs to a trace that has already finished")
+    key = (id(value.builder), value.id)
+    if key not in builder.captures:
+        outer = value if builder.parent is value.builder else capture(builder.parent, value)
+        builder.captures[key] = builder.add_input(value.type, f"capture{len(builder.captures)}")
+        builder.captured_values.append(outer)
+    return Value(builder, builder.captures[key])
+
+
+def constant(builder: Builder, value, dtype: str) -> Value:
+    array = np.asarray(value, dtype=TensorType((), dtype).np_dtype)
+    literal = array.item() if array.ndim == 0 else _to_tuple(array)
+    return Value(builder, builder.emit(O.Constant, [], {"value": literal, "type": TensorType.of(array)}))
+
+
+def _to_tuple(array: np.ndarray):
+    if array.ndim == 0:
+        return array.item()
+    return tuple(_to_tuple(a) for a in array)
+
+
+def lift(builder: Builder, x, like: str | None) -> Value:
+    """Make x a Value of builder: scalars take the dtype `like` (weak typing)."""
+    if isinstance(x, Value):
+        return capture(builder, x)
+    if isinstance(x, (bool, np.bool_)):
+        return constant(builder, x, "bool")
+    if isinstance(x, numbers.Number) and not isinstance(x, np.generic):
+        if like is None:
+            like = "f32" if isinstance(x, float) else "i32"
+        if isinstance(x, float) and like in ("i32", "i64", "bool") and not float(x).is_integer():
+            raise ShapeError(f"cannot mix the float {x} with a {like} value")
+        return constant(builder, x, like)
+    array = np.asarray(x)
+    return constant(builder, array, dtype_name(array.dtype))
+
+
+def _values(*args) -> list[Value]:
+    builder = _builder_of(args)
+    like = next((a.dtype for a in args if isinstance(a, Value)), None)
+    return [lift(builder, a, like) for a in args]
+
+
+def _emit(op, values: list[Value], **attrs) -> Value:
+    builder = values[0].builder if values else None
+    return Value(builder, builder.emit(op, [v.id for v in values], attrs))
+
+
+def _apply(op, *args, **attrs) -> Value:
+    return _emit(op, _values(*args), **attrs)
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def add(a, b): return _apply(O.Add, a, b)
+def sub(a, b): return _apply(O.Sub, a, b)
+def mul(a, b): return _apply(O.Mul, a, b)
+def div(a, b): return _apply(O.Div, a, b)
+def maximum(a, b): return _apply(O.Maximum, a, b)
+def minimum(a, b): return _apply(O.Minimum, a, b)
+def greater(a, b): return _apply(O.Gt, a, b)
+def greater_equal(a, b): return _apply(O.Ge, a, b)
+def less(a, b): return _apply(O.Lt, a, b)
+def less_equal(a, b): return _apply(O.Le, a, b)
+def equal(a, b): return _apply(O.Eq, a, b)
+def neg(x): return _apply(O.Neg, x)
+def exp(x): return _apply(O.Exp, x)
+def log(x): return _apply(O.Log, x)
+def log1p(x): return _apply(O.Log1p, x)
+def tanh(x): return _apply(O.Tanh, x)
+def erf(x): return _apply(O.Erf, x)
+def sin(x): return _apply(O.Sin, x)
+def cos(x): return _apply(O.Cos, x)
+def sqrt(x): return _apply(O.Sqrt, x)
+def abs_(x): return _apply(O.Abs, x)
+def sign(x): return _apply(O.Sign, x)
+def stop_gradient(x): return _apply(O.StopGradient, x)
+def pow(x, exponent: float): return _apply(O.Pow, x, exponent=float(exponent))
+def convert(x, dtype): return _apply(O.Convert, x, dtype=dtype_name(dtype))
+
+
+def where(pred, a, b):
+    """select(pred, a, b); scalar branches take the other branch's dtype."""
+    builder = _builder_of((pred, a, b))
+    like = next((v.dtype for v in (a, b) if isinstance(v, Value)), None)
+    return _emit(O.Select, [lift(builder, pred, "bool"), lift(builder, a, like), lift(builder, b, like)])
+
+
+def _axes(x: Value, axis) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    normalized = []
+    for a in axes:
+        if not -x.ndim <= a < x.ndim:
+            raise ShapeError(f"axis {a} out of range for {x.type}")
+        normalized.append(a % x.ndim)
+    return tuple(sorted(set(normalized)))
+
+
+def reduce_sum(x, axis=None, keepdims=False):
+    (x,) = _values(x)
+    return _emit(O.ReduceSum, [x], axes=_axes(x, axis), keepdims=bool(keepdims))
+
+
+def reduce_max(x, axis=None, keepdims=False):
+    (x,) = _values(x)
+    return _emit(O.ReduceMax, [x], axes=_axes(x, axis), keepdims=bool(keepdims))
+
+
+def mean(x, axis=None, keepdims=False):
+    (x,) = _values(x)
+    axes = _axes(x, axis)
+    count = math.prod(x.shape[a] for a in axes)
+    return reduce_sum(x, axes, keepdims) / float(count)
+
+
+def matmul(a, b):
+    a, b = _values(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: scalar operand (operands: {a.type}, {b.type})")
+    squeeze_a, squeeze_b = a.ndim == 1, b.ndim == 1
+    if squeeze_a:
+        a = reshape(a, (1,) + a.shape)
+    if squeeze_b:
+        b = reshape(b, b.shape + (1,))
+    out = _emit(O.Matmul, [a, b])
+    if squeeze_a or squeeze_b:
+        shape = out.shape[:-2] + out.shape[-2:-1] * (not squeeze_a) + out.shape[-1:] * (not squeeze_b)
+        out = reshape(out, shape)
+    return out
+
+
+def transpose(x, perm=None):
+    (x,) = _values(x)
+    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
+    if perm == tuple(range(x.ndim)):
+        return x
+    return _emit(O.Transpose, [x], perm=perm)
+
+
+def swap_last(x: Value) -> Value:
+    perm = list(range(x.ndim))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    return transpose(x, tuple(perm))
+
+
+def reshape(x, shape):
+    (x,) = _values(x)
+    shape = tuple(int(d) for d in shape)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"reshape: more than one -1 in {list(shape)} (operand {x.type})")
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        if known == 0 or x.size % known:
+            raise ShapeError(f"reshape: cannot reshape {x.type} to {list(shape)}")
+        shape = tuple(x.size // known if d == -1 else d for d in shape)
+    if shape == x.shape:
+        return x
+    return _emit(O.Reshape, [x], shape=shape)
+
+
+def broadcast_to(x, shape):
+    (x,) = _values(x)
+    shape = tuple(int(d) for d in shape)
+    if shape == x.shape:
+        return x
+    return _emit(O.Broadcast, [x], shape=shape)
+
+
+def concatenate(xs, axis=0):
+    xs = _values(*xs)
+    return _emit(O.Concat, xs, axis=_axes(xs[0], axis)[0])
+
+
+def slice_(x, starts, stops, steps):
+    (x,) = _values(x)
+    return _emit(O.Slice, [x], starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+
+
+def pad(x, config):
+    (x,) = _values(x)
+    return _emit(O.Pad, [x], config=tuple(tuple(int(v) for v in c) for c in config))
+
+
+def iota(builder: Builder, shape, axis: int, dtype: str) -> Value:
+    return Value(builder, builder.emit(O.Iota, [], {"axis": axis, "type": TensorType(tuple(shape), dtype)}))
+
+
+def getitem(x: Value, index) -> Value:
+    """Integer, basic-slice, Ellipsis and None indexing (a slice, then a reshape)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if sum(i is Ellipsis for i in index) > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    explicit = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if explicit > x.ndim:
+        raise IndexError(f"too many indices for a value of type {x.type}")
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (x.ndim - explicit) + index[at + 1:]
+    index = index + (slice(None),) * (x.ndim - explicit)
+    starts, stops, steps, shape = [], [], [], []
+    axis = 0
+    for item in index:
+        if item is None:
+            shape.append(1)
+            continue
+        size = x.shape[axis]
+        if isinstance(item, slice):
+            lo, hi, st = item.indices(size)
+            if st < 1:
+                raise IndexError("negative slice steps are not supported")
+            hi = max(hi, lo)
+            starts.append(lo); stops.append(hi); steps.append(st)
+            shape.append(len(range(lo, hi, st)))
+        elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+            i = int(item)
+            if not -size <= i < size:
+                raise IndexError(f"index {i} out of bounds for axis {axis} of size {size}")
+            i %= size
+            starts.append(i); stops.append(i + 1); steps.append(1)
+        else:
+            raise IndexError(f"unsupported index {item!r}: use integers, slices, None or ...")
+        axis += 1
+    out = x
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, x.shape, (1,) * x.ndim):
+        out = slice_(x, starts, stops, steps)
+    return reshape(out, shape)
+
+
+# --------------------------------------------------------------------------- composites with their own VJP
+
+
+def sigmoid(x): return _apply(O.Sigmoid, x)
+def log_sigmoid(x): return _apply(O.LogSigmoid, x)
+def softplus(x): return _apply(O.Softplus, x)
+
+
+def softmax(x, axis=-1):
+    (x,) = _values(x)
+    return _emit(O.Softmax, [x], axis=_axes(x, axis)[0])
+
+
+def log_softmax(x, axis=-1):
+    (x,) = _values(x)
+    return _emit(O.LogSoftmax, [x], axis=_axes(x, axis)[0])
+
+
+def softmax_cross_entropy(logits, targets):
+    return _apply(O.SoftmaxCrossEntropy, logits, targets)

@@ -1,0 +1,1036 @@
+"""The op registry: one class per op, holding every rule of that op.
+
+Each op declares its name, traits, operand count and attribute names, a
+shape/dtype rule (`infer`), a NumPy reference (`reference`, the living
+definition of its meaning), a cost, and its VJP (`vjp`, which emits IR for the
+input cotangents through `lang` Values, so gradients are differentiable again).
+
+Primitive ops are what backends lower. Composite ops (trait COMPOSITE) exist
+only where differentiating through the primitives is unstable or wasteful;
+they carry their own VJP and a `decompose` into primitives, which the
+`decompose` pass applies before code generation.
+
+Conventions of the VJP rules: a returned cotangent may have the *output*
+shape of a broadcasting op; autodiff reduces it to the operand's shape
+centrally. `None` means "no gradient flows" (no dead zeros are emitted).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import scipy.special
+
+from . import lang as L
+from .errors import ShapeError
+from .types import TensorType
+
+ELEMENTWISE = "elementwise"
+REDUCTION = "reduction"
+CONTRACTION = "contraction"
+LAYOUT = "layout"
+SOURCE = "source"
+COMPOSITE = "composite"
+
+OPS: dict[str, type["Op"]] = {}
+
+
+def register(cls):
+    if cls.name in OPS:
+        raise ValueError(f"op {cls.name!r} registered twice")
+    OPS[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    bytes: int
+
+
+def _fmt(types) -> str:
+    return ", ".join(str(t) for t in types)
+
+
+class Op:
+    name: ClassVar[str]
+    traits: ClassVar[frozenset[str]] = frozenset()
+    arity: ClassVar[int | None] = 1  # None: variadic
+    attr_names: ClassVar[tuple[str, ...]] = ()
+    differentiable: ClassVar[bool] = True
+    flops_per_element: ClassVar[int] = 1
+
+    @classmethod
+    def error(cls, message: str, types=()) -> ShapeError:
+        suffix = f" (operands: {_fmt(types)})" if types else ""
+        return ShapeError(f"{cls.name}: {message}{suffix}")
+
+    @classmethod
+    def check_signature(cls, types, attrs) -> None:
+        if cls.arity is not None and len(types) != cls.arity:
+            raise cls.error(f"expects {cls.arity} operands, got {len(types)}", types)
+        missing = set(cls.attr_names) - set(attrs)
+        extra = set(attrs) - set(cls.attr_names)
+        if missing or extra:
+            raise cls.error(f"attributes must be {sorted(cls.attr_names)}, got {sorted(attrs)}")
+
+    @classmethod
+    def infer(cls, types: list[TensorType], attrs: dict) -> TensorType:
+        raise NotImplementedError
+
+    @classmethod
+    def reference(cls, attrs: dict, *args: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def vjp(cls, inputs: list, out, g, attrs: dict) -> list:
+        raise NotImplementedError(f"{cls.name} has no VJP")
+
+    @classmethod
+    def cost(cls, types: list[TensorType], out: TensorType, attrs: dict) -> Cost:
+        moved = sum(t.nbytes for t in types) + out.nbytes
+        return Cost(out.size * cls.flops_per_element, moved)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@register
+class Input(Op):
+    name = "input"
+    traits = frozenset({SOURCE})
+    arity = 0
+    attr_names = ("name", "type")
+    differentiable = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        return attrs["type"]
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(0, 0)
+
+
+@register
+class Constant(Op):
+    """A literal; `value` is a Python scalar or nested tuples (hashable, printable)."""
+
+    name = "constant"
+    traits = frozenset({SOURCE})
+    arity = 0
+    attr_names = ("value", "type")
+    differentiable = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        out = attrs["type"]
+        if np.shape(attrs["value"]) != out.shape:
+            raise cls.error(f"value of shape {np.shape(attrs['value'])} does not match {out}")
+        return out
+
+    @classmethod
+    def reference(cls, attrs, *args):
+        return np.array(attrs["value"], dtype=attrs["type"].np_dtype)
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(0, out.nbytes)
+
+
+@register
+class Iota(Op):
+    """0, 1, 2, ... along `axis`, broadcast over the other axes of `type`."""
+
+    name = "iota"
+    traits = frozenset({SOURCE})
+    arity = 0
+    attr_names = ("axis", "type")
+    differentiable = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        out = attrs["type"]
+        if not 0 <= attrs["axis"] < out.rank:
+            raise cls.error(f"axis {attrs['axis']} out of range for {out}")
+        return out
+
+    @classmethod
+    def reference(cls, attrs, *args):
+        out = attrs["type"]
+        shape = [1] * out.rank
+        shape[attrs["axis"]] = out.shape[attrs["axis"]]
+        ramp = np.arange(out.shape[attrs["axis"]], dtype=out.np_dtype).reshape(shape)
+        return np.ascontiguousarray(np.broadcast_to(ramp, out.shape))
+
+
+# --------------------------------------------------------------------------- elementwise
+
+
+def _broadcast(cls, types) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*(t.shape for t in types)))
+    except ValueError:
+        raise cls.error("shapes do not broadcast", types) from None
+
+
+def _same_dtype(cls, types) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise cls.error("operands must have one dtype", types)
+    return types[0].dtype
+
+
+class Unary(Op):
+    traits = frozenset({ELEMENTWISE})
+    float_only: ClassVar[bool] = True
+    numpy_fn: ClassVar = None
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        if cls.float_only and not x.is_float:
+            raise cls.error("needs a floating-point operand", types)
+        if x.dtype == "bool":
+            raise cls.error("does not take bool", types)
+        return x
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return cls.numpy_fn(x)
+
+
+@register
+class Neg(Unary):
+    name = "neg"
+    float_only = False
+    numpy_fn = staticmethod(np.negative)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [-g]
+
+
+@register
+class Exp(Unary):
+    name = "exp"
+    flops_per_element = 8
+    numpy_fn = staticmethod(np.exp)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * out]
+
+
+@register
+class Log(Unary):
+    name = "log"
+    flops_per_element = 8
+    numpy_fn = staticmethod(np.log)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g / inputs[0]]
+
+
+@register
+class Log1p(Unary):
+    name = "log1p"
+    flops_per_element = 8
+    numpy_fn = staticmethod(np.log1p)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g / (inputs[0] + 1.0)]
+
+
+@register
+class Tanh(Unary):
+    name = "tanh"
+    flops_per_element = 10
+    numpy_fn = staticmethod(np.tanh)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * (1.0 - out * out)]
+
+
+@register
+class Erf(Unary):
+    name = "erf"
+    flops_per_element = 12
+    numpy_fn = staticmethod(scipy.special.erf)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        return [g * (2.0 / math.sqrt(math.pi)) * L.exp(-(x * x))]
+
+
+@register
+class Sin(Unary):
+    name = "sin"
+    flops_per_element = 10
+    numpy_fn = staticmethod(np.sin)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.cos(inputs[0])]
+
+
+@register
+class Cos(Unary):
+    name = "cos"
+    flops_per_element = 10
+    numpy_fn = staticmethod(np.cos)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [-(g * L.sin(inputs[0]))]
+
+
+@register
+class Sqrt(Unary):
+    name = "sqrt"
+    flops_per_element = 4
+    numpy_fn = staticmethod(np.sqrt)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * 0.5 / out]
+
+
+@register
+class Abs(Unary):
+    name = "abs"
+    float_only = False
+    numpy_fn = staticmethod(np.abs)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.sign(inputs[0])]
+
+
+@register
+class Sign(Unary):
+    name = "sign"
+    float_only = False
+    numpy_fn = staticmethod(np.sign)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [None]  # zero almost everywhere
+
+
+@register
+class StopGradient(Unary):
+    name = "stop_gradient"
+    float_only = False
+    numpy_fn = staticmethod(np.copy)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [None]
+
+
+@register
+class Pow(Unary):
+    """x ** exponent for a constant exponent."""
+
+    name = "pow"
+    attr_names = ("exponent",)
+    flops_per_element = 10
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.power(x, x.dtype.type(attrs["exponent"]))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        p = attrs["exponent"]
+        if p == 0:
+            return [None]
+        if p == 1:
+            return [g]
+        if p == 2:
+            return [g * 2.0 * inputs[0]]
+        return [g * p * L.pow(inputs[0], p - 1)]
+
+
+@register
+class Convert(Unary):
+    name = "convert"
+    attr_names = ("dtype",)
+    float_only = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        return x.with_dtype(attrs["dtype"])
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return x.astype(TensorType((), attrs["dtype"]).np_dtype)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        if not (x.type.is_float and out.type.is_float):
+            return [None]
+        return [L.convert(g, x.dtype)]
+
+
+class Binary(Op):
+    traits = frozenset({ELEMENTWISE})
+    arity = 2
+    numpy_fn: ClassVar = None
+    allow_bool: ClassVar[bool] = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        dtype = _same_dtype(cls, types)
+        if dtype == "bool" and not cls.allow_bool:
+            raise cls.error("does not take bool", types)
+        return TensorType(_broadcast(cls, types), dtype)
+
+    @classmethod
+    def reference(cls, attrs, a, b):
+        return cls.numpy_fn(a, b)
+
+
+@register
+class Add(Binary):
+    name = "add"
+    numpy_fn = staticmethod(np.add)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g, g]
+
+
+@register
+class Sub(Binary):
+    name = "sub"
+    numpy_fn = staticmethod(np.subtract)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g, -g]
+
+
+@register
+class Mul(Binary):
+    name = "mul"
+    numpy_fn = staticmethod(np.multiply)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        a, b = inputs
+        return [g * b, g * a]
+
+
+@register
+class Div(Binary):
+    name = "div"
+    flops_per_element = 4
+
+    @classmethod
+    def infer(cls, types, attrs):
+        out = super().infer(types, attrs)
+        if not out.is_float:
+            raise cls.error("needs floating-point operands", types)
+        return out
+
+    @classmethod
+    def reference(cls, attrs, a, b):
+        return np.divide(a, b)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        a, b = inputs
+        return [g / b, -(g * out / b)]
+
+
+@register
+class Maximum(Binary):
+    """Ties send the gradient to the second operand: relu = maximum(x, 0) has relu'(0) = 0."""
+
+    name = "maximum"
+    numpy_fn = staticmethod(np.maximum)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        a, b = inputs
+        first = a > b
+        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+
+
+@register
+class Minimum(Binary):
+    """Ties send the gradient to the second operand."""
+
+    name = "minimum"
+    numpy_fn = staticmethod(np.minimum)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        a, b = inputs
+        first = a < b
+        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+
+
+class Compare(Binary):
+    differentiable = False
+    allow_bool = True
+
+    @classmethod
+    def infer(cls, types, attrs):
+        return super().infer(types, attrs).with_dtype("bool")
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [None, None]
+
+
+@register
+class Gt(Compare):
+    name = "gt"
+    numpy_fn = staticmethod(np.greater)
+
+
+@register
+class Ge(Compare):
+    name = "ge"
+    numpy_fn = staticmethod(np.greater_equal)
+
+
+@register
+class Lt(Compare):
+    name = "lt"
+    numpy_fn = staticmethod(np.less)
+
+
+@register
+class Le(Compare):
+    name = "le"
+    numpy_fn = staticmethod(np.less_equal)
+
+
+@register
+class Eq(Compare):
+    name = "eq"
+    numpy_fn = staticmethod(np.equal)
+
+
+@register
+class Select(Op):
+    """select(pred, a, b): a where pred else b, with broadcasting."""
+
+    name = "select"
+    traits = frozenset({ELEMENTWISE})
+    arity = 3
+
+    @classmethod
+    def infer(cls, types, attrs):
+        pred, a, b = types
+        if pred.dtype != "bool":
+            raise cls.error("predicate must be bool", types)
+        dtype = _same_dtype(cls, [a, b])
+        return TensorType(_broadcast(cls, types), dtype)
+
+    @classmethod
+    def reference(cls, attrs, pred, a, b):
+        return np.where(pred, a, b)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        pred = inputs[0]
+        return [None, L.where(pred, g, 0.0), L.where(pred, 0.0, g)]
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+class Reduce(Op):
+    traits = frozenset({REDUCTION})
+    attr_names = ("axes", "keepdims")
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        axes = attrs["axes"]
+        if x.dtype == "bool":
+            raise cls.error("does not take bool", types)
+        if list(axes) != sorted(set(axes)) or any(not 0 <= a < x.rank for a in axes):
+            raise cls.error(f"axes {list(axes)} must be sorted, unique and within rank {x.rank}", types)
+        if attrs["keepdims"]:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return x.with_shape(shape)
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(types[0].size, types[0].nbytes + out.nbytes)
+
+
+def _keepdims_shape(x_shape, axes):
+    return tuple(1 if i in axes else d for i, d in enumerate(x_shape))
+
+
+@register
+class ReduceSum(Reduce):
+    name = "reduce_sum"
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.sum(x, axis=attrs["axes"], keepdims=attrs["keepdims"], dtype=x.dtype)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        kept = L.reshape(g, _keepdims_shape(x.shape, attrs["axes"]))
+        return [L.broadcast_to(kept, x.shape)]
+
+
+@register
+class ReduceMax(Reduce):
+    """Gradient is shared evenly between tied maxima (as in JAX)."""
+
+    name = "reduce_max"
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.max(x, axis=attrs["axes"], keepdims=attrs["keepdims"])
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        shape = _keepdims_shape(x.shape, attrs["axes"])
+        mask = L.convert(L.equal(x, L.reshape(out, shape)), x.dtype)
+        count = L.reduce_sum(mask, attrs["axes"], keepdims=True)
+        return [mask * (L.reshape(g, shape) / count)]
+
+
+# --------------------------------------------------------------------------- contraction
+
+
+@register
+class Matmul(Op):
+    """[..., m, k] @ [..., k, n] -> [..., m, n]; batch dimensions broadcast."""
+
+    name = "matmul"
+    traits = frozenset({CONTRACTION})
+    arity = 2
+
+    @classmethod
+    def infer(cls, types, attrs):
+        a, b = types
+        dtype = _same_dtype(cls, types)
+        if a.rank < 2 or b.rank < 2:
+            raise cls.error("operands must have rank >= 2", types)
+        if a.shape[-1] != b.shape[-2]:
+            raise cls.error(f"contracting dimensions differ ({a.shape[-1]} vs {b.shape[-2]})", types)
+        if dtype == "bool":
+            raise cls.error("does not take bool", types)
+        try:
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise cls.error("batch dimensions do not broadcast", types) from None
+        return TensorType(tuple(batch) + (a.shape[-2], b.shape[-1]), dtype)
+
+    @classmethod
+    def reference(cls, attrs, a, b):
+        return np.matmul(a, b)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        a, b = inputs
+        return [L.matmul(g, L.swap_last(b)), L.matmul(L.swap_last(a), g)]
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        k = types[0].shape[-1]
+        return Cost(2 * out.size * k, sum(t.nbytes for t in types) + out.nbytes)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class Layout(Op):
+    traits = frozenset({LAYOUT})
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(0, sum(t.nbytes for t in types) + out.nbytes)
+
+
+@register
+class Transpose(Layout):
+    name = "transpose"
+    attr_names = ("perm",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        perm = attrs["perm"]
+        if sorted(perm) != list(range(x.rank)):
+            raise cls.error(f"perm {list(perm)} is not a permutation of rank {x.rank}", types)
+        return x.with_shape(tuple(x.shape[p] for p in perm))
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.transpose(x, attrs["perm"])
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [L.transpose(g, tuple(np.argsort(attrs["perm"]).tolist()))]
+
+
+@register
+class Reshape(Layout):
+    name = "reshape"
+    attr_names = ("shape",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        shape = tuple(attrs["shape"])
+        if math.prod(shape) != x.size:
+            raise cls.error(f"cannot reshape to {list(shape)}", types)
+        return x.with_shape(shape)
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.reshape(x, attrs["shape"])
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [L.reshape(g, inputs[0].shape)]
+
+
+@register
+class Broadcast(Layout):
+    """NumPy broadcast_to(x, shape)."""
+
+    name = "broadcast"
+    attr_names = ("shape",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        shape = tuple(attrs["shape"])
+        try:
+            ok = np.broadcast_shapes(x.shape, shape) == shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise cls.error(f"cannot broadcast to {list(shape)}", types)
+        return x.with_shape(shape)
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.ascontiguousarray(np.broadcast_to(x, attrs["shape"]))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g]  # autodiff sums over the broadcast axes
+
+
+@register
+class Concat(Layout):
+    name = "concat"
+    arity = None
+    attr_names = ("axis",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        axis = attrs["axis"]
+        if not types:
+            raise cls.error("needs at least one operand")
+        first = types[0]
+        if not 0 <= axis < first.rank:
+            raise cls.error(f"axis {axis} out of range", types)
+        _same_dtype(cls, types)
+        for t in types:
+            if t.rank != first.rank or any(
+                d != e for i, (d, e) in enumerate(zip(t.shape, first.shape)) if i != axis
+            ):
+                raise cls.error(f"shapes differ outside axis {axis}", types)
+        shape = list(first.shape)
+        shape[axis] = sum(t.shape[axis] for t in types)
+        return first.with_shape(shape)
+
+    @classmethod
+    def reference(cls, attrs, *xs):
+        return np.concatenate(xs, axis=attrs["axis"])
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        axis, start, grads = attrs["axis"], 0, []
+        for x in inputs:
+            stop = start + x.shape[axis]
+            starts = tuple(start if i == axis else 0 for i in range(x.ndim))
+            stops = tuple(stop if i == axis else d for i, d in enumerate(out.shape))
+            grads.append(L.slice_(g, starts, stops, (1,) * x.ndim))
+            start = stop
+        return grads
+
+
+@register
+class Slice(Layout):
+    """Basic slicing with per-axis start, stop and positive step."""
+
+    name = "slice"
+    attr_names = ("starts", "stops", "steps")
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+        if not len(starts) == len(stops) == len(steps) == x.rank:
+            raise cls.error("starts/stops/steps must have one entry per axis", types)
+        shape = []
+        for d, lo, hi, st in zip(x.shape, starts, stops, steps):
+            if st < 1 or not 0 <= lo <= hi <= d:
+                raise cls.error(f"bad slice {lo}:{hi}:{st} of an axis of size {d}", types)
+            shape.append(len(range(lo, hi, st)))
+        return x.with_shape(shape)
+
+    @classmethod
+    def reference(cls, attrs, x):
+        index = tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+        return np.ascontiguousarray(x[index])
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        config = []
+        for d, lo, n, st in zip(x.shape, attrs["starts"], out.shape, attrs["steps"]):
+            last = lo + (n - 1) * st if n else lo
+            config.append((lo, d - last - 1 if n else d - lo, st - 1))
+        return [L.pad(g, tuple(config))]
+
+
+@register
+class Pad(Layout):
+    """Zero padding: per axis (low, high, interior) as in XLA's Pad; slice's transpose."""
+
+    name = "pad"
+    attr_names = ("config",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        config = attrs["config"]
+        if len(config) != x.rank or any(len(c) != 3 or min(c) < 0 for c in config):
+            raise cls.error(f"config {config} needs a non-negative (low, high, interior) per axis", types)
+        shape = [lo + hi + d + max(d - 1, 0) * it for d, (lo, hi, it) in zip(x.shape, config)]
+        return x.with_shape(shape)
+
+    @classmethod
+    def reference(cls, attrs, x):
+        out_shape = cls.infer([TensorType.of(x)], attrs).shape
+        out = np.zeros(out_shape, dtype=x.dtype)
+        index = tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
+                      for d, (lo, hi, it) in zip(x.shape, attrs["config"]))
+        out[index] = x
+        return out
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        x = inputs[0]
+        starts = tuple(lo for lo, _, _ in attrs["config"])
+        steps = tuple(it + 1 for _, _, it in attrs["config"])
+        stops = tuple(lo + (d - 1) * st + 1 if d else lo
+                      for d, lo, st in zip(x.shape, starts, steps))
+        return [L.slice_(g, starts, stops, steps)]
+
+
+# --------------------------------------------------------------------------- composites
+
+
+class Composite(Op):
+    """An op defined by `decompose`; kept whole until after autodiff for its VJP."""
+
+    traits = frozenset({COMPOSITE, ELEMENTWISE})
+
+    @classmethod
+    def decompose(cls, inputs: list, attrs: dict):
+        raise NotImplementedError
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        if not x.is_float:
+            raise cls.error("needs a floating-point operand", types)
+        return x
+
+
+@register
+class Sigmoid(Composite):
+    name = "sigmoid"
+    flops_per_element = 12
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return scipy.special.expit(x)
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        (x,) = inputs
+        e = L.exp(-L.abs(x))  # in (0, 1]: never overflows
+        return L.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * out * (1.0 - out)]
+
+
+@register
+class LogSigmoid(Composite):
+    name = "log_sigmoid"
+    flops_per_element = 20
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return -np.logaddexp(x.dtype.type(0), -x)
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        (x,) = inputs
+        return L.minimum(x, 0.0) - L.log1p(L.exp(-L.abs(x)))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.sigmoid(-inputs[0])]
+
+
+@register
+class Softplus(Composite):
+    name = "softplus"
+    flops_per_element = 20
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return np.logaddexp(x.dtype.type(0), x)
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        (x,) = inputs
+        return L.maximum(x, 0.0) + L.log1p(L.exp(-L.abs(x)))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.sigmoid(inputs[0])]
+
+
+class AxisComposite(Composite):
+    """A composite normalizing along one axis (softmax family)."""
+
+    traits = frozenset({COMPOSITE, REDUCTION})
+    attr_names = ("axis",)
+
+    @classmethod
+    def infer(cls, types, attrs):
+        out = super().infer(types, attrs)
+        if not 0 <= attrs["axis"] < out.rank:
+            raise cls.error(f"axis {attrs['axis']} out of range", types)
+        return out
+
+
+def _np_log_softmax(x, axis):
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+@register
+class Softmax(AxisComposite):
+    name = "softmax"
+    flops_per_element = 12
+
+    @classmethod
+    def reference(cls, attrs, x):
+        e = np.exp(x - np.max(x, axis=attrs["axis"], keepdims=True))
+        return e / np.sum(e, axis=attrs["axis"], keepdims=True)
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        (x,) = inputs
+        axis = attrs["axis"]
+        e = L.exp(x - L.stop_gradient(L.reduce_max(x, (axis,), keepdims=True)))
+        return e / L.reduce_sum(e, (axis,), keepdims=True)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        inner = L.reduce_sum(g * out, (attrs["axis"],), keepdims=True)
+        return [out * (g - inner)]
+
+
+@register
+class LogSoftmax(AxisComposite):
+    name = "log_softmax"
+    flops_per_element = 12
+
+    @classmethod
+    def reference(cls, attrs, x):
+        return _np_log_softmax(x, attrs["axis"])
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        (x,) = inputs
+        axis = attrs["axis"]
+        shifted = x - L.stop_gradient(L.reduce_max(x, (axis,), keepdims=True))
+        return shifted - L.log(L.reduce_sum(L.exp(shifted), (axis,), keepdims=True))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        total = L.reduce_sum(g, (attrs["axis"],), keepdims=True)
+        return [g - L.exp(out) * total]
+
+
+@register
+class SoftmaxCrossEntropy(Composite):
+    """Per-example -sum(targets * log_softmax(logits)) over the last axis."""
+
+    name = "softmax_cross_entropy"
+    traits = frozenset({COMPOSITE, REDUCTION})
+    arity = 2
+    flops_per_element = 16
+
+    @classmethod
+    def infer(cls, types, attrs):
+        logits, targets = types
+        if logits != targets or not logits.is_float or logits.rank < 1:
+            raise cls.error("logits and targets must share one float type of rank >= 1", types)
+        return logits.with_shape(logits.shape[:-1])
+
+    @classmethod
+    def reference(cls, attrs, logits, targets):
+        return -np.sum(targets * _np_log_softmax(logits, -1), axis=-1)
+
+    @classmethod
+    def decompose(cls, inputs, attrs):
+        logits, targets = inputs
+        axis = logits.ndim - 1
+        return -L.reduce_sum(targets * L.log_softmax(logits, axis), (axis,))
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        logits, targets = inputs
+        axis = logits.ndim - 1
+        g_col = L.reshape(g, out.shape + (1,))
+        total = L.reduce_sum(targets, (axis,), keepdims=True)
+        grad_logits = g_col * (L.softmax(logits, axis) * total - targets)
+        grad_targets = -(g_col * L.log_softmax(logits, axis))
+        return [grad_logits, grad_targets]
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(types[0].size * cls.flops_per_element, 2 * types[0].nbytes + out.nbytes)
+
+
+PRIMITIVES = {name: op for name, op in OPS.items() if COMPOSITE not in op.traits}
+COMPOSITES = {name: op for name, op in OPS.items() if COMPOSITE in op.traits}
