@@ -10,6 +10,8 @@ from typing import Callable
 from .graph import Graph, Loc, Node, freeze_attrs
 from .types import TensorType
 
+CURRENT = object()  # emit()'s default location: whatever the builder says now
+
 
 class Builder:
     def __init__(self, name: str = "main", parent: "Builder | None" = None):
@@ -21,6 +23,7 @@ class Builder:
         self.captured_values: list = []
         self.loc_provider: Callable[[], Loc | None] | None = None
         self.fixed_loc: Loc | None = None  # overrides the provider (e.g. for adjoint nodes)
+        self.scope: list[str] = []  # module path of the code being traced, e.g. ["layers", "2"]
 
     def current_loc(self) -> Loc | None:
         if self.fixed_loc is not None:
@@ -29,23 +32,36 @@ class Builder:
             return self.loc_provider()
         return None
 
-    def emit(self, op, inputs, attrs: dict | None = None, loc: Loc | None = None) -> int:
+    def emit(self, op, inputs, attrs: dict | None = None, loc: "Loc | None | object" = CURRENT) -> int:
+        """Append a node; loc defaults to the builder's current location."""
         attrs = attrs or {}
         types = [self.nodes[i].type for i in inputs]
         op.check_signature(types, attrs)
         out = op.infer(types, attrs)
-        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc or self.current_loc())
+        node = Node(op, tuple(inputs), freeze_attrs(attrs), out,
+                    self.current_loc() if loc is CURRENT else loc)
         self.nodes.append(node)
         return len(self.nodes) - 1
 
     def add_input(self, type_: TensorType, name: str, loc: Loc | None = None) -> int:
+        """Inputs carry no location unless given one: they come from the caller."""
         from .ops import Input
 
         return self.emit(Input, [], {"name": name, "type": type_}, loc)
 
-    def copy(self, node: Node, inputs, loc: Loc | None = None) -> int:
+    def copy(self, node: Node, inputs) -> int:
         """Append `node` with remapped inputs (type re-inferred, location kept)."""
-        return self.emit(node.op, inputs, node.attr_dict, loc or node.loc)
+        return self.emit(node.op, inputs, node.attr_dict, node.loc)
+
+    def inline(self, graph: Graph, args) -> list[int]:
+        """Append `graph`'s nodes with its inputs bound to node ids `args`; return its outputs."""
+        if len(args) != len(graph.inputs):
+            raise ValueError(f"inline: {graph.name} takes {len(graph.inputs)} inputs, got {len(args)}")
+        mapping = dict(zip(graph.inputs, args))
+        for i, node in enumerate(graph.nodes):
+            if i not in mapping:
+                mapping[i] = self.copy(node, [mapping[j] for j in node.inputs])
+        return [mapping[j] for j in graph.outputs]
 
     def finish(self, outputs) -> Graph:
         return Graph(tuple(self.nodes), tuple(outputs), self.name)

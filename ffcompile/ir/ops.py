@@ -881,7 +881,7 @@ class Sigmoid(Composite):
     @classmethod
     def decompose(cls, inputs, attrs):
         (x,) = inputs
-        e = L.exp(-L.abs(x))  # in (0, 1]: never overflows
+        e = L.exp(-L.abs_(x))  # in (0, 1]: never overflows
         return L.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     @classmethod
@@ -901,7 +901,7 @@ class LogSigmoid(Composite):
     @classmethod
     def decompose(cls, inputs, attrs):
         (x,) = inputs
-        return L.minimum(x, 0.0) - L.log1p(L.exp(-L.abs(x)))
+        return L.minimum(x, 0.0) - L.log1p(L.exp(-L.abs_(x)))
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -920,7 +920,7 @@ class Softplus(Composite):
     @classmethod
     def decompose(cls, inputs, attrs):
         (x,) = inputs
-        return L.maximum(x, 0.0) + L.log1p(L.exp(-L.abs(x)))
+        return L.maximum(x, 0.0) + L.log1p(L.exp(-L.abs_(x)))
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):

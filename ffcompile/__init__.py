@@ -1,0 +1,22 @@
+"""ffcompile: a compiler for deep feedforward networks. Public API only."""
+from . import nn
+from .api import compile, grad, value_and_grad, vjp
+from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
+from .functions import __all__ as _functions
+from .ir import Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_ir, verify
+from .ir.lang import Value
+from .runtime import ArgumentError
+
+__version__ = "0.1.0"
+
+
+def spec(shape, dtype="float32") -> TensorType:
+    """The declared type of an argument, for ff.compile(fn, spec=(...))."""
+    from .ir.types import dtype_name
+
+    return TensorType(tuple(int(d) for d in shape), dtype_name(dtype))
+
+
+__all__ = ["ArgumentError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
+           "VerifyError", "compile", "grad", "nn", "parse_ir", "spec", "value_and_grad", "verify",
+           "vjp", *_functions]

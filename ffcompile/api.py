@@ -1,0 +1,246 @@
+"""The user-facing transforms: compile, lower, grad, value_and_grad, vjp.
+
+`compile` traces on the first call per argument signature and caches the
+executable. The autodiff transforms are traced functions too: called on
+traced Values they trace the function into a nested graph, append its
+adjoint and inline the result, so they compose with each other and with
+`compile` (grad of grad works); called on arrays they compile themselves.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from .codegen import numpy_backend
+from .ir import Graph, TensorType
+from .ir.lang import Value, _builder_of, lift
+from .passes.autodiff import append_adjoint
+from .passes.decompose import decompose
+from .passes.manager import Pass, PassRecord, run_pipeline
+from .runtime import ArgumentError, Executable
+from .trace import Traced, signature, trace
+from .tree import tree_flatten, tree_unflatten
+
+BACKENDS = ("numpy", "llvm")
+DEFAULT_BACKEND = "numpy"  # becomes "llvm" when that backend lands
+
+
+def default_passes() -> list[Pass]:
+    return [Pass("decompose", decompose)]
+
+
+@dataclass
+class Lowered:
+    """A traced and optimized program for one signature (ahead-of-time view)."""
+
+    traced: Traced
+    names: list[str]
+    backend: str
+    optimized: Graph
+    records: list[PassRecord] = field(default_factory=list)
+    dumps: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def graph(self) -> Graph:
+        return self.traced.graph
+
+    @property
+    def ir(self) -> str:
+        return str(self.traced.graph)
+
+    @property
+    def optimized_ir(self) -> str:
+        return str(self.optimized)
+
+    @property
+    def source(self) -> str:
+        """The generated Python of the NumPy backend (readable, like torch.fx's code)."""
+        return numpy_backend.generate_source(self.optimized)
+
+    def compile(self) -> Executable:
+        if self.backend == "numpy":
+            fn, _ = numpy_backend.build(self.optimized)
+        else:
+            raise NotImplementedError(f"backend {self.backend!r} is not implemented yet; use backend='numpy'")
+        return Executable(self.optimized, fn, self.traced.out_tree, self.names)
+
+
+class CompiledFunction:
+    """`ff.compile(fn)`: traces per argument signature, runs the compiled program."""
+
+    def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True):
+        backend = backend or DEFAULT_BACKEND
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "llvm":
+            raise NotImplementedError("the LLVM backend is not implemented yet; use backend='numpy'")
+        self.fn = fn
+        self.backend = backend
+        self.spec = None if spec is None else tree_flatten(tuple(spec))
+        self.dump_after = dump_after
+        self.dump_dir = dump_dir
+        self.verify = verify
+        self._cache: dict = {}
+        functools.update_wrapper(self, fn)
+
+    def _key(self, args):
+        in_tree, types, names, leaves = signature(args, self.fn)
+        if self.spec is not None:
+            self._check_spec(in_tree, types, names)
+        return (in_tree, tuple(types)), (in_tree, types, names, leaves)
+
+    def _check_spec(self, in_tree, types, names):
+        spec_leaves, spec_tree = self.spec
+        if spec_tree != in_tree:
+            raise ArgumentError(f"{self.__name__}: arguments do not match the declared spec structure")
+        for name, want, got in zip(names, spec_leaves, types):
+            if not isinstance(want, TensorType):
+                want = TensorType.of(want)
+            if want != got:
+                raise ArgumentError(f"{self.__name__}: argument {name}: spec says {want}, got {got}")
+
+    def lower(self, *args) -> Lowered:
+        _, (in_tree, types, names, _) = self._key(args)
+        traced, captured = trace(self.fn, in_tree, types, names)
+        assert not captured  # a top-level trace has no enclosing trace to capture from
+        result = run_pipeline(traced.graph, default_passes(), verify_each=self.verify,
+                              dump_after=self.dump_after, dump_dir=self.dump_dir)
+        return Lowered(traced, names, self.backend, result.graph, result.records, result.dumps)
+
+    def __call__(self, *args):
+        if any(isinstance(leaf, Value) for leaf in tree_flatten(tuple(args))[0]):
+            return self.fn(*args)  # inside another trace: compile is the identity
+        key, (_, _, _, leaves) = self._key(args)
+        executable = self._cache.get(key)
+        if executable is None:
+            executable = self._cache[key] = self.lower(*args).compile()
+        return executable(*args)
+
+
+def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True):
+    """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...))."""
+    if fn is None:
+        return functools.partial(compile, backend=backend, spec=spec, dump_after=dump_after,
+                                 dump_dir=dump_dir, verify=verify)
+    return CompiledFunction(fn, backend, spec, dump_after, dump_dir, verify)
+
+
+# --------------------------------------------------------------------------- autodiff transforms
+
+
+def _traced_call(transform):
+    """Run `transform(*args)` on Values; on arrays, compile it (cached) and run that."""
+    compiled = None
+
+    @functools.wraps(transform)
+    def call(*args):
+        nonlocal compiled
+        if any(isinstance(leaf, Value) for leaf in tree_flatten(tuple(args))[0]):
+            return transform(*args)
+        if compiled is None:
+            compiled = CompiledFunction(call)
+        return compiled(*args)
+
+    return call
+
+
+def _trace_nested(fn, args):
+    """Trace fn inside the current trace; returns (traced, arg leaves as Values, captured)."""
+    leaves = tree_flatten(tuple(args))[0]
+    parent = _builder_of(leaves)
+    in_tree, types, names, _ = signature(args, fn)
+    traced, captured = trace(fn, in_tree, types, names, parent=parent)
+    bound = [lift(parent, leaf, None) for leaf in leaves] + captured
+    return traced, parent, bound
+
+
+def _leaf_ranges(args) -> list[range]:
+    ranges, start = [], 0
+    for arg in args:
+        n = len(tree_flatten(arg)[0])
+        ranges.append(range(start, start + n))
+        start += n
+    return ranges
+
+
+def _argnums(argnums, nargs: int) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for n in nums:
+        if not -nargs <= n < nargs:
+            raise ValueError(f"argnums {argnums!r} out of range for {nargs} arguments")
+    return tuple(n % nargs for n in nums)
+
+
+def value_and_grad(fn, argnums=0):
+    """fn -> (x -> (fn(x), d fn / d args[argnums])); fn must return a float scalar."""
+
+    def transform(*args):
+        nums = _argnums(argnums, len(args))
+        traced, parent, bound = _trace_nested(fn, args)
+        ranges = _leaf_ranges(args)
+        inputs = traced.graph.inputs
+        wrt = [inputs[k] for n in nums for k in ranges[n]]
+        graph = append_adjoint(traced.graph, wrt)
+        outs = [Value(parent, i) for i in parent.inline(graph, [v.id for v in bound])]
+        value = tree_unflatten(traced.out_tree, outs[:1])
+        grads, pos = [], 1
+        for n in nums:
+            count = len(ranges[n])
+            grads.append(tree_unflatten(tree_flatten(args[n])[1], outs[pos:pos + count]))
+            pos += count
+        return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
+
+    _name_after(transform, "value_and_grad", fn)
+    return _traced_call(transform)
+
+
+def grad(fn, argnums=0):
+    """fn -> (x -> d fn / d args[argnums]); fn must return a float scalar."""
+    vg = value_and_grad(fn, argnums)
+
+    def transform(*args):
+        return vg(*args)[1]
+
+    _name_after(transform, "grad", fn)
+    return _traced_call(transform)
+
+
+def vjp(fn, *args):
+    """(fn(*args), pullback) where pullback(cotangent) gives one cotangent per argument.
+
+    Cotangents of non-float leaves are None."""
+
+    def pullback_transform(primals, cotangent):
+        traced, parent, bound = _trace_nested(fn, primals)
+        inputs = traced.graph.inputs
+        leaves = tree_flatten(tuple(primals))[0]
+        floats = [inputs[k] for k, leaf in enumerate(leaves) if _is_float(leaf)]
+        graph = append_adjoint(traced.graph, floats, cotangents="inputs")
+        ct_leaves, ct_tree = tree_flatten(cotangent)
+        if ct_tree != traced.out_tree:
+            raise ArgumentError("vjp: the cotangent's structure differs from the function's output")
+        ct_values = [lift(parent, c, None).id for c in ct_leaves]
+        outs = parent.inline(graph, [v.id for v in bound] + ct_values)
+        grads = iter(Value(parent, i) for i in outs[len(traced.graph.outputs):])
+        flat = [next(grads) if _is_float(leaf) else None for leaf in leaves]
+        return tree_unflatten(tree_flatten(tuple(primals))[1], flat)
+
+    pullback_fn = _traced_call(pullback_transform)
+    out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
+    return out, lambda cotangent: pullback_fn(args, cotangent)
+
+
+def _name_after(transform, prefix: str, fn) -> None:
+    """Name a transform after fn, and let signature() see fn's parameter names."""
+    transform.__name__ = f"{prefix}_{getattr(fn, '__name__', 'fn').strip('<>')}"
+    transform.__wrapped__ = fn
+
+
+def _has_values(tree) -> bool:
+    return any(isinstance(leaf, Value) for leaf in tree_flatten(tree)[0])
+
+
+def _is_float(leaf) -> bool:
+    if isinstance(leaf, Value):
+        return leaf.type.is_float
+    return TensorType.of(leaf).is_float

@@ -1,0 +1,99 @@
+"""Tracing: run a Python function on Values to record its graph.
+
+Arguments and results are pytrees. Every node records the user's file:line
+(the first stack frame outside ffcompile) and the module path (nn modules
+push their names while they run).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ir import Builder, Graph, Loc, TensorType
+from .ir.lang import Value, lift
+from .tree import TreeDef, tree_flatten, tree_paths, tree_unflatten
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_loc_provider(builder: Builder):
+    def provider() -> Loc | None:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            frame = frame.f_back
+        if frame is None:
+            return None
+        path = frame.f_code.co_filename
+        short = os.path.relpath(path) if not path.startswith("<") else path
+        if short.startswith(".." + os.sep):
+            short = os.path.basename(path)
+        return Loc(short, frame.f_lineno, ".".join(builder.scope))
+
+    return provider
+
+
+@contextlib.contextmanager
+def scope(value_or_builder, name: str):
+    """Push a module-path component while a module's code is being traced."""
+    builder = value_or_builder.builder if isinstance(value_or_builder, Value) else value_or_builder
+    builder.scope.append(name)
+    try:
+        yield
+    finally:
+        builder.scope.pop()
+
+
+@dataclass(frozen=True)
+class Traced:
+    graph: Graph
+    in_tree: TreeDef
+    out_tree: TreeDef
+
+
+def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
+          parent: Builder | None = None) -> tuple[Traced, list[Value]]:
+    """Trace fn on fresh inputs of the given types; also return values captured from `parent`."""
+    builder = Builder(getattr(fn, "__name__", "fn").strip("<>") or "fn", parent)
+    inputs = [Value(builder, builder.add_input(t, n)) for t, n in zip(in_types, names)]
+    builder.loc_provider = _user_loc_provider(builder)
+    result = fn(*tree_unflatten(in_tree, inputs))
+    leaves, out_tree = tree_flatten(result)
+    outputs = []
+    for leaf in leaves:
+        if isinstance(leaf, Value) and leaf.builder is not builder:
+            leaf = lift(builder, leaf, None)
+        elif not isinstance(leaf, Value):
+            leaf = lift(builder, np.asarray(leaf), None)
+        outputs.append(leaf.id)
+    graph = builder.finish(outputs)
+    return Traced(graph, in_tree, out_tree), list(builder.captured_values)
+
+
+def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list]:
+    """Flatten call arguments into a tree, their types, their names and the leaves.
+
+    Inputs are named by the function's parameter names and pytree paths,
+    e.g. `params.layers.0.w`, so IR dumps read like the user's code."""
+    leaves, in_tree = tree_flatten(tuple(args))
+    params = _parameter_names(fn, len(args))
+    names = []
+    for i, arg in enumerate(args):
+        names += tree_paths(arg, params[i])
+    types = [leaf.type if isinstance(leaf, Value) else TensorType.of(leaf) for leaf in leaves]
+    return in_tree, types, names, leaves
+
+
+def _parameter_names(fn, count: int) -> list[str]:
+    names = []
+    try:
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                names.append(p.name)
+    except (TypeError, ValueError):
+        pass
+    return (names + [f"arg{i}" for i in range(len(names), count)])[:count]
