@@ -1,11 +1,12 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
-from . import nn
+from . import nn, optim
 from .api import compile, grad, value_and_grad, vjp
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .ir import Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_ir, verify
 from .ir.lang import Value
 from .runtime import ArgumentError
+from .train import TrainStep, compile_train_step
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,5 @@ def spec(shape, dtype="float32") -> TensorType:
 
 
 __all__ = ["ArgumentError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
-           "VerifyError", "compile", "grad", "nn", "parse_ir", "spec", "value_and_grad", "verify",
+           "TrainStep", "VerifyError", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "spec", "value_and_grad", "verify",
            "vjp", *_functions]

@@ -1,0 +1,79 @@
+"""A whole training step — forward, loss, backward, optimizer update — as one program.
+
+`compile_train_step(loss_fn, optimizer)` traces
+
+    step(params, opt_state, *batch) -> (loss, new_params, new_opt_state)
+
+into one graph and compiles it. Calling the step returns the loss and writes
+the new parameters and optimizer state over the caller's arrays (they are
+donated): training code keeps its references. The NumPy backend copies the
+new values back; the arena-planned backends write them in place.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from .api import CompiledFunction, value_and_grad
+from .runtime import ArgumentError
+from .tree import tree_flatten, tree_paths
+
+
+class TrainStep:
+    def __init__(self, loss_fn, optimizer, backend=None, **compile_options):
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        grad_fn = value_and_grad(loss_fn, argnums=0)
+
+        def train_step(params, opt_state, *batch):
+            loss, grads = grad_fn(params, *batch)
+            new_params, new_state = optimizer.update(grads, opt_state, params)
+            return loss, new_params, new_state
+
+        train_step.__signature__ = _step_signature(loss_fn)
+        self._compiled = CompiledFunction(train_step, backend, **compile_options)
+
+    def init(self, params):
+        """The optimizer's initial state for params (NumPy arrays)."""
+        return self.optimizer.init(params)
+
+    def lower(self, params, opt_state, *batch):
+        return self._compiled.lower(params, opt_state, *batch)
+
+    def __call__(self, params, opt_state, *batch):
+        _check_donatable(params, "params")
+        _check_donatable(opt_state, "opt_state")
+        loss, new_params, new_state = self._compiled(params, opt_state, *batch)
+        for old, new in zip(tree_flatten((params, opt_state))[0], tree_flatten((new_params, new_state))[0]):
+            np.copyto(old, new)
+        return loss
+
+
+def _step_signature(loss_fn) -> inspect.Signature:
+    """(params, opt_state, <loss_fn's batch parameters>): names the graph's inputs."""
+    P = inspect.Parameter
+    batch = []
+    try:
+        batch = [P(p.name, P.POSITIONAL_OR_KEYWORD)
+                 for p in list(inspect.signature(loss_fn).parameters.values())[1:]
+                 if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        pass
+    return inspect.Signature([P("params", P.POSITIONAL_OR_KEYWORD),
+                              P("opt_state", P.POSITIONAL_OR_KEYWORD), *batch])
+
+
+def _check_donatable(tree, name: str) -> None:
+    for leaf, path in zip(tree_flatten(tree)[0], tree_paths(tree, name)):
+        if not isinstance(leaf, np.ndarray) or not leaf.flags.c_contiguous or not leaf.flags.writeable:
+            raise ArgumentError(
+                f"{path}: a training step updates its state in place, so it must be a writeable "
+                f"C-contiguous numpy array, got {type(leaf).__name__}"
+                + (f" with flags c_contiguous={leaf.flags.c_contiguous}, writeable={leaf.flags.writeable}"
+                   if isinstance(leaf, np.ndarray) else ""))
+
+
+def compile_train_step(loss_fn, optimizer, backend=None, **compile_options) -> TrainStep:
+    """Compile loss_fn(params, *batch) with optimizer into one in-place training step."""
+    return TrainStep(loss_fn, optimizer, backend, **compile_options)
