@@ -81,7 +81,7 @@ class CompiledFunction:
         self.dump_dir = dump_dir
         self.verify = verify
         self._cache: dict = {}
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())
 
     def _key(self, args):
         in_tree, types, names, leaves = signature(args, self.fn)

@@ -1,0 +1,34 @@
+"""The examples learn: XOR's truth table, digits to >= 95% test accuracy."""
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_xor_learns_the_truth_table(capsys):
+    xor = load_example("xor")
+    _, losses, predictions = xor.train(steps=600)
+    assert losses[-1] < 0.1 * losses[0]
+    np.testing.assert_array_equal(np.round(predictions), xor.TARGETS)
+    xor.main(["--steps", "600"])
+    table = capsys.readouterr().out
+    assert table.count(" ok") == 4 and "WRONG" not in table
+
+
+def test_digits_reaches_95_percent():
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+    digits = load_example("digits")
+    report = digits.train(epochs=30, progress=False)
+    print(f"digits: test accuracy {report.test_accuracy:.4f} after {report.steps} steps")
+    assert report.last_loss < 0.1 * report.first_loss
+    assert report.test_accuracy >= 0.95
