@@ -19,12 +19,18 @@ from .ir.lang import Value, lift
 from .tree import TreeDef, tree_flatten, tree_paths, tree_unflatten
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Model definitions shipped in the package are user code for locations' sake.
+_MODEL_FILES = {os.path.join(_PACKAGE_DIR, "zoo.py")}
+
+
+def _is_internal(path: str) -> bool:
+    return path.startswith(_PACKAGE_DIR) and path not in _MODEL_FILES
 
 
 def _user_loc_provider(builder: Builder):
     def provider() -> Loc | None:
         frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        while frame is not None and _is_internal(frame.f_code.co_filename):
             frame = frame.f_back
         if frame is None:
             return None
@@ -84,8 +90,17 @@ def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list
     names = []
     for i, arg in enumerate(args):
         names += tree_paths(arg, params[i])
-    types = [leaf.type if isinstance(leaf, Value) else TensorType.of(leaf) for leaf in leaves]
+    types = [_leaf_type(leaf) for leaf in leaves]
     return in_tree, types, names, leaves
+
+
+def _leaf_type(leaf) -> TensorType:
+    """Arrays, traced Values, or bare TensorTypes (ff.spec) for shape-only lowering."""
+    if isinstance(leaf, Value):
+        return leaf.type
+    if isinstance(leaf, TensorType):
+        return leaf
+    return TensorType.of(leaf)
 
 
 def _parameter_names(fn, count: int) -> list[str]:
