@@ -1,0 +1,132 @@
+"""The `ffcompile` command, run in-process: dump formats, --train, model files, errors."""
+import textwrap
+
+import pytest
+
+import ffcompile as ff
+from ffcompile import zoo
+from ffcompile.cli import main
+from ffcompile.tree import tree_flatten
+
+MODEL_FILE = textwrap.dedent('''
+    import numpy as np
+    import ffcompile as ff
+
+
+    class Towers(ff.nn.Module):
+        def __init__(self):
+            self.a = ff.nn.Dense(3, 4, ff.nn.Tanh())
+            self.b = ff.nn.Dense(2, 4, ff.nn.ReLU())
+            self.head = ff.nn.Linear(4, 5)
+
+        def forward(self, params, a, b):
+            return self.head(params["head"], self.a(params["a"], a) * self.b(params["b"], b))
+
+
+    model = Towers()
+
+
+    def loss(params, x, y):
+        return ff.nn.cross_entropy(model(params, *x), y)
+
+
+    def example_inputs(batch_size=6):
+        rng = np.random.default_rng(0)
+        x = (rng.standard_normal((batch_size, 3)).astype(np.float32),
+             rng.standard_normal((batch_size, 2)).astype(np.float32))
+        return model.init(0), x, rng.integers(0, 5, batch_size).astype(np.int32)
+''')
+
+
+def dump(capsys, *argv):
+    assert main(["dump", *argv]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "towers.py"
+    path.write_text(MODEL_FILE)
+    return str(path)
+
+
+def test_dump_text_round_trips_and_names_module_paths(capsys):
+    text = dump(capsys, "xor")
+    assert str(ff.parse_ir(text)) == text
+    graph = ff.parse_ir(text)
+    assert [str(t) for t in graph.output_types] == ["f32[4,1]"]
+    assert "@layers.0.act)" in text and "= tanh" in text and "= sigmoid" in text
+
+
+def test_dump_train_is_value_and_grad(capsys):
+    text = dump(capsys, "digits", "--train", "--batch", "8")
+    graph = ff.parse_ir(text)
+    assert str(graph) == text
+    n_params = len(tree_flatten(zoo.get("digits").model.param_types())[0])
+    assert len(graph.outputs) == 1 + n_params
+    assert str(graph.output_types[0]) == "f32[]" and "loc(grad" in text
+    assert 'f32[8,64] = input {name="x"}' in text and 'i32[8] = input {name="y"}' in text
+
+
+def test_dump_dot(capsys):
+    out = dump(capsys, "two_tower", "--format", "dot")
+    assert out.startswith('digraph "forward" {') and out.rstrip().endswith("}")
+    assert "concat" in out and "->" in out
+
+
+def test_dump_python_is_the_generated_numpy_code(capsys):
+    source = dump(capsys, "xor", "--format", "python", "--train")
+    assert "def kernel(" in source and "np.matmul" in source
+    compile(source, "<generated>", "exec")  # valid Python
+
+
+def test_dump_wide_is_fast_on_placeholders(capsys):
+    text = dump(capsys, "wide", "--batch", "2")
+    assert "f32[4096,4096] = input" in text and "f32[2,1024] = input" in text
+
+
+def test_model_file(capsys, model_file):
+    text = dump(capsys, model_file)
+    assert str(ff.parse_ir(text)) == text
+    assert "@a.act)" in text and "@b.act)" in text and "@head)" in text
+    assert "towers.py" in text  # locations point into the model file
+    train = dump(capsys, model_file, "--train", "--batch", "3")
+    graph = ff.parse_ir(train)
+    assert len(graph.outputs) == 1 + 6 and "softmax_cross_entropy" in train
+    assert "f32[3,3] = input" in train
+    assert "def kernel(" in dump(capsys, model_file, "--format", "python")
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == zoo.names()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dump", "resnet"], "unknown model 'resnet'"),
+    (["dump", "missing.py"], "model file 'missing.py' does not exist"),
+    (["dump", "xor", "--batch", "0"], "--batch must be positive"),
+    (["dump", "xor", "--format", "svg"], "invalid choice: 'svg'"),
+    ([], "required"),
+])
+def test_errors_exit_with_status_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_incomplete_model_files(capsys, tmp_path):
+    no_inputs = tmp_path / "no_inputs.py"
+    no_inputs.write_text("model = None\n")
+    with pytest.raises(SystemExit):
+        main(["dump", str(no_inputs)])
+    assert "must define model and example_inputs" in capsys.readouterr().err
+    no_loss = tmp_path / "no_loss.py"
+    no_loss.write_text(MODEL_FILE.replace("def loss(", "def not_loss("))
+    assert main(["dump", str(no_loss)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["dump", str(no_loss), "--train"])
+    assert "--train needs a loss(params, x, y) function" in capsys.readouterr().err
