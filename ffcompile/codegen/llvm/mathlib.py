@@ -1,0 +1,356 @@
+"""Vectorizable exp, log, log1p, tanh, erf, sin, cos, sqrt in LLVM IR (float and double).
+
+`llvm.exp.f32` and friends lower to scalar libm calls that block the loop
+vectorizer, so each function is emitted here as branch-free straight-line IR:
+range reduction, a polynomial, and `select`s for the special cases (NaN
+propagates, ±inf, overflow to inf, underflow through subnormals to 0). Each is
+an internal `alwaysinline` function defined on first use, so after inlining
+the loop vectorizer turns a loop over it into SIMD code.
+
+Fast-math flags are set per instruction: additions and multiplications carry
+only `contract` (an FMA is at least as exact everywhere below: the range
+reductions multiply by constants with trailing zero bits, so the product is
+exact either way). Never `reassoc`/`fast`: the log1p correction and the sin/cos
+quadrant arithmetic are exact only in the order written, and never
+`nnan`/`ninf`, which would delete the special-case selects.
+
+Polynomial coefficients are Chebyshev fits (mpmath.chebyfit, 60 digits) of the
+stated function on the stated interval, rounded to the target precision; the
+measured errors are asserted in tests/test_llvm_math.py.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+CONTRACT = ("contract",)
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    float: ir.Type
+    int: ir.IntType
+    mantissa_bits: int
+    bias: int
+    min_normal: float
+    # ln2 = LN2_HI + LN2_LO with LN2_HI short enough that k * LN2_HI is exact
+    # for every exponent k the reductions produce (Cody & Waite).
+    ln2_hi: float
+    ln2_lo: float
+    # exp's input is clamped here: beyond, the result is already 0 or inf, and
+    # the clamp keeps 2^n representable in the two-step scaling.
+    exp_lo: float
+    exp_hi: float
+
+
+_F32 = _Format("f32", ir.FloatType(), ir.IntType(32), 23, 127, 2.0 ** -126,
+               0.693145751953125, 1.428606765330187e-06, -110.0, 90.0)
+_F64 = _Format("f64", ir.DoubleType(), ir.IntType(64), 52, 1023, 2.0 ** -1022,
+               0.6931471806019545, -4.2009150726810846e-11, -750.0, 710.0)
+
+
+def _format_of(name: str, ty: ir.Type) -> _Format:
+    if isinstance(ty, ir.FloatType):
+        return _F32
+    if isinstance(ty, ir.DoubleType):
+        return _F64
+    raise ValueError(f"mathlib.{name}: needs a float or double operand, got {ty}")
+
+
+class _Emitter:
+    """Arithmetic on scalars of one format; Python floats become constants."""
+
+    def __init__(self, builder: ir.IRBuilder, fmt: _Format):
+        self.b = builder
+        self.fmt = fmt
+
+    def val(self, v) -> ir.Value:
+        return v if isinstance(v, ir.Value) else ir.Constant(self.fmt.float, v)
+
+    def add(self, x, y, flags=CONTRACT):
+        return self.b.fadd(self.val(x), self.val(y), flags=flags)
+
+    def sub(self, x, y, flags=CONTRACT):
+        return self.b.fsub(self.val(x), self.val(y), flags=flags)
+
+    def mul(self, x, y, flags=CONTRACT):
+        return self.b.fmul(self.val(x), self.val(y), flags=flags)
+
+    def div(self, x, y):
+        return self.b.fdiv(self.val(x), self.val(y))
+
+    def poly(self, z, coeffs):
+        """c0 + c1 z + c2 z^2 + ... by Horner's rule (each step one FMA)."""
+        acc = self.val(coeffs[-1])
+        for c in reversed(coeffs[:-1]):
+            acc = self.add(self.mul(acc, z), c)
+        return acc
+
+    def cmp(self, op, x, y):
+        """Ordered comparison: false whenever an operand is NaN."""
+        return self.b.fcmp_ordered(op, self.val(x), self.val(y))
+
+    def select(self, cond, x, y):
+        return self.b.select(cond, self.val(x), self.val(y))
+
+    def is_nan(self, x):
+        return self.b.fcmp_unordered("uno", x, x)
+
+    def intrinsic(self, name, *args):
+        ty = args[0].type
+        fn = self.b.module.declare_intrinsic(name, [ty], ir.FunctionType(ty, [ty] * len(args)))
+        return self.b.call(fn, list(args))
+
+    def pow2(self, k):
+        """2.0**k for an integer k in the normal exponent range, via the exponent bits."""
+        fmt = self.fmt
+        biased = self.b.add(k, ir.Constant(fmt.int, fmt.bias))
+        return self.b.bitcast(self.b.shl(biased, ir.Constant(fmt.int, fmt.mantissa_bits)), fmt.float)
+
+    def math(self, name, x):
+        return call(self.b, name, x)
+
+
+# (e^r - 1 - r) / r^2 on |r| <= ln2/2.
+_EXP_POLY = {
+    "f32": (0.5, 0.16666577756404877, 0.041666556149721146, 0.008363173343241215,
+            0.0013926175888627768),
+    "f64": (0.5, 0.1666666666666667, 0.04166666666666667, 0.008333333333326141,
+            0.0013888888888883883, 0.00019841269874800493, 2.4801587325287148e-05,
+            2.7557255425746435e-06, 2.7557273866335e-07, 2.510520637395701e-08,
+            2.0914617318073406e-09),
+}
+
+
+def _exp_reduced(e: _Emitter, x):
+    """Split finite x = n ln2 + r (Cody-Waite), |r| <= ln2/2: return (integer n, e^r - 1)."""
+    fmt = e.fmt
+    n = e.intrinsic("llvm.roundeven", e.mul(x, 1.0 / math.log(2.0)))
+    r = e.sub(e.sub(x, e.mul(n, fmt.ln2_hi)), e.mul(n, fmt.ln2_lo))
+    expm1_r = e.add(r, e.mul(e.mul(r, r), e.poly(r, _EXP_POLY[fmt.name])))
+    return e.b.fptosi(n, fmt.int), expm1_r  # n is poison for NaN x: callers select it away
+
+
+def _exp(e: _Emitter, x):
+    """exp(x) = 2^n e^r."""
+    fmt = e.fmt
+    xc = e.select(e.cmp("<", x, fmt.exp_lo), fmt.exp_lo, x)  # NaN passes both clamps
+    xc = e.select(e.cmp(">", xc, fmt.exp_hi), fmt.exp_hi, xc)
+    n, expm1_r = _exp_reduced(e, xc)
+    # Scale in two steps, 2^n1 * 2^n2 with n1 + n2 = n: each factor stays a
+    # normal number while the product may overflow or round into subnormals.
+    n1 = e.b.ashr(n, ir.Constant(fmt.int, 1))
+    y = e.mul(e.mul(e.add(1.0, expm1_r), e.pow2(n1)), e.pow2(e.b.sub(n, n1)))
+    return e.select(e.is_nan(x), x, y)
+
+
+# R(z) / z on z = s^2 <= ((sqrt2-1)/(sqrt2+1))^2, where log(1+f) = 2s + s R(z),
+# s = f / (2+f) (the fdlibm form: log(1+f) = f - (f^2/2 - s (f^2/2 + R))).
+_LOG_POLY = {
+    "f32": (0.6666668653488159, 0.3998878002166748, 0.29579949378967285),
+    "f64": (0.666666666666667, 0.39999999999899505, 0.28571428625975487,
+            0.2222221113479508, 0.18182889125261723, 0.15331721600556042,
+            0.14616449685043406),
+}
+
+
+def _log_positive(e: _Emitter, x):
+    """log(x) for finite x > 0 (anything else gives garbage, fixed by _log_special)."""
+    fmt, b = e.fmt, e.b
+    ity = fmt.int
+    # Subnormals: scale into the normal range first, take the exponent back below.
+    tiny = e.cmp("<", x, fmt.min_normal)
+    xs = e.select(tiny, e.mul(x, 2.0 ** fmt.mantissa_bits), x)
+    bits = b.bitcast(xs, ity)
+    # x = 2^k z with z in [sqrt(1/2), sqrt(2)): subtract the bits of sqrt(1/2),
+    # the exponent field of the difference is k (as musl's log does).
+    sqrt_half_bits = b.bitcast(ir.Constant(fmt.float, math.sqrt(0.5)), ity)
+    shifted = b.sub(bits, sqrt_half_bits)
+    k = b.ashr(shifted, ir.Constant(ity, fmt.mantissa_bits))
+    z = b.bitcast(b.sub(bits, b.and_(shifted, ir.Constant(ity, -1 << fmt.mantissa_bits))), fmt.float)
+    k = b.sub(k, b.select(tiny, ir.Constant(ity, fmt.mantissa_bits), ir.Constant(ity, 0)))
+    kf = b.sitofp(k, fmt.float)
+
+    f = e.sub(z, 1.0)  # exact (Sterbenz)
+    s = e.div(f, e.add(f, 2.0))
+    s2 = e.mul(s, s)
+    r = e.mul(s2, e.poly(s2, _LOG_POLY[fmt.name]))
+    hfsq = e.mul(e.mul(f, f), 0.5)
+    tail = e.sub(e.sub(hfsq, e.add(e.mul(s, e.add(hfsq, r)), e.mul(kf, fmt.ln2_lo))), f)
+    return e.sub(e.mul(kf, fmt.ln2_hi), tail)
+
+
+def _log_special(e: _Emitter, x, y):
+    """log's result y for finite x > 0, else: log(inf)=inf, log(0)=-inf, log(<0)=NaN, NaN."""
+    y = e.select(e.cmp("==", x, math.inf), math.inf, y)
+    y = e.select(e.cmp("==", x, 0.0), -math.inf, y)
+    y = e.select(e.cmp("<", x, 0.0), math.nan, y)
+    return e.select(e.is_nan(x), x, y)
+
+
+def _log(e: _Emitter, x):
+    return _log_special(e, x, _log_positive(e, x))
+
+
+def _log1p(e: _Emitter, x):
+    """log1p(x) = log(u) + (x - (u - 1)) / u with u = 1 + x rounded.
+
+    The second term is the first-order correction for the rounding of u; both
+    subtractions are exact, but only in this order (hence no reassoc).
+    """
+    u = e.add(1.0, x)
+    lost = e.sub(x, e.sub(u, 1.0, flags=()), flags=())
+    y = e.add(_log_positive(e, u), e.div(lost, u))
+    y = _log_special(e, u, y)
+    return e.select(e.cmp("==", x, 0.0), x, y)  # keeps the sign of -0
+
+
+# Beyond this |x|, tanh rounds to 1: 1 - tanh(10) = 4e-9 < 2^-25 and
+# 1 - tanh(22) = 1.6e-19 < 2^-54 (half an ulp below 1).
+_TANH_SATURATION = {"f32": 10.0, "f64": 22.0}
+
+
+def _tanh(e: _Emitter, x):
+    """tanh|x| = -t / (t + 2) with t = expm1(-2|x|) in (-1, 0], sign copied from x.
+
+    expm1(-2|x|) = 2^n (e^r - 1) + (2^n - 1) with n <= 0 keeps full relative
+    accuracy at small |x| (n = 0, no cancellation), so one formula covers the
+    whole range without a separate small-argument polynomial.
+    """
+    fmt = e.fmt
+    ax = e.intrinsic("llvm.fabs", x)
+    ax = e.select(e.cmp(">", ax, _TANH_SATURATION[fmt.name]), _TANH_SATURATION[fmt.name], ax)
+    n, expm1_r = _exp_reduced(e, e.mul(ax, -2.0))
+    scale = e.pow2(n)
+    t = e.add(e.mul(scale, expm1_r), e.sub(scale, 1.0))
+    y = e.intrinsic("llvm.copysign", e.div(e.b.fneg(t), e.add(t, 2.0)), x)
+    return e.select(e.is_nan(x), x, y)
+
+
+# erf(x)/x - 1 in z = x^2 on |x| <= 1 (the -1 keeps the leading 2/sqrt(pi) exact).
+_ERF_POLY = {
+    "f32": (0.12837916612625122, -0.3761262595653534, 0.11283594369888306,
+            -0.02685421146452427, 0.005189087241888046, -0.000801686430349946,
+            7.875874871388078e-05),
+    "f64": (0.1283791670955126, -0.3761263890318375, 0.11283791670954879,
+            -0.026866170645076792, 0.0052239776248180145, -0.000854832698083379,
+            0.0001205533111164271, -1.4925595266831182e-05, 1.6461000484121368e-06,
+            -1.6350312701054695e-07, 1.4659775274047436e-08, -1.1372848856791674e-09,
+            5.957176147748911e-11),
+}
+# erfcx(x) = e^{x^2} erfc(x) in w = (x-2)/(x+2) for 1 <= x <= X_MAX; a
+# polynomial in w converges far faster than one in x or 1/x. Beyond X_MAX,
+# erf rounds to 1 (erfc(4) = 1.5e-8 in float, erfc(6) = 2e-17 in double).
+_ERFC_X_MAX = {"f32": 4.0, "f64": 6.0}
+_ERFC_POLY = {
+    "f32": (0.25539568066596985, -0.4271858334541321, 0.24165821075439453,
+            -0.0789785236120224, 0.003732141340151429, 0.006994855590164661,
+            -0.0008365899557247758, -0.0009441596339456737),
+    "f64": (0.2553956763105057, -0.4271858474139585, 0.24165819424248763,
+            -0.07897858101571269, 0.0037328924016564484, 0.006997461739200575,
+            -0.0008471431229415333, -0.0009819771114740715, 4.355265359817883e-05,
+            0.00017436477257256738, 2.7560352756678313e-05, -2.7640727821912852e-05,
+            -1.4166339069117108e-05, 1.859427387429402e-06, 4.146302183268488e-06,
+            -2.22812957637235e-07),
+}
+
+
+def _erf(e: _Emitter, x):
+    """x + x P(x^2) for |x| < 1, else sign(x) (1 - e^{-x^2} erfcx(|x|))."""
+    name = e.fmt.name
+    ax = e.intrinsic("llvm.fabs", x)
+    small = e.add(x, e.mul(x, e.poly(e.mul(x, x), _ERF_POLY[name])))
+    xb = e.select(e.cmp(">", ax, _ERFC_X_MAX[name]), _ERFC_X_MAX[name], ax)  # NaN stays
+    w = e.div(e.sub(xb, 2.0), e.add(xb, 2.0))
+    erfc = e.mul(e.math("exp", e.b.fneg(e.mul(xb, xb))), e.poly(w, _ERFC_POLY[name]))
+    big = e.intrinsic("llvm.copysign", e.sub(1.0, erfc), x)
+    return e.select(e.cmp("<", ax, 1.0), small, big)
+
+
+# (sin r - r) / r^3 and (cos r - 1 + r^2/2) / r^4, in z = r^2 on |r| <= pi/4.
+_SIN_POLY = {
+    "f32": (-0.1666666716337204, 0.008333331905305386, -0.00019840087043121457,
+            2.7249925551586784e-06),
+    "f64": (-0.16666666666666666, 0.008333333333333331, -0.00019841269841265065,
+            2.7557319219339167e-06, -2.5052106232447578e-08, 1.6058531618986147e-10,
+            -7.586697117706918e-13),
+}
+_COS_POLY = {
+    "f32": (0.0416666679084301, -0.00138888880610466, 2.480059993104078e-05,
+            -2.730095900460583e-07),
+    "f64": (0.041666666666666664, -0.0013888888888887398, 2.480158729876569e-05,
+            -2.7557317271729793e-07, 2.08761462684032e-09, -1.1382632425521717e-11),
+}
+# pi/2 in 33-bit pieces: j * piece is exact for |j| < 2^20.
+_PIO2_PARTS = (1.5707963267341256, 6.077100506303966e-11, 2.0222662487959506e-21)
+# Beyond this the Cody-Waite reduction loses the quadrant; without a
+# Payne-Hanek reduction the honest answer there is NaN, not a wrong number.
+_TRIG_MAX_ABS = 2.0 ** 20
+
+
+def _sin_or_cos(e: _Emitter, x, quarter_turns: int):
+    """sin(x + quarter_turns * pi/2) from x = j pi/2 + r, |r| <= pi/4, for |x| <= 2^20.
+
+    The reduction runs in double for both formats (for float inputs that makes
+    two pieces of pi/2 enough), so r is accurate to far below a float ulp.
+    """
+    fmt = e.fmt
+    d = _Emitter(e.b, _F64)
+    xd = e.b.fpext(x, _F64.float) if fmt is _F32 else x
+    j = d.intrinsic("llvm.roundeven", d.mul(xd, 2.0 / math.pi))
+    parts = _PIO2_PARTS[:2] if fmt is _F32 else _PIO2_PARTS
+    rd = xd
+    for part in parts:
+        rd = d.sub(rd, d.mul(j, part))
+    r = e.b.fptrunc(rd, fmt.float) if fmt is _F32 else rd
+    # The quadrant in float arithmetic: exact, and NaN/inf give NaN, not poison.
+    q = d.add(j, float(quarter_turns), flags=())
+    q = d.sub(q, d.mul(d.intrinsic("llvm.floor", d.mul(q, 0.25, flags=())), 4.0, flags=()), flags=())
+    z = e.mul(r, r)
+    sin_r = e.add(r, e.mul(e.mul(r, z), e.poly(z, _SIN_POLY[fmt.name])))
+    cos_r = e.add(e.sub(1.0, e.mul(z, 0.5)), e.mul(e.mul(z, z), e.poly(z, _COS_POLY[fmt.name])))
+    odd = e.b.or_(d.cmp("==", q, 1.0), d.cmp("==", q, 3.0))
+    y = e.select(odd, cos_r, sin_r)
+    y = e.select(d.cmp(">=", q, 2.0), e.b.fneg(y), y)
+    return e.select(e.cmp(">", e.intrinsic("llvm.fabs", x), _TRIG_MAX_ABS), math.nan, y)
+
+
+def _sin(e: _Emitter, x):
+    return e.select(e.cmp("==", x, 0.0), x, _sin_or_cos(e, x, 0))  # keeps the sign of -0
+
+
+def _cos(e: _Emitter, x):
+    return _sin_or_cos(e, x, 1)
+
+
+def _sqrt(e: _Emitter, x):
+    return e.intrinsic("llvm.sqrt", x)  # one correctly rounded instruction, vectorizes as is
+
+
+_BODIES: dict[str, Callable] = {
+    "exp": _exp, "log": _log, "log1p": _log1p, "tanh": _tanh, "erf": _erf,
+    "sin": _sin, "cos": _cos, "sqrt": _sqrt,
+}
+FUNCTIONS = tuple(_BODIES)
+
+
+def call(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
+    """Emit `name(x)` for a float or double scalar, defining the function on first use."""
+    if name not in _BODIES:
+        raise ValueError(f"mathlib: no vectorizable '{name}'; available: {', '.join(FUNCTIONS)}")
+    fmt = _format_of(name, x.type)
+    module = builder.module
+    symbol = f"ffc.{name}.{fmt.name}"
+    fn = module.globals.get(symbol)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(fmt.float, [fmt.float]), symbol)
+        fn.linkage = "internal"
+        fn.attributes.add("alwaysinline")
+        fn.attributes.add("nounwind")
+        body = ir.IRBuilder(fn.append_basic_block("entry"))
+        body.ret(_BODIES[name](_Emitter(body, fmt), fn.args[0]))
+    return builder.call(fn, [x])

@@ -1,0 +1,109 @@
+"""The host LLVM target: initialization, target machine, O3 pipeline, MCJIT, assembly.
+
+llvmlite 0.50 wraps LLVM 22: `llvm.initialize()` raises, only the native
+target and asm printer are initialized. The target machine is built for the
+host CPU name *and* feature string; without the features LLVM assumes a
+baseline x86-64 and never emits AVX.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+# LLVM's global context and pass machinery are not safe to drive from two
+# threads at once (e.g. two threads tracing a function for the first time).
+_COMPILE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _initialize() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+def _host_features() -> str:
+    try:
+        return llvm.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot query features on some hosts: baseline ISA
+        return ""
+
+
+def _new_target_machine(jit: bool) -> llvm.TargetMachine:
+    _initialize()
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=_host_features(), opt=3,
+        reloc="pic", codemodel="default", jit=jit)
+
+
+@functools.cache
+def host_target_machine() -> llvm.TargetMachine:
+    """Target machine for this CPU at -O3, shared for optimizing and emitting code.
+
+    Never hand it to an execution engine: MCJIT takes ownership of its target
+    machine and frees it with the engine (`jit` makes its own).
+    """
+    return _new_target_machine(jit=False)
+
+
+def parse(module: ir.Module | str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
+    """Parse and verify IR text, stamped with the target's triple and data layout."""
+    _initialize()
+    try:
+        mod = llvm.parse_assembly(str(module))
+        mod.verify()
+    except RuntimeError as err:
+        raise ValueError(f"LLVM rejected the module: {err}") from err
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    return mod
+
+
+def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:
+    """Run the new pass manager's O3 pipeline with loop and SLP vectorization, in place."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_interleaving = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+
+
+@dataclass(frozen=True)
+class JitModule:
+    """Machine code of one module; it lives as long as this object does.
+
+    `addresses` maps every externally visible function to its entry point, so
+    callers must keep the JitModule referenced while they call through them.
+    """
+
+    engine: llvm.ExecutionEngine
+    addresses: dict[str, int]
+
+
+def jit(module: ir.Module | str) -> JitModule:
+    """Optimize and JIT-compile `module` with MCJIT for the host."""
+    tm = _new_target_machine(jit=True)  # owned, and freed, by the engine
+    with _COMPILE_LOCK:
+        mod = parse(module, tm)
+        optimize(mod, tm)
+        exported = [f.name for f in mod.functions
+                    if not f.is_declaration and f.linkage == llvm.Linkage.external]
+        engine = llvm.create_mcjit_compiler(mod, tm)
+        engine.finalize_object()
+        addresses = {name: engine.get_function_address(name) for name in exported}
+    return JitModule(engine, addresses)
+
+
+def assembly(module: ir.Module | str) -> str:
+    """Host assembly text of `module` after the same O3 pipeline the JIT runs."""
+    tm = host_target_machine()
+    with _COMPILE_LOCK:
+        mod = parse(module, tm)
+        optimize(mod, tm)
+        return tm.emit_assembly(mod)
