@@ -3,6 +3,7 @@ from . import nn, optim
 from .api import compile, grad, value_and_grad, vjp
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
+from .gradcheck import check_grads
 from .ir import Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_ir, verify
 from .ir.lang import Value
 from .runtime import ArgumentError
@@ -19,5 +20,5 @@ def spec(shape, dtype="float32") -> TensorType:
 
 
 __all__ = ["ArgumentError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
-           "TrainStep", "VerifyError", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "spec", "value_and_grad", "verify",
+           "TrainStep", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "spec", "value_and_grad", "verify",
            "vjp", *_functions]

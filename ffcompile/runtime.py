@@ -38,7 +38,7 @@ def check_arguments(leaves, names, types: list[TensorType]) -> list[np.ndarray]:
         got = f"{array.dtype}{list(array.shape)}"
         if array.shape != expected.shape or array.dtype != expected.np_dtype:
             raise ArgumentError(f"argument {name}: expected {expected}, got {got}")
-        arrays.append(np.ascontiguousarray(array))
+        arrays.append(np.require(array, requirements="C"))  # ascontiguousarray makes 0-d 1-d
     return arrays
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .ir import Builder, Graph, Loc, TensorType
 from .ir.lang import Value, lift
+from .runtime import ArgumentError
 from .tree import TreeDef, tree_flatten, tree_paths, tree_unflatten
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -90,17 +91,20 @@ def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list
     names = []
     for i, arg in enumerate(args):
         names += tree_paths(arg, params[i])
-    types = [_leaf_type(leaf) for leaf in leaves]
+    types = [_leaf_type(leaf, name) for leaf, name in zip(leaves, names)]
     return in_tree, types, names, leaves
 
 
-def _leaf_type(leaf) -> TensorType:
+def _leaf_type(leaf, name: str) -> TensorType:
     """Arrays, traced Values, or bare TensorTypes (ff.spec) for shape-only lowering."""
     if isinstance(leaf, Value):
         return leaf.type
     if isinstance(leaf, TensorType):
         return leaf
-    return TensorType.of(leaf)
+    try:
+        return TensorType.of(leaf)
+    except TypeError as exc:  # e.g. a string or an object: name the argument
+        raise ArgumentError(f"argument {name}: {exc}") from None
 
 
 def _parameter_names(fn, count: int) -> list[str]:

@@ -50,7 +50,7 @@ def _constant(node, args):
 def _slice(node, args):
     parts = [f"{a}:{b}" + (f":{s}" if s != 1 else "")
              for a, b, s in zip(node.attr("starts"), node.attr("stops"), node.attr("steps"))]
-    return f"np.ascontiguousarray({args[0]}[{', '.join(parts)}])"
+    return f"np.array({args[0]}[{', '.join(parts) or '()'}])"
 
 
 def _attrs_call(fn: str):
@@ -116,7 +116,8 @@ def _erf(x):
     return scipy.special.erf(x)
 
 
-_RUNTIME = {"np": np, "_iota": _iota, "_pad": _pad, "_erf": _erf}
+# Non-finite floats inside a constant tuple print as bare `inf`/`nan`.
+_RUNTIME = {"np": np, "inf": math.inf, "nan": math.nan, "_iota": _iota, "_pad": _pad, "_erf": _erf}
 
 
 def generate_source(graph: Graph, name: str = "kernel") -> str:

@@ -61,6 +61,11 @@ class Value:
             "compiled; use ff.where for data-dependent choices"
         )
 
+    def __float__(self):
+        raise TypeError("a traced value has no concrete number: float()/int() on it cannot be compiled")
+
+    __int__ = __float__
+
     def __array__(self, *args, **kwargs):
         raise TypeError("a traced value cannot become a NumPy array inside a compiled function")
 
@@ -352,7 +357,8 @@ def getitem(x: Value, index) -> Value:
     if Ellipsis in index:
         at = index.index(Ellipsis)
         index = index[:at] + (slice(None),) * (x.ndim - explicit) + index[at + 1:]
-    index = index + (slice(None),) * (x.ndim - explicit)
+    else:
+        index = index + (slice(None),) * (x.ndim - explicit)
     starts, stops, steps, shape = [], [], [], []
     axis = 0
     for item in index:

@@ -48,10 +48,13 @@ class _Tokens:
     def take(self, kind=None, text=None):
         got = self.peek()
         if got[0] is None or (kind and got[0] != kind) or (text and got[1] != text):
-            want = text or kind
-            raise IRParseError(f"line {self.line}: expected {want}, found {got[1]!r}")
+            raise IRParseError(f"line {self.line}: expected {text or kind}, found {_shown(got)}")
         self.pos += 1
         return got[1]
+
+
+def _shown(token) -> str:
+    return "end of line" if token[0] is None else repr(token[1])
 
 
 def _value(tokens: _Tokens):
@@ -73,7 +76,7 @@ def _value(tokens: _Tokens):
         text = tokens.take()
         is_int = re.fullmatch(r"-?\d+", text) is not None
         return int(text) if is_int else float(text)
-    raise IRParseError(f"line {tokens.line}: expected an attribute value, found {text!r}")
+    raise IRParseError(f"line {tokens.line}: expected an attribute value, found {_shown((kind, text))}")
 
 
 def _attrs(tokens: _Tokens) -> dict:
@@ -82,6 +85,8 @@ def _attrs(tokens: _Tokens) -> dict:
         return attrs
     tokens.take()
     while tokens.peek()[1] != "}":
+        if tokens.peek()[0] is None:
+            raise IRParseError(f"line {tokens.line}: expected '}}' closing the attributes")
         key = tokens.take("word")
         tokens.take("punct", "=")
         attrs[key] = _value(tokens)
