@@ -17,6 +17,7 @@ from .ir.lang import Value, _builder_of, lift
 from .passes.autodiff import append_adjoint
 from .passes.decompose import decompose
 from .passes.manager import Pass, PassRecord, run_pipeline
+from .passes.simplify import simplify
 from .runtime import ArgumentError, Executable
 from .trace import Traced, signature, trace
 from .tree import tree_flatten, tree_unflatten
@@ -26,7 +27,8 @@ DEFAULT_BACKEND = "numpy"  # becomes "llvm" when that backend lands
 
 
 def default_passes() -> list[Pass]:
-    return [Pass("decompose", decompose)]
+    # simplify after decompose, so composites fold exactly as they will run
+    return [Pass("decompose", decompose), Pass("simplify", simplify)]
 
 
 @dataclass

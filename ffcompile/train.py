@@ -17,6 +17,7 @@ import numpy as np
 
 from .api import CompiledFunction, value_and_grad
 from .runtime import ArgumentError
+from .trace import scope
 from .tree import tree_flatten, tree_paths
 
 
@@ -28,7 +29,8 @@ class TrainStep:
 
         def train_step(params, opt_state, *batch):
             loss, grads = grad_fn(params, *batch)
-            new_params, new_state = optimizer.update(grads, opt_state, params)
+            with scope(loss, "optim"):  # dumps show the update as @optim
+                new_params, new_state = optimizer.update(grads, opt_state, params)
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
