@@ -1,6 +1,6 @@
 """The `ffcompile` command.
 
-    ffcompile dump MODEL [--format text|dot|python] [--train] [--batch N]
+    ffcompile dump MODEL [--format text|dot|python] [--train] [--batch N] [--after PASS|all]
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -67,13 +67,19 @@ def _forward(target):
 def cmd_dump(args) -> int:
     target = resolve(args.model)
     params, x, y = _inputs(target, args.batch)
+    after = None if args.after is None else ("all" if args.after == "all" else args.after.split(","))
     if args.train:
         loss = getattr(target, "loss", None)
         if not callable(loss):
             raise TargetError(f"{args.model}: --train needs a loss(params, x, y) function")
-        lowered = compile(value_and_grad(loss)).lower(params, x, y)
+        lowered = compile(value_and_grad(loss), dump_after=after).lower(params, x, y)
     else:
-        lowered = compile(_forward(target)).lower(params, x)
+        lowered = compile(_forward(target), dump_after=after).lower(params, x)
+    if after is not None:
+        # Each dump parses back on its own; the `//` headers are IR comments.
+        for name, text in lowered.dumps:
+            sys.stdout.write(f"// ---- after {name}\n{text}")
+        return 0
     if args.format == "text":
         sys.stdout.write(lowered.ir)
     elif args.format == "dot":
@@ -101,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="text: the traced IR; dot: Graphviz; python: the NumPy backend's code")
     dump.add_argument("--train", action="store_true", help="dump value_and_grad of the loss (forward + adjoint)")
     dump.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
+    dump.add_argument("--after", metavar="PASS", default=None,
+                      help="print the IR after each named pass (comma-separated) or 'all', numbered in order")
     dump.set_defaults(run=cmd_dump)
 
     listing = commands.add_parser("list", help="list the zoo models")
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be positive, got {args.batch}")
     try:
         return args.run(args)
-    except TargetError as exc:
+    except (TargetError, ValueError) as exc:
         parser.error(str(exc))
 
 

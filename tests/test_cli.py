@@ -130,3 +130,19 @@ def test_incomplete_model_files(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["dump", str(no_loss), "--train"])
     assert "--train needs a loss(params, x, y) function" in capsys.readouterr().err
+
+
+def test_dump_after_every_pass_prints_parseable_numbered_dumps(capsys):
+    assert main(["dump", "xor", "--train", "--after", "all"]) == 0
+    sections = capsys.readouterr().out.split("// ---- after ")[1:]
+    names = [s.splitlines()[0] for s in sections]
+    assert names == ["00-input.ir", "01-decompose.ir", "02-simplify.ir"]
+    for section in sections:
+        text = section.split("\n", 1)[1]
+        assert str(ff.parse_ir(text)) == text
+
+
+def test_dump_after_unknown_pass_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["dump", "xor", "--after", "nosuchpass"])
+    assert "unknown passes" in capsys.readouterr().err
