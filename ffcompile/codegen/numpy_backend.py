@@ -95,7 +95,7 @@ LOWERINGS: dict[type, Callable[[Node, list[str]], str]] = {
     O.Matmul: _call("np.matmul"),
     O.Transpose: lambda n, a: f"np.transpose({a[0]}, {n.attr('perm')!r})",
     O.Reshape: lambda n, a: f"np.reshape({a[0]}, {n.attr('shape')!r})",
-    O.Broadcast: lambda n, a: f"np.broadcast_to({a[0]}, {n.attr('shape')!r})",
+    O.Broadcast: lambda n, a: f"np.array(np.broadcast_to({a[0]}, {n.attr('shape')!r}))",
     O.Concat: lambda n, a: f"np.concatenate(({', '.join(a)},), axis={n.attr('axis')})",
     O.Slice: _slice,
     O.Pad: _attrs_call("_pad"),
