@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .codegen import numpy_backend
+from .codegen.numpy_arena import ArenaProgram, build_program
 from .ir import Graph, TensorType
 from .ir.lang import Value, _builder_of, lift
 from .passes.autodiff import append_adjoint
 from .passes.decompose import decompose
+from .passes.fuse import fuse
 from .passes.manager import Pass, PassRecord, run_pipeline
+from .passes.memory import MemoryPlan
+from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
 from .runtime import ArgumentError, Executable
 from .trace import Traced, signature, trace
@@ -26,7 +31,9 @@ BACKENDS = ("numpy", "llvm")
 DEFAULT_BACKEND = "numpy"  # becomes "llvm" when that backend lands
 
 
-def default_passes() -> list[Pass]:
+def default_passes(optimize: bool = True) -> list[Pass]:
+    if not optimize:  # the reference path: composites expanded, nothing else touched
+        return [Pass("decompose", decompose)]
     # simplify after decompose, so composites fold exactly as they will run
     return [Pass("decompose", decompose), Pass("simplify", simplify)]
 
@@ -39,6 +46,7 @@ class Lowered:
     names: list[str]
     backend: str
     optimized: Graph
+    schedule: Schedule | None  # None when compiled without optimization
     records: list[PassRecord] = field(default_factory=list)
     dumps: list[tuple[str, str]] = field(default_factory=list)
 
@@ -54,23 +62,68 @@ class Lowered:
     def optimized_ir(self) -> str:
         return str(self.optimized)
 
+    @cached_property
+    def program(self) -> ArenaProgram | None:
+        """The NumPy backend's arena program (None without optimization)."""
+        return None if self.schedule is None else build_program(self.schedule)
+
+    @property
+    def memory(self) -> MemoryPlan | None:
+        return None if self.program is None else self.program.plan
+
     @property
     def source(self) -> str:
         """The generated Python of the NumPy backend (readable, like torch.fx's code)."""
-        return numpy_backend.generate_source(self.optimized)
+        if self.program is None:
+            return numpy_backend.generate_source(self.optimized)
+        return self.program.source
+
+    def stats(self) -> Stats:
+        return Stats.of(self)
 
     def compile(self) -> Executable:
-        if self.backend == "numpy":
-            fn, _ = numpy_backend.build(self.optimized)
-        else:
+        if self.backend != "numpy":
             raise NotImplementedError(f"backend {self.backend!r} is not implemented yet; use backend='numpy'")
+        fn = numpy_backend.build(self.optimized)[0] if self.program is None else self.program.run
         return Executable(self.optimized, fn, self.traced.out_tree, self.names)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the compiler did to one signature: per-pass node counts and time, kernels, memory."""
+
+    passes: tuple[PassRecord, ...]
+    kernels: int | None
+    flops: int
+    arena_bytes: int | None
+    lower_bound: int | None
+
+    @staticmethod
+    def of(lowered: "Lowered") -> "Stats":
+        graph = lowered.optimized
+        flops = sum(n.op.cost([graph.nodes[j].type for j in n.inputs], n.type, n.attr_dict).flops
+                    for n in graph.nodes)
+        plan = lowered.memory
+        return Stats(tuple(lowered.records), None if lowered.schedule is None else len(lowered.schedule.kernels),
+                     flops, plan and plan.arena_bytes, plan and plan.lower_bound)
+
+    def __str__(self) -> str:
+        lines = [f"{'pass':<12} {'nodes before':>12} {'after':>8} {'ms':>8}"]
+        lines += [f"{r.name:<12} {r.nodes_before:>12} {r.nodes_after:>8} {r.seconds * 1e3:>8.2f}"
+                  for r in self.passes]
+        lines.append(f"kernels {self.kernels}   flops {self.flops}")
+        if self.arena_bytes is not None:
+            ratio = self.arena_bytes / self.lower_bound if self.lower_bound else 1.0
+            lines.append(f"arena {self.arena_bytes} B   liveness lower bound {self.lower_bound} B   "
+                         f"ratio {ratio:.3f}")
+        return "\n".join(lines) + "\n"
 
 
 class CompiledFunction:
     """`ff.compile(fn)`: traces per argument signature, runs the compiled program."""
 
-    def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True):
+    def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
+                 optimize=True):
         backend = backend or DEFAULT_BACKEND
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -82,7 +135,9 @@ class CompiledFunction:
         self.dump_after = dump_after
         self.dump_dir = dump_dir
         self.verify = verify
+        self.optimize = optimize
         self._cache: dict = {}
+        self._last: Lowered | None = None
         functools.update_wrapper(self, fn, updated=())
 
     def _key(self, args):
@@ -105,26 +160,43 @@ class CompiledFunction:
         _, (in_tree, types, names, _) = self._key(args)
         traced, captured = trace(self.fn, in_tree, types, names)
         assert not captured  # a top-level trace has no enclosing trace to capture from
-        result = run_pipeline(traced.graph, default_passes(), verify_each=self.verify,
+        result = run_pipeline(traced.graph, default_passes(self.optimize), verify_each=self.verify,
                               dump_after=self.dump_after, dump_dir=self.dump_dir)
-        return Lowered(traced, names, self.backend, result.graph, result.records, result.dumps)
+        schedule = None
+        if self.optimize:
+            schedule = fuse(result.graph)
+            if self.verify:
+                verify_schedule(schedule)
+        return Lowered(traced, names, self.backend, result.graph, schedule, result.records, result.dumps)
+
+    def stats(self) -> Stats:
+        """Stats of the signature compiled most recently."""
+        if self._last is None:
+            raise RuntimeError(f"{self.__name__} has not been called yet: no signature to report on")
+        return self._last.stats()
 
     def __call__(self, *args):
         if any(isinstance(leaf, Value) for leaf in tree_flatten(tuple(args))[0]):
             return self.fn(*args)  # inside another trace: compile is the identity
         key, (_, _, _, leaves) = self._key(args)
-        executable = self._cache.get(key)
-        if executable is None:
-            executable = self._cache[key] = self.lower(*args).compile()
-        return executable(*args)
+        entry = self._cache.get(key)
+        if entry is None:
+            lowered = self.lower(*args)
+            entry = self._cache[key] = (lowered, lowered.compile())
+        self._last = entry[0]
+        return entry[1](*args)
 
 
-def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True):
-    """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...))."""
+def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
+            optimize=True):
+    """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...)).
+
+    optimize=False skips simplification, fusion and memory planning: the
+    graph runs op by op, the reference the optimized program is tested against."""
     if fn is None:
         return functools.partial(compile, backend=backend, spec=spec, dump_after=dump_after,
-                                 dump_dir=dump_dir, verify=verify)
-    return CompiledFunction(fn, backend, spec, dump_after, dump_dir, verify)
+                                 dump_dir=dump_dir, verify=verify, optimize=optimize)
+    return CompiledFunction(fn, backend, spec, dump_after, dump_dir, verify, optimize)
 
 
 # --------------------------------------------------------------------------- autodiff transforms

@@ -32,7 +32,7 @@ def test_value_and_grad_matches_hand_derivation(args):
 def test_lowered_ir_round_trips(args):
     lowered = ff.compile(f).lower(*args)
     assert str(ff.parse_ir(lowered.ir)) == lowered.ir
-    assert "matmul" in lowered.ir and "def kernel" in lowered.source
+    assert "matmul" in lowered.ir and "def program" in lowered.source
 
 
 def test_trace_is_cached_per_signature(args):

@@ -76,7 +76,7 @@ def test_dump_dot(capsys):
 
 def test_dump_python_is_the_generated_numpy_code(capsys):
     source = dump(capsys, "xor", "--format", "python", "--train")
-    assert "def kernel(" in source and "np.matmul" in source
+    assert "def program(" in source and "np.matmul" in source
     compile(source, "<generated>", "exec")  # valid Python
 
 
@@ -94,7 +94,7 @@ def test_model_file(capsys, model_file):
     graph = ff.parse_ir(train)
     assert len(graph.outputs) == 1 + 6 and "softmax_cross_entropy" in train
     assert "f32[3,3] = input" in train
-    assert "def kernel(" in dump(capsys, model_file, "--format", "python")
+    assert "def program(" in dump(capsys, model_file, "--format", "python")
 
 
 def test_list(capsys):

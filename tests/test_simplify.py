@@ -226,12 +226,18 @@ def _run(graph, args):
         return [np.asarray(r) for r in fn(*args)]
 
 
-def _assert_same(got, want):
-    """Bitwise, except that a zero's sign and a NaN's payload may differ (see simplify.py)."""
+def _assert_same(got, want, sums=False):
+    """Bitwise, except that a zero's sign and a NaN's payload may differ (see simplify.py).
+
+    sums=True: the graph reduces, and NumPy's summation order depends on the
+    address alignment of the data it is given (it peels for SIMD), so a sum
+    folded at compile time may differ from the run-time one in the last bits."""
     assert got.shape == want.shape and got.dtype == want.dtype
     got, want = np.ascontiguousarray(got).reshape(-1), np.ascontiguousarray(want).reshape(-1)
     same_bits = (got.view(np.uint8) == want.view(np.uint8)).reshape(got.size, got.itemsize).all(axis=1)
     ok = same_bits | ((got == 0) & (want == 0)) | (np.isnan(got) & np.isnan(want))
+    if sums and got.dtype.kind == "f":
+        ok |= np.isclose(got, want, rtol=8 * np.finfo(got.dtype).eps, atol=0)
     assert ok.all(), f"simplified result differs:\n{got}\nvs\n{want}"
 
 
@@ -243,8 +249,9 @@ def test_simplify_preserves_results_on_random_graphs(graph, seed, special):
     assert print_graph(parse_ir(str(simplified))) == str(simplified)
     assert S.simplify(simplified) is simplified, "simplify did not reach a fixpoint"
     args = _arguments(graph, seed, special)
+    sums = any(n.op is O.ReduceSum for n in graph.nodes)
     for got, want in zip(_run(simplified, args), _run(graph, args)):
-        _assert_same(got, want)
+        _assert_same(got, want, sums)
 
 
 SPECIAL = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1.5, -2.0])

@@ -1,5 +1,9 @@
 """NumPy backend: generate readable Python source from a graph, exec it once.
 
+Every value is materialized C-contiguous (a transpose or broadcast is copied):
+NumPy's summation order follows memory layout, so this keeps results equal
+to the ops' references and to the arena program, bit for bit.
+
 The source reads like the graph (one statement per node, the location as a
 comment), is a pure function of the graph, and is cached by its fingerprint.
 Composite ops are expanded before code generation, so only primitives are
@@ -50,7 +54,7 @@ def _constant(node, args):
 def _slice(node, args):
     parts = [f"{a}:{b}" + (f":{s}" if s != 1 else "")
              for a, b, s in zip(node.attr("starts"), node.attr("stops"), node.attr("steps"))]
-    return f"np.array({args[0]}[{', '.join(parts) or '()'}])"
+    return f"np.array({args[0]}[{', '.join(parts) or '()'}], order='C')"
 
 
 def _attrs_call(fn: str):
@@ -93,9 +97,9 @@ LOWERINGS: dict[type, Callable[[Node, list[str]], str]] = {
     O.ReduceSum: _reduce("np.sum"),
     O.ReduceMax: _reduce("np.max"),
     O.Matmul: _call("np.matmul"),
-    O.Transpose: lambda n, a: f"np.transpose({a[0]}, {n.attr('perm')!r})",
+    O.Transpose: lambda n, a: f"np.array(np.transpose({a[0]}, {n.attr('perm')!r}), order='C')",
     O.Reshape: lambda n, a: f"np.reshape({a[0]}, {n.attr('shape')!r})",
-    O.Broadcast: lambda n, a: f"np.array(np.broadcast_to({a[0]}, {n.attr('shape')!r}))",
+    O.Broadcast: lambda n, a: f"np.array(np.broadcast_to({a[0]}, {n.attr('shape')!r}), order='C')",
     O.Concat: lambda n, a: f"np.concatenate(({', '.join(a)},), axis={n.attr('axis')})",
     O.Slice: _slice,
     O.Pad: _attrs_call("_pad"),

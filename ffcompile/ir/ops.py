@@ -163,7 +163,7 @@ class Iota(Op):
         shape = [1] * out.rank
         shape[attrs["axis"]] = out.shape[attrs["axis"]]
         ramp = np.arange(out.shape[attrs["axis"]], dtype=out.np_dtype).reshape(shape)
-        return np.array(np.broadcast_to(ramp, out.shape))
+        return np.array(np.broadcast_to(ramp, out.shape), order="C")
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -732,7 +732,7 @@ class Broadcast(Layout):
 
     @classmethod
     def reference(cls, attrs, x):
-        return np.array(np.broadcast_to(x, attrs["shape"]))
+        return np.array(np.broadcast_to(x, attrs["shape"]), order="C")
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -802,7 +802,7 @@ class Slice(Layout):
     @classmethod
     def reference(cls, attrs, x):
         index = tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
-        return np.array(x[index])
+        return np.array(x[index], order="C")
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):

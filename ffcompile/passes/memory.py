@@ -17,6 +17,7 @@ can beat) and the live bytes at every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from ..ir import TensorType
 from .schedule import ELEMENTWISE, Schedule
@@ -57,6 +58,7 @@ class MemoryPlan:
     arena_bytes: int
     lower_bound: int  # max over kernel steps of live (aligned) arena bytes: no placement does better
     timeline: tuple[int, ...]  # live arena bytes at each kernel step
+    scratch: tuple[tuple[int, int, int], ...] = ()  # (kernel step, offset, size): kernel temporaries
 
     @property
     def ratio(self) -> float:
@@ -66,11 +68,15 @@ class MemoryPlan:
         header = (f"memory @{self.schedule.graph.name} arena={self.arena_bytes} "
                   f"lower_bound={self.lower_bound} ratio={self.ratio:.3f} {{")
         lines = [header] + [f"  {b}" for b in self.buffers]
+        lines += [f"  scratch kernel {k} {{offset={off}, size={size}, live=[{k}, {k}]}}"
+                  for k, off, size in self.scratch]
         lines.append("}")
         return "\n".join(lines) + "\n"
 
 
-def plan_memory(schedule: Schedule) -> MemoryPlan:
+def plan_memory(schedule: Schedule, scratch: Mapping[int, int] | None = None) -> MemoryPlan:
+    """Plan the arena. scratch[k]: bytes of temporaries kernel k needs while it runs
+    (a backend that cannot fuse a kernel into one loop evaluates it node by node)."""
     graph = schedule.graph
     outputs = {schedule.root(j) for j in graph.outputs}
     first = {v: k for k, kernel in enumerate(schedule.kernels) for v in kernel.outputs}
@@ -93,6 +99,10 @@ def plan_memory(schedule: Schedule) -> MemoryPlan:
         size = aligned(graph.nodes[v].type.nbytes)
         lo, hi, _ = span.get(b, (first[v], last[v], size))
         span[b] = (min(lo, first[v]), max(hi, last[v]), size)
+    # Scratch blocks get negative keys: kernel k's is -(k + 1), live at step k only.
+    for k, nbytes in (scratch or {}).items():
+        if nbytes > 0:
+            span[-(k + 1)] = (k, k, aligned(nbytes))
     offsets = _place(span)
     timeline = [0] * len(schedule.kernels)
     for lo, hi, size in span.values():
@@ -102,7 +112,9 @@ def plan_memory(schedule: Schedule) -> MemoryPlan:
                            None if v in outputs else offsets[block_of[v]], reuses.get(v))
                     for v in first)
     arena = max((offsets[b] + size for b, (_, _, size) in span.items()), default=0)
-    return MemoryPlan(schedule, buffers, arena, max(timeline, default=0), tuple(timeline))
+    scratch_blocks = tuple((-b - 1, offsets[b], size) for b, (_, _, size) in sorted(span.items(), reverse=True)
+                           if b < 0)
+    return MemoryPlan(schedule, buffers, arena, max(timeline, default=0), tuple(timeline), scratch_blocks)
 
 
 def _in_place(schedule: Schedule, first, last, outputs) -> dict[int, int]:
@@ -194,3 +206,8 @@ def assert_no_overlap(plan: MemoryPlan) -> None:
                         (a.reuses == b.value and b.last == a.first)) and a.offset == b.offset
             assert in_place, (f"%{a.value} [{a.first}, {a.last}] at {a.offset} and %{b.value} "
                               f"[{b.first}, {b.last}] at {b.offset} overlap in time and in the arena")
+    for k, offset, size in plan.scratch:
+        assert offset % ALIGNMENT == 0 and offset + size <= plan.arena_bytes, f"scratch of kernel {k} misplaced"
+        for b in arena:
+            clash = b.first <= k <= b.last and b.offset < offset + size and offset < b.offset + b.size
+            assert not clash, f"scratch of kernel {k} at {offset} overlaps %{b.value} live at [{b.first}, {b.last}]"

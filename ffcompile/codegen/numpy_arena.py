@@ -1,0 +1,353 @@
+"""NumPy backend over the fused, memory-planned Schedule: one arena, `out=` everywhere.
+
+NumPy runs a fused kernel node by node, so a kernel's temporaries need
+storage too. `assign_storage` gives each body node a place: a kernel output
+its planned buffer (or the caller's result array); an internal value the
+storage of the single consumer it feeds (a chain like matmul -> add -> tanh
+runs in the output buffer itself) or a scratch slot of the kernel, reused as
+values die. The kernels' scratch bytes enter the memory plan, so the arena
+allocated once at build time is everything a call uses besides its inputs
+and results: the planned peak is the measured one.
+
+The generated source reads like the schedule (a comment per kernel, one
+statement per node) and every buffer view is made once, at build time.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.special
+
+from ..ir import Graph, Node
+from ..ir import ops as O
+from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
+from ..passes.schedule import Schedule
+from .numpy_backend import _np_dtype, _scalar
+
+# Ops whose value NumPy can express as a view of their operand: inside a kernel
+# they take no storage unless they are the kernel's output.
+_VIEW_EXPRESSIONS = (O.Broadcast, O.Transpose, O.Reshape, O.StopGradient)
+# Sources evaluated once at build time; a kernel reads the precomputed array.
+_BUILD_TIME = (O.Iota, O.Constant)
+
+
+def _ufunc(fn: str):
+    return lambda node, args, out: f"{fn}({', '.join(args)}, out={out})"
+
+
+def _reduce(fn: str):
+    def lower(node, args, out):
+        axes, keep = node.attr("axes"), node.attr("keepdims")
+        return f"{fn}({args[0]}, axis={axes!r}, keepdims={keep}, out={out})"
+    return lower
+
+
+def _copy_of(expr: Callable[[Node, list[str]], str]):
+    return lambda node, args, out: f"np.copyto({out}, {expr(node, args)})"
+
+
+def _slice_expr(node, args):
+    parts = [f"{a}:{b}" + (f":{s}" if s != 1 else "")
+             for a, b, s in zip(node.attr("starts"), node.attr("stops"), node.attr("steps"))]
+    return f"{args[0]}[{', '.join(parts) or '()'}]"
+
+
+def _view_expr(node: Node, args: list[str]) -> str:
+    if node.op is O.Broadcast:
+        return f"np.broadcast_to({args[0]}, {node.type.shape!r})"
+    if node.op is O.Transpose:
+        return f"np.transpose({args[0]}, {node.attr('perm')!r})"
+    if node.op is O.Reshape:
+        return f"np.reshape({args[0]}, {node.type.shape!r})"
+    return args[0]  # stop_gradient
+
+
+def _select(node, args, out):
+    # `out` never holds `a` (assign_storage guarantees it), so writing b first is safe.
+    p, a, b = args
+    return f"np.copyto({out}, {b}); np.copyto({out}, {a}, where={p})"
+
+
+OUT_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
+    O.Neg: _ufunc("np.negative"),
+    O.Exp: _ufunc("np.exp"),
+    O.Log: _ufunc("np.log"),
+    O.Log1p: _ufunc("np.log1p"),
+    O.Tanh: _ufunc("np.tanh"),
+    O.Erf: _ufunc("_erf"),
+    O.Sin: _ufunc("np.sin"),
+    O.Cos: _ufunc("np.cos"),
+    O.Sqrt: _ufunc("np.sqrt"),
+    O.Abs: _ufunc("np.abs"),
+    O.Sign: _ufunc("np.sign"),
+    O.Pow: lambda n, a, out: f"np.power({a[0]}, {_scalar(n.attr('exponent'), n.type.dtype)}, out={out})",
+    O.Convert: lambda n, a, out: f"np.copyto({out}, {a[0]}, casting='unsafe')",
+    O.Add: _ufunc("np.add"),
+    O.Sub: _ufunc("np.subtract"),
+    O.Mul: _ufunc("np.multiply"),
+    O.Div: _ufunc("np.divide"),
+    O.Maximum: _ufunc("np.maximum"),
+    O.Minimum: _ufunc("np.minimum"),
+    O.Gt: _ufunc("np.greater"),
+    O.Ge: _ufunc("np.greater_equal"),
+    O.Lt: _ufunc("np.less"),
+    O.Le: _ufunc("np.less_equal"),
+    O.Eq: _ufunc("np.equal"),
+    O.Select: _select,
+    O.ReduceSum: _reduce("np.sum"),
+    O.ReduceMax: _reduce("np.max"),
+    O.Matmul: _ufunc("np.matmul"),
+    O.Concat: lambda n, a, out: f"np.concatenate(({', '.join(a)},), axis={n.attr('axis')}, out={out})",
+    O.Slice: _copy_of(_slice_expr),
+    O.Pad: lambda n, a, out: f"_pad_into({out}, {a[0]}, {n.attr('config')!r})",
+    O.Broadcast: _copy_of(_view_expr),
+    O.Transpose: _copy_of(_view_expr),
+    O.Reshape: _copy_of(_view_expr),
+    O.StopGradient: _copy_of(_view_expr),
+    # sources: the emitter passes the array precomputed at build time as the operand
+    O.Iota: lambda n, a, out: f"np.copyto({out}, {a[0]})",
+    O.Constant: lambda n, a, out: f"np.copyto({out}, {a[0]})",
+}
+
+
+def _pad_into(out, x, config):
+    out.fill(0)
+    index = tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
+                  for d, (lo, _, it) in zip(x.shape, config))
+    np.copyto(out[index], x)
+
+
+_RUNTIME = {"np": np, "_erf": scipy.special.erf, "_pad_into": _pad_into}
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@dataclass
+class Storage:
+    """Where each value of the program lives."""
+
+    owner: dict[int, int] = field(default_factory=dict)  # value -> value whose storage it shares
+    slots: dict[int, int] = field(default_factory=dict)  # internal value -> byte offset in its kernel's scratch
+    scratch: dict[int, int] = field(default_factory=dict)  # kernel step -> scratch bytes
+
+    def root(self, value: int) -> int:
+        while value in self.owner:
+            value = self.owner[value]
+        return value
+
+
+def _is_view_expression(node: Node, kernel_outputs: set[int], i: int, users: list[int], nodes) -> bool:
+    """A view stays a view only where layout cannot change a result: read by
+    elementwise ops, or a transpose a GEMM takes as a flag. A reduction or a
+    GEMM over a broadcast view would sum in another order than the reference."""
+    if node.op not in _VIEW_EXPRESSIONS or i in kernel_outputs:
+        return False
+    if node.op is O.Transpose and all(nodes[u].op is O.Matmul for u in users):
+        return True
+    return all(O.ELEMENTWISE in nodes[u].op.traits for u in users)
+
+
+def assign_storage(schedule: Schedule, in_place: dict[int, int]) -> Storage:
+    """Storage for every body node; in_place: planned buffer -> dying input it overwrites."""
+    graph = schedule.graph
+    nodes, users = graph.nodes, graph.users()
+    storage = Storage()
+    for k, kernel in enumerate(schedule.kernels):
+        outputs = set(kernel.outputs)
+        body = [i for i in kernel.body if not _is_view_expression(nodes[i], outputs, i, users[i], nodes)
+                and not (nodes[i].op in _BUILD_TIME and i not in outputs)]
+        position = {i: p for p, i in enumerate(body)}
+        # A single-use internal value may live in its consumer's storage: the consumer
+        # (elementwise, same type) reads each element before writing it back.
+        for i in reversed(body):
+            if i in outputs or len(users[i]) != 1:
+                continue
+            consumer = users[i][0]
+            node = nodes[consumer]
+            if (consumer in position and nodes[i].type == node.type
+                    and O.ELEMENTWISE in node.op.traits and node.op is not O.Broadcast
+                    and not (node.op is O.Select and node.inputs.index(i) < 2)
+                    and storage.root(consumer) not in in_place
+                    and not any(storage.root(j) == storage.root(consumer) for j in node.inputs if j != i)):
+                storage.owner[i] = consumer
+        # The rest take scratch slots. A slot is taken where the first value stored
+        # in it is computed (a chain's first member) and freed after its last read.
+        last_use = {}
+        for p, i in enumerate(body):
+            for j in nodes[i].inputs:
+                last_use[storage.root(j)] = p
+        free: dict[int, list[int]] = {}
+        end = 0
+        for p, i in enumerate(body):
+            r = storage.root(i)
+            if r not in outputs and r not in storage.slots:
+                size = aligned(nodes[r].type.nbytes)
+                if free.get(size):
+                    storage.slots[r] = free[size].pop()
+                else:
+                    storage.slots[r], end = end, end + size
+            for j in set(nodes[i].inputs):
+                rj = storage.root(j)
+                if rj in storage.slots and rj in position and last_use.get(rj) == p:
+                    free.setdefault(aligned(nodes[rj].type.nbytes), []).append(storage.slots[rj])
+        if end:
+            storage.scratch[k] = end
+    return storage
+
+
+# --------------------------------------------------------------------------- code generation
+
+
+@dataclass
+class ArenaProgram:
+    plan: MemoryPlan
+    source: str
+    arena: np.ndarray
+    run: Callable  # run(*inputs) -> list of result arrays
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.plan.arena_bytes
+
+
+def build_program(schedule: Schedule) -> ArenaProgram:
+    base_plan = plan_memory(schedule)
+    in_place = {b.value: b.reuses for b in base_plan.buffers if b.reuses is not None}
+    storage = assign_storage(schedule, in_place)
+    plan = plan_memory(schedule, storage.scratch)
+    if {b.value: b.reuses for b in plan.buffers if b.reuses is not None} != in_place:
+        raise AssertionError("scratch changed the in-place decisions the storage was assigned for")
+    return _Emitter(schedule, plan, storage).build()
+
+
+class _Emitter:
+    def __init__(self, schedule: Schedule, plan: MemoryPlan, storage: Storage):
+        self.schedule, self.plan, self.storage = schedule, plan, storage
+        self.graph: Graph = schedule.graph
+        self.nodes = self.graph.nodes
+        self.users = self.graph.users()
+        # One extra alignment unit lets the arena start on a 64-byte boundary.
+        self.raw = np.zeros(plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        shift = (-self.raw.ctypes.data) % ALIGNMENT
+        self.arena = self.raw[shift:shift + plan.arena_bytes]
+        self.globals: dict[str, object] = dict(_RUNTIME)
+        self.names: dict[int, str] = {}
+        self.offsets = {b.value: b.offset for b in plan.buffers if b.offset is not None}
+        self.scratch_offset = {k: off for k, off, _ in plan.scratch}
+        self.output_index = {}
+        for position, j in enumerate(self.graph.outputs):  # results a kernel writes directly
+            if schedule.root(j) in schedule.producer:
+                self.output_index.setdefault(schedule.root(j), (position, j))
+
+    def view(self, offset: int, node: Node):
+        t = node.type
+        return self.arena[offset:offset + t.nbytes].view(t.np_dtype).reshape(t.shape)
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+    def build(self) -> ArenaProgram:
+        graph, nodes = self.graph, self.nodes
+        params = [f"v{i}" for i in graph.inputs]
+        outs = [f"out{k}" for k in range(len(graph.outputs))]
+        lines = [f"def program({', '.join(params + outs)}):"]
+        for i in graph.inputs:
+            self.names[i] = f"v{i}"
+        for i in self.schedule.literals:
+            self.names[i] = f"c{i}"
+            self.globals[f"c{i}"] = nodes[i].op.reference(nodes[i].attr_dict)
+        for root, (position, j) in self.output_index.items():
+            if nodes[j].type.shape == nodes[root].type.shape:
+                self.names[root] = f"out{position}"
+            else:
+                self.names[root] = f"r{root}"
+                lines.append(f"    r{root} = out{position}.reshape({nodes[root].type.shape!r})")
+        lines += self.view_lines(set(graph.inputs) | set(self.schedule.literals))
+        for k, kernel in enumerate(self.schedule.kernels):
+            lines.append(f"    # kernel {k} {kernel.header}")
+            lines += self.kernel_lines(k, kernel)
+            lines += self.view_lines(set(kernel.outputs))
+        lines += self.result_copies()
+        if len(lines) == 1 or lines[-1].startswith("    #"):
+            lines.append("    pass")
+        source = "\n".join(lines) + "\n"
+        namespace = self.globals
+        exec(compile(source, f"<ffcompile arena {graph.name}>", "exec"), namespace)
+        program = namespace["program"]
+        out_types = [nodes[j].type for j in graph.outputs]
+        lock = threading.Lock()  # one arena per program: calls run one at a time
+
+        def run(*arrays):
+            results = [np.empty(t.shape, t.np_dtype) for t in out_types]
+            with lock:
+                program(*arrays, *results)
+            return results
+
+        return ArenaProgram(self.plan, source, self.arena, run)
+
+    def storage_name(self, i: int, k: int) -> str:
+        """Name of the storage value i (computed in kernel k) is written to."""
+        root = self.storage.root(i)
+        if i != root:
+            base = self.storage_name(root, k)
+            self.names.setdefault(i, base)
+            return base
+        if i in self.names:
+            return self.names[i]
+        if i in self.offsets:
+            offset = self.offsets[i]
+            prefix = "b"
+        else:
+            offset = self.scratch_offset[k] + self.storage.slots[i]
+            prefix = "s"
+        self.names[i] = f"{prefix}{i}"
+        self.globals[f"{prefix}{i}"] = self.view(offset, self.nodes[i])
+        return self.names[i]
+
+    def kernel_lines(self, k: int, kernel) -> list[str]:
+        lines = []
+        outputs = set(kernel.outputs)
+        users = self.users
+        for i in kernel.body:
+            node = self.nodes[i]
+            args = [self.name(j) for j in node.inputs]
+            comment = f"  # {node.type}" + (f" {node.loc}" if node.loc else "")
+            if node.op in _BUILD_TIME:
+                self.globals[f"k{i}"] = node.op.reference(node.attr_dict)
+                args = [f"k{i}"]
+                if i not in outputs:
+                    self.names[i] = f"k{i}"
+                    continue
+            if _is_view_expression(node, outputs, i, users[i], self.nodes):
+                self.names[i] = f"t{i}"
+                lines.append(f"    t{i} = {_view_expr(node, args)}{comment}")
+                continue
+            if node.op not in OUT_LOWERINGS:
+                raise NotImplementedError(f"numpy arena backend: no lowering for op {node.op.name!r}")
+            lines.append(f"    {OUT_LOWERINGS[node.op](node, args, self.storage_name(i, k))}{comment}")
+        return lines
+
+    def view_lines(self, roots: set[int]) -> list[str]:
+        """Name the schedule's views (reshape/stop_gradient) of the values in roots."""
+        lines = []
+        for v in self.schedule.views:
+            if v in self.names or self.schedule.root(v) not in roots:
+                continue
+            self.names[v] = f"w{v}"
+            lines.append(f"    w{v} = {self.name(self.nodes[v].inputs[0])}.reshape({self.nodes[v].type.shape!r})")
+        return lines
+
+    def result_copies(self) -> list[str]:
+        """Results no kernel wrote into their array: inputs, literals, a value returned twice."""
+        lines = []
+        for position, j in enumerate(self.graph.outputs):
+            root = self.schedule.root(j)
+            if self.output_index.get(root, (None,))[0] == position:
+                continue
+            lines.append(f"    np.copyto(out{position}, np.reshape({self.name(j)}, "
+                         f"{self.nodes[j].type.shape!r}))")
+        return lines
