@@ -1,6 +1,8 @@
 """The `ffcompile` command.
 
-    ffcompile dump MODEL [--format text|dot|python] [--train] [--batch N] [--after PASS|all]
+    ffcompile dump MODEL [--format text|dot|python|optimized|schedule|memory|stats] [--train]
+                   [--batch N] [--after PASS|all]
+    ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -17,8 +19,9 @@ from types import ModuleType
 
 from . import zoo
 from .api import compile, value_and_grad
+from .passes.remat import STRATEGIES, frontier, remat
 
-FORMATS = ("text", "dot", "python")
+FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats")
 
 
 class TargetError(Exception):
@@ -80,13 +83,115 @@ def cmd_dump(args) -> int:
         for name, text in lowered.dumps:
             sys.stdout.write(f"// ---- after {name}\n{text}")
         return 0
-    if args.format == "text":
-        sys.stdout.write(lowered.ir)
-    elif args.format == "dot":
-        sys.stdout.write(lowered.graph.to_dot())
-    else:
-        sys.stdout.write(lowered.source)
+    views = {
+        "text": lambda: lowered.ir,
+        "dot": lambda: lowered.graph.to_dot(),
+        "python": lambda: lowered.source,
+        "optimized": lambda: lowered.optimized_ir,
+        "schedule": lambda: str(lowered.schedule),
+        "memory": lambda: str(lowered.memory),
+        "stats": lambda: str(lowered.stats()),
+    }
+    sys.stdout.write(views[args.format]())
     return 0
+
+
+def parse_budget(text: str) -> int | float:
+    """'50%' -> 0.5 (of store_all's peak); '123456' -> bytes."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else int(text)
+    except ValueError:
+        raise ValueError(f"--budget must be a percentage like 50% or a byte count, got {text!r}") from None
+
+
+def cmd_plan(args) -> int:
+    """The remat plan of a zoo model's training step (value_and_grad of its loss)."""
+    target = resolve(args.model)
+    loss = getattr(target, "loss", None)
+    if not callable(loss):
+        raise TargetError(f"{args.model}: plan needs a loss(params, x, y) function")
+    inputs = target.example_inputs(batch_size=args.batch) if args.sweep else _inputs(target, args.batch)
+    graph = compile(value_and_grad(loss)).lower(*inputs).optimized
+    if not args.sweep:
+        budget = None if args.budget is None else parse_budget(args.budget)
+        strategy = args.strategy or ("optimal" if budget is not None else "store_all")
+        result, plan = remat(graph, strategy, budget, args.time_limit)
+        sys.stdout.write(str(plan))
+        rows = [(strategy, result, plan)]
+    else:
+        rows = frontier(graph, time_limit=args.time_limit)
+        sys.stdout.write(format_frontier(rows, [_seconds_per_step(result, inputs) for _, result, _ in rows]))
+    if args.plot:
+        plot_study(rows, args.plot, f"{args.model}: training step")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _seconds_per_step(graph, inputs) -> float:
+    """Best of five runs of the NumPy backend on the model's example inputs, after a warm-up."""
+    import time
+
+    from .codegen import numpy_backend
+    from .tree import tree_flatten
+
+    fn, _ = numpy_backend.build(graph)
+    leaves = tree_flatten(tuple(inputs))[0]
+    fn(*leaves)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        fn(*leaves)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def format_frontier(rows, seconds=None) -> str:
+    """The frontier as a table: peak bytes vs extra FLOPs (and time per step when measured)."""
+    lines = [f"{'plan':<28} {'peak bytes':>12} {'of store_all':>12} {'extra FLOPs':>14} {'recomputed':>10}"
+             + (f" {'ms/step':>9}" if seconds else "")]
+    for k, (label, _, plan) in enumerate(rows):
+        line = (f"{label:<28} {plan.peak_bytes:>12} {plan.peak_bytes / max(plan.store_all_peak, 1):>12.1%} "
+                f"{plan.extra_flops:>14} {len(plan.recomputed):>10}")
+        lines.append(line + (f" {1e3 * seconds[k]:>9.2f}" if seconds else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(rows, path: str, title: str) -> None:
+    """A PNG with the frontier (peak vs extra FLOPs) and live arena bytes over the kernel steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .passes.fuse import fuse
+    from .passes.memory import plan_memory
+
+    fig, (front, time_line) = plt.subplots(1, 2, figsize=(13, 5))
+    for label, _, plan in rows:
+        front.scatter(plan.extra_flops, plan.peak_bytes / 1024, label=label,
+                      marker="o" if label.startswith("optimal") else "s")
+    optimal = sorted((p.extra_flops, p.peak_bytes / 1024) for label, _, p in rows if label.startswith("optimal"))
+    if optimal:
+        front.plot(*zip(*optimal), color="gray", lw=0.8, zorder=0)
+    front.set(xlabel="extra FLOPs (recomputation)", ylabel="arena peak (KiB)", title="memory vs recompute frontier")
+    front.legend(fontsize=7)
+    for label, result, plan in rows:
+        if label in ("store_all", "sqrt") or label == _cheapest_optimal_at_most(rows, "sqrt"):
+            time_line.plot([b / 1024 for b in plan_memory(fuse(result)).timeline], label=label, lw=1)
+    time_line.set(xlabel="kernel step", ylabel="live arena bytes (KiB)", title="live bytes over the schedule")
+    time_line.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cheapest_optimal_at_most(rows, reference: str) -> str | None:
+    """The optimal plan with the fewest extra FLOPs whose peak is at most the reference strategy's."""
+    peaks = {label: plan.peak_bytes for label, _, plan in rows}
+    fits = [(plan.extra_flops, label) for label, _, plan in rows
+            if label.startswith("optimal") and reference in peaks and plan.peak_bytes <= peaks[reference]]
+    return min(fits)[1] if fits else None
 
 
 def cmd_list(args) -> int:
@@ -104,12 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="print the IR (or DOT, or generated NumPy code) of a model")
     dump.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
     dump.add_argument("--format", choices=FORMATS, default="text",
-                      help="text: the traced IR; dot: Graphviz; python: the NumPy backend's code")
+                      help="text: the traced IR; dot: Graphviz; python: the NumPy backend's code; "
+                           "optimized: the IR after the passes; schedule: the fused kernels; "
+                           "memory: the arena plan; stats: per-pass node counts, kernels, bytes")
     dump.add_argument("--train", action="store_true", help="dump value_and_grad of the loss (forward + adjoint)")
     dump.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     dump.add_argument("--after", metavar="PASS", default=None,
                       help="print the IR after each named pass (comma-separated) or 'all', numbered in order")
     dump.set_defaults(run=cmd_dump)
+
+    plan = commands.add_parser("plan", help="plan memory vs recompute for a model's training step")
+    plan.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
+    plan.add_argument("--strategy", choices=STRATEGIES, default=None,
+                      help="default: optimal with --budget, else store_all")
+    plan.add_argument("--budget", default=None, metavar="B", help="arena budget: 50%% of store_all's peak, or bytes")
+    plan.add_argument("--sweep", action="store_true",
+                      help="the whole frontier: every strategy and a sweep of budgets, with time per step")
+    plan.add_argument("--plot", default=None, metavar="FILE.png", help="write the frontier and memory timeline")
+    plan.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
+    plan.add_argument("--time-limit", type=float, default=10.0, metavar="S", help="solver time limit (seconds)")
+    plan.set_defaults(run=cmd_plan)
 
     listing = commands.add_parser("list", help="list the zoo models")
     listing.set_defaults(run=cmd_list)

@@ -146,3 +146,14 @@ def test_dump_after_unknown_pass_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         main(["dump", "xor", "--after", "nosuchpass"])
     assert "unknown passes" in capsys.readouterr().err
+
+
+def test_dump_schedule_memory_and_stats_formats(capsys):
+    schedule = dump(capsys, "digits", "--train", "--format", "schedule")
+    assert schedule.startswith("schedule @") and "kernel 0 gemm" in schedule
+    memory = dump(capsys, "digits", "--train", "--format", "memory")
+    assert memory.startswith("memory @") and "offset=" in memory
+    stats = dump(capsys, "digits", "--train", "--format", "stats")
+    assert "simplify" in stats and "kernels" in stats and "lower bound" in stats
+    optimized = dump(capsys, "digits", "--train", "--format", "optimized")
+    assert str(ff.parse_ir(optimized)) == optimized
