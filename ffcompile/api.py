@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .codegen import numpy_backend
+from .codegen import numpy_arena
 from .codegen.numpy_arena import ArenaProgram, build_program
 from .ir import Graph, TensorType
 from .ir.lang import Value, _builder_of, lift
@@ -21,6 +22,7 @@ from .passes.decompose import decompose
 from .passes.fuse import fuse
 from .passes.manager import Pass, PassRecord, run_pipeline
 from .passes.memory import MemoryPlan
+from .passes.remat import RematPlan, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
 from .runtime import ArgumentError, Executable
@@ -38,6 +40,23 @@ def default_passes(optimize: bool = True) -> list[Pass]:
     return [Pass("decompose", decompose), Pass("simplify", simplify)]
 
 
+@dataclass(frozen=True)
+class RematOptions:
+    strategy: str
+    memory_budget: int | float | None
+    time_limit: float
+
+    def as_pass(self, plans: list) -> Pass:
+        """The remat pass; it runs last among graph passes, since CSE would undo its copies."""
+        def run(graph: Graph) -> Graph:
+            graph, plan = remat(graph, self.strategy, self.memory_budget, self.time_limit,
+                                peak_of=numpy_arena.arena_bytes)
+            plans.append(plan)
+            return graph
+
+        return Pass("remat", run)
+
+
 @dataclass
 class Lowered:
     """A traced and optimized program for one signature (ahead-of-time view)."""
@@ -49,6 +68,7 @@ class Lowered:
     schedule: Schedule | None  # None when compiled without optimization
     records: list[PassRecord] = field(default_factory=list)
     dumps: list[tuple[str, str]] = field(default_factory=list)
+    plan: RematPlan | None = None  # the store/recompute decisions, when remat= was given
 
     @property
     def graph(self) -> Graph:
@@ -123,7 +143,7 @@ class CompiledFunction:
     """`ff.compile(fn)`: traces per argument signature, runs the compiled program."""
 
     def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
-                 optimize=True):
+                 optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0):
         backend = backend or DEFAULT_BACKEND
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -136,6 +156,11 @@ class CompiledFunction:
         self.dump_dir = dump_dir
         self.verify = verify
         self.optimize = optimize
+        if (remat is not None or memory_budget is not None) and not optimize:
+            raise ValueError("remat plans the optimized program: it needs optimize=True")
+        if memory_budget is not None and remat is None:
+            remat = "optimal"
+        self.remat = None if remat is None else RematOptions(remat, memory_budget, remat_time_limit)
         self._cache: dict = {}
         self._last: Lowered | None = None
         functools.update_wrapper(self, fn, updated=())
@@ -160,14 +185,18 @@ class CompiledFunction:
         _, (in_tree, types, names, _) = self._key(args)
         traced, captured = trace(self.fn, in_tree, types, names)
         assert not captured  # a top-level trace has no enclosing trace to capture from
-        result = run_pipeline(traced.graph, default_passes(self.optimize), verify_each=self.verify,
+        passes, plans = default_passes(self.optimize), []
+        if self.remat is not None:
+            passes.append(self.remat.as_pass(plans))
+        result = run_pipeline(traced.graph, passes, verify_each=self.verify,
                               dump_after=self.dump_after, dump_dir=self.dump_dir)
         schedule = None
         if self.optimize:
             schedule = fuse(result.graph)
             if self.verify:
                 verify_schedule(schedule)
-        return Lowered(traced, names, self.backend, result.graph, schedule, result.records, result.dumps)
+        return Lowered(traced, names, self.backend, result.graph, schedule, result.records, result.dumps,
+                       plans[0] if plans else None)
 
     def stats(self) -> Stats:
         """Stats of the signature compiled most recently."""
@@ -188,15 +217,19 @@ class CompiledFunction:
 
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
-            optimize=True):
+            optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0):
     """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...)).
 
     optimize=False skips simplification, fusion and memory planning: the
-    graph runs op by op, the reference the optimized program is tested against."""
+    graph runs op by op, the reference the optimized program is tested against.
+    remat: "store_all" | "recompute_elementwise" | "sqrt" | "optimal" (the default
+    when memory_budget, in bytes or as a fraction of store_all's peak, is given)."""
+    options = dict(backend=backend, spec=spec, dump_after=dump_after, dump_dir=dump_dir, verify=verify,
+                   optimize=optimize, remat=remat, memory_budget=memory_budget,
+                   remat_time_limit=remat_time_limit)
     if fn is None:
-        return functools.partial(compile, backend=backend, spec=spec, dump_after=dump_after,
-                                 dump_dir=dump_dir, verify=verify, optimize=optimize)
-    return CompiledFunction(fn, backend, spec, dump_after, dump_dir, verify, optimize)
+        return functools.partial(compile, **options)
+    return CompiledFunction(fn, **options)
 
 
 # --------------------------------------------------------------------------- autodiff transforms

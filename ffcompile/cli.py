@@ -18,6 +18,7 @@ import sys
 from types import ModuleType
 
 from . import zoo
+from .codegen import numpy_arena
 from .api import compile, value_and_grad
 from .passes.remat import STRATEGIES, frontier, remat
 
@@ -110,16 +111,18 @@ def cmd_plan(args) -> int:
     loss = getattr(target, "loss", None)
     if not callable(loss):
         raise TargetError(f"{args.model}: plan needs a loss(params, x, y) function")
-    inputs = target.example_inputs(batch_size=args.batch) if args.sweep else _inputs(target, args.batch)
+    inputs = _inputs(target, args.batch)
+    if args.sweep and isinstance(target, zoo.Workload):  # timing runs need real weights, not placeholders
+        inputs = target.example_inputs(batch_size=args.batch)
     graph = compile(value_and_grad(loss)).lower(*inputs).optimized
     if not args.sweep:
         budget = None if args.budget is None else parse_budget(args.budget)
         strategy = args.strategy or ("optimal" if budget is not None else "store_all")
-        result, plan = remat(graph, strategy, budget, args.time_limit)
+        result, plan = remat(graph, strategy, budget, args.time_limit, numpy_arena.arena_bytes)
         sys.stdout.write(str(plan))
         rows = [(strategy, result, plan)]
     else:
-        rows = frontier(graph, time_limit=args.time_limit)
+        rows = frontier(graph, time_limit=args.time_limit, peak_of=numpy_arena.arena_bytes)
         sys.stdout.write(format_frontier(rows, [_seconds_per_step(result, inputs) for _, result, _ in rows]))
     if args.plot:
         plot_study(rows, args.plot, f"{args.model}: training step")

@@ -23,6 +23,7 @@ import scipy.special
 
 from ..ir import Graph, Node
 from ..ir import ops as O
+from ..passes.fuse import fuse
 from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
 from ..passes.schedule import Schedule
 from .numpy_backend import _np_dtype, _scalar
@@ -214,13 +215,24 @@ class ArenaProgram:
         return self.plan.arena_bytes
 
 
-def build_program(schedule: Schedule) -> ArenaProgram:
+def plan_program_memory(schedule: Schedule) -> tuple[MemoryPlan, Storage]:
+    """The arena plan of the NumPy program: kernel outputs plus kernel scratch."""
     base_plan = plan_memory(schedule)
     in_place = {b.value: b.reuses for b in base_plan.buffers if b.reuses is not None}
     storage = assign_storage(schedule, in_place)
     plan = plan_memory(schedule, storage.scratch)
     if {b.value: b.reuses for b in plan.buffers if b.reuses is not None} != in_place:
         raise AssertionError("scratch changed the in-place decisions the storage was assigned for")
+    return plan, storage
+
+
+def arena_bytes(graph: Graph) -> int:
+    """The real peak of the NumPy program for a graph: what remat plans against."""
+    return plan_program_memory(fuse(graph))[0].arena_bytes
+
+
+def build_program(schedule: Schedule) -> ArenaProgram:
+    plan, storage = plan_program_memory(schedule)
     return _Emitter(schedule, plan, storage).build()
 
 
