@@ -1,0 +1,115 @@
+"""The benchmark harness runs end to end, and its contenders compute the same step.
+
+No timing is asserted: only that the table, CSV and plot are produced and that
+every installed contender's loss, outputs and updated parameters agree with
+ffcompile's. torch.compile is left out unless FFCOMPILE_SLOW_TESTS is set:
+compiling even xor's step takes 10-25 s cold on 2 cores; `python -m
+benchmarks.mlp` runs it (and checks its agreement in the Δ column).
+"""
+import csv
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import ffcompile as ff
+
+# benchmarks/ is a top-level directory of the repository, not an installed package.
+from benchmarks import mlp
+from benchmarks.contenders import CONTENDERS, Contender, Problem
+from benchmarks.numpy_mlp import MLPSpec
+from ffcompile import nn, zoo
+from ffcompile.tree import tree_map
+
+FAST = [c for c in CONTENDERS if c.name != "torch.compile"]
+INSTALLED = [c for c in FAST if all(importlib.util.find_spec(m) for m in c.requires)]
+RTOL = 1e-4
+
+
+def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
+    out_csv, out_png = tmp_path / "xor.csv", tmp_path / "xor.png"
+    code = mlp.main(["--model", "xor", "--steps", "6", "--rounds", "3", "--warmup", "1",
+                     "--contenders", ",".join(c.name for c in FAST),
+                     "--csv", str(out_csv), "--plot", str(out_png)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| model | mode | contender | median ms |" in table and "threads:" in table
+    rows = list(csv.DictReader(out_csv.open()))
+    assert {(r["mode"], r["contender"]) for r in rows} == {
+        (mode, name) for mode in mlp.MODES for name in [c.name for c in FAST] + ["BLAS floor"]}
+    for row in rows:
+        installed = row["contender"] in {c.name for c in INSTALLED} | {"BLAS floor"}
+        assert row["status"] == ("ok" if installed else "not installed"), row
+        assert f"| xor | {row['mode']} | {row['contender']} |" in table
+        if installed:
+            assert float(row["min_ms"]) <= float(row["median_ms"])
+    for mode in mlp.MODES:
+        ran = [r for r in rows if r["mode"] == mode and r["status"] == "ok" and r["contender"] != "BLAS floor"]
+        reference = next(r for r in ran if r["contender"] == "ffcompile-numpy")
+        assert reference["ratio_to_reference"] == "1"
+        for r in ran:
+            np.testing.assert_allclose(float(r["first_value"]), float(reference["first_value"]), rtol=RTOL)
+            assert float(r["deviation_from_reference"]) < RTOL, r
+    assert out_png.stat().st_size > 0
+
+
+def _gelu_workload():
+    """Covers the activations and loss the zoo's small models do not: GELU (tanh), linear output, MSE."""
+    def sample(rng, n):
+        return rng.standard_normal((n, 12)).astype(np.float32), rng.standard_normal((n, 3)).astype(np.float32)
+
+    return zoo.Workload("gelu", "12-16-3 GELU MLP", nn.mlp([12, 16, 3], lambda: nn.GELU("tanh")),
+                        nn.mse, 8, sample)
+
+
+WORKLOADS = {"xor": lambda: zoo.get("xor"), "digits": lambda: zoo.get("digits"), "gelu": _gelu_workload}
+SLOW = pytest.mark.skipif(not os.environ.get("FFCOMPILE_SLOW_TESTS"),
+                          reason="torch.compile takes 10-25 s to compile cold on 2 cores; set "
+                                 "FFCOMPILE_SLOW_TESTS=1 (the full harness run checks it in its Δ column)")
+
+
+@pytest.mark.parametrize("contender", [*(c.name for c in FAST), pytest.param("torch.compile", marks=SLOW)])
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_contenders_take_the_same_training_steps(workload, contender):
+    contender = next(c for c in CONTENDERS if c.name == contender)
+    for module in contender.requires:
+        pytest.importorskip(module, reason=f"{contender.name} is an optional peer")
+    workload = WORKLOADS[workload]()
+    params, x, y = workload.example_inputs()
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend="numpy")
+    expected = tree_map(np.copy, params)
+    state = step.init(expected)
+    losses = [float(step(expected, state, x, y)) for _ in range(3)]
+    runner = contender.prepare(Problem(workload, "train", params, x, y, 0.01, 1))
+    np.testing.assert_allclose([float(np.asarray(runner.run())) for _ in range(3)], losses, rtol=RTOL)
+    for (w, b), (ew, eb) in zip(runner.layers(), MLPSpec.layers(expected), strict=True):
+        np.testing.assert_allclose(w, ew, rtol=RTOL, atol=1e-6)
+        np.testing.assert_allclose(b, eb, rtol=RTOL, atol=1e-6)
+    runner.reset()
+    np.testing.assert_allclose(float(np.asarray(runner.run())), losses[0], rtol=RTOL)
+    # The contender trained its own copy: the workload's initial parameters are untouched.
+    np.testing.assert_array_equal(MLPSpec.layers(params)[0][0], MLPSpec.layers(workload.example_inputs()[0])[0][0])
+
+
+def test_a_diverging_step_is_flagged():
+    workload = _gelu_workload()
+    huge = zoo.Workload("huge", "targets whose squares overflow float32", workload.model, nn.mse, 8,
+                        lambda rng, n: (workload.sample(rng, n)[0], np.full((n, 3), 1e20, np.float32)))
+    hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cells = mlp.run_cell(huge, "train", [hand], mlp.Options(steps=2, rounds=1, warmup=0))
+    assert cells[0].diverged and "non-finite" in mlp.markdown(cells)
+    assert not mlp.run_cell(workload, "train", [hand], mlp.Options(steps=2, rounds=1, warmup=0))[0].diverged
+
+
+def test_missing_and_unsupported_contenders_are_rows_not_failures():
+    absent = Contender("absent", CONTENDERS[1].prepare, requires=("no_such_module_for_ffcompile",))
+    hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
+    options = mlp.Options(steps=2, rounds=1, warmup=0)
+    cells = {c.contender: c for c in mlp.run_cell("two_tower", "infer", [hand, absent], options)}
+    assert cells["absent"].status == "not installed"
+    assert cells["numpy-hand"].status.startswith("unsupported: two_tower is not a Sequential")
+    assert cells["BLAS floor"].status.startswith("unsupported")
+    table = mlp.markdown(list(cells.values()))
+    assert "| two_tower | infer | absent | not installed |" in table
