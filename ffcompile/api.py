@@ -12,8 +12,9 @@ import functools
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .codegen import numpy_backend
-from .codegen import numpy_arena
+import numpy as np
+
+from .codegen import numpy_arena, numpy_backend
 from .codegen.numpy_arena import ArenaProgram, build_program
 from .ir import Graph, TensorType
 from .ir.lang import Value, _builder_of, lift
@@ -205,15 +206,25 @@ class CompiledFunction:
         return self._last.stats()
 
     def __call__(self, *args):
-        if any(isinstance(leaf, Value) for leaf in tree_flatten(tuple(args))[0]):
+        leaves, in_tree = tree_flatten(args)
+        if any(isinstance(leaf, Value) for leaf in leaves):
             return self.fn(*args)  # inside another trace: compile is the identity
-        key, (_, _, _, leaves) = self._key(args)
+        executable = self._executable(args, leaves, in_tree)
+        return tree_unflatten(executable.out_tree, executable.call_flat(leaves))
+
+    def _executable(self, args, leaves, in_tree) -> Executable:
+        """The executable for this call's signature; traced and compiled on a miss.
+
+        The hot path keys on (structure, shapes, dtypes) alone: argument names
+        and spec checks are only needed when a new signature is compiled."""
+        key = (in_tree, tuple((leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
+                              else (np.shape(leaf), type(leaf)) for leaf in leaves))
         entry = self._cache.get(key)
         if entry is None:
             lowered = self.lower(*args)
             entry = self._cache[key] = (lowered, lowered.compile())
         self._last = entry[0]
-        return entry[1](*args)
+        return entry[1]
 
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,

@@ -44,12 +44,19 @@ class TrainStep:
         return self._compiled.lower(params, opt_state, *batch)
 
     def __call__(self, params, opt_state, *batch):
-        _check_donatable(params, "params")
-        _check_donatable(opt_state, "opt_state")
-        loss, new_params, new_state = self._compiled(params, opt_state, *batch)
-        for old, new in zip(tree_flatten((params, opt_state))[0], tree_flatten((new_params, new_state))[0]):
+        args = (params, opt_state, *batch)
+        leaves, in_tree = tree_flatten(args)
+        state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
+        if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
+                   for a in leaves[:state]):
+            _check_donatable(params, "params")
+            _check_donatable(opt_state, "opt_state")
+        executable = self._compiled._executable(args, leaves, in_tree)
+        results = executable.call_flat(leaves)
+        # Results are (loss, new params, new state), flattened like (params, opt_state).
+        for old, new in zip(leaves[:state], results[1:1 + state]):
             np.copyto(old, new)
-        return loss
+        return results[0]
 
 
 def _step_signature(loss_fn) -> inspect.Signature:
