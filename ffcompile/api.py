@@ -102,10 +102,17 @@ class Lowered:
     def stats(self) -> Stats:
         return Stats.of(self)
 
-    def compile(self) -> Executable:
+    def compile(self, donate: dict[int, int] | None = None) -> Executable:
+        """donate: flat result index -> flat argument index whose array may take that result
+        (honoured where the schedule reads the argument before writing the result)."""
         if self.backend != "numpy":
             raise NotImplementedError(f"backend {self.backend!r} is not implemented yet; use backend='numpy'")
-        fn = numpy_backend.build(self.optimized)[0] if self.program is None else self.program.run
+        if self.schedule is None:
+            fn = numpy_backend.build(self.optimized)[0]
+        elif donate:
+            fn = build_program(self.schedule, donate).run
+        else:
+            fn = self.program.run
         return Executable(self.optimized, fn, self.traced.out_tree, self.names)
 
 
@@ -212,17 +219,18 @@ class CompiledFunction:
         executable = self._executable(args, leaves, in_tree)
         return tree_unflatten(executable.out_tree, executable.call_flat(leaves))
 
-    def _executable(self, args, leaves, in_tree) -> Executable:
+    def _executable(self, args, leaves, in_tree, donate=None) -> Executable:
         """The executable for this call's signature; traced and compiled on a miss.
 
         The hot path keys on (structure, shapes, dtypes) alone: argument names
-        and spec checks are only needed when a new signature is compiled."""
+        and spec checks are only needed when a new signature is compiled.
+        donate(in_tree) -> {result index: argument index} (see Lowered.compile)."""
         key = (in_tree, tuple((leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
                               else (np.shape(leaf), type(leaf)) for leaf in leaves))
         entry = self._cache.get(key)
         if entry is None:
             lowered = self.lower(*args)
-            entry = self._cache[key] = (lowered, lowered.compile())
+            entry = self._cache[key] = (lowered, lowered.compile(donate and donate(in_tree)))
         self._last = entry[0]
         return entry[1]
 

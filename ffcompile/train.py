@@ -6,8 +6,10 @@
 
 into one graph and compiles it. Calling the step returns the loss and writes
 the new parameters and optimizer state over the caller's arrays (they are
-donated): training code keeps its references. The NumPy backend copies the
-new values back; the arena-planned backends write them in place.
+donated): training code keeps its references. Where the schedule reads an
+old value before it writes the new one (the usual case: an update is the last
+use of its parameter), the program writes straight into the caller's array;
+elsewhere the new value is copied back.
 """
 from __future__ import annotations
 
@@ -51,12 +53,20 @@ class TrainStep:
                    for a in leaves[:state]):
             _check_donatable(params, "params")
             _check_donatable(opt_state, "opt_state")
-        executable = self._compiled._executable(args, leaves, in_tree)
+        executable = self._compiled._executable(args, leaves, in_tree, _donate_state)
         results = executable.call_flat(leaves)
-        # Results are (loss, new params, new state), flattened like (params, opt_state).
+        # Results are (loss, new params, new state), flattened like (params, opt_state);
+        # the program wrote the donated ones over the old arrays already.
         for old, new in zip(leaves[:state], results[1:1 + state]):
-            np.copyto(old, new)
+            if new is not old:
+                np.copyto(old, new)
         return results[0]
+
+
+def _donate_state(in_tree) -> dict[int, int]:
+    """New params and optimizer state (results 1..n) go over the old ones (arguments 0..n-1)."""
+    state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
+    return {1 + i: i for i in range(state)}
 
 
 def _step_signature(loss_fn) -> inspect.Signature:

@@ -152,8 +152,9 @@ def _is_view_expression(node: Node, kernel_outputs: set[int], i: int, users: lis
     return all(O.ELEMENTWISE in nodes[u].op.traits for u in users)
 
 
-def assign_storage(schedule: Schedule, in_place: dict[int, int]) -> Storage:
-    """Storage for every body node; in_place: planned buffer -> dying input it overwrites."""
+def assign_storage(schedule: Schedule, protected) -> Storage:
+    """Storage for every body node. protected: buffers that share memory with a value
+    still being read (in-place reuse, donation), so no temporary may be written there."""
     graph = schedule.graph
     nodes, users = graph.nodes, graph.users()
     storage = Storage()
@@ -172,7 +173,7 @@ def assign_storage(schedule: Schedule, in_place: dict[int, int]) -> Storage:
             if (consumer in position and nodes[i].type == node.type
                     and O.ELEMENTWISE in node.op.traits and node.op is not O.Broadcast
                     and not (node.op is O.Select and node.inputs.index(i) < 2)
-                    and storage.root(consumer) not in in_place
+                    and storage.root(consumer) not in protected
                     and not any(storage.root(j) == storage.root(consumer) for j in node.inputs if j != i)):
                 storage.owner[i] = consumer
         # The rest take scratch slots. A slot is taken where the first value stored
@@ -209,17 +210,20 @@ class ArenaProgram:
     source: str
     arena: np.ndarray
     run: Callable  # run(*inputs) -> list of result arrays
+    donated: dict[int, int] = field(default_factory=dict)  # result -> the argument array it is written to
 
     @property
     def arena_bytes(self) -> int:
         return self.plan.arena_bytes
 
 
-def plan_program_memory(schedule: Schedule) -> tuple[MemoryPlan, Storage]:
-    """The arena plan of the NumPy program: kernel outputs plus kernel scratch."""
+def plan_program_memory(schedule: Schedule, donated: frozenset[int] = frozenset()
+                        ) -> tuple[MemoryPlan, Storage]:
+    """The arena plan of the NumPy program: kernel outputs plus kernel scratch.
+    donated: output roots written over an argument's array (see safe_donations)."""
     base_plan = plan_memory(schedule)
     in_place = {b.value: b.reuses for b in base_plan.buffers if b.reuses is not None}
-    storage = assign_storage(schedule, in_place)
+    storage = assign_storage(schedule, set(in_place) | donated)
     plan = plan_memory(schedule, storage.scratch)
     if {b.value: b.reuses for b in plan.buffers if b.reuses is not None} != in_place:
         raise AssertionError("scratch changed the in-place decisions the storage was assigned for")
@@ -231,14 +235,64 @@ def arena_bytes(graph: Graph) -> int:
     return plan_program_memory(fuse(graph))[0].arena_bytes
 
 
-def build_program(schedule: Schedule) -> ArenaProgram:
-    plan, storage = plan_program_memory(schedule)
-    return _Emitter(schedule, plan, storage).build()
+def safe_donations(schedule: Schedule, donate: dict[int, int]) -> dict[int, int]:
+    """The requested donations (result position -> argument position) that are safe.
+
+    A result may be written over an argument's array when every read of the
+    argument happens before that write: in earlier kernels, or earlier in the
+    writing kernel's body, or at the writing node itself elementwise at the
+    same index. Anything else is left to a copy."""
+    graph, nodes = schedule.graph, schedule.graph.nodes
+    users, views = graph.users(), set(schedule.views)
+    roots = [schedule.root(j) for j in graph.outputs]
+    safe = {}
+    for out_pos, in_pos in donate.items():
+        root, arg = roots[out_pos], graph.inputs[in_pos]
+        if (root not in schedule.producer or roots.index(root) != out_pos or arg in roots
+                or nodes[graph.outputs[out_pos]].type != nodes[arg].type or in_pos in safe.values()):
+            continue
+        readers = _readers(views, users, arg)
+        writer_kernel = schedule.producer[root]
+        body = schedule.kernels[writer_kernel].body
+        ok = True
+        for r in readers:
+            k = next((k for k, kernel in enumerate(schedule.kernels) if r in kernel.body), -1)
+            if k > writer_kernel or (k == writer_kernel and (
+                    body.index(r) > body.index(root)
+                    or (r == root and (O.ELEMENTWISE not in nodes[root].op.traits
+                                       or any(nodes[j].type.shape != nodes[root].type.shape
+                                              for j in nodes[root].inputs if schedule.root(j) == arg))))):
+                ok = False
+        if ok:
+            safe[out_pos] = in_pos
+    return safe
+
+
+def _readers(views: set[int], users, value: int) -> list[int]:
+    """Body nodes that read value, directly or through views of it."""
+    found, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        for u in users[v]:
+            if u in views:
+                stack.append(u)
+            else:
+                found.append(u)
+    return found
+
+
+def build_program(schedule: Schedule, donate: dict[int, int] | None = None) -> ArenaProgram:
+    """donate: result position -> argument position whose array may receive it (if safe)."""
+    donated = safe_donations(schedule, donate or {})
+    roots = frozenset(schedule.root(schedule.graph.outputs[k]) for k in donated)
+    plan, storage = plan_program_memory(schedule, roots)
+    return _Emitter(schedule, plan, storage, donated).build()
 
 
 class _Emitter:
-    def __init__(self, schedule: Schedule, plan: MemoryPlan, storage: Storage):
+    def __init__(self, schedule: Schedule, plan: MemoryPlan, storage: Storage, donated: dict[int, int]):
         self.schedule, self.plan, self.storage = schedule, plan, storage
+        self.donated = donated
         self.graph: Graph = schedule.graph
         self.nodes = self.graph.nodes
         self.users = self.graph.users()
@@ -293,13 +347,16 @@ class _Emitter:
         out_types = [nodes[j].type for j in graph.outputs]
         lock = threading.Lock()  # one arena per program: calls run one at a time
 
+        donated = self.donated
+
         def run(*arrays):
-            results = [np.empty(t.shape, t.np_dtype) for t in out_types]
+            results = [arrays[donated[k]] if k in donated else np.empty(t.shape, t.np_dtype)
+                       for k, t in enumerate(out_types)]
             with lock:
                 program(*arrays, *results)
             return results
 
-        return ArenaProgram(self.plan, source, self.arena, run)
+        return ArenaProgram(self.plan, source, self.arena, run, dict(donated))
 
     def storage_name(self, i: int, k: int) -> str:
         """Name of the storage value i (computed in kernel k) is written to."""
