@@ -94,7 +94,11 @@ def jit(module: ir.Module | str) -> JitModule:
         optimize(mod, tm)
         exported = [f.name for f in mod.functions
                     if not f.is_declaration and f.linkage == llvm.Linkage.external]
-        engine = llvm.create_mcjit_compiler(mod, tm)
+        # llvmlite's memory manager reserves one block for all of a module's sections:
+        # LLVM's default one may place code and constants over 2 GiB apart, which a
+        # 32-bit PC-relative relocation cannot span (RuntimeDyldELF asserts, the
+        # process aborts, at random depending on where the heap happens to be).
+        engine = llvm.create_mcjit_compiler(mod, tm, use_lmm=True)
         engine.finalize_object()
         addresses = {name: engine.get_function_address(name) for name in exported}
     return JitModule(engine, addresses)
