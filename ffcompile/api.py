@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
 from .codegen import numpy_arena, numpy_backend
+from .codegen.llvm import backend as llvm_backend
 from .codegen.numpy_arena import ArenaProgram, build_program
 from .ir import Graph, TensorType
 from .ir.lang import Value, _builder_of, lift
@@ -22,8 +24,8 @@ from .passes.autodiff import append_adjoint
 from .passes.decompose import decompose
 from .passes.fuse import fuse
 from .passes.manager import Pass, PassRecord, run_pipeline
-from .passes.memory import MemoryPlan
-from .passes.remat import RematPlan, remat
+from .passes.memory import MemoryPlan, plan_memory
+from .passes.remat import RematPlan, arena_peak, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
 from .runtime import ArgumentError, Executable
@@ -46,12 +48,13 @@ class RematOptions:
     strategy: str
     memory_budget: int | float | None
     time_limit: float
+    peak_of: Callable[[Graph], int]  # the real arena of the backend's program for a graph
 
     def as_pass(self, plans: list) -> Pass:
         """The remat pass; it runs last among graph passes, since CSE would undo its copies."""
         def run(graph: Graph) -> Graph:
             graph, plan = remat(graph, self.strategy, self.memory_budget, self.time_limit,
-                                peak_of=numpy_arena.arena_bytes)
+                                peak_of=self.peak_of)
             plans.append(plan)
             return graph
 
@@ -90,7 +93,26 @@ class Lowered:
 
     @property
     def memory(self) -> MemoryPlan | None:
-        return None if self.program is None else self.program.plan
+        """The arena plan of the program this backend runs."""
+        if self.schedule is None:
+            return None
+        return plan_memory(self.schedule) if self.backend == "llvm" else self.program.plan
+
+    @cached_property
+    def native(self):
+        """The LLVM backend's executable (its `.llvm_ir`, `.asm`), built on first use."""
+        if self.backend != "llvm":
+            raise ValueError(f"this program was lowered for backend {self.backend!r}, not 'llvm'")
+        schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
+        return llvm_backend.build(schedule, plan_memory(schedule))
+
+    @property
+    def llvm_ir(self) -> str:
+        return self.native.llvm_ir
+
+    @property
+    def asm(self) -> str:
+        return self.native.asm
 
     @property
     def source(self) -> str:
@@ -105,8 +127,10 @@ class Lowered:
     def compile(self, donate: dict[int, int] | None = None) -> Executable:
         """donate: flat result index -> flat argument index whose array may take that result
         (honoured where the schedule reads the argument before writing the result)."""
-        if self.backend != "numpy":
-            raise NotImplementedError(f"backend {self.backend!r} is not implemented yet; use backend='numpy'")
+        if self.backend == "llvm":
+            schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
+            fn = llvm_backend.build(schedule, plan_memory(schedule), donate)
+            return Executable(self.optimized, fn, self.traced.out_tree, self.names)
         if self.schedule is None:
             fn = numpy_backend.build(self.optimized)[0]
         elif donate:
@@ -155,8 +179,6 @@ class CompiledFunction:
         backend = backend or DEFAULT_BACKEND
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-        if backend == "llvm":
-            raise NotImplementedError("the LLVM backend is not implemented yet; use backend='numpy'")
         self.fn = fn
         self.backend = backend
         self.spec = None if spec is None else tree_flatten(tuple(spec))
@@ -168,7 +190,9 @@ class CompiledFunction:
             raise ValueError("remat plans the optimized program: it needs optimize=True")
         if memory_budget is not None and remat is None:
             remat = "optimal"
-        self.remat = None if remat is None else RematOptions(remat, memory_budget, remat_time_limit)
+        # The LLVM backend fuses each kernel into loops: its arena is the planner's, no scratch.
+        peak_of = arena_peak if backend == "llvm" else numpy_arena.arena_bytes
+        self.remat = None if remat is None else RematOptions(remat, memory_budget, remat_time_limit, peak_of)
         self._cache: dict = {}
         self._last: Lowered | None = None
         functools.update_wrapper(self, fn, updated=())

@@ -58,8 +58,3 @@ def test_grad_of_grad_gives_hessian_vector_product(args):
     gplus = ff.grad(f, argnums=1)(x, w + eps * v, b)
     gminus = ff.grad(f, argnums=1)(x, w - eps * v, b)
     assert np.allclose(ff.compile(hvp)(x, w, b, v), (gplus - gminus) / (2 * eps), atol=1e-7)
-
-
-def test_llvm_backend_is_not_there_yet():
-    with pytest.raises(NotImplementedError):
-        ff.compile(f, backend="llvm")

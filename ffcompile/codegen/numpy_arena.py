@@ -23,10 +23,11 @@ import scipy.special
 
 from ..ir import Graph, Node
 from ..ir import ops as O
+from ..passes.donation import safe_donations
 from ..passes.fuse import fuse
 from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
 from ..passes.schedule import Schedule
-from .numpy_backend import _np_dtype, _scalar
+from .numpy_backend import _scalar
 
 # Ops whose value NumPy can express as a view of their operand: inside a kernel
 # they take no storage unless they are the kernel's output.
@@ -233,52 +234,6 @@ def plan_program_memory(schedule: Schedule, donated: frozenset[int] = frozenset(
 def arena_bytes(graph: Graph) -> int:
     """The real peak of the NumPy program for a graph: what remat plans against."""
     return plan_program_memory(fuse(graph))[0].arena_bytes
-
-
-def safe_donations(schedule: Schedule, donate: dict[int, int]) -> dict[int, int]:
-    """The requested donations (result position -> argument position) that are safe.
-
-    A result may be written over an argument's array when every read of the
-    argument happens before that write: in earlier kernels, or earlier in the
-    writing kernel's body, or at the writing node itself elementwise at the
-    same index. Anything else is left to a copy."""
-    graph, nodes = schedule.graph, schedule.graph.nodes
-    users, views = graph.users(), set(schedule.views)
-    roots = [schedule.root(j) for j in graph.outputs]
-    safe = {}
-    for out_pos, in_pos in donate.items():
-        root, arg = roots[out_pos], graph.inputs[in_pos]
-        if (root not in schedule.producer or roots.index(root) != out_pos or arg in roots
-                or nodes[graph.outputs[out_pos]].type != nodes[arg].type or in_pos in safe.values()):
-            continue
-        readers = _readers(views, users, arg)
-        writer_kernel = schedule.producer[root]
-        body = schedule.kernels[writer_kernel].body
-        ok = True
-        for r in readers:
-            k = next((k for k, kernel in enumerate(schedule.kernels) if r in kernel.body), -1)
-            if k > writer_kernel or (k == writer_kernel and (
-                    body.index(r) > body.index(root)
-                    or (r == root and (O.ELEMENTWISE not in nodes[root].op.traits
-                                       or any(nodes[j].type.shape != nodes[root].type.shape
-                                              for j in nodes[root].inputs if schedule.root(j) == arg))))):
-                ok = False
-        if ok:
-            safe[out_pos] = in_pos
-    return safe
-
-
-def _readers(views: set[int], users, value: int) -> list[int]:
-    """Body nodes that read value, directly or through views of it."""
-    found, stack = [], [value]
-    while stack:
-        v = stack.pop()
-        for u in users[v]:
-            if u in views:
-                stack.append(u)
-            else:
-                found.append(u)
-    return found
 
 
 def build_program(schedule: Schedule, donate: dict[int, int] | None = None) -> ArenaProgram:

@@ -97,7 +97,7 @@ class Value:
     def __ge__(self, other): return greater_equal(self, other)
     def __lt__(self, other): return less(self, other)
     def __le__(self, other): return less_equal(self, other)
-    def __eq__(self, other): return equal(self, other)  # noqa: elementwise, like NumPy
+    def __eq__(self, other): return equal(self, other)  # elementwise, like NumPy
     def __ne__(self, other): return equal(self, other) == False  # noqa: E712
 
     # ---- methods
