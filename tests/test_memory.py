@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from test_fuse import (digits_sized_args, random_graphs, relu_mlp_loss, tanh_mlp_args, tanh_mlp_loss,
                        training_graph)
 
@@ -178,3 +179,12 @@ def test_random_plans_never_overlap_and_run_in_their_arena(case):
     assert all((b.offset is None) == (b.value in returned) for b in plan.buffers)
     for want, got in zip(run_schedule_reference(schedule, args), run_in_arena(plan, args), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 12), st.sampled_from([64, 128, 192, 512])),
+                min_size=1, max_size=60))
+def test_linear_scan_placement_equals_the_general_one_in_first_use_order(blocks):
+    from ffcompile.passes.memory import _first_use_order, _place_by_first_use, _place_in_order
+
+    span = {b: (lo, lo + length, size) for b, (lo, length, size) in enumerate(blocks)}
+    assert _place_by_first_use(span) == _place_in_order(span, _first_use_order(span))
