@@ -240,6 +240,7 @@ _NOT_TRACED = "n/a: {} allocates outside Python's allocator, invisible to tracem
 
 # Reference first: the harness compares every contender's result to the reference's.
 CONTENDERS: list[Contender] = [
+    Contender("ffcompile-llvm", ffcompile_backend("llvm")),
     Contender("ffcompile-numpy", ffcompile_backend("numpy")),
     Contender("numpy-hand", numpy_hand),
     Contender("torch-eager", torch_mode(compiled=False), ("torch",), _NOT_TRACED.format("torch")),
