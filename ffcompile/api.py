@@ -9,6 +9,8 @@ adjoint and inline the result, so they compose with each other and with
 from __future__ import annotations
 
 import functools
+import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -17,6 +19,7 @@ import numpy as np
 
 from .codegen import numpy_arena, numpy_backend
 from .codegen.llvm import backend as llvm_backend
+from .codegen.llvm.export import export as export_library
 from .codegen.numpy_arena import ArenaProgram, build_program
 from .ir import Graph, TensorType
 from .ir.lang import Value, _builder_of, lift
@@ -105,6 +108,12 @@ class Lowered:
             raise ValueError(f"this program was lowered for backend {self.backend!r}, not 'llvm'")
         schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
         return llvm_backend.build(schedule, plan_memory(schedule))
+
+    def export(self, out_dir, name: str | None = None):
+        """Write name.o, libname.so and name.h for this program (docs/export.md)."""
+        schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
+        return export_library(schedule, plan_memory(schedule), out_dir,
+                              name or re.sub(r"\W", "_", self.graph.name), self.names)
 
     @property
     def llvm_ir(self) -> str:
@@ -229,6 +238,14 @@ class CompiledFunction:
                 verify_schedule(schedule)
         return Lowered(traced, names, self.backend, result.graph, schedule, result.records, result.dumps,
                        plans[0] if plans else None)
+
+    def export(self, path, *args):
+        """cf.export("dir/libmodel.so"[, *args]): the signature of args, or the one compiled last."""
+        lowered = self.lower(*args) if args else self._last
+        if lowered is None:
+            raise RuntimeError(f"{self.__name__}: call it or pass example arguments before export")
+        directory, file = os.path.split(os.fspath(path))
+        return lowered.export(directory or ".", file.removeprefix("lib").removesuffix(".so"))
 
     def stats(self) -> Stats:
         """Stats of the signature compiled most recently."""

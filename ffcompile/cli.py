@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 from types import ModuleType
 
-from . import zoo
-from .codegen import numpy_arena
+from . import optim, zoo
 from .api import compile, value_and_grad
+from .codegen import numpy_arena
+from .codegen.llvm.export import ExportError
 from .passes.remat import STRATEGIES, frontier, remat
+from .train import compile_train_step
 
 FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats")
 
@@ -197,6 +200,23 @@ def _cheapest_optimal_at_most(rows, reference: str) -> str | None:
     return min(fits)[1] if fits else None
 
 
+def cmd_export(args) -> int:
+    target = resolve(args.model)
+    params, x, y = _inputs(target, args.batch)
+    if args.train:
+        loss = getattr(target, "loss", None)
+        if not callable(loss):
+            raise TargetError(f"{args.model}: --train needs a loss(params, x, y) function")
+        step = compile_train_step(loss, optim.SGD(args.lr), backend="llvm")
+        lowered = step.lower(params, step.init(params), x, y)
+    else:
+        lowered = compile(_forward(target), backend="llvm").lower(params, x)
+    name = args.name or re.sub(r"\W", "_", os.path.splitext(os.path.basename(args.model))[0])
+    library = lowered.export(args.output, name)
+    print(f"wrote {library.object_path}, {library.library_path}, {library.header_path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     width = max(len(n) for n in zoo.names())
     for name in zoo.names():
@@ -233,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=float, default=10.0, metavar="S", help="solver time limit (seconds)")
     plan.set_defaults(run=cmd_plan)
 
+    export = commands.add_parser("export", help="write an object file, a shared library and a C header")
+    export.add_argument("model", metavar="MODEL", help="a zoo name or a model .py file")
+    export.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into")
+    export.add_argument("--name", default=None, help="library name (default: the model's)")
+    export.add_argument("--train", action="store_true", help="export the SGD training step, not inference")
+    export.add_argument("--lr", type=float, default=0.1, help="learning rate of the exported step")
+    export.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
+    export.set_defaults(run=cmd_export)
+
     listing = commands.add_parser("list", help="list the zoo models")
     listing.set_defaults(run=cmd_list)
     return parser
@@ -245,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be positive, got {args.batch}")
     try:
         return args.run(args)
-    except (TargetError, ValueError) as exc:
+    except (TargetError, ExportError, ValueError) as exc:
         parser.error(str(exc))
 
 

@@ -157,3 +157,16 @@ def test_dump_schedule_memory_and_stats_formats(capsys):
     assert "simplify" in stats and "kernels" in stats and "lower bound" in stats
     optimized = dump(capsys, "digits", "--train", "--format", "optimized")
     assert str(ff.parse_ir(optimized)) == optimized
+
+
+def test_export_writes_object_library_and_header(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler (cc) to link the shared library")
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["export", "xor", "--train", "-o", str(tmp_path / "out")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["libxor.so", "xor.h", "xor.o"]
+    assert "xor_entry" in (tmp_path / "out" / "xor.h").read_text()

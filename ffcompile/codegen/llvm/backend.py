@@ -32,6 +32,7 @@ from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import REDUCTION, Schedule
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads
+from .cache import default_cache
 from .elementwise import contiguous_strides
 from .lower import ENTRY, lower
 
@@ -74,7 +75,8 @@ class LLVMExecutable:
         program = lower(schedule, plan, donated_roots)
         self.llvm_ir = str(program.module)
         self.blas = program.blas  # the BLAS functions the code calls
-        self._jit = target.jit(self.llvm_ir)  # keeps the machine code alive
+        self._jit = target.jit(self.llvm_ir, default_cache())  # keeps the machine code alive
+        self.from_cache = self._jit.cached  # object code loaded from the disk cache
         if program.blas:
             default_blas_threads()
         for name in program.blas:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from .cache import ObjectCache
+
 # LLVM's global context and pass machinery are not safe to drive from two
 # threads at once (e.g. two threads tracing a function for the first time).
 _COMPILE_LOCK = threading.Lock()
@@ -38,6 +40,11 @@ def _new_target_machine(jit: bool) -> llvm.TargetMachine:
     return target.create_target_machine(
         cpu=llvm.get_host_cpu_name(), features=_host_features(), opt=3,
         reloc="pic", codemodel="default", jit=jit)
+
+
+def host_key() -> str:
+    """What the host target machine's code depends on: triple, CPU name, features (a cache key part)."""
+    return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {_host_features()}"
 
 
 @functools.cache
@@ -84,14 +91,22 @@ class JitModule:
 
     engine: llvm.ExecutionEngine
     addresses: dict[str, int]
+    cached: bool = False  # loaded from the object cache, not compiled
 
 
-def jit(module: ir.Module | str) -> JitModule:
-    """Optimize and JIT-compile `module` with MCJIT for the host."""
+def jit(module: ir.Module | str, cache: ObjectCache | None = None) -> JitModule:
+    """Optimize and JIT-compile `module` with MCJIT for the host.
+
+    With a cache, object code stored for the same IR and host is loaded
+    instead (no O3, no codegen), and fresh object code is stored."""
     tm = _new_target_machine(jit=True)  # owned, and freed, by the engine
+    text = str(module)
+    key = None if cache is None else cache.key(text, host_key())
     with _COMPILE_LOCK:
-        mod = parse(module, tm)
-        optimize(mod, tm)
+        mod = parse(text, tm)
+        obj = None if cache is None else cache.load(key)
+        if not obj:
+            optimize(mod, tm)
         exported = [f.name for f in mod.functions
                     if not f.is_declaration and f.linkage == llvm.Linkage.external]
         # llvmlite's memory manager reserves one block for all of a module's sections:
@@ -99,9 +114,11 @@ def jit(module: ir.Module | str) -> JitModule:
         # 32-bit PC-relative relocation cannot span (RuntimeDyldELF asserts, the
         # process aborts, at random depending on where the heap happens to be).
         engine = llvm.create_mcjit_compiler(mod, tm, use_lmm=True)
+        if cache is not None:  # MCJIT asks getbuffer before it generates code, and notifies after
+            engine.set_object_cache(lambda _, fresh: cache.store(key, fresh), lambda _: obj or None)
         engine.finalize_object()
         addresses = {name: engine.get_function_address(name) for name in exported}
-    return JitModule(engine, addresses)
+    return JitModule(engine, addresses, bool(obj))
 
 
 def assembly(module: ir.Module | str) -> str:
@@ -111,3 +128,12 @@ def assembly(module: ir.Module | str) -> str:
         mod = parse(module, tm)
         optimize(mod, tm)
         return tm.emit_assembly(mod)
+
+
+def object_code(module: ir.Module | str) -> bytes:
+    """A relocatable (PIC) host object file of `module` after the O3 pipeline, for linking."""
+    tm = host_target_machine()
+    with _COMPILE_LOCK:
+        mod = parse(module, tm)
+        optimize(mod, tm)
+        return tm.emit_object(mod)

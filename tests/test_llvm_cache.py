@@ -1,0 +1,114 @@
+"""The disk cache of object code: a program seen before loads its machine code instead of compiling
+it; a damaged entry is detected, compiled again and rewritten; another key never hits."""
+import numpy as np
+import pytest
+
+import ffcompile as ff
+from ffcompile import zoo
+from ffcompile.codegen.llvm import target
+from ffcompile.codegen.llvm.cache import (
+    CACHE_DIR_VARIABLE,
+    MAGIC,
+    ObjectCache,
+    default_cache,
+)
+from ffcompile.tree import tree_flatten
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path))
+    return tmp_path
+
+
+def xor_step():
+    """Build the xor training step's executable (fresh: no in-memory cache across calls)."""
+    workload = zoo.get("xor")
+    params, x, y = workload.example_inputs(0)
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.5), backend="llvm")
+    lowered = step.lower(params, step.init(params), x, y)
+    return lowered.compile().fn, (params, x, y)
+
+
+def run(executable, inputs):
+    params, x, y = inputs
+    return executable(*tree_flatten(params)[0], x, y)
+
+
+def entries(directory):
+    return sorted(directory.glob("*.o.ffc"))
+
+
+def test_second_build_loads_the_object_code_and_computes_the_same(cache_dir):
+    cold, inputs = xor_step()
+    assert not cold.from_cache
+    [entry] = entries(cache_dir)
+    warm, _ = xor_step()
+    assert warm.from_cache and entries(cache_dir) == [entry]
+    for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _truncate(data):
+    return data[:len(data) // 2]
+
+
+def _flip_payload_byte(data):
+    corrupt = bytearray(data)
+    corrupt[-100] ^= 0xFF
+    return bytes(corrupt)
+
+
+def _wrong_length(data):
+    return data + b"\0"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_payload_byte, _wrong_length,
+                                    lambda data: b"", lambda data: MAGIC,
+                                    lambda data: b"\x7fELF" + data[4:]],
+                         ids=["truncated", "flipped", "too-long", "empty", "header-only", "bad-magic"])
+def test_a_damaged_entry_is_rebuilt_not_loaded(cache_dir, damage):
+    reference, inputs = xor_step()
+    [entry] = entries(cache_dir)
+    intact = entry.read_bytes()
+    entry.write_bytes(damage(intact))
+    rebuilt, _ = xor_step()
+    assert not rebuilt.from_cache
+    assert entry.read_bytes() == intact  # rewritten whole
+    for a, b in zip(run(reference, inputs), run(rebuilt, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_key_covers_ir_host_and_versions(monkeypatch):
+    cache = ObjectCache("unused")
+    base = cache.key("define void @entry() { ret void }", target.host_key())
+    assert base == cache.key("define void @entry() { ret void }", target.host_key())
+    assert base != cache.key("define void @entry() {  ret void }", target.host_key())
+    assert base != cache.key("define void @entry() { ret void }", target.host_key() + ",-avx2")
+    monkeypatch.setattr(ff, "__version__", ff.__version__ + ".dev1")
+    assert base != cache.key("define void @entry() { ret void }", target.host_key())
+    monkeypatch.setattr("llvmlite.__version__", "0.0.0")
+    assert base != cache.key("define void @entry() { ret void }", target.host_key())
+
+
+def test_different_programs_do_not_share_an_entry(cache_dir):
+    xor_step()
+    f = ff.compile(lambda x: ff.tanh(x) + 1.0, backend="llvm")
+    x = np.linspace(-2, 2, 32, dtype=np.float32)
+    np.testing.assert_allclose(f(x), np.tanh(x) + 1.0, rtol=3e-5, atol=1e-5)
+    assert len(entries(cache_dir)) == 2
+
+
+def test_an_unwritable_cache_directory_only_disables_caching(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(blocker / "cache"))
+    executable, inputs = xor_step()
+    assert not executable.from_cache and np.isfinite(run(executable, inputs)[0])
+
+
+def test_empty_variable_turns_the_cache_off(monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, "")
+    assert default_cache() is None
+    executable, inputs = xor_step()
+    assert not executable.from_cache and np.isfinite(run(executable, inputs)[0])
