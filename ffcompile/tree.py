@@ -5,24 +5,24 @@ same keys flatten alike whatever order they were built in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class TreeDef:
+class TreeDef(NamedTuple):
+    """A tuple, so comparing and hashing one (a compiled call's cache key) runs in C."""
+
     kind: str  # "leaf", "dict", "list", "tuple", "none"
     keys: tuple = ()
     children: tuple["TreeDef", ...] = ()
-
-    @property
-    def num_leaves(self) -> int:
-        if self.kind == "leaf":
-            return 1
-        return sum(c.num_leaves for c in self.children)
+    num_leaves: int = 0
 
 
-LEAF = TreeDef("leaf")
+LEAF = TreeDef("leaf", num_leaves=1)
+NONE = TreeDef("none")
+
+
+def _node(kind: str, keys: tuple, children: tuple) -> TreeDef:
+    return TreeDef(kind, keys, children, sum(c.num_leaves for c in children))
 
 
 def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
@@ -34,12 +34,12 @@ def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
 def _flatten(tree, leaves) -> TreeDef:
     if isinstance(tree, dict):
         keys = tuple(sorted(tree))
-        return TreeDef("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
+        return _node("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
         kind = "list" if isinstance(tree, list) else "tuple"
-        return TreeDef(kind, (), tuple(_flatten(c, leaves) for c in tree))
+        return _node(kind, (), tuple(_flatten(c, leaves) for c in tree))
     if tree is None:
-        return TreeDef("none")
+        return NONE
     leaves.append(tree)
     return LEAF
 

@@ -147,10 +147,12 @@ class LLVMExecutable:
                 array = arrays[k] = self._conform(k, array.copy())
                 address = data_address(array)
             addresses.append(address)
-        for k in self._donated_inputs:
-            if self._must_copy_donated(k, arrays, addresses):
-                arrays[k] = arrays[k].copy()
-                addresses[k] = data_address(arrays[k])
+        if self._donated_inputs:
+            overlapping = _overlapping(arrays, addresses)
+            for k in self._donated_inputs:
+                if k in overlapping or not arrays[k].flags.writeable:
+                    arrays[k] = arrays[k].copy()
+                    addresses[k] = data_address(arrays[k])
         outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
         addresses += [data_address(out) for out in outs]
         slots = self._slots
@@ -162,13 +164,25 @@ class LLVMExecutable:
                              shape) for kind, k, shape in self._results)
 
 
-    def _must_copy_donated(self, k: int, arrays, addresses) -> bool:
-        """A donated argument is written: not if it is read-only or overlaps another argument."""
-        if not arrays[k].flags.writeable:
-            return True
-        start, end = addresses[k], addresses[k] + arrays[k].nbytes
-        return any(j != k and addresses[j] < end and start < addresses[j] + arrays[j].nbytes
-                   for j in range(len(arrays)))
+
+
+def _overlapping(arrays, addresses) -> set[int]:
+    """Arguments that may share memory with another one: a donated one must then be
+    copied before it is written. Sorted by address, arguments chain into clusters of
+    overlapping ranges; every member of a cluster of two or more is reported (a
+    superset, never a miss), in n log n rather than n^2 comparisons."""
+    spans = sorted((a, a + arrays[k].nbytes, k) for k, a in enumerate(addresses) if arrays[k].nbytes)
+    found, cluster, reach = set(), [], -1
+    for start, end, k in spans:
+        if start >= reach:
+            if len(cluster) > 1:
+                found.update(cluster)
+            cluster = []
+        cluster.append(k)
+        reach = max(reach, end)
+    if len(cluster) > 1:
+        found.update(cluster)
+    return found
 
 
 def _result(array: np.ndarray, shape) -> np.ndarray:
