@@ -1,8 +1,11 @@
-"""The public API contract of DESIGN.md, end to end on the NumPy backend."""
+"""The public API contract of DESIGN.md, end to end on every backend."""
 import numpy as np
 import pytest
 
 import ffcompile as ff
+
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def f(x, w, b):
@@ -13,6 +16,12 @@ def f(x, w, b):
 def args():
     rng = np.random.default_rng(0)
     return rng.normal(size=(4, 3)), rng.normal(size=(3, 5)), rng.normal(size=5)
+
+
+def test_compile_uses_the_backend_under_test(backend, args):
+    """The matrix is real: a compile that names no backend gets the fixture's."""
+    compiled = ff.compile(f)
+    assert compiled.backend == backend and compiled.lower(*args).backend == backend
 
 
 def test_compile_matches_numpy(args):

@@ -11,6 +11,9 @@ import pytest
 import ffcompile as ff
 from ffcompile.ir import verify
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 @pytest.fixture
 def shallow_stack():
@@ -47,7 +50,7 @@ def wide_deep_numpy(x, y):
 def test_5000_node_graph_prints_parses_verifies_and_runs(shallow_stack):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(3,)), rng.normal(size=(3,))
-    compiled = ff.compile(wide_deep, backend="numpy")
+    compiled = ff.compile(wide_deep)
     lowered = compiled.lower(x, y)
     assert len(lowered.graph) >= 5_000
     text = lowered.ir
@@ -88,7 +91,7 @@ def test_2000_layer_chain_differentiates(shallow_stack):
     # An orthogonal weight and no bias keep the gradients from vanishing over 2,000 layers.
     w = np.linalg.qr(rng.normal(size=(4, 4)))[0]
     x, b = rng.normal(size=(2, 4)), np.zeros(4)
-    lowered = ff.compile(ff.value_and_grad(chain, argnums=(0, 1, 2)), backend="numpy").lower(x, w, b)
+    lowered = ff.compile(ff.value_and_grad(chain, argnums=(0, 1, 2))).lower(x, w, b)
     assert sum(n.loc is not None and n.loc.role == "grad" for n in lowered.graph.nodes) > 3 * LAYERS
     value, grads = lowered.compile()(x, w, b)
     expected_value, expected_grads = chain_numpy(x, w, b)

@@ -5,9 +5,12 @@ import pytest
 import ffcompile as ff
 from ffcompile import ArgumentError, ShapeError
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def run(fn, *args):
-    return ff.compile(fn, backend="numpy")(*args)
+    return ff.compile(fn)(*args)
 
 
 X = np.ones((3, 4))
@@ -48,7 +51,7 @@ def test_dtype_mixes_are_rejected(fn, args, pieces):
 
 
 def test_a_call_that_differs_from_the_spec():
-    cf = ff.compile(lambda x: x.sum(), spec=(ff.spec((4, 3), "float64"),), backend="numpy")
+    cf = ff.compile(lambda x: x.sum(), spec=(ff.spec((4, 3), "float64"),))
     assert cf(np.ones((4, 3))) == 12.0
     with pytest.raises(ArgumentError, match=r"argument x: spec says f64\[4,3\], got f32\[4,3\]"):
         cf(np.ones((4, 3), np.float32))
@@ -61,7 +64,7 @@ def test_a_call_that_differs_from_the_spec():
 def test_wrong_number_of_arguments():
     with pytest.raises(TypeError, match="missing 1 required positional argument: 'b'"):
         run(lambda a, b: a + b, X)
-    executable = ff.compile(lambda a, b: a + b, backend="numpy").lower(X, X).compile()
+    executable = ff.compile(lambda a, b: a + b).lower(X, X).compile()
     with pytest.raises(ArgumentError, match="expected 2 array arguments, got 1"):
         executable(X)
     with pytest.raises(ArgumentError, match=r"argument b: expected f64\[3,4\], got float64\[4, 3\]"):
@@ -122,9 +125,23 @@ def test_non_contiguous_inputs_work(make):
     expected = np.tanh(x @ w).sum() + x[1:, :].max()
     got = run(lambda x, w: ff.tanh(x @ w).sum() + x[1:, :].max(), x, w)
     np.testing.assert_allclose(got, expected, rtol=1e-13)
-    grad = ff.compile(ff.grad(lambda x: (x * x).sum()), backend="numpy")(x)
+    grad = ff.compile(ff.grad(lambda x: (x * x).sum()))(x)
     np.testing.assert_array_equal(grad, 2 * x)
     assert np.array_equal(base, original)  # the caller's arrays are never written
+
+
+@pytest.mark.parametrize("fn, args, expected", [
+    (lambda x, w: ff.tanh(x @ w), (np.ones((0, 5)), np.ones((5, 3))), np.zeros((0, 3))),
+    (lambda x: x.sum(axis=0), (np.ones((0, 6)),), np.zeros(6)),
+    (lambda x: ff.softmax(x, axis=0), (np.ones((3, 0)),), np.zeros((3, 0))),
+], ids=["matmul", "sum", "softmax"])
+def test_zero_size_arrays_work(fn, args, expected):
+    np.testing.assert_array_equal(run(fn, *args), expected)
+
+
+def test_zero_size_arrays_through_a_kernel_of_two_transcendentals():
+    # The NumPy arena program once had no scratch offset for a kernel whose scratch is 0 bytes.
+    np.testing.assert_array_equal(run(lambda x: ff.tanh(x) + ff.exp(x), np.ones((0, 7))), np.ones((0, 7)))
 
 
 def test_nan_and_inf_propagate():
@@ -135,5 +152,5 @@ def test_nan_and_inf_propagate():
         assert np.isnan(run(lambda x: x.sum(), x))
         assert np.array_equal(run(lambda x: ff.tanh(x), x), np.tanh(x), equal_nan=True)
         assert np.all(np.isnan(run(lambda x: ff.softmax(x, axis=1), x)[0]))
-        g = ff.compile(ff.grad(lambda x: (ff.sigmoid(x) * x).sum()), backend="numpy")(x)
+        g = ff.compile(ff.grad(lambda x: (ff.sigmoid(x) * x).sum()))(x)
     assert np.isnan(g[0, 1]) and np.isfinite(g[0, 0])

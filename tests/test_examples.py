@@ -6,6 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -1,4 +1,4 @@
-"""Random array programs: traced and compiled (NumPy backend) they agree with NumPy itself.
+"""Random array programs: traced and compiled (on every backend) they agree with NumPy itself.
 
 Hypothesis draws a program step by step while evaluating it in NumPy, so each
 step knows its operands' shapes: elementwise functions, broadcasting binary
@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
+import pytest
 import scipy.special
 from hypothesis import given, note
 from hypothesis import strategies as st
@@ -19,6 +20,9 @@ from hypothesis.extra.numpy import arrays
 
 import ffcompile as ff
 from ffcompile.ir import lang as L
+
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
 
 NP = SimpleNamespace(exp=np.exp, tanh=np.tanh, sin=np.sin, cos=np.cos, abs=np.abs, sqrt=np.sqrt,
                      log1p=np.log1p, sigmoid=scipy.special.expit, softplus=lambda x: np.logaddexp(0, x),
@@ -242,7 +246,7 @@ def test_random_programs_match_numpy_and_round_trip(data):
     def traced(*inputs):
         return program.run(FF, inputs)
 
-    compiled = ff.compile(traced, backend="numpy")
+    compiled = ff.compile(traced)
     got = compiled(*program.inputs)
     assert got.shape == expected.shape and got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

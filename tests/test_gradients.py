@@ -9,15 +9,17 @@ import os
 
 import numpy as np
 import pytest
-from samples import (FUNCTION_CASES, OP_CASES, function_case_params, make_function_case,
-                           make_op_case)
+from samples import FUNCTION_CASES, OP_CASES, function_case_params, make_function_case, make_op_case
+from test_llvm_backend import TOLERANCE
 
 import ffcompile as ff
 from ffcompile.gradcheck import check_grads
+from ffcompile.ir import TensorType
 from ffcompile.ir import lang as L
 from ffcompile.ir import ops as O
 from ffcompile.ir.lang import Value
 from ffcompile.ir.ops import OPS
+from ffcompile.tree import tree_flatten
 
 # Differentiable ops that finite differences cannot check, and where they are tested instead.
 NOT_FD_CHECKABLE = {"stop_gradient": "its gradient is zero by definition: test_stop_gradient_blocks"}
@@ -50,6 +52,26 @@ def test_every_differentiable_op_is_gradient_checked():
 def test_op_gradients(name, k):
     attrs, operands = make_op_case(name, k)
     check_grads(apply_op(OPS[name], attrs), operands, order=2)
+
+
+def pullback_on(backend, fn, args, cotangent):
+    pullback = ff.compile(lambda primals, ct: ff.vjp(fn, *primals)[1](ct), backend=backend)
+    return tree_flatten(pullback(tuple(args), cotangent))[0]
+
+
+@pytest.mark.parametrize("name, k", gradient_op_params())
+def test_op_gradients_on_llvm_equal_the_checked_numpy_ones(name, k):
+    """check_grads (ffcompile.gradcheck) runs on the NumPy backend: the LLVM backend's
+    pullback of every op case must equal the one it checked (per-dtype tolerance)."""
+    attrs, operands = make_op_case(name, k)
+    fn = apply_op(OPS[name], attrs)
+    out = ff.compile(fn, backend="numpy")(*operands)
+    cotangent = np.random.default_rng(k).standard_normal(out.shape).astype(out.dtype)
+    native, reference = (pullback_on(b, fn, operands, cotangent) for b in ("llvm", "numpy"))
+    assert len(native) == len(reference)
+    for got, expected in zip(native, reference, strict=True):
+        rtol, atol = TOLERANCE[TensorType.of(expected).dtype]
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol * np.abs(expected).max(initial=1.0))
 
 
 @pytest.mark.parametrize("name, k", function_case_params(differentiable_only=True))
@@ -123,9 +145,10 @@ def test_check_grads_handles_pytrees_and_integer_arguments():
 
 
 def grad_of(fn, *args, argnums=0):
-    return ff.compile(ff.grad(fn, argnums=argnums), backend="numpy")(*args)
+    return ff.compile(ff.grad(fn, argnums=argnums))(*args)
 
 
+@pytest.mark.usefixtures("backend")
 def test_relu_and_step_derivatives_at_zero():
     x = np.array([-1.0, 0.0, 2.0])
     assert np.array_equal(grad_of(lambda x: ff.relu(x).sum(), x), [0.0, 0.0, 1.0])
@@ -133,6 +156,7 @@ def test_relu_and_step_derivatives_at_zero():
     assert np.array_equal(grad_of(lambda x: ff.leaky_relu(x, 0.1).sum(), x), [0.1, 0.1, 1.0])
 
 
+@pytest.mark.usefixtures("backend")
 def test_sinc_is_smooth_at_zero():
     x = np.array([0.0, 1e-8, -1e-3])
     g = grad_of(lambda x: ff.sinc(x).sum(), x)
@@ -142,17 +166,20 @@ def test_sinc_is_smooth_at_zero():
     np.testing.assert_allclose(hessian_diag, -1 / 3, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("backend")
 def test_reduce_max_shares_the_gradient_between_ties():
     g = grad_of(lambda x: ff.max(x), np.array([1.0, 3.0, 3.0, -2.0]))
     assert np.array_equal(g, [0.0, 0.5, 0.5, 0.0])
 
 
+@pytest.mark.usefixtures("backend")
 def test_stop_gradient_blocks():
     x = np.array([1.5, -2.0])
     assert np.array_equal(grad_of(lambda x: (x * ff.stop_gradient(x)).sum(), x), x)
     assert np.array_equal(grad_of(lambda x: ff.stop_gradient(ff.exp(x)).sum(), x), [0.0, 0.0])
 
 
+@pytest.mark.usefixtures("backend")
 def test_convert_between_float_widths_passes_the_cotangent_back():
     x = np.array([1.0, 2.0, 3.0])
     c = np.array([0.5, -1.0, 2.0], dtype=np.float32)
@@ -160,6 +187,7 @@ def test_convert_between_float_widths_passes_the_cotangent_back():
     assert g.dtype == np.float64 and np.array_equal(g, c.astype(np.float64))
 
 
+@pytest.mark.usefixtures("backend")
 def test_cotangents_of_a_value_used_several_times_are_summed():
     x = np.array([0.3, -1.2, 2.0])
     g = grad_of(lambda x: (x * x + ff.sin(x) + x).sum(), x)
@@ -169,6 +197,7 @@ def test_cotangents_of_a_value_used_several_times_are_summed():
     assert adds, "the several cotangents of x are accumulated by adds"
 
 
+@pytest.mark.usefixtures("backend")
 def test_unused_inputs_get_zero_gradient_and_no_adjoint_nodes():
     def f(x, y, z):
         ff.tanh(y) * 3.0  # dead: no path to the output

@@ -6,15 +6,18 @@ from scipy.special import expit, log_softmax, softmax
 import ffcompile as ff
 from ffcompile import nn
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 B, C = 6, 5
 
 
 def run(fn, *args):
-    return ff.compile(fn, backend="numpy")(*args)
+    return ff.compile(fn)(*args)
 
 
 def value_and_grad(fn, *args):
-    return ff.compile(ff.value_and_grad(fn), backend="numpy")(*args)
+    return ff.compile(ff.value_and_grad(fn))(*args)
 
 
 @pytest.fixture

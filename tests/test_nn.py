@@ -9,6 +9,9 @@ import ffcompile as ff
 from ffcompile import nn
 from ffcompile.tree import tree_flatten, tree_map
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def _softplus(x):
     return np.logaddexp(0.0, x)
@@ -124,7 +127,7 @@ def test_sequential_matches_numpy(act, reference):
     model = nn.Sequential(nn.Linear(5, 7), act, nn.Linear(7, 3))
     p = model.init(0, dtype="float64")
     x = _x((6, 5))
-    out = ff.compile(model, backend="numpy")(p, x)
+    out = ff.compile(model)(p, x)
     layers = p["layers"]
     want = _np_linear(layers[2], reference(_np_linear(layers[0], x)))
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
@@ -174,7 +177,7 @@ def fusion():
 def test_dag_model_has_one_subtree_per_module_and_matches_numpy(fusion):
     model, p, a, b = fusion
     assert set(p) == {"left", "right", "shared", "head"}
-    out = ff.compile(model, backend="numpy")(p, a, b)
+    out = ff.compile(model)(p, a, b)
     np.testing.assert_allclose(out, _np_fusion(p, a, b), rtol=1e-12)
 
 
@@ -184,7 +187,7 @@ def test_dag_gradient_sums_over_both_uses_of_the_shared_module(fusion):
     def loss(p, a, b):
         return (model(p, a, b) ** 2).sum()
 
-    grads = ff.compile(ff.grad(loss), backend="numpy")(p, a, b)
+    grads = ff.compile(ff.grad(loss))(p, a, b)
     direction = tree_map(lambda w: np.random.default_rng(w.size).normal(size=w.shape), p)
     step = lambda s: tree_map(lambda w, d: w + s * d, p, direction)  # noqa: E731
     eps = 1e-6

@@ -4,6 +4,9 @@ import pytest
 
 import ffcompile as ff
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def quadratic_loss(params, x):
     # Different curvature per parameter so every optimizer path is exercised.

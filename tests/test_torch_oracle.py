@@ -10,6 +10,9 @@ from samples import FUNCTION_CASES, function_case_params, make_function_case
 import ffcompile as ff
 from ffcompile.ir import lang as L
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 torch = pytest.importorskip("torch", reason="torch is the optional gradient oracle (extra 'oracles')")
 F = torch.nn.functional
 
@@ -72,7 +75,7 @@ def torch_grads(fn, args, argnums):
 
 
 def ff_grads(fn, args, argnums):
-    return ff.compile(ff.grad(fn, argnums=tuple(argnums)), backend="numpy")(*args)
+    return ff.compile(ff.grad(fn, argnums=tuple(argnums)))(*args)
 
 
 def assert_close(ours, theirs):

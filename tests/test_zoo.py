@@ -6,6 +6,9 @@ import ffcompile as ff
 from ffcompile import nn, zoo
 from ffcompile.tree import tree_flatten, tree_map
 
+# Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
+pytestmark = pytest.mark.usefixtures("backend")
+
 EXPECTED = {  # name: (default batch, widths of the Linear layers in order, loss)
     "xor": (4, [(2, 8), (8, 1)], nn.mse),
     "digits": (64, [(64, 128), (128, 128), (128, 10)], nn.cross_entropy),
@@ -52,9 +55,9 @@ def test_xor_batch_is_the_truth_table():
 def test_forward_and_gradient_run(name):
     w = zoo.get(name)
     params, x, y = w.example_inputs(seed=1, batch_size=4)
-    value, grads = ff.compile(ff.value_and_grad(w.loss), backend="numpy")(params, x, y)
+    value, grads = ff.compile(ff.value_and_grad(w.loss))(params, x, y)
     assert value.dtype == np.float32 and value.shape == () and np.isfinite(value)
-    np.testing.assert_allclose(value, ff.compile(w.loss, backend="numpy")(params, x, y), rtol=1e-6)
+    np.testing.assert_allclose(value, ff.compile(w.loss)(params, x, y), rtol=1e-6)
     assert tree_map(np.shape, grads) == tree_map(np.shape, params)
     flat = tree_flatten(grads)[0]
     assert all(g.dtype == np.float32 and np.all(np.isfinite(g)) for g in flat)

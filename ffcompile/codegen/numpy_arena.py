@@ -326,7 +326,7 @@ class _Emitter:
             offset = self.offsets[i]
             prefix = "b"
         else:
-            offset = self.scratch_offset[k] + self.storage.slots[i]
+            offset = self.scratch_offset.get(k, 0) + self.storage.slots[i]  # no entry: 0 bytes
             prefix = "s"
         self.names[i] = f"{prefix}{i}"
         self.globals[f"{prefix}{i}"] = self.view(offset, self.nodes[i])

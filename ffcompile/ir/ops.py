@@ -602,6 +602,13 @@ class ReduceMax(Reduce):
     name = "reduce_max"
 
     @classmethod
+    def infer(cls, types, attrs):
+        out = super().infer(types, attrs)
+        if any(types[0].shape[a] == 0 for a in attrs["axes"]):
+            raise cls.error(f"the maximum over an empty axis (axes {list(attrs['axes'])}) has no value", types)
+        return out
+
+    @classmethod
     def reference(cls, attrs, x):
         return np.max(x, axis=attrs["axes"], keepdims=attrs["keepdims"])
 
