@@ -1,6 +1,6 @@
 """The `ffcompile` command.
 
-    ffcompile dump MODEL [--format text|dot|python|optimized|schedule|memory|stats] [--train]
+    ffcompile dump MODEL [--format text|dot|python|optimized|schedule|memory|stats|llvm|asm] [--train]
                    [--batch N] [--after PASS|all]
     ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
     ffcompile list
@@ -25,7 +25,7 @@ from .codegen.llvm.export import ExportError
 from .passes.remat import STRATEGIES, frontier, remat
 from .train import compile_train_step
 
-FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats")
+FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats", "llvm", "asm")
 
 
 class TargetError(Exception):
@@ -95,6 +95,8 @@ def cmd_dump(args) -> int:
         "schedule": lambda: str(lowered.schedule),
         "memory": lambda: str(lowered.memory),
         "stats": lambda: str(lowered.stats()),
+        "llvm": lambda: lowered.llvm_ir,
+        "asm": lambda: lowered.asm,
     }
     sys.stdout.write(views[args.format]())
     return 0
@@ -234,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--format", choices=FORMATS, default="text",
                       help="text: the traced IR; dot: Graphviz; python: the NumPy backend's code; "
                            "optimized: the IR after the passes; schedule: the fused kernels; "
-                           "memory: the arena plan; stats: per-pass node counts, kernels, bytes")
+                           "memory: the arena plan; stats: per-pass node counts, kernels, bytes; "
+                           "llvm, asm: the LLVM backend's IR and host assembly")
     dump.add_argument("--train", action="store_true", help="dump value_and_grad of the loss (forward + adjoint)")
     dump.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     dump.add_argument("--after", metavar="PASS", default=None,

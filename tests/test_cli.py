@@ -170,3 +170,8 @@ def test_export_writes_object_library_and_header(tmp_path, capsys, monkeypatch):
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["libxor.so", "xor.h", "xor.o"]
     assert "xor_entry" in (tmp_path / "out" / "xor.h").read_text()
+
+
+def test_dump_llvm_ir_and_assembly(capsys):
+    assert "define" in dump(capsys, "xor", "--train", "--format", "llvm")
+    assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")

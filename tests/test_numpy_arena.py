@@ -39,7 +39,7 @@ def test_random_graphs_match_the_op_by_op_reference_bitwise(case):
 def digits_step():
     workload = zoo.get("digits")
     params, x, y = workload.example_inputs(0)
-    step = ff.compile_train_step(workload.loss, ff.optim.Adam(1e-3))
+    step = ff.compile_train_step(workload.loss, ff.optim.Adam(1e-3), backend="numpy")
     return step, params, step.init(params), x, y
 
 
@@ -48,8 +48,8 @@ def test_training_step_optimized_equals_unoptimized_bitwise_float64():
     params, x, y = workload.example_inputs(0)
     params, x = tree_map(lambda a: a.astype(np.float64), (params, x))
     grad = ff.value_and_grad(workload.loss)
-    fast = ff.compile(grad)(params, x, y)
-    slow = ff.compile(grad, optimize=False)(params, x, y)
+    fast = ff.compile(grad, backend="numpy")(params, x, y)
+    slow = ff.compile(grad, backend="numpy", optimize=False)(params, x, y)
     for a, b in zip(tree_flatten(fast)[0], tree_flatten(slow)[0], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -72,7 +72,7 @@ def test_measured_peak_is_the_planned_arena_plus_results():
     """tracemalloc sees every NumPy data allocation: a call allocates its results, nothing else."""
     workload = zoo.get("mnist")  # buffers of 128x512 floats: any temporary would show
     params, x, y = workload.example_inputs(0)
-    compiled = ff.compile(ff.value_and_grad(workload.loss))
+    compiled = ff.compile(ff.value_and_grad(workload.loss), backend="numpy")
     tracemalloc.start()
     try:
         before_build = tracemalloc.get_traced_memory()[0]
@@ -111,7 +111,7 @@ def test_concurrent_calls_are_safe():
 
     w = zoo.get("xor")
     params, x, y = w.example_inputs(0)
-    fn = ff.compile(ff.value_and_grad(w.loss))
+    fn = ff.compile(ff.value_and_grad(w.loss), backend="numpy")
     expected = tree_flatten(fn(params, x, y))[0]
     errors = []
 
@@ -134,14 +134,14 @@ def test_zoo_training_steps_match_unoptimized(name):
     workload = zoo.get(name)
     params, x, y = workload.example_inputs(0)
     grad = ff.value_and_grad(workload.loss)
-    fast = tree_flatten(ff.compile(grad)(params, x, y))[0]
-    slow = tree_flatten(ff.compile(grad, optimize=False)(params, x, y))[0]
+    fast = tree_flatten(ff.compile(grad, backend="numpy")(params, x, y))[0]
+    slow = tree_flatten(ff.compile(grad, backend="numpy", optimize=False)(params, x, y))[0]
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def lowered_schedule(fn, *args):
-    return ff.compile(fn).lower(*args).schedule
+    return ff.compile(fn, backend="numpy").lower(*args).schedule
 
 
 def test_donation_writes_a_result_over_its_argument_when_safe():
@@ -171,7 +171,7 @@ def test_training_step_allocates_only_the_loss():
     """Parameters and optimizer state are updated in the caller's arrays: no new arrays."""
     workload = zoo.get("mnist")
     params, x, y = workload.example_inputs(0)
-    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01, momentum=0.9))
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01, momentum=0.9), backend="numpy")
     state = step.init(params)
     step(params, state, x, y)  # compile
     tracemalloc.start()
