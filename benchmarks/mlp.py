@@ -389,6 +389,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.mlp") 
 
     from threadpoolctl import threadpool_limits
 
+    from ffcompile.codegen.llvm.blas import set_blas_threads
+
+    # Every contender gets the same threads: the LLVM backend would otherwise pin
+    # SciPy's OpenBLAS to its own default when it first builds.
+    set_blas_threads(options.threads)
     cells = []
     with threadpool_limits(options.threads), _cold_caches(options.cold_compile):
         for model in models:
