@@ -46,6 +46,21 @@ def default_passes(optimize: bool = True) -> list[Pass]:
     return [Pass("decompose", decompose), Pass("simplify", simplify)]
 
 
+def arena_measure(backend: str) -> Callable[[Graph], int]:
+    """The arena `backend`'s program really allocates for a graph: what remat plans against.
+    The LLVM backend fuses each kernel into loops (the planner's arena); the NumPy one
+    evaluates kernels node by node and adds their scratch."""
+    return arena_peak if backend == "llvm" else numpy_arena.arena_bytes
+
+
+def executable_for(graph: Graph, backend: str):
+    """The optimized program of an already-optimized graph, called with flat arrays."""
+    schedule = fuse(graph)
+    if backend == "llvm":
+        return llvm_backend.build(schedule, plan_memory(schedule))
+    return build_program(schedule).run
+
+
 @dataclass(frozen=True)
 class RematOptions:
     strategy: str
@@ -199,9 +214,8 @@ class CompiledFunction:
             raise ValueError("remat plans the optimized program: it needs optimize=True")
         if memory_budget is not None and remat is None:
             remat = "optimal"
-        # The LLVM backend fuses each kernel into loops: its arena is the planner's, no scratch.
-        peak_of = arena_peak if backend == "llvm" else numpy_arena.arena_bytes
-        self.remat = None if remat is None else RematOptions(remat, memory_budget, remat_time_limit, peak_of)
+        self.remat = None if remat is None else RematOptions(remat, memory_budget, remat_time_limit,
+                                                             arena_measure(backend))
         self._cache: dict = {}
         self._last: Lowered | None = None
         functools.update_wrapper(self, fn, updated=())

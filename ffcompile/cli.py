@@ -18,9 +18,8 @@ import re
 import sys
 from types import ModuleType
 
-from . import optim, zoo
-from .api import compile, value_and_grad
-from .codegen import numpy_arena
+from . import api, optim, zoo
+from .api import arena_measure, compile, executable_for, value_and_grad
 from .codegen.llvm.export import ExportError
 from .passes.remat import STRATEGIES, frontier, remat
 from .train import compile_train_step
@@ -123,11 +122,11 @@ def cmd_plan(args) -> int:
     if not args.sweep:
         budget = None if args.budget is None else parse_budget(args.budget)
         strategy = args.strategy or ("optimal" if budget is not None else "store_all")
-        result, plan = remat(graph, strategy, budget, args.time_limit, numpy_arena.arena_bytes)
+        result, plan = remat(graph, strategy, budget, args.time_limit, arena_measure(api.DEFAULT_BACKEND))
         sys.stdout.write(str(plan))
         rows = [(strategy, result, plan)]
     else:
-        rows = frontier(graph, time_limit=args.time_limit, peak_of=numpy_arena.arena_bytes)
+        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_measure(api.DEFAULT_BACKEND))
         sys.stdout.write(format_frontier(rows, [_seconds_per_step(result, inputs) for _, result, _ in rows]))
     if args.plot:
         plot_study(rows, args.plot, f"{args.model}: training step")
@@ -136,13 +135,12 @@ def cmd_plan(args) -> int:
 
 
 def _seconds_per_step(graph, inputs) -> float:
-    """Best of five runs of the NumPy backend on the model's example inputs, after a warm-up."""
+    """Best of five runs of the default backend's program on the example inputs, after a warm-up."""
     import time
 
-    from .codegen import numpy_backend
     from .tree import tree_flatten
 
-    fn, _ = numpy_backend.build(graph)
+    fn = executable_for(graph, api.DEFAULT_BACKEND)
     leaves = tree_flatten(tuple(inputs))[0]
     fn(*leaves)
     best = float("inf")

@@ -21,8 +21,6 @@ class ArgumentError(TypeError):
 def as_array(leaf, name: str) -> np.ndarray:
     if isinstance(leaf, np.ndarray):
         return leaf
-    if isinstance(leaf, (bool, int, float, np.generic)):
-        return np.asarray(leaf)
     try:
         return np.asarray(leaf)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way

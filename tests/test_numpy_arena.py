@@ -11,7 +11,7 @@ import ffcompile as ff
 from ffcompile import zoo
 from ffcompile.codegen import numpy_backend
 from ffcompile.codegen.numpy_arena import OUT_LOWERINGS, build_program
-from ffcompile.ir.ops import PRIMITIVES, SOURCE
+from ffcompile.ir.ops import PRIMITIVES
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import assert_no_overlap
 from ffcompile.passes.simplify import simplify

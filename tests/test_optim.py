@@ -141,3 +141,13 @@ def test_bad_hyperparameters_are_rejected():
         ff.optim.SGD(0.1, nesterov=True)
     with pytest.raises(ValueError):
         ff.optim.Adam(lr=-1.0)
+
+
+def test_tied_parameters_are_never_corrupted_by_donation():
+    """Two leaves naming one array: neither backend writes a result over memory another
+    argument still reads; each new value is copied back in order, the last one stays."""
+    w = np.array([0.3, -0.1, 0.9])
+    tied = w.copy()
+    step = ff.compile_train_step(lambda p: (p["a"] * p["a"]).sum() + (p["b"] * 2.0).sum(), ff.optim.SGD(0.1))
+    step({"a": tied, "b": tied}, {})
+    np.testing.assert_allclose(tied, w - 0.1 * 2.0)

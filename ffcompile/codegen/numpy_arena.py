@@ -27,6 +27,7 @@ from ..passes.donation import safe_donations
 from ..passes.fuse import fuse
 from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
 from ..passes.schedule import Schedule
+from .arguments import overlapping_arguments
 from .numpy_backend import _scalar
 
 # Ops whose value NumPy can express as a view of their operand: inside a kernel
@@ -305,8 +306,11 @@ class _Emitter:
         donated = self.donated
 
         def run(*arrays):
-            results = [arrays[donated[k]] if k in donated else np.empty(t.shape, t.np_dtype)
-                       for k, t in enumerate(out_types)]
+            # A donated array that shares memory with another argument is not written over.
+            shared = overlapping_arguments(arrays, [a.__array_interface__["data"][0] for a in arrays]) \
+                if donated else ()
+            results = [arrays[donated[k]] if k in donated and donated[k] not in shared
+                       else np.empty(t.shape, t.np_dtype) for k, t in enumerate(out_types)]
             with lock:
                 program(*arrays, *results)
             return results

@@ -124,10 +124,10 @@ def _erf(x):
 _RUNTIME = {"np": np, "inf": math.inf, "nan": math.nan, "_iota": _iota, "_pad": _pad, "_erf": _erf}
 
 
-def generate_source(graph: Graph, name: str = "kernel") -> str:
+def generate_source(graph: Graph) -> str:
     """Python source of a function taking the graph's inputs, returning its outputs as a tuple."""
     params = [f"v{i}" for i in graph.inputs]
-    lines = [f"def {name}({', '.join(params)}):"]
+    lines = [f"def kernel({', '.join(params)}):"]
     for i, node in enumerate(graph.nodes):
         if node.op is O.Input:
             continue
@@ -136,7 +136,8 @@ def generate_source(graph: Graph, name: str = "kernel") -> str:
         expr = LOWERINGS[node.op](node, [f"v{j}" for j in node.inputs])
         comment = f"  # {node.type}" + (f" {node.loc}" if node.loc else "")
         lines.append(f"    v{i} = {expr}{comment}")
-    outs = ", ".join(f"v{i}" for i in graph.outputs)
+    # A result that is an argument is copied: results never alias the caller's arrays.
+    outs = ", ".join(f"v{i}.copy()" if i in graph.inputs else f"v{i}" for i in graph.outputs)
     lines.append(f"    return ({outs}{',' if len(graph.outputs) == 1 else ''})")
     return "\n".join(lines) + "\n"
 

@@ -268,6 +268,8 @@ def reduce_max(x, axis=None, keepdims=False):
 
 def mean(x, axis=None, keepdims=False):
     (x,) = _values(x)
+    if not x.type.is_float:
+        raise ShapeError(f"mean: needs a floating-point operand, got {x.type}; convert it first")
     axes = _axes(x, axis)
     count = math.prod(x.shape[a] for a in axes)
     return reduce_sum(x, axes, keepdims) / float(count)

@@ -235,7 +235,7 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
                               f"budget of {budget} bytes (store_all needs {store_all_peak})")
     plan = RematPlan(strategy, graph.name, budget, peak, store_all_peak, rewrite.extra_flops,
                      sum(flops_of(graph, i) for i, f in enumerate(forward) if f),
-                     _stored_names(graph, forward, rewrite), _recomputed_names(graph, rewrite),
+                     _stored_names(forward, rewrite), _recomputed_names(graph, rewrite),
                      time.perf_counter() - start, solver)
     return rewrite.graph, plan
 
@@ -254,7 +254,7 @@ def _budget_bytes(budget, store_all_peak: int) -> int | None:
     return budget
 
 
-def _stored_names(graph: Graph, forward: list[bool], rewrite: Rewrite) -> tuple[str, ...]:
+def _stored_names(forward: list[bool], rewrite: Rewrite) -> tuple[str, ...]:
     """Computed forward values that the backward part or a copy reads as originals (new ids)."""
     result = rewrite.graph
     originals = {rewrite.new_id[i] for i, f in enumerate(forward) if f}

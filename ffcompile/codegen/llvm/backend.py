@@ -30,6 +30,7 @@ import numpy as np
 from ...passes.donation import safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import REDUCTION, Schedule
+from ..arguments import overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads
 from .cache import default_cache
@@ -148,7 +149,7 @@ class LLVMExecutable:
                 address = data_address(array)
             addresses.append(address)
         if self._donated_inputs:
-            overlapping = _overlapping(arrays, addresses)
+            overlapping = overlapping_arguments(arrays, addresses)
             for k in self._donated_inputs:
                 if k in overlapping or not arrays[k].flags.writeable:
                     arrays[k] = arrays[k].copy()
@@ -164,25 +165,6 @@ class LLVMExecutable:
                              shape) for kind, k, shape in self._results)
 
 
-
-
-def _overlapping(arrays, addresses) -> set[int]:
-    """Arguments that may share memory with another one: a donated one must then be
-    copied before it is written. Sorted by address, arguments chain into clusters of
-    overlapping ranges; every member of a cluster of two or more is reported (a
-    superset, never a miss), in n log n rather than n^2 comparisons."""
-    spans = sorted((a, a + arrays[k].nbytes, k) for k, a in enumerate(addresses) if arrays[k].nbytes)
-    found, cluster, reach = set(), [], -1
-    for start, end, k in spans:
-        if start >= reach:
-            if len(cluster) > 1:
-                found.update(cluster)
-            cluster = []
-        cluster.append(k)
-        reach = max(reach, end)
-    if len(cluster) > 1:
-        found.update(cluster)
-    return found
 
 
 def _result(array: np.ndarray, shape) -> np.ndarray:
