@@ -133,7 +133,7 @@ def test_integer_and_bool_values():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m, k, n", [(2, 3, 4), (33, 70, 65), (1, 129, 1)])
+@pytest.mark.parametrize("m, k, n", [(2, 3, 4), (33, 70, 65), (1, 129, 1), (129, 128, 130)])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_with_transposes_and_epilogue(m, k, n, trans_a, trans_b, dtype):
     """Tiny products take the native loops, larger ones BLAS; both with every transpose flag."""

@@ -1,0 +1,239 @@
+"""A register-tiled float GEMM in LLVM IR, for products too small to pay for a BLAS call.
+
+Shapes are compile-time constants, so every tile and remainder is fixed when
+the IR is emitted. C is cut into MR x NR tiles (NR = PANEL_VECTORS vectors of
+VECTOR_BYTES each); a tile's accumulators are phis of the k loop (k
+innermost), so they live in registers: per k step, the tile reads one row of
+B as vectors and broadcasts MR scalars of A into fused multiply-adds. Edge
+tiles use fewer rows and narrower vectors (LLVM legalizes odd widths).
+
+op(A) is read element by element through strides. A transposed A is still
+packed row-major into a stack buffer (O(mk) work against O(mnk)) when C has
+several panels: its column stride (a multiple of 512 bytes for 128-wide f64)
+maps the k elements a tile reads into a few L1 sets, which every panel
+re-reads (measured: 128x128x64 f64 went from 0.66x to 0.96x of the BLAS call).
+op(B) = B^T (B held n x k, rows contiguous in p) with A untransposed is a
+dot-product tile: one vector accumulator per C element, summed across lanes at
+the end; for short k, and when A is transposed too, B is packed instead.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .cgutils import for_range
+from .elementwise import CONTRACT, I8, I64
+
+VECTOR_BYTES = 32  # 256-bit vectors: what LLVM prefers on x86 even with AVX-512
+MR = 4  # rows of C per tile
+PANEL_VECTORS = 2  # vectors per tile row: MR * PANEL_VECTORS accumulators
+DOT_COLUMNS = 4  # columns of C per dot-product tile: MR * DOT_COLUMNS vector accumulators
+DOT_MIN_K = 4  # k (in vectors) below which the lane sums cost more than packing B
+PACK_A_MIN_PANELS = 2  # panels of C above which a transposed A is packed (see module doc)
+PACK_MAX_BYTES = 256 * 1024  # stack for a packed operand; larger products take another path
+
+
+def small_gemm_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
+    """Whether the operands emit_small_gemm would pack fit in PACK_MAX_BYTES of stack."""
+    _, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, VECTOR_BYTES // itemsize)
+    return max(pack_a * m * k, pack_b * k * n) * itemsize <= PACK_MAX_BYTES
+
+
+def _plan(m, n, k, trans_a, trans_b, vw) -> tuple[bool, bool, bool]:
+    """(dot-product tiles?, pack A?, pack B?) for vectors of vw elements."""
+    if trans_b and not trans_a and k >= DOT_MIN_K * vw:
+        return True, False, False
+    return False, trans_a and n > PACK_A_MIN_PANELS * vw * PANEL_VECTORS, trans_b
+
+
+def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool) -> None:
+    """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1)."""
+    ty = pc.type.pointee
+    vw = VECTOR_BYTES // _float_bytes(ty)
+    dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
+    if dot:
+        _tile_loops(b, m, n, MR, DOT_COLUMNS, _DotTile(b, ty, pa, pb, pc, n, k, vw).emit)
+        return
+    # Packed copies are freed right after the product, so a graph of many GEMMs
+    # (or a batch loop) needs stack for one buffer at a time.
+    bytes_ptr, saved = I8.as_pointer(), None
+    if pack_a or pack_b:
+        saved = b.call(b.module.declare_intrinsic("llvm.stacksave", fnty=ir.FunctionType(bytes_ptr, [])), [])
+    if pack_a:
+        pa, trans_a = _packed_transpose(b, pa, m, k), False
+    if pack_b:
+        pb = _packed_transpose(b, pb, k, n)
+    a_i, a_p = (1, m) if trans_a else (k, 1)
+    tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p)
+
+    def emit(i0, j0, rows, cols):
+        tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []))
+
+    _tile_loops(b, m, n, MR, vw * PANEL_VECTORS, emit)
+    if saved is not None:
+        restore = ir.FunctionType(ir.VoidType(), [bytes_ptr])
+        b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=restore), [saved])
+
+
+def _tile_loops(b: ir.IRBuilder, m: int, n: int, mr: int, nr: int, emit) -> None:
+    """Call emit(i0, j0, rows, cols) over mr x nr tiles of an m x n C, then its edge tiles."""
+    def row_block(i0: ir.Value, rows: int) -> None:
+        with for_range(b, ir.Constant(I64, n // nr), "panel") as panel:
+            emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr)
+        if n % nr:
+            emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr)
+
+    with for_range(b, ir.Constant(I64, m // mr), "rowblock") as block:
+        row_block(b.mul(block, ir.Constant(I64, mr), flags=["nsw"]), mr)
+    if m % mr:
+        row_block(ir.Constant(I64, m // mr * mr), m % mr)
+
+
+def _float_bytes(ty: ir.Type) -> int:
+    return {ir.FloatType: 4, ir.DoubleType: 8}[type(ty)]
+
+
+def _packed_transpose(b: ir.IRBuilder, ptr, rows: int, cols: int):
+    """A stack copy of an operand held cols x rows, laid out rows x cols (row-major)."""
+    ty = ptr.type.pointee
+    buffer = b.alloca(ty, size=ir.Constant(I64, rows * cols), name="packed")
+    with for_range(b, ir.Constant(I64, rows), "pack_row") as r, for_range(b, ir.Constant(I64, cols), "pack_col") as c:
+        src = b.gep(ptr, [b.add(b.mul(c, ir.Constant(I64, rows), flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
+        dst = b.gep(buffer, [b.add(b.mul(r, ir.Constant(I64, cols), flags=["nsw"]), c, flags=["nsw"])], inbounds=True)
+        b.store(b.load(src), dst)
+    return buffer
+
+
+class _Tile:
+    """Emits one rows x sum(widths) tile of C at (i0, j0)."""
+
+    def __init__(self, b, ty, pa, pb, pc, n, k, a_i, a_p):
+        self.b, self.ty, self.pa, self.pb, self.pc = b, ty, pa, pb, pc
+        self.n, self.k, self.a_i, self.a_p = n, k, a_i, a_p
+
+    def _at(self, ptr, *terms):
+        """&ptr[sum(index * stride)]"""
+        b = self.b
+        offset = None
+        for index, stride in terms:
+            term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+            offset = term if offset is None else b.add(offset, term, flags=["nsw"])
+        return b.gep(ptr, [offset], inbounds=True)
+
+    def _vector_at(self, ptr, row, row_stride, col, width):
+        vty = ir.VectorType(self.ty, width)
+        return self.b.bitcast(self._at(ptr, (row, row_stride), (col, 1)), vty.as_pointer())
+
+    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, widths: list[int]) -> None:
+        b, ty, one = self.b, self.ty, ir.Constant(I64, 1)
+        align = _float_bytes(ty)
+        cols = []  # (column index, width) of each vector of a tile row
+        offset = 0
+        for width in widths:
+            cols.append((j0 if offset == 0 else b.add(j0, ir.Constant(I64, offset), flags=["nsw"]), width))
+            offset += width
+        rows_at = [i0 if r == 0 else b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
+
+        entry = b.block
+        body = b.append_basic_block("tile.k")
+        end = b.append_basic_block("tile.end")
+        b.branch(body)
+        b.position_at_end(body)
+        p = b.phi(I64, name="p")
+        p.add_incoming(ir.Constant(I64, 0), entry)
+        accs = []
+        for _ in rows_at:
+            row = []
+            for _, width in cols:
+                acc = b.phi(ir.VectorType(ty, width), name="acc")
+                acc.add_incoming(ir.Constant(acc.type, [0.0] * width), entry)
+                row.append(acc)
+            accs.append(row)
+        b_rows = [b.load(self._vector_at(self.pb, p, self.n, col, width), align=align) for col, width in cols]
+        for i, acc_row in zip(rows_at, accs):
+            a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
+            for acc, b_row in zip(acc_row, b_rows):
+                width = b_row.type.count
+                splat = b.shuffle_vector(
+                    b.insert_element(ir.Constant(b_row.type, ir.Undefined), a_ip, ir.Constant(I64, 0)),
+                    ir.Constant(b_row.type, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+                acc.add_incoming(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT), body)
+        following = b.add(p, one, flags=["nsw"])
+        p.add_incoming(following, body)
+        b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, self.k)), body, end)
+        b.position_at_end(end)
+        for i, acc_row in zip(rows_at, accs):
+            for (col, width), acc in zip(cols, acc_row):
+                total = acc.incomings[1][0]
+                b.store(total, self._vector_at(self.pc, i, self.n, col, width), align=align)
+
+
+class _DotTile:
+    """Emits one rows x cols tile of C = A B^T (A m x k, B n x k, both rows contiguous in p):
+    each C element is a vector accumulator over p, reduced across lanes at the end."""
+
+    def __init__(self, b, ty, pa, pb, pc, n, k, vw):
+        self.b, self.ty, self.pa, self.pb, self.pc = b, ty, pa, pb, pc
+        self.n, self.k, self.vw = n, k, vw
+
+    def _load(self, ptr, row, p, width):
+        b = self.b
+        at = b.add(b.mul(row, ir.Constant(I64, self.k), flags=["nsw"]), p, flags=["nsw"])
+        vty = ir.VectorType(self.ty, width)
+        return b.load(b.bitcast(b.gep(ptr, [at], inbounds=True), vty.as_pointer()), align=_float_bytes(self.ty))
+
+    def _products(self, a_rows, b_rows, p, width, accs=None):
+        """accs[r][c] + A[r, p:p+width] * B[c, p:p+width] (lanewise) for the whole tile."""
+        b = self.b
+        a_vecs = [self._load(self.pa, i, p, width) for i in a_rows]
+        b_vecs = [self._load(self.pb, j, p, width) for j in b_rows]
+        out = []
+        for r, av in enumerate(a_vecs):
+            row = []
+            for c, bv in enumerate(b_vecs):
+                product = b.fmul(av, bv, flags=CONTRACT)
+                row.append(product if accs is None else b.fadd(accs[r][c], product, flags=CONTRACT))
+            out.append(row)
+        return out
+
+    def _lane_sum(self, v):
+        b = self.b
+        total = b.extract_element(v, ir.Constant(I64, 0))
+        for lane in range(1, v.type.count):
+            total = b.fadd(total, b.extract_element(v, ir.Constant(I64, lane)))
+        return total
+
+    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, cols: int) -> None:
+        b, ty, vw = self.b, self.ty, self.vw
+        a_rows = [b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
+        b_rows = [b.add(j0, ir.Constant(I64, c), flags=["nsw"]) for c in range(cols)]
+        sums = [[None] * cols for _ in range(rows)]
+        steps, tail = divmod(self.k, vw)
+        if steps:
+            entry = b.block
+            body = b.append_basic_block("dot.k")
+            end = b.append_basic_block("dot.end")
+            b.branch(body)
+            b.position_at_end(body)
+            s = b.phi(I64, name="s")
+            s.add_incoming(ir.Constant(I64, 0), entry)
+            vty = ir.VectorType(ty, vw)
+            accs = [[b.phi(vty, name="acc") for _ in range(cols)] for _ in range(rows)]
+            p = b.mul(s, ir.Constant(I64, vw), flags=["nsw"])
+            new = self._products(a_rows, b_rows, p, vw, accs)
+            for acc_row, new_row in zip(accs, new):
+                for acc, value in zip(acc_row, new_row):
+                    acc.add_incoming(ir.Constant(vty, [0.0] * vw), entry)
+                    acc.add_incoming(value, body)
+            following = b.add(s, ir.Constant(I64, 1), flags=["nsw"])
+            s.add_incoming(following, body)
+            b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, steps)), body, end)
+            b.position_at_end(end)
+            sums = [[self._lane_sum(v) for v in row] for row in new]
+        if tail:
+            rest = self._products(a_rows, b_rows, ir.Constant(I64, steps * vw), tail)
+            sums = [[self._lane_sum(v) if total is None else b.fadd(total, self._lane_sum(v))
+                     for total, v in zip(total_row, row)] for total_row, row in zip(sums, rest)]
+        for i, row in zip(a_rows, sums):
+            for j, total in zip(b_rows, row):
+                at = b.add(b.mul(i, ir.Constant(I64, self.n), flags=["nsw"]), j, flags=["nsw"])
+                b.store(total, b.gep(self.pc, [at], inbounds=True))

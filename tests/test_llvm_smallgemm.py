@@ -1,0 +1,98 @@
+"""The LLVM backend's register-tiled small GEMM (codegen/llvm/smallgemm.py) against numpy.matmul.
+
+Every tile and remainder is fixed at compile time, so the shapes cover full
+tiles, edge rows (m % 4), edge panels (n % 8 / n % 16, odd vector widths), short
+and long k (the dot-product kernel for B^T needs k >= 4 vectors), and primes.
+The error bound is the usual GEMM one: |C - C_exact| <= rtol * (|A| @ |B|).
+"""
+import numpy as np
+import pytest
+from test_llvm_backend import build
+
+import ffcompile as ff
+from ffcompile import zoo
+from ffcompile.codegen.llvm import blas, smallgemm
+from ffcompile.tree import tree_flatten, tree_map
+
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+SHAPES = [(1, 1, 1), (1, 7, 3), (3, 1, 200), (4, 16, 8), (5, 17, 9), (13, 31, 37), (64, 128, 10),
+          (64, 10, 128), (97, 101, 103), (200, 3, 2), (7, 200, 65), (128, 128, 64)]  # (m, n, k)
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def operands(m, n, k, trans_a, trans_b, dtype, batch=()):
+    rng = np.random.default_rng(m * 1_000_000 + n * 1000 + k)
+    a = rng.standard_normal((*batch, k, m) if trans_a else (*batch, m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+def assert_gemm_close(got, a, b, dtype):
+    """got == a @ b within the GEMM error bound, computed in float64 from the same inputs."""
+    exact = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    assert got.shape == exact.shape and got.dtype == dtype
+    bound = RTOL[dtype] * np.matmul(np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)))
+    excess = np.abs(got - exact) - bound
+    assert excess.max() <= 0, f"worst error exceeds the bound by {excess.max()} at {np.unravel_index(excess.argmax(), excess.shape)}"
+
+
+def product(trans_a, trans_b):
+    return lambda x, y: (x.T if trans_a else x) @ (y.T if trans_b else y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m, n, k", SHAPES)
+def test_matches_numpy_matmul(m, n, k, trans_a, trans_b, dtype):
+    a, b = operands(m, n, k, trans_a, trans_b, dtype)
+    got = np.asarray(ff.compile(product(trans_a, trans_b), backend="llvm")(a, b))
+    assert_gemm_close(got, a.T if trans_a else a, b.T if trans_b else b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_batched_operand_times_shared_matrix(trans_b, dtype):
+    a, b = operands(9, 21, 35, False, trans_b, dtype, batch=(3, 2))
+    got = np.asarray(ff.compile(product(False, trans_b), backend="llvm")(a, b))
+    assert_gemm_close(got, a, b.T if trans_b else b, dtype)
+
+
+@pytest.mark.parametrize("m, n, k, calls_blas", [(128, 128, 128, False), (128, 128, 129, True)])
+def test_blas_only_above_the_native_threshold(m, n, k, calls_blas):
+    """The size choice in blas.emit_gemm: at or below NATIVE_MAX_WORK no BLAS call is emitted."""
+    assert (m * n * k > blas.NATIVE_MAX_WORK) == calls_blas
+    a, b = operands(m, n, k, False, False, np.float32)
+    fn = ff.compile(lambda x, y: x @ y, backend="llvm")
+    graph = fn.lower(a, b).optimized
+    executable, _ = build(graph)
+    assert executable.blas == (("sgemm",) if calls_blas else ())
+    assert_gemm_close(np.asarray(executable(a, b)[0]), a, b, np.float32)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_operand_too_large_to_pack_takes_the_loop_nest(trans_a):
+    """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
+    of stack: still no BLAS, still right."""
+    m, n, k = 1, 4000, 10
+    assert m * n * k <= blas.NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
+    a, b = operands(m, n, k, trans_a, True, np.float64)
+    fn = ff.compile(product(trans_a, True), backend="llvm")
+    executable, _ = build(fn.lower(a, b).optimized)
+    assert executable.blas == ()
+    assert_gemm_close(np.asarray(executable(a, b)[0]), a.T if trans_a else a, b.T, np.float64)
+
+
+def test_digits_training_step_matches_numpy_backend():
+    workload = zoo.get("digits")
+    params, x, y = workload.example_inputs()
+    results = {}
+    for name in ("numpy", "llvm"):
+        step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend=name)
+        trained = tree_map(np.copy, params)
+        state = step.init(trained)
+        losses = [float(step(trained, state, x, y)) for _ in range(3)]
+        results[name] = losses, tree_flatten(trained)[0]
+    (want_losses, want), (got_losses, got) = results["numpy"], results["llvm"]
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
