@@ -49,12 +49,14 @@ class Executable:
         self.out_tree = out_tree
         self.names = names
         self.input_types = list(graph.input_types)
+        self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
 
     def run_flat(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         outs = self.fn(*arrays)
         result, seen = [], set()
         for out in outs:
-            out = np.asarray(out)
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
             # Results never alias inputs, each other, or read-only views.
             if out.base is not None or not out.flags.writeable or id(out) in seen:
                 out = np.array(out, copy=True)
@@ -62,15 +64,21 @@ class Executable:
             result.append(out)
         return result
 
+    def accepts(self, leaves) -> bool:
+        """True if leaves are C-contiguous arrays of the compiled types: they run unchecked."""
+        if len(leaves) != len(self.input_types):
+            return False
+        for leaf, (dtype, shape) in zip(leaves, self._fast_types):
+            if not (isinstance(leaf, np.ndarray) and leaf.dtype == dtype and leaf.shape == shape
+                    and leaf.flags.c_contiguous):
+                return False
+        return True
+
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
-        arrays = leaves
-        for leaf, t in zip(leaves, self.input_types):
-            if not (isinstance(leaf, np.ndarray) and leaf.dtype == t.np_dtype and leaf.shape == t.shape
-                    and leaf.flags.c_contiguous) or len(leaves) != len(self.input_types):
-                arrays = check_arguments(leaves, self.names, self.input_types)
-                break
-        return self.run_flat(arrays)
+        if not self.accepts(leaves):
+            leaves = check_arguments(leaves, self.names, self.input_types)
+        return self.run_flat(leaves)
 
     def __call__(self, *args):
         leaves, _ = tree_flatten(tuple(args))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 
 class TreeDef(NamedTuple):
     """A tuple, so comparing and hashing one (a compiled call's cache key) runs in C."""
@@ -18,6 +20,7 @@ class TreeDef(NamedTuple):
 
 
 LEAF = TreeDef("leaf", num_leaves=1)
+_END = object()  # no such key
 NONE = TreeDef("none")
 
 
@@ -44,29 +47,65 @@ def _flatten(tree, leaves) -> TreeDef:
     return LEAF
 
 
+def tree_leaves_like(tree: Any, treedef: TreeDef) -> list | None:
+    """tree's leaves if it has exactly treedef's structure, else None.
+
+    The hot path of a compiled call: matching a known structure reads the
+    tree without building a TreeDef, about 3x cheaper than tree_flatten."""
+    leaves: list = []
+    return leaves if _match(tree, treedef, leaves) else None
+
+
+def _match(tree, treedef: TreeDef, leaves) -> bool:
+    kind = treedef.kind
+    if kind == "leaf":
+        if type(tree) is not np.ndarray and _flatten(tree, []) is not LEAF:
+            return False  # a container or None where a leaf was
+        leaves.append(tree)
+        return True
+    if kind == "none":
+        return tree is None
+    if kind == "dict":
+        # Same length and every key present means the same key set, in any order.
+        if not isinstance(tree, dict) or len(tree) != len(treedef.keys):
+            return False
+        for key, child in zip(treedef.keys, treedef.children):
+            item = tree.get(key, _END)
+            if child is LEAF and type(item) is np.ndarray:
+                leaves.append(item)  # the common leaf, without a call
+            elif item is _END or not _match(item, child, leaves):
+                return False
+        return True
+    if not isinstance(tree, list if kind == "list" else tuple) or hasattr(tree, "_fields") \
+            or len(tree) != len(treedef.children):
+        return False
+    for item, child in zip(tree, treedef.children):
+        if child is LEAF and type(item) is np.ndarray:
+            leaves.append(item)
+        elif not _match(item, child, leaves):
+            return False
+    return True
+
+
 def tree_unflatten(treedef: TreeDef, leaves) -> Any:
-    it = iter(leaves)
-    result = _build(treedef, it)
-    if next(it, _END) is not _END:
-        raise ValueError("too many leaves for this tree structure")
-    return result
-
-
-_END = object()
+    leaves = leaves if isinstance(leaves, list) else list(leaves)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(f"too {'many' if len(leaves) > treedef.num_leaves else 'few'} leaves "
+                         f"for this tree structure")
+    return _build(treedef, iter(leaves))
 
 
 def _build(treedef: TreeDef, it):
-    if treedef.kind == "leaf":
-        leaf = next(it, _END)
-        if leaf is _END:
-            raise ValueError("too few leaves for this tree structure")
-        return leaf
-    if treedef.kind == "none":
+    """Counted first, so every next(it) finds a leaf."""
+    kind = treedef.kind
+    if kind == "leaf":
+        return next(it)
+    if kind == "none":
         return None
-    children = [_build(c, it) for c in treedef.children]
-    if treedef.kind == "dict":
+    children = [next(it) if c is LEAF else _build(c, it) for c in treedef.children]
+    if kind == "dict":
         return dict(zip(treedef.keys, children))
-    return children if treedef.kind == "list" else tuple(children)
+    return children if kind == "list" else tuple(children)
 
 
 def tree_paths(tree: Any, prefix: str = "") -> list[str]:
