@@ -394,3 +394,12 @@ def function_case_params(differentiable_only=False):
 def make_function_case(name: str, k: int):
     case = FUNCTION_CASES[name][k]
     return case, case.make(case_rng("function", name, k))
+
+
+def broadcastable(*shapes) -> bool:
+    """Whether NumPy broadcasting accepts these shapes together."""
+    try:
+        np.broadcast_shapes(*shapes)
+        return True
+    except ValueError:
+        return False

@@ -20,6 +20,7 @@ from hypothesis.extra.numpy import arrays
 
 import ffcompile as ff
 from ffcompile.ir import lang as L
+from samples import broadcastable
 
 # Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
 pytestmark = pytest.mark.usefixtures("backend")
@@ -121,18 +122,10 @@ def partner(draw, shape):
 
 def operand_for(program: Program, shape) -> int:
     """An existing value broadcasting against `shape`, or a fresh input that does."""
-    fits = [i for i, v in enumerate(program.numpy_values) if _broadcasts(np.shape(v), shape)]
+    fits = [i for i, v in enumerate(program.numpy_values) if broadcastable(np.shape(v), shape)]
     if fits and program.draw(st.booleans(), "reuse"):
         return program.draw(st.sampled_from(fits), "operand")
     return program.new_input(program.draw(partner(shape), "partner shape"))
-
-
-def _broadcasts(a, b) -> bool:
-    try:
-        np.broadcast_shapes(a, b)
-        return True
-    except ValueError:
-        return False
 
 
 def add_random_step(program: Program) -> None:

@@ -16,6 +16,7 @@ from ffcompile.passes.schedule import (COPY, ELEMENTWISE, GEMM, LAYOUT, REDUCTIO
                                        Schedule, print_schedule, run_schedule_reference,
                                        verify_schedule)
 from ffcompile.tree import tree_flatten
+from samples import broadcastable
 
 # --------------------------------------------------------------------------- graphs under test
 
@@ -256,14 +257,6 @@ _UNARY = [O.Neg, O.Exp, O.Tanh, O.Abs, O.Sin]
 _BINARY = [O.Add, O.Sub, O.Mul, O.Maximum]
 
 
-def _broadcastable(*shapes) -> bool:
-    try:
-        np.broadcast_shapes(*shapes)
-        return True
-    except ValueError:
-        return False
-
-
 def _grow(draw, b: Builder, a: int, c: int) -> list[int]:
     """Append one random recipe reading a and c; return the new float values."""
     shape_a, shape_c = b.nodes[a].type.shape, b.nodes[c].type.shape
@@ -271,9 +264,9 @@ def _grow(draw, b: Builder, a: int, c: int) -> list[int]:
                                    "reshape", "stop_gradient", "broadcast", "constant", "iota",
                                    "concat"]))
     f64 = "f64"
-    if recipe == "binary" and _broadcastable(shape_a, shape_c):
+    if recipe == "binary" and broadcastable(shape_a, shape_c):
         return [b.emit(draw(st.sampled_from(_BINARY)), [a, c])]
-    if recipe == "select" and _broadcastable(shape_a, shape_c):
+    if recipe == "select" and broadcastable(shape_a, shape_c):
         return [b.emit(O.Select, [b.emit(O.Gt, [a, c]), a, c])]
     if recipe == "reduce":
         axes = draw(st.sampled_from([(), *[(k,) for k in range(len(shape_a))], tuple(range(len(shape_a)))]))
@@ -290,7 +283,7 @@ def _grow(draw, b: Builder, a: int, c: int) -> list[int]:
         return [b.emit(O.Reshape, [a], {"shape": shape})]
     if recipe == "stop_gradient":
         return [b.emit(O.StopGradient, [a])]
-    if recipe == "broadcast" and _broadcastable(shape_a, (N, N)) and len(shape_a) <= 2:
+    if recipe == "broadcast" and broadcastable(shape_a, (N, N)) and len(shape_a) <= 2:
         return [b.emit(O.Broadcast, [a], {"shape": (N, N)})]
     if recipe == "constant":
         if draw(st.booleans()):
@@ -298,12 +291,12 @@ def _grow(draw, b: Builder, a: int, c: int) -> list[int]:
             const = b.emit(O.Constant, [], {"value": value, "type": TensorType((), f64)})
         else:
             const = b.emit(O.Constant, [], {"value": ((0.5, -1.0, 2.0),) * N, "type": TensorType((N, N), f64)})
-        if _broadcastable(shape_a, b.nodes[const].type.shape):
+        if broadcastable(shape_a, b.nodes[const].type.shape):
             return [b.emit(draw(st.sampled_from(_BINARY)), [a, const])]
         return [const]
     if recipe == "iota":
         ramp = b.emit(O.Iota, [], {"axis": draw(st.integers(0, 1)), "type": TensorType((N, N), f64)})
-        return [b.emit(O.Add, [a, ramp])] if _broadcastable(shape_a, (N, N)) else [ramp]
+        return [b.emit(O.Add, [a, ramp])] if broadcastable(shape_a, (N, N)) else [ramp]
     if recipe == "concat" and len(shape_a) == 2 and shape_a == shape_c:
         cat = b.emit(O.Concat, [a, c], {"axis": 0})
         stop = shape_a[0] + 1 + draw(st.integers(0, shape_a[0] - 1))

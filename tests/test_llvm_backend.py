@@ -34,6 +34,7 @@ from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import plan_memory
 from ffcompile.passes.schedule import run_schedule_reference, verify_schedule
 from ffcompile.tree import tree_flatten
+from samples import broadcastable
 
 TOLERANCE = {"f64": (1e-11, 1e-12), "f32": (3e-5, 1e-5), "i32": (0, 0), "i64": (0, 0), "bool": (0, 0)}
 
@@ -266,7 +267,7 @@ def wide_graphs(draw):
         elif recipe in ("combine", "select"):
             x = pick()
             y = draw(st.sampled_from([v for v in values
-                                      if _broadcastable(b.nodes[v].type.shape, b.nodes[x].type.shape)]))
+                                      if broadcastable(b.nodes[v].type.shape, b.nodes[x].type.shape)]))
             if recipe == "combine":
                 values.append(b.emit(draw(st.sampled_from(_COMBINE)), [x, y]))
             else:
@@ -286,14 +287,6 @@ def wide_graphs(draw):
     graph = b.finish([values[-1], *extra])
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     return graph, [rng.normal(size=s).astype(TensorType(s, dtype).np_dtype) for s in shapes]
-
-
-def _broadcastable(a, c) -> bool:
-    try:
-        np.broadcast_shapes(a, c)
-        return True
-    except ValueError:
-        return False
 
 
 @given(wide_graphs())

@@ -23,6 +23,7 @@ from ffcompile.ir.lang import Value
 from ffcompile.passes import simplify as S
 from ffcompile.passes.decompose import decompose
 from ffcompile.passes.rewrite import PatternTable, Rule, rewrite
+from samples import broadcastable
 
 GOLDEN = sorted((pathlib.Path(__file__).parent / "golden" / "simplify").glob("*.ir"))
 PASSES = {"fold_constants": S.fold_constants, "simplify_algebra": S.simplify_algebra,
@@ -102,18 +103,10 @@ SCALARS = [0.0, -0.0, 1.0, 2.0, -1.0, 0.5]
 BINARY = [L.add, L.sub, L.mul, L.div, L.maximum, L.minimum]
 
 
-def _broadcasts(a, b) -> bool:
-    try:
-        np.broadcast_shapes(a, b)
-        return True
-    except ValueError:
-        return False
-
-
 def _constant(draw, b, values, like=()):
     """A constant of one of SHAPES that broadcasts with shape `like`."""
     value = draw(st.sampled_from(SCALARS))
-    shape = draw(st.sampled_from([s for s in SHAPES if _broadcasts(s, like)]))
+    shape = draw(st.sampled_from([s for s in SHAPES if broadcastable(s, like)]))
     form = draw(st.sampled_from(["scalar", "broadcast", "array", "random array"]))
     if form == "scalar":
         return L.constant(b, value, "f64")
@@ -134,7 +127,7 @@ def _partner(draw, b, values, x):
     """A second operand for x: an earlier value or a fresh constant (0 and 1 included)."""
     if draw(st.booleans()):
         return _constant(draw, b, values, like=x.shape)
-    return draw(st.sampled_from([v for v in values if _broadcasts(v.shape, x.shape)]))
+    return draw(st.sampled_from([v for v in values if broadcastable(v.shape, x.shape)]))
 
 
 def _binary(draw, b, values):
