@@ -221,11 +221,12 @@ class CompiledFunction:
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
         functools.update_wrapper(self, fn, updated=())
 
-    def _key(self, args):
-        in_tree, types, names, leaves = signature(args, self.fn)
+    def _signature(self, args):
+        """(in_tree, types, names) of a call, checked against the declared spec if any."""
+        in_tree, types, names, _ = signature(args, self.fn)
         if self.spec is not None:
             self._check_spec(in_tree, types, names)
-        return (in_tree, tuple(types)), (in_tree, types, names, leaves)
+        return in_tree, types, names
 
     def _check_spec(self, in_tree, types, names):
         spec_leaves, spec_tree = self.spec
@@ -238,7 +239,7 @@ class CompiledFunction:
                 raise ArgumentError(f"{self.__name__}: argument {name}: spec says {want}, got {got}")
 
     def lower(self, *args) -> Lowered:
-        _, (in_tree, types, names, _) = self._key(args)
+        in_tree, types, names = self._signature(args)
         traced, captured = trace(self.fn, in_tree, types, names)
         assert not captured  # a top-level trace has no enclosing trace to capture from
         passes, plans = default_passes(self.optimize), []
@@ -269,15 +270,25 @@ class CompiledFunction:
         return self._last.stats()
 
     def __call__(self, *args):
+        prepared = self._prepare(args)
+        if prepared is None:
+            return self.fn(*args)  # inside another trace: compile is the identity
+        executable, _, leaves, run = prepared
+        return tree_unflatten(executable.out_tree, run(leaves))
+
+    def _prepare(self, args, donate=None):
+        """(executable, in_tree, leaves, run) for a call on arrays, None if args hold traced
+        Values. run is the executable's run_flat when the arrays are already known to fit
+        (the last call's structure and types), else its checking call_flat."""
         recent = self._match_recent(args)
         if recent is not None:
-            executable, leaves = recent[0], recent[2]
-            return tree_unflatten(executable.out_tree, executable.run_flat(leaves))
+            executable, in_tree, leaves = recent
+            return executable, in_tree, leaves, executable.run_flat
         leaves, in_tree = tree_flatten(args)
         if any(isinstance(leaf, Value) for leaf in leaves):
-            return self.fn(*args)  # inside another trace: compile is the identity
-        executable = self._executable(args, leaves, in_tree)
-        return tree_unflatten(executable.out_tree, executable.call_flat(leaves))
+            return None
+        executable = self._executable(args, leaves, in_tree, donate)
+        return executable, in_tree, leaves, executable.call_flat
 
     def _match_recent(self, args):
         """(executable, in_tree, leaves) if args have the structure of the last call whose

@@ -46,22 +46,16 @@ class TrainStep:
         return self._compiled.lower(params, opt_state, *batch)
 
     def __call__(self, params, opt_state, *batch):
-        args = (params, opt_state, *batch)
-        recent = self._compiled._match_recent(args)
-        if recent is not None:  # same structure and array types as the last call: already checked
-            executable, in_tree, leaves = recent
-        else:
-            leaves, in_tree = tree_flatten(args)
+        prepared = self._compiled._prepare((params, opt_state, *batch), _donate_state)
+        if prepared is None:
+            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
+        executable, in_tree, leaves, run = prepared
         state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
         if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
                    for a in leaves[:state]):
             _check_donatable(params, "params")
             _check_donatable(opt_state, "opt_state")
-        if recent is None:
-            executable = self._compiled._executable(args, leaves, in_tree, _donate_state)
-            results = executable.call_flat(leaves)
-        else:
-            results = executable.run_flat(leaves)
+        results = run(leaves)
         # Results are (loss, new params, new state), flattened like (params, opt_state);
         # the program wrote the donated ones over the old arrays already.
         for old, new in zip(leaves[:state], results[1:1 + state]):
