@@ -155,27 +155,21 @@ def _as_type(builder: Builder, i: int, type_: TensorType) -> int:
     return L.broadcast_to(Value(builder, i), type_.shape).id
 
 
-def _add_zero(node, b):
-    x, y = node.inputs
-    if _is(b.nodes, y, 0):
-        return _as_type(b, x, node.type)
-    if _is(b.nodes, x, 0):
-        return _as_type(b, y, node.type)
-    return None
+def _drop_neutral(value):
+    """x op n and n op x -> x, for n the neutral element of a commutative op."""
+    def rule(node, b):
+        x, y = node.inputs
+        if _is(b.nodes, y, value):
+            return _as_type(b, x, node.type)
+        if _is(b.nodes, x, value):
+            return _as_type(b, y, node.type)
+        return None
+    return rule
 
 
 def _sub_zero(node, b):
     x, y = node.inputs
     return _as_type(b, x, node.type) if _is(b.nodes, y, 0) else None
-
-
-def _mul_one(node, b):
-    x, y = node.inputs
-    if _is(b.nodes, y, 1):
-        return _as_type(b, x, node.type)
-    if _is(b.nodes, x, 1):
-        return _as_type(b, y, node.type)
-    return None
 
 
 def _integer_mul_zero(node, b):
@@ -265,9 +259,9 @@ def _select(node, b):
 
 
 ALGEBRA = PatternTable("algebra", [
-    Rule("add_zero", (O.Add,), _add_zero),
+    Rule("add_zero", (O.Add,), _drop_neutral(0)),
     Rule("sub_zero", (O.Sub,), _sub_zero),
-    Rule("mul_one", (O.Mul,), _mul_one),
+    Rule("mul_one", (O.Mul,), _drop_neutral(1)),
     Rule("integer_mul_zero", (O.Mul,), _integer_mul_zero),
     Rule("div_one", (O.Div,), _div_one),
     Rule("neg_neg", (O.Neg,), _neg_neg),
