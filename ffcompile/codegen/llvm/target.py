@@ -121,19 +121,20 @@ def jit(module: ir.Module | str, cache: ObjectCache | None = None) -> JitModule:
     return JitModule(engine, addresses, bool(obj))
 
 
-def assembly(module: ir.Module | str) -> str:
-    """Host assembly text of `module` after the same O3 pipeline the JIT runs."""
+def _emit(module: ir.Module | str, emit):
+    """`module` after the O3 pipeline the JIT runs, emitted by the host target machine."""
     tm = host_target_machine()
     with _COMPILE_LOCK:
         mod = parse(module, tm)
         optimize(mod, tm)
-        return tm.emit_assembly(mod)
+        return emit(tm, mod)
+
+
+def assembly(module: ir.Module | str) -> str:
+    """Host assembly text of `module`."""
+    return _emit(module, llvm.TargetMachine.emit_assembly)
 
 
 def object_code(module: ir.Module | str) -> bytes:
-    """A relocatable (PIC) host object file of `module` after the O3 pipeline, for linking."""
-    tm = host_target_machine()
-    with _COMPILE_LOCK:
-        mod = parse(module, tm)
-        optimize(mod, tm)
-        return tm.emit_object(mod)
+    """A relocatable (PIC) host object file of `module`, for linking."""
+    return _emit(module, llvm.TargetMachine.emit_object)
