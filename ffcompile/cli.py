@@ -3,6 +3,7 @@
     ffcompile dump MODEL [--format text|dot|python|optimized|schedule|memory|stats|llvm|asm] [--train]
                    [--batch N] [--after PASS|all]
     ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
+    ffcompile bench MODEL [--mode train|infer|both] [--contenders A,B] [--steps N] [--csv FILE] ...
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -16,6 +17,7 @@ import importlib.util
 import os
 import re
 import sys
+from dataclasses import dataclass
 from types import ModuleType
 
 from . import api, optim, zoo
@@ -217,6 +219,41 @@ def cmd_export(args) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class FileWorkload:
+    """A model file where the benchmark harness takes a zoo workload. It names no
+    `criterion`, so the peers (which rebuild zoo MLPs) report it unsupported."""
+
+    name: str
+    module: ModuleType
+
+    @property
+    def model(self):
+        return self.module.model
+
+    @property
+    def loss(self):
+        return self.module.loss
+
+    def example_inputs(self, batch_size: int | None = None) -> tuple:
+        return _inputs(self.module, batch_size)
+
+
+def cmd_bench(args) -> int:
+    """The benchmark harness (ffcompile.bench) on one zoo model or model file."""
+    from .bench import harness
+
+    contenders, modes, options = harness.configure(args)
+    target = resolve(args.model)
+    if not isinstance(target, zoo.Workload):
+        if "train" in modes and not callable(getattr(target, "loss", None)):
+            raise TargetError(f"{args.model}: benchmarking training needs a loss(params, x, y) "
+                              "function (--mode infer times inference alone)")
+        target = FileWorkload(os.path.basename(args.model), target)
+    harness.run([target], contenders, modes, options, args.csv, args.plot)
+    return 0
+
+
 def cmd_list(args) -> int:
     width = max(len(n) for n in zoo.names())
     for name in zoo.names():
@@ -262,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--lr", type=float, default=0.1, help="learning rate of the exported step")
     export.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     export.set_defaults(run=cmd_export)
+
+    # Imported here, not by `import ffcompile`: the harness is a tool on top of the library.
+    from .bench.harness import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser("bench", help="time ffcompile against hand NumPy, PyTorch and JAX on a model",
+                                description="The benchmark harness of benchmarks/README.md on one model.")
+    bench.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
 
     listing = commands.add_parser("list", help="list the zoo models")
     listing.set_defaults(run=cmd_list)

@@ -4,22 +4,23 @@ No timing is asserted: only that the table, CSV and plot are produced and that
 every installed contender's loss, outputs and updated parameters agree with
 ffcompile's. torch.compile is left out unless FFCOMPILE_SLOW_TESTS is set:
 compiling even xor's step takes 10-25 s cold on 2 cores; `python -m
-benchmarks.mlp` runs it (and checks its agreement in the Δ column).
+ffcompile.bench` runs it (and checks its agreement in the Δ column).
 """
 import csv
 import importlib.util
 import os
+import runpy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import ffcompile as ff
-
-# benchmarks/ is a top-level directory of the repository, not an installed package.
-from benchmarks import mlp
-from benchmarks.contenders import CONTENDERS, Contender, Problem
-from benchmarks.numpy_mlp import MLPSpec
 from ffcompile import nn, zoo
+from ffcompile.bench import harness
+from ffcompile.bench.contenders import CONTENDERS, Contender, Problem
+from ffcompile.bench.numpy_mlp import MLPSpec
 from ffcompile.tree import tree_map
 
 FAST = [c for c in CONTENDERS if c.name != "torch.compile"]
@@ -29,7 +30,7 @@ RTOL = 1e-4
 
 def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
     out_csv, out_png = tmp_path / "xor.csv", tmp_path / "xor.png"
-    code = mlp.main(["--model", "xor", "--steps", "6", "--rounds", "3", "--warmup", "1",
+    code = harness.main(["--model", "xor", "--steps", "6", "--rounds", "3", "--warmup", "1",
                      "--contenders", ",".join(c.name for c in FAST),
                      "--csv", str(out_csv), "--plot", str(out_png)])
     assert code == 0
@@ -37,14 +38,14 @@ def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
     assert "| model | mode | contender | median ms |" in table and "threads:" in table
     rows = list(csv.DictReader(out_csv.open()))
     assert {(r["mode"], r["contender"]) for r in rows} == {
-        (mode, name) for mode in mlp.MODES for name in [c.name for c in FAST] + ["BLAS floor"]}
+        (mode, name) for mode in harness.MODES for name in [c.name for c in FAST] + ["BLAS floor"]}
     for row in rows:
         installed = row["contender"] in {c.name for c in INSTALLED} | {"BLAS floor"}
         assert row["status"] == ("ok" if installed else "not installed"), row
         assert f"| xor | {row['mode']} | {row['contender']} |" in table
         if installed:
             assert float(row["min_ms"]) <= float(row["median_ms"])
-    for mode in mlp.MODES:
+    for mode in harness.MODES:
         ran = [r for r in rows if r["mode"] == mode and r["status"] == "ok" and r["contender"] != "BLAS floor"]
         names = {r["contender"] for r in ran}
         reference_name = "ffcompile-llvm" if "ffcompile-llvm" in names else "ffcompile-numpy"
@@ -100,18 +101,40 @@ def test_a_diverging_step_is_flagged():
                         lambda rng, n: (workload.sample(rng, n)[0], np.full((n, 3), 1e20, np.float32)))
     hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
     with np.errstate(over="ignore", invalid="ignore"):
-        cells = mlp.run_cell(huge, "train", [hand], mlp.Options(steps=2, rounds=1, warmup=0))
-    assert cells[0].diverged and "non-finite" in mlp.markdown(cells)
-    assert not mlp.run_cell(workload, "train", [hand], mlp.Options(steps=2, rounds=1, warmup=0))[0].diverged
+        cells = harness.run_cell(huge, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0))
+    assert cells[0].diverged and "non-finite" in harness.markdown(cells)
+    assert not harness.run_cell(workload, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0))[0].diverged
 
 
 def test_missing_and_unsupported_contenders_are_rows_not_failures():
-    absent = Contender("absent", CONTENDERS[1].prepare, requires=("no_such_module_for_ffcompile",))
+    ffcompile_numpy = next(c for c in CONTENDERS if c.name == "ffcompile-numpy")
+    absent = Contender("absent", ffcompile_numpy.prepare, requires=("no_such_module_for_ffcompile",))
     hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
-    options = mlp.Options(steps=2, rounds=1, warmup=0)
-    cells = {c.contender: c for c in mlp.run_cell("two_tower", "infer", [hand, absent], options)}
+    options = harness.Options(steps=2, rounds=1, warmup=0, batch=4)
+    cells = {c.contender: c for c in harness.run_cell("two_tower", "train", [ffcompile_numpy, hand, absent],
+                                                      options)}
+    # ffcompile trains the two-input DAG: its loss takes the inputs as one tuple x.
+    assert cells["ffcompile-numpy"].ok and np.isfinite(cells["ffcompile-numpy"].value)
     assert cells["absent"].status == "not installed"
     assert cells["numpy-hand"].status.startswith("unsupported: two_tower is not a Sequential")
     assert cells["BLAS floor"].status.startswith("unsupported")
-    table = mlp.markdown(list(cells.values()))
-    assert "| two_tower | infer | absent | not installed |" in table
+    table = harness.markdown(list(cells.values()))
+    assert "| two_tower | train | absent | not installed |" in table
+
+
+@pytest.mark.parametrize("module, prog", [("benchmarks.mlp", "python -m benchmarks.mlp"),
+                                          ("ffcompile.bench", "python -m ffcompile.bench")])
+def test_entry_points_run_the_harness(module, prog, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [prog, "--help"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: {prog} ") and "--contenders" in help_text and "--cold-compile" in help_text
+
+
+def test_import_ffcompile_leaves_the_harness_and_its_peers_unimported():
+    heavy = ["ffcompile.bench", "torch", "jax", "matplotlib"]
+    code = f"import sys, ffcompile; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

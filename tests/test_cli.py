@@ -1,11 +1,12 @@
-"""The `ffcompile` command, run in-process: dump formats, --train, model files, errors."""
+"""The `ffcompile` command, run in-process: dump formats, --train, model files, bench, errors."""
+import csv
 import textwrap
 
 import pytest
 
 import ffcompile as ff
 from ffcompile import zoo
-from ffcompile.cli import main
+from ffcompile.cli import load_model_file, main
 from ffcompile.tree import tree_flatten
 
 MODEL_FILE = textwrap.dedent('''
@@ -108,6 +109,9 @@ def test_list(capsys):
     (["dump", "missing.py"], "model file 'missing.py' does not exist"),
     (["dump", "xor", "--batch", "0"], "--batch must be positive"),
     (["dump", "xor", "--format", "svg"], "invalid choice: 'svg'"),
+    (["bench", "resnet"], "unknown model 'resnet'"),
+    (["bench", "xor", "--contenders", "ffcompile-numpy,nope"], "unknown contender nope"),
+    (["bench", "xor", "--steps", "0"], "--steps, --rounds and --threads must be positive"),
     ([], "required"),
 ])
 def test_errors_exit_with_status_2(capsys, argv, message):
@@ -175,3 +179,50 @@ def test_export_writes_object_library_and_header(tmp_path, capsys, monkeypatch):
 def test_dump_llvm_ir_and_assembly(capsys):
     assert "define" in dump(capsys, "xor", "--train", "--format", "llvm")
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
+
+
+BENCH_FAST = ["--steps", "3", "--rounds", "1", "--warmup", "1"]
+
+
+def test_bench_zoo_model_prints_the_table_and_writes_the_csv(capsys, tmp_path):
+    contenders = ["ffcompile-llvm", "ffcompile-numpy", "numpy-hand"]
+    out = tmp_path / "xor.csv"
+    assert main(["bench", "xor", *BENCH_FAST, "--contenders", ",".join(contenders), "--csv", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| model | mode | contender | median ms | min ms | round medians ms | × ref | compile s |" in table
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["mode"], r["contender"]) for r in rows] == [
+        (mode, name) for mode in ("train", "infer") for name in [*contenders, "BLAS floor"]]
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert f"| xor | {r['mode']} | {r['contender']} | {r['median_ms']} | {r['min_ms']} |" in table
+        assert float(r["ratio_to_reference"]) > 0 and float(r["compile_s"]) > 0
+        if r["contender"] == "ffcompile-llvm":  # the default reference
+            assert r["ratio_to_reference"] == "1"
+
+
+def test_bench_model_file_runs_ffcompile_and_marks_the_peers_unsupported(capsys, tmp_path, model_file):
+    out = tmp_path / "towers.csv"
+    assert main(["bench", model_file, *BENCH_FAST, "--batch", "4",
+                 "--contenders", "ffcompile-numpy,numpy-hand", "--csv", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = {(r["mode"], r["contender"]): r for r in csv.DictReader(out.open())}
+    for mode in ("train", "infer"):
+        assert rows[mode, "ffcompile-numpy"]["status"] == "ok"
+        assert rows[mode, "numpy-hand"]["status"] == "unsupported: towers.py is not a Sequential of Dense layers"
+        assert rows[mode, "BLAS floor"]["status"].startswith("unsupported")
+        assert f"| towers.py | {mode} | numpy-hand | unsupported" in table
+    # The first step's loss is the file's loss on its own example inputs at --batch.
+    module = load_model_file(model_file)
+    params, x, y = module.example_inputs(batch_size=4)
+    expected = float(ff.compile(module.loss, backend="numpy")(params, x, y))
+    assert float(rows["train", "ffcompile-numpy"]["first_value"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bench_model_file_without_loss_needs_mode_infer(capsys, tmp_path):
+    no_loss = tmp_path / "no_loss.py"
+    no_loss.write_text(MODEL_FILE.replace("def loss(", "def not_loss("))
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(no_loss), "--contenders", "ffcompile-numpy"])
+    assert exc.value.code == 2
+    assert "benchmarking training needs a loss(params, x, y) function" in capsys.readouterr().err

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ffcompile.tree import tree_flatten, tree_map
-
+from .. import optim
+from ..api import compile
+from ..train import compile_train_step
+from ..tree import tree_flatten, tree_map
 from .numpy_mlp import MLPSpec, NumpyMLP
 
 TRACEMALLOC = "tracemalloc"
@@ -28,7 +30,7 @@ TRACEMALLOC = "tracemalloc"
 
 @dataclass(frozen=True)
 class Problem:
-    workload: Any  # an ffcompile.zoo.Workload
+    workload: Any  # an ffcompile.zoo.Workload, or a model file in its place (harness.run_cell)
     mode: str  # "train" or "infer"
     params: dict  # the zoo parameter tree; adapters copy it, never write it
     x: Any
@@ -62,12 +64,9 @@ class Contender:
 
 def ffcompile_backend(backend: str) -> Callable[[Problem], Runner]:
     def prepare(p: Problem) -> Runner:
-        import ffcompile as ff
-
         params = tree_map(np.copy, p.params)
-        args = p.x if isinstance(p.x, tuple) else (p.x,)
         if p.mode == "train":
-            step = ff.compile_train_step(p.workload.loss, ff.optim.SGD(p.lr), backend=backend)
+            step = compile_train_step(p.workload.loss, optim.SGD(p.lr), backend=backend)
             state = step.init(params)
 
             def reset():
@@ -75,9 +74,11 @@ def ffcompile_backend(backend: str) -> Callable[[Problem], Runner]:
                 for current, value in zip(tree_flatten((params, state))[0], initial, strict=True):
                     np.copyto(current, value)
 
-            return Runner(lambda: step(params, state, *args, p.y), lambda: MLPSpec.layers(params), reset)
-        forward = ff.compile(p.workload.model, backend=backend)
-        return Runner(lambda: forward(params, *args), lambda: MLPSpec.layers(params))
+            # loss(params, x, y) takes a multi-input model's inputs as one tuple x.
+            return Runner(lambda: step(params, state, p.x, p.y), lambda: MLPSpec.layers(params), reset)
+        forward = compile(p.workload.model, backend=backend)
+        inputs = p.x if isinstance(p.x, tuple) else (p.x,)  # model(params, *inputs)
+        return Runner(lambda: forward(params, *inputs), lambda: MLPSpec.layers(params))
 
     return prepare
 

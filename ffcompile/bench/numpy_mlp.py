@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ffcompile import nn
+from .. import nn
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_K = 0.044715
@@ -48,6 +48,9 @@ class MLPSpec:
             raise Unsupported(f"{workload.name} is not a Sequential of Dense layers")
         losses = {nn.mse: "mse", nn.cross_entropy: "cross_entropy"}
         criterion = getattr(workload, "criterion", None)
+        if criterion is None:  # a model file: its loss(params, x, y) is opaque to the peers
+            raise Unsupported(f"{workload.name} names no criterion (nn.mse or nn.cross_entropy) "
+                              "the peers can rebuild")
         if criterion not in losses:
             raise Unsupported(f"{workload.name}: loss {criterion!r} has no peer implementation")
         return MLPSpec(tuple(_activation_name(l.act) for l in model.layers), losses[criterion])
