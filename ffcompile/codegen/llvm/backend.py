@@ -76,6 +76,7 @@ class LLVMExecutable:
         program = lower(schedule, plan, donated_roots)
         self.llvm_ir = str(program.module)
         self.blas = program.blas  # the BLAS functions the code calls
+        self.arena_bytes = program.arena_bytes  # what it allocates: the plan's arena, plus any GEMM scratch
         self._jit = target.jit(self.llvm_ir, default_cache())  # keeps the machine code alive
         self.from_cache = self._jit.cached  # object code loaded from the disk cache
         if program.blas:

@@ -108,9 +108,11 @@ def _gemm_pointer(b: ir.IRBuilder, name: str, fty: ir.FunctionType) -> ir.Value:
     return b.bitcast(b.load(blas_slot(b.module, name)), fty.as_pointer())
 
 
-def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool) -> None:
+def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool,
+              scale: tuple[ir.Value, ir.Value] | None = None) -> None:
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
-    (transposed in memory where trans_a/trans_b says so)."""
+    (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
+    scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py)."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -129,20 +131,20 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
         if native and k > 0 and is_float(pc.type.pointee) and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
-            emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b)
+            emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif native or k == 0:
-            _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b)
+            _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
-            _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b)
+            _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
-def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b) -> None:
+def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
     ty = pc.type.pointee
     ptr = ty.as_pointer()
     i32p, chp = I32.as_pointer(), I8.as_pointer()
     fty = ir.FunctionType(ir.VoidType(), [chp, chp, i32p, i32p, i32p, ptr, ptr, i32p, ptr, i32p, ptr, ptr, i32p])
 
-    def by_pointer(value: ir.Constant) -> ir.Value:
+    def by_pointer(value: ir.Value) -> ir.Value:
         with b.goto_entry_block():
             slot = b.alloca(value.type)
         b.store(value, slot)
@@ -156,13 +158,15 @@ def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b) -> None:
 
     lda = m if trans_a else k
     ldb = k if trans_b else n
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     b.call(_gemm_pointer(b, name, fty), [
-        flag(trans_b), flag(trans_a), i32(n), i32(m), i32(k), by_pointer(ir.Constant(ty, 1.0)),
-        pb, i32(max(1, ldb)), pa, i32(max(1, lda)), by_pointer(ir.Constant(ty, 0.0)), pc, i32(max(1, n))])
+        flag(trans_b), flag(trans_a), i32(n), i32(m), i32(k), by_pointer(alpha),
+        pb, i32(max(1, ldb)), pa, i32(max(1, lda)), by_pointer(beta), pc, i32(max(1, n))])
 
 
-def _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b) -> None:
-    """C[i, :] = 0; C[i, :] += A[i, p] * B[p, :] for p in order (the order BLAS sums in)."""
+def _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """C[i, :] = 0; C[i, :] += A[i, p] * B[p, :] for p in order (the order BLAS sums in);
+    with scale, C[i, :] = beta * C[i, :]; C[i, :] += (alpha * A[i, p]) * B[p, :]."""
     ty = pc.type.pointee
     mul = (lambda x, y: b.fmul(x, y, flags=CONTRACT)) if is_float(ty) else b.mul
     add = (lambda x, y: b.fadd(x, y, flags=CONTRACT)) if is_float(ty) else b.add
@@ -180,9 +184,12 @@ def _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b) -> None:
 
     with for_range(b, ir.Constant(I64, m), "row") as i:
         with for_range(b, ir.Constant(I64, n), "col") as j:
-            b.store(zero, at(pc, (i, n), (j, 1)))
+            c = at(pc, (i, n), (j, 1))
+            b.store(zero if scale is None else mul(scale[1], b.load(c)), c)
         with for_range(b, ir.Constant(I64, k), "inner") as p:
             a_ip = b.load(at(pa, (i, a_i), (p, a_p)))
+            if scale is not None:
+                a_ip = mul(scale[0], a_ip)
             with for_range(b, ir.Constant(I64, n), "col") as j:
                 c = at(pc, (i, n), (j, 1))
                 b.store(add(b.load(c), mul(a_ip, b.load(at(pb, (p, b_p), (j, b_j))))), c)

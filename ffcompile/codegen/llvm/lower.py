@@ -33,6 +33,7 @@ from ...passes.schedule import (
     SOURCE,
     Schedule,
 )
+from .accumulate import match_accumulate
 from .blas import BLAS_FUNCTIONS, blas_slot, blas_symbol, emit_gemm
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
@@ -88,14 +89,20 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
                                       name=f"arena.{where}")
         return pointers[src]
 
+    def same_storage(x: int, y: int) -> bool:
+        where = source.get(schedule.root(x))
+        return where is not None and where == source.get(schedule.root(y))
+
     literals = set(schedule.literals)
     # A GEMM whose result goes to a donated argument's array cannot write its product there
-    # first (the epilogue still reads the argument): it gets scratch past the planned arena.
+    # first (the epilogue still reads the argument): unless BLAS's beta does the epilogue
+    # (accumulate.py), it gets scratch past the planned arena.
     scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
-        if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated:
+        if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+                match_accumulate(nodes, kernel, same_storage) is None):
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
             touched.append(kernel.anchor)
@@ -156,12 +163,16 @@ def _kernel_function(module: ir.Module, name: str, nodes, kernel, param_of: dict
     arrays = {v: Array(b.bitcast(fn.args[p], MEMORY_TYPES[nodes[v].type.dtype].as_pointer()), nodes[v].type)
               for v, p in param_of.items()}
     scalars = {j: constant(nodes[j].attr("value"), nodes[j].type.dtype) for j in kernel.inputs if j in literals}
-    _lower_kernel(BodyEmitter(b, nodes, arrays, scalars), kernel)
+
+    def same_storage(x: int, y: int) -> bool:
+        return x in param_of and param_of.get(x) == param_of.get(y)
+
+    _lower_kernel(BodyEmitter(b, nodes, arrays, scalars), kernel, same_storage)
     b.ret_void()
     return fn
 
 
-def _lower_kernel(emitter: BodyEmitter, kernel) -> None:
+def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
     b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     root = nodes[kernel.body[-1]]
     if kernel.kind == ELEMENTWISE or (kernel.kind == SOURCE and root.op is O.Iota):
@@ -172,7 +183,7 @@ def _lower_kernel(emitter: BodyEmitter, kernel) -> None:
     elif kernel.kind == REDUCTION:
         emit_reduction(emitter, kernel)
     elif kernel.kind == GEMM:
-        _lower_gemm(emitter, kernel)
+        _lower_gemm(emitter, kernel, same_storage)
     elif kernel.kind == LAYOUT:
         emit_layout(b, root, arrays[kernel.body[-1]], [arrays[j] for j in root.inputs])
     elif kernel.kind == COPY:
@@ -181,22 +192,34 @@ def _lower_kernel(emitter: BodyEmitter, kernel) -> None:
         raise NotImplementedError(f"llvm backend: no lowering for {kernel.kind} kernels")
 
 
-def _lower_gemm(emitter: BodyEmitter, kernel) -> None:
+def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     """The GEMM writes into the matmul's buffer if it has one (an output, or scratch), else into
     the kernel root's, which the epilogue then overwrites in place (same type, read before
-    written per element)."""
-    nodes, arrays = emitter.nodes, emitter.arrays
+    written per element). An epilogue in accumulate form is the GEMM's alpha and beta."""
+    b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     matmul = nodes[kernel.anchor]
 
     def operand(j: int, transposed: bool) -> Array:
         return arrays[nodes[j].inputs[0]] if transposed else arrays[j]
 
+    def factor(scale: tuple[int | None, bool]) -> ir.Value:
+        j, negated = scale
+        value = constant(1.0, matmul.type.dtype) if j is None else emitter.operand(j, None, None)
+        return b.fneg(value) if negated else value
+
     a = operand(matmul.inputs[0], kernel.trans_a)
     b_ = operand(matmul.inputs[1], kernel.trans_b)
-    dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
-    result = Array(arrays[dest].ptr, matmul.type)
-    emit_gemm(emitter.b, a, b_, result, kernel.trans_a, kernel.trans_b)
-    if kernel.epilogue:
+    accumulate = match_accumulate(nodes, kernel, same_storage)
+    epilogue = kernel.epilogue
+    if accumulate is not None:
+        result = Array(arrays[accumulate.result].ptr, matmul.type)
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, (factor(accumulate.alpha), factor(accumulate.beta)))
+        epilogue = [i for i in epilogue if i not in accumulate.replaced]
+    else:
+        dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
+        result = Array(arrays[dest].ptr, matmul.type)
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
         arrays.setdefault(kernel.anchor, result)
-        outputs = [i for i in kernel.outputs if i != kernel.anchor]
-        emit_map(emitter, kernel.epilogue, matmul.type.shape, outputs)
+    if epilogue:
+        outputs = [i for i in kernel.outputs if i in epilogue]
+        emit_map(emitter, epilogue, matmul.type.shape, outputs)

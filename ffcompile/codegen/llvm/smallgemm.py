@@ -45,13 +45,15 @@ def _plan(m, n, k, trans_a, trans_b, vw) -> tuple[bool, bool, bool]:
     return False, trans_a and n > PACK_A_MIN_PANELS * vw * PANEL_VECTORS, trans_b
 
 
-def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool) -> None:
-    """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1)."""
+def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
+                    scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1);
+    with scale = (alpha, beta): C = alpha * op(A) op(B) + beta * C."""
     ty = pc.type.pointee
     vw = VECTOR_BYTES // _float_bytes(ty)
     dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
     if dot:
-        _tile_loops(b, m, n, MR, DOT_COLUMNS, _DotTile(b, ty, pa, pb, pc, n, k, vw).emit)
+        _tile_loops(b, m, n, MR, DOT_COLUMNS, _DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit)
         return
     # Packed copies are freed right after the product, so a graph of many GEMMs
     # (or a batch loop) needs stack for one buffer at a time.
@@ -63,7 +65,7 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a
     if pack_b:
         pb = _packed_transpose(b, pb, k, n)
     a_i, a_p = (1, m) if trans_a else (k, 1)
-    tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p)
+    tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p, scale)
 
     def emit(i0, j0, rows, cols):
         tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []))
@@ -92,6 +94,23 @@ def _float_bytes(ty: ir.Type) -> int:
     return {ir.FloatType: 4, ir.DoubleType: 8}[type(ty)]
 
 
+def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
+    """A vector of vty with x in every lane."""
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I64, 0)),
+                            ir.Constant(vty, ir.Undefined), lanes)
+
+
+def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int | None = None) -> ir.Value:
+    """alpha * total + beta * *ptr for scale = (alpha, beta) (scalars, splat to total's type);
+    total itself without scale."""
+    if scale is None:
+        return total
+    alpha, beta = (_splat(b, s, total.type) if isinstance(total.type, ir.VectorType) else s for s in scale)
+    old = b.load(ptr, align=align)
+    return b.fadd(b.fmul(alpha, total, flags=CONTRACT), b.fmul(beta, old, flags=CONTRACT), flags=CONTRACT)
+
+
 def _packed_transpose(b: ir.IRBuilder, ptr, rows: int, cols: int):
     """A stack copy of an operand held cols x rows, laid out rows x cols (row-major)."""
     ty = ptr.type.pointee
@@ -106,9 +125,9 @@ def _packed_transpose(b: ir.IRBuilder, ptr, rows: int, cols: int):
 class _Tile:
     """Emits one rows x sum(widths) tile of C at (i0, j0)."""
 
-    def __init__(self, b, ty, pa, pb, pc, n, k, a_i, a_p):
+    def __init__(self, b, ty, pa, pb, pc, n, k, a_i, a_p, scale):
         self.b, self.ty, self.pa, self.pb, self.pc = b, ty, pa, pb, pc
-        self.n, self.k, self.a_i, self.a_p = n, k, a_i, a_p
+        self.n, self.k, self.a_i, self.a_p, self.scale = n, k, a_i, a_p, scale
 
     def _at(self, ptr, *terms):
         """&ptr[sum(index * stride)]"""
@@ -152,10 +171,7 @@ class _Tile:
         for i, acc_row in zip(rows_at, accs):
             a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
             for acc, b_row in zip(acc_row, b_rows):
-                width = b_row.type.count
-                splat = b.shuffle_vector(
-                    b.insert_element(ir.Constant(b_row.type, ir.Undefined), a_ip, ir.Constant(I64, 0)),
-                    ir.Constant(b_row.type, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+                splat = _splat(b, a_ip, b_row.type)
                 acc.add_incoming(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT), body)
         following = b.add(p, one, flags=["nsw"])
         p.add_incoming(following, body)
@@ -163,17 +179,17 @@ class _Tile:
         b.position_at_end(end)
         for i, acc_row in zip(rows_at, accs):
             for (col, width), acc in zip(cols, acc_row):
-                total = acc.incomings[1][0]
-                b.store(total, self._vector_at(self.pc, i, self.n, col, width), align=align)
+                at = self._vector_at(self.pc, i, self.n, col, width)
+                b.store(_scaled(b, acc.incomings[1][0], at, self.scale, align), at, align=align)
 
 
 class _DotTile:
     """Emits one rows x cols tile of C = A B^T (A m x k, B n x k, both rows contiguous in p):
     each C element is a vector accumulator over p, reduced across lanes at the end."""
 
-    def __init__(self, b, ty, pa, pb, pc, n, k, vw):
+    def __init__(self, b, ty, pa, pb, pc, n, k, vw, scale):
         self.b, self.ty, self.pa, self.pb, self.pc = b, ty, pa, pb, pc
-        self.n, self.k, self.vw = n, k, vw
+        self.n, self.k, self.vw, self.scale = n, k, vw, scale
 
     def _load(self, ptr, row, p, width):
         b = self.b
@@ -236,4 +252,5 @@ class _DotTile:
         for i, row in zip(a_rows, sums):
             for j, total in zip(b_rows, row):
                 at = b.add(b.mul(i, ir.Constant(I64, self.n), flags=["nsw"]), j, flags=["nsw"])
-                b.store(total, b.gep(self.pc, [at], inbounds=True))
+                ptr = b.gep(self.pc, [at], inbounds=True)
+                b.store(_scaled(b, total, ptr, self.scale), ptr)

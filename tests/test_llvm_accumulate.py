@@ -1,0 +1,144 @@
+"""GEMM epilogues in accumulate form (codegen/llvm/accumulate.py): R = alpha * A@B + beta * C,
+written over C's storage by the GEMM itself.
+
+The gradient of `sum((x @ w) * y)` with respect to w is the single GEMM xᵀ @ y
+(of `sum((w @ x) * y)`, y @ xᵀ), so a training step of it with an update rule
+of our choosing puts exactly that rule in the GEMM's epilogue, with the new w
+donated over the old. Each rule is checked against NumPy, in every GEMM path
+(BLAS, small-GEMM tiles, dot-product tiles, the loop nest), and for the memory
+it should save: the program's arena is the planned one, no scratch for the product.
+"""
+import numpy as np
+import pytest
+
+import ffcompile as ff
+from ffcompile.codegen.llvm import blas
+from ffcompile.codegen.llvm.accumulate import match_accumulate
+from ffcompile.codegen.llvm.backend import LLVMExecutable
+from ffcompile.passes.fuse import fuse
+from ffcompile.passes.memory import plan_memory
+from ffcompile.tree import tree_flatten, tree_map
+
+LR = 0.01
+
+
+class Rule:
+    """An 'optimizer' applying new = rule(param, grad, state) to every parameter."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def init(self, params):
+        return {"lr": np.asarray(LR, tree_flatten(params)[0][0].dtype)}
+
+    def update(self, grads, state, params):
+        return tree_map(lambda p, g: self.rule(p, g, state), params, grads), state
+
+
+# (name, rule, accumulate form?): the form is alpha * P + beta * C in any arrangement.
+RULES = [
+    ("sgd", lambda p, g, s: p - LR * g, True),
+    ("scale on the right", lambda p, g, s: p - g * LR, True),
+    ("plain sum", lambda p, g, s: p + g, True),
+    ("negated product first", lambda p, g, s: -g + p, True),
+    ("decay", lambda p, g, s: 0.9 * p - LR * g, True),
+    ("C subtracted", lambda p, g, s: LR * g - p, True),
+    ("negated C", lambda p, g, s: g + (-p), True),
+    ("scale from the state", lambda p, g, s: p - s["lr"] * g, True),
+    ("not linear in the product", lambda p, g, s: p - g * g, False),
+    ("scale by a tensor", lambda p, g, s: p - p * g, False),
+]
+def loss_right(params, x, y):  # dL/dw = xᵀ @ y: a GEMM with trans_a
+    return ((x @ params["w"]) * y).sum()
+
+
+def loss_left(params, x, y):  # dL/dw = y @ xᵀ: a GEMM with trans_b
+    return ((params["w"] @ x) * y).sum()
+
+
+def step_program(loss, rule, w, x, y):
+    """The LLVM program of one training step with the new w donated over w (inputs: w, lr,
+    x, y; results: loss, w, lr), and its schedule."""
+    optimizer = Rule(rule)
+    step = ff.compile_train_step(loss, optimizer, backend="llvm")
+    schedule = step.lower({"w": w}, optimizer.init({"w": w}), x, y).schedule
+    return LLVMExecutable(schedule, plan_memory(schedule), {1: 0}), schedule
+
+
+def case(loss, m, k, n, dtype):
+    """w, x, y for a gradient GEMM of m x n over k (the shape of w), seeded by the sizes."""
+    rng = np.random.default_rng(m * 10_000 + k * 100 + n)
+    if loss is loss_right:  # x: k x m, w: m x n, y: k x n
+        return [rng.standard_normal(s).astype(dtype) for s in ((m, n), (k, m), (k, n))]
+    return [rng.standard_normal(s).astype(dtype) for s in ((m, n), (n, k), (m, k))]  # w @ x: m x k
+
+
+def expected(loss, w, x, y, rule):
+    w64, x64, y64 = (a.astype(np.float64) for a in (w, x, y))
+    grad = x64.T @ y64 if loss is loss_right else y64 @ x64.T
+    return rule(w64, grad, {"lr": LR})
+
+
+@pytest.mark.parametrize("name, rule, accumulates", RULES, ids=[r[0] for r in RULES])
+@pytest.mark.parametrize("loss, m, k, n, dtype", [
+    (loss_right, 200, 160, 150, np.float32),  # BLAS
+    (loss_right, 64, 64, 128, np.float64),  # small-GEMM tiles, A packed
+    (loss_left, 30, 70, 20, np.float32),  # dot-product tiles
+    (loss_left, 4000, 10, 1, np.float64),  # too large to pack: the loop nest
+], ids=["blas", "tiles", "dot", "loops"])
+def test_rule_in_every_gemm_path(loss, m, k, n, dtype, name, rule, accumulates):
+    w, x, y = case(loss, m, k, n, dtype)
+    executable, schedule = step_program(loss, rule, w, x, y)
+    assert executable.donated == {1: 0}
+    plan = plan_memory(schedule)
+    # The product gets scratch past the arena exactly when the rule is not in accumulate form.
+    assert (executable.arena_bytes == plan.arena_bytes) == accumulates, (executable.arena_bytes, plan.arena_bytes)
+    want = expected(loss, w, x, y, rule)
+    donated = w.copy()
+    executable(donated, np.asarray(LR, dtype), x, y)
+    scale = np.abs(want).max()
+    tolerance = {np.float32: 2e-5, np.float64: 1e-12}[dtype]
+    assert np.abs(donated - want).max() <= tolerance * scale
+
+
+def test_sizes_of_the_cases_pick_the_paths_they_are_named_for():
+    assert 200 * 160 * 150 > blas.NATIVE_MAX_WORK
+    assert 64 * 64 * 128 <= blas.NATIVE_MAX_WORK and 30 * 70 * 20 <= blas.NATIVE_MAX_WORK
+
+
+def test_momentum_accumulates_into_the_velocity_and_updates_the_weight_after():
+    """v' = 0.9 v + P is the accumulate form (over v); w' = w - lr v' runs after, reading v'."""
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((300, 200)).astype(np.float32)}
+    x, y = rng.standard_normal((150, 300)).astype(np.float32), rng.standard_normal((150, 200)).astype(np.float32)
+    reference = {"w": params["w"].copy()}
+    results = {}
+    for backend, p in (("llvm", params), ("numpy", reference)):
+        step = ff.compile_train_step(loss_right, ff.optim.SGD(LR, momentum=0.9), backend=backend)
+        state = step.init(p)
+        for _ in range(3):
+            step(p, state, x, y)
+        results[backend] = (p["w"], state["velocity"]["w"])
+    for got, want in zip(results["llvm"], results["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("operand, accumulates", [("x", True), ("w", False)])
+def test_no_accumulate_when_the_gemm_reads_the_storage_it_would_overwrite(operand, accumulates):
+    """w' = w - lr * (opᵀ @ x) written over w: with op = w, BLAS would read w while writing it."""
+    def update(w, x):
+        return w - LR * ((w if operand == "w" else x).T @ x)
+
+    w = np.ones((8, 8), np.float32)
+    graph = ff.compile(update, backend="llvm").lower(w, w).optimized
+    (kernel,) = [k for k in fuse(graph).kernels if k.kind == "gemm"]
+    storage = {graph.inputs[0], graph.outputs[0]}  # the result takes over w's storage
+
+    def same_storage(a, b):
+        return a == b or {a, b} <= storage
+
+    found = match_accumulate(graph.nodes, kernel, same_storage)
+    assert (found is not None) == accumulates
+    if found:
+        assert (found.result, found.c, found.alpha, found.beta) == (graph.outputs[0], graph.inputs[0],
+                                                                   (found.alpha[0], True), (None, False))
