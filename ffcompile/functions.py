@@ -3,11 +3,9 @@
 Everything here is a composite of registry ops, so autodiff, fusion and code
 generation need nothing new for it. Where the composition through primitives
 would overflow or differentiate badly, the registry has a composite op with
-its own VJP (sigmoid, log_sigmoid, softplus, softmax, log_softmax).
+its own VJP (sigmoid, log_sigmoid, softplus, gelu, softmax, log_softmax).
 """
 from __future__ import annotations
-
-import math
 
 from .ir import lang as L
 from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, log, log1p, log_sigmoid,
@@ -88,10 +86,9 @@ def sinc(x):
 def gelu(x, approximate="none"):
     """GELU: exact (erf), approximate="tanh" (Hendrycks & Gimpel), or "sigmoid" (x·σ(1.702x))."""
     if approximate in ("none", False, None):
-        return 0.5 * x * (1.0 + L.erf(x * (1.0 / math.sqrt(2.0))))
+        return L.gelu(x, "none")
     if approximate in ("tanh", True):
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
-        return 0.5 * x * (1.0 + L.tanh(inner))
+        return L.gelu(x, "tanh")
     if approximate == "sigmoid":
         return x * L.sigmoid(1.702 * x)
     raise ValueError(f"gelu: approximate must be 'none', 'tanh' or 'sigmoid', got {approximate!r}")

@@ -228,6 +228,7 @@ OP_CASES: dict[str, list[OpCase]] = {
     "sigmoid": [unary(lambda rng, s: normal(rng, s, 4.0))],
     "log_sigmoid": [unary(lambda rng, s: normal(rng, s, 4.0))],
     "softplus": [unary(lambda rng, s: normal(rng, s, 4.0))],
+    "gelu": [unary(lambda rng, s: normal(rng, s, 3.0), approximate=form) for form in ("none", "tanh")],
     "softmax": [softmax_case()],
     "log_softmax": [softmax_case()],
     "softmax_cross_entropy": [cross_entropy_case],

@@ -177,6 +177,23 @@ def diamond():
     return b.finish([d]), (x, e, s, d)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_layer_keeps_only_its_input_and_gate_for_the_backward_pass(approximate):
+    """gelu's own VJP needs x and the erf/tanh gate: the first layer's GEMM kernel writes those
+    two and the activation, where the decomposed formula's VJP kept six intermediates."""
+    def loss(w1, b1, w2, x):
+        return ((ff.gelu(x @ w1 + b1, approximate) @ w2) ** 2).sum()
+
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=s) for s in ((8, 16), (16,), (16, 3), (4, 8))]
+    schedule = ff.compile(ff.value_and_grad(loss, (0, 1, 2))).lower(*args).schedule
+    first = schedule.kernels[0]
+    assert first.kind == GEMM and schedule.graph.nodes[first.anchor].inputs == (schedule.graph.inputs[3],
+                                                                               schedule.graph.inputs[0])
+    gate = {"none": O.Erf, "tanh": O.Tanh}[approximate].name
+    assert sorted(schedule.graph.nodes[i].op.name for i in first.outputs) == sorted(["add", gate, "mul"])
+
+
 def test_diamond_never_fuses_into_a_cycle():
     graph, (x, e, s, d) = diamond()
     schedule = verify_schedule(fuse(graph))

@@ -396,6 +396,7 @@ def getitem(x: Value, index) -> Value:
 def sigmoid(x): return _apply(O.Sigmoid, x)
 def log_sigmoid(x): return _apply(O.LogSigmoid, x)
 def softplus(x): return _apply(O.Softplus, x)
+def gelu(x, approximate="none"): return _apply(O.Gelu, x, approximate=approximate)
 
 
 def softmax(x, axis=-1):
