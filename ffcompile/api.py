@@ -31,7 +31,7 @@ from .passes.memory import MemoryPlan, plan_memory
 from .passes.remat import RematPlan, arena_peak, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
-from .runtime import ArgumentError, Executable
+from .runtime import ArgumentError, BoundCall, Executable
 from .trace import Traced, signature, trace
 from .tree import tree_flatten, tree_leaves_like, tree_unflatten
 
@@ -154,7 +154,7 @@ class Lowered:
         if self.backend == "llvm":
             schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
             fn = llvm_backend.build(schedule, plan_memory(schedule), donate)
-            return Executable(self.optimized, fn, self.traced.out_tree, self.names)
+            return Executable(self.optimized, fn, self.traced.out_tree, self.names, native=True)
         if self.schedule is None:
             fn = numpy_backend.build(self.optimized)[0]
         elif donate:
@@ -275,6 +275,21 @@ class CompiledFunction:
             return self.fn(*args)  # inside another trace: compile is the identity
         executable, _, leaves, run = prepared
         return tree_unflatten(executable.out_tree, run(leaves))
+
+    def bind(self, *args) -> BoundCall:
+        """`bound = cf.bind(*args)`; `bound()` runs cf over these very arrays and returns
+        its results, the same arrays every call, with no argument handling per call
+        (docs/bind.md: refill inputs in place between calls; never resize or replace them)."""
+        executable, leaves = self._binding_target(args)
+        binding, given = executable.bind_flat(leaves)
+        return BoundCall(binding, given, tree_unflatten(executable.out_tree, binding.results))
+
+    def _binding_target(self, args, donate=None) -> tuple[Executable, list]:
+        """(executable, leaves) for binding args: compiled on a miss, as a call does."""
+        prepared = self._prepare(args, donate)
+        if prepared is None:
+            raise ArgumentError(f"{self.__name__}: bind takes arrays, not traced values")
+        return prepared[0], prepared[2]
 
     def _prepare(self, args, donate=None):
         """(executable, in_tree, leaves, run) for a call on arrays, None if args hold traced

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from .codegen.arguments import Binding, bind_python
 from .ir import Graph, TensorType
 from .tree import TreeDef, tree_flatten, tree_unflatten
 
@@ -27,7 +28,9 @@ def as_array(leaf, name: str) -> np.ndarray:
         raise ArgumentError(f"argument {name}: cannot convert {type(leaf).__name__} to an array") from exc
 
 
-def check_arguments(leaves, names, types: list[TensorType]) -> list[np.ndarray]:
+def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = True) -> list[np.ndarray]:
+    """The leaves as arrays of the compiled types (C-contiguous copies where needed, unless
+    contiguous=False), or an ArgumentError naming the argument."""
     if len(leaves) != len(types):
         raise ArgumentError(f"expected {len(types)} array arguments, got {len(leaves)}")
     arrays = []
@@ -36,22 +39,29 @@ def check_arguments(leaves, names, types: list[TensorType]) -> list[np.ndarray]:
         got = f"{array.dtype}{list(array.shape)}"
         if array.shape != expected.shape or array.dtype != expected.np_dtype:
             raise ArgumentError(f"argument {name}: expected {expected}, got {got}")
-        arrays.append(np.require(array, requirements="C"))  # ascontiguousarray makes 0-d 1-d
+        # ascontiguousarray would make a 0-d array 1-d
+        arrays.append(np.require(array, requirements="C") if contiguous else array)
     return arrays
 
 
 class Executable:
     """A backend function for one graph, called with NumPy arrays."""
 
-    def __init__(self, graph: Graph, fn: Callable, out_tree: TreeDef, names: list[str]):
+    def __init__(self, graph: Graph, fn: Callable, out_tree: TreeDef, names: list[str], native: bool = False):
+        """native: fn is an LLVMExecutable, whose results are distinct fresh arrays already
+        and which binds itself; else fn(*arrays) may return any arrays (a NumPy backend)."""
         self.graph = graph
         self.fn = fn
+        self.native = native
         self.out_tree = out_tree
         self.names = names
         self.input_types = list(graph.input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
 
     def run_flat(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on C-contiguous arrays of the compiled types (accepts or check_arguments said so)."""
+        if self.native:
+            return self.fn.call(arrays, typed=True)
         outs = self.fn(*arrays)
         result, seen = [], set()
         for out in outs:
@@ -80,6 +90,47 @@ class Executable:
             leaves = check_arguments(leaves, self.names, self.input_types)
         return self.run_flat(leaves)
 
+    def bind_flat(self, leaves) -> tuple[Binding, list[np.ndarray]]:
+        """The program tied to these leaves (docs/bind.md), checked as a call checks them, and
+        the arrays it reads: views of the leaves (non-array leaves converted once). A view
+        keeps the bound shape even if the caller's array object is resized in place, and
+        references that array, so its memory can be neither freed nor reallocated."""
+        arrays = [a.view() for a in check_arguments(leaves, self.names, self.input_types, contiguous=False)]
+        binding = (self.fn.bind(*arrays) if self.native
+                   else bind_python(self.fn, arrays, self.graph.output_types))
+        return binding, arrays
+
     def __call__(self, *args):
         leaves, _ = tree_flatten(tuple(args))
         return tree_unflatten(self.out_tree, self.call_flat(leaves))
+
+
+class BoundCall:
+    """A compiled program bound to fixed arrays (`cf.bind(...)`, `step.bind(...)`, docs/bind.md).
+
+    `bound()` runs it over the arrays it was bound to and returns `result`: the
+    same arrays every call, overwritten by the next one. Refill the bound inputs in
+    place between calls (`x[...] = next_x`); an array put in their place in the
+    caller's pytree is not seen. The bound object references every array it
+    reads or writes, so none can be freed, and `ndarray.resize` on one raises.
+    Calls may run concurrently with other calls of the same program (they take
+    turns on its arena); one bound object's arrays are one state, so calling the
+    same bound object from two threads at once races like any in-place update."""
+
+    __slots__ = ("_run", "_before", "_after", "result", "_keep")
+
+    def __init__(self, binding: Binding, given: list[np.ndarray], result, after=()):
+        self._run = binding.run
+        # Arguments the backend could not use in place: its copies are refreshed every call.
+        self._before = [(used, array) for used, array in zip(binding.arrays, given) if used is not array]
+        self._after = [*binding.after, *after]
+        self.result = result
+        self._keep = (binding, given)
+
+    def __call__(self):
+        for target, source in self._before:
+            np.copyto(target, source)
+        self._run()
+        for target, source in self._after:
+            np.copyto(target, source)
+        return self.result

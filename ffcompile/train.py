@@ -18,7 +18,7 @@ import inspect
 import numpy as np
 
 from .api import CompiledFunction, value_and_grad
-from .runtime import ArgumentError
+from .runtime import ArgumentError, BoundCall
 from .trace import scope
 from .tree import tree_flatten, tree_paths
 
@@ -51,8 +51,8 @@ class TrainStep:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
         state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
-        if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable
-                   for a in leaves[:state]):
+        # carray: C-contiguous, writeable (and aligned), read in one flags lookup
+        if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
             _check_donatable(params, "params")
             _check_donatable(opt_state, "opt_state")
         results = run(leaves)
@@ -62,6 +62,22 @@ class TrainStep:
             if new is not old:
                 np.copyto(old, new)
         return results[0]
+
+    def bind(self, params, opt_state, *batch) -> BoundCall:
+        """`bound = step.bind(params, opt_state, *batch)`; `bound()` runs one training step
+        over these very arrays, checked once here as a call checks them: params and
+        opt_state are updated in place, the batch is read from its arrays (refill them in
+        place between calls: `x[...] = next_x`), and the loss comes back in the same 0-d
+        array every call, overwritten by the next. Never resize or replace a bound array
+        (the bound object references them all, so `resize` raises); see docs/bind.md."""
+        executable, leaves = self._compiled._binding_target((params, opt_state, *batch), _donate_state)
+        _check_donatable(params, "params")
+        _check_donatable(opt_state, "opt_state")
+        binding, given = executable.bind_flat(leaves)
+        state = len(tree_flatten((params, opt_state))[0])
+        # New state the program could not write over the old arrays is copied there, as __call__ does.
+        after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
+        return BoundCall(binding, given, binding.results[0], after)
 
 
 def _donate_state(in_tree) -> dict[int, int]:

@@ -57,6 +57,12 @@ def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
     assert out_png.stat().st_size > 0
 
 
+def test_the_bound_step_is_a_default_contender_after_ffcompile_llvm():
+    names = [c.name for c in CONTENDERS]
+    assert names.index("ffcompile-bound") == names.index("ffcompile-llvm") + 1
+    assert "ffcompile-bound" in {c.name for c in FAST}  # so every test below runs it
+
+
 def _gelu_workload():
     """Covers the activations and loss the zoo's small models do not: GELU (tanh), linear output, MSE."""
     def sample(rng, n):

@@ -149,3 +149,18 @@ def test_training_step_with_aliased_arguments():
     np.testing.assert_allclose(params["w"], A - 0.1 * A, rtol=1e-6)
     step(params, state, A)
     np.testing.assert_allclose(params["w"], A - 0.2 * A, rtol=1e-6)
+
+
+def test_results_are_distinct_arrays_apart_from_the_arguments():
+    """A value returned twice, an input returned as it is, a reshaped result: every result
+    is its own array (the LLVM executable guarantees it, so the runtime skips its pass)."""
+    f = ff.compile(lambda a, b: (a + b, a + b, a, (a * 2.0).reshape(4)))
+    a, b = A.copy(), B.copy()
+    for _ in range(2):  # the checked call, then the fast path
+        outs = f(a, b)
+        assert len({id(o) for o in outs}) == 4
+        assert not any(np.shares_memory(o, p) for o in outs for p in (a, b))
+        assert not np.shares_memory(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[1], a + b)
+        np.testing.assert_array_equal(outs[2], a)
+        np.testing.assert_array_equal(outs[3], (2 * a).reshape(4))

@@ -62,25 +62,44 @@ class Contender:
 # ----------------------------------------------------------------- ffcompile
 
 
+def _reset_in_place(p: Problem, step, params, state) -> Callable[[], None]:
+    """Put the initial parameters (and optimizer state) back into the arrays being trained."""
+    def reset():
+        initial = tree_flatten((p.params, step.init(p.params)))[0]
+        for current, value in zip(tree_flatten((params, state))[0], initial, strict=True):
+            np.copyto(current, value)
+
+    return reset
+
+
 def ffcompile_backend(backend: str) -> Callable[[Problem], Runner]:
     def prepare(p: Problem) -> Runner:
         params = tree_map(np.copy, p.params)
         if p.mode == "train":
             step = compile_train_step(p.workload.loss, optim.SGD(p.lr), backend=backend)
             state = step.init(params)
-
-            def reset():
-                initial = tree_flatten((p.params, step.init(p.params)))[0]
-                for current, value in zip(tree_flatten((params, state))[0], initial, strict=True):
-                    np.copyto(current, value)
-
             # loss(params, x, y) takes a multi-input model's inputs as one tuple x.
-            return Runner(lambda: step(params, state, p.x, p.y), lambda: MLPSpec.layers(params), reset)
+            return Runner(lambda: step(params, state, p.x, p.y), lambda: MLPSpec.layers(params),
+                          _reset_in_place(p, step, params, state))
         forward = compile(p.workload.model, backend=backend)
         inputs = p.x if isinstance(p.x, tuple) else (p.x,)  # model(params, *inputs)
         return Runner(lambda: forward(params, *inputs), lambda: MLPSpec.layers(params))
 
     return prepare
+
+
+def ffcompile_bound(p: Problem) -> Runner:
+    """The LLVM step (or forward) bound once to its parameters and batch (docs/bind.md):
+    a run is one native call over the bound arrays, no argument handling."""
+    params = tree_map(np.copy, p.params)
+    if p.mode == "train":
+        step = compile_train_step(p.workload.loss, optim.SGD(p.lr), backend="llvm")
+        state = step.init(params)
+        return Runner(step.bind(params, state, p.x, p.y), lambda: MLPSpec.layers(params),
+                      _reset_in_place(p, step, params, state))
+    forward = compile(p.workload.model, backend="llvm")
+    inputs = p.x if isinstance(p.x, tuple) else (p.x,)
+    return Runner(forward.bind(params, *inputs), lambda: MLPSpec.layers(params))
 
 
 # ----------------------------------------------------------------- hand-written NumPy
@@ -242,6 +261,7 @@ _NOT_TRACED = "n/a: {} allocates outside Python's allocator, invisible to tracem
 # Reference first: the harness compares every contender's result to the reference's.
 CONTENDERS: list[Contender] = [
     Contender("ffcompile-llvm", ffcompile_backend("llvm")),
+    Contender("ffcompile-bound", ffcompile_bound),
     Contender("ffcompile-numpy", ffcompile_backend("numpy")),
     Contender("numpy-hand", numpy_hand),
     Contender("torch-eager", torch_mode(compiled=False), ("torch",), _NOT_TRACED.format("torch")),

@@ -12,6 +12,8 @@ a Python error, never a crash.
 The arena is allocated once per executable, 64-byte aligned; a lock makes
 concurrent calls from several threads safe (they share the arena and the
 argument block). ctypes releases the GIL during the native call.
+`bind` packs a private argument block once for fixed arrays, so a bound run
+is the lock and the native call alone (docs/bind.md).
 
 Donation (in-place parameter updates): `donate` maps a result position to
 an argument position whose array receives that result, where that is safe
@@ -30,7 +32,7 @@ import numpy as np
 from ...passes.donation import safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import REDUCTION, Schedule
-from ..arguments import overlapping_arguments
+from ..arguments import Binding, overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads
 from .cache import default_cache
@@ -93,19 +95,25 @@ class LLVMExecutable:
         self._input_types = program.input_types
         self._donated_inputs = sorted(set(self.donated.values()))
         self._outputs = [(graph.nodes[v].type.np_dtype, self._result_shape(schedule, v)) for v in program.outputs]
-        # Per graph output: ("out", slot, shape), ("donated", argument index, shape) or
-        # ("copy", argument index, shape) for an input returned as it is.
+        # Per graph output: (where, index, copy, shape): where "out" is an output slot, "arg" an
+        # argument (donated: the program wrote the result there; else an input returned as
+        # it is, which is copied); a value returned a second time is copied too, so results
+        # are always distinct arrays. shape: the reshape it needs, or None.
         slot_of = {v: k for k, v in enumerate(program.outputs)}
         input_index = {v: k for k, v in enumerate(graph.inputs)}
-        self._results = []
+        self._results, seen = [], set()
         for j in graph.outputs:
             root, shape = schedule.root(j), graph.nodes[j].type.shape
             if root in slot_of:
-                self._results.append(("out", slot_of[root], shape))
+                where, k, copy, own_shape = "out", slot_of[root], False, self._outputs[slot_of[root]][1]
             elif root in donated_roots:
-                self._results.append(("donated", donated_roots[root], shape))
+                where, k, copy = "arg", donated_roots[root], False
+                own_shape = self._inputs[k][1]
             else:
-                self._results.append(("copy", input_index[root], shape))
+                where, k, copy = "arg", input_index[root], True
+                own_shape = self._inputs[k][1]
+            self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
+            seen.add(root)
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
         raw = np.empty(program.arena_bytes + ALIGNMENT, np.uint8)
         start = -raw.__array_interface__["data"][0] % ALIGNMENT
@@ -136,14 +144,17 @@ class LLVMExecutable:
                             f"got {array.dtype}{list(array.shape)}")
         return np.require(array, requirements="CA")
 
-    def __call__(self, *args) -> tuple[np.ndarray, ...]:
+    def _arguments(self, args, typed: bool = False) -> tuple[list[np.ndarray], list[int]]:
+        """The arrays the program runs on and their addresses: args, or copies of those that
+        are not C-contiguous and aligned, or are donated but read-only or overlap another.
+        typed: args are known C-contiguous arrays of the compiled types (Executable.accepts)."""
         if len(args) != len(self._inputs):
             raise TypeError(f"{self.name}: expected {len(self._inputs)} arguments, got {len(args)}")
         arrays = list(args)  # referenced until the call returns
         addresses = []
         for k, (array, (dtype, shape, strides)) in enumerate(zip(args, self._inputs)):
-            if not (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
-                    and array.strides == strides):
+            if not typed and not (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
+                                  and array.strides == strides):
                 array = arrays[k] = self._conform(k, array)
             address = data_address(array)
             if address % dtype.itemsize:
@@ -160,20 +171,51 @@ class LLVMExecutable:
                 if k in overlapping or not arrays[k].flags.writeable:
                     arrays[k] = arrays[k].copy()
                     addresses[k] = data_address(arrays[k])
+        return arrays, addresses
+
+    def __call__(self, *args) -> tuple[np.ndarray, ...]:
+        return tuple(self.call(args))
+
+    def call(self, args, typed: bool = False) -> list[np.ndarray]:
+        """Run on args (see _arguments for typed); the results are distinct, fresh arrays
+        but for donated ones, which are the arguments' arrays."""
+        arrays, addresses = self._arguments(args, typed)
         outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
             slots[1:] = addresses
             self._entry(slots)
-        return tuple([_result(outs[k] if kind == "out" else arrays[k] if kind == "donated" else arrays[k].copy(),
-                              shape) for kind, k, shape in self._results])
+        results = []
+        for where, k, copy, shape in self._results:
+            array = outs[k] if where == "out" else arrays[k]
+            if copy:
+                array = array.copy()
+            results.append(array if shape is None else array.reshape(shape))
+        return results
 
+    def bind(self, *args) -> Binding:
+        """The program tied to these arrays (docs/bind.md): the arguments are checked and the
+        argument block packed once, so a run is the native call alone. Runs share the arena,
+        and take the lock, with every other call of this executable."""
+        arrays, addresses = self._arguments(args)
+        outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
+        block = (ctypes.c_void_p * len(self._slots))(
+            self._slots[0], *addresses, *[data_address(out) for out in outs])
+        results, after = [], []
+        for where, k, copy, shape in self._results:
+            array = outs[k] if where == "out" else arrays[k]
+            view = array if shape is None else array.reshape(shape)
+            if copy:  # its own array, refreshed from the program's after every run
+                after.append((view.copy(), view))
+            results.append(after[-1][0] if copy else view)
+        entry, lock = self._entry, self._lock
 
+        def run():
+            with lock:
+                entry(block)
 
-
-def _result(array: np.ndarray, shape) -> np.ndarray:
-    return array if array.shape == shape else array.reshape(shape)
+        return Binding(run, arrays, results, after, (self, block, outs))
 
 
 def fused_safe_donations(schedule: Schedule, donated: dict[int, int]) -> dict[int, int]:
