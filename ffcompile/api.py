@@ -9,8 +9,10 @@ adjoint and inline the result, so they compose with each other and with
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -329,12 +331,27 @@ class CompiledFunction:
                               else (np.shape(leaf), type(leaf)) for leaf in leaves))
         entry = self._cache.get(key)
         if entry is None:
-            lowered = self.lower(*args)
-            entry = self._cache[key] = (lowered, lowered.compile(donate and donate(in_tree)))
+            with _collector_paused():
+                lowered = self.lower(*args)
+                entry = self._cache[key] = (lowered, lowered.compile(donate and donate(in_tree)))
         self._last = entry[0]
         if entry[1].accepts(leaves):
             self._recent = (in_tree, entry)
         return entry[1]
+
+
+@contextmanager
+def _collector_paused():
+    """Tracing, passes and IR emission allocate many objects that live until the compile
+    ends: the cyclic collector's passes over them (and over everything else alive) took
+    24 of the 66 ms of a warm-cache compile of the mnist step. It resumes afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,

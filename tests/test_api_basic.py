@@ -67,3 +67,22 @@ def test_grad_of_grad_gives_hessian_vector_product(args):
     gplus = ff.grad(f, argnums=1)(x, w + eps * v, b)
     gminus = ff.grad(f, argnums=1)(x, w - eps * v, b)
     assert np.allclose(ff.compile(hvp)(x, w, b, v), (gplus - gminus) / (2 * eps), atol=1e-7)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_compiling_leaves_the_garbage_collector_as_it_found_it(enabled):
+    """The collector is paused while a signature compiles (api._collector_paused), even when
+    compiling fails, and then restored: on if it was on, off if the caller had turned it off."""
+    import gc
+
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        f = ff.compile(lambda x: ff.tanh(x) * 2.0)
+        f(np.ones(3))
+        assert gc.isenabled() == enabled
+        with pytest.raises(ff.ShapeError, match="contracting dimensions"):
+            ff.compile(lambda x: x @ x)(np.ones((2, 3)))
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
