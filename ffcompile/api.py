@@ -30,10 +30,11 @@ from .passes.decompose import decompose
 from .passes.fuse import fuse
 from .passes.manager import Pass, PassRecord, run_pipeline
 from .passes.memory import MemoryPlan, plan_memory
-from .passes.remat import RematPlan, arena_peak, remat
+from .passes.remat import RematPlan, arena_peak, flops_of, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
-from .runtime import ArgumentError, BoundCall, Executable
+from .profile import KernelProfile, profile_kernels
+from .runtime import ArgumentError, BoundCall, Executable, check_arguments
 from .trace import Traced, signature, trace
 from .tree import tree_flatten, tree_leaves_like, tree_unflatten
 
@@ -150,6 +151,12 @@ class Lowered:
     def stats(self) -> Stats:
         return Stats.of(self)
 
+    def profile(self, *args, steps: int = 100, donate: dict[int, int] | None = None) -> KernelProfile:
+        """The time of each kernel of this program's native code on args (ffcompile/profile.py)."""
+        schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
+        leaves = check_arguments(tree_flatten(args)[0], self.names, self.optimized.input_types)
+        return profile_kernels(schedule, leaves, donate, steps)
+
     def compile(self, donate: dict[int, int] | None = None) -> Executable:
         """donate: flat result index -> flat argument index whose array may take that result
         (honoured where the schedule reads the argument before writing the result)."""
@@ -179,8 +186,7 @@ class Stats:
     @staticmethod
     def of(lowered: "Lowered") -> "Stats":
         graph = lowered.optimized
-        flops = sum(n.op.cost([graph.nodes[j].type for j in n.inputs], n.type, n.attr_dict).flops
-                    for n in graph.nodes)
+        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
         plan = lowered.memory
         return Stats(tuple(lowered.records), None if lowered.schedule is None else len(lowered.schedule.kernels),
                      flops, plan and plan.arena_bytes, plan and plan.lower_bound)

@@ -4,6 +4,7 @@
                    [--batch N] [--after PASS|all]
     ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
     ffcompile bench MODEL [--mode train|infer|both] [--contenders A,B] [--steps N] [--csv FILE] ...
+    ffcompile profile MODEL [--train] [--steps N] [--threads N] [--batch N]
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -22,6 +23,7 @@ from types import ModuleType
 
 from . import api, optim, zoo
 from .api import arena_measure, compile, executable_for, value_and_grad
+from .codegen.llvm.blas import set_blas_threads
 from .codegen.llvm.export import ExportError
 from .passes.remat import STRATEGIES, frontier, remat
 from .train import compile_train_step
@@ -65,6 +67,21 @@ def _inputs(target, batch: int | None) -> tuple:
     return target.example_inputs()
 
 
+def _loss(target, model: str, why: str, hint: str = ""):
+    """The target's loss(params, x, y), or a TargetError saying what needed it."""
+    loss = getattr(target, "loss", None)
+    if not callable(loss):
+        raise TargetError(f"{model}: {why} needs a loss(params, x, y) function{hint}")
+    return loss
+
+
+def _weighted_inputs(target, batch: int | None) -> tuple:
+    """Inputs with real weights, for runs that time the program (zoo placeholders are zeros)."""
+    if isinstance(target, zoo.Workload):
+        return target.example_inputs(batch_size=batch)
+    return _inputs(target, batch)
+
+
 def _forward(target):
     def forward(params, x):
         return target.model(params, *x) if isinstance(x, tuple) else target.model(params, x)
@@ -77,10 +94,7 @@ def cmd_dump(args) -> int:
     params, x, y = _inputs(target, args.batch)
     after = None if args.after is None else ("all" if args.after == "all" else args.after.split(","))
     if args.train:
-        loss = getattr(target, "loss", None)
-        if not callable(loss):
-            raise TargetError(f"{args.model}: --train needs a loss(params, x, y) function")
-        lowered = compile(value_and_grad(loss), dump_after=after).lower(params, x, y)
+        lowered = compile(value_and_grad(_loss(target, args.model, "--train")), dump_after=after).lower(params, x, y)
     else:
         lowered = compile(_forward(target), dump_after=after).lower(params, x)
     if after is not None:
@@ -114,12 +128,8 @@ def parse_budget(text: str) -> int | float:
 def cmd_plan(args) -> int:
     """The remat plan of a zoo model's training step (value_and_grad of its loss)."""
     target = resolve(args.model)
-    loss = getattr(target, "loss", None)
-    if not callable(loss):
-        raise TargetError(f"{args.model}: plan needs a loss(params, x, y) function")
-    inputs = _inputs(target, args.batch)
-    if args.sweep and isinstance(target, zoo.Workload):  # timing runs need real weights, not placeholders
-        inputs = target.example_inputs(batch_size=args.batch)
+    loss = _loss(target, args.model, "plan")
+    inputs = _weighted_inputs(target, args.batch) if args.sweep else _inputs(target, args.batch)
     graph = compile(value_and_grad(loss)).lower(*inputs).optimized
     if not args.sweep:
         budget = None if args.budget is None else parse_budget(args.budget)
@@ -206,16 +216,29 @@ def cmd_export(args) -> int:
     target = resolve(args.model)
     params, x, y = _inputs(target, args.batch)
     if args.train:
-        loss = getattr(target, "loss", None)
-        if not callable(loss):
-            raise TargetError(f"{args.model}: --train needs a loss(params, x, y) function")
-        step = compile_train_step(loss, optim.SGD(args.lr), backend="llvm")
+        step = compile_train_step(_loss(target, args.model, "--train"), optim.SGD(args.lr), backend="llvm")
         lowered = step.lower(params, step.init(params), x, y)
     else:
         lowered = compile(_forward(target), backend="llvm").lower(params, x)
     name = args.name or re.sub(r"\W", "_", os.path.splitext(os.path.basename(args.model))[0])
     library = lowered.export(args.output, name)
     print(f"wrote {library.object_path}, {library.library_path}, {library.header_path}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Per-kernel time of a model's native program: its forward pass, or with --train its SGD
+    training step (ffcompile/profile.py)."""
+    target = resolve(args.model)
+    if args.threads is not None:
+        set_blas_threads(args.threads)
+    params, x, y = _weighted_inputs(target, args.batch)
+    if args.train:
+        step = compile_train_step(_loss(target, args.model, "--train"), optim.SGD(args.lr), backend="llvm")
+        report = step.profile(params, step.init(params), x, y, steps=args.steps)
+    else:
+        report = compile(_forward(target), backend="llvm").lower(params, x).profile(params, x, steps=args.steps)
+    sys.stdout.write(str(report))
     return 0
 
 
@@ -246,9 +269,8 @@ def cmd_bench(args) -> int:
     contenders, modes, options = harness.configure(args)
     target = resolve(args.model)
     if not isinstance(target, zoo.Workload):
-        if "train" in modes and not callable(getattr(target, "loss", None)):
-            raise TargetError(f"{args.model}: benchmarking training needs a loss(params, x, y) "
-                              "function (--mode infer times inference alone)")
+        if "train" in modes:
+            _loss(target, args.model, "benchmarking training", " (--mode infer times inference alone)")
         target = FileWorkload(os.path.basename(args.model), target)
     harness.run([target], contenders, modes, options, args.csv, args.plot)
     return 0
@@ -299,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--lr", type=float, default=0.1, help="learning rate of the exported step")
     export.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     export.set_defaults(run=cmd_export)
+
+    profile = commands.add_parser("profile", help="time each kernel of a model's native program")
+    profile.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
+    profile.add_argument("--train", action="store_true", help="profile the SGD training step instead of inference")
+    profile.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the --train step")
+    profile.add_argument("--steps", type=int, default=100, metavar="N", help="timed runs (default 100)")
+    profile.add_argument("--threads", type=int, default=None, metavar="N",
+                         help="BLAS threads (default: the backend's, 1)")
+    profile.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
+    profile.set_defaults(run=cmd_profile)
 
     # Imported here, not by `import ffcompile`: the harness is a tool on top of the library.
     from .bench.harness import add_arguments as add_bench_arguments

@@ -45,6 +45,12 @@ class TrainStep:
     def lower(self, params, opt_state, *batch):
         return self._compiled.lower(params, opt_state, *batch)
 
+    def profile(self, params, opt_state, *batch, steps: int = 100):
+        """The time of each kernel of the step's native code (ffcompile/profile.py), with
+        parameters and state donated as in a call (run on copies: the arrays are untouched)."""
+        donate = _donate_state(tree_flatten((params, opt_state, *batch))[1])
+        return self.lower(params, opt_state, *batch).profile(params, opt_state, *batch, steps=steps, donate=donate)
+
     def __call__(self, params, opt_state, *batch):
         prepared = self._compiled._prepare((params, opt_state, *batch), _donate_state)
         if prepared is None:

@@ -181,6 +181,15 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 17)])
+def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
+    assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"profile @{'train_step' if train else 'forward'}: mean of 3 runs")
+    assert lines[1].split()[:5] == ["kernel", "kind", "us", "share", "GFLOP/s"]
+    assert len(lines) == 2 + kernels and sum(" gemm " in line for line in lines) == (8 if train else 3)
+
+
 BENCH_FAST = ["--steps", "3", "--rounds", "1", "--warmup", "1"]
 
 

@@ -37,7 +37,7 @@ from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads
 from .cache import default_cache
 from .elementwise import contiguous_strides
-from .lower import ENTRY, lower
+from .lower import ENTRY, PROFILE, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -68,14 +68,16 @@ data_address = _choose_address_reader()
 class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
-    def __init__(self, schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None):
+    def __init__(self, schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
+                 profile: bool = False):
+        """profile: count the cycles each kernel takes (kernel_cycles), for ffcompile.profile."""
         if plan.schedule is not schedule:
             raise ValueError("llvm backend: the memory plan was made for another schedule")
         start = time.perf_counter()
         graph = schedule.graph
         self.donated = fused_safe_donations(schedule, safe_donations(schedule, donate or {}))
         donated_roots = {schedule.root(graph.outputs[k]): a for k, a in self.donated.items()}
-        program = lower(schedule, plan, donated_roots)
+        program = lower(schedule, plan, donated_roots, profile)
         self.llvm_ir = str(program.module)
         self.blas = program.blas  # the BLAS functions the code calls
         self.arena_bytes = program.arena_bytes  # what it allocates: the plan's arena, plus any GEMM scratch
@@ -87,6 +89,10 @@ class LLVMExecutable:
             slot = self._jit.engine.get_global_value_address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
         self._entry = _ENTRY_TYPE(self._jit.addresses[ENTRY])
+        self._cycles = None
+        if profile:
+            counters = self._jit.engine.get_global_value_address(PROFILE)
+            self._cycles = (ctypes.c_int64 * (len(schedule.kernels) + 1)).from_address(counters)
         self.compile_seconds = time.perf_counter() - start
 
         self.name = graph.name
@@ -194,6 +200,16 @@ class LLVMExecutable:
             results.append(array if shape is None else array.reshape(shape))
         return results
 
+    def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
+        """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
+        the calls since the last reset (an executable built with profile=True)."""
+        if self._cycles is None:
+            raise ValueError(f"{self.name}: built without profile=True, it counts no cycles")
+        *kernels, entry = self._cycles
+        if reset:
+            ctypes.memset(self._cycles, 0, ctypes.sizeof(self._cycles))
+        return kernels, entry
+
     def bind(self, *args) -> Binding:
         """The program tied to these arrays (docs/bind.md): the arguments are checked and the
         argument block packed once, so a run is the native call alone. Runs share the arena,
@@ -239,6 +255,7 @@ def fused_safe_donations(schedule: Schedule, donated: dict[int, int]) -> dict[in
     return kept
 
 
-def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None) -> LLVMExecutable:
+def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
+          profile: bool = False) -> LLVMExecutable:
     """donate: result position -> argument position whose array may receive it (where safe)."""
-    return LLVMExecutable(schedule, plan, donate)
+    return LLVMExecutable(schedule, plan, donate, profile)

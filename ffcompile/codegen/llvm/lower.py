@@ -51,7 +51,11 @@ class NativeProgram:
     blas: tuple[str, ...]  # BLAS functions the module calls (through blas_symbol globals)
 
 
-def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None) -> NativeProgram:
+PROFILE = "ffc_profile"  # lower(profile=True): i64 cycles per kernel, then of the whole entry, summed over calls
+
+
+def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
+          profile: bool = False) -> NativeProgram:
     graph = schedule.graph
     nodes = graph.nodes
     donated = donated or {}
@@ -99,6 +103,7 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     # (accumulate.py), it gets scratch past the planned arena.
     scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
+    counters = _CycleCounters(b, len(schedule.kernels)) if profile else None
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
         if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
@@ -113,7 +118,13 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if fn is None:
             fn = functions[key] = _kernel_function(module, f"kernel{k}.{kernel.kind}", nodes, kernel,
                                                    param_of, len(sources), literals)
-        b.call(fn, [pointer_of(src) for src in sources])
+        call_args = [pointer_of(src) for src in sources]
+        start = counters.now() if counters else None
+        b.call(fn, call_args)
+        if counters:
+            counters.add(k, start)
+    if counters:
+        counters.add(len(schedule.kernels), counters.entry_start)
     b.ret_void()
 
     used = tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
@@ -124,6 +135,27 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     for name in BLAS_FUNCTIONS.values():
         blas_slot(module, name)
     return NativeProgram(module, graph.input_types, outputs, arena_bytes, used)
+
+
+class _CycleCounters:
+    """The PROFILE global: slot k sums the time-stamp-counter cycles of kernel k's calls, the
+    last slot those of the whole entry (from here to its return)."""
+
+    def __init__(self, b: ir.IRBuilder, kernels: int):
+        self.b = b
+        i64 = ir.IntType(64)
+        self.slots = ir.GlobalVariable(b.module, ir.ArrayType(i64, kernels + 1), PROFILE)
+        self.slots.initializer = ir.Constant(self.slots.type.pointee, None)
+        self.clock = b.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
+        self.entry_start = self.now()
+
+    def now(self) -> ir.Value:
+        return self.b.call(self.clock, [])
+
+    def add(self, slot: int, start: ir.Value) -> None:
+        b, i64 = self.b, ir.IntType(64)
+        at = b.gep(self.slots, [ir.Constant(i64, 0), ir.Constant(i64, slot)], inbounds=True)
+        b.store(b.add(b.load(at), b.sub(self.now(), start)), at)
 
 
 def _kernel_key(nodes, kernel, param_of: dict[int, int], literals) -> tuple:
