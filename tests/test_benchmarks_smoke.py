@@ -30,7 +30,7 @@ RTOL = 1e-4
 
 def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
     out_csv, out_png = tmp_path / "xor.csv", tmp_path / "xor.png"
-    code = harness.main(["--model", "xor", "--steps", "6", "--rounds", "3", "--warmup", "1",
+    code = harness.main(["--model", "xor", "--steps", "6", "--rounds", "3", "--warmup", "1", "--settle", "0.01",
                      "--contenders", ",".join(c.name for c in FAST),
                      "--csv", str(out_csv), "--plot", str(out_png)])
     assert code == 0
@@ -107,16 +107,16 @@ def test_a_diverging_step_is_flagged():
                         lambda rng, n: (workload.sample(rng, n)[0], np.full((n, 3), 1e20, np.float32)))
     hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
     with np.errstate(over="ignore", invalid="ignore"):
-        cells = harness.run_cell(huge, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0))
+        cells = harness.run_cell(huge, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0, settle=0))
     assert cells[0].diverged and "non-finite" in harness.markdown(cells)
-    assert not harness.run_cell(workload, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0))[0].diverged
+    assert not harness.run_cell(workload, "train", [hand], harness.Options(steps=2, rounds=1, warmup=0, settle=0))[0].diverged
 
 
 def test_missing_and_unsupported_contenders_are_rows_not_failures():
     ffcompile_numpy = next(c for c in CONTENDERS if c.name == "ffcompile-numpy")
     absent = Contender("absent", ffcompile_numpy.prepare, requires=("no_such_module_for_ffcompile",))
     hand = next(c for c in CONTENDERS if c.name == "numpy-hand")
-    options = harness.Options(steps=2, rounds=1, warmup=0, batch=4)
+    options = harness.Options(steps=2, rounds=1, warmup=0, batch=4, settle=0)
     cells = {c.contender: c for c in harness.run_cell("two_tower", "train", [ffcompile_numpy, hand, absent],
                                                       options)}
     # ffcompile trains the two-input DAG: its loss takes the inputs as one tuple x.

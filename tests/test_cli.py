@@ -190,7 +190,7 @@ def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert len(lines) == 2 + kernels and sum(" gemm " in line for line in lines) == (8 if train else 3)
 
 
-BENCH_FAST = ["--steps", "3", "--rounds", "1", "--warmup", "1"]
+BENCH_FAST = ["--steps", "3", "--rounds", "1", "--warmup", "1", "--settle", "0"]
 
 
 def test_bench_zoo_model_prints_the_table_and_writes_the_csv(capsys, tmp_path):

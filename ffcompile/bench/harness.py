@@ -91,6 +91,11 @@ class Options:
     batch: int | None = None
     reference: str | None = None  # None: the first of REFERENCES that ran
     cold_compile: bool = False  # compile caches emptied for this run (see _cold_caches)
+    # Pause before each contender's steps in a round, so the worker threads of the previous
+    # one's pool (NumPy's and SciPy's OpenBLAS spin ~2^28 cycles after a call; XLA's, OpenMP's)
+    # are idle instead of taking this one's cores. deep on 2 cores, one run: ffcompile's round
+    # medians 8.2-16.2 ms with 0.05 s, 6.9-7.8 ms with 0.5 s.
+    settle: float = 0.25
 
 
 # ----------------------------------------------------------------- measuring
@@ -146,6 +151,7 @@ def _time_rounds(runners: dict[str, Runner], cells: dict[str, Cell], options: Op
         for name in names[r % len(names):] + names[:r % len(names)]:
             runner, times = runners[name], []
             runner.reset()  # every round trains from the initial parameters
+            time.sleep(options.settle)
             for _ in range(per_round):
                 start = time.perf_counter()
                 value = runner.run()
@@ -242,7 +248,8 @@ def header(options: Options) -> str:
     return (f"{now}; {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
             f"{', '.join(versions)}\n{_threads_line(options.threads)}\n"
             f"{options.steps} timed steps per cell in {options.rounds} interleaved rounds "
-            f"after {options.warmup} warm-up steps; times in ms; compile caches: "
+            f"after {options.warmup} warm-up steps, {options.settle * 1e3:g} ms pause before each "
+            f"contender's steps in a round; times in ms; compile caches: "
             + ("cold (an empty inductor cache for this run)" if options.cold_compile else
                "as found on disk (torch.compile may reuse inductor's cache of earlier runs)"))
 
@@ -358,6 +365,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved rounds the steps are split into")
     parser.add_argument("--warmup", type=int, default=Options.warmup, help="untimed steps after the first call")
     parser.add_argument("--threads", type=int, default=Options.threads, help="threads for every contender")
+    parser.add_argument("--settle", type=float, default=Options.settle, metavar="SECONDS",
+                        help="pause before each contender's steps in a round, so spinning thread pools idle")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the workload's)")
     parser.add_argument("--cold-compile", action="store_true",
                         help="start compile caches empty, so compile times are cold (torch.compile: slow)")
@@ -375,8 +384,8 @@ def _selected(names: str, known: list[str], what: str) -> list[str]:
 
 def configure(args: argparse.Namespace) -> tuple[list[Contender], tuple[str, ...], Options]:
     """The contenders, modes and options add_arguments parsed; ValueError names a bad one."""
-    if args.steps < 1 or args.rounds < 1 or args.warmup < 0 or args.threads < 1:
-        raise ValueError("--steps, --rounds and --threads must be positive, --warmup non-negative")
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0 or args.threads < 1 or args.settle < 0:
+        raise ValueError("--steps, --rounds and --threads must be positive, --warmup and --settle non-negative")
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be positive, got {args.batch}")
     by_name = {c.name: c for c in CONTENDERS}
@@ -385,7 +394,7 @@ def configure(args: argparse.Namespace) -> tuple[list[Contender], tuple[str, ...
         raise ValueError(f"unknown reference {args.reference}; choose from {', '.join(by_name)}")
     modes = MODES if args.mode == "both" else (args.mode,)
     options = Options(args.steps, args.rounds, args.warmup, args.threads, args.batch, args.reference,
-                      args.cold_compile)
+                      args.cold_compile, args.settle)
     return contenders, modes, options
 
 
