@@ -81,7 +81,7 @@ def expected(loss, w, x, y, rule):
 
 @pytest.mark.parametrize("name, rule, accumulates", RULES, ids=[r[0] for r in RULES])
 @pytest.mark.parametrize("loss, m, k, n, dtype", [
-    (loss_right, 200, 160, 150, np.float32),  # BLAS
+    (loss_right, 300, 260, 220, np.float32),  # BLAS
     (loss_right, 64, 64, 128, np.float64),  # small-GEMM tiles, A packed
     (loss_left, 30, 70, 20, np.float32),  # dot-product tiles
     (loss_left, 4000, 10, 1, np.float64),  # too large to pack: the loop nest
@@ -102,8 +102,8 @@ def test_rule_in_every_gemm_path(loss, m, k, n, dtype, name, rule, accumulates):
 
 
 def test_sizes_of_the_cases_pick_the_paths_they_are_named_for():
-    assert 200 * 160 * 150 > blas.NATIVE_MAX_WORK
-    assert 64 * 64 * 128 <= blas.NATIVE_MAX_WORK and 30 * 70 * 20 <= blas.NATIVE_MAX_WORK
+    assert 300 * 260 * 220 > blas.NATIVE_MAX_WORK >= blas.native_max_work()
+    assert 64 * 64 * 128 <= blas.THREADED_NATIVE_MAX_WORK and 30 * 70 * 20 <= blas.THREADED_NATIVE_MAX_WORK
 
 
 def test_momentum_accumulates_into_the_velocity_and_updates_the_weight_after():

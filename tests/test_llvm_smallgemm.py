@@ -60,10 +60,14 @@ def test_batched_operand_times_shared_matrix(trans_b, dtype):
     assert_gemm_close(got, a, b.T if trans_b else b, dtype)
 
 
-@pytest.mark.parametrize("m, n, k, calls_blas", [(128, 128, 128, False), (128, 128, 129, True)])
-def test_blas_only_above_the_native_threshold(m, n, k, calls_blas):
-    """The size choice in blas.emit_gemm: at or below NATIVE_MAX_WORK no BLAS call is emitted."""
-    assert (m * n * k > blas.NATIVE_MAX_WORK) == calls_blas
+@pytest.mark.parametrize("threads, m, n, k, calls_blas", [
+    (1, 256, 256, 256, False), (1, 256, 256, 257, True), (2, 128, 128, 128, False), (2, 128, 128, 129, True)])
+def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, calls_blas):
+    """The size choice in blas.emit_gemm: at or below native_max_work() no BLAS call is
+    emitted; the limit is higher against one BLAS thread than against several."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", threads)
+    assert (m * n * k > blas.native_max_work()) == calls_blas
     a, b = operands(m, n, k, False, False, np.float32)
     fn = ff.compile(lambda x, y: x @ y, backend="llvm")
     graph = fn.lower(a, b).optimized
@@ -77,7 +81,7 @@ def test_operand_too_large_to_pack_takes_the_loop_nest(trans_a):
     """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
     of stack: still no BLAS, still right."""
     m, n, k = 1, 4000, 10
-    assert m * n * k <= blas.NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
+    assert m * n * k <= blas.THREADED_NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
     a, b = operands(m, n, k, trans_a, True, np.float64)
     fn = ff.compile(product(trans_a, True), backend="llvm")
     executable, _ = build(fn.lower(a, b).optimized)

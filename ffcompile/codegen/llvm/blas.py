@@ -20,7 +20,7 @@ cores happened to be free). So the first executable that calls BLAS limits
 SciPy's OpenBLAS to DEFAULT_BLAS_THREADS (through threadpoolctl, if
 installed), unless `set_blas_threads` chose a number before.
 
-Below NATIVE_MAX_WORK multiply-adds a call costs more than it computes: such
+Below native_max_work() multiply-adds a call costs more than it computes: such
 float products run smallgemm's register-tiled kernel; integer ones (which
 BLAS has not) an inner-product-free loop nest: C[i, :] += A[i, p] * B[p, :].
 """
@@ -50,19 +50,26 @@ from .elementwise import (
 )
 from .smallgemm import emit_small_gemm, small_gemm_fits
 
-# m * n * k at or below which generated code beats the BLAS call: measured with one BLAS
-# thread, smallgemm is 1.03-1.2x faster up to 128^3 (except both operands transposed).
-NATIVE_MAX_WORK = 128 ** 3
+# m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
+# when the program is built (smallgemm is register-tiled, 512-bit with AVX-512; measured on
+# Zen 5 against SciPy's OpenBLAS): against one thread (the default) it is 1.0-1.9x faster up
+# to 256^3 (deep's training step: 8.4 -> 5.3 ms); against more, BLAS spreads a product over
+# cores where smallgemm uses one, and wins above about 128^3.
+NATIVE_MAX_WORK = 256 ** 3
+THREADED_NATIVE_MAX_WORK = 128 ** 3
 BLAS_FUNCTIONS = {"f32": "sgemm", "f64": "dgemm"}
 DEFAULT_BLAS_THREADS = 1
 _threads_chosen = False
+_blas_threads: int | None = None  # what set_blas_threads applied (None: unknown)
 
 
 def set_blas_threads(threads: int) -> bool:
-    """Limit SciPy's OpenBLAS (the BLAS generated code calls) to `threads`, process-wide.
+    """Limit SciPy's OpenBLAS (the BLAS generated code calls) to `threads`, process-wide;
+    programs built afterwards choose between BLAS and native GEMMs for that count.
     Returns False if threadpoolctl is not installed or finds no SciPy OpenBLAS."""
-    global _threads_chosen
+    global _threads_chosen, _blas_threads
     _threads_chosen = True
+    _blas_threads = None
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
@@ -71,7 +78,14 @@ def set_blas_threads(threads: int) -> bool:
              if pool.user_api == "blas" and "scipy" in pool.filepath and "numpy" not in pool.filepath]
     for pool in pools:
         pool.set_num_threads(threads)
+    _blas_threads = threads if pools else None
     return bool(pools)
+
+
+def native_max_work() -> int:
+    """The NATIVE_MAX_WORK that applies to the BLAS's thread count (applied now if not yet)."""
+    default_blas_threads()
+    return NATIVE_MAX_WORK if _blas_threads == 1 else THREADED_NATIVE_MAX_WORK
 
 
 def default_blas_threads() -> None:
@@ -145,7 +159,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     b_step = [s * k * n for s in broadcast_strides(b_.type.shape[:-2], batch)]
     c_step = [s * m * n for s in broadcast_strides(batch, batch)]
     dtype = out.type.dtype
-    native = dtype not in BLAS_FUNCTIONS or m * n * k <= NATIVE_MAX_WORK
+    work = m * n * k
+    native = dtype not in BLAS_FUNCTIONS or work <= THREADED_NATIVE_MAX_WORK or work <= native_max_work()
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
     itemsize = out.type.np_dtype.itemsize
     if m * n == 0:

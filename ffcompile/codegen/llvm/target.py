@@ -42,6 +42,13 @@ def _new_target_machine(jit: bool) -> llvm.TargetMachine:
         reloc="pic", codemodel="default", jit=jit)
 
 
+@functools.cache
+def vector_bytes() -> int:
+    """The widest float vector the host's FMA units take: 64 bytes with AVX-512, else 32.
+    For register-tiled code (smallgemm): the loop vectorizer chooses its own width."""
+    return 64 if "+avx512f" in _host_features().split(",") else 32
+
+
 def host_key() -> str:
     """What the host target machine's code depends on: triple, CPU name, features (a cache key part)."""
     return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {_host_features()}"
