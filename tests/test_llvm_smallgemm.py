@@ -1,7 +1,7 @@
 """The LLVM backend's register-tiled small GEMM (codegen/llvm/smallgemm.py) against numpy.matmul.
 
 Every tile and remainder is fixed at compile time, so the shapes cover full
-tiles, edge rows (m % 4), edge panels (n % 8 / n % 16, odd vector widths), short
+tiles, edge rows (m % 6), edge panels (n % 8 / n % 16, odd vector widths), short
 and long k (the dot-product kernel for B^T needs k >= 4 vectors), and primes.
 The error bound is the usual GEMM one: |C - C_exact| <= rtol * (|A| @ |B|).
 """
