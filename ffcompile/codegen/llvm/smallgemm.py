@@ -213,11 +213,21 @@ class _DotTile:
         return out
 
     def _lane_sum(self, v):
-        b = self.b
+        """The sum of v's lanes as a tree of halving vector adds (log2 steps, not a scalar chain)."""
+        b, odd = self.b, None
+        width = v.type.count
+        while width > 1:
+            half = width // 2
+            if width % 2:
+                last = b.extract_element(v, ir.Constant(I64, width - 1))
+                odd = last if odd is None else b.fadd(odd, last)
+            lanes = [ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(start, start + half)))
+                     for start in (0, half)]
+            undef = ir.Constant(v.type, ir.Undefined)
+            v = b.fadd(b.shuffle_vector(v, undef, lanes[0]), b.shuffle_vector(v, undef, lanes[1]))
+            width = half
         total = b.extract_element(v, ir.Constant(I64, 0))
-        for lane in range(1, v.type.count):
-            total = b.fadd(total, b.extract_element(v, ir.Constant(I64, lane)))
-        return total
+        return total if odd is None else b.fadd(total, odd)
 
     def emit(self, i0: ir.Value, j0: ir.Value, rows: int, cols: int) -> None:
         b, ty, vw = self.b, self.ty, self.vw
