@@ -77,15 +77,15 @@ def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, cal
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_operand_too_large_to_pack_takes_the_loop_nest(trans_a):
+def test_operand_too_large_to_pack_goes_to_blas(trans_a):
     """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
-    of stack: still no BLAS, still right."""
+    of stack: BLAS takes the product even below the native threshold."""
     m, n, k = 1, 4000, 10
     assert m * n * k <= blas.THREADED_NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
     a, b = operands(m, n, k, trans_a, True, np.float64)
     fn = ff.compile(product(trans_a, True), backend="llvm")
     executable, _ = build(fn.lower(a, b).optimized)
-    assert executable.blas == ()
+    assert executable.blas == ("dgemm",)
     assert_gemm_close(np.asarray(executable(a, b)[0]), a.T if trans_a else a, b.T, np.float64)
 
 
@@ -113,10 +113,12 @@ import sys
 import numpy as np
 import ffcompile as ff
 from ffcompile.codegen.llvm.blas import blas_address
-a = np.ones((200, 200), np.float32)
-assert float(np.asarray(ff.compile(lambda x, y: x @ y, backend="llvm")(a, a))[0, 0]) == 200.0
-assert "scipy.linalg" not in sys.modules, "scipy.linalg was imported"
+a = np.ones((300, 300), np.float32)
+f = ff.compile(lambda x, y: x @ y, backend="llvm")
+assert float(np.asarray(f(a, a))[0, 0]) == 300.0
+assert f._last.native.blas == ("sgemm",)
 address = blas_address("sgemm")
+assert "scipy.linalg" not in sys.modules, "scipy.linalg was imported"
 import scipy.linalg.cython_blas
 blas_address.cache_clear()  # now found in sys.modules, through the package
 assert blas_address("sgemm") == address
@@ -124,3 +126,12 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_blas_threads_applies_for_a_block_then_restores_the_choice():
+    """What the benchmark harness uses: other programs of the process keep their thresholds."""
+    blas.native_max_work()  # the default is applied by the first build
+    before = (blas._threads_chosen, blas._blas_threads, blas.native_max_work())
+    with blas.blas_threads(3):
+        assert blas._blas_threads == 3 and blas.native_max_work() == blas.THREADED_NATIVE_MAX_WORK
+    assert (blas._threads_chosen, blas._blas_threads, blas.native_max_work()) == before

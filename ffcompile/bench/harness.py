@@ -404,13 +404,12 @@ def run(models: list, contenders: list[Contender], modes: tuple[str, ...], optio
     limits; prints the header and the table, writes the CSV and the plot if asked."""
     from threadpoolctl import threadpool_limits
 
-    from ..codegen.llvm.blas import set_blas_threads
+    from ..codegen.llvm.blas import blas_threads
 
-    # Every contender gets the same threads: the LLVM backend would otherwise pin
-    # SciPy's OpenBLAS to its own default when it first builds.
-    set_blas_threads(options.threads)
+    # Every contender gets the same threads (the LLVM backend would otherwise pin SciPy's
+    # OpenBLAS to its own default when it first builds), for this run only.
     cells = []
-    with threadpool_limits(options.threads), _cold_caches(options.cold_compile):
+    with blas_threads(options.threads), threadpool_limits(options.threads), _cold_caches(options.cold_compile):
         for model in models:
             for mode in modes:
                 print(f"running {getattr(model, 'name', model)}/{mode} ...", file=sys.stderr)
