@@ -90,7 +90,7 @@ def cycles_per_second() -> float:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     b.ret(b.call(module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, [])), []))
     jit = target.jit(module)
-    read = ctypes.CFUNCTYPE(ctypes.c_int64)(jit.addresses["ffc_cycles"])
+    read = ctypes.CFUNCTYPE(ctypes.c_int64)(jit.address("ffc_cycles"))
     start, first = time.perf_counter(), read()
     time.sleep(0.05)
     last, end = read(), time.perf_counter()

@@ -5,13 +5,15 @@ import pytest
 
 import ffcompile as ff
 from ffcompile import zoo
-from ffcompile.codegen.llvm import target
+from ffcompile.codegen.llvm import backend, blas, target
+from ffcompile.codegen.llvm import cache as cache_module
 from ffcompile.codegen.llvm.cache import (
     CACHE_DIR_VARIABLE,
     MAGIC,
     ObjectCache,
     default_cache,
 )
+from ffcompile.passes.memory import plan_memory
 from ffcompile.tree import tree_flatten
 
 
@@ -79,16 +81,50 @@ def test_a_damaged_entry_is_rebuilt_not_loaded(cache_dir, damage):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_key_covers_ir_host_and_versions(monkeypatch):
+def test_the_key_covers_description_host_code_generator_and_versions(monkeypatch):
     cache = ObjectCache("unused")
-    base = cache.key("define void @entry() { ret void }", target.host_key())
-    assert base == cache.key("define void @entry() { ret void }", target.host_key())
-    assert base != cache.key("define void @entry() {  ret void }", target.host_key())
-    assert base != cache.key("define void @entry() { ret void }", target.host_key() + ",-avx2")
+    base = cache.key("schedule @f {}", target.host_key())
+    assert base == cache.key("schedule @f {}", target.host_key())
+    assert base != cache.key("schedule @f { }", target.host_key())
+    assert base != cache.key("schedule @f {}", target.host_key() + ",-avx2")
+    monkeypatch.setattr(cache_module, "code_generator_fingerprint", lambda: "edited")
+    assert base != cache.key("schedule @f {}", target.host_key())
+    monkeypatch.undo()
     monkeypatch.setattr(ff, "__version__", ff.__version__ + ".dev1")
-    assert base != cache.key("define void @entry() { ret void }", target.host_key())
+    assert base != cache.key("schedule @f {}", target.host_key())
     monkeypatch.setattr("llvmlite.__version__", "0.0.0")
-    assert base != cache.key("define void @entry() { ret void }", target.host_key())
+    assert base != cache.key("schedule @f {}", target.host_key())
+
+
+def test_a_hit_builds_no_ir_and_shows_the_same_ir_on_demand(cache_dir, monkeypatch):
+    cold, inputs = xor_step()
+
+    def no_ir(*args):
+        raise AssertionError("a cache hit built the IR")
+
+    monkeypatch.setattr(backend, "lower", no_ir)
+    warm, _ = xor_step()
+    assert warm.from_cache
+    for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+    assert warm.llvm_ir == cold.llvm_ir
+
+
+def test_the_description_covers_what_the_ir_is_built_from(monkeypatch):
+    workload = zoo.get("digits")
+    params, x, y = workload.example_inputs(0)
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.5), backend="llvm")
+    schedule = step.lower(params, step.init(params), x, y).schedule
+    plan = plan_memory(schedule)
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", 1)
+    base = backend.program_description(schedule, plan, {}, False)
+    assert base == backend.program_description(schedule, plan, {}, False)
+    assert base != backend.program_description(schedule, plan, {schedule.graph.outputs[1]: 0}, False)
+    assert base != backend.program_description(schedule, plan, {}, True)
+    monkeypatch.setattr(blas, "_blas_threads", 7)  # another BLAS thread count: another GEMM size limit
+    assert base != backend.program_description(schedule, plan, {}, False)
 
 
 def test_different_programs_do_not_share_an_entry(cache_dir):

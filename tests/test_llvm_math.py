@@ -59,7 +59,7 @@ def asm_by_function():
 
 def run(compiled, name, x):
     y = np.empty_like(x)
-    LOOP_TYPE(compiled.addresses[loop_name(name, x.dtype)])(x.ctypes.data, y.ctypes.data, x.size)
+    LOOP_TYPE(compiled.address(loop_name(name, x.dtype)))(x.ctypes.data, y.ctypes.data, x.size)
     return y
 
 
@@ -229,7 +229,7 @@ def test_float32_throughput_vs_numpy(compiled, name):
     """Printed, not asserted: the machine is shared and timings are noisy."""
     x = np.random.default_rng(0).uniform(-10.0, 10.0, 10**6).astype(np.float32)
     ours, theirs = np.empty_like(x), np.empty_like(x)
-    loop = LOOP_TYPE(compiled.addresses[loop_name(name, np.float32)])
+    loop = LOOP_TYPE(compiled.address(loop_name(name, np.float32)))
     xp, yp = x.ctypes.data, ours.ctypes.data
     t_ours = median_seconds(lambda: loop(xp, yp, x.size))
     t_numpy = median_seconds(lambda: getattr(np, name)(x, out=theirs))

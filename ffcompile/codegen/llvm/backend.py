@@ -31,11 +31,11 @@ import numpy as np
 
 from ...passes.donation import safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
-from ...passes.schedule import REDUCTION, Schedule
+from ...passes.schedule import REDUCTION, Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import target
-from .blas import blas_address, blas_symbol, default_blas_threads
-from .cache import default_cache
+from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
+from .cache import ObjectCache, default_cache, pack_entry, unpack_entry
 from .elementwise import contiguous_strides
 from .lower import ENTRY, PROFILE, lower
 
@@ -65,6 +65,23 @@ def _choose_address_reader():
 data_address = _choose_address_reader()
 
 
+def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dict[int, int],
+                        profile: bool) -> str:
+    """Everything lower() builds a program's IR from, as text: the disk cache's key. The
+    schedule (nodes with their types and attributes, kernels, views, literals, anchors), the
+    inputs, the plan's offsets, donation, profiling, and the GEMM size limit of the BLAS
+    thread setting; the host and the code generator's source join it in ObjectCache.key."""
+    graph = schedule.graph
+    return "\n".join([
+        print_schedule(schedule, locs=False),
+        "inputs " + " ".join(f"%{i}:{t}" for i, t in zip(graph.inputs, graph.input_types)),
+        "anchors " + " ".join(str(kernel.anchor) for kernel in schedule.kernels),
+        "plan " + " ".join(f"%{b.value}@{b.offset}" for b in plan.buffers)
+        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
+        f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}",
+    ])
+
+
 class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
@@ -77,35 +94,35 @@ class LLVMExecutable:
         graph = schedule.graph
         self.donated = fused_safe_donations(schedule, safe_donations(schedule, donate or {}))
         donated_roots = {schedule.root(graph.outputs[k]): a for k, a in self.donated.items()}
-        program = lower(schedule, plan, donated_roots, profile)
-        self.llvm_ir = str(program.module)
-        self.blas = program.blas  # the BLAS functions the code calls
-        self.arena_bytes = program.arena_bytes  # what it allocates: the plan's arena, plus any GEMM scratch
-        self._jit = target.jit(self.llvm_ir, default_cache())  # keeps the machine code alive
-        self.from_cache = self._jit.cached  # object code loaded from the disk cache
-        if program.blas:
+        self._lower_arguments = (schedule, plan, donated_roots, profile)
+        self._llvm_ir = None
+        program = self._load_or_compile(default_cache())
+        self.blas = tuple(program["blas"])  # the BLAS functions the code calls
+        self.arena_bytes = program["arena_bytes"]  # what it allocates: the plan's arena, plus any GEMM scratch
+        if self.blas:
             default_blas_threads()
-        for name in program.blas:
-            slot = self._jit.engine.get_global_value_address(blas_symbol(name))
+        for name in self.blas:
+            slot = self._jit.address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
-        self._entry = _ENTRY_TYPE(self._jit.addresses[ENTRY])
+        self._entry = _ENTRY_TYPE(self._jit.address(ENTRY))
         self._cycles = None
         if profile:
-            counters = self._jit.engine.get_global_value_address(PROFILE)
+            counters = self._jit.address(PROFILE)
             self._cycles = (ctypes.c_int64 * (len(schedule.kernels) + 1)).from_address(counters)
         self.compile_seconds = time.perf_counter() - start
 
         self.name = graph.name
         self._inputs = [(t.np_dtype, t.shape, tuple(s * t.np_dtype.itemsize for s in contiguous_strides(t.shape)))
-                        for t in program.input_types]
-        self._input_types = program.input_types
+                        for t in graph.input_types]
+        self._input_types = graph.input_types
         self._donated_inputs = sorted(set(self.donated.values()))
-        self._outputs = [(graph.nodes[v].type.np_dtype, self._result_shape(schedule, v)) for v in program.outputs]
+        outputs = program["outputs"]
+        self._outputs = [(graph.nodes[v].type.np_dtype, self._result_shape(schedule, v)) for v in outputs]
         # Per graph output: (where, index, copy, shape): where "out" is an output slot, "arg" an
         # argument (donated: the program wrote the result there; else an input returned as
         # it is, which is copied); a value returned a second time is copied too, so results
         # are always distinct arrays. shape: the reshape it needs, or None.
-        slot_of = {v: k for k, v in enumerate(program.outputs)}
+        slot_of = {v: k for k, v in enumerate(outputs)}
         input_index = {v: k for k, v in enumerate(graph.inputs)}
         self._results, seen = [], set()
         for j in graph.outputs:
@@ -121,12 +138,38 @@ class LLVMExecutable:
             self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
             seen.add(root)
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
-        raw = np.empty(program.arena_bytes + ALIGNMENT, np.uint8)
+        raw = np.empty(self.arena_bytes + ALIGNMENT, np.uint8)
         start = -raw.__array_interface__["data"][0] % ALIGNMENT
-        self._arena = raw[start:start + max(program.arena_bytes, 1)]
+        self._arena = raw[start:start + max(self.arena_bytes, 1)]
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
+
+    def _load_or_compile(self, cache: ObjectCache | None) -> dict:
+        """Set self._jit, from the disk cache's entry for this program or compiled (and then
+        stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
+        key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
+        entry = key and cache.load(key)
+        found = entry and unpack_entry(entry)
+        self.from_cache = bool(found)  # loaded from the disk cache: no IR built
+        if found:
+            metadata, object_code = found
+            self._jit = target.load_object(object_code)
+            return metadata
+        program = lower(*self._lower_arguments)
+        self._llvm_ir = str(program.module)
+        self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
+        metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
+        if cache is not None and self._jit.object_code:
+            cache.store(key, pack_entry(metadata, self._jit.object_code))
+        return metadata
+
+    @property
+    def llvm_ir(self) -> str:
+        """The program's LLVM IR (built again on first use if the code came from the disk cache)."""
+        if self._llvm_ir is None:
+            self._llvm_ir = str(lower(*self._lower_arguments).module)
+        return self._llvm_ir
 
     @staticmethod
     def _result_shape(schedule: Schedule, value: int) -> tuple[int, ...]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from .cache import ObjectCache
 
 # LLVM's global context and pass machinery are not safe to drive from two
 # threads at once (e.g. two threads tracing a function for the first time).
@@ -90,42 +89,47 @@ def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:
 
 @dataclass(frozen=True)
 class JitModule:
-    """Machine code of one module; it lives as long as this object does.
-
-    `addresses` maps every externally visible function to its entry point, so
-    callers must keep the JitModule referenced while they call through them.
-    """
+    """Machine code of one module; it lives as long as this object does, so callers must
+    keep the JitModule referenced while they call through its addresses."""
 
     engine: llvm.ExecutionEngine
-    addresses: dict[str, int]
-    cached: bool = False  # loaded from the object cache, not compiled
+    object_code: bytes | None = None  # what MCJIT generated (None: loaded from object code)
+
+    def address(self, name: str) -> int:
+        """The address of the function or global `name`."""
+        with _COMPILE_LOCK:
+            return self.engine.get_global_value_address(name)
 
 
-def jit(module: ir.Module | str, cache: ObjectCache | None = None) -> JitModule:
-    """Optimize and JIT-compile `module` with MCJIT for the host.
-
-    With a cache, object code stored for the same IR and host is loaded
-    instead (no O3, no codegen), and fresh object code is stored."""
+def jit(module: ir.Module | str) -> JitModule:
+    """Optimize and JIT-compile `module` with MCJIT for the host; the JitModule keeps the
+    object code it produced (for a disk cache: load_object(object_code) runs it again)."""
     tm = _new_target_machine(jit=True)  # owned, and freed, by the engine
-    text = str(module)
-    key = None if cache is None else cache.key(text, host_key())
+    generated = []
     with _COMPILE_LOCK:
-        mod = parse(text, tm)
-        obj = None if cache is None else cache.load(key)
-        if not obj:
-            optimize(mod, tm)
-        exported = [f.name for f in mod.functions
-                    if not f.is_declaration and f.linkage == llvm.Linkage.external]
+        mod = parse(module, tm)
+        optimize(mod, tm)
         # llvmlite's memory manager reserves one block for all of a module's sections:
         # LLVM's default one may place code and constants over 2 GiB apart, which a
         # 32-bit PC-relative relocation cannot span (RuntimeDyldELF asserts, the
         # process aborts, at random depending on where the heap happens to be).
         engine = llvm.create_mcjit_compiler(mod, tm, use_lmm=True)
-        if cache is not None:  # MCJIT asks getbuffer before it generates code, and notifies after
-            engine.set_object_cache(lambda _, fresh: cache.store(key, fresh), lambda _: obj or None)
+        # MCJIT asks the cache for object code before it generates code (none), and hands it
+        # the fresh object code after.
+        engine.set_object_cache(lambda _, fresh: generated.append(fresh), lambda _: None)
         engine.finalize_object()
-        addresses = {name: engine.get_function_address(name) for name in exported}
-    return JitModule(engine, addresses, bool(obj))
+    return JitModule(engine, generated[0] if generated else None)
+
+
+def load_object(object_code: bytes) -> JitModule:
+    """Machine code from object code jit() produced on this host: no IR, no O3, no codegen."""
+    tm = _new_target_machine(jit=True)
+    with _COMPILE_LOCK:
+        empty = parse("", tm)
+        engine = llvm.create_mcjit_compiler(empty, tm, use_lmm=True)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        engine.finalize_object()
+    return JitModule(engine)
 
 
 def _emit(module: ir.Module | str, emit):
