@@ -32,3 +32,30 @@ def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i"):
     builder.branch(header)
 
     builder.position_at_end(end)
+
+
+def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name: str) -> list:
+    """`accs = initial; for i in range(count): accs = step(i, accs)` for a count >= 1 known
+    when the IR is emitted, as a loop whose index and accumulators are phis (registers, not
+    stack slots), tested at the bottom. Returns the accumulators' final values; the
+    builder ends after the loop."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    body = builder.append_basic_block(f"{name}.body")
+    end = builder.append_basic_block(f"{name}.end")
+    builder.branch(body)
+    builder.position_at_end(body)
+    index = builder.phi(i64, name=name)
+    index.add_incoming(ir.Constant(i64, 0), entry)
+    accs = [builder.phi(value.type, name="acc") for value in initial]
+    for acc, value in zip(accs, initial):
+        acc.add_incoming(value, entry)
+    final = step(index, accs)
+    latch = builder.block
+    for acc, value in zip(accs, final):
+        acc.add_incoming(value, latch)
+    following = builder.add(index, ir.Constant(i64, 1), flags=["nsw"])
+    index.add_incoming(following, latch)
+    builder.cbranch(builder.icmp_signed("<", following, ir.Constant(i64, count)), body, end)
+    builder.position_at_end(end)
+    return final

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .cgutils import for_range
+from .cgutils import accumulate_loop, for_range
 from .elementwise import CONTRACT, I8, I64
 from .target import vector_bytes
 
@@ -144,7 +144,7 @@ class _Tile:
         return self.b.bitcast(self._at(ptr, (row, row_stride), (col, 1)), vty.as_pointer())
 
     def emit(self, i0: ir.Value, j0: ir.Value, rows: int, widths: list[int]) -> None:
-        b, ty, one = self.b, self.ty, ir.Constant(I64, 1)
+        b, ty = self.b, self.ty
         align = _float_bytes(ty)
         cols = []  # (column index, width) of each vector of a tile row
         offset = 0
@@ -153,35 +153,23 @@ class _Tile:
             offset += width
         rows_at = [i0 if r == 0 else b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
 
-        entry = b.block
-        body = b.append_basic_block("tile.k")
-        end = b.append_basic_block("tile.end")
-        b.branch(body)
-        b.position_at_end(body)
-        p = b.phi(I64, name="p")
-        p.add_incoming(ir.Constant(I64, 0), entry)
-        accs = []
-        for _ in rows_at:
-            row = []
-            for _, width in cols:
-                acc = b.phi(ir.VectorType(ty, width), name="acc")
-                acc.add_incoming(ir.Constant(acc.type, [0.0] * width), entry)
-                row.append(acc)
-            accs.append(row)
-        b_rows = [b.load(self._vector_at(self.pb, p, self.n, col, width), align=align) for col, width in cols]
-        for i, acc_row in zip(rows_at, accs):
-            a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
-            for acc, b_row in zip(acc_row, b_rows):
-                splat = _splat(b, a_ip, b_row.type)
-                acc.add_incoming(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT), body)
-        following = b.add(p, one, flags=["nsw"])
-        p.add_incoming(following, body)
-        b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, self.k)), body, end)
-        b.position_at_end(end)
-        for i, acc_row in zip(rows_at, accs):
-            for (col, width), acc in zip(cols, acc_row):
+        def k_step(p, accs):
+            """accs (row-major over rows_at x cols) += A[rows, p] * B[p, cols]"""
+            b_rows = [b.load(self._vector_at(self.pb, p, self.n, col, width), align=align) for col, width in cols]
+            new = []
+            for r, i in enumerate(rows_at):
+                a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
+                for acc, b_row in zip(accs[r * len(cols):(r + 1) * len(cols)], b_rows):
+                    splat = _splat(b, a_ip, b_row.type)
+                    new.append(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT))
+            return new
+
+        zeros = [ir.Constant(ir.VectorType(ty, width), [0.0] * width) for _ in rows_at for _, width in cols]
+        totals = iter(accumulate_loop(b, self.k, zeros, k_step, "tile.k"))
+        for i in rows_at:
+            for (col, width), total in zip(cols, totals):
                 at = self._vector_at(self.pc, i, self.n, col, width)
-                b.store(_scaled(b, acc.incomings[1][0], at, self.scale, align), at, align=align)
+                b.store(_scaled(b, total, at, self.scale, align), at, align=align)
 
 
 class _DotTile:
@@ -236,26 +224,14 @@ class _DotTile:
         sums = [[None] * cols for _ in range(rows)]
         steps, tail = divmod(self.k, vw)
         if steps:
-            entry = b.block
-            body = b.append_basic_block("dot.k")
-            end = b.append_basic_block("dot.end")
-            b.branch(body)
-            b.position_at_end(body)
-            s = b.phi(I64, name="s")
-            s.add_incoming(ir.Constant(I64, 0), entry)
-            vty = ir.VectorType(ty, vw)
-            accs = [[b.phi(vty, name="acc") for _ in range(cols)] for _ in range(rows)]
-            p = b.mul(s, ir.Constant(I64, vw), flags=["nsw"])
-            new = self._products(a_rows, b_rows, p, vw, accs)
-            for acc_row, new_row in zip(accs, new):
-                for acc, value in zip(acc_row, new_row):
-                    acc.add_incoming(ir.Constant(vty, [0.0] * vw), entry)
-                    acc.add_incoming(value, body)
-            following = b.add(s, ir.Constant(I64, 1), flags=["nsw"])
-            s.add_incoming(following, body)
-            b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, steps)), body, end)
-            b.position_at_end(end)
-            sums = [[self._lane_sum(v) for v in row] for row in new]
+            def k_step(s, accs):
+                p = b.mul(s, ir.Constant(I64, vw), flags=["nsw"])
+                tile = [accs[r * cols:(r + 1) * cols] for r in range(rows)]
+                return [v for row in self._products(a_rows, b_rows, p, vw, tile) for v in row]
+
+            zero = ir.Constant(ir.VectorType(ty, vw), [0.0] * vw)
+            totals = accumulate_loop(b, steps, [zero] * (rows * cols), k_step, "dot.k")
+            sums = [[self._lane_sum(v) for v in totals[r * cols:(r + 1) * cols]] for r in range(rows)]
         if tail:
             rest = self._products(a_rows, b_rows, ir.Constant(I64, steps * vw), tail)
             sums = [[self._lane_sum(v) if total is None else b.fadd(total, self._lane_sum(v))
