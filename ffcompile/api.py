@@ -36,7 +36,7 @@ from .passes.simplify import simplify
 from .profile import KernelProfile, profile_kernels
 from .runtime import ArgumentError, BoundCall, Executable, check_arguments
 from .trace import Traced, signature, trace
-from .tree import tree_flatten, tree_leaves_like, tree_unflatten
+from .tree import TreeDef, tree_flatten, tree_leaves_like, tree_unflatten
 
 BACKENDS = ("numpy", "llvm")
 DEFAULT_BACKEND = "llvm"  # "numpy" runs the same schedule through NumPy (the reference path)
@@ -288,16 +288,16 @@ class CompiledFunction:
         """`bound = cf.bind(*args)`; `bound()` runs cf over these very arrays and returns
         its results, the same arrays every call, with no argument handling per call
         (docs/bind.md: refill inputs in place between calls; never resize or replace them)."""
-        executable, leaves = self._binding_target(args)
+        executable, _, leaves = self._binding_target(args)
         binding, given = executable.bind_flat(leaves)
         return BoundCall(binding, given, tree_unflatten(executable.out_tree, binding.results))
 
-    def _binding_target(self, args, donate=None) -> tuple[Executable, list]:
-        """(executable, leaves) for binding args: compiled on a miss, as a call does."""
+    def _binding_target(self, args, donate=None) -> tuple[Executable, TreeDef, list]:
+        """(executable, in_tree, leaves) for binding args: compiled on a miss, as a call does."""
         prepared = self._prepare(args, donate)
         if prepared is None:
             raise ArgumentError(f"{self.__name__}: bind takes arrays, not traced values")
-        return prepared[0], prepared[2]
+        return prepared[:3]
 
     def _prepare(self, args, donate=None):
         """(executable, in_tree, leaves, run) for a call on arrays, None if args hold traced

@@ -56,7 +56,7 @@ class TrainStep:
         if prepared is None:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
-        state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
+        state = _state_leaves(in_tree)
         # carray: C-contiguous, writeable (and aligned), read in one flags lookup
         if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
             _check_donatable(params, "params")
@@ -76,20 +76,24 @@ class TrainStep:
         place between calls: `x[...] = next_x`), and the loss comes back in the same 0-d
         array every call, overwritten by the next. Never resize or replace a bound array
         (the bound object references them all, so `resize` raises); see docs/bind.md."""
-        executable, leaves = self._compiled._binding_target((params, opt_state, *batch), _donate_state)
+        executable, in_tree, leaves = self._compiled._binding_target((params, opt_state, *batch), _donate_state)
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
         binding, given = executable.bind_flat(leaves)
-        state = len(tree_flatten((params, opt_state))[0])
+        state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
         after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
         return BoundCall(binding, given, binding.results[0], after)
 
 
+def _state_leaves(in_tree) -> int:
+    """How many leaves params and opt_state have: the first arguments, and results 1..n."""
+    return in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
+
+
 def _donate_state(in_tree) -> dict[int, int]:
     """New params and optimizer state (results 1..n) go over the old ones (arguments 0..n-1)."""
-    state = in_tree.children[0].num_leaves + in_tree.children[1].num_leaves
-    return {1 + i: i for i in range(state)}
+    return {1 + i: i for i in range(_state_leaves(in_tree))}
 
 
 def _step_signature(loss_fn) -> inspect.Signature:
