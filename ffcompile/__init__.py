@@ -1,6 +1,6 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
 from . import nn, optim
-from .api import compile, grad, value_and_grad, vjp
+from .api import compile
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
@@ -8,6 +8,7 @@ from .ir import Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_
 from .ir.lang import Value
 from .runtime import ArgumentError
 from .train import TrainStep, compile_train_step
+from .transforms import grad, value_and_grad, vjp
 
 __version__ = "0.1.0"
 

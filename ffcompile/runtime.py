@@ -6,12 +6,10 @@ made contiguous), so bad input is a clear Python error, never a crash.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from .codegen.arguments import Binding, bind_python
-from .ir import Graph, TensorType
+from .codegen.arguments import Binding
+from .ir import TensorType
 from .tree import TreeDef, tree_flatten, tree_unflatten
 
 
@@ -45,34 +43,15 @@ def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = T
 
 
 class Executable:
-    """A backend function for one graph, called with NumPy arrays."""
+    """One compiled signature: a backend's Program (codegen/backend.py) behind argument checks."""
 
-    def __init__(self, graph: Graph, fn: Callable, out_tree: TreeDef, names: list[str], native: bool = False):
-        """native: fn is an LLVMExecutable, whose results are distinct fresh arrays already
-        and which binds itself; else fn(*arrays) may return any arrays (a NumPy backend)."""
-        self.graph = graph
-        self.fn = fn
-        self.native = native
+    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str]):
+        self.program = program
         self.out_tree = out_tree
         self.names = names
-        self.input_types = list(graph.input_types)
+        self.input_types = list(input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
-
-    def run_flat(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Run on C-contiguous arrays of the compiled types (accepts or check_arguments said so)."""
-        if self.native:
-            return self.fn.call(arrays, typed=True)
-        outs = self.fn(*arrays)
-        result, seen = [], set()
-        for out in outs:
-            if type(out) is not np.ndarray:
-                out = np.asarray(out)
-            # Results never alias inputs, each other, or read-only views.
-            if out.base is not None or not out.flags.writeable or id(out) in seen:
-                out = np.array(out, copy=True)
-            seen.add(id(out))
-            result.append(out)
-        return result
+        self.run_flat = program.call  # on C-contiguous arrays of the compiled types
 
     def accepts(self, leaves) -> bool:
         """True if leaves are C-contiguous arrays of the compiled types: they run unchecked."""
@@ -96,9 +75,7 @@ class Executable:
         keeps the bound shape even if the caller's array object is resized in place, and
         references that array, so its memory can be neither freed nor reallocated."""
         arrays = [a.view() for a in check_arguments(leaves, self.names, self.input_types, contiguous=False)]
-        binding = (self.fn.bind(*arrays) if self.native
-                   else bind_python(self.fn, arrays, self.graph.output_types))
-        return binding, arrays
+        return self.program.bind(arrays), arrays
 
     def __call__(self, *args):
         leaves, _ = tree_flatten(tuple(args))

@@ -5,6 +5,7 @@ class, so type inference and location tracking happen in one place.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 from .graph import Graph, Loc, Node, freeze_attrs
@@ -22,8 +23,18 @@ class Builder:
         self.captures: dict[tuple[int, int], int] = {}
         self.captured_values: list = []
         self.loc_provider: Callable[[], Loc | None] | None = None
-        self.fixed_loc: Loc | None = None  # overrides the provider (e.g. for adjoint nodes)
+        self.fixed_loc: Loc | None = None  # overrides the provider: set it with `at`
         self.scope: list[str] = []  # module path of the code being traced, e.g. ["layers", "2"]
+
+    @contextmanager
+    def at(self, loc: Loc | None):
+        """Nodes emitted inside the block get loc (None: the provider's again), e.g. the
+        adjoint of a node gets the node's location; the previous setting comes back after."""
+        saved, self.fixed_loc = self.fixed_loc, loc
+        try:
+            yield self
+        finally:
+            self.fixed_loc = saved
 
     def current_loc(self) -> Loc | None:
         if self.fixed_loc is not None:

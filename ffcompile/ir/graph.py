@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .printer import print_graph
 from .types import TensorType
 
 
@@ -94,14 +95,10 @@ class Graph:
         return result
 
     def __str__(self) -> str:
-        from .printer import print_graph
-
         return print_graph(self)
 
     def fingerprint(self) -> str:
         """Hash of the program text without locations: equal programs share compiled code."""
-        from .printer import print_graph
-
         return hashlib.sha256(print_graph(self, locs=False).encode()).hexdigest()[:16]
 
     def to_networkx(self):

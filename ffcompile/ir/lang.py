@@ -129,7 +129,7 @@ class Value:
 # --------------------------------------------------------------------------- lifting
 
 
-def _builder_of(args) -> Builder:
+def builder_of(args) -> Builder:
     """The innermost builder among the Values in args."""
     found = None
     for arg in args:
@@ -193,7 +193,7 @@ def lift(builder: Builder, x, like: str | None) -> Value:
 
 
 def _values(*args) -> list[Value]:
-    builder = _builder_of(args)
+    builder = builder_of(args)
     like = next((a.dtype for a in args if isinstance(a, Value)), None)
     return [lift(builder, a, like) for a in args]
 
@@ -239,7 +239,7 @@ def convert(x, dtype): return _apply(O.Convert, x, dtype=dtype_name(dtype))
 
 def where(pred, a, b):
     """select(pred, a, b); scalar branches take the other branch's dtype."""
-    builder = _builder_of((pred, a, b))
+    builder = builder_of((pred, a, b))
     like = next((v.dtype for v in (a, b) if isinstance(v, Value)), None)
     return _emit(O.Select, [lift(builder, pred, "bool"), lift(builder, a, like), lift(builder, b, like)])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar
 
 import numpy as np
@@ -27,12 +28,21 @@ from . import lang as L
 from .errors import ShapeError
 from .types import TensorType
 
-ELEMENTWISE = "elementwise"
-REDUCTION = "reduction"
-CONTRACTION = "contraction"
-LAYOUT = "layout"
-SOURCE = "source"
-COMPOSITE = "composite"
+
+class Trait(Enum):
+    """What kind of computation an op is, for the passes that ask (fusion, remat,
+    autodiff). Not a kernel kind (passes/schedule.KernelKind): a kernel groups ops."""
+
+    ELEMENTWISE = "elementwise"
+    REDUCTION = "reduction"
+    CONTRACTION = "contraction"
+    LAYOUT = "layout"
+    SOURCE = "source"
+    COMPOSITE = "composite"
+
+
+ELEMENTWISE, REDUCTION, CONTRACTION = Trait.ELEMENTWISE, Trait.REDUCTION, Trait.CONTRACTION
+LAYOUT, SOURCE, COMPOSITE = Trait.LAYOUT, Trait.SOURCE, Trait.COMPOSITE
 
 OPS: dict[str, type["Op"]] = {}
 
@@ -56,7 +66,7 @@ def _fmt(types) -> str:
 
 class Op:
     name: ClassVar[str]
-    traits: ClassVar[frozenset[str]] = frozenset()
+    traits: ClassVar[frozenset[Trait]] = frozenset()
     arity: ClassVar[int | None] = 1  # None: variadic
     attr_names: ClassVar[tuple[str, ...]] = ()
     differentiable: ClassVar[bool] = True
@@ -434,6 +444,7 @@ class Mul(Binary):
 @register
 class Div(Binary):
     name = "div"
+    numpy_fn = staticmethod(np.divide)
     flops_per_element = 4
 
     @classmethod
@@ -442,10 +453,6 @@ class Div(Binary):
         if not out.is_float:
             raise cls.error("needs floating-point operands", types)
         return out
-
-    @classmethod
-    def reference(cls, attrs, a, b):
-        return np.divide(a, b)
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -806,10 +813,14 @@ class Slice(Layout):
             shape.append(len(range(lo, hi, st)))
         return x.with_shape(shape)
 
+    @staticmethod
+    def index(attrs) -> tuple[slice, ...]:
+        """The NumPy index that takes this slice."""
+        return tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+
     @classmethod
     def reference(cls, attrs, x):
-        index = tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
-        return np.array(x[index], order="C")
+        return np.array(x[cls.index(attrs)], order="C")
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -837,13 +848,16 @@ class Pad(Layout):
         shape = [lo + hi + d + max(d - 1, 0) * it for d, (lo, hi, it) in zip(x.shape, config)]
         return x.with_shape(shape)
 
+    @staticmethod
+    def index(config, shape) -> tuple[slice, ...]:
+        """The NumPy index of the padded array that holds the operand (of `shape`)."""
+        return tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
+                     for d, (lo, hi, it) in zip(shape, config))
+
     @classmethod
     def reference(cls, attrs, x):
-        out_shape = cls.infer([TensorType.of(x)], attrs).shape
-        out = np.zeros(out_shape, dtype=x.dtype)
-        index = tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
-                      for d, (lo, hi, it) in zip(x.shape, attrs["config"]))
-        out[index] = x
+        out = np.zeros(cls.infer([TensorType.of(x)], attrs).shape, dtype=x.dtype)
+        out[cls.index(attrs["config"], x.shape)] = x
         return out
 
     @classmethod

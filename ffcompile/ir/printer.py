@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
-from .graph import Graph, Node
+if TYPE_CHECKING:  # graph.py prints through this module
+    from .graph import Graph, Node
 
 
 def format_value(value) -> str:

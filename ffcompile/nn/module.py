@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir import TensorType
-from ..ir.lang import Value, _builder_of
+from ..ir.lang import Value, builder_of
 from ..ir.types import dtype_name
 from ..trace import scope
 from ..tree import tree_flatten
@@ -109,7 +109,7 @@ class Module:
         if not values:
             return self._compiled()(params, *inputs)
         name = _RUNNING[-1].path_of(self) if _RUNNING else None
-        pushed = scope(_builder_of(values), name) if name else contextlib.nullcontext()
+        pushed = scope(builder_of(values), name) if name else contextlib.nullcontext()
         _RUNNING.append(self)
         try:
             with pushed:
