@@ -8,12 +8,12 @@ its own VJP (sigmoid, log_sigmoid, softplus, gelu, softmax, log_softmax).
 from __future__ import annotations
 
 from .ir import lang as L
-from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, log, log1p, log_sigmoid,
+from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, floor, log, log1p, log_sigmoid,
                       log_softmax, maximum, mean, minimum, sigmoid, sign, sin, softmax, softplus,
                       sqrt, stop_gradient, tanh, where)
 
 __all__ = [
-    "abs", "concatenate", "convert", "cos", "elu", "erf", "exp", "gelu", "leaky_relu", "log",
+    "abs", "concatenate", "convert", "cos", "elu", "erf", "exp", "floor", "gelu", "leaky_relu", "log",
     "log1p", "log_sigmoid", "log_softmax", "max", "maximum", "mean", "minimum", "mish", "prelu",
     "relu", "sigmoid", "sign", "silu", "sin", "sinc", "softmax", "softplus", "softsign", "sqrt",
     "step", "stop_gradient", "sum", "swish", "tanh", "where", "logsumexp", "square",

@@ -45,6 +45,17 @@ def positive(rng, shape):
     return np.asarray(rng.uniform(0.5, 2.0, shape), dtype=np.float64)
 
 
+def wide_floats(rng, shape):
+    """Integers, halves and values of either sign: where floor rounds, and where it must not."""
+    return np.asarray(rng.choice([-3.0, -0.5, 0.0, 1.0, 2.5], shape) + rng.uniform(-1.0, 1.0, shape)
+                      * rng.choice([0.0, 1.0], shape), dtype=np.float64)
+
+
+def off_integers(rng, shape):
+    """At least 0.1 from every integer: floor's gradient is 0 there, and finite differences see it."""
+    return np.asarray(rng.integers(-3, 3, shape) + rng.uniform(0.1, 0.9, shape), dtype=np.float64)
+
+
 def nonzero(rng, shape):
     """Away from 0, where relu, abs, sign, step, leaky_relu and elu have kinks."""
     return np.asarray(rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape), dtype=np.float64)
@@ -199,6 +210,7 @@ OP_CASES: dict[str, list[OpCase]] = {
     "sqrt": [unary(positive)],
     "abs": [unary(nonzero)],
     "sign": [unary(nonzero)],
+    "floor": [unary(wide_floats)],
     "stop_gradient": [unary(normal)],
     "pow": [unary(normal, exponent=3.0), unary(normal, exponent=2.0), unary(positive, exponent=0.5),
             unary(positive, exponent=-1.5), unary(normal, exponent=1.0), unary(normal, exponent=0.0)],
@@ -363,6 +375,9 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
     "relu": [FunctionCase(ff.relu, lambda x: np.maximum(x, 0), arrays(nonzero))],
     "sigmoid": [FunctionCase(ff.sigmoid, scipy.special.expit, arrays(wide(4.0)))],
     "sign": [FunctionCase(ff.sign, np.sign, arrays(nonzero))],
+    "floor": [FunctionCase(ff.floor, np.floor, arrays(wide_floats), differentiable=False,
+                           why="integer points: no finite difference there (checked off them below)"),
+              FunctionCase(ff.floor, np.floor, arrays(off_integers))],
     "silu": [FunctionCase(ff.silu, lambda x: x * scipy.special.expit(x), arrays(wide(3.0)))],
     "sin": [FunctionCase(ff.sin, np.sin, arrays(wide(3.0)))],
     "sinc": [FunctionCase(ff.sinc, lambda x: np.sinc(x / np.pi), sinc_points)],

@@ -48,6 +48,7 @@ TORCH = {
     "relu": [F.relu],
     "sigmoid": [torch.sigmoid],
     "sign": [torch.sign],
+    "floor": [None, torch.floor],
     "silu": [F.silu],
     "sin": [torch.sin],
     "sinc": [lambda x: torch.sinc(x / torch.pi)],

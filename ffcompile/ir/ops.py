@@ -335,6 +335,16 @@ class Sign(Unary):
 
 
 @register
+class Floor(Unary):
+    name = "floor"
+    numpy_fn = staticmethod(np.floor)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [None]  # zero almost everywhere (as in JAX and torch)
+
+
+@register
 class StopGradient(Unary):
     name = "stop_gradient"
     float_only = False

@@ -172,6 +172,7 @@ ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     O.Sqrt: _math("sqrt"),
     O.Abs: _abs,
     O.Sign: _sign,
+    O.Floor: lambda b, node, args: intrinsic(b, "llvm.floor", args[0]),
     O.StopGradient: lambda b, node, args: args[0],
     O.Pow: _pow,
     O.Convert: lambda b, node, args: convert(b, args[0], node.attr("dtype")),
