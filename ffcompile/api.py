@@ -16,14 +16,17 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 
 from .codegen.registry import BACKENDS, get_backend
-from .ir import TensorType
+from .ir import ShapeError, TensorType
 from .ir.lang import Value
+from .calling import CallingConvention
 from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
-from .trace import signature, trace
+from .trace import signature, trace, user_traceback
 from .tree import TreeDef, tree_flatten, tree_leaves_like, tree_unflatten
 
 __all__ = ["BACKENDS", "CompiledFunction", "Prepared", "compile"]
+
+USER_ERRORS = (ShapeError, ArgumentError)  # raised with the user's frames only (trace.user_traceback)
 
 
 class Prepared(NamedTuple):
@@ -44,7 +47,8 @@ class CompiledFunction:
 
     def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
                  optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
-                 donate: Callable[[TreeDef], Mapping[int, int]] | None = None):
+                 donate: Callable[[TreeDef], Mapping[int, int]] | None = None,
+                 static_argnums=(), static_argnames=()):
         if (remat is not None or memory_budget is not None) and not optimize:
             raise ValueError("remat plans the optimized program: it needs optimize=True")
         if memory_budget is not None and remat is None:
@@ -56,6 +60,7 @@ class CompiledFunction:
         self._options = dict(optimize=optimize, verify=verify, dump_after=dump_after, dump_dir=dump_dir,
                              remat=None if remat is None else RematOptions(remat, memory_budget, remat_time_limit))
         get_backend(backend)  # an unknown name fails here, not at the first call
+        self.convention = CallingConvention(fn, static_argnums, static_argnames)
         self._cache: dict = {}
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
@@ -66,9 +71,9 @@ class CompiledFunction:
         """The backend's name (resolved at each new signature: the default may change)."""
         return get_backend(self.backend_name).name
 
-    def _signature(self, args):
+    def _signature(self, args, fn):
         """(in_tree, types, names) of a call, checked against the declared spec if any."""
-        in_tree, types, names, _ = signature(args, self.fn)
+        in_tree, types, names, _ = signature(args, fn)
         if self.spec is not None:
             self._check_spec(in_tree, types, names)
         return in_tree, types, names
@@ -83,10 +88,18 @@ class CompiledFunction:
             if want != got:
                 raise ArgumentError(f"{self.__name__}: argument {name}: spec says {want}, got {got}")
 
-    def lower(self, *args) -> Lowered:
+    def lower(self, *args, **kwargs) -> Lowered:
         """Trace args' signature and run the pipeline up to the memory plan (AOT)."""
-        in_tree, types, names = self._signature(args)
-        traced, captured = trace(self.fn, in_tree, types, names)
+        try:
+            args, variant = self.convention.split(args, kwargs)
+            return self._lower(args, variant)
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
+
+    def _lower(self, args, variant) -> Lowered:
+        fn = self.convention.traced_function(variant)
+        in_tree, types, names = self._signature(args, fn)
+        traced, captured = trace(fn, in_tree, types, names, weak=[_is_weak(a) for a in tree_flatten(args)[0]])
         assert not captured  # a top-level trace has no enclosing trace to capture from
         options = Options(get_backend(self.backend_name), **self._options)
         lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {})
@@ -107,71 +120,85 @@ class CompiledFunction:
             raise RuntimeError(f"{self.__name__} has not been called yet: no signature to report on")
         return self.last_lowered.stats()
 
-    def __call__(self, *args):
-        prepared = self.prepare(args)
+    def __call__(self, *args, **kwargs):
+        try:
+            prepared = self.prepare(args, kwargs)
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         if prepared is None:
-            return self.fn(*args)  # inside another trace: compile is the identity
+            return self.fn(*args, **kwargs)  # inside another trace: compile is the identity
         return tree_unflatten(prepared.executable.out_tree, prepared.run(prepared.leaves))
 
-    def bind(self, *args) -> BoundCall:
+    def bind(self, *args, **kwargs) -> BoundCall:
         """`bound = cf.bind(*args)`; `bound()` runs cf over these very arrays and returns
         its results, the same arrays every call, with no argument handling per call
         (docs/bind.md: refill inputs in place between calls; never resize or replace them)."""
-        prepared = self.prepare_arrays(args)
-        binding, given = prepared.executable.bind_flat(prepared.leaves)
+        try:
+            prepared = self.prepare_arrays(args, kwargs)
+            binding, given = prepared.executable.bind_flat(prepared.leaves)
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         return BoundCall(binding, given, tree_unflatten(prepared.executable.out_tree, binding.results))
 
-    def prepare_arrays(self, args) -> Prepared:
+    def prepare_arrays(self, args, kwargs=None) -> Prepared:
         """prepare(args) for arguments that must be arrays (bind, training steps)."""
-        prepared = self.prepare(args)
+        prepared = self.prepare(args, kwargs)
         if prepared is None:
             raise ArgumentError(f"{self.__name__}: takes arrays, not traced values")
         return prepared
 
-    def prepare(self, args) -> Prepared | None:
+    def prepare(self, args, kwargs=None) -> Prepared | None:
         """The executable for args (traced and compiled on a new signature), or None if
         args hold traced Values. Its run is the executable's run_flat when the arrays are
         already known to fit (the last call's structure and types), else its checking
-        call_flat."""
-        recent = self._match_recent(args)
+        call_flat. Keyword and static arguments are resolved first (CallingConvention)."""
+        variant = None
+        if kwargs or self.convention.statics:
+            args, variant = self.convention.split(args, kwargs or {})
+        recent = self._match_recent(args, variant)
         if recent is not None:
             return recent
         leaves, in_tree = tree_flatten(args)
         if any(isinstance(leaf, Value) for leaf in leaves):
             return None
-        executable = self._executable(args, leaves, in_tree)
+        executable = self._executable(args, leaves, in_tree, variant)
         return Prepared(executable, in_tree, leaves, executable.call_flat)
 
-    def _match_recent(self, args) -> Prepared | None:
+    def _match_recent(self, args, variant) -> Prepared | None:
         """The last call's executable if args have the structure of the last call whose
         arrays passed unchecked, and arrays that pass unchecked too: then the cache key
         (structure, shapes, dtypes) is the last one, found without building it."""
         recent = self._recent
-        if recent is None:
+        if recent is None or recent[0] != variant:
             return None
-        in_tree, (lowered, executable) = recent
+        _, in_tree, (lowered, executable) = recent
         leaves = tree_leaves_like(args, in_tree)
         if leaves is None or not executable.accepts(leaves):
             return None
         self.last_lowered = lowered
         return Prepared(executable, in_tree, leaves, executable.run_flat)
 
-    def _executable(self, args, leaves, in_tree) -> Executable:
+    def _executable(self, args, leaves, in_tree, variant) -> Executable:
         """The executable for this call's signature; traced and compiled on a miss.
 
         The hot path keys on (structure, shapes, dtypes) alone: argument names
         and spec checks are only needed when a new signature is compiled."""
-        key = (in_tree, tuple((leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
-                              else (np.shape(leaf), type(leaf)) for leaf in leaves))
+        key = (variant, in_tree, tuple((leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
+                                       else (np.shape(leaf), type(leaf)) for leaf in leaves))
         entry = self._cache.get(key)
         if entry is None:
             with _collector_paused():
-                lowered = self.lower(*args)
+                lowered = self._lower(args, variant)
                 entry = self._cache[key] = (lowered, lowered.compile())
         self.last_lowered = entry[0]
         if entry[1].accepts(leaves):
-            self._recent = (in_tree, entry)
+            self._recent = (variant, in_tree, entry)
         return entry[1]
+
+
+def _is_weak(leaf) -> bool:
+    """A Python scalar argument is weakly typed: it takes the dtype of what it meets."""
+    return isinstance(leaf, (int, float)) and not isinstance(leaf, (bool, np.generic))
 
 
 @contextmanager
@@ -189,7 +216,8 @@ def _collector_paused():
 
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
-            optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0):
+            optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
+            static_argnums=(), static_argnames=()):
     """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...)).
 
     backend: "llvm" (the default: native code) or "numpy" (the same schedule as
@@ -198,10 +226,13 @@ def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None,
     the reference the optimized programs are tested against.
     remat: "store_all" | "recompute_elementwise" | "sqrt" | "optimal" (the default
     when memory_budget, in bytes or as a fraction of store_all's peak, is given).
-    dump_after: a stage name, a list of them, or "all" (see pipeline.py)."""
+    dump_after: a stage name, a list of them, or "all" (see pipeline.py).
+    static_argnums / static_argnames: arguments that are not arrays but Python values
+    the function branches on (hashable; one program per value, as in jax.jit)."""
     options = dict(backend=backend, spec=spec, dump_after=dump_after, dump_dir=dump_dir, verify=verify,
                    optimize=optimize, remat=remat, memory_budget=memory_budget,
-                   remat_time_limit=remat_time_limit)
+                   remat_time_limit=remat_time_limit, static_argnums=static_argnums,
+                   static_argnames=static_argnames)
     if fn is None:
         return functools.partial(compile, **options)
     return CompiledFunction(fn, **options)

@@ -283,13 +283,15 @@ class Lowered:
         """The time of each kernel of this program's native code on args (ffcompile/profile.py),
         with this signature's donation (run on copies: the arrays are untouched)."""
         schedule = self._schedule_or_refuse("kernels to profile")
-        leaves = check_arguments(tree_flatten(args)[0], self.names, self.optimized.input_types)
+        names = self.names + [f"closure{k}" for k in range(len(self.traced.closures))]
+        leaves = check_arguments([*tree_flatten(args)[0], *self.traced.closures], names, self.optimized.input_types)
         program = self.backend.build(schedule, self.memory, self.donation.donated, profile=True)
         return profile_kernels(program, schedule, leaves, steps)
 
     def compile(self) -> Executable:
         """The executable: this signature's program with its argument checks."""
-        return Executable(self.program, self.optimized.input_types, self.traced.out_tree, self.names)
+        return Executable(self.program, self.optimized.input_types, self.traced.out_tree, self.names,
+                          self.traced.closures)
 
 
 @dataclass(frozen=True)

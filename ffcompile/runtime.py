@@ -43,21 +43,32 @@ def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = T
 
 
 class Executable:
-    """One compiled signature: a backend's Program (codegen/backend.py) behind argument checks."""
+    """One compiled signature: a backend's Program (codegen/backend.py) behind argument checks.
 
-    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str]):
+    closures: arrays the function closed over that are the program's last inputs
+    (trace.Traced.closures), passed after the caller's leaves at every call."""
+
+    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=()):
         self.program = program
         self.out_tree = out_tree
-        self.names = names
+        self.closures = list(closures)
+        self.names = list(names) + [f"closure{k}" for k in range(len(self.closures))]
         self.input_types = list(input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
-        self.run_flat = program.call  # on C-contiguous arrays of the compiled types
+        self._explicit = len(self.input_types) - len(self.closures)
+        # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
+        self.run_flat = program.call if not self.closures else self._run_with_closures
+
+    def _run_with_closures(self, leaves) -> list[np.ndarray]:
+        return self.program.call([*leaves, *self.closures])
 
     def accepts(self, leaves) -> bool:
-        """True if leaves are C-contiguous arrays of the compiled types: they run unchecked."""
-        if len(leaves) != len(self.input_types):
+        """True if leaves (and the closed-over arrays) are C-contiguous arrays of the
+        compiled types: they run unchecked."""
+        if len(leaves) != self._explicit:
             return False
-        for leaf, (dtype, shape) in zip(leaves, self._fast_types):
+        for leaf, (dtype, shape) in zip([*leaves, *self.closures] if self.closures else leaves,
+                                        self._fast_types):
             if not (isinstance(leaf, np.ndarray) and leaf.dtype == dtype and leaf.shape == shape
                     and leaf.flags.c_contiguous):
                 return False
@@ -65,16 +76,22 @@ class Executable:
 
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
-        if not self.accepts(leaves):
-            leaves = check_arguments(leaves, self.names, self.input_types)
-        return self.run_flat(leaves)
+        if self.accepts(leaves):
+            return self.run_flat(leaves)
+        return self.program.call(self._checked(leaves))
+
+    def _checked(self, leaves, contiguous: bool = True) -> list[np.ndarray]:
+        """check_arguments over the leaves and the closed-over arrays after them."""
+        if len(leaves) != self._explicit:
+            raise ArgumentError(f"expected {self._explicit} array arguments, got {len(leaves)}")
+        return check_arguments([*leaves, *self.closures], self.names, self.input_types, contiguous)
 
     def bind_flat(self, leaves) -> tuple[Binding, list[np.ndarray]]:
         """The program tied to these leaves (docs/bind.md), checked as a call checks them, and
         the arrays it reads: views of the leaves (non-array leaves converted once). A view
         keeps the bound shape even if the caller's array object is resized in place, and
         references that array, so its memory can be neither freed nor reallocated."""
-        arrays = [a.view() for a in check_arguments(leaves, self.names, self.input_types, contiguous=False)]
+        arrays = [a.view() for a in self._checked(leaves, contiguous=False)]
         return self.program.bind(arrays), arrays
 
     def __call__(self, *args):

@@ -17,9 +17,9 @@ import inspect
 
 import numpy as np
 
-from .api import CompiledFunction
+from .api import USER_ERRORS, CompiledFunction
 from .runtime import ArgumentError, BoundCall
-from .trace import scope
+from .trace import scope, user_traceback
 from .transforms import value_and_grad
 from .tree import tree_flatten, tree_paths
 
@@ -52,7 +52,10 @@ class TrainStep:
         return self.lower(params, opt_state, *batch).profile(params, opt_state, *batch, steps=steps)
 
     def __call__(self, params, opt_state, *batch):
-        prepared = self._compiled.prepare((params, opt_state, *batch))
+        try:
+            prepared = self._compiled.prepare((params, opt_state, *batch))
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         if prepared is None:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
@@ -76,7 +79,10 @@ class TrainStep:
         place between calls: `x[...] = next_x`), and the loss comes back in the same 0-d
         array every call, overwritten by the next. Never resize or replace a bound array
         (the bound object references them all, so `resize` raises); see docs/bind.md."""
-        executable, in_tree, leaves, _ = self._compiled.prepare_arrays((params, opt_state, *batch))
+        try:
+            executable, in_tree, leaves, _ = self._compiled.prepare_arrays((params, opt_state, *batch))
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
         binding, given = executable.bind_flat(leaves)

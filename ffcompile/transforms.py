@@ -22,19 +22,24 @@ __all__ = ["grad", "value_and_grad", "vjp"]
 
 
 def _traced_call(transform):
-    """Run `transform(*args)` on Values; on arrays, compile it (cached) and run that."""
+    """Run `transform(*args, **kwargs)` on Values; on arrays, compile it (cached) and run
+    that. Keyword arguments reach the function untouched (no derivative is taken for them)."""
     compiled = None
 
     @functools.wraps(transform)
-    def call(*args):
+    def call(*args, **kwargs):
         nonlocal compiled
-        if any(isinstance(leaf, Value) for leaf in tree_flatten(tuple(args))[0]):
-            return transform(*args)
+        if any(isinstance(leaf, Value) for leaf in tree_flatten((args, kwargs))[0]):
+            return transform(*args, **kwargs)
         if compiled is None:
             compiled = CompiledFunction(call)
-        return compiled(*args)
+        return compiled(*args, **kwargs)
 
     return call
+
+
+def _with_keywords(fn, kwargs):
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def _trace_nested(fn, args):
@@ -67,9 +72,9 @@ def _argnums(argnums, nargs: int) -> tuple[int, ...]:
 def value_and_grad(fn, argnums=0):
     """fn -> (x -> (fn(x), d fn / d args[argnums])); fn must return a float scalar."""
 
-    def transform(*args):
+    def transform(*args, **kwargs):
         nums = _argnums(argnums, len(args))
-        traced, parent, bound = _trace_nested(fn, args)
+        traced, parent, bound = _trace_nested(_with_keywords(fn, kwargs), args)
         ranges = _leaf_ranges(args)
         inputs = traced.graph.inputs
         wrt = [inputs[k] for n in nums for k in ranges[n]]
@@ -91,8 +96,8 @@ def grad(fn, argnums=0):
     """fn -> (x -> d fn / d args[argnums]); fn must return a float scalar."""
     vg = value_and_grad(fn, argnums)
 
-    def transform(*args):
-        return vg(*args)[1]
+    def transform(*args, **kwargs):
+        return vg(*args, **kwargs)[1]
 
     _name_after(transform, "grad", fn)
     return _traced_call(transform)

@@ -36,7 +36,7 @@ def test_shape_errors_at_trace_time(fn, args, pieces):
 
 
 @pytest.mark.parametrize("fn, args, pieces", [
-    (lambda a, b: a + b, (X, np.ones(4, np.float32)), ["add", "one dtype", "f64[3,4]", "f32[4]"]),
+    (lambda a, b: a + b, (X, np.ones(4, np.float32)), ["add", "dtypes differ", "f64[3,4]", "f32[4]"]),
     (lambda a, b: a @ b, (np.ones((3, 4), np.int64), np.ones((4, 2))), ["matmul", "i64[3,4]", "f64[4,2]"]),
     (lambda a: a + 0.5, (np.ones(3, np.int32),), ["cannot mix the float 0.5", "i32"]),
     (lambda a: ff.exp(a), (np.ones(3, np.int64),), ["exp", "floating-point", "i64[3]"]),
@@ -71,9 +71,12 @@ def test_wrong_number_of_arguments():
         executable(X, np.ones((4, 3)))
 
 
-@pytest.mark.parametrize("bad", ["hello", object(), np.array(["a", "b"])])
-def test_non_array_arguments_are_named(bad):
-    with pytest.raises(ArgumentError, match="argument x: unsupported dtype"):
+@pytest.mark.parametrize("bad, says", [("hello", "a str is not an array; .* mark it static"),
+                                       (object(), "unsupported dtype"),
+                                       (np.array(["a", "b"]), "unsupported dtype"),
+                                       (np.ones(3, np.float16), "unsupported dtype float16; ffcompile supports")])
+def test_non_array_arguments_are_named(bad, says):
+    with pytest.raises(ArgumentError, match=f"argument x: {says}"):
         run(lambda x: x * 2.0, bad)
 
 

@@ -5,6 +5,11 @@ class ShapeError(TypeError):
     """An op was given operands whose shapes, dtypes or attributes don't fit."""
 
 
+class DTypeError(ShapeError):
+    """Operands whose element types differ: ffcompile does not promote implicitly (a
+    Python scalar takes the other operand's dtype; arrays are converted with .astype)."""
+
+
 class IRParseError(ValueError):
     """Malformed IR text; the message names the line."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import ops as O
 from .builder import Builder
-from .errors import ShapeError
+from .errors import DTypeError, ShapeError
 from .types import TensorType, dtype_name
 
 
@@ -38,6 +38,11 @@ class Value:
     @property
     def dtype(self) -> str:
         return self.type.dtype
+
+    @property
+    def weak(self) -> bool:
+        """A Python scalar argument: it takes the dtype of the operand it meets."""
+        return self.id in self.builder.weak
 
     @property
     def ndim(self) -> int:
@@ -188,14 +193,48 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         if isinstance(x, float) and like in ("i32", "i64", "bool") and not float(x).is_integer():
             raise ShapeError(f"cannot mix the float {x} with a {like} value")
         return constant(builder, x, like)
+    if isinstance(x, np.ndarray) and x.size > CLOSURE_LITERAL_LIMIT:
+        root = builder
+        while root.parent is not None:
+            root = root.parent
+        if root.closure_arrays is not None:
+            return capture(builder, _closure_input(root, x))
     array = np.asarray(x)
     return constant(builder, array, dtype_name(array.dtype))
 
 
+# A closed-over array with more elements than this becomes an input of the program,
+# read at every call, rather than a literal in the IR (printing, hashing and folding
+# a large literal costs seconds, and edits to the array in place would go unseen).
+CLOSURE_LITERAL_LIMIT = 256
+
+
+def _closure_input(root: Builder, array: np.ndarray) -> Value:
+    if id(array) not in root.closure_inputs:
+        name = f"closure{len(root.closure_arrays)}"
+        root.closure_inputs[id(array)] = root.add_input(TensorType.of(array), name)
+        root.closure_arrays.append(array)
+    return Value(root, root.closure_inputs[id(array)])
+
+
 def _values(*args) -> list[Value]:
+    """The operands as Values of the innermost trace; Python scalars (and weakly typed
+    scalar arguments) take the dtype of the first strongly typed operand."""
     builder = builder_of(args)
-    like = next((a.dtype for a in args if isinstance(a, Value)), None)
-    return [lift(builder, a, like) for a in args]
+    values = [a for a in args if isinstance(a, Value)]
+    strong = [v for v in values if not v.weak]
+    like = (strong or values)[0].dtype if values else None
+    return [_meet(lift(builder, a, like), like) for a in args]
+
+
+def _meet(value: Value, like: str | None) -> Value:
+    """A weakly typed scalar argument converted to the dtype it meets."""
+    if not value.weak or like is None or value.dtype == like:
+        return value
+    if value.type.is_float and not TensorType((), like).is_float:
+        raise DTypeError(f"a Python float argument ({value.type}) meets a {like} value: pass it as "
+                         f"an integer, or convert the {like} operand with .astype(...)")
+    return convert(value, like)
 
 
 def _emit(op, values: list[Value], **attrs) -> Value:

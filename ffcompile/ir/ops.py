@@ -25,7 +25,7 @@ import numpy as np
 import scipy.special
 
 from . import lang as L
-from .errors import ShapeError
+from .errors import DTypeError, ShapeError
 from .types import TensorType
 
 
@@ -189,7 +189,8 @@ def _broadcast(cls, types) -> tuple[int, ...]:
 def _same_dtype(cls, types) -> str:
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise cls.error("operands must have one dtype", types)
+        raise DTypeError(f"{cls.name}: operand dtypes differ ({_fmt(types)}); ffcompile does not "
+                         f"promote: convert one with .astype(...)")
     return types[0].dtype
 
 
