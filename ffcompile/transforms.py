@@ -11,7 +11,7 @@ import functools
 
 from .api import CompiledFunction
 from .ir import TensorType
-from .ir.lang import Value, builder_of, lift
+from .ir.lang import Value, builder_of, lift, meet_weak
 from .passes.autodiff import append_adjoint
 from .runtime import ArgumentError
 from .trace import signature, trace
@@ -117,7 +117,8 @@ def vjp(fn, *args):
         ct_leaves, ct_tree = tree_flatten(cotangent)
         if ct_tree != traced.out_tree:
             raise ArgumentError("vjp: the cotangent's structure differs from the function's output")
-        ct_values = [lift(parent, c, None).id for c in ct_leaves]
+        ct_values = [_cotangent(parent, c, traced.graph.nodes[o].type, k).id
+                     for k, (c, o) in enumerate(zip(ct_leaves, traced.graph.outputs))]
         outs = parent.inline(graph, [v.id for v in bound] + ct_values)
         grads = iter(Value(parent, i) for i in outs[len(traced.graph.outputs):])
         flat = [next(grads) if _is_float(leaf) else None for leaf in leaves]
@@ -126,6 +127,15 @@ def vjp(fn, *args):
     pullback_fn = _traced_call(pullback_transform)
     out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
     return out, lambda cotangent: pullback_fn(args, cotangent)
+
+
+def _cotangent(builder, leaf, out: TensorType, k: int) -> Value:
+    """The cotangent of output k: exactly the output's type (a Python number for a 0-d one)."""
+    value = meet_weak(lift(builder, leaf, out.dtype), out.dtype)
+    if value.type != out:
+        raise ArgumentError(f"vjp: cotangent {k} has type {value.type}, but the function's output {k} "
+                            f"is {out}: a cotangent has the type of its output")
+    return value
 
 
 def _name_after(transform, prefix: str, fn) -> None:

@@ -294,6 +294,34 @@ def axis_args(domain, min_rank=1):
     return make
 
 
+def ties(rng, shape):
+    """Few distinct values, so arg-extremes see ties (the first index wins), and a NaN."""
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    if x.size > 2:
+        x.flat[int(rng.integers(0, x.size))] = np.nan
+    return x
+
+
+def einsum_args(*specs):
+    def make(rng):
+        sizes = {c: int(rng.integers(1, 5)) for c in "".join(specs)}
+        return [normal(rng, tuple(sizes[c] for c in spec)) for spec in specs]
+    return make
+
+
+def int_pairs(rng):
+    shape = rand_shape(rng)
+    b = rng.integers(1, 6, shape) * rng.choice([-1, 1], shape)
+    return [rng.integers(-20, 20, shape).astype(np.int64), b.astype(np.int64)]
+
+
+def negative_bases(rng):
+    shape = rand_shape(rng)
+    base = normal(rng, shape) - 1.0
+    exponent = rng.integers(-3, 4, shape).astype(np.float64) + rng.choice([0.0, 0.0, 0.5], shape)
+    return [base, exponent]
+
+
 def np_gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
@@ -397,6 +425,35 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
     "swish": [FunctionCase(ff.swish, lambda x: x * scipy.special.expit(x), arrays(wide(3.0)))],
     "tanh": [FunctionCase(ff.tanh, np.tanh, arrays(normal))],
     "where": [FunctionCase(ff.where, np.where, where_args)],
+    "argmax": [FunctionCase(lambda x: ff.argmax(x), lambda x: np.argmax(x, axis=-1), axis_args(normal),
+                            differentiable=False, why="an integer index"),
+               FunctionCase(lambda x: ff.argmax(x, axis=0, keepdims=True),
+                            lambda x: np.argmax(x, axis=0, keepdims=True), axis_args(ties),
+                            differentiable=False, why="an integer index")],
+    "argmin": [FunctionCase(lambda x: ff.argmin(x, axis=0), lambda x: np.argmin(x, axis=0), axis_args(ties),
+                            differentiable=False, why="an integer index")],
+    "clip": [FunctionCase(lambda x: ff.clip(x, -0.5, 0.7), lambda x: np.clip(x, -0.5, 0.7), arrays(normal)),
+             FunctionCase(lambda x: ff.clip(x, hi=0.2), lambda x: np.minimum(x, 0.2), arrays(normal))],
+    "einsum": [FunctionCase(lambda a, b: ff.einsum("bij,bjk->bik", a, b),
+                            lambda a, b: np.einsum("bij,bjk->bik", a, b), einsum_args("bij", "bjk")),
+               FunctionCase(lambda a, b: ff.einsum("ij,kj", a, b), lambda a, b: np.einsum("ij,kj", a, b),
+                            einsum_args("ij", "kj")),
+               FunctionCase(lambda a: ff.einsum("ijk->ki", a), lambda a: np.einsum("ijk->ki", a),
+                            einsum_args("ijk"))],
+    "floor_divide": [FunctionCase(ff.floor_divide, np.floor_divide, arrays(wide(4.0), nonzero),
+                                  differentiable=False, why="piecewise constant: its gradient is zero"),
+                     FunctionCase(ff.floor_divide, np.floor_divide, int_pairs,
+                                  differentiable=False, why="integers")],
+    "remainder": [FunctionCase(ff.remainder, np.remainder, arrays(wide(4.0), nonzero),
+                               differentiable=False, why="jumps at every multiple of b: finite "
+                                                         "differences straddle them"),
+                  FunctionCase(ff.remainder, np.remainder, int_pairs, differentiable=False, why="integers")],
+    "power": [FunctionCase(ff.power, np.power, arrays(positive, normal)),
+              FunctionCase(ff.power, np.power, negative_bases, differentiable=False,
+                           why="a negative base: integral exponents only, the gradient is undefined")],
+    "stack": [FunctionCase(lambda a, b: ff.stack([a, b]), lambda a, b: np.stack([a, b]), arrays(normal, normal)),
+              FunctionCase(lambda a, b: ff.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
+                           arrays(normal, normal))],
 }
 
 

@@ -63,6 +63,15 @@ TORCH = {
     "swish": [F.silu],
     "tanh": [torch.tanh],
     "where": [torch.where],
+    "argmax": [None, None],
+    "argmin": [None],
+    "clip": [lambda x: torch.clamp(x, -0.5, 0.7), lambda x: torch.clamp(x, max=0.2)],
+    "einsum": [lambda a, b: torch.einsum("bij,bjk->bik", a, b), lambda a, b: torch.einsum("ij,kj", a, b),
+               lambda a: torch.einsum("ijk->ki", a)],
+    "floor_divide": [None, None],
+    "remainder": [None, None],
+    "power": [torch.pow, None],
+    "stack": [lambda a, b: torch.stack([a, b]), lambda a, b: torch.stack([a, b], dim=-1)],
 }
 
 

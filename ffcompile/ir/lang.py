@@ -93,10 +93,16 @@ class Value:
 
     def __pow__(self, exponent):
         if isinstance(exponent, Value):
-            return exp(log(self) * exponent)
+            return power(self, exponent)
         if not isinstance(exponent, numbers.Real):
             return NotImplemented
         return pow(self, float(exponent))
+
+    def __rpow__(self, base): return power(base, self)
+    def __floordiv__(self, other): return floor_divide(self, other)
+    def __rfloordiv__(self, other): return floor_divide(other, self)
+    def __mod__(self, other): return remainder(self, other)
+    def __rmod__(self, other): return remainder(other, self)
 
     def __gt__(self, other): return greater(self, other)
     def __ge__(self, other): return greater_equal(self, other)
@@ -224,10 +230,10 @@ def _values(*args) -> list[Value]:
     values = [a for a in args if isinstance(a, Value)]
     strong = [v for v in values if not v.weak]
     like = (strong or values)[0].dtype if values else None
-    return [_meet(lift(builder, a, like), like) for a in args]
+    return [meet_weak(lift(builder, a, like), like) for a in args]
 
 
-def _meet(value: Value, like: str | None) -> Value:
+def meet_weak(value: Value, like: str | None) -> Value:
     """A weakly typed scalar argument converted to the dtype it meets."""
     if not value.weak or like is None or value.dtype == like:
         return value
@@ -275,6 +281,36 @@ def floor(x): return _apply(O.Floor, x)
 def stop_gradient(x): return _apply(O.StopGradient, x)
 def pow(x, exponent: float): return _apply(O.Pow, x, exponent=float(exponent))
 def convert(x, dtype): return _apply(O.Convert, x, dtype=dtype_name(dtype))
+
+
+def power(base, exponent):
+    """base ** exponent with a traced exponent, as NumPy defines it for floats: a negative
+    base gives a real result for an integral exponent (sign (-1)**p) and NaN otherwise;
+    0 ** 0 is 1. Its gradient is not defined at base 0."""
+    base, exponent = _values(base, exponent)
+    if not base.type.is_float:
+        raise DTypeError(f"power with a traced exponent needs floating-point operands, got {base.type}, "
+                         f"{exponent.type}")
+    magnitude = where(exponent == 0.0, 1.0, exp(exponent * log(abs_(base))))
+    integral = floor(exponent) == exponent
+    odd = remainder(exponent, 2.0) == 1.0
+    negative = where(integral, where(odd, -magnitude, magnitude), math.nan)
+    return where(base < 0.0, negative, magnitude)
+
+
+def floor_divide(a, b):
+    """a // b: floor(a / b), as NumPy and Python round it; integers go through f64 (exact
+    for magnitudes below 2**53)."""
+    a, b = _values(a, b)
+    if a.type.is_float:
+        return floor(a / b)
+    return convert(floor(convert(a, "f64") / convert(b, "f64")), a.dtype)
+
+
+def remainder(a, b):
+    """a % b with the sign of b (Python's and NumPy's convention): a - floor(a / b) * b."""
+    a, b = _values(a, b)
+    return a - floor_divide(a, b) * b
 
 
 def where(pred, a, b):
