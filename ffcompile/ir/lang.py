@@ -188,8 +188,25 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         if isinstance(x, float) and like in ("i32", "i64", "bool") and not float(x).is_integer():
             raise ShapeError(f"cannot mix the float {x} with a {like} value")
         return constant(builder, x, like)
+    if isinstance(x, (list, tuple)) and _holds_value(x):
+        raise TypeError(
+            "a Python list of traced values is not an array: lists and tuples in a compiled "
+            "function's arguments are pytrees (each number its own scalar input), so a nested "
+            "list of numbers must be converted with np.asarray before the call")
     array = np.asarray(x)
     return constant(builder, array, dtype_name(array.dtype))
+
+
+def _holds_value(items) -> bool:
+    """Whether nested lists/tuples hold a traced Value (iteratively: lists may be deep)."""
+    stack = [items]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, Value):
+                return True
+            if isinstance(item, (list, tuple)):
+                stack.append(item)
+    return False
 
 
 def _values(*args) -> list[Value]:
