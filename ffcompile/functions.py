@@ -8,13 +8,13 @@ its own VJP (sigmoid, log_sigmoid, softplus, gelu, softmax, log_softmax).
 from __future__ import annotations
 
 from .ir import lang as L
-from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, log, log1p, log_sigmoid,
-                      log_softmax, maximum, mean, minimum, sigmoid, sign, sin, softmax, softplus,
-                      sqrt, stop_gradient, tanh, where)
+from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, expm1, log, log1p,
+                      log_sigmoid, log_softmax, maximum, mean, minimum, sigmoid, sign, sin, softmax,
+                      softplus, sqrt, stop_gradient, tanh, where)
 
 __all__ = [
-    "abs", "concatenate", "convert", "cos", "elu", "erf", "exp", "gelu", "leaky_relu", "log",
-    "log1p", "log_sigmoid", "log_softmax", "max", "maximum", "mean", "minimum", "mish", "prelu",
+    "abs", "concatenate", "convert", "cos", "elu", "erf", "exp", "expm1", "gelu", "leaky_relu",
+    "log", "log1p", "log_sigmoid", "log_softmax", "max", "maximum", "mean", "minimum", "mish", "prelu",
     "relu", "sigmoid", "sign", "silu", "sin", "sinc", "softmax", "softplus", "softsign", "sqrt",
     "step", "stop_gradient", "sum", "swish", "tanh", "where", "logsumexp", "square",
 ]
@@ -33,8 +33,9 @@ def square(x):
 
 
 def relu(x):
-    """max(x, 0); relu'(0) = 0."""
-    return L.maximum(x, 0.0)
+    """max(x, 0) with relu'(0) = 0 and relu(NaN) = NaN (as PyTorch): a select, since
+    maximum shares the gradient of a tie (x = 0) with the constant."""
+    return L.where(x <= 0.0, 0.0, x)
 
 
 def leaky_relu(x, slope=0.01):
@@ -47,8 +48,12 @@ def prelu(x, slope):
 
 
 def elu(x, alpha=1.0):
-    # exp only of the non-positive part, so the unused branch never overflows.
-    return L.where(x > 0.0, x, alpha * (L.exp(L.minimum(x, 0.0)) - 1.0))
+    """x above 0, alpha (e^x - 1) at and below, by expm1 (exp(x) - 1 loses all digits
+    near 0). elu'(0) = alpha, as in PyTorch: the negative branch owns 0 and reads x
+    there (through a select, not minimum(x, 0), whose tie would take the gradient);
+    positive x never reach the exponential, so it cannot overflow."""
+    negative = x <= 0.0
+    return L.where(negative, alpha * L.expm1(L.where(negative, x, 0.0)), x)
 
 
 def step(x):

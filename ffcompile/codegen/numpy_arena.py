@@ -77,6 +77,7 @@ def _select(node, args, out):
 OUT_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
     O.Neg: _ufunc("np.negative"),
     O.Exp: _ufunc("np.exp"),
+    O.Expm1: _ufunc("np.expm1"),
     O.Log: _ufunc("np.log"),
     O.Log1p: _ufunc("np.log1p"),
     O.Tanh: _ufunc("np.tanh"),

@@ -70,6 +70,7 @@ LOWERINGS: dict[type, Callable[[Node, list[str]], str]] = {
     O.Iota: lambda n, a: f"_iota({n.type.shape!r}, {n.attr('axis')}, {_np_dtype(n.type.dtype)})",
     O.Neg: _call("np.negative"),
     O.Exp: _call("np.exp"),
+    O.Expm1: _call("np.expm1"),
     O.Log: _call("np.log"),
     O.Log1p: _call("np.log1p"),
     O.Tanh: _call("np.tanh"),

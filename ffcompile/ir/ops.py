@@ -268,6 +268,19 @@ class Exp(Unary):
 
 
 @register
+class Expm1(Unary):
+    """e^x - 1, exact near 0 where exp(x) - 1 cancels (elu's negative branch)."""
+
+    name = "expm1"
+    flops_per_element = 8
+    numpy_fn = staticmethod(np.expm1)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.exp(inputs[0])]  # not out + 1, which cancels for x << 0
+
+
+@register
 class Log(Unary):
     name = "log"
     flops_per_element = 8
@@ -498,7 +511,7 @@ class Div(Binary):
 
 @register
 class Maximum(Binary):
-    """Ties send the gradient to the second operand: relu = maximum(x, 0) has relu'(0) = 0."""
+    """Ties share the gradient evenly, as in PyTorch and JAX (and reduce_max here)."""
 
     name = "maximum"
     numpy_fn = staticmethod(np.maximum)
@@ -506,13 +519,12 @@ class Maximum(Binary):
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
         a, b = inputs
-        first = a > b
-        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+        return _tie_shared(a > b, a, b, g)
 
 
 @register
 class Minimum(Binary):
-    """Ties send the gradient to the second operand."""
+    """Ties share the gradient evenly, as in PyTorch and JAX."""
 
     name = "minimum"
     numpy_fn = staticmethod(np.minimum)
@@ -520,8 +532,14 @@ class Minimum(Binary):
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
         a, b = inputs
-        first = a < b
-        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+        return _tie_shared(a < b, a, b, g)
+
+
+def _tie_shared(first_wins, a, b, g) -> list:
+    """The cotangents of an extremum: g to the winner, half each on a tie (with a NaN
+    both comparisons are false and b gets g)."""
+    to_a = L.where(first_wins, g, L.where(L.equal(a, b), 0.5 * g, 0.0))
+    return [to_a, g - to_a]
 
 
 class Compare(Binary):
