@@ -12,6 +12,7 @@ import functools
 import random
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -222,3 +223,17 @@ def test_verifier_rejects_attributes_of_the_wrong_kind(op, attrs, operand, messa
     nodes.append(Node(op, tuple(inputs), freeze_attrs(attrs), out))
     with pytest.raises(VerifyError, match=rf"%{len(inputs)} .*{op.name}: {message}"):
         verify(Graph(tuple(nodes), (len(nodes) - 1,)))
+
+
+def test_numpy_integer_axes_become_python_ints():
+    """Attribute kinds take Python ints only, so the tracer converts NumPy's (axis=np.int64(0))."""
+    def f(x):
+        return (x.sum(axis=np.int64(0)), ff.softmax(x, axis=np.int32(1)),
+                ff.concatenate([x, x], axis=np.int64(1)), x.max(axis=(np.int64(0), np.int64(1))))
+
+    x = np.arange(6.0).reshape(2, 3)
+    lowered = ff.compile(f).lower(x)
+    assert parse_ir(lowered.ir) == lowered.graph
+    total, _, joined, largest = ff.compile(f)(x)
+    np.testing.assert_array_equal(total, x.sum(0))
+    assert joined.shape == (2, 6) and largest == 5.0

@@ -270,7 +270,7 @@ def _axes(x: Value, axis) -> tuple[int, ...]:
     for a in axes:
         if not -x.ndim <= a < x.ndim:
             raise ShapeError(f"axis {a} out of range for {x.type}")
-        normalized.append(a % x.ndim)
+        normalized.append(int(a) % x.ndim)  # a Python int: NumPy's ints are no attribute kind
     return tuple(sorted(set(normalized)))
 
 
