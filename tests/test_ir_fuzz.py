@@ -237,3 +237,17 @@ def test_numpy_integer_axes_become_python_ints():
     total, _, joined, largest = ff.compile(f)(x)
     np.testing.assert_array_equal(total, x.sum(0))
     assert joined.shape == (2, 6) and largest == 5.0
+
+
+def test_a_hostile_file_name_stays_inside_generated_comments():
+    """Generated NumPy source shows each node's loc in a comment: escaped, a newline in a
+    file name cannot start a line of code."""
+    from ffcompile.codegen import numpy_backend
+
+    builder = Builder("g")
+    x = builder.add_input(TensorType((2,), "f64"), "x")
+    hostile = Loc('m.py\nraise SystemExit("injected")  # ', 1, "a\nb", 'r"\n')
+    graph = builder.finish([builder.emit(O.Exp, [x], {}, hostile)])
+    fn, source = numpy_backend.build(graph)
+    assert not any(line.startswith("raise") for line in source.splitlines())
+    np.testing.assert_allclose(fn(np.zeros(2))[0], np.ones(2))
