@@ -79,11 +79,14 @@ def _cut(text: str) -> str:
 
 def _string(tokens: _Tokens) -> str:
     column = tokens.column()
-    literal = tokens.take("str")
+    return _decoded(tokens.take("str"), tokens.line, column)
+
+
+def _decoded(literal: str, line: int, column: int) -> str:
     try:
         return json.loads(literal)
     except ValueError as exc:  # a bad escape or a raw control character
-        raise IRParseError(f"bad string {_cut(literal)}: {exc.msg}", tokens.line, column) from None
+        raise IRParseError(f"bad string {_cut(literal)}: {exc.msg}", line, column) from None
 
 
 def _integer(text: str, line: int, column: int) -> int:
@@ -143,12 +146,7 @@ def _attrs(tokens: _Tokens) -> dict:
 
 def _name(tokens: _Tokens, text: str, column: int) -> str:
     """A bare or quoted name (role, scope, graph name)."""
-    if not text.startswith('"'):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise IRParseError(f"bad string {_cut(text)}: {exc.msg}", tokens.line, column) from None
+    return _decoded(text, tokens.line, column) if text.startswith('"') else text
 
 
 def _loc(tokens: _Tokens) -> Loc | None:
