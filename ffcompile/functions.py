@@ -11,12 +11,12 @@ import numpy as np
 
 from .ir import lang as L
 from .einsum import einsum
-from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, floor, floor_divide, log, log1p,
+from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, expm1, floor, floor_divide, log, log1p,
                       log_sigmoid, log_softmax, maximum, mean, minimum, power, remainder, sigmoid, sign,
                       sin, softmax, softplus, sqrt, stop_gradient, tanh, where)
 
 __all__ = [
-    "abs", "argmax", "argmin", "clip", "concatenate", "convert", "cos", "einsum", "elu", "erf", "exp",
+    "abs", "argmax", "argmin", "clip", "concatenate", "convert", "cos", "einsum", "elu", "erf", "exp", "expm1",
     "floor", "floor_divide", "gelu", "leaky_relu", "log", "log1p", "log_sigmoid", "log_softmax",
     "logsumexp", "max", "maximum", "mean", "minimum", "mish", "power", "prelu", "relu", "remainder",
     "sigmoid", "sign", "silu", "sin", "sinc", "softmax", "softplus", "softsign", "sqrt", "square",
@@ -37,8 +37,9 @@ def square(x):
 
 
 def relu(x):
-    """max(x, 0); relu'(0) = 0."""
-    return L.maximum(x, 0.0)
+    """max(x, 0) with relu'(0) = 0 and relu(NaN) = NaN (as PyTorch): a select, since
+    maximum shares the gradient of a tie (x = 0) with the constant."""
+    return L.where(x <= 0.0, 0.0, x)
 
 
 def leaky_relu(x, slope=0.01):
@@ -51,8 +52,12 @@ def prelu(x, slope):
 
 
 def elu(x, alpha=1.0):
-    # exp only of the non-positive part, so the unused branch never overflows.
-    return L.where(x > 0.0, x, alpha * (L.exp(L.minimum(x, 0.0)) - 1.0))
+    """x above 0, alpha (e^x - 1) at and below, by expm1 (exp(x) - 1 loses all digits
+    near 0). elu'(0) = alpha, as in PyTorch: the negative branch owns 0 and reads x
+    there (through a select, not minimum(x, 0), whose tie would take the gradient);
+    positive x never reach the exponential, so it cannot overflow."""
+    negative = x <= 0.0
+    return L.where(negative, alpha * L.expm1(L.where(negative, x, 0.0)), x)
 
 
 def step(x):

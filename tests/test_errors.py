@@ -157,3 +157,16 @@ def test_nan_and_inf_propagate():
         assert np.all(np.isnan(run(lambda x: ff.softmax(x, axis=1), x)[0]))
         g = ff.compile(ff.grad(lambda x: (ff.sigmoid(x) * x).sum()))(x)
     assert np.isnan(g[0, 1]) and np.isfinite(g[0, 0])
+
+
+@pytest.mark.parametrize("where", ["params", "batch"])
+def test_nested_python_lists_are_pytrees_not_arrays(where):
+    """A nested list of numbers is a pytree of scalar inputs (as in JAX): used as an array
+    it fails saying so and naming the fix, not with a misleading NumPy conversion error."""
+    nested = [[1.0, 2.0], [3.0, 4.0]]
+    x, w = X[:, :2].copy(), np.ones((2, 2), X.dtype)
+    args = ({"w": nested}, x) if where == "params" else ({"w": w}, nested)
+    with pytest.raises(TypeError, match="Python list of traced values is not an array.*np.asarray"):
+        ff.compile(lambda p, x: (x @ p["w"]).sum())(*args)
+    got = ff.compile(lambda p, x: (x @ p["w"]).sum())({"w": np.asarray(nested, X.dtype)}, x)
+    assert got == pytest.approx(float((x @ np.asarray(nested)).sum()), rel=1e-6)

@@ -12,7 +12,8 @@ import pytest
 import ffcompile as ff
 from ffcompile import functions
 from ffcompile.codegen.registry import BACKENDS
-from ffcompile.ir import Builder, TensorType
+from ffcompile.ir import Builder, ShapeError, TensorType
+from ffcompile.ir.attributes import Attr
 from ffcompile.ir.ops import COMPOSITES, OPS, PRIMITIVES, Composite, Cost, Op, Trait
 from samples import (FUNCTION_CASES, OP_CASES, function_case_params, make_function_case,
                      make_op_case, one_op_graph, op_case_params, run_graph)
@@ -45,6 +46,21 @@ def test_op_declares_its_rules(name):
             assert backend.lowers(op), f"the {backend.name} backend has no lowering for {name}"
     if name in COMPOSITES:
         assert op.decompose.__func__ is not Composite.decompose.__func__, f"{name} has no decompose"
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_declares_the_kind_of_every_attribute(name):
+    """Attributes exist only as `attributes = {name: kind}` on the op, and each kind is
+    enforced: a value no kind accepts is rejected naming the op and the attribute."""
+    op = OPS[name]
+    assert isinstance(op.attributes, dict)
+    assert all(isinstance(kind, Attr) for kind in op.attributes.values()), f"{name}: undeclared kind"
+    attrs, operands = make_op_case(name, 0)
+    assert set(attrs) == set(op.attributes), f"{name}: its sample uses undeclared attributes"
+    types = [TensorType.of(a) for a in operands]
+    for attribute in op.attributes:
+        with pytest.raises(ShapeError, match=f"{name}: {attribute} must be "):
+            op.check_signature(types, {**attrs, attribute: object()})
 
 
 @pytest.mark.parametrize("name, k", op_case_params())

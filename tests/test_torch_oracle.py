@@ -32,6 +32,7 @@ TORCH = {
     "elu": [F.elu, lambda x: F.elu(x, alpha=0.5)],
     "erf": [torch.erf],
     "exp": [torch.exp],
+    "expm1": [torch.expm1],
     "gelu": [F.gelu, lambda x: F.gelu(x, approximate="tanh"), torch_gelu_sigmoid],
     "leaky_relu": [F.leaky_relu, lambda x: F.leaky_relu(x, 0.2)],
     "log": [torch.log],

@@ -11,7 +11,11 @@ class DTypeError(ShapeError):
 
 
 class IRParseError(ValueError):
-    """Malformed IR text; the message names the line."""
+    """Malformed IR text; the message starts with the line and column ("line 3, column 17: ")."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        self.line, self.column = line, column
+        super().__init__(message if line is None else f"line {line}, column {column}: {message}")
 
 
 class VerifyError(ValueError):

@@ -30,10 +30,12 @@ class Loc:
         return Loc(self.file, self.line, self.scope, role)
 
     def __str__(self) -> str:
-        parts = [self.role] if self.role else []
-        parts.append(f'"{self.file}":{self.line}')
+        from .printer import format_name, format_string
+
+        parts = [format_name(self.role)] if self.role else []
+        parts.append(f"{format_string(self.file)}:{self.line}")
         if self.scope:
-            parts.append(f"@{self.scope}")
+            parts.append(f"@{format_name(self.scope)}")
         return f"loc({' '.join(parts)})"
 
 

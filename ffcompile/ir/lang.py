@@ -199,6 +199,11 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         if isinstance(x, float) and like in ("i32", "i64", "bool") and not float(x).is_integer():
             raise ShapeError(f"cannot mix the float {x} with a {like} value")
         return constant(builder, x, like)
+    if isinstance(x, (list, tuple)) and _holds_value(x):
+        raise TypeError(
+            "a Python list of traced values is not an array: lists and tuples in a compiled "
+            "function's arguments are pytrees (each number its own scalar input), so a nested "
+            "list of numbers must be converted with np.asarray before the call")
     if isinstance(x, np.ndarray) and x.size > CLOSURE_LITERAL_LIMIT:
         root = builder
         while root.parent is not None:
@@ -221,6 +226,18 @@ def _closure_input(root: Builder, array: np.ndarray) -> Value:
         root.closure_inputs[id(array)] = root.add_input(TensorType.of(array), name)
         root.closure_arrays.append(array)
     return Value(root, root.closure_inputs[id(array)])
+
+
+def _holds_value(items) -> bool:
+    """Whether nested lists/tuples hold a traced Value (iteratively: lists may be deep)."""
+    stack = [items]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, Value):
+                return True
+            if isinstance(item, (list, tuple)):
+                stack.append(item)
+    return False
 
 
 def _values(*args) -> list[Value]:
@@ -268,6 +285,7 @@ def less_equal(a, b): return _apply(O.Le, a, b)
 def equal(a, b): return _apply(O.Eq, a, b)
 def neg(x): return _apply(O.Neg, x)
 def exp(x): return _apply(O.Exp, x)
+def expm1(x): return _apply(O.Expm1, x)
 def log(x): return _apply(O.Log, x)
 def log1p(x): return _apply(O.Log1p, x)
 def tanh(x): return _apply(O.Tanh, x)
@@ -328,7 +346,7 @@ def _axes(x: Value, axis) -> tuple[int, ...]:
     for a in axes:
         if not -x.ndim <= a < x.ndim:
             raise ShapeError(f"axis {a} out of range for {x.type}")
-        normalized.append(a % x.ndim)
+        normalized.append(int(a) % x.ndim)  # a Python int: NumPy's ints are no attribute kind
     return tuple(sorted(set(normalized)))
 
 

@@ -163,6 +163,7 @@ def convert(b: ir.IRBuilder, x: ir.Value, dtype: str) -> ir.Value:
 ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     O.Neg: _neg,
     O.Exp: _math("exp"),
+    O.Expm1: _math("expm1"),
     O.Log: _math("log"),
     O.Log1p: _math("log1p"),
     O.Tanh: _math("tanh"),
