@@ -151,6 +151,12 @@ class Lowered:
     def stats(self) -> Stats:
         return Stats.of(self)
 
+    def report(self, path, frontier=None, profile=None) -> str:
+        """Write a self-contained HTML report of every stage to path (docs/report.md)."""
+        from .report import write_report
+
+        return write_report(self, path, frontier, profile)
+
     def profile(self, *args, steps: int = 100, donate: dict[int, int] | None = None) -> KernelProfile:
         """The time of each kernel of this program's native code on args (ffcompile/profile.py)."""
         schedule = self.schedule if self.schedule is not None else fuse(self.optimized)
