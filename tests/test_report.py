@@ -26,29 +26,32 @@ def page_data(html: str) -> dict:
 def banded_dags(draw):
     n = draw(st.integers(1, 40))
     bands = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    backward = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     preds = [sorted(set(draw(st.lists(st.integers(0, i - 1), max_size=3)))) if i else [] for i in range(n)]
-    anchors = [draw(st.one_of(st.none(), st.integers(0, i - 1))) if i else None for i in range(n)]
-    return bands, preds, anchors
+    return bands, backward, preds
 
 
 @given(banded_dags())
-def test_layout_gives_each_item_its_own_cell_and_edges_follow_their_band(dag):
-    bands, preds, anchors = dag
-    cells = layered_layout(bands, preds, anchors)
+def test_layout_gives_each_item_its_own_cell_and_edges_follow_their_direction(dag):
+    bands, backward, preds = dag
+    cells = layered_layout(bands, backward, preds)
     assert len(set(cells)) == len(cells) and min(c for c, _ in cells) == 0
+    from_sources = []  # sources and what reads only them sit next to their first user instead
+    for ps in preds:
+        from_sources.append(all(from_sources[j] for j in ps))
     for i, ps in enumerate(preds):
         for j in ps:
-            if not preds[j]:
-                continue  # a source sits next to its first user only
-            if bands[i] == bands[j] == 0:
-                assert cells[i][0] > cells[j][0], "the forward band flows forward"
-            elif bands[i] > 0 and bands[j] > 0:
-                assert cells[i][0] < cells[j][0], "the backward bands flow back"
+            if from_sources[j] or from_sources[i]:
+                continue
+            if not backward[i] and not backward[j]:
+                assert cells[i][0] > cells[j][0], "forward items flow down the layers"
+            elif backward[i] and backward[j]:
+                assert cells[i][0] < cells[j][0], "backward items flow back up"
 
 
 def test_a_thousand_node_chain_lays_out_without_recursion():
     n = 5000
-    cells = layered_layout([0] * n, [[i - 1] if i else [] for i in range(n)])
+    cells = layered_layout([0] * n, [False] * n, [[i - 1] if i else [] for i in range(n)])
     assert [c for c, _ in cells] == list(range(n))
 
 

@@ -69,7 +69,7 @@ function fit() {
   for (const it of view.items) { w = Math.max(w, it[1] * DX + NW + 20); h = Math.max(h, it[0] * DY + NH + 20); }
   const r = svg.getBoundingClientRect();
   let scale = Math.min(r.width / w, r.height / h, 1.2);
-  if (scale < 0.45) scale = Math.max(Math.min(r.width / w, 1), 0.3);  // a tall graph: fit its width, pan down
+  if (scale < 0.5) scale = Math.min(Math.max(r.width / w, 0.7), 1);  // too big to read whole: its top, readable
   box = {x: 0, y: 0, w: r.width / scale, h: r.height / scale};
   setBox();
 }

@@ -17,7 +17,8 @@ from ..passes.schedule import Schedule
 from .layout import layered_layout
 from .roles import ROLES, node_role
 
-BAND = {"input": 0, "forward": 0, "adjoint": 1, "recompute": 1, "update": 2}
+BAND = {"input": 0, "forward": 0, "adjoint": 1, "recompute": 1, "update": 2}  # drawn side by side
+BACKWARD = {"adjoint", "update"}  # drawn flowing back up the layers
 
 
 def graph_data(graph: Graph, schedule: Schedule | None, plan=None) -> dict:
@@ -57,7 +58,7 @@ def _kernel_of(graph: Graph, schedule: Schedule | None) -> list[int]:
 
 def _node_view(graph: Graph, roles: list[str], kernel_of: list[int]) -> dict:
     preds = [sorted(set(n.inputs)) for n in graph.nodes]
-    cells = layered_layout([BAND[r] for r in roles], preds, _anchors(graph, roles))
+    cells = layered_layout([BAND[r] for r in roles], [r in BACKWARD for r in roles], preds)
     items = [[c, r, ROLES.index(roles[i]), f"%{i} {graph.nodes[i].op.name}", [i]]
              for i, (c, r) in enumerate(cells)]
     edges = [[j, i] for i, ps in enumerate(preds) for j in ps]
@@ -76,21 +77,6 @@ def _node_view(graph: Graph, roles: list[str], kernel_of: list[int]) -> dict:
         if set(inside) - {None} <= set(ids):  # a box around other nodes would mislead
             boxes.append([min(cols), min(rows), max(cols), max(rows), f"k{k}"])
     return {"items": items, "edges": edges, "boxes": boxes}
-
-
-def _anchors(graph: Graph, roles: list[str]) -> list[int | None]:
-    """A backward node's anchor: the last forward node at its location (file, line, module)."""
-    last: dict[tuple, int] = {}
-    anchors: list[int | None] = []
-    for i, node in enumerate(graph.nodes):
-        key = None if node.loc is None else (node.loc.file, node.loc.line, node.loc.scope)
-        if BAND[roles[i]] == 0:
-            if key is not None and roles[i] == "forward":
-                last[key] = i
-            anchors.append(None)
-        else:
-            anchors.append(last.get(key))
-    return anchors
 
 
 def _kernel_keys(graph: Graph, schedule: Schedule, kernel_of: list[int]) -> list[tuple[str, str]]:
@@ -130,7 +116,7 @@ def _grouped_view(graph: Graph, roles: list[str], keys: list[tuple[str, str]]) -
             if item_of[j] != item_of[i]:
                 preds[item_of[i]].add(item_of[j])
     role = [Counter(roles[i] for i in ids).most_common(1)[0][0] for ids in members]
-    cells = layered_layout([BAND[r] for r in role], [sorted(p) for p in preds])
+    cells = layered_layout([BAND[r] for r in role], [r in BACKWARD for r in role], [sorted(p) for p in preds])
     items = [[c, r, ROLES.index(role[g]), labels[g], members[g]] for g, (c, r) in enumerate(cells)]
     edges = [[j, g] for g, ps in enumerate(preds) for j in sorted(ps)]
     return {"items": items, "edges": edges, "boxes": []}
