@@ -1,48 +1,26 @@
 """The HTML report in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, driven by selenium; nothing is downloaded) opens the digits
 training step and a 32-layer remat plan. Skipped, saying why, where either is missing."""
-import shutil
-import tempfile
-
+import numpy as np
 import pytest
 
+import ffcompile as ff
+from ffcompile.report import browser as chromium
 from tests.report_cases import deep_remat_plan, digits_step
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[report]')")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="no Chromium: apt-get install -y chromium chromium-driver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1500,1000")
+pytestmark = pytest.mark.skipif(chromium.missing() is not None, reason=str(chromium.missing()))
+if chromium.missing() is None:
+    from selenium.webdriver.common.by import By
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="ffcompile-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium.headless_chromium() as driver:
+        yield driver
 
 
 def open_report(browser, path):
-    browser.get(f"file://{path}")
-    browser.get_log("browser")  # drained here, so the caller sees only its own page's messages
-    assert browser.execute_script("return typeof window.ffReportReady") == "number", "the page's script did not finish"
-
-
-def console_errors(browser) -> list:
-    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert chromium.open_report(browser, path) > 0
 
 
 def graph_nodes(browser):
@@ -75,7 +53,7 @@ def test_digits_training_step_report(browser, tmp_path):
     assert len(graph_nodes(browser)) == len(schedule.kernels) + len(alone)
     browser.save_screenshot(str(tmp_path / "digits.png"))
     assert (tmp_path / "digits.png").stat().st_size > 10_000
-    assert console_errors(browser) == []
+    assert chromium.console_errors(browser) == []
 
 
 def test_deep_remat_plan_report(browser, tmp_path):
@@ -94,4 +72,25 @@ def test_deep_remat_plan_report(browser, tmp_path):
     assert int(selected.get_attribute("data-item")) == value
     browser.save_screenshot(str(tmp_path / "deep.png"))
     assert (tmp_path / "deep.png").stat().st_size > 10_000
-    assert console_errors(browser) == []
+    assert chromium.console_errors(browser) == []
+
+
+def test_a_profile_bar_selects_its_kernel_in_the_graph_and_the_schedule(browser, tmp_path):
+    w, x = np.ones((16, 8), np.float32), np.ones((4, 16), np.float32)
+    lowered = ff.compile(lambda w, x: ff.tanh(x @ w).sum()).lower(w, x)
+    open_report(browser, lowered.report(tmp_path / "profiled.html", profile=lowered.profile(w, x, steps=3)))
+    kernel = lowered.schedule.kernels[0]
+    browser.find_element(By.CSS_SELECTOR, '.bar[data-kernel="0"] rect').click()
+    assert browser.find_element(By.CSS_SELECTOR, "#stages button.on").text == "schedule"
+    lit = {int(e.get_attribute("data-item")) for e in browser.find_elements(By.CSS_SELECTOR, "#graph g.kern")}
+    assert lit == set(kernel.body)
+    assert browser.find_element(By.ID, "mark").value_of_css_property("top") == "22px"  # `kernel 0` is line 1
+    assert chromium.console_errors(browser) == []
+
+
+def test_console_errors_are_seen(browser, tmp_path):
+    """The check the tests above rely on does fail on a page that logs an error."""
+    page = tmp_path / "broken.html"
+    page.write_text('<script>console.error("boom")</script><script>window.ffReportReady = 1</script>')
+    open_report(browser, page)
+    assert ["boom" in e["message"] for e in chromium.console_errors(browser)] == [True]

@@ -26,7 +26,7 @@ def arena_svg(plan: MemoryPlan, width: int = 1000, height: int = 280) -> str:
     the line is the live bytes per step (the lower bound), the dashed lines the peak."""
     graph = plan.schedule.graph
     steps = max(len(plan.schedule.kernels), 1)
-    left, bottom, top = 70, 30, 10
+    left, bottom, top = 84, 30, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
     sx, sy = plot_w / steps, plot_h / max(plan.arena_bytes, 1)
 
@@ -70,7 +70,7 @@ def _axes(left, top, plot_w, plot_h, steps: int, arena: int, xlabel: str, ylabel
     out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 26}" text-anchor="middle">{xlabel}</text>')
     out += [f'<text x="{left - 4}" y="{top + plot_h - f * plot_h + 4:.1f}" text-anchor="end">{_kib(int(f * arena))}</text>'
             for f in (0, 0.5, 1)]
-    out.append(f'<text x="12" y="{top + plot_h / 2:.1f}" transform="rotate(-90 12 {top + plot_h / 2:.1f})" '
+    out.append(f'<text x="10" y="{top + plot_h / 2:.1f}" transform="rotate(-90 10 {top + plot_h / 2:.1f})" '
                f'text-anchor="middle">{ylabel}</text>')
     return out
 
@@ -78,7 +78,7 @@ def _axes(left, top, plot_w, plot_h, steps: int, arena: int, xlabel: str, ylabel
 def frontier_svg(rows, chosen=None, width: int = 640, height: int = 300) -> str:
     """Arena peak against extra FLOPs for every strategy and budget of a sweep
     (`passes.remat.frontier` rows); `chosen` (a RematPlan) is ringed."""
-    left, bottom, top, right = 70, 34, 10, 150
+    left, bottom, top, right = 84, 34, 10, 190
     plot_w, plot_h = width - left - right, height - bottom - top
     plans = [plan for _, _, plan in rows]
     max_flops = max((p.extra_flops for p in plans), default=0) or 1
@@ -106,7 +106,7 @@ def frontier_svg(rows, chosen=None, width: int = 640, height: int = 300) -> str:
                 f'(recomputation), 0 .. {max_flops:.3g}</text>')
     body.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{_kib(max_peak)}</text>')
     body.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>')
-    body.append(f'<text x="12" y="{top + plot_h / 2:.1f}" transform="rotate(-90 12 {top + plot_h / 2:.1f})" '
+    body.append(f'<text x="10" y="{top + plot_h / 2:.1f}" transform="rotate(-90 10 {top + plot_h / 2:.1f})" '
                 f'text-anchor="middle">arena peak</text>')
     return _svg(width, height, body, "frontier")
 
@@ -115,20 +115,21 @@ def profile_svg(profile, wheres: list[str], width: int = 1000) -> str:
     """One bar per kernel, longest first: time, share of the native entry, GFLOP/s, and the
     user's file:line of its nodes (wheres[k])."""
     kernels = sorted(profile.kernels, key=lambda k: -k.seconds)
-    row, left, label_w = 18, 10, 470
+    row, label_w, value_w = 18, 400, 330  # columns: kernel, time and where, bar
     longest = max((k.seconds for k in kernels), default=0) or 1
-    bar_w = width - left - label_w - 10
+    bar_x = label_w + value_w
+    bar_w = width - bar_x - 10
     body = []
     for n, k in enumerate(kernels):
         y = 4 + n * row
         share = k.seconds / profile.entry_seconds if profile.entry_seconds else 0.0
-        rate = f", {k.flops / k.seconds / 1e9:.1f} GFLOP/s" if k.seconds > 0 and k.flops else ""
-        text = f"k{k.index} {k.kind} {k.what}"
+        rate = f" {k.flops / k.seconds / 1e9:.1f} GFLOP/s" if k.seconds > 0 and k.flops else ""
+        label = f"k{k.index} {k.kind} {k.what}"
+        value = f"{k.seconds * 1e6:.2f} us {share:.0%}{rate}  {wheres[k.index]}"
         tip = f"kernel {k.index}: {k.seconds * 1e6:.2f} us ({share:.1%}){rate}; {wheres[k.index]}"
         body.append(f'<g class="bar" data-kernel="{k.index}"><title>{escape(tip)}</title>'
-                    f'<rect x="{left + label_w}" y="{y}" width="{max(k.seconds / longest * bar_w, 1):.1f}" '
-                    f'height="{row - 4}" class="kind-{k.kind}"/>'
-                    f'<text x="{left}" y="{y + row - 6}">{escape(text[:62])}</text>'
-                    f'<text x="{left + label_w + 4 + k.seconds / longest * bar_w:.1f}" y="{y + row - 6}" '
-                    f'class="val">{k.seconds * 1e6:.2f} us {share:.0%}{escape(rate)}  {escape(wheres[k.index])}</text></g>')
+                    f'<text x="4" y="{y + row - 6}">{escape(label[:58])}</text>'
+                    f'<text x="{label_w}" y="{y + row - 6}" class="val">{escape(value[:52])}</text>'
+                    f'<rect x="{bar_x}" y="{y}" width="{max(k.seconds / longest * bar_w, 1):.1f}" '
+                    f'height="{row - 4}" class="kind-{k.kind}"/></g>')
     return _svg(width, 8 + len(kernels) * row, body, "profile")
