@@ -2,15 +2,17 @@
 time headless Chromium takes to open it, for the digits and mnist training steps and
 graphs of about 1,000 and 3,000 nodes.
 
-    python -m benchmarks.report [--screenshot docs/report.png]
+    python -m benchmarks.report [--screenshots docs]
 
 Each training step is the SGD step of `ffcompile report MODEL --train` (every pass
 dumped; LLVM IR and assembly included); the big graphs are value_and_grad of the tanh
 MLP of examples/remat_study.py under the sqrt remat plan. Writing is timed from a
 Lowered (the pipeline has run; the report builds the native code for its LLVM IR and
 assembly stages, which is most of the time). Page load is from navigation to the end of
-the report's script, the graph drawn (median of 3). --screenshot saves the digits
-report with a node selected, as docs/report.md shows it.
+the report's script, the graph drawn (median of 3). --screenshots DIR saves
+report.png (the digits step, a gradient matmul selected) and report_remat.png (a
+32-layer MLP under the sqrt plan, a stored activation selected), as docs/report.md
+shows them.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ CASES = {"digits step": lambda: training_step("digits"), "mnist step": lambda: t
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--screenshot", default=None, metavar="FILE.png")
+    parser.add_argument("--screenshots", default=None, metavar="DIR")
     args = parser.parse_args(argv)
     out = tempfile.mkdtemp(prefix="ffcompile-report-")
     rows = []
@@ -61,12 +63,27 @@ def main(argv=None) -> int:
             errors = browser.console_errors(driver)
             print(f"{name:<22} {nodes:>6} {os.path.getsize(path):>10} {seconds:>8.2f} "
                   f"{statistics.median(loads):>8.0f}" + (f"  console errors: {errors}" if errors else ""))
-        if args.screenshot:
-            browser.open_report(driver, rows[0][2])
-            driver.execute_script("selectNode(42)")  # the layer-2 weight gradient's matmul
-            driver.save_screenshot(args.screenshot)
-            print(f"wrote {args.screenshot}")
+        if args.screenshots:
+            for name, lowered, node in (("report.png", training_step("digits"), 42),
+                                        ("report_remat.png", deep_mlp(32), None)):
+                path = os.path.join(out, name.replace(".png", ".html"))
+                lowered.report(path)
+                browser.open_report(driver, path)
+                node = node if node is not None else int(lowered.plan.stored[1].split()[0][1:])
+                driver.execute_script(f"selectNode({node})")
+                shot = os.path.join(args.screenshots, name)
+                driver.save_screenshot(shot)
+                _palette(shot)
+                print(f"wrote {shot}")
     return 0
+
+
+def _palette(path: str) -> None:
+    """256 colors, no dithering: a quarter of the bytes, the same picture (flat UI colors)."""
+    from PIL import Image  # matplotlib's dependency (the examples extra)
+
+    image = Image.open(path).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 if __name__ == "__main__":

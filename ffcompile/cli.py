@@ -5,7 +5,7 @@
     ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
     ffcompile bench MODEL [--mode train|infer|both] [--contenders A,B] [--steps N] [--csv FILE] ...
     ffcompile profile MODEL [--train] [--steps N] [--threads N] [--batch N]
-    ffcompile report MODEL [--train] [--budget 50%|BYTES] [--sweep] [--profile] [--batch N] -o FILE.html
+    ffcompile report MODEL [--train|--grad] [--budget 50%|BYTES] [--sweep] [--profile] [--batch N] -o FILE.html
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -244,9 +244,10 @@ def cmd_profile(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """A self-contained HTML report of every stage (docs/report.md): the forward pass, or
-    with --train the SGD training step; --budget plans its memory, --sweep adds the
-    frontier of its remat plans, --profile the time of each kernel."""
+    """A self-contained HTML report of every stage (docs/report.md): the forward pass, with
+    --grad value_and_grad of the loss (what `plan` plans), with --train the SGD training
+    step; --budget plans its memory, --sweep adds the frontier of its remat plans,
+    --profile the time of each kernel."""
     target = resolve(args.model)
     budget = None if args.budget is None else parse_budget(args.budget)
     timed = args.profile or args.sweep
@@ -258,8 +259,12 @@ def cmd_report(args) -> int:
                                       dump_after="all", memory_budget=memory_budget)
             state = step.init(params)
             return step.lower(params, state, x, y), lambda: step.profile(params, state, x, y, steps=args.steps)
-        lowered = compile(_forward(target), dump_after="all", memory_budget=memory_budget).lower(params, x)
-        return lowered, lambda: lowered.profile(params, x, steps=args.steps)
+        if args.grad:
+            fn, inputs = value_and_grad(_loss(target, args.model, "--grad")), (params, x, y)
+        else:
+            fn, inputs = _forward(target), (params, x)
+        lowered = compile(fn, dump_after="all", memory_budget=memory_budget).lower(*inputs)
+        return lowered, lambda: lowered.profile(*inputs, steps=args.steps)
 
     lowered, profile = lower(budget)
     rows = None
@@ -364,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write a self-contained HTML report of every compiler stage")
     report.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
     report.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the report to write")
-    report.add_argument("--train", action="store_true", help="the SGD training step instead of inference")
+    what = report.add_mutually_exclusive_group()
+    what.add_argument("--train", action="store_true", help="the SGD training step instead of inference")
+    what.add_argument("--grad", action="store_true",
+                      help="value_and_grad of the loss (forward + adjoint, the graph `plan` plans)")
     report.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the --train step")
     report.add_argument("--budget", default=None, metavar="B",
                         help="plan memory vs recompute: 50%% of store_all's peak, or bytes")

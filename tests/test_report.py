@@ -118,6 +118,18 @@ def test_collapsed_views_cover_every_node_once():
     assert len(views["kernels"]["items"]) < n and len(views["modules"]["items"]) < n
 
 
+def test_kernel_boxes_hold_only_their_kernels_nodes():
+    lowered = deep_remat_plan(8)
+    view = graph_data(lowered.optimized, lowered.schedule)["views"]["nodes"]
+    at = {(item[0], item[1]): item[4][0] for item in view["items"]}
+    assert view["boxes"]
+    for top, left, bottom, right, label in view["boxes"]:
+        body = set(lowered.schedule.kernels[int(label[1:])].body)
+        inside = {at[(layer, slot)] for layer in range(top, bottom + 1) for slot in range(left, right + 1)
+                  if (layer, slot) in at}
+        assert inside <= body and len(inside) > 1
+
+
 def test_frontier_and_profile_panels(tmp_path):
     from ffcompile.passes.remat import frontier
 
@@ -142,3 +154,14 @@ def test_cli_report_writes_the_page(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", "xor", "--budget", "lots", "-o", str(out)])
     assert "--budget must be a percentage" in capsys.readouterr().err
+
+
+def test_cli_report_of_a_remat_plan_and_its_frontier(tmp_path):
+    out = tmp_path / "digits.html"
+    assert main(["report", "digits", "--grad", "--budget", "75%", "--sweep", "--time-limit", "5",
+                 "-o", str(out)]) == 0
+    html = out.read_text()
+    data = page_data(html)
+    names = [s["name"] for s in data["stages"]]
+    assert names[:5] == ["traced", "decompose", "simplify", "remat", "schedule"] and names[-1] == "frontier"
+    assert data["graph"]["copies"] and 'class="chosen"' in html  # the plan is on its frontier

@@ -6,10 +6,12 @@ import pytest
 
 import ffcompile as ff
 from ffcompile.report import browser as chromium
+from ffcompile.report import page
 from tests.report_cases import deep_remat_plan, digits_step
 
 pytestmark = pytest.mark.skipif(chromium.missing() is not None, reason=str(chromium.missing()))
 if chromium.missing() is None:
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
 
@@ -41,6 +43,12 @@ def test_digits_training_step_report(browser, tmp_path):
     assert users == {i for i, n in enumerate(graph.nodes) if target in n.inputs}
     mark = browser.find_element(By.ID, "mark")
     assert mark.is_displayed() and mark.value_of_css_property("top") == f"{6 + 16 * (target + 1)}px"
+    # Hovering shows the node's op, type and location.
+    hovered = browser.find_element(By.CSS_SELECTOR, f'#graph g.node[data-item="{target}"]')
+    ActionChains(browser).move_to_element(hovered).perform()
+    tip = browser.find_element(By.ID, "tip")
+    assert tip.is_displayed() and tip.text.startswith(f"%{target} = matmul\n{graph.nodes[target].type}\n")
+    assert str(graph.nodes[target].loc) in tip.text
     # Switching stages changes the text.
     before = browser.find_element(By.ID, "text").text
     browser.find_element(By.CSS_SELECTOR, '#stages button[data-stage="3"]').click()  # the schedule
@@ -94,3 +102,13 @@ def test_console_errors_are_seen(browser, tmp_path):
     page.write_text('<script>console.error("boom")</script><script>window.ffReportReady = 1</script>')
     open_report(browser, page)
     assert ["boom" in e["message"] for e in chromium.console_errors(browser)] == [True]
+
+
+def test_a_big_graph_opens_collapsed_by_kernel(browser, tmp_path, monkeypatch):
+    monkeypatch.setattr(page, "COLLAPSE_ABOVE", 50)  # the digits step's 70 nodes count as big
+    lowered = digits_step()
+    open_report(browser, lowered.report(tmp_path / "collapsed.html"))
+    assert browser.find_element(By.CSS_SELECTOR, "#views button.on").text == "kernels"
+    assert len(graph_nodes(browser)) < len(lowered.optimized.nodes)
+    browser.find_element(By.CSS_SELECTOR, '#views button[data-view="nodes"]').click()
+    assert len(graph_nodes(browser)) == len(lowered.optimized.nodes)

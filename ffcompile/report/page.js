@@ -100,7 +100,7 @@ function describe(item) {
     const kernel = n[5] >= 0 ? `kernel ${n[5]} (${G.kernels[n[5]][0]})` : "no kernel";
     const marks = [stored.has(i) && "stored for the backward pass", copies.has(i) && "recomputed copy",
                    originals.has(i) && "recomputed in the backward pass"].filter(Boolean);
-    return `%${i} = ${n[0]} ${n[2]}\n${n[1]}\n${n[3] || "no location"}\n${ROLE_NAMES[n[4]]}, ${kernel}` +
+    return `%${i} = ${n[0]}${n[2] ? " " + n[2] : ""}\n${n[1]}\n${n[3] || "no location"}\n${ROLE_NAMES[n[4]]}, ${kernel}` +
            (marks.length ? "\n" + marks.join(", ") : "");
   }
   const count = (f) => {
@@ -130,8 +130,17 @@ function clearMarks() {
     for (const e of document.querySelectorAll("." + c)) e.classList.remove(c);
 }
 
+function reveal(item) {
+  // Pan (keeping the zoom) so an item selected from the text, the arena or the profile is in view.
+  const x = item.data[1] * DX + 10, y = item.data[0] * DY + 10;
+  if (x < box.x || x + NW > box.x + box.w) box.x = Math.max(0, x + NW / 2 - box.w / 2);
+  if (y < box.y || y + NH > box.y + box.h) box.y = Math.max(0, y - box.h / 3);
+  setBox();
+}
+
 function selectItem(item) {
   clearMarks();
+  reveal(item);
   item.g.classList.add("sel");
   for (const [a, path] of item.ins) { items[a].g.classList.add("operand"); path.classList.add("hot"); }
   for (const [b, path] of item.outs) { items[b].g.classList.add("user"); path.classList.add("hot"); }

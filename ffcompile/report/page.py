@@ -64,7 +64,7 @@ def render_report(stages: list[tuple[str, str]], graph: Graph, schedule: Schedul
         pictures.append(_panel("Time per kernel", f"Mean of {profile.steps} runs: native entry "
                                f"{profile.entry_seconds * 1e6:.1f} us, kernels {total * 1e6:.1f} us. "
                                "Click a bar for its kernel in the graph and the schedule.",
-                               profile_svg(profile, wheres)))
+                               f'<div class="scroll">{profile_svg(profile, wheres)}</div>'))
     return _PAGE.format(title=escape(f"ffcompile report: @{graph.name}"), css=_asset("page.css"),
                         summary=_summary(graph, schedule, memory, plan, profile), legend=_legend(),
                         pictures="".join(pictures), js=_asset("page.js"),
