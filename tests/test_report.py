@@ -165,3 +165,12 @@ def test_cli_report_of_a_remat_plan_and_its_frontier(tmp_path):
     names = [s["name"] for s in data["stages"]]
     assert names[:5] == ["traced", "decompose", "simplify", "remat", "schedule"] and names[-1] == "frontier"
     assert data["graph"]["copies"] and 'class="chosen"' in html  # the plan is on its frontier
+
+
+def test_an_unoptimized_program_reports_its_graph_without_kernels_or_arena(tmp_path):
+    w, x = np.ones((4, 3), np.float32), np.ones((2, 4), np.float32)
+    lowered = ff.compile(lambda w, x: ff.tanh(x @ w).sum(), optimize=False, backend="numpy").lower(w, x)
+    html = open(lowered.report(tmp_path / "plain.html")).read()
+    data = page_data(html)
+    assert [s["name"] for s in data["stages"]] == ["traced", "optimized", "stats", "numpy source"]
+    assert set(data["graph"]["views"]) == {"nodes", "modules"} and 'class="arena"' not in html

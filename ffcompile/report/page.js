@@ -12,7 +12,8 @@ const pre = document.getElementById("text");
 const mark = document.getElementById("mark");
 const textWrap = document.getElementById("textwrap");
 const tip = document.getElementById("tip");
-let view = null, viewName = null, items = [], stage = 0, selected = null, box = null;
+let view = null, items = [], stage = 0, selected = null, box = null;
+let item_of = new Map();  // node id -> the item of the current view that holds it
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
@@ -21,13 +22,13 @@ function el(name, attrs, parent) {
   return e;
 }
 
+// An item's top-left corner: layers run top to bottom, slots (and bands) left to right.
+function at(it) { return [it[1] * DX + 10, it[0] * DY + 10]; }
+
 function render(name) {
-  viewName = name;
   view = G.views[name];
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const world = el("g", {id: "world"}, svg);
-  // Layers run top to bottom, slots (and bands) left to right.
-  const at = (it) => [it[1] * DX + 10, it[0] * DY + 10];
   for (const b of view.boxes) {
     const g = el("g", {class: "kbox"}, world);
     el("rect", {x: b[1] * DX + 2, y: b[0] * DY + 3, width: (b[3] - b[1]) * DX + NW + 16,
@@ -62,11 +63,10 @@ function render(name) {
   fit();
   if (selected !== null) selectNode(selected);
 }
-let item_of = new Map();
 
 function fit() {
   let w = 0, h = 0;
-  for (const it of view.items) { w = Math.max(w, it[1] * DX + NW + 20); h = Math.max(h, it[0] * DY + NH + 20); }
+  for (const it of view.items) { const [x, y] = at(it); w = Math.max(w, x + NW + 10); h = Math.max(h, y + NH + 10); }
   const r = svg.getBoundingClientRect();
   let scale = Math.min(r.width / w, r.height / h, 1.2);
   if (scale < 0.5) scale = Math.min(Math.max(r.width / w, 0.7), 1);  // too big to read whole: its top, readable
@@ -132,7 +132,7 @@ function clearMarks() {
 
 function reveal(item) {
   // Pan (keeping the zoom) so an item selected from the text, the arena or the profile is in view.
-  const x = item.data[1] * DX + 10, y = item.data[0] * DY + 10;
+  const [x, y] = at(item.data);
   if (x < box.x || x + NW > box.x + box.w) box.x = Math.max(0, x + NW / 2 - box.w / 2);
   if (y < box.y || y + NH > box.y + box.h) box.y = Math.max(0, y - box.h / 3);
   setBox();

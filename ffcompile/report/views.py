@@ -62,20 +62,21 @@ def _node_view(graph: Graph, roles: list[str], kernel_of: list[int]) -> dict:
     items = [[c, r, ROLES.index(roles[i]), f"%{i} {graph.nodes[i].op.name}", [i]]
              for i, (c, r) in enumerate(cells)]
     edges = [[j, i] for i, ps in enumerate(preds) for j in ps]
-    boxes = []
+    boxes = []  # [first layer, first slot, last layer, last slot, label] around a kernel's nodes
     members: dict[int, list[int]] = {}
     for i, k in enumerate(kernel_of):
         if k >= 0:
             members.setdefault(k, []).append(i)
     occupied = {cell: i for i, cell in enumerate(cells)}
     for k, ids in members.items():
-        cols, rows = [cells[i][0] for i in ids], [cells[i][1] for i in ids]
-        if len(ids) < 2 or (max(cols) - min(cols) + 1) * (max(rows) - min(rows) + 1) > 4 * len(ids):
+        layers, slots = [cells[i][0] for i in ids], [cells[i][1] for i in ids]
+        box = (min(layers), min(slots), max(layers), max(slots))
+        if len(ids) < 2 or (box[2] - box[0] + 1) * (box[3] - box[1] + 1) > 4 * len(ids):
             continue  # scattered: a box would cover mostly other nodes
-        inside = [occupied.get((c, r)) for c in range(min(cols), max(cols) + 1)
-                  for r in range(min(rows), max(rows) + 1)]
-        if set(inside) - {None} <= set(ids):  # a box around other nodes would mislead
-            boxes.append([min(cols), min(rows), max(cols), max(rows), f"k{k}"])
+        inside = {occupied.get((layer, slot)) for layer in range(box[0], box[2] + 1)
+                  for slot in range(box[1], box[3] + 1)}
+        if inside - {None} <= set(ids):  # a box around other nodes would mislead
+            boxes.append([*box, f"k{k}"])
     return {"items": items, "edges": edges, "boxes": boxes}
 
 
