@@ -164,7 +164,7 @@ function selectKernel(k) {
   const first = items.find((it) => it.data[4].some((i) => members.has(i)));
   if (first) selectItem(first);
   for (const it of items) if (it.data[4].some((i) => members.has(i))) it.g.classList.add("kern");
-  const schedule = D.stages.findIndex((s) => s.name === "schedule");
+  const schedule = D.stages.findIndex((s) => s.kernels[k] !== undefined);  // the first naming kernels
   if (schedule >= 0) showStage(schedule);
   markLine(D.stages[stage].kernels[k]);
 }

@@ -16,25 +16,37 @@ _KERNEL = re.compile(r"^\s*(?:# )?kernel (\d+) ")
 
 
 def lowered_stages(lowered, extra: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """Every stage a Lowered exposes, in pipeline order, then `extra` (profile, frontier)."""
-    if lowered.dumps:
-        stages = [(_pass_name(name), text) for name, text in lowered.dumps]
-    else:
+    """Every stage a Lowered shows, in pipeline order, then `extra` (profile, frontier).
+    A text an earlier stage already shows is not repeated (a dumped schedule, or the
+    backend's program, is also one of the views below)."""
+    stages = [_named(dump) for dump in lowered.dumps]
+    if not stages:
         stages = [("traced", lowered.ir), ("optimized", lowered.optimized_ir)]
+    views = []
     if lowered.schedule is not None:
-        stages += [("schedule", str(lowered.schedule)), ("memory", str(lowered.memory))]
+        views += [("schedule", lambda: str(lowered.schedule)), ("memory", lambda: str(lowered.memory))]
     if lowered.plan is not None:
-        stages.append(("remat plan", str(lowered.plan)))
-    stages += [("stats", str(lowered.stats())), ("numpy source", lowered.source)]
-    if lowered.backend == "llvm":
-        stages += [("llvm ir", lowered.llvm_ir), ("asm", lowered.asm)]
+        views.append(("remat plan", lambda: str(lowered.plan)))
+    views += [("stats", lambda: str(lowered.stats())), ("numpy source", lambda: lowered.source),
+              ("llvm ir", lambda: lowered.llvm_ir), ("asm", lambda: lowered.asm)]
+    shown = {text for _, text in stages}
+    for name, view in views:
+        try:
+            text = view()
+        except ValueError:
+            continue  # a view this program has not (LLVM code of a program lowered for NumPy)
+        if text not in shown:
+            stages.append((name, text))
+            shown.add(text)
     return stages + list(extra)
 
 
-def _pass_name(file_name: str) -> str:
-    """'01-decompose.ir' -> 'decompose'; the pipeline's input is the traced graph."""
+def _named(dump) -> tuple[str, str]:
+    """(stage name, text) of a dump: today a (file name, text) pair, in the staged pipeline a
+    record with .file_name and .text; '01-decompose.ir' -> 'decompose', the input is 'traced'."""
+    file_name, text = (dump.file_name, dump.text) if hasattr(dump, "file_name") else dump
     name = re.sub(r"^\d+-|\.ir$", "", file_name)
-    return "traced" if name == "input" else name
+    return ("traced" if name == "input" else name), text
 
 
 def stage_links(text: str, graph: Graph) -> tuple[dict[int, int], dict[int, int]]:
