@@ -18,7 +18,7 @@ from ..passes.schedule import Schedule
 from .charts import arena_svg, frontier_svg, profile_svg
 from .roles import ROLES
 from .stages import lowered_stages, stage_links
-from .views import graph_data
+from .views import graph_data, user_line
 
 COLLAPSE_ABOVE = 2000  # nodes: bigger graphs open collapsed by kernel (the node view is a click away)
 
@@ -79,8 +79,7 @@ def _kernel_where(graph: Graph, body) -> str:
     """The distinct file:line of a kernel's nodes, in order (where the user wrote them)."""
     seen = []
     for i in body:
-        loc = graph.nodes[i].loc
-        where = None if loc is None else f"{loc.file}:{loc.line}"
+        where = user_line(graph.nodes[i])
         if where and where not in seen:
             seen.append(where)
     return ", ".join(seen[:3]) + (" …" if len(seen) > 3 else "")

@@ -26,19 +26,19 @@ def graph_data(graph: Graph, schedule: Schedule | None, plan=None) -> dict:
     roles = [node_role(n) for n in graph.nodes]
     kernel_of = _kernel_of(graph, schedule)
     table = [[n.op.name, str(n.type), format_attrs(n).strip(), "" if n.loc is None else str(n.loc),
-              ROLES.index(roles[i]), kernel_of[i], _where(n)]
+              ROLES.index(roles[i]), kernel_of[i], user_line(n)]
              for i, n in enumerate(graph.nodes)]
     views = {"nodes": _node_view(graph, roles, kernel_of)}
     if schedule is not None:
         views["kernels"] = _grouped_view(graph, roles, _kernel_keys(graph, schedule, kernel_of))
     views["modules"] = _grouped_view(graph, roles, _module_keys(graph, roles))
     stored, copies, originals = _plan_ids(plan)
-    kernels = [] if schedule is None else [[k.kind, list(k.body), k.header] for k in schedule.kernels]
-    return {"name": graph.name, "nodes": table, "outputs": list(graph.outputs), "views": views,
-            "kernels": kernels, "stored": stored, "copies": copies, "recomputed": originals}
+    kernels = [] if schedule is None else [[k.kind, list(k.body)] for k in schedule.kernels]
+    return {"nodes": table, "views": views, "kernels": kernels,
+            "stored": stored, "copies": copies, "recomputed": originals}
 
 
-def _where(node) -> str:
+def user_line(node) -> str:
     """The user's file:line of a node, or ''."""
     return "" if node.loc is None else f"{node.loc.file}:{node.loc.line}"
 
