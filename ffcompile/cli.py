@@ -5,6 +5,7 @@
     ffcompile plan MODEL [--strategy S] [--budget 50%|BYTES] [--sweep] [--plot FILE.png] [--batch N]
     ffcompile bench MODEL [--mode train|infer|both] [--contenders A,B] [--steps N] [--csv FILE] ...
     ffcompile profile MODEL [--train] [--steps N] [--threads N] [--batch N]
+    ffcompile report MODEL [--train|--grad] [--budget 50%|BYTES] [--sweep] [--profile] [--batch N] -o FILE.html
     ffcompile list
 
 MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
@@ -245,6 +246,39 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """A self-contained HTML report of every stage (docs/report.md): the forward pass, with
+    --grad value_and_grad of the loss (what `plan` plans), with --train the SGD training
+    step; --budget plans its memory, --sweep adds the frontier of its remat plans,
+    --profile the time of each kernel."""
+    target = resolve(args.model)
+    budget = None if args.budget is None else parse_budget(args.budget)
+    timed = args.profile or args.sweep
+    params, x, y = _weighted_inputs(target, args.batch) if timed else _inputs(target, args.batch)
+
+    def lower(memory_budget):
+        if args.train:
+            step = compile_train_step(_loss(target, args.model, "--train"), optim.SGD(args.lr),
+                                      dump_after="all", memory_budget=memory_budget)
+            state = step.init(params)
+            return step.lower(params, state, x, y), lambda: step.profile(params, state, x, y, steps=args.steps)
+        if args.grad:
+            fn, inputs = value_and_grad(_loss(target, args.model, "--grad")), (params, x, y)
+        else:
+            fn, inputs = _forward(target), (params, x)
+        lowered = compile(fn, dump_after="all", memory_budget=memory_budget).lower(*inputs)
+        return lowered, lambda: lowered.profile(*inputs, steps=args.steps)
+
+    lowered, profile = lower(budget)
+    rows = None
+    if args.sweep:
+        graph = lowered.optimized if budget is None else lower(None)[0].optimized
+        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_of(get_backend(None)))
+    path = lowered.report(args.output, frontier=rows, profile=profile() if args.profile else None)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    return 0
+
+
 @dataclass(frozen=True)
 class FileWorkload:
     """A model file where the benchmark harness takes a zoo workload. It names no
@@ -334,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="BLAS threads (default: the backend's, 1)")
     profile.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     profile.set_defaults(run=cmd_profile)
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of every compiler stage")
+    report.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the report to write")
+    what = report.add_mutually_exclusive_group()
+    what.add_argument("--train", action="store_true", help="the SGD training step instead of inference")
+    what.add_argument("--grad", action="store_true",
+                      help="value_and_grad of the loss (forward + adjoint, the graph `plan` plans)")
+    report.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the --train step")
+    report.add_argument("--budget", default=None, metavar="B",
+                        help="plan memory vs recompute: 50%% of store_all's peak, or bytes")
+    report.add_argument("--sweep", action="store_true", help="add the frontier of every remat strategy and budget")
+    report.add_argument("--profile", action="store_true", help="add the time of each kernel (native code)")
+    report.add_argument("--steps", type=int, default=100, metavar="N", help="timed runs with --profile")
+    report.add_argument("--time-limit", type=float, default=10.0, metavar="S", help="remat solver time limit")
+    report.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
+    report.set_defaults(run=cmd_report)
 
     # Imported here, not by `import ffcompile`: the harness is a tool on top of the library.
     from .bench.harness import add_arguments as add_bench_arguments

@@ -273,6 +273,12 @@ class Lowered:
     def stats(self) -> "Stats":
         return Stats.of(self)
 
+    def report(self, path, frontier=None, profile=None) -> str:
+        """Write a self-contained HTML report of every stage to path (docs/report.md)."""
+        from .report import write_report  # the page's assets load on use
+
+        return write_report(self, path, frontier, profile)
+
     def export(self, out_dir, name: str | None = None):
         """Write name.o, libname.so and name.h for this program (docs/export.md)."""
         schedule = self._schedule_or_refuse("library to export")
