@@ -3,7 +3,10 @@
 The whole training step (forward, cross-entropy, backward, Adam update) is one
 compiled program. Prints a progress bar and a final report.
 
-    python examples/digits.py [--epochs N] [--batch 64] [--lr 1e-3] [--backend numpy]
+    python examples/digits.py [--epochs N] [--batch 64] [--lr 1e-3] [--backend numpy] [--dropout 0.2]
+
+With --dropout P, a Dropout(P) follows each hidden ReLU; every step gets its own key
+(split once from the seed), passed to the compiled step as an argument.
 """
 from __future__ import annotations
 
@@ -27,6 +30,17 @@ def loss(params, x, labels):
     return ff.nn.cross_entropy(model(params, x), labels)
 
 
+def with_dropout(p: float) -> ff.nn.Sequential:
+    """The same network with Dropout(p) after each hidden ReLU (same initial weights:
+    dropout has no parameters)."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, ff.nn.ReLU):
+            layers.append(ff.nn.Dropout(p))
+    return ff.nn.Sequential(*layers)
+
+
 @dataclass
 class Report:
     train_accuracy: float
@@ -46,14 +60,20 @@ def load(seed: int = 0):
 
 
 def train(epochs: int = 30, batch: int = 64, lr: float = 1e-3, seed: int = 0, backend=None,
-          progress: bool = True) -> Report:
+          progress: bool = True, dropout: float = 0.0) -> Report:
     x_train, x_test, y_train, y_test = load(seed)
-    params = model.init(seed)
-    step = ff.compile_train_step(loss, ff.optim.Adam(lr), backend=backend)
+    net = with_dropout(dropout) if dropout else model
+
+    def dropout_loss(params, x, labels, key):
+        return ff.nn.cross_entropy(net(params, x, key=key), labels)
+
+    params = net.init(seed)
+    step = ff.compile_train_step(dropout_loss if dropout else loss, ff.optim.Adam(lr), backend=backend)
     opt_state = step.init(params)
-    predict = ff.compile(model, backend=backend)
+    predict = ff.compile(net, backend=backend)  # no key: evaluation, dropout is the identity
     rng = np.random.default_rng(seed)
     batches = len(x_train) // batch  # full batches only: one compiled signature
+    keys = ff.random.split(ff.random.key(seed), epochs * batches) if dropout else None
     losses = []
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc="digits", unit="epoch", disable=not progress)
@@ -63,7 +83,8 @@ def train(epochs: int = 30, batch: int = 64, lr: float = 1e-3, seed: int = 0, ba
             order = rng.permutation(len(x_train))
             for b in range(batches):
                 idx = order[b * batch:(b + 1) * batch]
-                losses.append(float(step(params, opt_state, x_train[idx], y_train[idx])))
+                key = () if keys is None else (keys[len(losses)],)
+                losses.append(float(step(params, opt_state, x_train[idx], y_train[idx], *key)))
             bar.set_postfix(loss=f"{np.mean(losses[-batches:]):.4f}")
     seconds = time.perf_counter() - start
     test_pred = predict(params, x_test).argmax(axis=1)
@@ -81,8 +102,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--backend", default=None)
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer")
     args = parser.parse_args(argv)
-    report = train(args.epochs, args.batch, args.lr, backend=args.backend)
+    report = train(args.epochs, args.batch, args.lr, backend=args.backend, dropout=args.dropout)
     print(f"\n{report.steps} training steps in {report.seconds:.2f} s "
           f"({report.seconds / report.steps * 1e3:.3f} ms/step, whole step compiled)")
     print(f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}")

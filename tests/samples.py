@@ -132,6 +132,14 @@ def compare_case(rng):
     return {}, [a, b]  # grid values: some equal, so eq is exercised
 
 
+def threefry_case(rng):
+    """Key words as scalars (how ff.random uses them) or arrays, counters of any i32 bits."""
+    shape = rand_shape(rng, 1)
+    words = lambda s: rng.integers(-2**31, 2**31, s, dtype=np.int64).astype(np.int32)
+    return {"output": str(rng.choice(["x0", "x1", "xor"]))}, \
+        [words(()), words(partner_shape(rng, shape)), words(partner_shape(rng, shape)), words(shape)]
+
+
 def softmax_case(max_rank=3) -> OpCase:
     def make(rng):
         shape = rand_shape(rng, 1, max_rank)
@@ -245,6 +253,7 @@ OP_CASES: dict[str, list[OpCase]] = {
     "softmax": [softmax_case()],
     "log_softmax": [softmax_case()],
     "softmax_cross_entropy": [cross_entropy_case],
+    "threefry2x32": [threefry_case, threefry_case, threefry_case],
 }
 
 

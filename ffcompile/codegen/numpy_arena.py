@@ -97,6 +97,7 @@ IRREGULAR_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
     # sources: the emitter passes the array precomputed at build time as the operand
     O.Iota: lambda n, a, out: f"np.copyto({out}, {a[0]})",
     O.Constant: lambda n, a, out: f"np.copyto({out}, {a[0]})",
+    O.Threefry2x32: lambda n, a, out: f"np.copyto({out}, _threefry2x32({n.attr('output')!r}, {', '.join(a)}))",
 }
 
 
@@ -124,8 +125,12 @@ def _pad_into(out, x, config):
     np.copyto(out[O.Pad.index(config, x.shape)], x)
 
 
+def _threefry2x32(output, *words):
+    return O.Threefry2x32.reference({"output": output}, *words)
+
+
 # What the generated source calls by name.
-_RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, **{
+_RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, "_threefry2x32": _threefry2x32, **{
     _ufunc_name(op.numpy_fn): op.numpy_fn for op in O.OPS.values()
     if isinstance(getattr(op, "numpy_fn", None), np.ufunc)}}
 

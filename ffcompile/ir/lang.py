@@ -422,6 +422,10 @@ def broadcast_to(x, shape):
     return _emit(O.Broadcast, [x], shape=shape)
 
 
+def threefry2x32(k0, k1, c0, c1, output="xor"):
+    return _apply(O.Threefry2x32, k0, k1, c0, c1, output=output)
+
+
 def concatenate(xs, axis=0):
     xs = _values(*xs)
     return _emit(O.Concat, xs, axis=_axes(xs[0], axis)[0])

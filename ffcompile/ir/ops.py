@@ -1170,5 +1170,66 @@ class SoftmaxCrossEntropy(Composite):
         return Cost(types[0].size * cls.flops_per_element, 2 * types[0].nbytes + out.nbytes)
 
 
+# --------------------------------------------------------------------------- random bits
+
+
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+THREEFRY_PARITY = 0x1BD11BDA  # Skein's key-schedule constant, as Random123 and JAX use
+
+
+def threefry2x32_rounds(k0, k1, x0, x1, *, add, xor, rotl, const):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011): the one round schedule the NumPy
+    reference and the LLVM lowering both run, over whatever uint32 arithmetic they pass in
+    (`const` makes a word from a Python int). Returns the two output words."""
+    keys = (k0, k1, xor(xor(k0, k1), const(THREEFRY_PARITY)))
+    x0, x1 = add(x0, keys[0]), add(x1, keys[1])
+    for block in range(5):
+        for r in THREEFRY_ROTATIONS[block % 2]:
+            x0 = add(x0, x1)
+            x1 = xor(rotl(x1, r), x0)
+        x0 = add(x0, keys[(block + 1) % 3])
+        x1 = add(add(x1, keys[(block + 2) % 3]), const(block + 1))
+    return x0, x1
+
+
+def _as_uint32(a: np.ndarray, shape) -> np.ndarray:
+    """An i32 operand's bits as a writable uint32 array of `shape` (array arithmetic wraps
+    silently; NumPy scalars would warn on overflow)."""
+    return np.array(np.broadcast_to(np.asarray(a, np.int32), shape)).view(np.uint32)
+
+
+@register
+class Threefry2x32(Op):
+    """The Threefry-2x32 block cipher, elementwise: key words k0, k1 and counter words c0, c1
+    (i32 holding uint32 bits, with broadcasting) to one i32 word of ciphertext: `x0`, `x1`,
+    or `xor` (x0 ^ x1, JAX's 32 random bits per counter). Non-differentiable: random bits
+    are a function of integers only."""
+
+    name = "threefry2x32"
+    traits = frozenset({ELEMENTWISE})
+    arity = 4
+    OUTPUTS = ("x0", "x1", "xor")
+    attributes = {"output": A.one_of(*OUTPUTS)}
+    differentiable = False
+    flops_per_element = 120  # 20 rounds of add, rotate, xor + 6 key injections
+
+    @classmethod
+    def infer(cls, types, attrs):
+        if any(t.dtype != "i32" for t in types):
+            raise cls.error("key and counter words must be i32", types)
+        return TensorType(_broadcast(cls, types), "i32")
+
+    @classmethod
+    def reference(cls, attrs, k0, k1, c0, c1):
+        shape = np.broadcast_shapes(*(np.shape(a) for a in (k0, k1, c0, c1)))
+        words = [_as_uint32(a, shape) for a in (k0, k1, c0, c1)]
+        x0, x1 = threefry2x32_rounds(
+            *words, add=np.add, xor=np.bitwise_xor, const=np.uint32,
+            rotl=lambda x, r: (x << np.uint32(r)) | (x >> np.uint32(32 - r)))
+        if attrs["output"] == "xor":
+            return (x0 ^ x1).view(np.int32)
+        return (x0 if attrs["output"] == "x0" else x1).view(np.int32)
+
+
 PRIMITIVES = {name: op for name, op in OPS.items() if COMPOSITE not in op.traits}
 COMPOSITES = {name: op for name, op in OPS.items() if COMPOSITE in op.traits}

@@ -2,12 +2,13 @@
 from . import init
 from .activations import (ELU, GELU, Activation, LeakyReLU, LogSigmoid, Mish, PReLU, ReLU, SiLU, Sigmoid,
                           Sinc, Softplus, Softsign, Step, Swish, Tanh)
+from .dropout import Dropout
 from .layers import Dense, Linear, Sequential, mlp
 from .losses import binary_cross_entropy_with_logits, cross_entropy, mse, nll_loss
 from .module import Module, Param
 
 __all__ = [
-    "Activation", "Dense", "ELU", "GELU", "LeakyReLU", "Linear", "LogSigmoid", "Mish", "Module", "PReLU",
+    "Activation", "Dense", "Dropout", "ELU", "GELU", "LeakyReLU", "Linear", "LogSigmoid", "Mish", "Module", "PReLU",
     "Param", "ReLU", "Sequential", "SiLU", "Sigmoid", "Sinc", "Softplus", "Softsign", "Step", "Swish",
     "Tanh", "binary_cross_entropy_with_logits", "cross_entropy", "init", "mlp", "mse", "nll_loss",
 ]

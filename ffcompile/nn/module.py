@@ -23,6 +23,7 @@ import numpy as np
 from ..ir import TensorType
 from ..ir.lang import Value, builder_of
 from ..ir.types import dtype_name
+from ..random import fold_in
 from ..trace import scope, user_site
 from ..tree import tree_flatten
 from . import init as initializers
@@ -41,6 +42,32 @@ _PACKAGE = __name__.split(".")[0] + "."
 # The modules whose forward is running, innermost last: a module's path
 # component is the name its running parent stores it under.
 _RUNNING: list["Module"] = []
+
+
+@dataclass
+class RandomContext:
+    """The key and train flag of the innermost model call given either: each random module
+    (Dropout) takes `next_key()`, the key folded with its call's ordinal, so every dropout
+    call of one forward pass draws its own mask."""
+
+    key: Any
+    train: bool
+    calls: int = 0
+
+    def next_key(self, who: str):
+        if self.key is None:
+            raise ValueError(f"{who} in training needs a key: call the model as "
+                             f"model(params, x, key=ff.random.key(seed)) or pass train=False")
+        self.calls += 1
+        return fold_in(self.key, self.calls - 1)
+
+
+_RANDOM: list[RandomContext] = []
+
+
+def random_context() -> RandomContext | None:
+    """The context of the model call running now (None: no key or train flag given: eval)."""
+    return _RANDOM[-1] if _RANDOM else None
 
 
 class Module:
@@ -111,32 +138,52 @@ class Module:
         return tree
 
     # ---- calling
-    def __call__(self, params, *inputs):
-        """Run forward under the current trace; on arrays, compile (once) and run."""
-        values = [v for v in tree_flatten((params, inputs))[0] if isinstance(v, Value)]
+    def __call__(self, params, *inputs, key=None, train: bool | None = None):
+        """Run forward under the current trace; on arrays, compile (once) and run.
+
+        `key` (an ff.random key) switches random modules such as Dropout to training:
+        `train` defaults to whether a key is given; `train=False` evaluates (dropout is
+        the identity) even with a key. Without either, an inner call inherits its caller's."""
+        if train is None and key is not None:
+            train = True
+        values = [v for v in tree_flatten((params, inputs, key))[0] if isinstance(v, Value)]
         if not values:
-            return self._compiled()(params, *inputs)
+            if key is None:
+                return self._compiled(bool(train), keyed=False)(params, *inputs)
+            return self._compiled(train, keyed=True)(params, key, *inputs)
         name = _RUNNING[-1].path_of(self) if _RUNNING else None
         pushed = scope(builder_of(values), name, self._site) if name else contextlib.nullcontext()
+        context = train is not None
+        if context:
+            _RANDOM.append(RandomContext(key, train))
         _RUNNING.append(self)
         try:
             with pushed:
                 return self.forward(params, *inputs)
         finally:
             _RUNNING.pop()
+            if context:
+                _RANDOM.pop()
 
     apply = __call__
 
-    def _compiled(self):
+    def _compiled(self, train: bool, keyed: bool):
+        """The module compiled for array calls: f(params, *inputs), or with a key
+        f(params, key, *inputs), the key a program input (a fresh key needs no retrace)."""
         from ..api import compile  # api sits above nn; imported on use
 
-        if "_compiled_fn" not in vars(self):
-            def run(params, *inputs):
-                return self(params, *inputs)
+        cache = vars(self).setdefault("_compiled_fns", {})
+        if (train, keyed) not in cache:
+            if keyed:
+                def run(params, key, *inputs):
+                    return self(params, *inputs, key=key, train=train)
+            else:
+                def run(params, *inputs):
+                    return self(params, *inputs, train=train)
 
             run.__name__ = type(self).__name__
-            self._compiled_fn = compile(run)
-        return self._compiled_fn
+            cache[train, keyed] = compile(run)
+        return cache[train, keyed]
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={value!r}" for name, value in self.children())

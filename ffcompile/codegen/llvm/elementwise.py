@@ -160,6 +160,21 @@ def convert(b: ir.IRBuilder, x: ir.Value, dtype: str) -> ir.Value:
     return b.sext(x, dst) if dst.width > src.width else b.trunc(x, dst)
 
 
+def _threefry2x32(b, node, args):
+    """The cipher's integer rounds on i32 words: add and xor wrap as uint32 does, a rotate is a
+    funnel shift; no float anywhere, so every vector width gives the reference's bits."""
+    def const(value):
+        return ir.Constant(I32, value)
+
+    x0, x1 = O.threefry2x32_rounds(
+        *args, add=b.add, xor=b.xor, const=const,
+        rotl=lambda x, r: intrinsic(b, "llvm.fshl", x, x, const(r)))
+    output = node.attr("output")
+    if output == "xor":
+        return b.xor(x0, x1)
+    return x0 if output == "x0" else x1
+
+
 ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     O.Neg: _neg,
     O.Exp: _math("exp"),
@@ -192,6 +207,7 @@ ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     # Index maps, evaluated by the loop nest itself (see BodyEmitter.evaluate).
     O.Broadcast: lambda b, node, args: args[0],
     O.Iota: None,
+    O.Threefry2x32: _threefry2x32,
 }
 
 
