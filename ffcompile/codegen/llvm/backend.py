@@ -117,7 +117,8 @@ class LLVMExecutable:
         self._input_types = graph.input_types
         self._donated_inputs = sorted(set(self.donated.values()))
         outputs = program["outputs"]
-        self._outputs = [(graph.nodes[v].type.np_dtype, self._result_shape(schedule, v)) for v in outputs]
+        shapes = self._result_shapes(schedule)
+        self._outputs = [(graph.nodes[v].type.np_dtype, shapes.get(v, graph.nodes[v].type.shape)) for v in outputs]
         # Per graph output: (where, index, copy, shape): where "out" is an output slot, "arg" an
         # argument (donated: the program wrote the result there; else an input returned as
         # it is, which is copied); a value returned a second time is copied too, so results
@@ -172,13 +173,13 @@ class LLVMExecutable:
         return self._llvm_ir
 
     @staticmethod
-    def _result_shape(schedule: Schedule, value: int) -> tuple[int, ...]:
-        """Allocate a result in the shape of the first graph output stored in it (no reshape)."""
-        graph = schedule.graph
+    def _result_shapes(schedule: Schedule) -> dict[int, tuple[int, ...]]:
+        """Per buffer root, the shape of the first graph output stored in it: a result is
+        allocated in that shape (no reshape)."""
+        graph, shapes = schedule.graph, {}
         for j in graph.outputs:
-            if schedule.root(j) == value:
-                return graph.nodes[j].type.shape
-        return graph.nodes[value].type.shape
+            shapes.setdefault(schedule.root(j), graph.nodes[j].type.shape)
+        return shapes
 
     @cached_property
     def asm(self) -> str:

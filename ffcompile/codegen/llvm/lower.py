@@ -6,8 +6,8 @@ Every kernel becomes an internal function taking one `noalias` pointer per
 distinct buffer it touches (a value and its views, or an input and the
 output that takes over its storage in place, share one), so LLVM knows the
 buffers do not overlap and vectorizes without runtime alias checks; the
-entry computes the pointers (arena + planned offset, or an argument) and
-calls the kernels in order. Kernels with the same code (the layers of a deep
+entry calls the kernels in order, through parts of at most PART_CALLS calls
+that compute the pointers (arena + planned offset, or an argument). Kernels with the same code (the layers of a deep
 network) share one function. Output slots hold the kernel outputs that are
 graph results (`NativeProgram.outputs`), written straight into the caller's
 result arrays; a donated result (`donated`: its root -> an input position)
@@ -73,25 +73,7 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
             source[buffer.value] = ("arena", buffer.offset)
 
     module = ir.Module(f"ffcompile.{graph.name}")
-    pointer = I8.as_pointer()
-    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [pointer.as_pointer()]), ENTRY)
-    b = ir.IRBuilder(entry.append_basic_block("entry"))
-    args = entry.args[0]
-    args.name = "args"
-    arena = b.load(b.gep(args, [ir.Constant(ir.IntType(64), 0)]), name="arena")
-    pointers: dict[tuple[str, int], ir.Value] = {}
-
-    def pointer_of(src: tuple[str, int]) -> ir.Value:
-        if src not in pointers:
-            kind, where = src
-            if kind == "arg":
-                slot = b.gep(args, [ir.Constant(ir.IntType(64), where)], inbounds=True)
-                role = f"in{where - 1}" if where <= len(graph.inputs) else f"out{where - 1 - len(graph.inputs)}"
-                pointers[src] = b.load(slot, name=role)
-            else:
-                pointers[src] = b.gep(arena, [ir.Constant(ir.IntType(64), where)], inbounds=True,
-                                      name=f"arena.{where}")
-        return pointers[src]
+    entry = _Entry(module, len(graph.inputs))
 
     def same_storage(x: int, y: int) -> bool:
         where = source.get(schedule.root(x))
@@ -103,7 +85,7 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     # (accumulate.py), it gets scratch past the planned arena.
     scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
-    counters = _CycleCounters(b, len(schedule.kernels)) if profile else None
+    counters = _CycleCounters(entry.b, len(schedule.kernels)) if profile else None
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
         if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
@@ -118,14 +100,16 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if fn is None:
             fn = functions[key] = _kernel_function(module, f"kernel{k}.{kernel.kind}", nodes, kernel,
                                                    param_of, len(sources), literals)
-        call_args = [pointer_of(src) for src in sources]
-        start = counters.now() if counters else None
+        b = entry.part_for(k)
+        call_args = [entry.pointer(src) for src in sources]
+        start = counters.now(b) if counters else None
         b.call(fn, call_args)
         if counters:
-            counters.add(k, start)
+            counters.add(b, k, start)
+    entry.finish()
     if counters:
-        counters.add(len(schedule.kernels), counters.entry_start)
-    b.ret_void()
+        counters.add(entry.b, len(schedule.kernels), counters.entry_start)
+    entry.b.ret_void()
 
     used = tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
     # Every module gets the BLAS slots, used or not: they are its writable data, and
@@ -137,25 +121,78 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     return NativeProgram(module, graph.input_types, outputs, arena_bytes, used)
 
 
+# Kernel calls per part of the entry. LLVM's code generation is quadratic in the length of a
+# function's one basic block: a 2,000-layer chain's 8,000 calls in the entry itself took
+# 1.6 s to finalize, 4,000 layers 9.9 s; in parts, the time is linear in the parts.
+PART_CALLS = 256
+
+
+class _Entry:
+    """`void entry(i8** args)`, calling the kernels through parts `entry.partN(args)`, each
+    a noinline function making at most PART_CALLS kernel calls; a part computes the
+    pointers (arena + offset, or an argument slot) it passes, once each."""
+
+    def __init__(self, module: ir.Module, inputs: int):
+        self.module, self.inputs = module, inputs
+        self.type = ir.FunctionType(ir.VoidType(), [I8.as_pointer().as_pointer()])
+        fn = ir.Function(module, self.type, ENTRY)
+        fn.args[0].name = "args"
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.args = fn.args[0]
+        self.part: ir.IRBuilder | None = None
+
+    def part_for(self, k: int) -> ir.IRBuilder:
+        """The builder of the part that makes kernel call k (a new part every PART_CALLS)."""
+        if k % PART_CALLS == 0:
+            self.finish()
+            fn = ir.Function(self.module, self.type, f"{ENTRY}.part{k // PART_CALLS}")
+            fn.linkage = "internal"
+            fn.attributes.add("noinline")  # inlined back, the entry would be one long block again
+            fn.args[0].name = "args"
+            self.part = ir.IRBuilder(fn.append_basic_block("entry"))
+            self.pointers: dict[tuple[str, int], ir.Value] = {}
+            self.arena = self.part.load(self.part.gep(fn.args[0], [ir.Constant(ir.IntType(64), 0)]), name="arena")
+            self.b.call(fn, [self.args])
+        return self.part
+
+    def pointer(self, src: tuple[str, int]) -> ir.Value:
+        """The pointer of an argument slot or arena offset, in the current part."""
+        if src not in self.pointers:
+            b, (kind, where) = self.part, src
+            if kind == "arg":
+                slot = b.gep(b.function.args[0], [ir.Constant(ir.IntType(64), where)], inbounds=True)
+                role = f"in{where - 1}" if where <= self.inputs else f"out{where - 1 - self.inputs}"
+                self.pointers[src] = b.load(slot, name=role)
+            else:
+                self.pointers[src] = b.gep(self.arena, [ir.Constant(ir.IntType(64), where)], inbounds=True,
+                                           name=f"arena.{where}")
+        return self.pointers[src]
+
+    def finish(self) -> None:
+        """Close the current part, if any."""
+        if self.part is not None:
+            self.part.ret_void()
+            self.part = None
+
+
 class _CycleCounters:
     """The PROFILE global: slot k sums the time-stamp-counter cycles of kernel k's calls, the
     last slot those of the whole entry (from here to its return)."""
 
     def __init__(self, b: ir.IRBuilder, kernels: int):
-        self.b = b
         i64 = ir.IntType(64)
         self.slots = ir.GlobalVariable(b.module, ir.ArrayType(i64, kernels + 1), PROFILE)
         self.slots.initializer = ir.Constant(self.slots.type.pointee, None)
         self.clock = b.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
-        self.entry_start = self.now()
+        self.entry_start = self.now(b)
 
-    def now(self) -> ir.Value:
-        return self.b.call(self.clock, [])
+    def now(self, b: ir.IRBuilder) -> ir.Value:
+        return b.call(self.clock, [])
 
-    def add(self, slot: int, start: ir.Value) -> None:
-        b, i64 = self.b, ir.IntType(64)
+    def add(self, b: ir.IRBuilder, slot: int, start: ir.Value) -> None:
+        i64 = ir.IntType(64)
         at = b.gep(self.slots, [ir.Constant(i64, 0), ir.Constant(i64, slot)], inbounds=True)
-        b.store(b.add(b.load(at), b.sub(self.now(), start)), at)
+        b.store(b.add(b.load(at), b.sub(self.now(b), start)), at)
 
 
 def _kernel_key(nodes, kernel, param_of: dict[int, int], literals) -> tuple:
