@@ -34,7 +34,7 @@ from ...passes.schedule import (
     Schedule,
 )
 from .accumulate import match_accumulate
-from .blas import BLAS_FUNCTIONS, blas_slot, blas_symbol, emit_gemm
+from .blas import BLAS, BLAS_FUNCTIONS, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
 from .reduction import emit_reduction
@@ -54,14 +54,31 @@ class NativeProgram:
 PROFILE = "ffc_profile"  # lower(profile=True): i64 cycles per kernel, then of the whole entry, summed over calls
 
 
-def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
-          profile: bool = False) -> NativeProgram:
+@dataclass(frozen=True)
+class Layout:
+    """Where each buffer lives and what the program asks of its caller, known before any IR is
+    built: lower() builds from it, the disk cache checks an entry's metadata against it."""
+
+    outputs: tuple[int, ...]  # kernel outputs written into result arrays, in argument order
+    source: dict[int, tuple[str, int]]  # buffer root -> ("arg", slot) or ("arena", offset)
+    scratch: frozenset[int]  # GEMM anchors computed into scratch past the planned arena
+    arena_bytes: int
+    blas: tuple[str, ...]  # BLAS functions the GEMMs call
+
+    def metadata(self) -> dict:
+        """What the runtime needs besides the code (and a cache entry stores beside it)."""
+        return {"outputs": list(self.outputs), "arena_bytes": self.arena_bytes, "blas": list(self.blas)}
+
+
+def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None) -> Layout:
+    """The program's buffers, arena size and BLAS calls; a GEMM the BLAS cannot take (a
+    dimension past its 32-bit integers) raises GemmTooLarge here, naming the matmul."""
     graph = schedule.graph
     nodes = graph.nodes
     donated = donated or {}
     kernel_outputs = {v for kernel in schedule.kernels for v in kernel.outputs} - set(donated)
     outputs = tuple(dict.fromkeys(r for r in (schedule.root(j) for j in graph.outputs) if r in kernel_outputs))
-    source: dict[int, tuple[str, int]] = {}  # buffer root -> (argument slot | arena offset)
+    source: dict[int, tuple[str, int]] = {}
     for k, i in enumerate(graph.inputs):
         source[i] = ("arg", 1 + k)
     for root, k in donated.items():
@@ -72,26 +89,54 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if buffer.offset is not None:
             source[buffer.value] = ("arena", buffer.offset)
 
-    module = ir.Module(f"ffcompile.{graph.name}")
-    entry = _Entry(module, len(graph.inputs))
-
     def same_storage(x: int, y: int) -> bool:
         where = source.get(schedule.root(x))
         return where is not None and where == source.get(schedule.root(y))
 
-    literals = set(schedule.literals)
     # A GEMM whose result goes to a donated argument's array cannot write its product there
     # first (the epilogue still reads the argument): unless BLAS's beta does the epilogue
     # (accumulate.py), it gets scratch past the planned arena.
-    scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
+    scratch, arena_bytes, scratch_anchors, blas = aligned(plan.arena_bytes), plan.arena_bytes, set(), set()
+    for kernel in schedule.kernels:
+        if kernel.kind != GEMM:
+            continue
+        if kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+                match_accumulate(nodes, kernel, same_storage) is None):
+            source[kernel.anchor] = ("arena", scratch)
+            arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
+            scratch_anchors.add(kernel.anchor)
+        if _gemm_route(nodes, kernel) == BLAS:
+            blas.add(BLAS_FUNCTIONS[nodes[kernel.anchor].type.dtype])
+    used = tuple(name for name in BLAS_FUNCTIONS.values() if name in blas)
+    return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used)
+
+
+def _gemm_route(nodes, kernel) -> str | None:
+    """blas.gemm_route of a GEMM kernel's matmul, its error naming the matmul and its line."""
+    matmul = nodes[kernel.anchor]
+    a, b = (nodes[j].type for j in matmul.inputs)
+    *_, m, n = matmul.type.shape
+    try:
+        return gemm_route(m, n, a.shape[-1], matmul.type.dtype, kernel.trans_a, kernel.trans_b)
+    except GemmTooLarge as err:
+        where = f" {matmul.loc}" if matmul.loc else ""
+        raise GemmTooLarge(f"llvm backend: matmul %{kernel.anchor} {a} @ {b} -> {matmul.type}{where}: {err}") from None
+
+
+def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
+          profile: bool = False) -> NativeProgram:
+    graph = schedule.graph
+    nodes = graph.nodes
+    at = layout(schedule, plan, donated)
+    source = at.source
+    module = ir.Module(f"ffcompile.{graph.name}")
+    entry = _Entry(module, len(graph.inputs))
+    literals = set(schedule.literals)
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
     counters = _CycleCounters(entry.b, len(schedule.kernels)) if profile else None
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
-        if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
-                match_accumulate(nodes, kernel, same_storage) is None):
-            source[kernel.anchor] = ("arena", scratch)
-            arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
+        if kernel.anchor in at.scratch:
             touched.append(kernel.anchor)
         sources = list(dict.fromkeys(source[schedule.root(v)] for v in touched))
         param_of = {v: sources.index(source[schedule.root(v)]) for v in touched}
@@ -111,14 +156,14 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         counters.add(entry.b, len(schedule.kernels), counters.entry_start)
     entry.b.ret_void()
 
-    used = tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
+    assert at.blas == tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
     # Every module gets the BLAS slots, used or not: they are its writable data, and
     # llvmlite's MCJIT memory manager reserves a read-write block only for a module that has
     # some, while RuntimeDyld puts there the GOT entries of the stubs for external calls
     # (the memset/memcpy LLVM makes of fill and copy loops): without one it aborts.
     for name in BLAS_FUNCTIONS.values():
         blas_slot(module, name)
-    return NativeProgram(module, graph.input_types, outputs, arena_bytes, used)
+    return NativeProgram(module, graph.input_types, at.outputs, at.arena_bytes, at.blas)
 
 
 # Kernel calls per part of the entry. LLVM's code generation is quadratic in the length of a
