@@ -35,7 +35,7 @@ from ...passes.schedule import REDUCTION, Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
-from .cache import ObjectCache, default_cache, pack_entry, unpack_entry
+from .cache import ObjectCache, default_cache
 from .elementwise import contiguous_strides
 from .lower import ENTRY, PROFILE, lower
 
@@ -150,8 +150,7 @@ class LLVMExecutable:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
         stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
         key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
-        entry = key and cache.load(key)
-        found = entry and unpack_entry(entry)
+        found = key and cache.load(key, *self._lower_arguments)  # trusted, whole, this program's
         self.from_cache = bool(found)  # loaded from the disk cache: no IR built
         if found:
             metadata, object_code = found
@@ -162,7 +161,7 @@ class LLVMExecutable:
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
         if cache is not None and self._jit.object_code:
-            cache.store(key, pack_entry(metadata, self._jit.object_code))
+            cache.store(key, metadata, self._jit.object_code)
         return metadata
 
     @property
