@@ -11,6 +11,7 @@ lowered; `LOWERINGS` holds one rule per primitive.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -142,15 +143,14 @@ def generate_source(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CACHE: dict[str, Callable] = {}
-
-
 def build(graph: Graph) -> tuple[Callable, str]:
     """The Python function for graph (cached by fingerprint) and its source."""
     source = generate_source(graph)
-    key = graph.fingerprint()
-    if key not in _CACHE:
-        namespace = dict(_RUNTIME)
-        exec(compile(source, f"<ffcompile {graph.name} {key}>", "exec"), namespace)
-        _CACHE[key] = namespace["kernel"]
-    return _CACHE[key], source
+    return _kernel(graph.fingerprint(), graph.name, source), source
+
+
+@functools.lru_cache(maxsize=256)  # bounded: a process compiling ever new signatures keeps only the recent
+def _kernel(key: str, name: str, source: str) -> Callable:
+    namespace = dict(_RUNTIME)
+    exec(compile(source, f"<ffcompile {name} {key}>", "exec"), namespace)
+    return namespace["kernel"]
