@@ -311,3 +311,11 @@ def test_every_truncation_of_an_object_is_refused():
     for end in range(len(code)):
         with pytest.raises(InvalidObject):
             check_object(code[:end], PROGRAM_SYMBOLS)
+
+
+def test_a_directory_in_place_of_an_entry_is_a_miss(cache_dir):
+    build(tanh_program, X)
+    path = entry_of(cache_dir)
+    path.unlink()
+    path.mkdir()
+    assert_rebuilt_and_right(tanh_program, np.tanh(X) * 3 + 1, X)

@@ -127,10 +127,16 @@ class ObjectCache:
             fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None  # no entry (or a symbolic link: not followed)
-        with os.fdopen(fd, "rb") as f:
-            if not _trusted(os.fstat(f.fileno()), f"cache entry {self.path(key)}"):
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or not _trusted(status, f"cache entry {self.path(key)}"):
                 return None
-            return f.read()
+            with open(fd, "rb", closefd=False) as f:
+                return f.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _trusted_directory(self) -> bool:
         """Whether the directory (if it exists) is this user's alone to write."""
@@ -190,8 +196,9 @@ def _trusted(status: os.stat_result, what: str) -> bool:
     if what not in _warned:
         _warned.add(what)
         warnings.warn(f"ffcompile: not using the {what}: it belongs to uid {status.st_uid} (you are "
-                      f"{os.geteuid()}), mode {stat.filemode(status.st_mode)}; only its owner, alone "
-                      f"able to write it, may have its code run. Compiling without the cache.",
+                      f"{os.geteuid()}), mode {stat.filemode(status.st_mode)}; cached code is run only "
+                      f"from files you own and no one else can write. Compiling without it (delete "
+                      f"it, or set {CACHE_DIR_VARIABLE} to a directory of your own).",
                       RuntimeWarning, stacklevel=2)
     return False
 
