@@ -185,6 +185,8 @@ class _Entry:
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.args = fn.args[0]
         self.part: ir.IRBuilder | None = None
+        self.arena: ir.Value | None = None  # the current part's arena pointer
+        self.pointers: dict[tuple[str, int], ir.Value] = {}  # and the pointers it computed
 
     def part_for(self, k: int) -> ir.IRBuilder:
         """The builder of the part that makes kernel call k (a new part every PART_CALLS)."""
@@ -195,7 +197,7 @@ class _Entry:
             fn.attributes.add("noinline")  # inlined back, the entry would be one long block again
             fn.args[0].name = "args"
             self.part = ir.IRBuilder(fn.append_basic_block("entry"))
-            self.pointers: dict[tuple[str, int], ir.Value] = {}
+            self.pointers = {}
             self.arena = self.part.load(self.part.gep(fn.args[0], [ir.Constant(ir.IntType(64), 0)]), name="arena")
             self.b.call(fn, [self.args])
         return self.part
