@@ -7,6 +7,7 @@ Graph inputs are nodes of op `input`; outputs are a tuple of node ids.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,11 +74,13 @@ class Graph:
     outputs: tuple[int, ...]
     name: str = "main"
 
-    @property
+    # Cached (the graph is immutable): passes and codegen read these inside per-node loops,
+    # where recomputing them made compiling a 1,000-layer chain quadratic.
+    @cached_property
     def inputs(self) -> tuple[int, ...]:
         return tuple(i for i, n in enumerate(self.nodes) if n.op.name == "input")
 
-    @property
+    @cached_property
     def input_types(self) -> tuple[TensorType, ...]:
         return tuple(self.nodes[i].type for i in self.inputs)
 

@@ -22,18 +22,26 @@ def safe_donations(schedule: Schedule, donate: dict[int, int]) -> dict[int, int]
     graph, nodes = schedule.graph, schedule.graph.nodes
     users, views = graph.users(), set(schedule.views)
     roots = [schedule.root(j) for j in graph.outputs]
-    safe = {}
+    # Looked up per donation (a training step donates every parameter): maps, not scans.
+    first_position = {}
+    for position, root in enumerate(roots):
+        first_position.setdefault(root, position)
+    kernel_of: dict[int, int] = {}  # body node -> the first kernel evaluating it
+    for k, kernel in enumerate(schedule.kernels):
+        for i in kernel.body:
+            kernel_of.setdefault(i, k)
+    safe, taken = {}, set()
     for out_pos, in_pos in donate.items():
         root, arg = roots[out_pos], graph.inputs[in_pos]
-        if (root not in schedule.producer or roots.index(root) != out_pos or arg in roots
-                or nodes[graph.outputs[out_pos]].type != nodes[arg].type or in_pos in safe.values()):
+        if (root not in schedule.producer or first_position[root] != out_pos or arg in first_position
+                or nodes[graph.outputs[out_pos]].type != nodes[arg].type or in_pos in taken):
             continue
         readers = _readers(views, users, arg)
         writer_kernel = schedule.producer[root]
         body = schedule.kernels[writer_kernel].body
         ok = True
         for r in readers:
-            k = next((k for k, kernel in enumerate(schedule.kernels) if r in kernel.body), -1)
+            k = kernel_of.get(r, -1)
             if k > writer_kernel or (k == writer_kernel and (
                     body.index(r) > body.index(root)
                     or (r == root and (O.ELEMENTWISE not in nodes[root].op.traits
@@ -42,6 +50,7 @@ def safe_donations(schedule: Schedule, donate: dict[int, int]) -> dict[int, int]
                 ok = False
         if ok:
             safe[out_pos] = in_pos
+            taken.add(in_pos)
     return safe
 
 

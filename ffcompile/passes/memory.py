@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -110,10 +111,13 @@ def plan_memory(schedule: Schedule, kernel_scratch: Callable[[frozenset[int]], M
         if nbytes > 0:
             span[-(k + 1)] = (k, k, aligned(nbytes))
     offsets = _place(span)
-    timeline = [0] * len(schedule.kernels)
+    # Live bytes per step as a running sum of open (+size) and close (-size) events: adding
+    # each block over its lifetime was quadratic in a deep chain, where activations live long.
+    change = [0] * (len(schedule.kernels) + 1)
     for lo, hi, size in span.values():
-        for k in range(lo, hi + 1):
-            timeline[k] += size
+        change[lo] += size
+        change[hi + 1] -= size
+    timeline = list(itertools.accumulate(change[:-1]))
     buffers = tuple(Buffer(v, graph.nodes[v].type, first[v], last[v],
                            None if v in outputs else offsets[block_of[v]], reuses.get(v))
                     for v in first)

@@ -35,8 +35,8 @@ from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
-from .cache import ObjectCache, default_cache, pack_entry, unpack_entry
 from ...ir import ops as O
+from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
@@ -122,7 +122,8 @@ class LLVMExecutable:
         self._input_types = graph.input_types
         self._donated_inputs = sorted(set(self.donated.values()))
         outputs = program["outputs"]
-        self._outputs = [(graph.nodes[v].type.np_dtype, self._result_shape(schedule, v)) for v in outputs]
+        shapes = self._result_shapes(schedule)
+        self._outputs = [(graph.nodes[v].type.np_dtype, shapes.get(v, graph.nodes[v].type.shape)) for v in outputs]
         # Per graph output: (where, index, copy, shape): where "out" is an output slot, "arg" an
         # argument (donated: the program wrote the result there; else an input returned as
         # it is, which is copied); a value returned a second time is copied too, so results
@@ -154,8 +155,7 @@ class LLVMExecutable:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
         stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
         key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
-        entry = key and cache.load(key)
-        found = entry and unpack_entry(entry)
+        found = key and cache.load(key, *self._lower_arguments)  # trusted, whole, this program's
         self.from_cache = bool(found)  # loaded from the disk cache: no IR built
         if found:
             metadata, object_code = found
@@ -166,7 +166,7 @@ class LLVMExecutable:
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
         if cache is not None and self._jit.object_code:
-            cache.store(key, pack_entry(metadata, self._jit.object_code))
+            cache.store(key, metadata, self._jit.object_code)
         return metadata
 
     @property
@@ -177,13 +177,13 @@ class LLVMExecutable:
         return self._llvm_ir
 
     @staticmethod
-    def _result_shape(schedule: Schedule, value: int) -> tuple[int, ...]:
-        """Allocate a result in the shape of the first graph output stored in it (no reshape)."""
-        graph = schedule.graph
+    def _result_shapes(schedule: Schedule) -> dict[int, tuple[int, ...]]:
+        """Per buffer root, the shape of the first graph output stored in it: a result is
+        allocated in that shape (no reshape)."""
+        graph, shapes = schedule.graph, {}
         for j in graph.outputs:
-            if schedule.root(j) == value:
-                return graph.nodes[j].type.shape
-        return graph.nodes[value].type.shape
+            shapes.setdefault(schedule.root(j), graph.nodes[j].type.shape)
+        return shapes
 
     text = llvm_ir  # the `lower` stage's dump
 

@@ -177,24 +177,50 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     b_step = [s * k * n for s in broadcast_strides(b_.type.shape[:-2], batch)]
     c_step = [s * m * n for s in broadcast_strides(batch, batch)]
     dtype = out.type.dtype
-    work = m * n * k
-    native = dtype not in BLAS_FUNCTIONS or work <= THREADED_NATIVE_MAX_WORK or work <= native_max_work()
-    # A float product whose packed operand would not fit smallgemm's stack buffer goes to BLAS
-    # (1.35-1.5x faster than the loop nest); the loop nest is for integers, and k == 0.
+    route = gemm_route(m, n, k, dtype, trans_a, trans_b)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    itemsize = out.type.np_dtype.itemsize
-    if m * n == 0:
+    if route is None:
         return
     with loop_nest(b, batch, groups) as point:
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if native and k > 0 and is_float(pc.type.pointee) and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
+        if route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
-        elif dtype not in BLAS_FUNCTIONS or k == 0:
+        elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
             _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+
+
+SMALL, LOOPS, BLAS = "smallgemm", "loops", "blas"
+# SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
+BLAS_INT_MAX = 2 ** 31 - 1
+
+
+def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
+    """How emit_gemm computes an (m x k) @ (k x n) product: SMALL, LOOPS, BLAS, or None
+    when the result is empty. A float product whose packed operand would not fit
+    smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
+    nest is for integers, and k == 0. Raises GemmTooLarge for a BLAS product with a
+    dimension past BLAS_INT_MAX (it would be passed wrapped)."""
+    if m * n == 0:
+        return None
+    work = m * n * k
+    native = dtype not in BLAS_FUNCTIONS or work <= THREADED_NATIVE_MAX_WORK or work <= native_max_work()
+    itemsize = 4 if dtype == "f32" else 8
+    if native and k > 0 and dtype in BLAS_FUNCTIONS and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
+        return SMALL
+    if dtype not in BLAS_FUNCTIONS or k == 0:
+        return LOOPS
+    if max(m, n, k) > BLAS_INT_MAX:
+        raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension above "
+                           f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes")
+    return BLAS
+
+
+class GemmTooLarge(ValueError):
+    """A matrix product too large for the BLAS interface's integers."""
 
 
 def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:

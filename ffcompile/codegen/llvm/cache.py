@@ -14,12 +14,23 @@ call of the mnist training step took.) Entries live in
 `$FFCOMPILE_CACHE_DIR` (default `~/.cache/ffcompile`); an empty
 FFCOMPILE_CACHE_DIR turns the cache off.
 
-A file is `MAGIC, payload length, SHA-256 of the payload, payload`. A
-truncated, corrupted or foreign file fails that check, is deleted and
-counts as a miss: the module is compiled again and the entry rewritten.
-Writes go to a temporary file renamed over the entry, so a reader in
-another process sees the old file or the whole new one, never half of one.
-A cache directory that cannot be written only costs the speed-up.
+A file is `MAGIC, payload length, SHA-256 of the payload, payload`, the
+payload `key, metadata, object code`. Loading machine code runs it, so an
+entry is used only if (docs/export.md, "Trust"):
+- the directory and the file belong to this user and no one else may write
+  them (else a warning, once, and the program is compiled without the
+  cache); the directory is created 0700, files 0600;
+- the file is whole (length, checksum) and stores the key asked for (an
+  entry copied over another key's name is not loaded);
+- its metadata is the program's own (lower.layout: outputs, arena size,
+  BLAS calls), and its object code is a well-formed host object defining
+  exactly the program's symbols (object_check.py), all checked before
+  LLVM reads the object or any of its code runs.
+An entry failing the last two is deleted and counts as a miss: the module
+is compiled again and the entry rewritten. Writes go to a temporary file
+renamed over the entry, so a reader in another process sees the old file
+or the whole new one, never half of one. A directory that cannot be
+written, or an entry that cannot be deleted, only costs the speed-up.
 """
 from __future__ import annotations
 
@@ -27,22 +38,27 @@ import functools
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 
 import llvmlite
 
-MAGIC = b"FFCOBJ2\n"
+from ...passes.memory import MemoryPlan
+from ...passes.schedule import Schedule
+from .blas import BLAS_FUNCTIONS, blas_symbol
+from .lower import ENTRY, PROFILE, layout
+from .object_check import InvalidObject, Symbol, check_object
+
+MAGIC = b"FFCOBJ3\n"
 _HEADER = struct.Struct("<8sQ32s")  # magic, payload length, SHA-256 of the payload
+_KEY_BYTES = 64  # the key, as hexadecimal SHA-256, opens the payload
 _META_LENGTH = struct.Struct("<I")
 CACHE_DIR_VARIABLE = "FFCOMPILE_CACHE_DIR"
-
-
-def _ffcompile_version() -> str:
-    from ... import __version__  # the package imports the backend: resolve at call time
-
-    return __version__
+_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_warned: set[str] = set()
 
 
 class ObjectCache:
@@ -56,7 +72,7 @@ class ObjectCache:
     def key(self, description: str, host: str) -> str:
         """host: the target's description (target.host_key())."""
         digest = hashlib.sha256()
-        for part in (description, host, code_generator_fingerprint(), _ffcompile_version(), llvmlite.__version__):
+        for part in (description, host, code_generator_fingerprint(), llvmlite.__version__):
             digest.update(part.encode())
             digest.update(b"\0")
         return digest.hexdigest()
@@ -64,56 +80,129 @@ class ObjectCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.o.ffc"
 
-    def load(self, key: str) -> bytes | None:
-        """The stored object code, or None (absent, or invalid and then removed)."""
-        path = self.path(key)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            self.misses += 1
-            return None
-        payload = _payload(data)
-        if payload is None:
-            path.unlink(missing_ok=True)
-            self.misses += 1
-            return None
-        self.hits += 1
-        return payload
+    def load(self, key: str, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
+             profile: bool) -> tuple[dict, bytes] | None:
+        """(metadata, object code) of the program lower(schedule, plan, donated, profile)
+        builds, if this cache holds a trusted, intact, valid entry for it; else None (a
+        damaged or invalid entry is deleted, if it can be)."""
+        data = self._read(key)
+        found = None if data is None else _entry(data, key)
+        if found is not None and _valid(found, schedule, plan, donated, profile):
+            self.hits += 1
+            return found
+        if data is not None:
+            _discard(self.path(key))
+        self.misses += 1
+        return None
 
-    def store(self, key: str, obj: bytes) -> None:
-        header = _HEADER.pack(MAGIC, len(obj), hashlib.sha256(obj).digest())
+    def store(self, key: str, metadata: dict, object_code: bytes) -> None:
+        payload = key.encode() + pack_entry(metadata, object_code)
+        header = _HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest())
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._trusted_directory():
+                return
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")  # created 0600
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(header + obj)
+                    f.write(header + payload)
                 os.replace(tmp, self.path(key))
             except BaseException:
-                os.unlink(tmp)
+                _discard(Path(tmp))
                 raise
         except OSError:
             pass  # read-only or full disk: run uncached
 
+    def _read(self, key: str) -> bytes | None:
+        """The entry file's bytes, if it exists and is trusted."""
+        try:
+            if not self._trusted_directory():
+                return None
+            fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # no entry (or a symbolic link: not followed)
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or not _trusted(status, f"cache entry {self.path(key)}"):
+                return None
+            with open(fd, "rb", closefd=False) as f:
+                return f.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _trusted_directory(self) -> bool:
+        """Whether the directory (if it exists) is this user's alone to write."""
+        try:
+            status = os.stat(self.directory)
+        except FileNotFoundError:
+            return False
+        return _trusted(status, f"cache directory {self.directory}") and stat.S_ISDIR(status.st_mode)
+
 
 def pack_entry(metadata: dict, object_code: bytes) -> bytes:
-    """An entry's payload: the metadata as JSON, then the object code."""
+    """An entry's payload after the key: the metadata as JSON, then the object code."""
     meta = json.dumps(metadata, sort_keys=True).encode()
     return _META_LENGTH.pack(len(meta)) + meta + object_code
 
 
-def unpack_entry(payload: bytes) -> tuple[dict, bytes] | None:
-    """(metadata, object code) of a payload, or None if it is not one."""
+def _entry(data: bytes, key: str) -> tuple[dict, bytes] | None:
+    """(metadata, object code) of a whole, intact entry file that stores `key`."""
+    payload = _payload(data)
+    if payload is None or payload[:_KEY_BYTES] != key.encode():
+        return None
+    payload = payload[_KEY_BYTES:]
     if len(payload) < _META_LENGTH.size:
         return None
     (length,) = _META_LENGTH.unpack_from(payload)
     start = _META_LENGTH.size
     try:
         metadata = json.loads(payload[start:start + length])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     object_code = payload[start + length:]
     return (metadata, object_code) if isinstance(metadata, dict) and object_code else None
+
+
+def _valid(entry: tuple[dict, bytes], schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
+           profile: bool) -> bool:
+    """Whether the entry's metadata is the program's own and its object code a well-formed
+    host object defining exactly the program's symbols (checked without LLVM)."""
+    metadata, object_code = entry
+    if metadata != layout(schedule, plan, donated).metadata():
+        return False
+    symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
+    if profile:
+        symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
+    try:
+        check_object(object_code, tuple(symbols))
+    except InvalidObject:
+        return False
+    return True
+
+
+def _trusted(status: os.stat_result, what: str) -> bool:
+    """Whether a file or directory belongs to this user and no one else may write it; if
+    not, a warning (once per path): its code would run as this user."""
+    if status.st_uid == os.geteuid() and not status.st_mode & _SHARED_WRITE:
+        return True
+    if what not in _warned:
+        _warned.add(what)
+        warnings.warn(f"ffcompile: not using the {what}: it belongs to uid {status.st_uid} (you are "
+                      f"{os.geteuid()}), mode {stat.filemode(status.st_mode)}; cached code is run only "
+                      f"from files you own and no one else can write. Compiling without it (delete "
+                      f"it, or set {CACHE_DIR_VARIABLE} to a directory of your own).",
+                      RuntimeWarning, stacklevel=2)
+    return False
+
+
+def _discard(path: Path) -> None:
+    """Delete a file if possible: a read-only directory keeps it, and only costs speed."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 @functools.cache

@@ -6,8 +6,8 @@ Every kernel becomes an internal function taking one `noalias` pointer per
 distinct buffer it touches (a value and its views, or an input and the
 output that takes over its storage in place, share one), so LLVM knows the
 buffers do not overlap and vectorizes without runtime alias checks; the
-entry computes the pointers (arena + planned offset, or an argument) and
-calls the kernels in order. Kernels with the same code (the layers of a deep
+entry calls the kernels in order, through parts of at most PART_CALLS calls
+that compute the pointers (arena + planned offset, or an argument). Kernels with the same code (the layers of a deep
 network) share one function. Output slots hold the kernel outputs that are
 graph results (`NativeProgram.outputs`), written straight into the caller's
 result arrays; a donated result (`donated`: its root -> an input position)
@@ -26,7 +26,7 @@ from ...ir import ops as O
 from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
-from .blas import BLAS_FUNCTIONS, blas_slot, blas_symbol, emit_gemm
+from .blas import BLAS, BLAS_FUNCTIONS, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
 from .reduction import emit_reduction
@@ -46,14 +46,31 @@ class NativeProgram:
 PROFILE = "ffc_profile"  # lower(profile=True): i64 cycles per kernel, then of the whole entry, summed over calls
 
 
-def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
-          profile: bool = False) -> NativeProgram:
+@dataclass(frozen=True)
+class Layout:
+    """Where each buffer lives and what the program asks of its caller, known before any IR is
+    built: lower() builds from it, the disk cache checks an entry's metadata against it."""
+
+    outputs: tuple[int, ...]  # kernel outputs written into result arrays, in argument order
+    source: dict[int, tuple[str, int]]  # buffer root -> ("arg", slot) or ("arena", offset)
+    scratch: frozenset[int]  # GEMM anchors computed into scratch past the planned arena
+    arena_bytes: int
+    blas: tuple[str, ...]  # BLAS functions the GEMMs call
+
+    def metadata(self) -> dict:
+        """What the runtime needs besides the code (and a cache entry stores beside it)."""
+        return {"outputs": list(self.outputs), "arena_bytes": self.arena_bytes, "blas": list(self.blas)}
+
+
+def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None) -> Layout:
+    """The program's buffers, arena size and BLAS calls; a GEMM the BLAS cannot take (a
+    dimension past its 32-bit integers) raises GemmTooLarge here, naming the matmul."""
     graph = schedule.graph
     nodes = graph.nodes
     donated = donated or {}
     kernel_outputs = {v for kernel in schedule.kernels for v in kernel.outputs} - set(donated)
     outputs = tuple(dict.fromkeys(r for r in (schedule.root(j) for j in graph.outputs) if r in kernel_outputs))
-    source: dict[int, tuple[str, int]] = {}  # buffer root -> (argument slot | arena offset)
+    source: dict[int, tuple[str, int]] = {}
     for k, i in enumerate(graph.inputs):
         source[i] = ("arg", 1 + k)
     for root, k in donated.items():
@@ -64,44 +81,54 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if buffer.offset is not None:
             source[buffer.value] = ("arena", buffer.offset)
 
-    module = ir.Module(f"ffcompile.{graph.name}")
-    pointer = I8.as_pointer()
-    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [pointer.as_pointer()]), ENTRY)
-    b = ir.IRBuilder(entry.append_basic_block("entry"))
-    args = entry.args[0]
-    args.name = "args"
-    arena = b.load(b.gep(args, [ir.Constant(ir.IntType(64), 0)]), name="arena")
-    pointers: dict[tuple[str, int], ir.Value] = {}
-
-    def pointer_of(src: tuple[str, int]) -> ir.Value:
-        if src not in pointers:
-            kind, where = src
-            if kind == "arg":
-                slot = b.gep(args, [ir.Constant(ir.IntType(64), where)], inbounds=True)
-                role = f"in{where - 1}" if where <= len(graph.inputs) else f"out{where - 1 - len(graph.inputs)}"
-                pointers[src] = b.load(slot, name=role)
-            else:
-                pointers[src] = b.gep(arena, [ir.Constant(ir.IntType(64), where)], inbounds=True,
-                                      name=f"arena.{where}")
-        return pointers[src]
-
     def same_storage(x: int, y: int) -> bool:
         where = source.get(schedule.root(x))
         return where is not None and where == source.get(schedule.root(y))
 
-    literals = set(schedule.literals)
     # A GEMM whose result goes to a donated argument's array cannot write its product there
     # first (the epilogue still reads the argument): unless BLAS's beta does the epilogue
     # (accumulate.py), it gets scratch past the planned arena.
-    scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
-    functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
-    counters = _CycleCounters(b, len(schedule.kernels)) if profile else None
-    for k, kernel in enumerate(schedule.kernels):
-        touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
-        if kernel.kind == KernelKind.GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+    scratch, arena_bytes, scratch_anchors, blas = aligned(plan.arena_bytes), plan.arena_bytes, set(), set()
+    for kernel in schedule.kernels:
+        if kernel.kind != KernelKind.GEMM:
+            continue
+        if kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
                 match_accumulate(nodes, kernel, same_storage) is None):
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
+            scratch_anchors.add(kernel.anchor)
+        if _gemm_route(nodes, kernel) == BLAS:
+            blas.add(BLAS_FUNCTIONS[nodes[kernel.anchor].type.dtype])
+    used = tuple(name for name in BLAS_FUNCTIONS.values() if name in blas)
+    return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used)
+
+
+def _gemm_route(nodes, kernel) -> str | None:
+    """blas.gemm_route of a GEMM kernel's matmul, its error naming the matmul and its line."""
+    matmul = nodes[kernel.anchor]
+    a, b = (nodes[j].type for j in matmul.inputs)
+    *_, m, n = matmul.type.shape
+    try:
+        return gemm_route(m, n, a.shape[-1], matmul.type.dtype, kernel.trans_a, kernel.trans_b)
+    except GemmTooLarge as err:
+        where = f" {matmul.loc}" if matmul.loc else ""
+        raise GemmTooLarge(f"llvm backend: matmul %{kernel.anchor} {a} @ {b} -> {matmul.type}{where}: {err}") from None
+
+
+def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
+          profile: bool = False) -> NativeProgram:
+    graph = schedule.graph
+    nodes = graph.nodes
+    at = layout(schedule, plan, donated)
+    source = at.source
+    module = ir.Module(f"ffcompile.{graph.name}")
+    entry = _Entry(module, len(graph.inputs))
+    literals = set(schedule.literals)
+    functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
+    counters = _CycleCounters(entry.b, len(schedule.kernels)) if profile else None
+    for k, kernel in enumerate(schedule.kernels):
+        touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
+        if kernel.anchor in at.scratch:
             touched.append(kernel.anchor)
         sources = list(dict.fromkeys(source[schedule.root(v)] for v in touched))
         param_of = {v: sources.index(source[schedule.root(v)]) for v in touched}
@@ -110,23 +137,81 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if fn is None:
             fn = functions[key] = _kernel_function(module, f"kernel{k}.{kernel.kind}", nodes, kernel,
                                                    param_of, len(sources), literals)
-        call_args = [pointer_of(src) for src in sources]
-        start = counters.now() if counters else None
+        b = entry.part_for(k)
+        call_args = [entry.pointer(src) for src in sources]
+        start = counters.now(b) if counters else None
         b.call(fn, call_args)
         if counters:
-            counters.add(k, start)
+            counters.add(b, k, start)
+    entry.finish()
     if counters:
-        counters.add(len(schedule.kernels), counters.entry_start)
-    b.ret_void()
+        counters.add(entry.b, len(schedule.kernels), counters.entry_start)
+    entry.b.ret_void()
 
-    used = tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
+    assert at.blas == tuple(name for name in BLAS_FUNCTIONS.values() if blas_symbol(name) in module.globals)
     # Every module gets the BLAS slots, used or not: they are its writable data, and
     # llvmlite's MCJIT memory manager reserves a read-write block only for a module that has
     # some, while RuntimeDyld puts there the GOT entries of the stubs for external calls
     # (the memset/memcpy LLVM makes of fill and copy loops): without one it aborts.
     for name in BLAS_FUNCTIONS.values():
         blas_slot(module, name)
-    return NativeProgram(module, graph.input_types, outputs, arena_bytes, used)
+    return NativeProgram(module, graph.input_types, at.outputs, at.arena_bytes, at.blas)
+
+
+# Kernel calls per part of the entry. LLVM's code generation is quadratic in the length of a
+# function's one basic block: a 2,000-layer chain's 8,000 calls in the entry itself took
+# 1.6 s to finalize, 4,000 layers 9.9 s; in parts, the time is linear in the parts.
+PART_CALLS = 256
+
+
+class _Entry:
+    """`void entry(i8** args)`, calling the kernels through parts `entry.partN(args)`, each
+    a noinline function making at most PART_CALLS kernel calls; a part computes the
+    pointers (arena + offset, or an argument slot) it passes, once each."""
+
+    def __init__(self, module: ir.Module, inputs: int):
+        self.module, self.inputs = module, inputs
+        self.type = ir.FunctionType(ir.VoidType(), [I8.as_pointer().as_pointer()])
+        fn = ir.Function(module, self.type, ENTRY)
+        fn.args[0].name = "args"
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.args = fn.args[0]
+        self.part: ir.IRBuilder | None = None
+        self.arena: ir.Value | None = None  # the current part's arena pointer
+        self.pointers: dict[tuple[str, int], ir.Value] = {}  # and the pointers it computed
+
+    def part_for(self, k: int) -> ir.IRBuilder:
+        """The builder of the part that makes kernel call k (a new part every PART_CALLS)."""
+        if k % PART_CALLS == 0:
+            self.finish()
+            fn = ir.Function(self.module, self.type, f"{ENTRY}.part{k // PART_CALLS}")
+            fn.linkage = "internal"
+            fn.attributes.add("noinline")  # inlined back, the entry would be one long block again
+            fn.args[0].name = "args"
+            self.part = ir.IRBuilder(fn.append_basic_block("entry"))
+            self.pointers = {}
+            self.arena = self.part.load(self.part.gep(fn.args[0], [ir.Constant(ir.IntType(64), 0)]), name="arena")
+            self.b.call(fn, [self.args])
+        return self.part
+
+    def pointer(self, src: tuple[str, int]) -> ir.Value:
+        """The pointer of an argument slot or arena offset, in the current part."""
+        if src not in self.pointers:
+            b, (kind, where) = self.part, src
+            if kind == "arg":
+                slot = b.gep(b.function.args[0], [ir.Constant(ir.IntType(64), where)], inbounds=True)
+                role = f"in{where - 1}" if where <= self.inputs else f"out{where - 1 - self.inputs}"
+                self.pointers[src] = b.load(slot, name=role)
+            else:
+                self.pointers[src] = b.gep(self.arena, [ir.Constant(ir.IntType(64), where)], inbounds=True,
+                                           name=f"arena.{where}")
+        return self.pointers[src]
+
+    def finish(self) -> None:
+        """Close the current part, if any."""
+        if self.part is not None:
+            self.part.ret_void()
+            self.part = None
 
 
 class _CycleCounters:
@@ -134,20 +219,19 @@ class _CycleCounters:
     last slot those of the whole entry (from here to its return)."""
 
     def __init__(self, b: ir.IRBuilder, kernels: int):
-        self.b = b
         i64 = ir.IntType(64)
         self.slots = ir.GlobalVariable(b.module, ir.ArrayType(i64, kernels + 1), PROFILE)
         self.slots.initializer = ir.Constant(self.slots.type.pointee, None)
         self.clock = b.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
-        self.entry_start = self.now()
+        self.entry_start = self.now(b)
 
-    def now(self) -> ir.Value:
-        return self.b.call(self.clock, [])
+    def now(self, b: ir.IRBuilder) -> ir.Value:
+        return b.call(self.clock, [])
 
-    def add(self, slot: int, start: ir.Value) -> None:
-        b, i64 = self.b, ir.IntType(64)
+    def add(self, b: ir.IRBuilder, slot: int, start: ir.Value) -> None:
+        i64 = ir.IntType(64)
         at = b.gep(self.slots, [ir.Constant(i64, 0), ir.Constant(i64, slot)], inbounds=True)
-        b.store(b.add(b.load(at), b.sub(self.now(), start)), at)
+        b.store(b.add(b.load(at), b.sub(self.now(b), start)), at)
 
 
 def _kernel_key(nodes, kernel, param_of: dict[int, int], literals) -> tuple:
