@@ -17,8 +17,8 @@ from ffcompile.ir import parse_ir, verify
 from ffcompile.passes.decompose import decompose
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import plan_memory
-from ffcompile.passes.remat import (STRATEGIES, RematInfeasible, arena_peak, forward_mask,
-                                    insert_recomputation, recomputed_values, remat)
+from ffcompile.passes.recompute import forward_mask, insert_recomputation, recomputed_values
+from ffcompile.passes.remat import STRATEGIES, RematInfeasible, arena_peak, remat
 from ffcompile.passes.simplify import simplify
 from ffcompile.tree import tree_flatten
 

@@ -12,7 +12,7 @@ from remat_models import ISSUE_MODELS, training_graph
 from ffcompile.api import executable_for
 from ffcompile.codegen import numpy_backend
 from ffcompile.ir import verify
-from ffcompile.passes.remat import forward_mask, insert_recomputation
+from ffcompile.passes.recompute import forward_mask, insert_recomputation
 from ffcompile.tree import tree_flatten
 
 DTYPES = (np.float32, np.float64)

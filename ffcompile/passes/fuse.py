@@ -98,7 +98,7 @@ class _Partition:
             return None  # that kernel reads i through a view: i needs a buffer before it runs
         phases = {first.phase[u] for u in users if self.group_of[u] is first}
         alone = len(readers) == 1 and i not in self.outputs and not through_views
-        if _is_fusable(node.op):
+        if is_fusable(node.op):
             if not alone and self._only_reader_of_anchor(i):
                 return None  # an output anyway: better the epilogue of its GEMM than another's prologue
             phase = self._elementwise_phase(node, first, phases, alone)
@@ -222,7 +222,7 @@ class _Partition:
         node = self.nodes[i]
         if node.op is not O.Constant or node.type.rank or i in self.outputs:
             return False
-        return all(u not in self.views and (_is_fusable(self.nodes[u].op) or self.nodes[u].op in _REDUCES)
+        return all(u not in self.views and (is_fusable(self.nodes[u].op) or self.nodes[u].op in _REDUCES)
                    for u in self.users[i])
 
 
@@ -233,7 +233,7 @@ def _broadcasts_into(shape: tuple[int, ...], space: tuple[int, ...]) -> bool:
     return all(d in (1, s) for d, s in zip(reversed(shape), reversed(space)))
 
 
-def _is_fusable(op) -> bool:
+def is_fusable(op) -> bool:
     """Ops a loop nest evaluates per element: elementwise ones, and broadcast and iota (index maps)."""
     return (O.ELEMENTWISE in op.traits and O.COMPOSITE not in op.traits) or op in (O.Broadcast, O.Iota)
 
@@ -252,7 +252,7 @@ def _kind_of(op, copied: bool) -> str:
         return REDUCTION
     if op in (O.Constant, O.Iota):
         return SOURCE
-    if _is_fusable(op):
+    if is_fusable(op):
         return ELEMENTWISE
     if O.LAYOUT in op.traits:
         return LAYOUT

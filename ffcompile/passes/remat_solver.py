@@ -47,27 +47,30 @@ import itertools
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..ir import Graph
-from .fuse import _is_fusable, fuse
+from .cost import arena_peak, flops_of
+from .fuse import fuse, is_fusable
 from .memory import aligned, plan_memory
-from .remat import (
-    RematInfeasible,
-    SolverReport,
-    arena_peak,
-    flops_of,
-    insert_recomputation,
-    recomputed_values,
-    stored_all,
-    stored_matmuls,
-    stored_sqrt,
-)
+from .recompute import STORED_SETS, RematInfeasible, insert_recomputation, recomputed_values
 
 NO_GOOD_CUTS = 40  # rejected solutions cut off one by one before the model's budget is tightened
+
+
+@dataclass(frozen=True)
+class SolverReport:
+    status: str  # the last HiGHS solve: "optimal", "time limit", "infeasible"; or "nothing to decide"
+    gap: float  # (extra FLOPs - the model's dual bound) / extra FLOPs; 0.0: optimal for the model
+    seconds: float
+    iterations: int  # model solves (a solution over budget is cut off and the model re-solved)
+    source: str  # the plan chosen: "milp", "milp (least peak)", or a seed strategy that cost less
+
+
 _STATUS = {0: "optimal", 1: "time limit", 2: "infeasible", 3: "unbounded", 4: "error"}
 
 
@@ -84,8 +87,7 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         return tried[stored]
 
     # The named strategies (and storing nothing) seed the search and bound what the MILP must beat.
-    seeds = {name: frozenset(fn(graph, forward)) for name, fn in
-             (("store_all", stored_all), ("recompute_elementwise", stored_matmuls), ("sqrt", stored_sqrt))}
+    seeds = {name: frozenset(fn(graph, forward)) for name, fn in STORED_SETS.items()}
     seeds["store_nothing"] = frozenset()
     best_name, best = None, None
     for name, stored in seeds.items():
@@ -150,7 +152,7 @@ class _Model:
         # A copy of an elementwise value read by one backward kernel and by no other copy
         # fuses into that kernel: no buffer.
         read_by_copies = {j for x in self.closure for j in nodes[x].inputs}
-        self.copy_size = {v: 0 if len(set(bwd_reads.get(v, ()))) == 1 and _is_fusable(nodes[v].op)
+        self.copy_size = {v: 0 if len(set(bwd_reads.get(v, ()))) == 1 and is_fusable(nodes[v].op)
                           and v not in read_by_copies else self.size[v] for v in self.cands}
         self.feeds = _candidate_inputs(nodes, self.cands, in_closure)
         self.fed_by: dict[int, list[int]] = {v: [] for v in self.cands}
