@@ -103,7 +103,7 @@ def test_generated_code_writes_into_planned_buffers():
     step, params, state, x, y = digits_step()
     source = step.lower(params, state, x, y).source
     assert source.startswith("def program(")
-    assert "out=" in source and "# kernel 0 gemm" in source
+    assert "out=" in source and "# kernel 0 " in source and "# kernel 1 gemm" in source
 
 
 def test_concurrent_calls_are_safe():

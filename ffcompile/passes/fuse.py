@@ -18,7 +18,10 @@ A node read by several kernels still joins the one with the smallest root and
 becomes an extra output of it (e.g. the pre-activation a ReLU's gradient
 needs, written by the GEMM epilogue that computes the ReLU), unless it is the
 only reader of a matmul or reduce: then it roots its own kernel, so that op
-gets it as epilogue. Afterwards, an elementwise kernel over the result space
+gets it as epilogue; or a scalar computed from graph inputs alone (Adam's
+bias correction from the step count): then it roots its own kernel too, so
+that the updates reading it do not all wait for the one it would join
+(kernel_order.py runs each update as soon as its gradient is ready). Afterwards, an elementwise kernel over the result space
 of an earlier kernel it reads is merged into that kernel as epilogue (the log
 of softmax's row sums, say).
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir import ops as O
+from .kernel_order import sinks_first_ready
 from .schedule import (COPY, ELEMENTWISE, GEMM, LAYOUT, REDUCTION, SOURCE, VIEW_OPS, Kernel,
                        Schedule)
 
@@ -69,6 +73,9 @@ class _Partition:
         self.views = {i for i, n in enumerate(self.nodes) if n.op in VIEW_OPS and i not in self.copies}
         self.literals = {i for i in range(len(self.nodes)) if self._is_literal(i)}
         self.group_of: list[_Group | None] = [None] * len(self.nodes)
+        self.from_inputs = [False] * len(self.nodes)  # computed from graph inputs and constants alone
+        for i, node in enumerate(self.nodes):
+            self.from_inputs[i] = all(self.from_inputs[j] for j in node.inputs)
 
     def run(self) -> Schedule:
         groups = []
@@ -81,8 +88,14 @@ class _Partition:
                 groups.append(group)
             self.group_of[i] = group
         groups = self._absorb_epilogues(groups)
-        return Schedule(self.graph, tuple(self._kernel(g) for g in groups),
-                        tuple(sorted(self.views)), tuple(sorted(self.literals)))
+        kernels = sinks_first_ready(self.graph, [self._kernel(g) for g in groups], self._root)
+        return Schedule(self.graph, tuple(kernels), tuple(sorted(self.views)), tuple(sorted(self.literals)))
+
+    def _root(self, v: int) -> int:
+        """The value whose buffer a read of v reads (views read their operand's)."""
+        while v in self.views:
+            v = self.nodes[v].inputs[0]
+        return v
 
     # ---- the walk
 
@@ -101,6 +114,8 @@ class _Partition:
         if is_fusable(node.op):
             if not alone and self._only_reader_of_anchor(i):
                 return None  # an output anyway: better the epilogue of its GEMM than another's prologue
+            if not alone and self.from_inputs[i] and not node.type.shape:
+                return None  # a scalar several kernels share (an optimizer's step count): no update waits on another
             phase = self._elementwise_phase(node, first, phases, alone)
             if phase is not None:
                 first.phase[i] = phase

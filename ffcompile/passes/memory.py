@@ -163,13 +163,15 @@ def _read_after_write(node, views: list[int]) -> bool:
 
 
 # Orders in which blocks are placed: TFLite's greedy-by-size, then by first use, by
-# lifetime, and by lifetime x size. No one order wins on every schedule; the smallest
+# lifetime, by lifetime x size, and by last use (a training step whose updates free the
+# gradients early: the digits Adam step reaches its lower bound, 207488 B, from 229504). No one order wins on every schedule; the smallest
 # arena is kept (cheap: placement is a fraction of a millisecond per hundred buffers).
 _ORDERS = (
     lambda lo, hi, size: (-size, lo),
     lambda lo, hi, size: (lo, -size),
     lambda lo, hi, size: (lo - hi, -size),
     lambda lo, hi, size: ((lo - hi - 1) * size, lo),
+    lambda lo, hi, size: (hi, -size),
 )
 
 

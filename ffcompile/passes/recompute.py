@@ -38,7 +38,21 @@ def forward_mask(graph: Graph) -> list[bool]:
         if live[i]:
             for j in nodes[i].inputs:
                 live[j] = True
-    return [live[i] and not backward[i] and node.op is not O.Input for i, node in enumerate(nodes)]
+    forward = [live[i] and not backward[i] and node.op is not O.Input for i, node in enumerate(nodes)]
+    # A value read only by the backward part and computed from graph inputs and constants
+    # directly, or through scalars computed so (an optimizer's b1 * m, its bias corrections from
+    # the step count), is backward too: it needs no activation, and storing or recomputing it
+    # is no choice, only a delay to the update that reads it.
+    from_inputs = [False] * len(nodes)
+    for i, node in enumerate(nodes):
+        from_inputs[i] = all(nodes[j].op in (O.Input, O.Constant) or (from_inputs[j] and not nodes[j].type.shape)
+                             for j in node.inputs)
+    users = graph.users()
+    outputs = set(graph.outputs)
+    for i in range(len(nodes) - 1, -1, -1):
+        if forward[i] and from_inputs[i] and i not in outputs and not any(forward[u] for u in users[i]):
+            forward[i] = False
+    return forward
 
 
 def copyable(graph: Graph, forward: list[bool], i: int) -> bool:
