@@ -77,6 +77,6 @@ def test_remat_shrinks_a_training_step_under_a_budget():
     for name in ("sgd", "adam"):
         store_all = step_schedule(OPTIMIZERS[name], remat="store_all")[0].plan
         sqrt = step_schedule(OPTIMIZERS[name], remat="sqrt")[0].plan
-        optimal = step_schedule(OPTIMIZERS[name], memory_budget=0.7)[0].plan
+        optimal = step_schedule(OPTIMIZERS[name], memory_budget=0.75)[0].plan
         assert sqrt.peak_bytes < store_all.peak_bytes
-        assert optimal.peak_bytes <= 0.7 * store_all.peak_bytes
+        assert optimal.peak_bytes <= 0.75 * store_all.peak_bytes

@@ -23,7 +23,8 @@ from llvmlite import ir
 
 from ...ir import TensorType
 from ...ir import ops as O
-from ...passes.memory import MemoryPlan, aligned
+from ...passes.fuse import fuse
+from ...passes.memory import MemoryPlan, aligned, plan_memory
 from ...passes.schedule import (
     COPY,
     ELEMENTWISE,
@@ -100,13 +101,18 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     literals = set(schedule.literals)
     # A GEMM whose result goes to a donated argument's array cannot write its product there
     # first (the epilogue still reads the argument): unless BLAS's beta does the epilogue
-    # (accumulate.py), it gets scratch past the planned arena.
+    # (accumulate.py), it gets the scratch gemm_scratch planned (else, for a plan made
+    # without it, scratch past the planned arena).
+    planned_scratch = {k: offset for k, offset, _ in plan.scratch}
     scratch, arena_bytes = aligned(plan.arena_bytes), plan.arena_bytes
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
     counters = _CycleCounters(b, len(schedule.kernels)) if profile else None
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
-        if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+        if k in planned_scratch:
+            source[kernel.anchor] = ("arena", planned_scratch[k])
+            touched.append(kernel.anchor)
+        elif kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
                 match_accumulate(nodes, kernel, same_storage) is None):
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
@@ -135,6 +141,47 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     for name in BLAS_FUNCTIONS.values():
         blas_slot(module, name)
     return NativeProgram(module, graph.input_types, outputs, arena_bytes, used)
+
+
+def gemm_scratch(schedule: Schedule) -> dict[int, int]:
+    """kernel step -> bytes of the GEMM product buffer the kernel needs while it runs.
+
+    A GEMM kernel writes its product into its result's storage and runs the epilogue in
+    place, unless that storage may be an argument's array the kernel still reads (a donated
+    parameter: Adam's update reads w, m and v after the product of its gradient exists).
+    A GEMM kernel whose result is a graph result of the type of a graph input it reads (a
+    possible donation) gets the scratch, used whether or not the call donates, so the
+    program's arena is the plan's; unless, with its results written over the inputs of
+    their type, BLAS's alpha and beta compute the epilogue (accumulate.py): then none."""
+    nodes = schedule.graph.nodes
+    inputs, results = set(schedule.graph.inputs), {schedule.root(j) for j in schedule.graph.outputs}
+    needed = {}
+    for k, kernel in enumerate(schedule.kernels):
+        root = kernel.body[-1]
+        if kernel.kind != GEMM or kernel.anchor in kernel.outputs or root not in results:
+            continue
+        read = {schedule.root(j) for j in kernel.inputs} & inputs
+        pairs = {frozenset((o, a)) for o in kernel.outputs if o in results for a in read
+                 if nodes[a].type == nodes[o].type}
+        if not any(root in pair for pair in pairs):
+            continue
+
+        def may_share(x: int, y: int) -> bool:
+            return frozenset((schedule.root(x), schedule.root(y))) in pairs
+
+        if match_accumulate(nodes, kernel, may_share) is None:
+            needed[k] = nodes[kernel.anchor].type.nbytes
+    return needed
+
+
+def plan_arena(schedule: Schedule) -> MemoryPlan:
+    """The memory plan of the LLVM program: kernel outputs plus the GEMM scratch it uses."""
+    return plan_memory(schedule, gemm_scratch(schedule))
+
+
+def arena_bytes(graph) -> int:
+    """The real peak of the LLVM program for a graph: what remat plans against."""
+    return plan_arena(fuse(graph)).arena_bytes
 
 
 class _CycleCounters:
