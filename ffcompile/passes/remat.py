@@ -62,9 +62,7 @@ class RematPlan:
                  f"  extra_flops={self.extra_flops} ({share:.1%} of the forward's {self.forward_flops})",
                  f"  planned in {self.seconds:.3f}s"]
         if self.solver is not None:
-            s = self.solver
-            lines.append(f"  solver: status={s.status!r} gap={s.gap:.4f} time={s.seconds:.3f}s "
-                         f"iterations={s.iterations} chosen={s.source}")
+            lines.append(f"  solver: {self.solver}")
         lines.append(f"  stored ({len(self.stored)}): " + ", ".join(self.stored))
         lines.append(f"  recomputed ({len(self.recomputed)}): " + ", ".join(self.recomputed))
         lines.append("}")
