@@ -228,14 +228,21 @@ class ArenaProgram:
 def plan_program_memory(schedule: Schedule) -> tuple[MemoryPlan, Storage]:
     """The arena plan of the NumPy program: kernel outputs plus kernel scratch.
 
-    Every result that a call may write over an argument's array (one of its type: see
-    safe_donations) is protected whether or not this call donates, so the plan, and the
-    arena remat measures, is the same with and without donation."""
+    A result that a call may write over an argument its kernel still reads (one of its
+    type: see safe_donations) is protected whether or not this call donates, so the plan,
+    and the arena remat measures, is the same with and without donation."""
     base_plan = plan_memory(schedule)
     in_place = {b.value: b.reuses for b in base_plan.buffers if b.reuses is not None}
     graph = schedule.graph
-    input_types = set(graph.input_types)
-    donatable = {schedule.root(j) for j in graph.outputs if graph.nodes[j].type in input_types}
+    inputs = set(graph.inputs)
+    donatable = set()
+    for j in graph.outputs:
+        root = schedule.root(j)
+        if root in schedule.producer:
+            kernel = schedule.kernels[schedule.producer[root]]
+            if any(schedule.root(i) in inputs and graph.nodes[schedule.root(i)].type == graph.nodes[root].type
+                   for i in kernel.inputs):
+                donatable.add(root)
     storage = assign_storage(schedule, set(in_place) | donatable)
     plan = plan_memory(schedule, storage.scratch)
     if {b.value: b.reuses for b in plan.buffers if b.reuses is not None} != in_place:

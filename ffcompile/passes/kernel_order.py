@@ -37,13 +37,14 @@ def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]
         sink[k] = all((v in results or helper[k]) and all(sink[r] for r in readers.get(v, ()))
                       for v in kernels[k].outputs)
     writes_result = [sink[k] and any(v in results for v in kernel.outputs) for k, kernel in enumerate(kernels)]
-    # A kernel follows its producers and the earlier readers of a graph input it reads; a
-    # sink also every non-sink reader of those inputs (then nothing needs the old value).
+    # A kernel follows its producers (non-sinks keep their order); a sink also every earlier
+    # reader of a graph input it reads, and every non-sink reader (then nothing needs the old value).
     must_follow = []
     for k, values in enumerate(reads):
         deps = {producer[v] for v in values if v in producer}
-        for v in values & inputs:
-            deps |= {r for r in readers[v] if (r < k and (sink[k] or not sink[r])) or (sink[k] and not sink[r])}
+        if sink[k]:
+            for v in values & inputs:
+                deps |= {r for r in readers[v] if r < k or not sink[r]}
         deps.discard(k)
         must_follow.append(deps)
     # trigger[k]: the last non-sink kernel a sink waits for, through the sinks it waits for.

@@ -51,8 +51,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..ir import Graph
 from .cost import arena_peak, flops_of
@@ -318,6 +316,10 @@ class _Model:
         return self._milp(objective, rows, time_limit)
 
     def _milp(self, objective: np.ndarray, rows, time_limit: float):
+        # Imported here: scipy.optimize loads scipy.linalg (30-60 ms), which only `optimal` needs.
+        import scipy.sparse
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
         columns = len(objective)
         data, row_ids, col_ids = [], [], []
         for r, (coef, _, _) in enumerate(rows):
