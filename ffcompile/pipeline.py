@@ -30,7 +30,8 @@ from .passes.decompose import decompose
 from .passes.fuse import fuse
 from .passes.manager import Run, Stage, StageRecord, StageRunner, graph_stage
 from .passes.memory import MemoryPlan, plan_memory
-from .passes.remat import RematPlan, flops_of, remat
+from .passes.cost import flops_of
+from .passes.remat import RematPlan, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
 from .profile import KernelProfile, profile_kernels

@@ -23,7 +23,7 @@ import numpy as np
 from llvmlite import ir
 
 from .codegen.llvm import target
-from .passes.remat import flops_of
+from .passes.cost import flops_of
 from .passes.schedule import KernelKind, Schedule
 
 

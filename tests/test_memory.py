@@ -155,7 +155,8 @@ def test_digits_example_adam_step_has_few_kernels_and_a_tight_arena():
     plan = plan_memory(schedule)
     matmuls = _report("digits Adam step", graph, schedule, plan)
     n_params = len(tree_flatten(params)[0])
-    assert len(schedule.kernels) <= matmuls + n_params // 2 + SMALL_CONSTANT + 4
+    step_scalars = 1  # the step count and bias corrections: a kernel of their own, so no update waits on another
+    assert len(schedule.kernels) <= matmuls + n_params // 2 + SMALL_CONSTANT + 4 + step_scalars
     assert plan.ratio <= 1.10
     assert_no_overlap(plan)
     new_params = graph.outputs[1:1 + n_params]  # the step returns (loss, new params, new state)

@@ -12,7 +12,7 @@ from ffcompile.codegen.backend import BackendError
 from ffcompile.codegen.registry import BACKENDS, get_backend
 from ffcompile.passes.memory import MemoryPlan
 from ffcompile.passes.schedule import Schedule
-from ffcompile.pipeline import Donation, Rematerialized
+from ffcompile.pipeline import Donation
 
 PACKAGE = Path(ff.__file__).parent
 STAGES = ["decompose", "simplify", "fuse", "donation", "memory", "lower"]

@@ -10,6 +10,7 @@ from typing import Callable
 
 from .errors import ShapeError
 from .graph import Graph, Loc, Node, freeze_attrs
+from .op import Input
 from .types import TensorType
 
 CURRENT = object()  # emit()'s default location: whatever the builder says now
@@ -77,8 +78,6 @@ class Builder:
 
     def add_input(self, type_: TensorType, name: str, loc: Loc | None = None) -> int:
         """Inputs carry no location unless given one: they come from the caller."""
-        from .ops import Input
-
         return self.emit(Input, [], {"name": name, "type": type_}, loc)
 
     def copy(self, node: Node, inputs) -> int:

@@ -11,6 +11,7 @@ from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Any
 
+from .op import Input
 from .printer import print_graph
 from .types import TensorType
 
@@ -78,7 +79,7 @@ class Graph:
     # where recomputing them made compiling a 1,000-layer chain quadratic.
     @cached_property
     def inputs(self) -> tuple[int, ...]:
-        return tuple(i for i, n in enumerate(self.nodes) if n.op.name == "input")
+        return tuple(i for i, n in enumerate(self.nodes) if n.op is Input)
 
     @cached_property
     def input_types(self) -> tuple[TensorType, ...]:

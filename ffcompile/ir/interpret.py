@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, Node
-from .ops import Input
+from .op import Input
 
 
 def evaluate(node: Node, operands: list[np.ndarray]) -> np.ndarray:

@@ -18,8 +18,6 @@ centrally. `None` means "no gradient flows" (no dead zeros are emitted).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
 from typing import ClassVar
 
 import numpy as np
@@ -27,115 +25,11 @@ import scipy.special
 
 from . import attributes as A
 from . import lang as L
-from .errors import DTypeError, ShapeError
+# The base, traits and registry live in op.py; re-exported: ops.X is how passes name them.
+from .op import (COMPOSITE, CONTRACTION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, SOURCE, Cost,  # noqa: F401
+                 Input, Op, Trait, format_types, register, shown_value)
+from .errors import DTypeError
 from .types import TensorType
-
-
-class Trait(Enum):
-    """What kind of computation an op is, for the passes that ask (fusion, remat,
-    autodiff). Not a kernel kind (passes/schedule.KernelKind): a kernel groups ops."""
-
-    ELEMENTWISE = "elementwise"
-    REDUCTION = "reduction"
-    CONTRACTION = "contraction"
-    LAYOUT = "layout"
-    SOURCE = "source"
-    COMPOSITE = "composite"
-
-
-ELEMENTWISE, REDUCTION, CONTRACTION = Trait.ELEMENTWISE, Trait.REDUCTION, Trait.CONTRACTION
-LAYOUT, SOURCE, COMPOSITE = Trait.LAYOUT, Trait.SOURCE, Trait.COMPOSITE
-
-OPS: dict[str, type["Op"]] = {}
-
-
-def register(cls):
-    if cls.name in OPS:
-        raise ValueError(f"op {cls.name!r} registered twice")
-    OPS[cls.name] = cls
-    return cls
-
-
-@dataclass(frozen=True)
-class Cost:
-    flops: int
-    bytes: int
-
-
-def _fmt(types) -> str:
-    return ", ".join(str(t) for t in types)
-
-
-def _shown(value) -> str:
-    """An attribute value as IR text (Python repr if it has none), cut short."""
-    from .printer import format_value
-
-    try:
-        text = format_value(value)
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class Op:
-    name: ClassVar[str]
-    traits: ClassVar[frozenset[Trait]] = frozenset()
-    arity: ClassVar[int | None] = 1  # None: variadic
-    attributes: ClassVar[dict[str, A.Attr]] = {}  # name -> kind
-    differentiable: ClassVar[bool] = True
-    flops_per_element: ClassVar[int] = 1
-
-    @classmethod
-    def error(cls, message: str, types=()) -> ShapeError:
-        suffix = f" (operands: {_fmt(types)})" if types else ""
-        return ShapeError(f"{cls.name}: {message}{suffix}")
-
-    @classmethod
-    def check_signature(cls, types, attrs) -> None:
-        if cls.arity is not None and len(types) != cls.arity:
-            raise cls.error(f"expects {cls.arity} operands, got {len(types)}", types)
-        if set(attrs) != set(cls.attributes):
-            raise cls.error(f"attributes must be {sorted(cls.attributes)}, got {sorted(attrs, key=str)}")
-        for name, kind in cls.attributes.items():
-            if not kind.accepts(attrs[name]):
-                raise cls.error(f"{name} must be {kind.describe}, got {_shown(attrs[name])}")
-
-    @classmethod
-    def infer(cls, types: list[TensorType], attrs: dict) -> TensorType:
-        raise NotImplementedError
-
-    @classmethod
-    def reference(cls, attrs: dict, *args: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    @classmethod
-    def vjp(cls, inputs: list, out, g, attrs: dict) -> list:
-        raise NotImplementedError(f"{cls.name} has no VJP")
-
-    @classmethod
-    def cost(cls, types: list[TensorType], out: TensorType, attrs: dict) -> Cost:
-        moved = sum(t.nbytes for t in types) + out.nbytes
-        return Cost(out.size * cls.flops_per_element, moved)
-
-
-# --------------------------------------------------------------------------- sources
-
-
-@register
-class Input(Op):
-    name = "input"
-    traits = frozenset({SOURCE})
-    arity = 0
-    attributes = {"name": A.STRING, "type": A.TYPE}
-    differentiable = False
-
-    @classmethod
-    def infer(cls, types, attrs):
-        return attrs["type"]
-
-    @classmethod
-    def cost(cls, types, out, attrs):
-        return Cost(0, 0)
 
 
 @register
@@ -156,7 +50,7 @@ class Constant(Op):
             raise cls.error(f"value of shape {shape} does not match {out}")
         bad = next((v for v in A.flat_scalars(attrs["value"]) if not cls._fits(v, out)), None)
         if bad is not None:
-            raise cls.error(f"value {_shown(bad)} does not fit {out.dtype}, which holds {cls._kind(out)}")
+            raise cls.error(f"value {shown_value(bad)} does not fit {out.dtype}, which holds {cls._kind(out)}")
         return out
 
     @staticmethod
@@ -232,7 +126,7 @@ def _broadcast(cls, types) -> tuple[int, ...]:
 def _same_dtype(cls, types) -> str:
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise DTypeError(f"{cls.name}: operand dtypes differ ({_fmt(types)}); ffcompile does not "
+        raise DTypeError(f"{cls.name}: operand dtypes differ ({format_types(types)}); ffcompile does not "
                          f"promote: convert one with .astype(...)")
     return types[0].dtype
 

@@ -18,7 +18,10 @@ A node read by several kernels still joins the one with the smallest root and
 becomes an extra output of it (e.g. the pre-activation a ReLU's gradient
 needs, written by the GEMM epilogue that computes the ReLU), unless it is the
 only reader of a matmul or reduce: then it roots its own kernel, so that op
-gets it as epilogue. Afterwards, an elementwise kernel over the result space
+gets it as epilogue; or a scalar computed from graph inputs alone (Adam's
+bias correction from the step count): then it roots its own kernel too, so
+that the updates reading it do not all wait for the one it would join
+(kernel_order.py runs each update as soon as its gradient is ready). Afterwards, an elementwise kernel over the result space
 of an earlier kernel it reads is merged into that kernel as epilogue (the log
 of softmax's row sums, say).
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir import ops as O
+from .kernel_order import sinks_first_ready
 from .schedule import VIEW_OPS, Kernel, KernelKind, Schedule
 
 PROLOGUE, ANCHOR, EPILOGUE = "prologue", "anchor", "epilogue"
@@ -69,6 +73,9 @@ class _Partition:
         self.views = {i for i, n in enumerate(self.nodes) if n.op in VIEW_OPS and i not in self.copies}
         self.literals = {i for i in range(len(self.nodes)) if self._is_literal(i)}
         self.group_of: list[_Group | None] = [None] * len(self.nodes)
+        self.from_inputs = [False] * len(self.nodes)  # computed from graph inputs and constants alone
+        for i, node in enumerate(self.nodes):
+            self.from_inputs[i] = all(self.from_inputs[j] for j in node.inputs)
 
     def run(self) -> Schedule:
         groups = []
@@ -81,8 +88,14 @@ class _Partition:
                 groups.append(group)
             self.group_of[i] = group
         groups = self._absorb_epilogues(groups)
-        return Schedule(self.graph, tuple(self._kernel(g) for g in groups),
-                        tuple(sorted(self.views)), tuple(sorted(self.literals)))
+        kernels = sinks_first_ready(self.graph, [self._kernel(g) for g in groups], self._root)
+        return Schedule(self.graph, tuple(kernels), tuple(sorted(self.views)), tuple(sorted(self.literals)))
+
+    def _root(self, v: int) -> int:
+        """The value whose buffer a read of v reads (views read their operand's)."""
+        while v in self.views:
+            v = self.nodes[v].inputs[0]
+        return v
 
     # ---- the walk
 
@@ -98,9 +111,11 @@ class _Partition:
             return None  # that kernel reads i through a view: i needs a buffer before it runs
         phases = {first.phase[u] for u in users if self.group_of[u] is first}
         alone = len(readers) == 1 and i not in self.outputs and not through_views
-        if _is_fusable(node.op):
+        if is_fusable(node.op):
             if not alone and self._only_reader_of_anchor(i):
                 return None  # an output anyway: better the epilogue of its GEMM than another's prologue
+            if not alone and self.from_inputs[i] and not node.type.shape:
+                return None  # a scalar several kernels share (an optimizer's step count): no update waits on another
             phase = self._elementwise_phase(node, first, phases, alone)
             if phase is not None:
                 first.phase[i] = phase
@@ -222,7 +237,7 @@ class _Partition:
         node = self.nodes[i]
         if node.op is not O.Constant or node.type.rank or i in self.outputs:
             return False
-        return all(u not in self.views and (_is_fusable(self.nodes[u].op) or self.nodes[u].op in _REDUCES)
+        return all(u not in self.views and (is_fusable(self.nodes[u].op) or self.nodes[u].op in _REDUCES)
                    for u in self.users[i])
 
 
@@ -233,7 +248,7 @@ def _broadcasts_into(shape: tuple[int, ...], space: tuple[int, ...]) -> bool:
     return all(d in (1, s) for d, s in zip(reversed(shape), reversed(space)))
 
 
-def _is_fusable(op) -> bool:
+def is_fusable(op) -> bool:
     """Ops a loop nest evaluates per element: elementwise ones, and broadcast and iota (index maps)."""
     return (O.ELEMENTWISE in op.traits and O.COMPOSITE not in op.traits) or op in (O.Broadcast, O.Iota)
 
@@ -252,7 +267,7 @@ def _kind_of(op, copied: bool) -> str:
         return KernelKind.REDUCTION
     if op in (O.Constant, O.Iota):
         return KernelKind.SOURCE
-    if _is_fusable(op):
+    if is_fusable(op):
         return KernelKind.ELEMENTWISE
     if O.LAYOUT in op.traits:
         return KernelKind.LAYOUT

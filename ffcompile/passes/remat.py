@@ -24,150 +24,19 @@ plan's numbers are the program's, not an estimate's.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import Builder, Graph, Loc
-from ..ir import ops as O
-from .fuse import fuse
-from .memory import plan_memory
+from ..ir import Graph
+from .cost import arena_peak, flops_of
+from .recompute import STORED_SETS, RematInfeasible, Rewrite, forward_mask, insert_recomputation
+from .remat_solver import SolverReport, solve_optimal
 
-STRATEGIES = ("store_all", "recompute_elementwise", "sqrt", "optimal")
-_NO_LOC = Loc("<unknown>", 0)
-
-
-class RematInfeasible(ValueError):
-    """No plan the planner found fits the memory budget."""
-
-
-# --------------------------------------------------------------------------- the rewrite
-
-
-def forward_mask(graph: Graph) -> list[bool]:
-    """forward[i]: node i belongs to the forward part (graph inputs excluded)."""
-    nodes = graph.nodes
-    backward = [False] * len(nodes)
-    for i, node in enumerate(nodes):
-        backward[i] = (node.loc is not None and node.loc.role == "grad") or any(backward[j] for j in node.inputs)
-    live = [False] * len(nodes)  # some output depends on it (grad's outputs are all backward)
-    for j in graph.outputs:
-        live[j] = True
-    for i in range(len(nodes) - 1, -1, -1):
-        if live[i]:
-            for j in nodes[i].inputs:
-                live[j] = True
-    return [live[i] and not backward[i] and node.op is not O.Input for i, node in enumerate(nodes)]
-
-
-def copyable(graph: Graph, forward: list[bool], i: int) -> bool:
-    """Forward nodes with operands can be recomputed; inputs and constants are always at hand."""
-    return forward[i] and bool(graph.nodes[i].inputs)
-
-
-def recomputed_values(graph: Graph, forward: list[bool], stored: set[int]) -> list[int]:
-    """The forward values that get a copy when `stored` are kept: ascending ids."""
-    nodes = graph.nodes
-    needed = [False] * len(nodes)
-    for i, node in enumerate(nodes):
-        if not forward[i] and node.op is not O.Input:
-            for j in node.inputs:
-                needed[j] = needed[j] or (copyable(graph, forward, j) and j not in stored)
-    for i in range(len(nodes) - 1, -1, -1):
-        if needed[i]:
-            for j in nodes[i].inputs:
-                needed[j] = needed[j] or (copyable(graph, forward, j) and j not in stored)
-    return [i for i, n in enumerate(needed) if n]
-
-
-@dataclass(frozen=True)
-class Rewrite:
-    graph: Graph
-    new_id: tuple[int, ...]  # original node id -> its id in the rewritten graph
-    copies: dict[int, int]  # recomputed original id -> its copy's id in the rewritten graph
-    extra_flops: int
-
-
-def insert_recomputation(graph: Graph, stored: set[int], forward: list[bool] | None = None) -> Rewrite:
-    """Recompute every forward value the backward part needs that is not in `stored`."""
-    forward = forward_mask(graph) if forward is None else forward
-    nodes = graph.nodes
-    recompute = recomputed_values(graph, forward, stored)
-    if not recompute:
-        return Rewrite(graph, tuple(range(len(nodes))), {}, 0)
-    wanted = set(recompute)
-    # Each copy goes right before the first backward node that reads it or a copy reading it.
-    first_need = {v: len(nodes) for v in recompute}
-    for i, node in enumerate(nodes):
-        if not forward[i]:
-            for j in node.inputs:
-                if j in wanted:
-                    first_need[j] = min(first_need[j], i)
-    for v in reversed(recompute):  # users have larger ids: their first need is final
-        for j in nodes[v].inputs:
-            if j in wanted:
-                first_need[j] = min(first_need[j], first_need[v])
-    due: dict[int, list[int]] = {}
-    for v in recompute:  # ascending: a copy's operands are emitted before it
-        due.setdefault(first_need[v], []).append(v)
-    builder = Builder(graph.name)
-    new_id: list[int] = []
-    copies: dict[int, int] = {}
-    extra = 0
-    for i, node in enumerate(nodes):
-        for v in due.get(i, ()):
-            original = nodes[v]
-            operands = [copies.get(j, new_id[j]) for j in original.inputs]
-            copies[v] = builder.emit(original.op, operands, original.attr_dict,
-                                     (original.loc or _NO_LOC).derived("recompute"))
-            extra += flops_of(graph, v)
-        reads_copies = not forward[i] and node.op is not O.Input
-        new_id.append(builder.copy(node, [copies[j] if reads_copies and j in copies else new_id[j]
-                                          for j in node.inputs]))
-    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), copies, extra)
-
-
-def flops_of(graph: Graph, i: int) -> int:
-    node = graph.nodes[i]
-    return node.op.cost([graph.nodes[j].type for j in node.inputs], node.type, node.attr_dict).flops
-
-
-def arena_peak(graph: Graph) -> int:
-    """The real peak: the arena the memory planner gives the fused program."""
-    return plan_memory(fuse(graph)).arena_bytes
-
-
-# --------------------------------------------------------------------------- strategies
-
-
-def stored_all(graph: Graph, forward: list[bool]) -> set[int]:
-    return {i for i, f in enumerate(forward) if f}
-
-
-def stored_matmuls(graph: Graph, forward: list[bool]) -> set[int]:
-    """JAX's dots_saveable: keep contraction outputs, recompute everything elementwise."""
-    return {i for i, node in enumerate(graph.nodes) if forward[i] and node.op is O.Matmul}
-
-
-def stored_sqrt(graph: Graph, forward: list[bool]) -> set[int]:
-    """Chen et al. 2016: a layer is a forward matmul; keep the activation entering every
-    k-th layer (k = round(sqrt(layers))) and recompute each segment in between."""
-    matmuls = sorted(stored_matmuls(graph, forward))
-    k = max(1, round(math.sqrt(len(matmuls))))
-    return {j for m in matmuls[::k] for j in graph.nodes[m].inputs if forward[j]}
+STRATEGIES = (*STORED_SETS, "optimal")
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class SolverReport:
-    status: str  # the last HiGHS solve: "optimal", "time limit", "infeasible"; or "nothing to decide"
-    gap: float  # (extra FLOPs - the model's dual bound) / extra FLOPs; 0.0: optimal for the model
-    seconds: float
-    iterations: int  # model solves (a solution over budget is cut off and the model re-solved)
-    source: str  # the plan chosen: "milp", "milp (least peak)", or a seed strategy that cost less
 
 
 @dataclass(frozen=True)
@@ -193,9 +62,7 @@ class RematPlan:
                  f"  extra_flops={self.extra_flops} ({share:.1%} of the forward's {self.forward_flops})",
                  f"  planned in {self.seconds:.3f}s"]
         if self.solver is not None:
-            s = self.solver
-            lines.append(f"  solver: status={s.status!r} gap={s.gap:.4f} time={s.seconds:.3f}s "
-                         f"iterations={s.iterations} chosen={s.source}")
+            lines.append(f"  solver: {self.solver}")
         lines.append(f"  stored ({len(self.stored)}): " + ", ".join(self.stored))
         lines.append(f"  recomputed ({len(self.recomputed)}): " + ", ".join(self.recomputed))
         lines.append("}")
@@ -213,8 +80,6 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
     time_limit: seconds for `optimal`'s solver, over all its re-solves.
     peak_of: the real arena of the program a backend builds from a graph
     (a backend that needs kernel scratch passes its own measure)."""
-    from .remat_solver import solve_optimal
-
     if strategy not in STRATEGIES:
         raise ValueError(f"remat: unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     start = time.perf_counter()
@@ -226,8 +91,7 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
         stored, solver = solve_optimal(graph, forward, budget if budget is not None else store_all_peak,
                                        time_limit, peak_of)
     else:
-        stored = {"store_all": stored_all, "recompute_elementwise": stored_matmuls,
-                  "sqrt": stored_sqrt}[strategy](graph, forward)
+        stored = STORED_SETS[strategy](graph, forward)
     rewrite = insert_recomputation(graph, stored, forward)
     peak = peak_of(rewrite.graph)
     if budget is not None and peak > budget:
@@ -272,7 +136,7 @@ def frontier(graph: Graph, fractions=(0.9, 0.75, 0.6, 0.5, 0.4, 0.3, 0.2), time_
     """(label, graph, plan) for every named strategy, then `optimal` at each fraction of
     store_all's peak that some schedule fits (peak bytes vs extra FLOPs)."""
     rows = []
-    for strategy in STRATEGIES[:-1]:
+    for strategy in STORED_SETS:
         result, plan = remat(graph, strategy, peak_of=peak_of)
         rows.append((strategy, result, plan))
     for fraction in fractions:

@@ -37,7 +37,8 @@ no-good cut on s) and the model re-solved; after NO_GOOD_CUTS of those the
 model's budget is also tightened by the observed excess. The named
 strategies seed the search and the cheapest verified plan wins (ties go to
 the MILP). When nothing fits, a second MILP minimizes the model's peak, and
-the error states the smallest real peak found.
+a descent on the real peak (toggling one candidate at a time, else two) looks further,
+and the error states the smallest real peak found (not proven least).
 """
 from __future__ import annotations
 
@@ -47,27 +48,42 @@ import itertools
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..ir import Graph
-from .fuse import _is_fusable, fuse
+from .cost import arena_peak, flops_of
+from .fuse import fuse, is_fusable
 from .memory import aligned, plan_memory
-from .remat import (
-    RematInfeasible,
-    SolverReport,
-    arena_peak,
-    flops_of,
-    insert_recomputation,
-    recomputed_values,
-    stored_all,
-    stored_matmuls,
-    stored_sqrt,
-)
+from .recompute import STORED_SETS, RematInfeasible, insert_recomputation, recomputed_values
 
 NO_GOOD_CUTS = 40  # rejected solutions cut off one by one before the model's budget is tightened
+
+
+@dataclass(frozen=True)
+class SolverReport:
+    """What `optimal` can prove about its plan. The MILP's model estimates the real arena (it
+    is not a relaxation of it: it can over-estimate a stored set's peak), so its proof is the
+    model's, not the plan's: `status` and `gap` speak of the real-arena problem and claim only
+    what holds there, `model_status` and `model_gap` of the model."""
+
+    status: str  # "optimal" (proven: no extra FLOPs), "feasible" (a verified plan, minimality unproven)
+    gap: float | None  # (extra FLOPs - a valid lower bound) / extra FLOPs; None: no bound but the trivial 0
+    seconds: float
+    iterations: int  # model solves (a solution over budget is cut off and the model re-solved)
+    source: str  # the plan chosen: "milp", "milp (least peak)", or a seed strategy that cost less
+    model_status: str = "not run"  # the last HiGHS solve: "optimal", "time limit", "infeasible", "not run"
+    model_gap: float | None = None  # (extra FLOPs - the model's dual bound) / extra FLOPs, for the model
+
+    def __str__(self) -> str:
+        def share(x):
+            return "unknown" if x is None else f"{x:.4f}"
+        return (f"status={self.status!r} gap={share(self.gap)} model={self.model_status!r} "
+                f"model_gap={share(self.model_gap)} time={self.seconds:.3f}s "
+                f"iterations={self.iterations} chosen={self.source}")
+
+
 _STATUS = {0: "optimal", 1: "time limit", 2: "infeasible", 3: "unbounded", 4: "error"}
 
 
@@ -84,8 +100,7 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         return tried[stored]
 
     # The named strategies (and storing nothing) seed the search and bound what the MILP must beat.
-    seeds = {name: frozenset(fn(graph, forward)) for name, fn in
-             (("store_all", stored_all), ("recompute_elementwise", stored_matmuls), ("sqrt", stored_sqrt))}
+    seeds = {name: frozenset(fn(graph, forward)) for name, fn in STORED_SETS.items()}
     seeds["store_nothing"] = frozenset()
     best_name, best = None, None
     for name, stored in seeds.items():
@@ -120,14 +135,33 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         result = model.solve_min_peak(max(1.0, time_limit - (time.perf_counter() - start)))
         if result.x is not None and evaluate(model.stored(result.x[:model.n]))[0] <= budget:
             best_name, best = "milp (least peak)", model.stored(result.x[:model.n])
+    if best is None:  # descend on the real peak from the least found: toggle one candidate, else two
+        stored = min(tried, key=lambda t: tried[t])
+        while best is None and time.perf_counter() - start < time_limit:
+            for group in (1, 2):
+                moves = (stored ^ set(c) for c in itertools.combinations(model.cands, group))
+                step = min(itertools.takewhile(lambda _: time.perf_counter() - start < time_limit, moves),
+                           key=evaluate, default=stored)
+                if evaluate(step) < evaluate(stored):
+                    break
+            if evaluate(step) >= evaluate(stored):
+                break
+            stored = step
+            if evaluate(stored)[0] <= budget:
+                best_name, best = "least-peak search", stored
     if best is None:
         smallest = min(peak for peak, _ in tried.values())
         raise RematInfeasible(f"remat: no schedule fits the {budget}-byte budget; the smallest real "
-                              f"peak found is {smallest} bytes (store_all: {evaluate(seeds['store_all'])[0]})")
+                              f"peak found is {smallest} bytes (store_all: {evaluate(seeds['store_all'])[0]}; "
+                              f"found by a search, not proven least)")
     best_flops = evaluate(best)[1]
-    # Relative to the model's dual bound: proven for the model, which the real arena was checked against.
-    gap = 1.0 if bound is None else max(0.0, best_flops - bound) / max(best_flops, 1)
-    report = SolverReport(status, gap, time.perf_counter() - start, iterations, best_name)
+    # The model's bound holds for the model only; the one bound valid for the real arena is
+    # zero extra FLOPs, so only a plan with none is proven optimal.
+    model_gap = None if bound is None or status not in ("optimal", "time limit", "nothing to decide") \
+        else max(0.0, best_flops - bound) / max(best_flops, 1)
+    proven = best_flops == 0
+    report = SolverReport("optimal" if proven else "feasible", 0.0 if proven else None,
+                          time.perf_counter() - start, iterations, best_name, status, model_gap)
     return set(best), report
 
 
@@ -150,7 +184,7 @@ class _Model:
         # A copy of an elementwise value read by one backward kernel and by no other copy
         # fuses into that kernel: no buffer.
         read_by_copies = {j for x in self.closure for j in nodes[x].inputs}
-        self.copy_size = {v: 0 if len(set(bwd_reads.get(v, ()))) == 1 and _is_fusable(nodes[v].op)
+        self.copy_size = {v: 0 if len(set(bwd_reads.get(v, ()))) == 1 and is_fusable(nodes[v].op)
                           and v not in read_by_copies else self.size[v] for v in self.cands}
         self.feeds = _candidate_inputs(nodes, self.cands, in_closure)
         self.fed_by: dict[int, list[int]] = {v: [] for v in self.cands}
@@ -282,6 +316,10 @@ class _Model:
         return self._milp(objective, rows, time_limit)
 
     def _milp(self, objective: np.ndarray, rows, time_limit: float):
+        # Imported here: scipy.optimize loads scipy.linalg (30-60 ms), which only `optimal` needs.
+        import scipy.sparse
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
         columns = len(objective)
         data, row_ids, col_ids = [], [], []
         for r, (coef, _, _) in enumerate(rows):

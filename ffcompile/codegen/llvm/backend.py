@@ -40,7 +40,7 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
-from .lower import ENTRY, PROFILE, lower
+from .lower import ENTRY, PROFILE, gemm_scratch, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -302,7 +302,9 @@ class LLVMBackend:
                 or op in (O.Matmul, O.Constant, O.Reshape, O.Input))
 
     def kernel_scratch(self, schedule: Schedule, protected: frozenset[int]) -> dict[int, int]:
-        return {}  # every kernel is one fused loop nest, or a GEMM call that writes in place
+        # Kernels are fused loop nests; a GEMM that may write over an argument it still
+        # reads (a donated parameter's update) computes its product in scratch.
+        return gemm_scratch(schedule)
 
     def safe_donations(self, schedule: Schedule, donate) -> dict[int, int]:
         return fused_loop_donations(schedule, safe_donations(schedule, donate))

@@ -9,8 +9,11 @@ loop (as NumPy's iterator coalesces dimensions), so a fused kernel over
 contiguous operands is one flat, vectorizable loop. An axis an iota reads
 keeps a loop of its own, whose index is the iota's value.
 
-Fast-math flags are per instruction: `contract` on add/sub/mul (an FMA is
-at least as exact), nothing that assumes away NaN, infinities or signed zeros.
+No fast-math flag spans two ops: every op rounds its result, as NumPy does,
+so a value's bits do not depend on which kernel computes it or what that
+kernel fuses around it (remat's copies are bitwise the originals). Inside
+one op (the math library's polynomials, x**n) `contract` lets LLVM form FMAs.
+Nothing assumes away NaN, infinities or signed zeros.
 Maximum/minimum propagate NaN like NumPy (`llvm.maximum`/`llvm.minimum`).
 """
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _arith(float_op: str, int_op: str) -> Lowering:
     def lower(b, node, args):
         x, y = args
         if is_float(x.type):
-            return getattr(b, float_op)(x, y, flags=CONTRACT)
+            return getattr(b, float_op)(x, y)
         return getattr(b, int_op)(x, y)
     return lower
 

@@ -87,12 +87,17 @@ def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None 
 
     # A GEMM whose result goes to a donated argument's array cannot write its product there
     # first (the epilogue still reads the argument): unless BLAS's beta does the epilogue
-    # (accumulate.py), it gets scratch past the planned arena.
+    # (accumulate.py), it gets the scratch the plan holds for it (LLVMBackend.kernel_scratch,
+    # gemm_scratch), else, for a plan made without it, scratch past the planned arena.
+    planned_scratch = {k: offset for k, offset, _ in plan.scratch}
     scratch, arena_bytes, scratch_anchors, blas = aligned(plan.arena_bytes), plan.arena_bytes, set(), set()
-    for kernel in schedule.kernels:
+    for k, kernel in enumerate(schedule.kernels):
         if kernel.kind != KernelKind.GEMM:
             continue
-        if kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+        if k in planned_scratch:
+            source[kernel.anchor] = ("arena", planned_scratch[k])
+            scratch_anchors.add(kernel.anchor)
+        elif kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
                 match_accumulate(nodes, kernel, same_storage) is None):
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
@@ -212,6 +217,37 @@ class _Entry:
         if self.part is not None:
             self.part.ret_void()
             self.part = None
+
+
+def gemm_scratch(schedule: Schedule) -> dict[int, int]:
+    """kernel step -> bytes of the GEMM product buffer the kernel needs while it runs.
+
+    A GEMM kernel writes its product into its result's storage and runs the epilogue in
+    place, unless that storage may be an argument's array the kernel still reads (a donated
+    parameter: Adam's update reads w, m and v after the product of its gradient exists).
+    A GEMM kernel whose result is a graph result of the type of a graph input it reads (a
+    possible donation) gets the scratch, used whether or not the call donates, so the
+    program's arena is the plan's; unless, with its results written over the inputs of
+    their type, BLAS's alpha and beta compute the epilogue (accumulate.py): then none."""
+    nodes = schedule.graph.nodes
+    inputs, results = set(schedule.graph.inputs), {schedule.root(j) for j in schedule.graph.outputs}
+    needed = {}
+    for k, kernel in enumerate(schedule.kernels):
+        root = kernel.body[-1]
+        if kernel.kind != KernelKind.GEMM or kernel.anchor in kernel.outputs or root not in results:
+            continue
+        read = {schedule.root(j) for j in kernel.inputs} & inputs
+        pairs = {frozenset((o, a)) for o in kernel.outputs if o in results for a in read
+                 if nodes[a].type == nodes[o].type}
+        if not any(root in pair for pair in pairs):
+            continue
+
+        def may_share(x: int, y: int) -> bool:
+            return frozenset((schedule.root(x), schedule.root(y))) in pairs
+
+        if match_accumulate(nodes, kernel, may_share) is None:
+            needed[k] = nodes[kernel.anchor].type.nbytes
+    return needed
 
 
 class _CycleCounters:

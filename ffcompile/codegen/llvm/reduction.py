@@ -5,14 +5,17 @@ The loop space is the reduced operand's shape. Two loop orders:
 - reduced axes innermost (softmax's row sums, the loss): outer loops over
   the kept axes, a scalar accumulator over the reduced ones, the epilogue
   right after. The accumulating add carries `reassoc` (that one
-  instruction only), so the vectorizer may split the sum into lanes.
+  instruction only), so the vectorizer may split the sum into lanes: LLVM
+  picks their number per kernel, so the same sum fused with other work can
+  round differently (docs/remat.md).
 - a kept axis innermost (bias gradients, sums over the batch): the loops run
   in memory order and add each element into an accumulator array over the
   result (the result buffer when it is a kernel output, else a stack array),
   then a second loop applies the epilogue. Every inner step is then a
   contiguous vector update instead of a strided scalar walk.
 
-Maximum propagates NaN (`llvm.maximum`), as NumPy's max does.
+No `contract`: a prologue's product is rounded before it is added, as in a
+kernel of its own. Maximum propagates NaN (`llvm.maximum`), as NumPy's max does.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ from llvmlite import ir
 
 from ...ir import ops as O
 from .elementwise import (
-    CONTRACT,
     REGISTER_TYPES,
     Array,
     BodyEmitter,
@@ -44,7 +46,7 @@ def _sum_identity(ty: ir.Type) -> ir.Constant:
 
 def _sum(b: ir.IRBuilder, acc: ir.Value, x: ir.Value, reorder: bool) -> ir.Value:
     if is_float(x.type):
-        return b.fadd(acc, x, flags=("reassoc",) + CONTRACT if reorder else CONTRACT)
+        return b.fadd(acc, x, flags=("reassoc",) if reorder else ())
     return b.add(acc, x)
 
 

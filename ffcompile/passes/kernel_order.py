@@ -1,0 +1,78 @@
+"""Kernel order: updates run as soon as their gradient is ready.
+
+Fusion orders kernels by root, i.e. as the graph was traced; a training step
+traces the whole backward pass before the optimizer, so every weight
+gradient would stay live until the updates at the end. Like PyTorch's
+optimizer-in-backward hooks, a *sink* kernel runs as soon as it can. A sink
+writes graph results that only other sinks read (an optimizer update, the
+loss), or is a helper reading only graph inputs, for sinks only (a bias
+correction from the step count, Adam's b1 * m). A sink writing a result runs
+right after the kernels it must follow (its producers, and every kernel
+reading a graph input it reads, so a donated parameter is written over only
+once nothing else needs the old value); a helper runs right before its
+first reader. Moving a sink earlier ends the lifetimes of the buffers it
+reads sooner and starts none earlier than it has to.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+from .schedule import Kernel
+
+
+def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]:
+    """kernels (a valid order) reordered so that each sink runs as early as it may.
+    root(v): the buffer a read of v reads (views read their operand's)."""
+    producer = {v: k for k, kernel in enumerate(kernels) for v in kernel.outputs}
+    inputs = set(graph.inputs)
+    results = {root(j) for j in graph.outputs}
+    reads = [{root(j) for j in kernel.inputs} for kernel in kernels]
+    readers: dict[int, list[int]] = {}
+    for k, values in enumerate(reads):
+        for v in values:
+            readers.setdefault(v, []).append(k)
+    # A helper reads graph inputs and literals only (a step count's bias correction, Adam's b1 * m).
+    helper = [all(v not in producer for v in values) for values in reads]
+    sink = [False] * len(kernels)
+    for k in range(len(kernels) - 1, -1, -1):  # readers come later: their status is known
+        sink[k] = all((v in results or helper[k]) and all(sink[r] for r in readers.get(v, ()))
+                      for v in kernels[k].outputs)
+    writes_result = [sink[k] and any(v in results for v in kernel.outputs) for k, kernel in enumerate(kernels)]
+    # A kernel follows its producers (non-sinks keep their order); a sink also every earlier
+    # reader of a graph input it reads, and every non-sink reader (then nothing needs the old value).
+    must_follow = []
+    for k, values in enumerate(reads):
+        deps = {producer[v] for v in values if v in producer}
+        if sink[k]:
+            for v in values & inputs:
+                deps |= {r for r in readers[v] if r < k or not sink[r]}
+        deps.discard(k)
+        must_follow.append(deps)
+    # trigger[k]: the last non-sink kernel a sink waits for, through the sinks it waits for.
+    trigger = [-1] * len(kernels)
+    for k in range(len(kernels)):
+        if sink[k]:
+            trigger[k] = max((trigger[d] if sink[d] else d for d in must_follow[k]), default=-1)
+    due: dict[int, list[int]] = {}
+    for k in range(len(kernels)):
+        if writes_result[k]:
+            due.setdefault(trigger[k], []).append(k)
+    placed = [False] * len(kernels)
+    order: list[int] = []
+
+    def place(k: int) -> None:  # helper sinks run right before their first reader
+        for d in sorted(must_follow[k]):
+            if not placed[d]:
+                place(d)
+        placed[k] = True
+        order.append(k)
+
+    for k in [-1, *range(len(kernels))]:
+        if k >= 0 and not sink[k]:
+            place(k)
+        for s in due.get(k, ()):
+            if not placed[s]:
+                place(s)
+    for k in range(len(kernels)):  # a sink no result sink reads (none expected)
+        if not placed[k]:
+            place(k)
+    return [kernels[k] for k in order]

@@ -1,0 +1,146 @@
+"""The remat rewrite and the named stored sets (see remat.py for the whole story).
+
+A forward value the backward part reads is either stored or recomputed: a
+copy of its node, located `loc(recompute ...)`, inserted right before the
+first backward node that needs it. This module holds the rewrite
+(`insert_recomputation`) and the stored set of each named strategy
+(`STORED_SETS`); remat.py and remat_solver.py build on it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..ir import Builder, Graph, Loc
+from ..ir import ops as O
+from .cost import flops_of
+
+_NO_LOC = Loc("<unknown>", 0)
+
+
+class RematInfeasible(ValueError):
+    """No plan the planner found fits the memory budget."""
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+
+def forward_mask(graph: Graph) -> list[bool]:
+    """forward[i]: node i belongs to the forward part (graph inputs excluded)."""
+    nodes = graph.nodes
+    backward = [False] * len(nodes)
+    for i, node in enumerate(nodes):
+        backward[i] = (node.loc is not None and node.loc.role == "grad") or any(backward[j] for j in node.inputs)
+    live = [False] * len(nodes)  # some output depends on it (grad's outputs are all backward)
+    for j in graph.outputs:
+        live[j] = True
+    for i in range(len(nodes) - 1, -1, -1):
+        if live[i]:
+            for j in nodes[i].inputs:
+                live[j] = True
+    forward = [live[i] and not backward[i] and node.op is not O.Input for i, node in enumerate(nodes)]
+    # A value read only by the backward part and computed from graph inputs and constants
+    # directly, or through scalars computed so (an optimizer's b1 * m, its bias corrections from
+    # the step count), is backward too: it needs no activation, and storing or recomputing it
+    # is no choice, only a delay to the update that reads it.
+    from_inputs = [False] * len(nodes)
+    for i, node in enumerate(nodes):
+        from_inputs[i] = all(nodes[j].op in (O.Input, O.Constant) or (from_inputs[j] and not nodes[j].type.shape)
+                             for j in node.inputs)
+    users = graph.users()
+    outputs = set(graph.outputs)
+    for i in range(len(nodes) - 1, -1, -1):
+        if forward[i] and from_inputs[i] and i not in outputs and not any(forward[u] for u in users[i]):
+            forward[i] = False
+    return forward
+
+
+def copyable(graph: Graph, forward: list[bool], i: int) -> bool:
+    """Forward nodes with operands can be recomputed; inputs and constants are always at hand."""
+    return forward[i] and bool(graph.nodes[i].inputs)
+
+
+def recomputed_values(graph: Graph, forward: list[bool], stored: set[int]) -> list[int]:
+    """The forward values that get a copy when `stored` are kept: ascending ids."""
+    nodes = graph.nodes
+    needed = [False] * len(nodes)
+    for i, node in enumerate(nodes):
+        if not forward[i] and node.op is not O.Input:
+            for j in node.inputs:
+                needed[j] = needed[j] or (copyable(graph, forward, j) and j not in stored)
+    for i in range(len(nodes) - 1, -1, -1):
+        if needed[i]:
+            for j in nodes[i].inputs:
+                needed[j] = needed[j] or (copyable(graph, forward, j) and j not in stored)
+    return [i for i, n in enumerate(needed) if n]
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    graph: Graph
+    new_id: tuple[int, ...]  # original node id -> its id in the rewritten graph
+    copies: dict[int, int]  # recomputed original id -> its copy's id in the rewritten graph
+    extra_flops: int
+
+
+def insert_recomputation(graph: Graph, stored: set[int], forward: list[bool] | None = None) -> Rewrite:
+    """Recompute every forward value the backward part needs that is not in `stored`."""
+    forward = forward_mask(graph) if forward is None else forward
+    nodes = graph.nodes
+    recompute = recomputed_values(graph, forward, stored)
+    if not recompute:
+        return Rewrite(graph, tuple(range(len(nodes))), {}, 0)
+    wanted = set(recompute)
+    # Each copy goes right before the first backward node that reads it or a copy reading it.
+    first_need = {v: len(nodes) for v in recompute}
+    for i, node in enumerate(nodes):
+        if not forward[i]:
+            for j in node.inputs:
+                if j in wanted:
+                    first_need[j] = min(first_need[j], i)
+    for v in reversed(recompute):  # users have larger ids: their first need is final
+        for j in nodes[v].inputs:
+            if j in wanted:
+                first_need[j] = min(first_need[j], first_need[v])
+    due: dict[int, list[int]] = {}
+    for v in recompute:  # ascending: a copy's operands are emitted before it
+        due.setdefault(first_need[v], []).append(v)
+    builder = Builder(graph.name)
+    new_id: list[int] = []
+    copies: dict[int, int] = {}
+    extra = 0
+    for i, node in enumerate(nodes):
+        for v in due.get(i, ()):
+            original = nodes[v]
+            operands = [copies.get(j, new_id[j]) for j in original.inputs]
+            copies[v] = builder.emit(original.op, operands, original.attr_dict,
+                                     (original.loc or _NO_LOC).derived("recompute"))
+            extra += flops_of(graph, v)
+        reads_copies = not forward[i] and node.op is not O.Input
+        new_id.append(builder.copy(node, [copies[j] if reads_copies and j in copies else new_id[j]
+                                          for j in node.inputs]))
+    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), copies, extra)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def stored_all(graph: Graph, forward: list[bool]) -> set[int]:
+    return {i for i, f in enumerate(forward) if f}
+
+
+def stored_matmuls(graph: Graph, forward: list[bool]) -> set[int]:
+    """JAX's dots_saveable: keep contraction outputs, recompute everything elementwise."""
+    return {i for i, node in enumerate(graph.nodes) if forward[i] and node.op is O.Matmul}
+
+
+def stored_sqrt(graph: Graph, forward: list[bool]) -> set[int]:
+    """Chen et al. 2016: a layer is a forward matmul; keep the activation entering every
+    k-th layer (k = round(sqrt(layers))) and recompute each segment in between."""
+    matmuls = sorted(stored_matmuls(graph, forward))
+    k = max(1, round(math.sqrt(len(matmuls))))
+    return {j for m in matmuls[::k] for j in graph.nodes[m].inputs if forward[j]}
+
+
+# The one table of named strategies: strategy -> its stored set (optimal solves for one).
+STORED_SETS = {"store_all": stored_all, "recompute_elementwise": stored_matmuls, "sqrt": stored_sqrt}
