@@ -185,7 +185,7 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
-@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 17)])
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 18)])  # 18: the step counter is one
 def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
     lines = capsys.readouterr().out.splitlines()
