@@ -1,6 +1,7 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
 from . import nn, optim, tree
 from .api import compile
+from .checkpoint import load, save
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
@@ -21,5 +22,5 @@ def spec(shape, dtype="float32") -> TensorType:
 
 
 __all__ = ["ArgumentError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
-           "TrainStep", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "tree", "spec", "value_and_grad", "verify",
+           "TrainStep", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "load", "nn", "optim", "parse_ir", "save", "tree", "spec", "value_and_grad", "verify",
            "vjp", *_functions]
