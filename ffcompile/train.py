@@ -9,7 +9,10 @@ for this step (the values of `optimizer.hyperparameters(count)` in its order, on
 float64 array, converted to the parameters' dtype inside the program): the step
 fills it from the optimizer object at every call, so changing a hyperparameter or
 following a schedule never recompiles. One array, not one per scalar: every
-argument leaf costs the call ~0.5 us of matching and argument passing. Calling the step returns the loss and writes
+argument leaf costs the call ~0.5 us of matching and argument passing.
+Any object with `init(params)` and `update(grads, state, params)` is an
+optimizer too; one without `hyperparameters` (not an ff.optim.Optimizer) gets
+None for them and is traced with its values fixed. Calling the step returns the loss and writes
 the new parameters and optimizer state over the caller's arrays (they are
 donated): training code keeps its references. Where the schedule reads an
 old value before it writes the new one (the usual case: an update is the last
@@ -39,23 +42,29 @@ class TrainStep:
         def train_step(params, opt_state, hyperparameters, *batch):
             loss, grads = grad_fn(params, *batch)
             with scope(loss, "optim"):  # dumps show the update as @optim
-                dtype = tree_flatten(params)[0][0].dtype
-                scalars = {name: convert(hyperparameters[i], dtype) for i, name in enumerate(self._names)}
-                new_params, new_state = optimizer.update(grads, opt_state, params, scalars)
+                if hyperparameters is None:
+                    new_params, new_state = optimizer.update(grads, opt_state, params)
+                else:
+                    dtype = tree_flatten(params)[0][0].dtype
+                    scalars = {name: convert(hyperparameters[i], dtype) for i, name in enumerate(self._names)}
+                    new_params, new_state = optimizer.update(grads, opt_state, params, scalars)
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
         self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
         self._last_hyperparameters = None  # (optimizer.version, array): reused until it changes
         self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
+        self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
         return self.optimizer.init(params)
 
-    def hyperparameters(self, opt_state) -> np.ndarray:
+    def hyperparameters(self, opt_state) -> np.ndarray | None:
         """The optimizer's scalars for the step after opt_state, as the program's input
         (one float64 array; the last one again while nothing changed them)."""
+        if not self._live:
+            return None
         count = opt_state.get("count") if isinstance(opt_state, dict) else None
         if isinstance(count, Value):
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
@@ -106,7 +115,9 @@ class TrainStep:
         array every call, overwritten by the next. The optimizer's hyperparameters are
         read from it at every call, as a call reads them. Never resize or replace a bound
         array (the bound object references them all, so `resize` raises); see docs/bind.md."""
-        hyperparameters = self.hyperparameters(opt_state).copy()  # its own: the refresh below writes it
+        hyperparameters = self.hyperparameters(opt_state)
+        if hyperparameters is not None:
+            hyperparameters = hyperparameters.copy()  # its own: the refresh below writes it
         executable, in_tree, leaves, _ = self._compiled.prepare_arrays(
             (params, opt_state, hyperparameters, *batch))
         _check_donatable(params, "params")
@@ -115,6 +126,13 @@ class TrainStep:
         state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
         after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
+        return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state))
+
+    def _refresher(self, hyperparameters: np.ndarray | None, opt_state):
+        """What a bound step runs before each call: rewrites its hyperparameters array
+        when the optimizer has a schedule or a hyperparameter was set since."""
+        if hyperparameters is None:
+            return None
         optimizer, count = self.optimizer, opt_state["count"]
         seen = [optimizer.version]
 
@@ -123,7 +141,7 @@ class TrainStep:
                 hyperparameters[:] = list(optimizer.hyperparameters(int(count)).values())
                 seen[0] = optimizer.version
 
-        return BoundCall(binding, given, binding.results[0], after, refresh)
+        return refresh
 
 
 def _state_leaves(in_tree) -> int:

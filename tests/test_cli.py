@@ -185,7 +185,8 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
-@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 18)])  # 18: the step counter is one
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 20)])  # 20: the step counter and
+# two one-element slices of the hyperparameters array (SGD: lr, weight_decay) are three
 def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
     lines = capsys.readouterr().out.splitlines()

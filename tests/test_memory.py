@@ -142,8 +142,9 @@ def test_digits_sized_step_has_few_kernels_and_a_tight_arena():
 def test_digits_example_adam_step_has_few_kernels_and_a_tight_arena():
     """The whole Adam training step of examples/digits.py, before simplification: 4 kernels of
     its constant go away with CSE and folding (the cross-entropy VJP recomputes the softmax and
-    builds 1/batch through reshapes), and 1 increments the step counter (an i64 scalar). Each
-    Adam update runs in its gradient's GEMM or reduction."""
+    builds 1/batch through reshapes); 1 increments the step counter (an i64 scalar) and 7 are
+    one-element slices of the hyperparameters array (~0.01 us each). Each Adam update runs in
+    its gradient's GEMM or reduction."""
     pytest.importorskip("sklearn", reason="examples/digits.py imports scikit-learn's datasets")
     from test_examples import load_example
 
@@ -156,7 +157,7 @@ def test_digits_example_adam_step_has_few_kernels_and_a_tight_arena():
     plan = plan_memory(schedule)
     matmuls = _report("digits Adam step", graph, schedule, plan)
     n_params = len(tree_flatten(params)[0])
-    assert len(schedule.kernels) <= matmuls + n_params // 2 + SMALL_CONSTANT + 4 + 1
+    assert len(schedule.kernels) <= matmuls + n_params // 2 + SMALL_CONSTANT + 4 + 1 + 7
     assert plan.ratio <= 1.10
     assert_no_overlap(plan)
     new_params = graph.outputs[1:1 + n_params]  # the step returns (loss, new params, new state)

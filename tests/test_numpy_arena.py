@@ -67,7 +67,8 @@ def test_digits_step_kernels_and_arena_against_the_lower_bound():
           f"arena {stats.arena_bytes} B, lower bound {stats.lower_bound} B, "
           f"ratio {stats.arena_bytes / stats.lower_bound:.3f}")
     print(stats)
-    assert stats.kernels <= matmuls + layers + 8
+    # + 8: the step counter's increment and 7 one-element slices of the hyperparameters array
+    assert stats.kernels <= matmuls + layers + 8 + 8
     assert stats.arena_bytes <= 1.10 * stats.lower_bound
 
 
