@@ -204,6 +204,8 @@ def test_bad_hyperparameters_name_the_optimizer_and_the_value():
         bad.hyperparameters(3)
     with pytest.raises(AttributeError):
         ff.optim.SGD(0.1, momentum=0.5, nesterov=True).nesterov = False  # fixed: part of the program
+    with pytest.raises(ValueError, match="Adam.update: the state has no 'count'"):
+        ff.optim.Adam().update({"w": np.ones(2)}, {"m": {}, "v": {}}, {"w": np.ones(2)})
 
 
 def test_a_bad_scheduled_value_stops_the_step_before_it_runs(problem):

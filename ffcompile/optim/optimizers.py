@@ -95,6 +95,9 @@ class Optimizer:
 
     def update(self, grads, state, params, hyperparameters=None):
         """(new_params, new_state): traced inside a compiled step, eager on arrays."""
+        if not isinstance(state, dict) or "count" not in state:
+            raise ValueError(f"{type(self).__name__}.update: the state has no 'count' (the step counter): "
+                             f"make it with init(params)")
         if hyperparameters is None:
             if isinstance(state["count"], Value):
                 raise TypeError(
