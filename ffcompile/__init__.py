@@ -1,6 +1,7 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
-from . import nn, optim, random
+from . import nn, optim, random, tree
 from .api import compile
+from .checkpoint import load, save
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
@@ -20,6 +21,7 @@ def spec(shape, dtype="float32") -> TensorType:
     return TensorType(tuple(int(d) for d in shape), dtype_name(dtype))
 
 
-__all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
-           "TrainStep", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "random", "spec", "value_and_grad", "verify",
+__all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "TrainStep",
+           "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "load", "nn", "optim",
+           "parse_ir", "random", "save", "spec", "tree", "value_and_grad", "verify",
            "vjp", *_functions]

@@ -111,9 +111,10 @@ class BoundCall:
     turns on its arena); one bound object's arrays are one state, so calling the
     same bound object from two threads at once races like any in-place update."""
 
-    __slots__ = ("_run", "_before", "_after", "result", "_keep")
+    __slots__ = ("_refresh", "_run", "_before", "_after", "result", "_keep")
 
-    def __init__(self, binding: Binding, given: list[np.ndarray], result, after=()):
+    def __init__(self, binding: Binding, given: list[np.ndarray], result, after=(), refresh=None):
+        self._refresh = refresh  # writes inputs computed per call (a training step's hyperparameters)
         self._run = binding.run
         # Arguments the backend could not use in place: its copies are refreshed every call.
         self._before = [(used, array) for used, array in zip(binding.arrays, given) if used is not array]
@@ -122,6 +123,8 @@ class BoundCall:
         self._keep = (binding, given)
 
     def __call__(self):
+        if self._refresh is not None:
+            self._refresh()
         for target, source in self._before:
             np.copyto(target, source)
         self._run()

@@ -2,9 +2,17 @@
 
 `compile_train_step(loss_fn, optimizer)` traces
 
-    step(params, opt_state, *batch) -> (loss, new_params, new_opt_state)
+    step(params, opt_state, hyperparameters, *batch) -> (loss, new_params, new_opt_state)
 
-into one graph and compiles it. Calling the step returns the loss and writes
+into one graph and compiles it. `hyperparameters` holds the optimizer's scalars
+for this step (the values of `optimizer.hyperparameters(count)` in its order, one
+float64 array, converted to the parameters' dtype inside the program): the step
+fills it from the optimizer object at every call, so changing a hyperparameter or
+following a schedule never recompiles. One array, not one per scalar: every
+argument leaf costs the call ~0.5 us of matching and argument passing.
+Any object with `init(params)` and `update(grads, state, params)` is an
+optimizer too; one without `hyperparameters` (not an ff.optim.Optimizer) gets
+None for them and is traced with its values fixed. Calling the step returns the loss and writes
 the new parameters and optimizer state over the caller's arrays (they are
 donated): training code keeps its references. Where the schedule reads an
 old value before it writes the new one (the usual case: an update is the last
@@ -18,6 +26,7 @@ import inspect
 import numpy as np
 
 from .api import USER_ERRORS, CompiledFunction
+from .ir.lang import Value, convert
 from .runtime import ArgumentError, BoundCall
 from .trace import scope, user_traceback
 from .transforms import value_and_grad
@@ -30,30 +39,60 @@ class TrainStep:
         self.optimizer = optimizer
         grad_fn = value_and_grad(loss_fn, argnums=0)
 
-        def train_step(params, opt_state, *batch):
+        def train_step(params, opt_state, hyperparameters, *batch):
             loss, grads = grad_fn(params, *batch)
             with scope(loss, "optim"):  # dumps show the update as @optim
-                new_params, new_state = optimizer.update(grads, opt_state, params)
+                if hyperparameters is None:
+                    new_params, new_state = optimizer.update(grads, opt_state, params)
+                else:
+                    dtype = tree_flatten(params)[0][0].dtype
+                    scalars = {name: convert(hyperparameters[i], dtype) for i, name in enumerate(self._names)}
+                    new_params, new_state = optimizer.update(grads, opt_state, params, scalars)
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
         self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
+        self._last_hyperparameters = None  # (optimizer.version, array): reused until it changes
+        self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
+        self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
         return self.optimizer.init(params)
 
+    def hyperparameters(self, opt_state) -> np.ndarray | None:
+        """The optimizer's scalars for the step after opt_state, as the program's input
+        (one float64 array; the last one again while nothing changed them)."""
+        if not self._live:
+            return None
+        count = opt_state.get("count") if isinstance(opt_state, dict) else None
+        if isinstance(count, Value):
+            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
+        if count is None:
+            self.optimizer.check_state(opt_state)  # a ValueError naming what is missing
+            raise ArgumentError("opt_state has no 'count' (the step counter): make it with step.init(params)")
+        optimizer, last = self.optimizer, self._last_hyperparameters
+        if last is not None and last[0] == optimizer.version and not optimizer.scheduled:
+            return last[1]
+        values = optimizer.hyperparameters(int(count))
+        self._names = tuple(values)
+        array = np.array(list(values.values()), np.float64)
+        self._last_hyperparameters = (optimizer.version, array)
+        return array
+
     def lower(self, params, opt_state, *batch):
-        return self._compiled.lower(params, opt_state, *batch)
+        return self._compiled.lower(params, opt_state, self.hyperparameters(opt_state), *batch)
 
     def profile(self, params, opt_state, *batch, steps: int = 100):
         """The time of each kernel of the step's native code (ffcompile/profile.py), with
         parameters and state donated as in a call (run on copies: the arrays are untouched)."""
-        return self.lower(params, opt_state, *batch).profile(params, opt_state, *batch, steps=steps)
+        hyperparameters = self.hyperparameters(opt_state)
+        return self.lower(params, opt_state, *batch).profile(params, opt_state, hyperparameters, *batch,
+                                                              steps=steps)
 
     def __call__(self, params, opt_state, *batch):
         try:
-            prepared = self._compiled.prepare((params, opt_state, *batch))
+            prepared = self._compiled.prepare((params, opt_state, self.hyperparameters(opt_state), *batch))
         except USER_ERRORS as exc:
             raise user_traceback(exc) from None
         if prepared is None:
@@ -77,10 +116,15 @@ class TrainStep:
         over these very arrays, checked once here as a call checks them: params and
         opt_state are updated in place, the batch is read from its arrays (refill them in
         place between calls: `x[...] = next_x`), and the loss comes back in the same 0-d
-        array every call, overwritten by the next. Never resize or replace a bound array
-        (the bound object references them all, so `resize` raises); see docs/bind.md."""
+        array every call, overwritten by the next. The optimizer's hyperparameters are
+        read from it at every call, as a call reads them. Never resize or replace a bound
+        array (the bound object references them all, so `resize` raises); see docs/bind.md."""
+        hyperparameters = self.hyperparameters(opt_state)
+        if hyperparameters is not None:
+            hyperparameters = hyperparameters.copy()  # its own: the refresh below writes it
         try:
-            executable, in_tree, leaves, _ = self._compiled.prepare_arrays((params, opt_state, *batch))
+            executable, in_tree, leaves, _ = self._compiled.prepare_arrays(
+                (params, opt_state, hyperparameters, *batch))
         except USER_ERRORS as exc:
             raise user_traceback(exc) from None
         _check_donatable(params, "params")
@@ -89,7 +133,22 @@ class TrainStep:
         state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
         after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
-        return BoundCall(binding, given, binding.results[0], after)
+        return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state))
+
+    def _refresher(self, hyperparameters: np.ndarray | None, opt_state):
+        """What a bound step runs before each call: rewrites its hyperparameters array
+        when the optimizer has a schedule or a hyperparameter was set since."""
+        if hyperparameters is None:
+            return None
+        optimizer, count = self.optimizer, opt_state["count"]
+        seen = [optimizer.version]
+
+        def refresh():
+            if optimizer.scheduled or optimizer.version != seen[0]:
+                hyperparameters[:] = list(optimizer.hyperparameters(int(count)).values())
+                seen[0] = optimizer.version
+
+        return refresh
 
 
 def _state_leaves(in_tree) -> int:
@@ -103,7 +162,7 @@ def _donate_state(in_tree) -> dict[int, int]:
 
 
 def _step_signature(loss_fn) -> inspect.Signature:
-    """(params, opt_state, <loss_fn's batch parameters>): names the graph's inputs."""
+    """(params, opt_state, hyperparameters, <loss_fn's batch parameters>): names the graph's inputs."""
     P = inspect.Parameter
     batch = []
     try:
@@ -113,7 +172,8 @@ def _step_signature(loss_fn) -> inspect.Signature:
     except (TypeError, ValueError):
         pass
     return inspect.Signature([P("params", P.POSITIONAL_OR_KEYWORD),
-                              P("opt_state", P.POSITIONAL_OR_KEYWORD), *batch])
+                              P("opt_state", P.POSITIONAL_OR_KEYWORD),
+                              P("hyperparameters", P.POSITIONAL_OR_KEYWORD), *batch])
 
 
 def _check_donatable(tree, name: str) -> None:

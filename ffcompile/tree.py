@@ -1,22 +1,38 @@
-"""Pytrees: nested dicts, lists and tuples of arrays, flattened to leaves and back.
+"""Pytrees (`ff.tree`): nested containers of arrays, flattened to leaves and back.
 
-Dict keys are visited in sorted order (as JAX does), so two dicts with the
-same keys flatten alike whatever order they were built in.
+The nodes are dicts, lists, tuples, NamedTuples, dataclass instances and None
+(an empty node); everything else is a leaf (arrays, scalars, and
+`ff.TensorType`, which stands for an array). Dict keys are visited in sorted
+order (as JAX does), so two dicts with the same keys flatten alike whatever
+order they were built in; NamedTuple and dataclass fields in declaration order
+(a dataclass's fields with init=False are not part of the tree: its
+constructor recomputes them).
+
+    leaves, treedef = tree_flatten(tree)     tree_unflatten(treedef, leaves) == tree
+    tree_leaves(tree)                        tree_map(fn, tree, *more_trees)
+    tree_paths(tree)                         dotted leaf paths: "layers.0.w", "state.m.b"
+    tree_from_paths(like, flat, source)      like's structure from a path -> array dict
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .ir.types import TensorType
+
+__all__ = ["TreeDef", "tree_flatten", "tree_from_paths", "tree_leaves", "tree_map", "tree_paths", "tree_unflatten"]
 
 
 class TreeDef(NamedTuple):
     """A tuple, so comparing and hashing one (a compiled call's cache key) runs in C."""
 
-    kind: str  # "leaf", "dict", "list", "tuple", "none"
-    keys: tuple = ()
+    kind: str  # "leaf", "dict", "list", "tuple", "none", "namedtuple", "dataclass"
+    keys: tuple = ()  # dict keys; field names of a NamedTuple or dataclass
     children: tuple["TreeDef", ...] = ()
     num_leaves: int = 0
+    node_type: type | None = None  # the class of a NamedTuple or dataclass node
 
 
 LEAF = TreeDef("leaf", num_leaves=1)
@@ -24,8 +40,20 @@ _END = object()  # no such key
 NONE = TreeDef("none")
 
 
-def _node(kind: str, keys: tuple, children: tuple) -> TreeDef:
-    return TreeDef(kind, keys, children, sum(c.num_leaves for c in children))
+def _node(kind: str, keys: tuple, children: tuple, node_type: type | None = None) -> TreeDef:
+    return TreeDef(kind, keys, children, sum(c.num_leaves for c in children), node_type)
+
+
+def _is_namedtuple(tree) -> bool:
+    return isinstance(tree, tuple) and hasattr(tree, "_fields")
+
+
+def _is_dataclass_node(tree) -> bool:
+    return dataclasses.is_dataclass(tree) and not isinstance(tree, (type, TensorType))
+
+
+def _field_names(tree) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(tree) if f.init)
 
 
 def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
@@ -38,13 +66,23 @@ def _flatten(tree, leaves) -> TreeDef:
     if isinstance(tree, dict):
         keys = tuple(sorted(tree))
         return _node("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
-    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+    if _is_namedtuple(tree):
+        return _node("namedtuple", tree._fields, tuple(_flatten(c, leaves) for c in tree), type(tree))
+    if isinstance(tree, (list, tuple)):
         kind = "list" if isinstance(tree, list) else "tuple"
         return _node(kind, (), tuple(_flatten(c, leaves) for c in tree))
     if tree is None:
         return NONE
+    if _is_dataclass_node(tree):
+        names = _field_names(tree)
+        return _node("dataclass", names, tuple(_flatten(getattr(tree, n), leaves) for n in names), type(tree))
     leaves.append(tree)
     return LEAF
+
+
+def tree_leaves(tree: Any) -> list:
+    """The leaves of tree, in flattening order."""
+    return tree_flatten(tree)[0]
 
 
 def tree_leaves_like(tree: Any, treedef: TreeDef) -> list | None:
@@ -76,7 +114,14 @@ def _match(tree, treedef: TreeDef, leaves) -> bool:
             elif item is _END or not _match(item, child, leaves):
                 return False
         return True
-    if not isinstance(tree, list if kind == "list" else tuple) or hasattr(tree, "_fields") \
+    if kind == "dataclass":
+        if type(tree) is not treedef.node_type:
+            return False
+        tree = [getattr(tree, name) for name in treedef.keys]
+    elif kind == "namedtuple":
+        if type(tree) is not treedef.node_type:
+            return False
+    elif not isinstance(tree, list if kind == "list" else tuple) or hasattr(tree, "_fields") \
             or len(tree) != len(treedef.children):
         return False
     for item, child in zip(tree, treedef.children):
@@ -105,6 +150,10 @@ def _build(treedef: TreeDef, it):
     children = [next(it) if c is LEAF else _build(c, it) for c in treedef.children]
     if kind == "dict":
         return dict(zip(treedef.keys, children))
+    if kind == "namedtuple":
+        return treedef.node_type(*children)
+    if kind == "dataclass":
+        return treedef.node_type(**dict(zip(treedef.keys, children)))
     return children if kind == "list" else tuple(children)
 
 
@@ -120,14 +169,43 @@ def _paths(tree, prefix, paths):
     if isinstance(tree, dict):
         for k in sorted(tree):
             _paths(tree[k], join(k), paths)
-    elif isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+    elif _is_namedtuple(tree):
+        for name, c in zip(tree._fields, tree):
+            _paths(c, join(name), paths)
+    elif isinstance(tree, (list, tuple)):
         for i, c in enumerate(tree):
             _paths(c, join(i), paths)
+    elif _is_dataclass_node(tree):
+        for name in _field_names(tree):
+            _paths(getattr(tree, name), join(name), paths)
     elif tree is not None:
         paths.append(prefix or "arg")
 
 
 def tree_map(fn, tree, *rest):
+    """fn applied leaf by leaf (over the same leaves of rest's trees), in tree's structure."""
     leaves, treedef = tree_flatten(tree)
     others = [tree_flatten(r)[0] for r in rest]
     return tree_unflatten(treedef, [fn(*xs) for xs in zip(leaves, *others)])
+
+
+def tree_from_paths(like: Any, flat: dict, source: str) -> Any:
+    """like's structure with the arrays of flat (dotted path -> array, as tree_paths names
+    like's leaves), each of its leaf's shape; missing or unexpected names and shape
+    mismatches raise one ValueError naming source and every bad name."""
+    leaves, treedef = tree_flatten(like)
+    names = tree_paths(like)
+    missing = [n for n in names if n not in flat]
+    unexpected = sorted(set(flat) - set(names))
+    shapes = [f"{n}: {tuple(np.shape(flat[n]))} in {source}, {_shape(leaf)} expected"
+              for n, leaf in zip(names, leaves) if n in flat and tuple(np.shape(flat[n])) != _shape(leaf)]
+    if missing or unexpected or shapes:
+        problems = ([f"missing keys {missing}"] if missing else []) + \
+                   ([f"unexpected keys {unexpected}"] if unexpected else []) + \
+                   ([f"shape mismatch for {'; '.join(shapes)}"] if shapes else [])
+        raise ValueError(f"{source} does not fit: " + "; ".join(problems))
+    return tree_unflatten(treedef, [flat[n] for n in names])
+
+
+def _shape(leaf) -> tuple:
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)

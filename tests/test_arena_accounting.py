@@ -27,7 +27,7 @@ def step_graph(name, optimizer):
     loss, (params, *batch) = ISSUE_MODELS[name](np.float64, width=8, batch=4)
     step = ff.compile_train_step(loss, optimizer, backend="numpy")
     state = step.init(params)
-    leaves = tree_flatten((params, state, *batch))[0]
+    leaves = tree_flatten((params, state, step.hyperparameters(state), *batch))[0]
     n = len(tree_flatten((params, state))[0])
     return step.lower(params, state, *batch).optimized, leaves, {1 + i: i for i in range(n)}
 

@@ -49,13 +49,15 @@ def test_matcher_rejects_another_structure(other):
     assert tree_leaves_like(other, treedef) is None
 
 
-def test_matcher_keeps_namedtuples_as_leaves():
+def test_matcher_tells_namedtuples_from_tuples_and_from_each_other():
     from collections import namedtuple
-    Point = namedtuple("Point", "x y")
+    Point, Pair = namedtuple("Point", "x y"), namedtuple("Pair", "x y")
     _, treedef = tree_flatten((A, B))
     assert tree_leaves_like(Point(A, B), treedef) is None
-    _, leaf_def = tree_flatten([Point(A, B)])
-    assert tree_leaves_like([Point(B, A)], leaf_def) is not None
+    _, point_def = tree_flatten([Point(A, B)])
+    assert tree_leaves_like([Point(B, A)], point_def) == [B, A]
+    assert tree_leaves_like([Pair(A, B)], point_def) is None
+    assert tree_leaves_like([(A, B)], point_def) is None
 
 
 # --------------------------------------------------------------------------- compiled calls

@@ -185,7 +185,9 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
-@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 17)])
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 22)])  # 22: the step counter,
+# two one-element slices of the hyperparameters array (SGD: lr, weight_decay) and their
+# conversions to f32 (scalars several updates share: a kernel each) are five
 def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
     lines = capsys.readouterr().out.splitlines()

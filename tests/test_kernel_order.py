@@ -33,7 +33,7 @@ def step_schedule(optimizer, **options):
     step = ff.compile_train_step(chain_loss, optimizer, backend="numpy", **options)
     state = step.init(params)
     lowered = step.lower(params, state, x)
-    return lowered, tree_flatten((params, state, x))[0]
+    return lowered, tree_flatten((params, state, step.hyperparameters(state), x))[0]
 
 
 def traced_order(schedule):

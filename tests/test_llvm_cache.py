@@ -28,14 +28,15 @@ def xor_step():
     workload = zoo.get("xor")
     params, x, y = workload.example_inputs(0)
     step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.5), backend="llvm")
-    lowered = step.lower(params, step.init(params), x, y)
-    return lowered.program, (params, x, y)
+    state = step.init(params)
+    lowered = step.lower(params, state, x, y)
+    return lowered.program, ((params, state, step.hyperparameters(state)), x, y)
 
 
 def run(executable, inputs):
-    """One step on copies: the step writes its new parameters over the donated ones."""
-    params, x, y = inputs
-    return executable(*[p.copy() for p in tree_flatten(params)[0]], x, y)
+    """One step on copies: the step writes its new parameters and state over the donated ones."""
+    trained, x, y = inputs
+    return executable(*[np.copy(a) for a in tree_flatten(trained)[0]], x, y)
 
 
 def entries(directory):

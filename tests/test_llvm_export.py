@@ -131,13 +131,15 @@ def test_xor_training_step_runs_from_c_like_python(tmp_path):
     workload = zoo.get("xor")
     params, x, y = workload.example_inputs(0)
     step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.5), backend="llvm")
-    lowered = step.lower(params, step.init(params), x, y)
+    state = step.init(params)
+    lowered = step.lower(params, state, x, y)
     schedule = lowered.schedule
     plan = plan_memory(schedule)
     library = export(schedule, plan, tmp_path, "xor_step", lowered.names)
     assert library.blas == ()  # xor's GEMMs are tiny: native loops, no setter needed
-    arrays = tree_flatten(params)[0] + [x, y]
-    updates = [(1 + i, i) for i in range(len(tree_flatten(params)[0]))]  # new params over old
+    trained = tree_flatten((params, state))[0]  # the parameters and the step counter
+    arrays = trained + [step.hyperparameters(state), x, y]
+    updates = [(1 + i, i) for i in range(len(trained))]  # new params and counter over old
     steps = 20
     c_losses = run_in_c(build_driver(library, "xor_step", tmp_path), tmp_path, arrays, steps, updates)
     py_losses, py_results, executable = run_in_python(schedule, plan, arrays, steps, updates)

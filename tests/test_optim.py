@@ -104,11 +104,11 @@ def test_step_updates_callers_arrays_in_place(problem):
     ids = {k: id(v) for k, v in p.items()}
     step = ff.compile_train_step(quadratic_loss, ff.optim.Adam(0.1))
     state = step.init(p)
-    t_before = state["t"]
+    count_before = state["count"]
     first = step(p, state, x)
     second = step(p, state, x)
     assert {k: id(v) for k, v in p.items()} == ids
-    assert state["t"] is t_before and float(state["t"]) == 2.0
+    assert state["count"] is count_before and int(state["count"]) == 2
     assert second < first
 
 
@@ -118,8 +118,9 @@ def test_whole_step_is_one_graph(problem):
     p = {k: v.copy() for k, v in params.items()}
     graph = step.lower(p, step.init(p), x).graph
     names = [graph.nodes[i].attr("name") for i in graph.inputs]
-    assert names == ["params.b", "params.w", "opt_state.velocity.b", "opt_state.velocity.w", "x"]
-    assert len(graph.outputs) == 1 + 2 + 2  # loss, params, velocities
+    assert names == ["params.b", "params.w", "opt_state.count", "opt_state.velocity.b", "opt_state.velocity.w",
+                     "hyperparameters", "x"]
+    assert len(graph.outputs) == 1 + 2 + 1 + 2  # loss, params, count, velocities
     assert any(n.loc is not None and n.loc.role == "grad" for n in graph.nodes)
 
 
@@ -129,11 +130,11 @@ def test_non_contiguous_or_readonly_params_are_rejected(problem):
     p = {"w": np.asfortranarray(params["w"]), "b": params["b"].copy()}
     p["w"] = params["w"].T.copy().T  # a transposed view: not C-contiguous
     with pytest.raises(ff.ArgumentError, match="params.w.*C-contiguous"):
-        step(p, {}, x)
+        step(p, step.init(params), x)
     frozen = params["b"].copy()
     frozen.flags.writeable = False
     with pytest.raises(ff.ArgumentError, match="params.b"):
-        step({"w": params["w"].copy(), "b": frozen}, {}, x)
+        step({"w": params["w"].copy(), "b": frozen}, step.init(params), x)
 
 
 def test_bad_hyperparameters_are_rejected():
@@ -144,11 +145,12 @@ def test_bad_hyperparameters_are_rejected():
 
 
 @pytest.mark.parametrize("optimizer, state, message", [
-    (lambda: ff.optim.Adam(0.1), {}, r"Adam: opt_state is missing 'm', 't', 'v' \(it has no keys\)"),
-    (lambda: ff.optim.Adam(0.1), {"m": None, "t": np.zeros((), np.float32)}, "missing 'v'"),
+    (lambda: ff.optim.Adam(0.1), {}, r"Adam: opt_state is missing 'count', 'm', 'v' \(it has no keys\)"),
+    (lambda: ff.optim.Adam(0.1), {"m": None, "count": np.zeros((), np.int64)}, "missing 'v'"),
     (lambda: ff.optim.Adam(0.1), [], "Adam: opt_state must be a dict"),
-    (lambda: ff.optim.SGD(0.1, momentum=0.5), {}, "SGD: opt_state is missing 'velocity'"),
-    (lambda: ff.optim.SGD(0.1, momentum=0.5), {"velocity": {"w": np.zeros(3, np.float32)}},
+    (lambda: ff.optim.SGD(0.1, momentum=0.5), {}, "SGD: opt_state is missing 'count', 'velocity'"),
+    (lambda: ff.optim.SGD(0.1, momentum=0.5),
+     {"count": np.zeros((), np.int64), "velocity": {"w": np.zeros(3, np.float32)}},
      r"opt_state\['velocity'\] must have the structure of the parameters"),
 ])
 def test_malformed_optimizer_state_names_what_is_missing(problem, optimizer, state, message):
@@ -168,5 +170,5 @@ def test_tied_parameters_are_never_corrupted_by_donation():
     w = np.array([0.3, -0.1, 0.9])
     tied = w.copy()
     step = ff.compile_train_step(lambda p: (p["a"] * p["a"]).sum() + (p["b"] * 2.0).sum(), ff.optim.SGD(0.1))
-    step({"a": tied, "b": tied}, {})
+    step({"a": tied, "b": tied}, {"count": np.zeros((), np.int64)})
     np.testing.assert_allclose(tied, w - 0.1 * 2.0)

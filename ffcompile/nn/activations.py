@@ -100,6 +100,26 @@ class GELU(Activation):
         return f"GELU(approximate={self.approximate!r})"
 
 
+class Softmax(Activation):
+    """softmax along `axis` (default the last), as torch.nn.Softmax(dim=axis)."""
+
+    def __init__(self, axis: int = -1):
+        self.axis = int(axis)
+
+    def forward(self, params, x):
+        return F.softmax(x, self.axis)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(axis={self.axis})"
+
+
+class LogSoftmax(Softmax):
+    """log_softmax along `axis` (default the last), as torch.nn.LogSoftmax(dim=axis)."""
+
+    def forward(self, params, x):
+        return F.log_softmax(x, self.axis)
+
+
 class PReLU(Module):
     """Leaky ReLU with a learnable slope of shape (num_parameters,), broadcast over the last axis."""
 

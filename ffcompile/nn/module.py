@@ -25,7 +25,7 @@ from ..ir.lang import Value, builder_of
 from ..ir.types import dtype_name
 from ..random import fold_in
 from ..trace import scope, user_site
-from ..tree import tree_flatten
+from ..tree import tree_flatten, tree_from_paths, tree_paths
 from . import init as initializers
 
 
@@ -113,6 +113,23 @@ class Module:
         np_dtype = _float_type(dtype).np_dtype
         return self._tree(lambda p: initializers.get(p.init)(rng, p.shape, np_dtype))
 
+    def state_dict(self, params) -> dict[str, np.ndarray]:
+        """params as one flat dict keyed by dotted paths, as torch names them
+        (`layers.0.w`); params must have this module's structure and shapes."""
+        checked = tree_from_paths(self.param_types(), _flat(params), f"{type(self).__name__}.state_dict: params")
+        return _flat(checked)
+
+    def load_state_dict(self, state_dict: dict) -> dict:
+        """The params tree of a flat dict (`state_dict`, `ff.load` of a saved one): every
+        key present, none unexpected, each of its parameter's shape and a float dtype;
+        the arrays are copied (C-contiguous, writeable: ready to train in place)."""
+        source = f"{type(self).__name__}.load_state_dict: the state dict"
+        for name, array in state_dict.items():
+            if not np.issubdtype(np.asarray(array).dtype, np.floating):
+                raise ValueError(f"{source}: {name} has dtype {np.asarray(array).dtype}, parameters are floats")
+        return tree_from_paths(self.param_types(), {k: np.array(v, copy=True, order="C")
+                                                    for k, v in state_dict.items()}, source)
+
     def param_types(self, dtype="float32") -> dict:
         """The parameter tree with TensorTypes for leaves (no arrays drawn)."""
         ftype = _float_type(dtype)
@@ -188,6 +205,10 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={value!r}" for name, value in self.children())
         return f"{type(self).__name__}({inner})"
+
+
+def _flat(tree) -> dict:
+    return dict(zip(tree_paths(tree), tree_flatten(tree)[0]))
 
 
 def _float_type(dtype) -> TensorType:

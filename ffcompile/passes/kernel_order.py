@@ -5,8 +5,8 @@ traces the whole backward pass before the optimizer, so every weight
 gradient would stay live until the updates at the end. Like PyTorch's
 optimizer-in-backward hooks, a *sink* kernel runs as soon as it can. A sink
 writes graph results that only other sinks read (an optimizer update, the
-loss), or is a helper reading only graph inputs, for sinks only (a bias
-correction from the step count, Adam's b1 * m). A sink writing a result runs
+loss), or is a helper computing from graph inputs only, for sinks only (a bias
+correction from the step count, Adam's b1 * m, a hyperparameter). A sink writing a result runs
 right after the kernels it must follow (its producers, and every kernel
 reading a graph input it reads, so a donated parameter is written over only
 once nothing else needs the old value); a helper runs right before its
@@ -30,8 +30,14 @@ def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]
     for k, values in enumerate(reads):
         for v in values:
             readers.setdefault(v, []).append(k)
-    # A helper reads graph inputs and literals only (a step count's bias correction, Adam's b1 * m).
-    helper = [all(v not in producer for v in values) for values in reads]
+    # A helper reads graph inputs and literals only (Adam's b1 * m, a hyperparameter read
+    # from its array), or is a scalar computed from those through other helpers (a step
+    # count's bias correction).
+    helper = []
+    for k, values in enumerate(reads):
+        direct = all(v not in producer for v in values)
+        scalar = all(graph.nodes[v].type.size <= 1 for v in kernels[k].outputs)
+        helper.append(direct or (scalar and all(v not in producer or helper[producer[v]] for v in values)))
     sink = [False] * len(kernels)
     for k in range(len(kernels) - 1, -1, -1):  # readers come later: their status is known
         sink[k] = all((v in results or helper[k]) and all(sink[r] for r in readers.get(v, ()))

@@ -41,11 +41,11 @@ def forward_mask(graph: Graph) -> list[bool]:
     forward = [live[i] and not backward[i] and node.op is not O.Input for i, node in enumerate(nodes)]
     # A value read only by the backward part and computed from graph inputs and constants
     # directly, or through scalars computed so (an optimizer's b1 * m, its bias corrections from
-    # the step count), is backward too: it needs no activation, and storing or recomputing it
+    # the step count, a hyperparameter read from its array), is backward too: it needs no activation, and storing or recomputing it
     # is no choice, only a delay to the update that reads it.
     from_inputs = [False] * len(nodes)
     for i, node in enumerate(nodes):
-        from_inputs[i] = all(nodes[j].op in (O.Input, O.Constant) or (from_inputs[j] and not nodes[j].type.shape)
+        from_inputs[i] = all(nodes[j].op in (O.Input, O.Constant) or (from_inputs[j] and nodes[j].type.size <= 1)
                              for j in node.inputs)
     users = graph.users()
     outputs = set(graph.outputs)
