@@ -12,6 +12,15 @@ from .train import TrainStep, compile_train_step
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    # ff.onnx needs the onnx extra: imported on first use so the core does not.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module 'ffcompile' has no attribute {name!r}")
+
+
 def spec(shape, dtype="float32") -> TensorType:
     """The declared type of an argument, for ff.compile(fn, spec=(...))."""
     from .ir.types import dtype_name
