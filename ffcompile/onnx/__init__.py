@@ -4,6 +4,7 @@ Needs the `onnx` extra (`pip install 'ffcompile[onnx]'`); ffcompile itself impor
 without it: `ff.onnx` is loaded on first use.
 """
 from .errors import OnnxError
+from .exporter import export
 from .importer import OnnxModel, load
 
-__all__ = ["OnnxError", "OnnxModel", "load"]
+__all__ = ["OnnxError", "OnnxModel", "export", "load"]
