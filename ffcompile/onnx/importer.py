@@ -128,7 +128,8 @@ def _fold(proto, opset: int, args) -> list:
 def load(model, outputs: list[str] | None = None, constants: dict | None = None) -> OnnxModel:
     """Import an ONNX model (a path or a ModelProto).
 
-    `outputs` picks graph outputs to keep (default: all); nodes that feed none
+    `outputs` picks the values to return (default: the graph outputs; any
+    intermediate value may be named, e.g. the logits before a Softmax); nodes that feed none
     of them are dropped before checking, so a model whose unused outputs need
     unsupported ops (scikit-learn's label via ArgMax) still loads. `constants`
     fixes graph inputs to values (needed for inputs that are shapes or axes,
@@ -140,9 +141,10 @@ def load(model, outputs: list[str] | None = None, constants: dict | None = None)
     graph = proto.graph
     output_names = [o.name for o in graph.output]
     if outputs is not None:
-        unknown = set(outputs) - set(output_names)
+        produced = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+        unknown = set(outputs) - produced
         if unknown:
-            raise OnnxError(f"no graph outputs named {sorted(unknown)}; the model has {output_names}")
+            raise OnnxError(f"no values named {sorted(unknown)}; the graph outputs are {output_names}")
         output_names = list(outputs)
     nodes = _needed_nodes(graph, output_names)
     for node in nodes:
