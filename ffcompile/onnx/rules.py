@@ -250,6 +250,11 @@ def _cast(n, x):
     return L.convert(n.value(x), TO_NUMPY[to])
 
 
+@rule("CastLike", attrs=("saturate", "round_mode"))
+def _cast_like(n, x, like):
+    return L.convert(n.value(x), n.value(like).dtype if isinstance(like, Value) else like.dtype)
+
+
 # --------------------------------------------------------------------------- contractions
 
 
