@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -137,6 +138,7 @@ def load(model, outputs: list[str] | None = None, constants: dict | None = None)
     proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(proto, onnx.ModelProto):
         raise TypeError(f"ff.onnx.load takes a path or an onnx.ModelProto, got {type(proto).__name__}")
+    proto = upgraded(proto)
     opset = _default_opset(proto)
     graph = proto.graph
     output_names = [o.name for o in graph.output]
@@ -163,6 +165,19 @@ def load(model, outputs: list[str] | None = None, constants: dict | None = None)
         if value.name in input_names:
             _check_input_type(value)
     return OnnxModel(proto, params, fixed, nodes, opset, input_names, output_names)
+
+
+def upgraded(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A model of an opset older than MIN_OPSET, converted by ONNX's version converter."""
+    versions = {o.domain: o.version for o in proto.opset_import}
+    opset = versions.get("", versions.get("ai.onnx"))
+    if opset is None or opset >= MIN_OPSET:
+        return proto
+    try:
+        return onnx.version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # the converter's message names the op it could not convert
+        raise OnnxError(f"the model's opset {opset} is older than {MIN_OPSET} and ONNX's version "
+                        f"converter could not upgrade it: {exc}") from None
 
 
 def _default_opset(proto) -> int:

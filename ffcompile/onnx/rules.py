@@ -252,7 +252,9 @@ def _cast(n, x):
 
 @rule("CastLike", attrs=("saturate", "round_mode"))
 def _cast_like(n, x, like):
-    return L.convert(n.value(x), n.value(like).dtype if isinstance(like, Value) else like.dtype)
+    """Only the target's dtype matters: a constant stays a constant (a Pow exponent must)."""
+    dtype = like.type.np_dtype if isinstance(like, Value) else like.dtype
+    return np.asarray(x).astype(dtype) if not isinstance(x, Value) else L.convert(x, dtype)
 
 
 # --------------------------------------------------------------------------- contractions
