@@ -439,7 +439,7 @@ def _expand(n, x, shape):
 
 @rule("Concat", attrs=("axis",))
 def _concat(n, *xs):
-    xs = [n.value(x) for x in xs if x is not None and np.size(x.shape if isinstance(x, Value) else x)]
+    xs = [n.value(x) for x in xs]
     return L.concatenate(xs, n.axis(n.attr("axis"), xs[0].ndim))
 
 
