@@ -27,8 +27,6 @@ KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
 
 _INTEGER_MATH = "integer arithmetic beyond add/sub/mul/compare (ffcompile's div and pow are float-only)"
 _TRAINING = "training-mode semantics (random masks, batch statistics); imported for inference only"
-_EMPTY_MAX = "the maximum over an empty axis: ffcompile's reduce_max rejects it (no identity value)"
-_BOOL_REDUCE = "max/min reductions over bool tensors (ffcompile's reductions are numeric)"
 _OLD_PRELU = ("opset 6 per-channel PRelu slope [C]: ONNX's version converter keeps it, and "
               "opset 7+ broadcasting does not accept it against [N, C, ...]")
 # Every applicable case ffcompile does not pass, with why; the tests mark them strict
@@ -47,12 +45,6 @@ EXCLUDED = {
     "test_pow_types_int32_int32": _INTEGER_MATH,
     "test_pow_types_int64_float32": _INTEGER_MATH,
     "test_pow_types_int64_int64": _INTEGER_MATH,
-    "test_reduce_log_sum_exp_empty_set": _EMPTY_MAX,
-    "test_reduce_max_empty_set": _EMPTY_MAX,
-    "test_reduce_min_empty_set": _EMPTY_MAX,
-    "test_reduce_max_bool_inputs": _BOOL_REDUCE,
-    "test_reduce_max_empty_set_bool": _BOOL_REDUCE,
-    "test_reduce_min_bool_inputs": _BOOL_REDUCE,
     "test_PReLU_1d_multiparam": _OLD_PRELU,
     "test_PReLU_2d_multiparam": _OLD_PRELU,
     "test_PReLU_3d_multiparam": _OLD_PRELU,

@@ -103,20 +103,42 @@ def _reduce_axes(n, x, axes_input):
     return tuple(sorted(n.axis(int(a), x.ndim) for a in axes))
 
 
-def _reduction(fn):
+def _identity(value: float, dtype: np.dtype):
+    """value (-inf, +inf, 0, nan) in dtype; integers saturate to their range, bools to False/True."""
+    if dtype.kind == "f":
+        return dtype.type(value)
+    if dtype.kind == "b":
+        return np.bool_(value > 0)
+    if np.isinf(value):
+        return dtype.type(np.iinfo(dtype).max if value > 0 else np.iinfo(dtype).min)
+    return dtype.type(0)
+
+
+def _reduction(fn, empty: float):
+    """A Reduce* rule; over an empty axis the result is the reduction's identity
+    (`empty`: ONNX's -inf for max, +inf for min, 0 for sums), known at import."""
     def convert(n, x, axes=None):
         x = n.value(x)
         axes = _reduce_axes(n, x, axes)
         if not axes:
             return x
-        return fn(x, axes, bool(n.attr("keepdims", 1)))
+        keepdims = bool(n.attr("keepdims", 1))
+        if any(x.shape[a] == 0 for a in axes):
+            shape = [1 if i in axes else d for i, d in enumerate(x.shape) if keepdims or i not in axes]
+            return np.full(shape, _identity(empty, x.type.np_dtype))
+        if x.dtype == "bool":  # max/min of bools: any/all, through int32
+            return L.convert(fn(L.convert(x, np.int32), axes, keepdims), np.bool_)
+        return fn(x, axes, keepdims)
     return convert
 
 
 _REDUCE_ATTRS = ("axes", "keepdims", "noop_with_empty_axes")
-rule("ReduceSum", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(L.reduce_sum))
-rule("ReduceMax", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(L.reduce_max))
-rule("ReduceMin", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(lambda x, a, k: -L.reduce_max(-x, a, k)))
-rule("ReduceMean", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(lambda x, a, k: L.mean(x, a, k)))
-rule("ReduceLogSumExp", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(lambda x, a, k: F.logsumexp(x, a, k)))
-rule("ReduceSumSquare", attrs=_REDUCE_ATTRS, static=(1,))(_reduction(lambda x, a, k: L.reduce_sum(x * x, a, k)))
+for _op, _fn, _empty in [
+    ("ReduceSum", L.reduce_sum, 0.0),
+    ("ReduceMax", L.reduce_max, -np.inf),
+    ("ReduceMin", lambda x, a, k: -L.reduce_max(-x, a, k), np.inf),
+    ("ReduceMean", lambda x, a, k: L.mean(x, a, k), np.nan),
+    ("ReduceLogSumExp", lambda x, a, k: F.logsumexp(x, a, k), -np.inf),
+    ("ReduceSumSquare", lambda x, a, k: L.reduce_sum(x * x, a, k), 0.0),
+]:
+    rule(_op, attrs=_REDUCE_ATTRS, static=(1,))(_reduction(_fn, _empty))
