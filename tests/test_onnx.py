@@ -240,3 +240,4 @@ def test_round_trip_onnx_ffcompile_onnx():
 def test_export_error_names_the_op():
     with pytest.raises(ff.onnx.OnnxError, match="'pad'.*interior"):
         ff.onnx.export(lambda x: ff.ir.lang.pad(x, ((0, 0, 1),)), np.ones(3, np.float32))
+
