@@ -149,6 +149,18 @@ def test_outputs_selects_a_subgraph():
     np.testing.assert_array_equal(ff.compile(model)(model.params, x), np.maximum(x, 0))
 
 
+def test_constants_turn_an_initializer_exponent_constant():
+    proto = make_model([h.make_node("Pow", ["x", "p"], ["y"])], [("x", T.FLOAT, [3])],
+                       [("y", T.FLOAT, [3])], [("p", np.array(3.0, np.float32))])
+    x = np.array([-2.0, 0.5, 3.0], np.float32)
+    model = ff.onnx.load(proto)
+    assert list(model.params) == ["p"]  # a param: the exponent is a run-time value, exp(p log x)
+    assert np.isnan(ff.compile(model)(model.params, x)[0])
+    fixed = ff.onnx.load(proto, constants={"p": 3.0})
+    assert fixed.params == {}
+    np.testing.assert_allclose(ff.compile(fixed)(fixed.params, x), x ** 3, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- errors
 
 

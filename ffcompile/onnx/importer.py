@@ -134,7 +134,8 @@ def load(model, outputs: list[str] | None = None, constants: dict | None = None)
     of them are dropped before checking, so a model whose unused outputs need
     unsupported ops (scikit-learn's label via ArgMax) still loads. `constants`
     fixes graph inputs to values (needed for inputs that are shapes or axes,
-    `model.static_inputs`, since ffcompile compiles static shapes)."""
+    `model.static_inputs`, since ffcompile compiles static shapes), or turns
+    float initializers from params into constants (a Pow exponent)."""
     proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(proto, onnx.ModelProto):
         raise TypeError(f"ff.onnx.load takes a path or an onnx.ModelProto, got {type(proto).__name__}")
@@ -156,10 +157,10 @@ def load(model, outputs: list[str] | None = None, constants: dict | None = None)
         array = _initializer(init)
         (params if array.dtype.kind == "f" else fixed)[init.name] = array
     for name, value in (constants or {}).items():
-        if name not in {i.name for i in graph.input}:
-            raise OnnxError(f"constants: the model has no graph input {name!r}")
-        params.pop(name, None)
-        fixed[name] = np.asarray(value)
+        if name not in {i.name for i in graph.input} | set(params):
+            raise OnnxError(f"constants: the model has no graph input or float initializer {name!r}")
+        declared = params.pop(name).dtype if name in params else _declared_dtype(graph, name)
+        fixed[name] = np.asarray(value, dtype=declared)
     input_names = [i.name for i in graph.input if i.name not in params and i.name not in fixed]
     for value in graph.input:
         if value.name in input_names:
@@ -178,6 +179,12 @@ def upgraded(proto: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # the converter's message names the op it could not convert
         raise OnnxError(f"the model's opset {opset} is older than {MIN_OPSET} and ONNX's version "
                         f"converter could not upgrade it: {exc}") from None
+
+
+def _declared_dtype(graph, name: str):
+    """The element type a graph input declares (None: not a supported tensor type; keep the value's)."""
+    (value,) = [i for i in graph.input if i.name == name]
+    return TO_NUMPY.get(value.type.tensor_type.elem_type)
 
 
 def _default_opset(proto) -> int:

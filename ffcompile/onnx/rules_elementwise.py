@@ -76,7 +76,8 @@ def _pow(n, x, y):
         y = np.asarray(y)
         if y.size and np.all(y == y.flat[0]) and np.broadcast_shapes(x.shape, y.shape) == x.shape:
             return L.pow(x, float(y.flat[0]))
-    # A run-time exponent: exp(y log x), defined for x > 0 (as is ONNX's real-valued Pow).
+    # A run-time exponent (a graph input, or a float initializer, which is a param):
+    # exp(y log x), defined for x > 0; load(..., constants=) makes an initializer constant.
     return L.exp(L.log(x) * L.convert(n.value(y), x.dtype))
 
 
