@@ -4,7 +4,7 @@
 
 Each model's training step is value_and_grad(workload.loss), lowered once;
 the LLVM executable (its build time is the compile time: lowering, O3, JIT)
-and the NumPy reference (`numpy_backend.build(graph)`) run the same graph on
+and the NumPy reference (`ffcompile.ir.interpret`) run the same graph on
 the same batch, and must agree. After warm-up, timing runs in rounds that
 alternate which backend goes first, so a noisy machine shows up in both;
 the result is the median step time of each and their ratio.
@@ -24,7 +24,7 @@ from threadpoolctl import ThreadpoolController
 
 import ffcompile as ff
 from ffcompile import zoo
-from ffcompile.codegen import numpy_backend
+from ffcompile.ir.interpret import interpret
 from ffcompile.codegen.llvm import backend
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import plan_memory
@@ -69,7 +69,9 @@ def prepare(model: str):
     schedule = fuse(graph)
     executable = backend.build(schedule, plan_memory(schedule))
     compile_seconds = time.perf_counter() - start
-    reference = numpy_backend.build(graph)[0]
+    def reference(*arrays):
+        return interpret(graph, arrays)
+
     for got, expected in zip(executable(*args), reference(*args), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
     return executable, reference, args, compile_seconds

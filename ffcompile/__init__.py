@@ -1,13 +1,14 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
 from . import nn, optim
-from .api import compile, grad, value_and_grad, vjp
+from .api import compile
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
-from .ir import Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_ir, verify
+from .ir import DTypeError, Graph, IRParseError, ShapeError, TensorType, VerifyError, parse_ir, verify
 from .ir.lang import Value
 from .runtime import ArgumentError
 from .train import TrainStep, compile_train_step
+from .transforms import grad, value_and_grad, vjp
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,6 @@ def spec(shape, dtype="float32") -> TensorType:
     return TensorType(tuple(int(d) for d in shape), dtype_name(dtype))
 
 
-__all__ = ["ArgumentError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
+__all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "Value",
            "TrainStep", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "nn", "optim", "parse_ir", "spec", "value_and_grad", "verify",
            "vjp", *_functions]

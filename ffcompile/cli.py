@@ -22,8 +22,11 @@ import sys
 from dataclasses import dataclass
 from types import ModuleType
 
-from . import api, optim, zoo
-from .api import arena_measure, compile, executable_for, value_and_grad
+from . import optim, zoo
+from .api import compile
+from .codegen.registry import get_backend
+from .pipeline import arena_of, program_of
+from .transforms import value_and_grad
 from .codegen.llvm.blas import set_blas_threads
 from .codegen.llvm.export import ExportError
 from .passes.remat import STRATEGIES, frontier, remat
@@ -103,9 +106,9 @@ def cmd_dump(args) -> int:
     else:
         lowered = compile(_forward(target), dump_after=after).lower(params, x)
     if after is not None:
-        # Each dump parses back on its own; the `//` headers are IR comments.
-        for name, text in lowered.dumps:
-            sys.stdout.write(f"// ---- after {name}\n{text}")
+        # Each graph stage's dump parses back on its own; the `//` headers are IR comments.
+        for dump in lowered.dumps:
+            sys.stdout.write(f"// ---- after {dump.file_name}\n{dump.text}")
         return 0
     views = {
         "text": lambda: lowered.ir,
@@ -139,11 +142,11 @@ def cmd_plan(args) -> int:
     if not args.sweep:
         budget = None if args.budget is None else parse_budget(args.budget)
         strategy = args.strategy or ("optimal" if budget is not None else "store_all")
-        result, plan = remat(graph, strategy, budget, args.time_limit, arena_measure(api.DEFAULT_BACKEND))
+        result, plan = remat(graph, strategy, budget, args.time_limit, arena_of(get_backend(None)))
         sys.stdout.write(str(plan))
         rows = [(strategy, result, plan)]
     else:
-        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_measure(api.DEFAULT_BACKEND))
+        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_of(get_backend(None)))
         sys.stdout.write(format_frontier(rows, [_seconds_per_step(result, inputs) for _, result, _ in rows]))
     if args.plot:
         plot_study(rows, args.plot, f"{args.model}: training step")
@@ -157,13 +160,13 @@ def _seconds_per_step(graph, inputs) -> float:
 
     from .tree import tree_flatten
 
-    fn = executable_for(graph, api.DEFAULT_BACKEND)
+    program = program_of(graph, get_backend(None))
     leaves = tree_flatten(tuple(inputs))[0]
-    fn(*leaves)
+    program.call(leaves)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        fn(*leaves)
+        program.call(leaves)
         best = min(best, time.perf_counter() - start)
     return best
 

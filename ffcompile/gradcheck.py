@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import compile as ff_compile
-from .api import grad, vjp
+from .transforms import grad, vjp
 from .ir.lang import reduce_sum
 from .tree import tree_flatten, tree_map, tree_unflatten
 

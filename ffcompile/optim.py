@@ -18,6 +18,25 @@ def _zeros_like(params):
     return tree_map(lambda p: np.zeros_like(np.asarray(p)), params)
 
 
+def _checked_state(optimizer: str, state, like: dict, params_tree) -> list:
+    """state's entries named in `like` (name -> True if it holds one leaf per parameter),
+    or a ValueError naming what is missing or misshapen: a hand-made or stale state
+    would otherwise fail deep in tracing with a bare KeyError."""
+    fix = f"make it with {optimizer}'s init(params) (step.init(params) for a training step)"
+    if not isinstance(state, dict):
+        raise ValueError(f"{optimizer}: opt_state must be a dict with keys {sorted(like)}, "
+                         f"got {type(state).__name__}; {fix}")
+    missing = sorted(set(like) - set(state))
+    if missing:
+        raise ValueError(f"{optimizer}: opt_state is missing {', '.join(map(repr, missing))} "
+                         f"(it has {sorted(state) or 'no keys'}); {fix}")
+    for name, per_parameter in like.items():
+        if per_parameter and tree_flatten(state[name])[1] != params_tree:
+            raise ValueError(f"{optimizer}: opt_state[{name!r}] must have the structure of the "
+                             f"parameters (one array per parameter); {fix}")
+    return [state[name] for name in like]
+
+
 class SGD:
     """Stochastic gradient descent, optionally with (Nesterov) momentum and L2 decay.
 
@@ -43,8 +62,8 @@ class SGD:
         if not self.momentum:
             new = [p - self.lr * g for p, g in zip(p_leaves, g_leaves)]
             return tree_unflatten(tree, new), state
-        velocity = [self.momentum * v + g
-                    for v, g in zip(tree_flatten(state["velocity"])[0], g_leaves)]
+        (old_velocity,) = _checked_state("SGD", state, {"velocity": True}, tree)
+        velocity = [self.momentum * v + g for v, g in zip(tree_flatten(old_velocity)[0], g_leaves)]
         steps = ([g + self.momentum * v for g, v in zip(g_leaves, velocity)]
                  if self.nesterov else velocity)
         new = [p - self.lr * s for p, s in zip(p_leaves, steps)]
@@ -72,17 +91,17 @@ class Adam:
         from .ir import lang as L
 
         p_leaves, tree = tree_flatten(params)
+        m_tree, v_tree, t = _checked_state("Adam", state, {"m": True, "v": True, "t": False}, tree)
         g_leaves = tree_flatten(grads)[0]
         if self.weight_decay and not self.decoupled:
             g_leaves = [g + self.weight_decay * p for g, p in zip(g_leaves, p_leaves)]
-        t = state["t"] + 1.0
+        t = t + 1.0
         # 1 - b^t with t traced: b^t = exp(t·log b).
         correct1 = 1.0 - L.exp(t * math.log(self.b1)) if self.b1 else 1.0
         correct2 = 1.0 - L.exp(t * math.log(self.b2)) if self.b2 else 1.0
         step_size = self.lr * L.sqrt(correct2) / correct1
         new_p, new_m, new_v = [], [], []
-        for p, g, m, v in zip(p_leaves, g_leaves, tree_flatten(state["m"])[0],
-                              tree_flatten(state["v"])[0]):
+        for p, g, m, v in zip(p_leaves, g_leaves, tree_flatten(m_tree)[0], tree_flatten(v_tree)[0]):
             m = self.b1 * m + (1.0 - self.b1) * g
             v = self.b2 * v + (1.0 - self.b2) * (g * g)
             # eps scaled by sqrt(correct2) matches the textbook m̂ / (sqrt(v̂) + eps).

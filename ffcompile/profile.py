@@ -22,11 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from .codegen.llvm import backend as llvm_backend
 from .codegen.llvm import target
-from .passes.memory import plan_memory
 from .passes.remat import flops_of
-from .passes.schedule import GEMM, Schedule
+from .passes.schedule import KernelKind, Schedule
 
 
 @dataclass(frozen=True)
@@ -59,15 +57,14 @@ class KernelProfile:
         return "\n".join(lines) + "\n"
 
 
-def profile_kernels(schedule: Schedule, args, donate: dict[int, int] | None = None, steps: int = 100,
-                    warmup: int = 3) -> KernelProfile:
-    """Per-kernel time of the LLVM program of `schedule` on flat `args` (arrays of its input
-    types; copied, so donated ones are not touched)."""
+def profile_kernels(executable, schedule: Schedule, args, steps: int = 100, warmup: int = 3) -> KernelProfile:
+    """Per-kernel time of `executable`, a program of `schedule` built with profile=True
+    (it counts cycles per kernel), on flat `args` (arrays of its input types; copied, so
+    donated ones are not touched)."""
     if steps < 1:
         raise ValueError(f"profile: steps must be at least 1, got {steps}")
     rate = cycles_per_second()
-    executable = llvm_backend.build(schedule, plan_memory(schedule), donate, profile=True)
-    binding = executable.bind(*[np.array(a, copy=True) for a in args])  # holds the arrays it runs on
+    binding = executable.bind([np.array(a, copy=True) for a in args])  # holds the arrays it runs on
     for _ in range(warmup):
         binding.run()
     executable.kernel_cycles(reset=True)
@@ -101,7 +98,7 @@ def _describe(schedule: Schedule, k: int) -> str:
     kernel, nodes = schedule.kernels[k], schedule.graph.nodes
     node = nodes[kernel.anchor if kernel.anchor is not None else kernel.body[-1]]
     text = f"{node.op.name} {node.type}"
-    if kernel.kind == GEMM:
+    if kernel.kind == KernelKind.GEMM:
         flags = [flag for flag, on in (("trans_a", kernel.trans_a), ("trans_b", kernel.trans_b)) if on]
         text += f" k={nodes[node.inputs[0]].type.shape[-1]}" + "".join(f" {flag}" for flag in flags)
     if len(kernel.body) > 1:

@@ -6,12 +6,10 @@ made contiguous), so bad input is a clear Python error, never a crash.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from .codegen.arguments import Binding, bind_python
-from .ir import Graph, TensorType
+from .codegen.arguments import Binding
+from .ir import TensorType
 from .tree import TreeDef, tree_flatten, tree_unflatten
 
 
@@ -45,40 +43,32 @@ def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = T
 
 
 class Executable:
-    """A backend function for one graph, called with NumPy arrays."""
+    """One compiled signature: a backend's Program (codegen/backend.py) behind argument checks.
 
-    def __init__(self, graph: Graph, fn: Callable, out_tree: TreeDef, names: list[str], native: bool = False):
-        """native: fn is an LLVMExecutable, whose results are distinct fresh arrays already
-        and which binds itself; else fn(*arrays) may return any arrays (a NumPy backend)."""
-        self.graph = graph
-        self.fn = fn
-        self.native = native
+    closures: arrays the function closed over that are the program's last inputs
+    (trace.Traced.closures), passed after the caller's leaves at every call."""
+
+    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=()):
+        self.program = program
         self.out_tree = out_tree
-        self.names = names
-        self.input_types = list(graph.input_types)
+        self.closures = list(closures)
+        self.names = list(names) + [f"closure{k}" for k in range(len(self.closures))]
+        self.input_types = list(input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
+        self._explicit = len(self.input_types) - len(self.closures)
+        # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
+        self.run_flat = program.call if not self.closures else self._run_with_closures
 
-    def run_flat(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Run on C-contiguous arrays of the compiled types (accepts or check_arguments said so)."""
-        if self.native:
-            return self.fn.call(arrays, typed=True)
-        outs = self.fn(*arrays)
-        result, seen = [], set()
-        for out in outs:
-            if type(out) is not np.ndarray:
-                out = np.asarray(out)
-            # Results never alias inputs, each other, or read-only views.
-            if out.base is not None or not out.flags.writeable or id(out) in seen:
-                out = np.array(out, copy=True)
-            seen.add(id(out))
-            result.append(out)
-        return result
+    def _run_with_closures(self, leaves) -> list[np.ndarray]:
+        return self.program.call([*leaves, *self.closures])
 
     def accepts(self, leaves) -> bool:
-        """True if leaves are C-contiguous arrays of the compiled types: they run unchecked."""
-        if len(leaves) != len(self.input_types):
+        """True if leaves (and the closed-over arrays) are C-contiguous arrays of the
+        compiled types: they run unchecked."""
+        if len(leaves) != self._explicit:
             return False
-        for leaf, (dtype, shape) in zip(leaves, self._fast_types):
+        for leaf, (dtype, shape) in zip([*leaves, *self.closures] if self.closures else leaves,
+                                        self._fast_types):
             if not (isinstance(leaf, np.ndarray) and leaf.dtype == dtype and leaf.shape == shape
                     and leaf.flags.c_contiguous):
                 return False
@@ -86,19 +76,23 @@ class Executable:
 
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
-        if not self.accepts(leaves):
-            leaves = check_arguments(leaves, self.names, self.input_types)
-        return self.run_flat(leaves)
+        if self.accepts(leaves):
+            return self.run_flat(leaves)
+        return self.program.call(self._checked(leaves))
+
+    def _checked(self, leaves, contiguous: bool = True) -> list[np.ndarray]:
+        """check_arguments over the leaves and the closed-over arrays after them."""
+        if len(leaves) != self._explicit:
+            raise ArgumentError(f"expected {self._explicit} array arguments, got {len(leaves)}")
+        return check_arguments([*leaves, *self.closures], self.names, self.input_types, contiguous)
 
     def bind_flat(self, leaves) -> tuple[Binding, list[np.ndarray]]:
         """The program tied to these leaves (docs/bind.md), checked as a call checks them, and
         the arrays it reads: views of the leaves (non-array leaves converted once). A view
         keeps the bound shape even if the caller's array object is resized in place, and
         references that array, so its memory can be neither freed nor reallocated."""
-        arrays = [a.view() for a in check_arguments(leaves, self.names, self.input_types, contiguous=False)]
-        binding = (self.fn.bind(*arrays) if self.native
-                   else bind_python(self.fn, arrays, self.graph.output_types))
-        return binding, arrays
+        arrays = [a.view() for a in self._checked(leaves, contiguous=False)]
+        return self.program.bind(arrays), arrays
 
     def __call__(self, *args):
         leaves, _ = tree_flatten(tuple(args))

@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import os
 import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,31 +29,59 @@ def _is_internal(path: str) -> bool:
     return path.startswith(_PACKAGE_DIR) and path not in _MODEL_FILES
 
 
+def user_traceback(exc: BaseException) -> BaseException:
+    """exc with ffcompile's own frames cut from its traceback, as JAX filters its tracebacks:
+    a user error (a shape, a dtype, an argument) shows the user's lines alone.
+    FFCOMPILE_TRACEBACK=full keeps every frame."""
+    if os.environ.get("FFCOMPILE_TRACEBACK") == "full":
+        return exc
+    kept, tb = [], exc.__traceback__
+    while tb is not None:
+        if not _is_internal(tb.tb_frame.f_code.co_filename):
+            kept.append(tb)
+        tb = tb.tb_next
+    filtered = None
+    for tb in reversed(kept):
+        filtered = types.TracebackType(filtered, tb.tb_frame, tb.tb_lasti, tb.tb_lineno)
+    return exc.with_traceback(filtered)
+
+
+def user_site(depth: int = 1) -> tuple[str, int] | None:
+    """(file, line) of the innermost frame of the user's code, from the caller's frame up."""
+    frame = sys._getframe(depth + 1)
+    while frame is not None and _is_internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    path = frame.f_code.co_filename
+    short = os.path.relpath(path) if not path.startswith("<") else path
+    if short.startswith(".." + os.sep):
+        short = os.path.basename(path)
+    return short, frame.f_lineno
+
+
 def _user_loc_provider(builder: Builder):
+    """A node's location: inside a module of ff.nn (whose code is ffcompile's), the line
+    where the user built that module; elsewhere the innermost line of the user's code."""
     def provider() -> Loc | None:
-        frame = sys._getframe(1)
-        while frame is not None and _is_internal(frame.f_code.co_filename):
-            frame = frame.f_back
-        if frame is None:
-            return None
-        path = frame.f_code.co_filename
-        short = os.path.relpath(path) if not path.startswith("<") else path
-        if short.startswith(".." + os.sep):
-            short = os.path.basename(path)
-        return Loc(short, frame.f_lineno, ".".join(builder.scope))
+        site = builder.sites[-1] if builder.sites and builder.sites[-1] is not None else user_site(2)
+        return None if site is None else Loc(site[0], site[1], ".".join(builder.scope))
 
     return provider
 
 
 @contextlib.contextmanager
-def scope(value_or_builder, name: str):
-    """Push a module-path component while a module's code is being traced."""
+def scope(value_or_builder, name: str, site: tuple[str, int] | None = None):
+    """Push a module-path component while a module's code is being traced; site: where
+    the user built that module (for a module whose code is not the user's)."""
     builder = value_or_builder.builder if isinstance(value_or_builder, Value) else value_or_builder
     builder.scope.append(name)
+    builder.sites.append(site)
     try:
         yield
     finally:
         builder.scope.pop()
+        builder.sites.pop()
 
 
 @dataclass(frozen=True)
@@ -60,13 +89,21 @@ class Traced:
     graph: Graph
     in_tree: TreeDef
     out_tree: TreeDef
+    # Arrays the function closed over that became the graph's last inputs (lang.lift):
+    # the program reads them at every call.
+    closures: tuple = ()
 
 
 def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
-          parent: Builder | None = None) -> tuple[Traced, list[Value]]:
-    """Trace fn on fresh inputs of the given types; also return values captured from `parent`."""
+          parent: Builder | None = None, weak=()) -> tuple[Traced, list[Value]]:
+    """Trace fn on fresh inputs of the given types; also return values captured from `parent`.
+    weak[k]: input k is a Python scalar (weakly typed). A top-level trace turns large
+    closed-over arrays into inputs (Traced.closures)."""
     builder = Builder(getattr(fn, "__name__", "fn").strip("<>") or "fn", parent)
+    if parent is None:
+        builder.closure_arrays = []
     inputs = [Value(builder, builder.add_input(t, n)) for t, n in zip(in_types, names)]
+    builder.weak = {v.id for v, w in zip(inputs, weak) if w}
     builder.loc_provider = _user_loc_provider(builder)
     result = fn(*tree_unflatten(in_tree, inputs))
     leaves, out_tree = tree_flatten(result)
@@ -78,7 +115,8 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
             leaf = lift(builder, np.asarray(leaf), None)
         outputs.append(leaf.id)
     graph = builder.finish(outputs)
-    return Traced(graph, in_tree, out_tree), list(builder.captured_values)
+    closures = tuple(builder.closure_arrays or ())
+    return Traced(graph, in_tree, out_tree, closures), list(builder.captured_values)
 
 
 def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list]:
@@ -101,9 +139,12 @@ def _leaf_type(leaf, name: str) -> TensorType:
         return leaf.type
     if isinstance(leaf, TensorType):
         return leaf
+    if isinstance(leaf, (str, bytes)) or callable(leaf):
+        raise ArgumentError(f"argument {name}: a {type(leaf).__name__} is not an array; if the function "
+                            f"branches on it, mark it static: ff.compile(fn, static_argnames=...)")
     try:
         return TensorType.of(leaf)
-    except TypeError as exc:  # e.g. a string or an object: name the argument
+    except TypeError as exc:  # e.g. an object or an unsupported dtype: name the argument
         raise ArgumentError(f"argument {name}: {exc}") from None
 
 

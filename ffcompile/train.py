@@ -17,9 +17,10 @@ import inspect
 
 import numpy as np
 
-from .api import CompiledFunction, value_and_grad
+from .api import USER_ERRORS, CompiledFunction
 from .runtime import ArgumentError, BoundCall
-from .trace import scope
+from .trace import scope, user_traceback
+from .transforms import value_and_grad
 from .tree import tree_flatten, tree_paths
 
 
@@ -36,7 +37,7 @@ class TrainStep:
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
-        self._compiled = CompiledFunction(train_step, backend, **compile_options)
+        self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
@@ -48,11 +49,13 @@ class TrainStep:
     def profile(self, params, opt_state, *batch, steps: int = 100):
         """The time of each kernel of the step's native code (ffcompile/profile.py), with
         parameters and state donated as in a call (run on copies: the arrays are untouched)."""
-        donate = _donate_state(tree_flatten((params, opt_state, *batch))[1])
-        return self.lower(params, opt_state, *batch).profile(params, opt_state, *batch, steps=steps, donate=donate)
+        return self.lower(params, opt_state, *batch).profile(params, opt_state, *batch, steps=steps)
 
     def __call__(self, params, opt_state, *batch):
-        prepared = self._compiled._prepare((params, opt_state, *batch), _donate_state)
+        try:
+            prepared = self._compiled.prepare((params, opt_state, *batch))
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         if prepared is None:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
@@ -76,7 +79,10 @@ class TrainStep:
         place between calls: `x[...] = next_x`), and the loss comes back in the same 0-d
         array every call, overwritten by the next. Never resize or replace a bound array
         (the bound object references them all, so `resize` raises); see docs/bind.md."""
-        executable, in_tree, leaves = self._compiled._binding_target((params, opt_state, *batch), _donate_state)
+        try:
+            executable, in_tree, leaves, _ = self._compiled.prepare_arrays((params, opt_state, *batch))
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
         binding, given = executable.bind_flat(leaves)

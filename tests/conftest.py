@@ -4,7 +4,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from ffcompile import api
+from ffcompile.codegen import registry
 
 # function_scoped_fixture: the backend fixture is meant to hold for every example of a test.
 settings.register_profile("ci", max_examples=60, deadline=None,
@@ -14,7 +14,7 @@ settings.register_profile("dev", max_examples=25, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=api.BACKENDS)
+@pytest.fixture(params=list(registry.BACKENDS))
 def backend(request, monkeypatch):
     """Run the test once per backend: every ff.compile / ff.grad / compile_train_step
     that does not name a backend compiles for this one (the test id shows which).
@@ -25,7 +25,7 @@ def backend(request, monkeypatch):
     of any tolerance (gelu's tanh form: 8.9e-16 absolute against atol 1e-15 +
     rtol 1e-12). Direct LLVM-vs-NumPy comparisons use the per-dtype table
     test_llvm_backend.TOLERANCE."""
-    monkeypatch.setattr(api, "DEFAULT_BACKEND", request.param)
+    monkeypatch.setattr(registry, "DEFAULT_BACKEND", request.param)
     return request.param
 
 

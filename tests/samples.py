@@ -18,7 +18,7 @@ import scipy.special
 
 import ffcompile as ff
 from ffcompile import functions
-from ffcompile.codegen import numpy_backend
+from ffcompile.ir.interpret import interpret
 from ffcompile.ir import Builder, TensorType, verify
 from ffcompile.ir.ops import OPS
 from ffcompile.passes.decompose import decompose
@@ -43,6 +43,17 @@ def normal(rng, shape, scale=1.0):
 
 def positive(rng, shape):
     return np.asarray(rng.uniform(0.5, 2.0, shape), dtype=np.float64)
+
+
+def wide_floats(rng, shape):
+    """Integers, halves and values of either sign: where floor rounds, and where it must not."""
+    return np.asarray(rng.choice([-3.0, -0.5, 0.0, 1.0, 2.5], shape) + rng.uniform(-1.0, 1.0, shape)
+                      * rng.choice([0.0, 1.0], shape), dtype=np.float64)
+
+
+def off_integers(rng, shape):
+    """At least 0.1 from every integer: floor's gradient is 0 there, and finite differences see it."""
+    return np.asarray(rng.integers(-3, 3, shape) + rng.uniform(0.1, 0.9, shape), dtype=np.float64)
 
 
 def nonzero(rng, shape):
@@ -190,6 +201,7 @@ OP_CASES: dict[str, list[OpCase]] = {
              fixed({"axis": 0, "type": TensorType((4,), "f64")})],
     "neg": [unary(normal)],
     "exp": [unary(normal)],
+    "expm1": [unary(normal), unary(lambda rng, s: normal(rng, s, 1e-6))],
     "log": [unary(positive)],
     "log1p": [unary(lambda rng, s: np.asarray(rng.uniform(-0.5, 2.0, s)))],
     "tanh": [unary(normal)],
@@ -199,6 +211,7 @@ OP_CASES: dict[str, list[OpCase]] = {
     "sqrt": [unary(positive)],
     "abs": [unary(nonzero)],
     "sign": [unary(nonzero)],
+    "floor": [unary(wide_floats)],
     "stop_gradient": [unary(normal)],
     "pow": [unary(normal, exponent=3.0), unary(normal, exponent=2.0), unary(positive, exponent=0.5),
             unary(positive, exponent=-1.5), unary(normal, exponent=1.0), unary(normal, exponent=0.0)],
@@ -252,8 +265,7 @@ def one_op_graph(op, attrs, operands):
 
 
 def run_graph(graph, operands):
-    fn, _ = numpy_backend.build(verify(decompose(verify(graph))))
-    return fn(*operands)[0]
+    return interpret(verify(decompose(verify(graph))), operands)[0]
 
 
 # --------------------------------------------------------------------------- ff. function cases
@@ -281,6 +293,34 @@ def axis_args(domain, min_rank=1):
     def make(rng):
         return [domain(rng, rand_shape(rng, min_rank))]
     return make
+
+
+def ties(rng, shape):
+    """Few distinct values, so arg-extremes see ties (the first index wins), and a NaN."""
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    if x.size > 2:
+        x.flat[int(rng.integers(0, x.size))] = np.nan
+    return x
+
+
+def einsum_args(*specs):
+    def make(rng):
+        sizes = {c: int(rng.integers(1, 5)) for c in "".join(specs)}
+        return [normal(rng, tuple(sizes[c] for c in spec)) for spec in specs]
+    return make
+
+
+def int_pairs(rng):
+    shape = rand_shape(rng)
+    b = rng.integers(1, 6, shape) * rng.choice([-1, 1], shape)
+    return [rng.integers(-20, 20, shape).astype(np.int64), b.astype(np.int64)]
+
+
+def negative_bases(rng):
+    shape = rand_shape(rng)
+    base = normal(rng, shape) - 1.0
+    exponent = rng.integers(-3, 4, shape).astype(np.float64) + rng.choice([0.0, 0.0, 0.5], shape)
+    return [base, exponent]
 
 
 def np_gelu_tanh(x):
@@ -332,6 +372,7 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
             FunctionCase(lambda x: ff.elu(x, alpha=0.5), lambda x: np_elu(x, 0.5), arrays(nonzero))],
     "erf": [FunctionCase(ff.erf, scipy.special.erf, arrays(normal))],
     "exp": [FunctionCase(ff.exp, np.exp, arrays(normal))],
+    "expm1": [FunctionCase(ff.expm1, np.expm1, arrays(normal))],
     "gelu": [FunctionCase(ff.gelu, lambda x: 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2))),
                           arrays(wide(2.0))),
              FunctionCase(lambda x: ff.gelu(x, approximate="tanh"), np_gelu_tanh, arrays(wide(2.0))),
@@ -364,6 +405,9 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
     "relu": [FunctionCase(ff.relu, lambda x: np.maximum(x, 0), arrays(nonzero))],
     "sigmoid": [FunctionCase(ff.sigmoid, scipy.special.expit, arrays(wide(4.0)))],
     "sign": [FunctionCase(ff.sign, np.sign, arrays(nonzero))],
+    "floor": [FunctionCase(ff.floor, np.floor, arrays(wide_floats), differentiable=False,
+                           why="integer points: no finite difference there (checked off them below)"),
+              FunctionCase(ff.floor, np.floor, arrays(off_integers))],
     "silu": [FunctionCase(ff.silu, lambda x: x * scipy.special.expit(x), arrays(wide(3.0)))],
     "sin": [FunctionCase(ff.sin, np.sin, arrays(wide(3.0)))],
     "sinc": [FunctionCase(ff.sinc, lambda x: np.sinc(x / np.pi), sinc_points)],
@@ -383,6 +427,35 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
     "swish": [FunctionCase(ff.swish, lambda x: x * scipy.special.expit(x), arrays(wide(3.0)))],
     "tanh": [FunctionCase(ff.tanh, np.tanh, arrays(normal))],
     "where": [FunctionCase(ff.where, np.where, where_args)],
+    "argmax": [FunctionCase(lambda x: ff.argmax(x), lambda x: np.argmax(x, axis=-1), axis_args(normal),
+                            differentiable=False, why="an integer index"),
+               FunctionCase(lambda x: ff.argmax(x, axis=0, keepdims=True),
+                            lambda x: np.argmax(x, axis=0, keepdims=True), axis_args(ties),
+                            differentiable=False, why="an integer index")],
+    "argmin": [FunctionCase(lambda x: ff.argmin(x, axis=0), lambda x: np.argmin(x, axis=0), axis_args(ties),
+                            differentiable=False, why="an integer index")],
+    "clip": [FunctionCase(lambda x: ff.clip(x, -0.5, 0.7), lambda x: np.clip(x, -0.5, 0.7), arrays(normal)),
+             FunctionCase(lambda x: ff.clip(x, hi=0.2), lambda x: np.minimum(x, 0.2), arrays(normal))],
+    "einsum": [FunctionCase(lambda a, b: ff.einsum("bij,bjk->bik", a, b),
+                            lambda a, b: np.einsum("bij,bjk->bik", a, b), einsum_args("bij", "bjk")),
+               FunctionCase(lambda a, b: ff.einsum("ij,kj", a, b), lambda a, b: np.einsum("ij,kj", a, b),
+                            einsum_args("ij", "kj")),
+               FunctionCase(lambda a: ff.einsum("ijk->ki", a), lambda a: np.einsum("ijk->ki", a),
+                            einsum_args("ijk"))],
+    "floor_divide": [FunctionCase(ff.floor_divide, np.floor_divide, arrays(wide(4.0), nonzero),
+                                  differentiable=False, why="piecewise constant: its gradient is zero"),
+                     FunctionCase(ff.floor_divide, np.floor_divide, int_pairs,
+                                  differentiable=False, why="integers")],
+    "remainder": [FunctionCase(ff.remainder, np.remainder, arrays(wide(4.0), nonzero),
+                               differentiable=False, why="jumps at every multiple of b: finite "
+                                                         "differences straddle them"),
+                  FunctionCase(ff.remainder, np.remainder, int_pairs, differentiable=False, why="integers")],
+    "power": [FunctionCase(ff.power, np.power, arrays(positive, normal)),
+              FunctionCase(ff.power, np.power, negative_bases, differentiable=False,
+                           why="a negative base: integral exponents only, the gradient is undefined")],
+    "stack": [FunctionCase(lambda a, b: ff.stack([a, b]), lambda a, b: np.stack([a, b]), arrays(normal, normal)),
+              FunctionCase(lambda a, b: ff.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
+                           arrays(normal, normal))],
 }
 
 

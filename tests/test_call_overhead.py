@@ -70,7 +70,7 @@ def test_repeated_calls_follow_structure_and_type_changes():
     u2 = np.arange(6, dtype=np.float32).reshape(3, 2)
     np.testing.assert_allclose(f({"u": u2, "v": u2}), 3 * u2)  # new shape: a new signature
     np.testing.assert_allclose(f({"u": u, "v": v}), 2 * u + v)  # back to the first one
-    with pytest.raises(ShapeError, match="one dtype"):
+    with pytest.raises(ff.DTypeError, match="dtypes differ"):
         f({"u": u.astype(np.float64), "v": v})  # a dtype mix is still rejected after fast calls
     with pytest.raises(KeyError):
         f({"u": u})  # a key missing falls through to the full path, which traces and fails

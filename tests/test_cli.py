@@ -136,20 +136,24 @@ def test_incomplete_model_files(capsys, tmp_path):
     assert "--train needs a loss(params, x, y) function" in capsys.readouterr().err
 
 
-def test_dump_after_every_pass_prints_parseable_numbered_dumps(capsys):
+def test_dump_after_every_stage_prints_numbered_dumps_whose_graphs_parse_back(capsys):
     assert main(["dump", "xor", "--train", "--after", "all"]) == 0
     sections = capsys.readouterr().out.split("// ---- after ")[1:]
     names = [s.splitlines()[0] for s in sections]
-    assert names == ["00-input.ir", "01-decompose.ir", "02-simplify.ir"]
-    for section in sections:
-        text = section.split("\n", 1)[1]
-        assert str(ff.parse_ir(text)) == text
+    assert names == ["00-input.ir", "01-decompose.ir", "02-simplify.ir", "03-fuse.ir", "04-donation.ir",
+                     "05-memory.ir", "06-lower.ir"]
+    texts = {name: section.split("\n", 1)[1] for name, section in zip(names, sections)}
+    for name in names[:3]:  # graph stages: IR text
+        assert str(ff.parse_ir(texts[name])) == texts[name]
+    assert texts["03-fuse.ir"].startswith("schedule @")
+    assert texts["05-memory.ir"].startswith("memory @")
+    assert "define void @" in texts["06-lower.ir"]  # the LLVM IR of the default backend
 
 
-def test_dump_after_unknown_pass_is_a_usage_error(capsys):
+def test_dump_after_unknown_stage_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         main(["dump", "xor", "--after", "nosuchpass"])
-    assert "unknown passes" in capsys.readouterr().err
+    assert "unknown stages" in capsys.readouterr().err
 
 
 def test_dump_schedule_memory_and_stats_formats(capsys):

@@ -36,7 +36,7 @@ def test_shape_errors_at_trace_time(fn, args, pieces):
 
 
 @pytest.mark.parametrize("fn, args, pieces", [
-    (lambda a, b: a + b, (X, np.ones(4, np.float32)), ["add", "one dtype", "f64[3,4]", "f32[4]"]),
+    (lambda a, b: a + b, (X, np.ones(4, np.float32)), ["add", "dtypes differ", "f64[3,4]", "f32[4]"]),
     (lambda a, b: a @ b, (np.ones((3, 4), np.int64), np.ones((4, 2))), ["matmul", "i64[3,4]", "f64[4,2]"]),
     (lambda a: a + 0.5, (np.ones(3, np.int32),), ["cannot mix the float 0.5", "i32"]),
     (lambda a: ff.exp(a), (np.ones(3, np.int64),), ["exp", "floating-point", "i64[3]"]),
@@ -71,9 +71,12 @@ def test_wrong_number_of_arguments():
         executable(X, np.ones((4, 3)))
 
 
-@pytest.mark.parametrize("bad", ["hello", object(), np.array(["a", "b"])])
-def test_non_array_arguments_are_named(bad):
-    with pytest.raises(ArgumentError, match="argument x: unsupported dtype"):
+@pytest.mark.parametrize("bad, says", [("hello", "a str is not an array; .* mark it static"),
+                                       (object(), "unsupported dtype"),
+                                       (np.array(["a", "b"]), "unsupported dtype"),
+                                       (np.ones(3, np.float16), "unsupported dtype float16; ffcompile supports")])
+def test_non_array_arguments_are_named(bad, says):
+    with pytest.raises(ArgumentError, match=f"argument x: {says}"):
         run(lambda x: x * 2.0, bad)
 
 
@@ -154,3 +157,16 @@ def test_nan_and_inf_propagate():
         assert np.all(np.isnan(run(lambda x: ff.softmax(x, axis=1), x)[0]))
         g = ff.compile(ff.grad(lambda x: (ff.sigmoid(x) * x).sum()))(x)
     assert np.isnan(g[0, 1]) and np.isfinite(g[0, 0])
+
+
+@pytest.mark.parametrize("where", ["params", "batch"])
+def test_nested_python_lists_are_pytrees_not_arrays(where):
+    """A nested list of numbers is a pytree of scalar inputs (as in JAX): used as an array
+    it fails saying so and naming the fix, not with a misleading NumPy conversion error."""
+    nested = [[1.0, 2.0], [3.0, 4.0]]
+    x, w = X[:, :2].copy(), np.ones((2, 2), X.dtype)
+    args = ({"w": nested}, x) if where == "params" else ({"w": w}, nested)
+    with pytest.raises(TypeError, match="Python list of traced values is not an array.*np.asarray"):
+        ff.compile(lambda p, x: (x @ p["w"]).sum())(*args)
+    got = ff.compile(lambda p, x: (x @ p["w"]).sum())({"w": np.asarray(nested, X.dtype)}, x)
+    assert got == pytest.approx(float((x @ np.asarray(nested)).sum()), rel=1e-6)

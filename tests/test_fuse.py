@@ -7,13 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ffcompile as ff
-from ffcompile.codegen import numpy_backend
+from ffcompile.ir.interpret import interpret
 from ffcompile.ir import Builder, TensorType, VerifyError
 from ffcompile.ir import ops as O
 from ffcompile.passes.decompose import decompose
 from ffcompile.passes.fuse import fuse
-from ffcompile.passes.schedule import (COPY, ELEMENTWISE, GEMM, LAYOUT, REDUCTION, SOURCE, Kernel,
-                                       Schedule, print_schedule, run_schedule_reference,
+from ffcompile.passes.schedule import (Kernel, KernelKind, Schedule, print_schedule, run_schedule_reference,
                                        verify_schedule)
 from ffcompile.tree import tree_flatten
 from samples import broadcastable
@@ -145,7 +144,7 @@ def test_two_layer_mlp_training_step_schedule_golden():
 def assert_matches_numpy_backend(graph, args, got, rtol, atol):
     """Same values as the NumPy backend, up to rounding: the backend hands BLAS strided views
     where the reference interpreter holds contiguous buffers."""
-    expected = numpy_backend.build(graph)[0](*args)
+    expected = interpret(graph, args)
     for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
 
@@ -188,7 +187,7 @@ def test_gelu_layer_keeps_only_its_input_and_gate_for_the_backward_pass(approxim
     args = [rng.normal(size=s) for s in ((8, 16), (16,), (16, 3), (4, 8))]
     schedule = ff.compile(ff.value_and_grad(loss, (0, 1, 2))).lower(*args).schedule
     first = schedule.kernels[0]
-    assert first.kind == GEMM and schedule.graph.nodes[first.anchor].inputs == (schedule.graph.inputs[3],
+    assert first.kind == KernelKind.GEMM and schedule.graph.nodes[first.anchor].inputs == (schedule.graph.inputs[3],
                                                                                schedule.graph.inputs[0])
     gate = {"none": O.Erf, "tanh": O.Tanh}[approximate].name
     assert sorted(schedule.graph.nodes[i].op.name for i in first.outputs) == sorted(["add", gate, "mul"])
@@ -199,8 +198,8 @@ def test_diamond_never_fuses_into_a_cycle():
     schedule = verify_schedule(fuse(graph))
     kernel_of = {i: k for k, kern in enumerate(schedule.kernels) for i in kern.body}
     assert kernel_of[e] == kernel_of[s] < kernel_of[d]
-    assert schedule.kernels[kernel_of[s]] == Kernel(REDUCTION, (e, s), (x,), (e, s), anchor=s)
-    assert schedule.kernels[kernel_of[d]] == Kernel(ELEMENTWISE, (d,), (e, s), (d,))
+    assert schedule.kernels[kernel_of[s]] == Kernel(KernelKind.REDUCTION, (e, s), (x,), (e, s), anchor=s)
+    assert schedule.kernels[kernel_of[d]] == Kernel(KernelKind.ELEMENTWISE, (d,), (e, s), (d,))
     x_value = np.arange(12.0).reshape(3, 4)
     (got,) = run_schedule_reference(schedule, [x_value])
     np.testing.assert_allclose(got, np.exp(x_value) / np.exp(x_value).sum(1, keepdims=True))
@@ -208,8 +207,8 @@ def test_diamond_never_fuses_into_a_cycle():
 
 def test_verifier_rejects_the_cyclic_partition_of_the_diamond():
     graph, (x, e, s, d) = diamond()
-    cyclic = Schedule(graph, (Kernel(ELEMENTWISE, (e, d), (x, s), (d,)),
-                              Kernel(REDUCTION, (s,), (e,), (s,), anchor=s)), (), ())
+    cyclic = Schedule(graph, (Kernel(KernelKind.ELEMENTWISE, (e, d), (x, s), (d,)),
+                              Kernel(KernelKind.REDUCTION, (s,), (e,), (s,), anchor=s)), (), ())
     with pytest.raises(VerifyError, match="not produced by an earlier kernel"):
         verify_schedule(cyclic)
     with pytest.raises(VerifyError, match="read before any kernel produced it"):
@@ -218,8 +217,8 @@ def test_verifier_rejects_the_cyclic_partition_of_the_diamond():
 
 def test_verifier_rejects_a_kernel_reading_an_undeclared_value():
     graph, (x, e, s, d) = diamond()
-    leaky = Schedule(graph, (Kernel(REDUCTION, (e, s), (x,), (s,), anchor=s),
-                             Kernel(ELEMENTWISE, (d,), (s,), (d,))), (), ())
+    leaky = Schedule(graph, (Kernel(KernelKind.REDUCTION, (e, s), (x,), (s,), anchor=s),
+                             Kernel(KernelKind.ELEMENTWISE, (d,), (s,), (d,))), (), ())
     with pytest.raises(VerifyError, match="neither in the body nor an input"):
         verify_schedule(leaky)
 
@@ -241,8 +240,8 @@ def test_views_literals_copies_and_layout_kernels():
     schedule = verify_schedule(fuse(graph))
     assert schedule.literals == (two,) and schedule.views == (flat,)
     kinds = {k.body: k.kind for k in schedule.kernels}
-    assert kinds == {(y,): ELEMENTWISE, (table,): SOURCE, (z,): ELEMENTWISE, (cat,): LAYOUT,
-                     (x_view,): COPY}
+    assert kinds == {(y,): KernelKind.ELEMENTWISE, (table,): KernelKind.SOURCE, (z,): KernelKind.ELEMENTWISE,
+                     (cat,): KernelKind.LAYOUT, (x_view,): KernelKind.COPY}
     assert schedule.root(flat) == y
     x_value = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert_matches_numpy_backend(graph, [x_value], run_schedule_reference(schedule, [x_value]), 0, 0)
@@ -255,7 +254,7 @@ def test_transpose_read_elsewhere_is_materialized():
     m = b.emit(O.Matmul, [t, a])
     n = b.emit(O.Add, [m, t])
     schedule = verify_schedule(fuse(b.finish([n])))
-    assert [k.kind for k in schedule.kernels] == [LAYOUT, GEMM]
+    assert [k.kind for k in schedule.kernels] == [KernelKind.LAYOUT, KernelKind.GEMM]
     assert not schedule.kernels[1].trans_a and schedule.kernels[1].body == (m, n)
 
 
@@ -342,18 +341,18 @@ def _check_kernel_structure(schedule: Schedule) -> None:
     for kernel in schedule.kernels:
         ops = [nodes[i].op for i in kernel.body]
         anchors = [i for i in kernel.body if nodes[i].op in (O.Matmul, O.ReduceSum, O.ReduceMax)]
-        if kernel.kind in (GEMM, REDUCTION):
+        if kernel.kind in (KernelKind.GEMM, KernelKind.REDUCTION):
             assert anchors == [kernel.anchor]
-            assert (nodes[kernel.anchor].op is O.Matmul) == (kernel.kind == GEMM)
+            assert (nodes[kernel.anchor].op is O.Matmul) == (kernel.kind == KernelKind.GEMM)
         else:
             assert not anchors and kernel.anchor is None
-        if kernel.kind == GEMM:
+        if kernel.kind == KernelKind.GEMM:
             assert all(nodes[i].op is O.Transpose for i in kernel.prologue)
             folded = {nodes[i].inputs[0] for i in kernel.prologue}
             assert folded <= set(kernel.inputs)
-        if kernel.kind in (LAYOUT, SOURCE, COPY):
+        if kernel.kind in (KernelKind.LAYOUT, KernelKind.SOURCE, KernelKind.COPY):
             assert len(kernel.body) == 1, kernel
-        if kernel.kind == ELEMENTWISE:
+        if kernel.kind == KernelKind.ELEMENTWISE:
             assert all(op is O.Iota or op is O.Broadcast or O.ELEMENTWISE in op.traits for op in ops)
         assert kernel.outputs and kernel.body[-1] in kernel.outputs
 
@@ -361,8 +360,8 @@ def _check_kernel_structure(schedule: Schedule) -> None:
 def unfused(graph) -> Schedule:
     """One kernel per node: the graph evaluated op by op, the oracle for any partition.
     (Kinds only label kernels; the reference interpreter does not read them.)"""
-    kinds = {O.Matmul: GEMM, O.ReduceSum: REDUCTION, O.ReduceMax: REDUCTION}
-    kernels = tuple(Kernel(kinds.get(n.op, ELEMENTWISE), (i,), tuple(dict.fromkeys(n.inputs)), (i,),
+    kinds = {O.Matmul: KernelKind.GEMM, O.ReduceSum: KernelKind.REDUCTION, O.ReduceMax: KernelKind.REDUCTION}
+    kernels = tuple(Kernel(kinds.get(n.op, KernelKind.ELEMENTWISE), (i,), tuple(dict.fromkeys(n.inputs)), (i,),
                            anchor=i if n.op in kinds else None)
                     for i, n in enumerate(graph.nodes) if n.op is not O.Input)
     return verify_schedule(Schedule(graph, kernels, (), ()))

@@ -203,7 +203,7 @@ def test_a_fixed_signature_accepts_what_matches_and_rejects_the_rest(fixed_signa
         args = args[:-1] if count == "one fewer" else args + [args[-1]]
     with np.errstate(all="ignore"):
         # through the runtime's checks, and straight to the native wrapper
-        for call, nested_lists in ((native, False), (native.fn, True)):
+        for call, nested_lists in ((native, False), (native.program, True)):
             matches = len(args) == len(signature) and all(
                 matches_signature(a, shape, dtype, nested_lists) for a, (shape, dtype) in zip(args, signature))
             got = outcome(call, args)

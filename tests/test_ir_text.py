@@ -168,12 +168,12 @@ def test_malformed_ir_names_the_line(old, new, line, message):
     assert old in GOOD
     with pytest.raises(IRParseError) as info:
         parse_ir(GOOD.replace(old, new))
-    assert f"line {line}:" in str(info.value)
+    assert str(info.value).startswith(f"line {line}, column ") and info.value.line == line
     assert message in str(info.value)
 
 
 def test_unclosed_graph_and_empty_text():
-    with pytest.raises(IRParseError, match="line 6: expected '}' closing the graph"):
+    with pytest.raises(IRParseError, match="line 6, column 3: expected '}' closing the graph"):
         parse_ir(GOOD[:GOOD.rindex("}")])
     with pytest.raises(IRParseError, match="empty IR text"):
         parse_ir("  \n// only a comment\n")

@@ -53,7 +53,7 @@ def test_remat_plans_against_the_native_arena():
     params, x, y = workload.example_inputs(0)
     compiled = ff.compile(ff.value_and_grad(workload.loss), backend="llvm", memory_budget=0.5)
     value, _ = compiled(params, x, y)
-    lowered = compiled._last
+    lowered = compiled.last_lowered
     assert lowered.memory.arena_bytes == lowered.plan.peak_bytes <= 0.5 * lowered.plan.store_all_peak
     np.testing.assert_allclose(value, ff.compile(workload.loss)(params, x, y), rtol=1e-4)
 

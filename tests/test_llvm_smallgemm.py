@@ -116,7 +116,7 @@ from ffcompile.codegen.llvm.blas import blas_address
 a = np.ones((300, 300), np.float32)
 f = ff.compile(lambda x, y: x @ y, backend="llvm")
 assert float(np.asarray(f(a, a))[0, 0]) == 300.0
-assert f._last.native.blas == ("sgemm",)
+assert f.last_lowered.program.blas == ("sgemm",)
 address = blas_address("sgemm")
 assert "scipy.linalg" not in sys.modules, "scipy.linalg was imported"
 import scipy.linalg.cython_blas

@@ -143,6 +143,25 @@ def test_bad_hyperparameters_are_rejected():
         ff.optim.Adam(lr=-1.0)
 
 
+@pytest.mark.parametrize("optimizer, state, message", [
+    (lambda: ff.optim.Adam(0.1), {}, r"Adam: opt_state is missing 'm', 't', 'v' \(it has no keys\)"),
+    (lambda: ff.optim.Adam(0.1), {"m": None, "t": np.zeros((), np.float32)}, "missing 'v'"),
+    (lambda: ff.optim.Adam(0.1), [], "Adam: opt_state must be a dict"),
+    (lambda: ff.optim.SGD(0.1, momentum=0.5), {}, "SGD: opt_state is missing 'velocity'"),
+    (lambda: ff.optim.SGD(0.1, momentum=0.5), {"velocity": {"w": np.zeros(3, np.float32)}},
+     r"opt_state\['velocity'\] must have the structure of the parameters"),
+])
+def test_malformed_optimizer_state_names_what_is_missing(problem, optimizer, state, message):
+    """A hand-made or stale opt_state fails with the optimizer, the missing part and the
+    fix, not with a bare KeyError from inside the update."""
+    params, x = problem
+    p = {k: v.copy() for k, v in params.items()}
+    step = ff.compile_train_step(quadratic_loss, optimizer())
+    with pytest.raises(ValueError, match=message) as info:
+        step(p, state, x)
+    assert "init(params)" in str(info.value)
+
+
 def test_tied_parameters_are_never_corrupted_by_donation():
     """Two leaves naming one array: neither backend writes a result over memory another
     argument still reads; each new value is copied back in order, the last one stays."""

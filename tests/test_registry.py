@@ -11,9 +11,10 @@ import pytest
 
 import ffcompile as ff
 from ffcompile import functions
-from ffcompile.codegen.numpy_backend import LOWERINGS
-from ffcompile.ir import Builder, TensorType
-from ffcompile.ir.ops import COMPOSITES, OPS, PRIMITIVES, Composite, Cost, Op
+from ffcompile.codegen.registry import BACKENDS
+from ffcompile.ir import Builder, ShapeError, TensorType
+from ffcompile.ir.attributes import Attr
+from ffcompile.ir.ops import COMPOSITES, OPS, PRIMITIVES, Composite, Cost, Op, Trait
 from samples import (FUNCTION_CASES, OP_CASES, function_case_params, make_function_case,
                      make_op_case, one_op_graph, op_case_params, run_graph)
 
@@ -37,13 +38,29 @@ def test_op_declares_its_rules(name):
     op = OPS[name]
     assert op.name == name and issubclass(op, Op)
     assert op.infer.__func__ is not Op.infer.__func__, f"{name} has no shape rule"
-    assert set(op.traits) <= {"elementwise", "reduction", "contraction", "layout", "source", "composite"}
+    assert all(isinstance(t, Trait) for t in op.traits)
     if op.differentiable:
         assert op.vjp.__func__ is not Op.vjp.__func__, f"{name} is differentiable but has no VJP"
-    if name in PRIMITIVES and name != "input":
-        assert op in LOWERINGS, f"numpy backend has no lowering for {name}"
+    if name in PRIMITIVES:
+        for backend in BACKENDS.values():
+            assert backend.lowers(op), f"the {backend.name} backend has no lowering for {name}"
     if name in COMPOSITES:
         assert op.decompose.__func__ is not Composite.decompose.__func__, f"{name} has no decompose"
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_declares_the_kind_of_every_attribute(name):
+    """Attributes exist only as `attributes = {name: kind}` on the op, and each kind is
+    enforced: a value no kind accepts is rejected naming the op and the attribute."""
+    op = OPS[name]
+    assert isinstance(op.attributes, dict)
+    assert all(isinstance(kind, Attr) for kind in op.attributes.values()), f"{name}: undeclared kind"
+    attrs, operands = make_op_case(name, 0)
+    assert set(attrs) == set(op.attributes), f"{name}: its sample uses undeclared attributes"
+    types = [TensorType.of(a) for a in operands]
+    for attribute in op.attributes:
+        with pytest.raises(ShapeError, match=f"{name}: {attribute} must be "):
+            op.check_signature(types, {**attrs, attribute: object()})
 
 
 @pytest.mark.parametrize("name, k", op_case_params())

@@ -31,7 +31,7 @@ def test_gradients_bitwise_and_peak_as_planned(problem, strategy, budget):
     got = compiled(params, x)
     for a, b in zip(tree_flatten(got)[0], tree_flatten(reference)[0], strict=True):
         np.testing.assert_array_equal(a, b)
-    lowered = compiled._last
+    lowered = compiled.last_lowered
     plan = lowered.plan
     assert plan.strategy == strategy
     assert lowered.program.arena.nbytes == lowered.memory.arena_bytes == plan.peak_bytes

@@ -32,6 +32,7 @@ TORCH = {
     "elu": [F.elu, lambda x: F.elu(x, alpha=0.5)],
     "erf": [torch.erf],
     "exp": [torch.exp],
+    "expm1": [torch.expm1],
     "gelu": [F.gelu, lambda x: F.gelu(x, approximate="tanh"), torch_gelu_sigmoid],
     "leaky_relu": [F.leaky_relu, lambda x: F.leaky_relu(x, 0.2)],
     "log": [torch.log],
@@ -48,6 +49,7 @@ TORCH = {
     "relu": [F.relu],
     "sigmoid": [torch.sigmoid],
     "sign": [torch.sign],
+    "floor": [None, torch.floor],
     "silu": [F.silu],
     "sin": [torch.sin],
     "sinc": [lambda x: torch.sinc(x / torch.pi)],
@@ -62,6 +64,15 @@ TORCH = {
     "swish": [F.silu],
     "tanh": [torch.tanh],
     "where": [torch.where],
+    "argmax": [None, None],
+    "argmin": [None],
+    "clip": [lambda x: torch.clamp(x, -0.5, 0.7), lambda x: torch.clamp(x, max=0.2)],
+    "einsum": [lambda a, b: torch.einsum("bij,bjk->bik", a, b), lambda a, b: torch.einsum("ij,kj", a, b),
+               lambda a: torch.einsum("ijk->ki", a)],
+    "floor_divide": [None, None],
+    "remainder": [None, None],
+    "power": [torch.pow, None],
+    "stack": [lambda a, b: torch.stack([a, b]), lambda a, b: torch.stack([a, b], dim=-1)],
 }
 
 

@@ -14,28 +14,26 @@ statement per node) and every buffer view is made once, at build time.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import scipy.special
 
 from ..ir import Graph, Node
 from ..ir import ops as O
-from ..passes.donation import safe_donations
+from ..ir.types import DTYPES
 from ..passes.fuse import fuse
 from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
 from ..passes.schedule import Schedule
-from .arguments import overlapping_arguments
-from .numpy_backend import _scalar
+from .arguments import Binding, bind_python, overlapping_arguments
 
 # Ops whose value NumPy can express as a view of their operand: inside a kernel
 # they take no storage unless they are the kernel's output.
 _VIEW_EXPRESSIONS = (O.Broadcast, O.Transpose, O.Reshape, O.StopGradient)
 # Sources evaluated once at build time; a kernel reads the precomputed array.
 _BUILD_TIME = (O.Iota, O.Constant)
-
 
 def _ufunc(fn: str):
     return lambda node, args, out: f"{fn}({', '.join(args)}, out={out})"
@@ -74,31 +72,17 @@ def _select(node, args, out):
     return f"np.copyto({out}, {b}); np.copyto({out}, {a}, where={p})"
 
 
-OUT_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
-    O.Neg: _ufunc("np.negative"),
-    O.Exp: _ufunc("np.exp"),
-    O.Log: _ufunc("np.log"),
-    O.Log1p: _ufunc("np.log1p"),
-    O.Tanh: _ufunc("np.tanh"),
-    O.Erf: _ufunc("_erf"),
-    O.Sin: _ufunc("np.sin"),
-    O.Cos: _ufunc("np.cos"),
-    O.Sqrt: _ufunc("np.sqrt"),
-    O.Abs: _ufunc("np.abs"),
-    O.Sign: _ufunc("np.sign"),
+def _scalar(value, dtype: str) -> str:
+    """A typed NumPy scalar as source: np.float32(0.5), np.float64(float('inf'))."""
+    name = "bool_" if dtype == "bool" else DTYPES[dtype].name
+    text = repr(value) if not isinstance(value, float) or math.isfinite(value) else f"float({str(value)!r})"
+    return f"np.{name}({text})"
+
+
+# The ops whose lowering is not their NumPy function called with `out=`.
+IRREGULAR_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
     O.Pow: lambda n, a, out: f"np.power({a[0]}, {_scalar(n.attr('exponent'), n.type.dtype)}, out={out})",
     O.Convert: lambda n, a, out: f"np.copyto({out}, {a[0]}, casting='unsafe')",
-    O.Add: _ufunc("np.add"),
-    O.Sub: _ufunc("np.subtract"),
-    O.Mul: _ufunc("np.multiply"),
-    O.Div: _ufunc("np.divide"),
-    O.Maximum: _ufunc("np.maximum"),
-    O.Minimum: _ufunc("np.minimum"),
-    O.Gt: _ufunc("np.greater"),
-    O.Ge: _ufunc("np.greater_equal"),
-    O.Lt: _ufunc("np.less"),
-    O.Le: _ufunc("np.less_equal"),
-    O.Eq: _ufunc("np.equal"),
     O.Select: _select,
     O.ReduceSum: _reduce("np.sum"),
     O.ReduceMax: _reduce("np.max"),
@@ -116,14 +100,34 @@ OUT_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
 }
 
 
+def out_lowering(op) -> Callable[[Node, list[str], str], str] | None:
+    """How the arena program computes op into `out`: an irregular rule, or, for an
+    elementwise op whose reference is its `numpy_fn` ufunc, that ufunc with `out=`."""
+    if op in IRREGULAR_LOWERINGS:
+        return IRREGULAR_LOWERINGS[op]
+    fn = getattr(op, "numpy_fn", None)
+    if not isinstance(fn, np.ufunc) or op.reference.__func__ not in _UFUNC_REFERENCES:
+        return None
+    return _ufunc(_ufunc_name(fn))
+
+
+def _ufunc_name(fn: np.ufunc) -> str:
+    """np.exp for NumPy's own ufuncs; others (scipy.special.erf) by their name in _RUNTIME."""
+    return f"np.{fn.__name__}" if getattr(np, fn.__name__, None) is fn else f"_{fn.__name__}"
+
+
+_UFUNC_REFERENCES = (O.Unary.reference.__func__, O.Binary.reference.__func__)
+
+
 def _pad_into(out, x, config):
     out.fill(0)
-    index = tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
-                  for d, (lo, _, it) in zip(x.shape, config))
-    np.copyto(out[index], x)
+    np.copyto(out[O.Pad.index(config, x.shape)], x)
 
 
-_RUNTIME = {"np": np, "_erf": scipy.special.erf, "_pad_into": _pad_into}
+# What the generated source calls by name.
+_RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, **{
+    _ufunc_name(op.numpy_fn): op.numpy_fn for op in O.OPS.values()
+    if isinstance(getattr(op, "numpy_fn", None), np.ufunc)}}
 
 
 # --------------------------------------------------------------------------- storage
@@ -208,40 +212,56 @@ def assign_storage(schedule: Schedule, protected) -> Storage:
 
 @dataclass
 class ArenaProgram:
+    """The NumPy backend's Program (codegen/backend.py): the schedule as generated Python."""
+
     plan: MemoryPlan
     source: str
     arena: np.ndarray
     run: Callable  # run(*inputs) -> list of result arrays
     donated: dict[int, int] = field(default_factory=dict)  # result -> the argument array it is written to
+    out_types: tuple = ()
 
     @property
     def arena_bytes(self) -> int:
         return self.plan.arena_bytes
 
+    @property
+    def text(self) -> str:
+        return self.source
 
-def plan_program_memory(schedule: Schedule, donated: frozenset[int] = frozenset()
-                        ) -> tuple[MemoryPlan, Storage]:
-    """The arena plan of the NumPy program: kernel outputs plus kernel scratch.
-    donated: output roots written over an argument's array (see safe_donations)."""
-    base_plan = plan_memory(schedule)
-    in_place = {b.value: b.reuses for b in base_plan.buffers if b.reuses is not None}
-    storage = assign_storage(schedule, set(in_place) | donated)
-    plan = plan_memory(schedule, storage.scratch)
-    if {b.value: b.reuses for b in plan.buffers if b.reuses is not None} != in_place:
-        raise AssertionError("scratch changed the in-place decisions the storage was assigned for")
-    return plan, storage
+    def call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.run(*arrays)
+
+    def bind(self, arrays: list[np.ndarray]) -> Binding:
+        return bind_python(self.run, arrays, self.out_types)
+
+
+def kernel_scratch(schedule: Schedule, protected: frozenset[int]) -> dict[int, int]:
+    """Kernel step -> bytes of the temporaries NumPy needs to run it node by node."""
+    return assign_storage(schedule, protected).scratch
+
+
+def protected_values(plan: MemoryPlan, donated_roots) -> frozenset[int]:
+    """Values whose storage is shared with another value's: written in place over a
+    dying input, or over a donated argument."""
+    return frozenset(b.value for b in plan.buffers if b.reuses is not None) | frozenset(donated_roots)
 
 
 def arena_bytes(graph: Graph) -> int:
     """The real peak of the NumPy program for a graph: what remat plans against."""
-    return plan_program_memory(fuse(graph))[0].arena_bytes
+    schedule = fuse(graph)
+    return plan_memory(schedule, lambda protected: kernel_scratch(schedule, protected)).arena_bytes
 
 
-def build_program(schedule: Schedule, donate: dict[int, int] | None = None) -> ArenaProgram:
-    """donate: result position -> argument position whose array may receive it (if safe)."""
-    donated = safe_donations(schedule, donate or {})
+def build_program(schedule: Schedule, plan: MemoryPlan | None = None,
+                  donated: dict[int, int] | None = None) -> ArenaProgram:
+    """The program of schedule over the arena of plan (planned here if not given).
+    donated: result position -> argument position it is written over (already safe)."""
+    donated = donated or {}
     roots = frozenset(schedule.root(schedule.graph.outputs[k]) for k in donated)
-    plan, storage = plan_program_memory(schedule, roots)
+    if plan is None:
+        plan = plan_memory(schedule, lambda protected: kernel_scratch(schedule, protected), roots)
+    storage = assign_storage(schedule, protected_values(plan, roots))
     return _Emitter(schedule, plan, storage, donated).build()
 
 
@@ -315,7 +335,7 @@ class _Emitter:
                 program(*arrays, *results)
             return results
 
-        return ArenaProgram(self.plan, source, self.arena, run, dict(donated))
+        return ArenaProgram(self.plan, source, self.arena, run, dict(donated), tuple(out_types))
 
     def storage_name(self, i: int, k: int) -> str:
         """Name of the storage value i (computed in kernel k) is written to."""
@@ -354,9 +374,10 @@ class _Emitter:
                 self.names[i] = f"t{i}"
                 lines.append(f"    t{i} = {_view_expr(node, args)}{comment}")
                 continue
-            if node.op not in OUT_LOWERINGS:
+            lowering = out_lowering(node.op)
+            if lowering is None:
                 raise NotImplementedError(f"numpy arena backend: no lowering for op {node.op.name!r}")
-            lines.append(f"    {OUT_LOWERINGS[node.op](node, args, self.storage_name(i, k))}{comment}")
+            lines.append(f"    {lowering(node, args, self.storage_name(i, k))}{comment}")
         return lines
 
     def view_lines(self, roots: set[int]) -> list[str]:

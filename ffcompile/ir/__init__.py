@@ -1,6 +1,6 @@
 """The graph IR. Imports nothing else of ffcompile."""
 from .builder import Builder
-from .errors import IRParseError, ShapeError, VerifyError
+from .errors import DTypeError, IRParseError, ShapeError, VerifyError
 from .graph import Graph, Loc, Node
 from .ops import OPS
 from .parser import parse_ir
@@ -8,5 +8,5 @@ from .printer import print_graph
 from .types import TensorType
 from .verify import verify
 
-__all__ = ["Builder", "Graph", "IRParseError", "Loc", "Node", "OPS", "ShapeError", "TensorType",
+__all__ = ["Builder", "DTypeError", "Graph", "IRParseError", "Loc", "Node", "OPS", "ShapeError", "TensorType",
            "VerifyError", "parse_ir", "print_graph", "verify"]

@@ -5,12 +5,25 @@ class, so type inference and location tracking happen in one place.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
+from .errors import ShapeError
 from .graph import Graph, Loc, Node, freeze_attrs
 from .types import TensorType
 
 CURRENT = object()  # emit()'s default location: whatever the builder says now
+
+
+def located(exc: ShapeError, loc: Loc | None) -> ShapeError:
+    """The error with the user's file:line and module path at the end of its first line."""
+    if loc is None or getattr(exc, "loc", None) is not None:
+        return exc
+    first, _, rest = str(exc).partition("\n")
+    where = f"{loc.file}:{loc.line}" + (f" @{loc.scope}" if loc.scope else "")
+    new = type(exc)(f"{first} at {where}" + (f"\n{rest}" if rest else ""))
+    new.loc = loc
+    return new
 
 
 class Builder:
@@ -22,8 +35,24 @@ class Builder:
         self.captures: dict[tuple[int, int], int] = {}
         self.captured_values: list = []
         self.loc_provider: Callable[[], Loc | None] | None = None
-        self.fixed_loc: Loc | None = None  # overrides the provider (e.g. for adjoint nodes)
+        self.fixed_loc: Loc | None = None  # overrides the provider: set it with `at`
         self.scope: list[str] = []  # module path of the code being traced, e.g. ["layers", "2"]
+        self.sites: list = []  # per scope entry: (file, line) where the user built that module, or None
+        self.weak: set[int] = set()  # inputs from Python scalars: they take the dtype they meet
+        # Arrays closed over by the traced function that became inputs (read at call time);
+        # None: a top-level trace that embeds them as literals (see lang.lift).
+        self.closure_arrays: list | None = None
+        self.closure_inputs: dict[int, int] = {}  # id(array) -> its input node
+
+    @contextmanager
+    def at(self, loc: Loc | None):
+        """Nodes emitted inside the block get loc (None: the provider's again), e.g. the
+        adjoint of a node gets the node's location; the previous setting comes back after."""
+        saved, self.fixed_loc = self.fixed_loc, loc
+        try:
+            yield self
+        finally:
+            self.fixed_loc = saved
 
     def current_loc(self) -> Loc | None:
         if self.fixed_loc is not None:
@@ -36,10 +65,13 @@ class Builder:
         """Append a node; loc defaults to the builder's current location."""
         attrs = attrs or {}
         types = [self.nodes[i].type for i in inputs]
-        op.check_signature(types, attrs)
-        out = op.infer(types, attrs)
-        node = Node(op, tuple(inputs), freeze_attrs(attrs), out,
-                    self.current_loc() if loc is CURRENT else loc)
+        loc = self.current_loc() if loc is CURRENT else loc
+        try:
+            op.check_signature(types, attrs)
+            out = op.infer(types, attrs)
+        except ShapeError as exc:
+            raise located(exc, loc) from None
+        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc)
         self.nodes.append(node)
         return len(self.nodes) - 1
 

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .printer import print_graph
 from .types import TensorType
 
 
@@ -29,10 +30,12 @@ class Loc:
         return Loc(self.file, self.line, self.scope, role)
 
     def __str__(self) -> str:
-        parts = [self.role] if self.role else []
-        parts.append(f'"{self.file}":{self.line}')
+        from .printer import format_name, format_string
+
+        parts = [format_name(self.role)] if self.role else []
+        parts.append(f"{format_string(self.file)}:{self.line}")
         if self.scope:
-            parts.append(f"@{self.scope}")
+            parts.append(f"@{format_name(self.scope)}")
         return f"loc({' '.join(parts)})"
 
 
@@ -94,14 +97,10 @@ class Graph:
         return result
 
     def __str__(self) -> str:
-        from .printer import print_graph
-
         return print_graph(self)
 
     def fingerprint(self) -> str:
         """Hash of the program text without locations: equal programs share compiled code."""
-        from .printer import print_graph
-
         return hashlib.sha256(print_graph(self, locs=False).encode()).hexdigest()[:16]
 
     def to_networkx(self):

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import ops as O
 from .builder import Builder
-from .errors import ShapeError
+from .errors import DTypeError, ShapeError
 from .types import TensorType, dtype_name
 
 
@@ -38,6 +38,11 @@ class Value:
     @property
     def dtype(self) -> str:
         return self.type.dtype
+
+    @property
+    def weak(self) -> bool:
+        """A Python scalar argument: it takes the dtype of the operand it meets."""
+        return self.id in self.builder.weak
 
     @property
     def ndim(self) -> int:
@@ -88,10 +93,16 @@ class Value:
 
     def __pow__(self, exponent):
         if isinstance(exponent, Value):
-            return exp(log(self) * exponent)
+            return power(self, exponent)
         if not isinstance(exponent, numbers.Real):
             return NotImplemented
         return pow(self, float(exponent))
+
+    def __rpow__(self, base): return power(base, self)
+    def __floordiv__(self, other): return floor_divide(self, other)
+    def __rfloordiv__(self, other): return floor_divide(other, self)
+    def __mod__(self, other): return remainder(self, other)
+    def __rmod__(self, other): return remainder(other, self)
 
     def __gt__(self, other): return greater(self, other)
     def __ge__(self, other): return greater_equal(self, other)
@@ -129,7 +140,7 @@ class Value:
 # --------------------------------------------------------------------------- lifting
 
 
-def _builder_of(args) -> Builder:
+def builder_of(args) -> Builder:
     """The innermost builder among the Values in args."""
     found = None
     for arg in args:
@@ -188,14 +199,65 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         if isinstance(x, float) and like in ("i32", "i64", "bool") and not float(x).is_integer():
             raise ShapeError(f"cannot mix the float {x} with a {like} value")
         return constant(builder, x, like)
+    if isinstance(x, (list, tuple)) and _holds_value(x):
+        raise TypeError(
+            "a Python list of traced values is not an array: lists and tuples in a compiled "
+            "function's arguments are pytrees (each number its own scalar input), so a nested "
+            "list of numbers must be converted with np.asarray before the call")
+    if isinstance(x, np.ndarray) and x.size > CLOSURE_LITERAL_LIMIT:
+        root = builder
+        while root.parent is not None:
+            root = root.parent
+        if root.closure_arrays is not None:
+            return capture(builder, _closure_input(root, x))
     array = np.asarray(x)
     return constant(builder, array, dtype_name(array.dtype))
 
 
+# A closed-over array with more elements than this becomes an input of the program,
+# read at every call, rather than a literal in the IR (printing, hashing and folding
+# a large literal costs seconds, and edits to the array in place would go unseen).
+CLOSURE_LITERAL_LIMIT = 256
+
+
+def _closure_input(root: Builder, array: np.ndarray) -> Value:
+    if id(array) not in root.closure_inputs:
+        name = f"closure{len(root.closure_arrays)}"
+        root.closure_inputs[id(array)] = root.add_input(TensorType.of(array), name)
+        root.closure_arrays.append(array)
+    return Value(root, root.closure_inputs[id(array)])
+
+
+def _holds_value(items) -> bool:
+    """Whether nested lists/tuples hold a traced Value (iteratively: lists may be deep)."""
+    stack = [items]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, Value):
+                return True
+            if isinstance(item, (list, tuple)):
+                stack.append(item)
+    return False
+
+
 def _values(*args) -> list[Value]:
-    builder = _builder_of(args)
-    like = next((a.dtype for a in args if isinstance(a, Value)), None)
-    return [lift(builder, a, like) for a in args]
+    """The operands as Values of the innermost trace; Python scalars (and weakly typed
+    scalar arguments) take the dtype of the first strongly typed operand."""
+    builder = builder_of(args)
+    values = [a for a in args if isinstance(a, Value)]
+    strong = [v for v in values if not v.weak]
+    like = (strong or values)[0].dtype if values else None
+    return [meet_weak(lift(builder, a, like), like) for a in args]
+
+
+def meet_weak(value: Value, like: str | None) -> Value:
+    """A weakly typed scalar argument converted to the dtype it meets."""
+    if not value.weak or like is None or value.dtype == like:
+        return value
+    if value.type.is_float and not TensorType((), like).is_float:
+        raise DTypeError(f"a Python float argument ({value.type}) meets a {like} value: pass it as "
+                         f"an integer, or convert the {like} operand with .astype(...)")
+    return convert(value, like)
 
 
 def _emit(op, values: list[Value], **attrs) -> Value:
@@ -223,6 +285,7 @@ def less_equal(a, b): return _apply(O.Le, a, b)
 def equal(a, b): return _apply(O.Eq, a, b)
 def neg(x): return _apply(O.Neg, x)
 def exp(x): return _apply(O.Exp, x)
+def expm1(x): return _apply(O.Expm1, x)
 def log(x): return _apply(O.Log, x)
 def log1p(x): return _apply(O.Log1p, x)
 def tanh(x): return _apply(O.Tanh, x)
@@ -232,14 +295,45 @@ def cos(x): return _apply(O.Cos, x)
 def sqrt(x): return _apply(O.Sqrt, x)
 def abs_(x): return _apply(O.Abs, x)
 def sign(x): return _apply(O.Sign, x)
+def floor(x): return _apply(O.Floor, x)
 def stop_gradient(x): return _apply(O.StopGradient, x)
 def pow(x, exponent: float): return _apply(O.Pow, x, exponent=float(exponent))
 def convert(x, dtype): return _apply(O.Convert, x, dtype=dtype_name(dtype))
 
 
+def power(base, exponent):
+    """base ** exponent with a traced exponent, as NumPy defines it for floats: a negative
+    base gives a real result for an integral exponent (sign (-1)**p) and NaN otherwise;
+    0 ** 0 is 1. Its gradient is not defined at base 0."""
+    base, exponent = _values(base, exponent)
+    if not base.type.is_float:
+        raise DTypeError(f"power with a traced exponent needs floating-point operands, got {base.type}, "
+                         f"{exponent.type}")
+    magnitude = where(exponent == 0.0, 1.0, exp(exponent * log(abs_(base))))
+    integral = floor(exponent) == exponent
+    odd = remainder(exponent, 2.0) == 1.0
+    negative = where(integral, where(odd, -magnitude, magnitude), math.nan)
+    return where(base < 0.0, negative, magnitude)
+
+
+def floor_divide(a, b):
+    """a // b: floor(a / b), as NumPy and Python round it; integers go through f64 (exact
+    for magnitudes below 2**53)."""
+    a, b = _values(a, b)
+    if a.type.is_float:
+        return floor(a / b)
+    return convert(floor(convert(a, "f64") / convert(b, "f64")), a.dtype)
+
+
+def remainder(a, b):
+    """a % b with the sign of b (Python's and NumPy's convention): a - floor(a / b) * b."""
+    a, b = _values(a, b)
+    return a - floor_divide(a, b) * b
+
+
 def where(pred, a, b):
     """select(pred, a, b); scalar branches take the other branch's dtype."""
-    builder = _builder_of((pred, a, b))
+    builder = builder_of((pred, a, b))
     like = next((v.dtype for v in (a, b) if isinstance(v, Value)), None)
     return _emit(O.Select, [lift(builder, pred, "bool"), lift(builder, a, like), lift(builder, b, like)])
 
@@ -252,7 +346,7 @@ def _axes(x: Value, axis) -> tuple[int, ...]:
     for a in axes:
         if not -x.ndim <= a < x.ndim:
             raise ShapeError(f"axis {a} out of range for {x.type}")
-        normalized.append(a % x.ndim)
+        normalized.append(int(a) % x.ndim)  # a Python int: NumPy's ints are no attribute kind
     return tuple(sorted(set(normalized)))
 
 

@@ -1,6 +1,7 @@
 """The op registry: one class per op, holding every rule of that op.
 
-Each op declares its name, traits, operand count and attribute names, a
+Each op declares its name, traits, operand count, its attributes with their
+kinds (`attributes.py`: checked before the shape rule reads them), a
 shape/dtype rule (`infer`), a NumPy reference (`reference`, the living
 definition of its meaning), a cost, and its VJP (`vjp`, which emits IR for the
 input cotangents through `lang` Values, so gradients are differentiable again).
@@ -18,21 +19,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar
 
 import numpy as np
 import scipy.special
 
+from . import attributes as A
 from . import lang as L
-from .errors import ShapeError
+from .errors import DTypeError, ShapeError
 from .types import TensorType
 
-ELEMENTWISE = "elementwise"
-REDUCTION = "reduction"
-CONTRACTION = "contraction"
-LAYOUT = "layout"
-SOURCE = "source"
-COMPOSITE = "composite"
+
+class Trait(Enum):
+    """What kind of computation an op is, for the passes that ask (fusion, remat,
+    autodiff). Not a kernel kind (passes/schedule.KernelKind): a kernel groups ops."""
+
+    ELEMENTWISE = "elementwise"
+    REDUCTION = "reduction"
+    CONTRACTION = "contraction"
+    LAYOUT = "layout"
+    SOURCE = "source"
+    COMPOSITE = "composite"
+
+
+ELEMENTWISE, REDUCTION, CONTRACTION = Trait.ELEMENTWISE, Trait.REDUCTION, Trait.CONTRACTION
+LAYOUT, SOURCE, COMPOSITE = Trait.LAYOUT, Trait.SOURCE, Trait.COMPOSITE
 
 OPS: dict[str, type["Op"]] = {}
 
@@ -54,11 +66,22 @@ def _fmt(types) -> str:
     return ", ".join(str(t) for t in types)
 
 
+def _shown(value) -> str:
+    """An attribute value as IR text (Python repr if it has none), cut short."""
+    from .printer import format_value
+
+    try:
+        text = format_value(value)
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class Op:
     name: ClassVar[str]
-    traits: ClassVar[frozenset[str]] = frozenset()
+    traits: ClassVar[frozenset[Trait]] = frozenset()
     arity: ClassVar[int | None] = 1  # None: variadic
-    attr_names: ClassVar[tuple[str, ...]] = ()
+    attributes: ClassVar[dict[str, A.Attr]] = {}  # name -> kind
     differentiable: ClassVar[bool] = True
     flops_per_element: ClassVar[int] = 1
 
@@ -71,10 +94,11 @@ class Op:
     def check_signature(cls, types, attrs) -> None:
         if cls.arity is not None and len(types) != cls.arity:
             raise cls.error(f"expects {cls.arity} operands, got {len(types)}", types)
-        missing = set(cls.attr_names) - set(attrs)
-        extra = set(attrs) - set(cls.attr_names)
-        if missing or extra:
-            raise cls.error(f"attributes must be {sorted(cls.attr_names)}, got {sorted(attrs)}")
+        if set(attrs) != set(cls.attributes):
+            raise cls.error(f"attributes must be {sorted(cls.attributes)}, got {sorted(attrs, key=str)}")
+        for name, kind in cls.attributes.items():
+            if not kind.accepts(attrs[name]):
+                raise cls.error(f"{name} must be {kind.describe}, got {_shown(attrs[name])}")
 
     @classmethod
     def infer(cls, types: list[TensorType], attrs: dict) -> TensorType:
@@ -102,7 +126,7 @@ class Input(Op):
     name = "input"
     traits = frozenset({SOURCE})
     arity = 0
-    attr_names = ("name", "type")
+    attributes = {"name": A.STRING, "type": A.TYPE}
     differentiable = False
 
     @classmethod
@@ -121,15 +145,44 @@ class Constant(Op):
     name = "constant"
     traits = frozenset({SOURCE})
     arity = 0
-    attr_names = ("value", "type")
+    attributes = {"value": A.SCALARS, "type": A.TYPE}
     differentiable = False
 
     @classmethod
     def infer(cls, types, attrs):
         out = attrs["type"]
-        if np.shape(attrs["value"]) != out.shape:
-            raise cls.error(f"value of shape {np.shape(attrs['value'])} does not match {out}")
+        shape = A.nested_shape(attrs["value"])
+        if shape != out.shape:
+            raise cls.error(f"value of shape {shape} does not match {out}")
+        bad = next((v for v in A.flat_scalars(attrs["value"]) if not cls._fits(v, out)), None)
+        if bad is not None:
+            raise cls.error(f"value {_shown(bad)} does not fit {out.dtype}, which holds {cls._kind(out)}")
         return out
+
+    @staticmethod
+    def _kind(out: TensorType) -> str:
+        if out.dtype == "bool":
+            return "true or false"
+        if out.dtype in ("i32", "i64"):
+            info = np.iinfo(out.np_dtype)
+            return f"ints in [{info.min}, {info.max}]"
+        return f"numbers up to {float(np.finfo(out.np_dtype).max):.4g} in magnitude, nan and inf"
+
+    @staticmethod
+    def _fits(value, out: TensorType) -> bool:
+        """value is the kind of scalar out.dtype holds, within its range (no silent wrap
+        or overflow to inf in codegen; nan and inf are float values of their own)."""
+        if out.dtype == "bool":
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        if out.dtype in ("i32", "i64"):
+            info = np.iinfo(out.np_dtype)
+            return isinstance(value, int) and info.min <= value <= info.max
+        largest = float(np.finfo(out.np_dtype).max)
+        if isinstance(value, int):  # int against float compares exactly: a huge int has no float
+            return abs(value) <= largest
+        return not math.isfinite(value) or abs(value) <= largest
 
     @classmethod
     def reference(cls, attrs, *args):
@@ -147,7 +200,7 @@ class Iota(Op):
     name = "iota"
     traits = frozenset({SOURCE})
     arity = 0
-    attr_names = ("axis", "type")
+    attributes = {"axis": A.INDEX, "type": A.TYPE}
     differentiable = False
 
     @classmethod
@@ -179,7 +232,8 @@ def _broadcast(cls, types) -> tuple[int, ...]:
 def _same_dtype(cls, types) -> str:
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise cls.error("operands must have one dtype", types)
+        raise DTypeError(f"{cls.name}: operand dtypes differ ({_fmt(types)}); ffcompile does not "
+                         f"promote: convert one with .astype(...)")
     return types[0].dtype
 
 
@@ -222,6 +276,19 @@ class Exp(Unary):
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
         return [g * out]
+
+
+@register
+class Expm1(Unary):
+    """e^x - 1, exact near 0 where exp(x) - 1 cancels (elu's negative branch)."""
+
+    name = "expm1"
+    flops_per_element = 8
+    numpy_fn = staticmethod(np.expm1)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [g * L.exp(inputs[0])]  # not out + 1, which cancels for x << 0
 
 
 @register
@@ -325,6 +392,16 @@ class Sign(Unary):
 
 
 @register
+class Floor(Unary):
+    name = "floor"
+    numpy_fn = staticmethod(np.floor)
+
+    @classmethod
+    def vjp(cls, inputs, out, g, attrs):
+        return [None]  # zero almost everywhere (as in JAX and torch)
+
+
+@register
 class StopGradient(Unary):
     name = "stop_gradient"
     float_only = False
@@ -340,7 +417,7 @@ class Pow(Unary):
     """x ** exponent for a constant exponent."""
 
     name = "pow"
-    attr_names = ("exponent",)
+    attributes = {"exponent": A.NUMBER}
     flops_per_element = 10
 
     @classmethod
@@ -362,7 +439,7 @@ class Pow(Unary):
 @register
 class Convert(Unary):
     name = "convert"
-    attr_names = ("dtype",)
+    attributes = {"dtype": A.DTYPE}
     float_only = False
 
     @classmethod
@@ -434,6 +511,7 @@ class Mul(Binary):
 @register
 class Div(Binary):
     name = "div"
+    numpy_fn = staticmethod(np.divide)
     flops_per_element = 4
 
     @classmethod
@@ -444,10 +522,6 @@ class Div(Binary):
         return out
 
     @classmethod
-    def reference(cls, attrs, a, b):
-        return np.divide(a, b)
-
-    @classmethod
     def vjp(cls, inputs, out, g, attrs):
         a, b = inputs
         return [g / b, -(g * out / b)]
@@ -455,7 +529,7 @@ class Div(Binary):
 
 @register
 class Maximum(Binary):
-    """Ties send the gradient to the second operand: relu = maximum(x, 0) has relu'(0) = 0."""
+    """Ties share the gradient evenly, as in PyTorch and JAX (and reduce_max here)."""
 
     name = "maximum"
     numpy_fn = staticmethod(np.maximum)
@@ -463,13 +537,12 @@ class Maximum(Binary):
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
         a, b = inputs
-        first = a > b
-        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+        return _tie_shared(a > b, a, b, g)
 
 
 @register
 class Minimum(Binary):
-    """Ties send the gradient to the second operand."""
+    """Ties share the gradient evenly, as in PyTorch and JAX."""
 
     name = "minimum"
     numpy_fn = staticmethod(np.minimum)
@@ -477,8 +550,14 @@ class Minimum(Binary):
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
         a, b = inputs
-        first = a < b
-        return [L.where(first, g, 0.0), L.where(first, 0.0, g)]
+        return _tie_shared(a < b, a, b, g)
+
+
+def _tie_shared(first_wins, a, b, g) -> list:
+    """The cotangents of an extremum: g to the winner, half each on a tie (with a NaN
+    both comparisons are false and b gets g)."""
+    to_a = L.where(first_wins, g, L.where(L.equal(a, b), 0.5 * g, 0.0))
+    return [to_a, g - to_a]
 
 
 class Compare(Binary):
@@ -555,7 +634,7 @@ class Select(Op):
 
 class Reduce(Op):
     traits = frozenset({REDUCTION})
-    attr_names = ("axes", "keepdims")
+    attributes = {"axes": A.INDICES, "keepdims": A.BOOL}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -677,7 +756,7 @@ class Layout(Op):
 @register
 class Transpose(Layout):
     name = "transpose"
-    attr_names = ("perm",)
+    attributes = {"perm": A.INDICES}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -699,7 +778,7 @@ class Transpose(Layout):
 @register
 class Reshape(Layout):
     name = "reshape"
-    attr_names = ("shape",)
+    attributes = {"shape": A.DIMS}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -723,7 +802,7 @@ class Broadcast(Layout):
     """NumPy broadcast_to(x, shape)."""
 
     name = "broadcast"
-    attr_names = ("shape",)
+    attributes = {"shape": A.DIMS}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -750,7 +829,7 @@ class Broadcast(Layout):
 class Concat(Layout):
     name = "concat"
     arity = None
-    attr_names = ("axis",)
+    attributes = {"axis": A.INDEX}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -791,7 +870,7 @@ class Slice(Layout):
     """Basic slicing with per-axis start, stop and positive step."""
 
     name = "slice"
-    attr_names = ("starts", "stops", "steps")
+    attributes = {"starts": A.INDICES, "stops": A.INDICES, "steps": A.INDICES}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -806,10 +885,14 @@ class Slice(Layout):
             shape.append(len(range(lo, hi, st)))
         return x.with_shape(shape)
 
+    @staticmethod
+    def index(attrs) -> tuple[slice, ...]:
+        """The NumPy index that takes this slice."""
+        return tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+
     @classmethod
     def reference(cls, attrs, x):
-        index = tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
-        return np.array(x[index], order="C")
+        return np.array(x[cls.index(attrs)], order="C")
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -826,7 +909,7 @@ class Pad(Layout):
     """Zero padding: per axis (low, high, interior) as in XLA's Pad; slice's transpose."""
 
     name = "pad"
-    attr_names = ("config",)
+    attributes = {"config": A.TRIPLES}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -837,13 +920,16 @@ class Pad(Layout):
         shape = [lo + hi + d + max(d - 1, 0) * it for d, (lo, hi, it) in zip(x.shape, config)]
         return x.with_shape(shape)
 
+    @staticmethod
+    def index(config, shape) -> tuple[slice, ...]:
+        """The NumPy index of the padded array that holds the operand (of `shape`)."""
+        return tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
+                     for d, (lo, hi, it) in zip(shape, config))
+
     @classmethod
     def reference(cls, attrs, x):
-        out_shape = cls.infer([TensorType.of(x)], attrs).shape
-        out = np.zeros(out_shape, dtype=x.dtype)
-        index = tuple(slice(lo, lo + (d - 1) * (it + 1) + 1, it + 1) if d else slice(0, 0)
-                      for d, (lo, hi, it) in zip(x.shape, attrs["config"]))
-        out[index] = x
+        out = np.zeros(cls.infer([TensorType.of(x)], attrs).shape, dtype=x.dtype)
+        out[cls.index(attrs["config"], x.shape)] = x
         return out
 
     @classmethod
@@ -942,17 +1028,11 @@ class Gelu(Composite):
     layer, 40 MB read back)."""
 
     name = "gelu"
-    attr_names = ("approximate",)
-    flops_per_element = 25
     FORMS = ("none", "tanh")
+    attributes = {"approximate": A.one_of(*FORMS)}
+    flops_per_element = 25
     TANH_SCALE = math.sqrt(2.0 / math.pi)
     TANH_CUBIC = 0.044715
-
-    @classmethod
-    def infer(cls, types, attrs):
-        if attrs["approximate"] not in cls.FORMS:
-            raise cls.error(f"approximate must be one of {cls.FORMS}, got {attrs['approximate']!r}", types)
-        return super().infer(types, attrs)
 
     @classmethod
     def reference(cls, attrs, x):
@@ -989,7 +1069,7 @@ class AxisComposite(Composite):
     """A composite normalizing along one axis (softmax family)."""
 
     traits = frozenset({COMPOSITE, REDUCTION})
-    attr_names = ("axis",)
+    attributes = {"axis": A.INDEX}
 
     @classmethod
     def infer(cls, types, attrs):

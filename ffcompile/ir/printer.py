@@ -2,15 +2,31 @@
 
 Attributes print as `{name=value, ...}` (lists in brackets, strings quoted,
 floats as Python's shortest round-tripping repr); a location prints last as
-`loc(...)`. The `type` attribute of source ops is the node's own annotation,
-so it is not repeated. `parser.parse_ir` reads this text back exactly.
+`loc(role "file":line @scope)`. The `type` attribute of source ops is the
+node's own annotation, so it is not repeated. Every string is escaped (JSON
+rules, non-ASCII as \\u escapes); names (graph, scope, role) print bare when
+they are plain words, else quoted. `parser.parse_ir` reads this text back exactly.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
+from typing import TYPE_CHECKING
 
-from .graph import Graph, Node
+if TYPE_CHECKING:  # graph.py prints through this module
+    from .graph import Graph, Node
+
+PLAIN_NAME = re.compile(r"[A-Za-z_][\w.]*", re.ASCII)  # printed bare: the parser's word token
+
+
+def format_string(text: str) -> str:
+    return json.dumps(text)
+
+
+def format_name(name: str) -> str:
+    """A graph name, scope or role: bare if a plain word, else a quoted string."""
+    return name if PLAIN_NAME.fullmatch(name) else format_string(name)
 
 
 def format_value(value) -> str:
@@ -25,7 +41,7 @@ def format_value(value) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return format_string(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     raise TypeError(f"attribute value {value!r} has no text form")
@@ -49,7 +65,7 @@ def format_node(index: int, node: Node, locs: bool = True) -> str:
 
 
 def print_graph(graph: Graph, locs: bool = True) -> str:
-    lines = [f"graph @{graph.name} {{"]
+    lines = [f"graph @{format_name(graph.name)} {{"]
     lines += ["  " + format_node(i, n, locs) for i, n in enumerate(graph.nodes)]
     lines.append("  return " + ", ".join(f"%{i}" for i in graph.outputs))
     lines.append("}")

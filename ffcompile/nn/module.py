@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir import TensorType
-from ..ir.lang import Value, _builder_of
+from ..ir.lang import Value, builder_of
 from ..ir.types import dtype_name
-from ..trace import scope
+from ..trace import scope, user_site
 from ..tree import tree_flatten
 from . import init as initializers
 
@@ -36,12 +36,20 @@ class Param:
     init: Callable
 
 
+_PACKAGE = __name__.split(".")[0] + "."
+
 # The modules whose forward is running, innermost last: a module's path
 # component is the name its running parent stores it under.
 _RUNNING: list["Module"] = []
 
 
 class Module:
+    def __new__(cls, *args, **kwargs):
+        module = super().__new__(cls)
+        # Where the user built it: the location of its nodes when its code is ffcompile's.
+        module._site = user_site() if cls.__module__.startswith(_PACKAGE) else None
+        return module
+
     def param_specs(self) -> dict[str, Param]:
         """This module's own parameters (not its children's)."""
         return {}
@@ -109,7 +117,7 @@ class Module:
         if not values:
             return self._compiled()(params, *inputs)
         name = _RUNNING[-1].path_of(self) if _RUNNING else None
-        pushed = scope(_builder_of(values), name) if name else contextlib.nullcontext()
+        pushed = scope(builder_of(values), name, self._site) if name else contextlib.nullcontext()
         _RUNNING.append(self)
         try:
             with pushed:

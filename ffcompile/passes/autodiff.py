@@ -37,23 +37,21 @@ def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Gr
         node = graph.nodes[i]
         if i not in ct or i not in active or not node.inputs:
             continue
-        builder.fixed_loc = (node.loc or _NO_LOC).derived("grad")
-        inputs = [values[j] for j in node.inputs]
-        grads = node.op.vjp(inputs, values[i], ct[i], node.attr_dict)
-        for j, g in zip(node.inputs, grads):
-            if g is None or j not in active or not graph.nodes[j].type.is_float:
-                continue
-            _accumulate(ct, j, _unbroadcast(g, graph.nodes[j].type.shape))
-    builder.fixed_loc = None
+        with builder.at((node.loc or _NO_LOC).derived("grad")):
+            inputs = [values[j] for j in node.inputs]
+            grads = node.op.vjp(inputs, values[i], ct[i], node.attr_dict)
+            for j, g in zip(node.inputs, grads):
+                if g is None or j not in active or not graph.nodes[j].type.is_float:
+                    continue
+                _accumulate(ct, j, _unbroadcast(g, graph.nodes[j].type.shape))
     results = []
     for i in wrt:
         if i in ct:
             results.append(ct[i].id)
         else:  # no path to an output: the gradient is zero
-            builder.fixed_loc = (graph.nodes[i].loc or _NO_LOC).derived("grad")
-            zero = L.constant(builder, 0.0, graph.nodes[i].type.dtype)
-            results.append(L.broadcast_to(zero, graph.nodes[i].type.shape).id)
-            builder.fixed_loc = None
+            with builder.at((graph.nodes[i].loc or _NO_LOC).derived("grad")):
+                zero = L.constant(builder, 0.0, graph.nodes[i].type.dtype)
+                results.append(L.broadcast_to(zero, graph.nodes[i].type.shape).id)
     # VJP rules emit cotangents for every operand; drop those nobody asked for.
     return dce(builder.finish(list(graph.outputs) + results))
 
@@ -65,8 +63,8 @@ def _seeds(builder: Builder, graph: Graph, cotangents: str) -> list[Value]:
         out = graph.nodes[graph.outputs[0]].type
         if out.shape != () or not out.is_float:
             raise ShapeError(f"grad needs a scalar float output, got {out}; use ff.vjp for others")
-        builder.fixed_loc = (graph.nodes[graph.outputs[0]].loc or _NO_LOC).derived("grad")
-        return [L.constant(builder, 1.0, out.dtype)]
+        with builder.at((graph.nodes[graph.outputs[0]].loc or _NO_LOC).derived("grad")):
+            return [L.constant(builder, 1.0, out.dtype)]
     if cotangents == "inputs":
         return [Value(builder, builder.add_input(graph.nodes[o].type, f"cotangent{k}"))
                 for k, o in enumerate(graph.outputs)]

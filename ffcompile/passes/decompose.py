@@ -27,9 +27,8 @@ def _expand_once(graph: Graph) -> Graph:
     for node in graph.nodes:
         inputs = [mapping[j] for j in node.inputs]
         if COMPOSITE in node.op.traits:
-            builder.fixed_loc = node.loc
-            out = node.op.decompose([Value(builder, j) for j in inputs], node.attr_dict)
-            builder.fixed_loc = None
+            with builder.at(node.loc):
+                out = node.op.decompose([Value(builder, j) for j in inputs], node.attr_dict)
             mapping.append(out.id)
         else:
             mapping.append(builder.copy(node, inputs))

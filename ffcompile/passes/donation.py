@@ -3,12 +3,13 @@
 A training step returns new parameters; writing them over the old arrays
 saves an allocation and a copy per step, but only where every read of the
 old value comes before the write. This is a property of the schedule, shared
-by the backends (the LLVM backend adds a rule of its own for fused loops).
+by the backends; `fused_loop_donations` adds the rule of a backend that runs
+each kernel as one fused loop (the LLVM backend's `safe_donations` hook).
 """
 from __future__ import annotations
 
 from ..ir import ops as O
-from .schedule import Schedule
+from .schedule import KernelKind, Schedule
 
 
 def safe_donations(schedule: Schedule, donate: dict[int, int]) -> dict[int, int]:
@@ -55,3 +56,24 @@ def _readers(views: set[int], users, value: int) -> list[int]:
             else:
                 found.append(u)
     return found
+
+
+def fused_loop_donations(schedule: Schedule, donated: dict[int, int]) -> dict[int, int]:
+    """The donations that stay safe when kernels run as fused loops.
+
+    safe_donations lets a kernel write a result over an argument that earlier
+    nodes of its body read, which holds when nodes run one after the other
+    over whole arrays. In a fused reduction the prologue reads its operand
+    across the reduced axes while the epilogue already writes earlier rows,
+    so the prologue must not read the argument the epilogue overwrites.
+    (A GEMM is safe: its product goes to scratch when its root is donated.)"""
+    graph = schedule.graph
+    kept = {}
+    for out_pos, in_pos in donated.items():
+        root, arg = schedule.root(graph.outputs[out_pos]), graph.inputs[in_pos]
+        kernel = schedule.kernels[schedule.producer[root]]
+        if kernel.kind == KernelKind.REDUCTION and any(schedule.root(j) == arg for i in kernel.prologue + (kernel.anchor,)
+                                            for j in graph.nodes[i].inputs):
+            continue
+        kept[out_pos] = in_pos
+    return kept

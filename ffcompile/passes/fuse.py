@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir import ops as O
-from .schedule import (COPY, ELEMENTWISE, GEMM, LAYOUT, REDUCTION, SOURCE, VIEW_OPS, Kernel,
-                       Schedule)
+from .schedule import VIEW_OPS, Kernel, KernelKind, Schedule
 
 PROLOGUE, ANCHOR, EPILOGUE = "prologue", "anchor", "epilogue"
 _REDUCES = (O.ReduceSum, O.ReduceMax)
-_LOOPS = (ELEMENTWISE, GEMM, REDUCTION)  # kernels with an elementwise loop to fuse into
+# kernels with an elementwise loop to fuse into
+_LOOPS = (KernelKind.ELEMENTWISE, KernelKind.GEMM, KernelKind.REDUCTION)
 
 
 def fuse(graph: Graph) -> Schedule:
@@ -54,7 +54,7 @@ class _Group:
         self.kind = kind
         self.root = root
         self.space = space  # the result shape: what the elementwise part loops over
-        self.anchor = root if kind in (GEMM, REDUCTION) else None
+        self.anchor = root if kind in (KernelKind.GEMM, KernelKind.REDUCTION) else None
         self.phase: dict[int, str] = {root: ANCHOR if self.anchor is not None else EPILOGUE}
         self.trans_a = self.trans_b = False
 
@@ -107,13 +107,13 @@ class _Partition:
                 return first
         elif node.op is O.Matmul or node.op in _REDUCES:
             # A matmul's epilogue runs in place over the GEMM result, hence the same type.
-            if alone and first.kind == ELEMENTWISE and node.type.shape == first.space and (
+            if alone and first.kind == KernelKind.ELEMENTWISE and node.type.shape == first.space and (
                     node.op is not O.Matmul or node.type == self.nodes[first.root].type):
-                first.kind = GEMM if node.op is O.Matmul else REDUCTION
+                first.kind = KernelKind.GEMM if node.op is O.Matmul else KernelKind.REDUCTION
                 first.anchor = i
                 first.phase[i] = ANCHOR
                 return first
-        elif node.op is O.Transpose and alone and first.kind == GEMM and phases == {ANCHOR}:
+        elif node.op is O.Transpose and alone and first.kind == KernelKind.GEMM and phases == {ANCHOR}:
             matmul = self.nodes[first.anchor]
             if len(users) == 1 and _swaps_last_two(node.attr("perm")):
                 first.trans_a |= matmul.inputs[0] == i
@@ -132,11 +132,11 @@ class _Partition:
             return None
         shape = node.type.shape
         if not shape:  # loop-invariant: fits any phase; before the loop if a prologue reads it
-            return PROLOGUE if group.kind == REDUCTION and phases & {PROLOGUE, ANCHOR} else EPILOGUE
+            return PROLOGUE if group.kind == KernelKind.REDUCTION and phases & {PROLOGUE, ANCHOR} else EPILOGUE
         fits = _broadcasts_into if alone and node.op in (O.Broadcast, O.Iota) else tuple.__eq__
         if phases == {EPILOGUE} and fits(shape, group.space):
             return EPILOGUE
-        if group.kind == REDUCTION and phases <= {PROLOGUE, ANCHOR}:
+        if group.kind == KernelKind.REDUCTION and phases <= {PROLOGUE, ANCHOR}:
             reduced = self.nodes[self.nodes[group.anchor].inputs[0]]
             if fits(shape, reduced.type.shape):
                 return PROLOGUE
@@ -172,7 +172,7 @@ class _Partition:
         surviving groups in root order."""
         kept: list[_Group] = []
         for group in sorted(groups, key=lambda g: g.root):
-            host = self._epilogue_host(group) if group.kind == ELEMENTWISE else None
+            host = self._epilogue_host(group) if group.kind == KernelKind.ELEMENTWISE else None
             if host is None:
                 kept.append(group)
                 continue
@@ -192,7 +192,7 @@ class _Partition:
         host = max(hosts, key=lambda g: g.root)
         if any(group_of[j] is host and host.phase[j] == PROLOGUE for j in reads):
             return None  # a prologue value has the reduced operand's shape, not this space
-        if host.kind == GEMM and nodes[group.root].type != nodes[host.anchor].type:
+        if host.kind == KernelKind.GEMM and nodes[group.root].type != nodes[host.anchor].type:
             return None  # the epilogue runs in place over the GEMM result
         for i in host.phase:
             through_views = self._read_through_views(i)
@@ -245,17 +245,17 @@ def _swaps_last_two(perm: tuple[int, ...]) -> bool:
 
 def _kind_of(op, copied: bool) -> str:
     if copied:
-        return COPY
+        return KernelKind.COPY
     if op is O.Matmul:
-        return GEMM
+        return KernelKind.GEMM
     if op in _REDUCES:
-        return REDUCTION
+        return KernelKind.REDUCTION
     if op in (O.Constant, O.Iota):
-        return SOURCE
+        return KernelKind.SOURCE
     if _is_fusable(op):
-        return ELEMENTWISE
+        return KernelKind.ELEMENTWISE
     if O.LAYOUT in op.traits:
-        return LAYOUT
+        return KernelKind.LAYOUT
     raise NotImplementedError(f"fuse: no kernel kind for op {op.name!r} (composites must be decomposed first)")
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ..ir import TensorType
-from .schedule import ELEMENTWISE, Schedule
+from .schedule import KernelKind, Schedule
 
 ALIGNMENT = 64  # a cache line; also enough for AVX-512 aligned loads
 
@@ -76,9 +76,12 @@ class MemoryPlan:
         return "\n".join(lines) + "\n"
 
 
-def plan_memory(schedule: Schedule, scratch: Mapping[int, int] | None = None) -> MemoryPlan:
-    """Plan the arena. scratch[k]: bytes of temporaries kernel k needs while it runs
-    (a backend that cannot fuse a kernel into one loop evaluates it node by node)."""
+def plan_memory(schedule: Schedule, kernel_scratch: Callable[[frozenset[int]], Mapping[int, int]] | None = None,
+                donated: frozenset[int] = frozenset()) -> MemoryPlan:
+    """Plan the arena. kernel_scratch(protected)[k]: bytes of temporaries kernel k needs
+    while it runs (a backend hook: NumPy evaluates a kernel node by node), given the
+    values whose storage is shared with a value still read (written in place over a
+    dying input, or over a donated argument: `donated` lists those output roots)."""
     graph = schedule.graph
     outputs = {schedule.root(j) for j in graph.outputs}
     first = {v: k for k, kernel in enumerate(schedule.kernels) for v in kernel.outputs}
@@ -89,6 +92,7 @@ def plan_memory(schedule: Schedule, scratch: Mapping[int, int] | None = None) ->
             if root in last:
                 last[root] = k
     reuses = _in_place(schedule, first, last, outputs)
+    scratch = kernel_scratch(frozenset(reuses) | donated) if kernel_scratch else {}
     # A block is a chain of buffers sharing storage through in-place reuse.
     block_of = {v: v for v in first}
     for v in first:  # kernel order: an input's block is known before its reuser's
@@ -102,7 +106,7 @@ def plan_memory(schedule: Schedule, scratch: Mapping[int, int] | None = None) ->
         lo, hi, _ = span.get(b, (first[v], last[v], size))
         span[b] = (min(lo, first[v]), max(hi, last[v]), size)
     # Scratch blocks get negative keys: kernel k's is -(k + 1), live at step k only.
-    for k, nbytes in (scratch or {}).items():
+    for k, nbytes in scratch.items():
         if nbytes > 0:
             span[-(k + 1)] = (k, k, aligned(nbytes))
     offsets = _place(span)
@@ -127,7 +131,7 @@ def _in_place(schedule: Schedule, first, last, outputs) -> dict[int, int]:
     nodes = schedule.graph.nodes
     reuses: dict[int, int] = {}
     for k, kernel in enumerate(schedule.kernels):
-        if kernel.kind != ELEMENTWISE:
+        if kernel.kind != KernelKind.ELEMENTWISE:
             continue
         reads: dict[int, list[int]] = {}  # dying root -> the kernel inputs that view it
         for j in kernel.inputs:

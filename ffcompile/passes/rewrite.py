@@ -77,8 +77,7 @@ def rewrite_once(graph: Graph, table: PatternTable) -> Graph | None:
 
 def _first_match(table: PatternTable, node: Node, builder: Builder) -> int | None:
     # Nodes a rule creates stand where `node` stood: they take its location.
-    builder.fixed_loc = node.loc
-    try:
+    with builder.at(node.loc):
         for rule in table.rules_for(node.op):
             replacement = rule.apply(node, builder)
             if replacement is not None:
@@ -88,5 +87,3 @@ def _first_match(table: PatternTable, node: Node, builder: Builder) -> int | Non
                                     f"of type {node.type} by a value of type {got}")
                 return replacement
         return None
-    finally:
-        builder.fixed_loc = None

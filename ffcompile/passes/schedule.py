@@ -37,21 +37,27 @@ index: the memory planner may give an output the storage of a dying input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
 
 from ..ir import Graph, VerifyError
 from ..ir import ops as O
+from ..ir.interpret import evaluate
 from ..ir.printer import format_node
 
-ELEMENTWISE = "elementwise"
-REDUCTION = "reduction"
-GEMM = "gemm"
-LAYOUT = "layout"
-COPY = "copy"
-SOURCE = "source"
-KINDS = (ELEMENTWISE, REDUCTION, GEMM, LAYOUT, COPY, SOURCE)
+class KernelKind(StrEnum):
+    """What a kernel is, as the docstring above describes. (Not an op trait: an
+    elementwise kernel holds broadcasts and iotas too.)"""
+
+    ELEMENTWISE = "elementwise"
+    REDUCTION = "reduction"
+    GEMM = "gemm"
+    LAYOUT = "layout"
+    COPY = "copy"
+    SOURCE = "source"
+
 
 VIEW_OPS = (O.Reshape, O.StopGradient)
 
@@ -67,8 +73,8 @@ class Kernel:
     trans_b: bool = False
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kernel kind {self.kind!r}; kinds are {KINDS}")
+        if not isinstance(self.kind, KernelKind):
+            raise ValueError(f"unknown kernel kind {self.kind!r}; kinds are {[k.value for k in KernelKind]}")
 
     @property
     def prologue(self) -> tuple[int, ...]:
@@ -192,7 +198,7 @@ def run_schedule_reference(schedule: Schedule, args, buffers: dict[int, np.ndarr
         raise ValueError(f"schedule @{graph.name} takes {len(graph.inputs)} arguments, got {len(args)}")
     buffers = buffers or {}
     stored: dict[int, np.ndarray] = {i: np.asarray(a) for i, a in zip(graph.inputs, args)}
-    stored.update({i: _evaluate(nodes[i], []) for i in schedule.literals})
+    stored.update({i: evaluate(nodes[i], []) for i in schedule.literals})
 
     def read(value: int) -> np.ndarray:
         chain = []
@@ -203,7 +209,7 @@ def run_schedule_reference(schedule: Schedule, args, buffers: dict[int, np.ndarr
             value = nodes[value].inputs[0]
         result = stored[value]
         for v in reversed(chain):
-            result = _evaluate(nodes[v], [result])
+            result = evaluate(nodes[v], [result])
         return result
 
     for k, kernel in enumerate(schedule.kernels):
@@ -216,7 +222,7 @@ def run_schedule_reference(schedule: Schedule, args, buffers: dict[int, np.ndarr
                 if j not in local and j not in inputs:
                     raise VerifyError(f"kernel {k}: %{i} reads %{j}, neither in the body nor an input")
                 operands.append(local[j] if j in local else read(j))
-            value = _evaluate(nodes[i], operands)
+            value = evaluate(nodes[i], operands)
             if i in buffers:
                 np.copyto(buffers[i], value)
                 value = buffers[i]
@@ -227,6 +233,3 @@ def run_schedule_reference(schedule: Schedule, args, buffers: dict[int, np.ndarr
                 stored[i] = value
     return tuple(read(j) for j in graph.outputs)
 
-
-def _evaluate(node, args) -> np.ndarray:
-    return np.ascontiguousarray(node.op.reference(node.attr_dict, *args))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...ir import ops as O
-from ...passes.schedule import GEMM, Kernel
+from ...passes.schedule import Kernel, KernelKind
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def match_accumulate(nodes, kernel: Kernel, same_storage: Callable[[int, int], b
     """The accumulate form of a float GEMM kernel's epilogue, if it has one whose result R
     shares C's storage, and nothing else in the kernel reads the product, the scaling
     nodes, or C's storage (BLAS overwrites C before the rest of the epilogue runs)."""
-    if kernel.kind != GEMM or not kernel.epilogue or nodes[kernel.anchor].type.dtype not in ("f32", "f64"):
+    if kernel.kind != KernelKind.GEMM or not kernel.epilogue or nodes[kernel.anchor].type.dtype not in ("f32", "f64"):
         return None
     product_type = nodes[kernel.anchor].type
     body = set(kernel.body)

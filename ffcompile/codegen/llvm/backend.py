@@ -15,9 +15,9 @@ argument block). ctypes releases the GIL during the native call.
 `bind` packs a private argument block once for fixed arrays, so a bound run
 is the lock and the native call alone (docs/bind.md).
 
-Donation (in-place parameter updates): `donate` maps a result position to
-an argument position whose array receives that result, where that is safe
-(`safe_donations`, and `fused_safe_donations` for what fused loops add).
+Donation (in-place parameter updates): `donated` maps a result position to
+an argument position whose array receives that result; `LLVMBackend.safe_donations`
+says which requested ones are safe (`passes/donation.py`).
 """
 from __future__ import annotations
 
@@ -29,14 +29,17 @@ from functools import cached_property
 
 import numpy as np
 
-from ...passes.donation import safe_donations
+from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
-from ...passes.schedule import REDUCTION, Schedule, print_schedule
+from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
 from .cache import ObjectCache, default_cache, pack_entry, unpack_entry
-from .elementwise import contiguous_strides
+from ...ir import ops as O
+from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
+from .layout import LAYOUT_LOWERINGS
+from .reduction import REDUCTION_LOWERINGS
 from .lower import ENTRY, PROFILE, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -85,14 +88,16 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
 class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
-    def __init__(self, schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
+    def __init__(self, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
                  profile: bool = False):
-        """profile: count the cycles each kernel takes (kernel_cycles), for ffcompile.profile."""
+        """donated: result position -> argument position it is written over (safe ones:
+        LLVMBackend.safe_donations). profile: count the cycles each kernel takes
+        (kernel_cycles), for ffcompile.profile."""
         if plan.schedule is not schedule:
             raise ValueError("llvm backend: the memory plan was made for another schedule")
         start = time.perf_counter()
         graph = schedule.graph
-        self.donated = fused_safe_donations(schedule, safe_donations(schedule, donate or {}))
+        self.donated = dict(donated or {})
         donated_roots = {schedule.root(graph.outputs[k]): a for k, a in self.donated.items()}
         self._lower_arguments = (schedule, plan, donated_roots, profile)
         self._llvm_ir = None
@@ -180,6 +185,8 @@ class LLVMExecutable:
                 return graph.nodes[j].type.shape
         return graph.nodes[value].type.shape
 
+    text = llvm_ir  # the `lower` stage's dump
+
     @cached_property
     def asm(self) -> str:
         return target.assembly(self.llvm_ir)
@@ -223,9 +230,9 @@ class LLVMExecutable:
         return arrays, addresses
 
     def __call__(self, *args) -> tuple[np.ndarray, ...]:
-        return tuple(self.call(args))
+        return tuple(self.call(args, typed=False))
 
-    def call(self, args, typed: bool = False) -> list[np.ndarray]:
+    def call(self, args, typed: bool = True) -> list[np.ndarray]:
         """Run on args (see _arguments for typed); the results are distinct, fresh arrays
         but for donated ones, which are the arguments' arrays."""
         arrays, addresses = self._arguments(args, typed)
@@ -253,7 +260,7 @@ class LLVMExecutable:
             ctypes.memset(self._cycles, 0, ctypes.sizeof(self._cycles))
         return kernels, entry
 
-    def bind(self, *args) -> Binding:
+    def bind(self, args) -> Binding:
         """The program tied to these arrays (docs/bind.md): the arguments are checked and the
         argument block packed once, so a run is the native call alone. Runs share the arena,
         and take the lock, with every other call of this executable."""
@@ -277,28 +284,36 @@ class LLVMExecutable:
         return Binding(run, arrays, results, after, (self, block, outs))
 
 
-def fused_safe_donations(schedule: Schedule, donated: dict[int, int]) -> dict[int, int]:
-    """The donations that stay safe when kernels run as fused loops.
-
-    safe_donations lets a kernel write a result over an argument that earlier
-    nodes of its body read, which holds when nodes run one after the other
-    over whole arrays. In a fused reduction the prologue reads its operand
-    across the reduced axes while the epilogue already writes earlier rows,
-    so the prologue must not read the argument the epilogue overwrites.
-    (A GEMM is safe: its product goes to scratch when its root is donated.)"""
-    graph = schedule.graph
-    kept = {}
-    for out_pos, in_pos in donated.items():
-        root, arg = schedule.root(graph.outputs[out_pos]), graph.inputs[in_pos]
-        kernel = schedule.kernels[schedule.producer[root]]
-        if kernel.kind == REDUCTION and any(schedule.root(j) == arg for i in kernel.prologue + (kernel.anchor,)
-                                            for j in graph.nodes[i].inputs):
-            continue
-        kept[out_pos] = in_pos
-    return kept
-
-
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
           profile: bool = False) -> LLVMExecutable:
     """donate: result position -> argument position whose array may receive it (where safe)."""
-    return LLVMExecutable(schedule, plan, donate, profile)
+    return LLVMExecutable(schedule, plan, LLVM.safe_donations(schedule, donate or {}), profile)
+
+
+class LLVMBackend:
+    """The default backend: the schedule as one native function (codegen/backend.py)."""
+
+    name = "llvm"
+
+    def lowers(self, op) -> bool:
+        # Per-op tables, plus the ops a kernel kind handles whole: matmul (GEMM), constant
+        # (source), reshape (a view, or a copy kernel) and input (an argument).
+        return (op in ELEMENTWISE_LOWERINGS or op in LAYOUT_LOWERINGS or op in REDUCTION_LOWERINGS
+                or op in (O.Matmul, O.Constant, O.Reshape, O.Input))
+
+    def kernel_scratch(self, schedule: Schedule, protected: frozenset[int]) -> dict[int, int]:
+        return {}  # every kernel is one fused loop nest, or a GEMM call that writes in place
+
+    def safe_donations(self, schedule: Schedule, donate) -> dict[int, int]:
+        return fused_loop_donations(schedule, safe_donations(schedule, donate))
+
+    def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False) -> LLVMExecutable:
+        return LLVMExecutable(schedule, plan, donated, profile)
+
+    def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
+        from .export import export  # links with the system C compiler: loaded on use
+
+        return export(schedule, plan, out_dir, name, input_names)
+
+
+LLVM = LLVMBackend()

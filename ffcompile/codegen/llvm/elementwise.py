@@ -163,6 +163,7 @@ def convert(b: ir.IRBuilder, x: ir.Value, dtype: str) -> ir.Value:
 ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     O.Neg: _neg,
     O.Exp: _math("exp"),
+    O.Expm1: _math("expm1"),
     O.Log: _math("log"),
     O.Log1p: _math("log1p"),
     O.Tanh: _math("tanh"),
@@ -172,6 +173,7 @@ ELEMENTWISE_LOWERINGS: dict[type, Lowering] = {
     O.Sqrt: _math("sqrt"),
     O.Abs: _abs,
     O.Sign: _sign,
+    O.Floor: lambda b, node, args: intrinsic(b, "llvm.floor", args[0]),
     O.StopGradient: lambda b, node, args: args[0],
     O.Pow: _pow,
     O.Convert: lambda b, node, args: convert(b, args[0], node.attr("dtype")),

@@ -24,15 +24,7 @@ from llvmlite import ir
 from ...ir import TensorType
 from ...ir import ops as O
 from ...passes.memory import MemoryPlan, aligned
-from ...passes.schedule import (
-    COPY,
-    ELEMENTWISE,
-    GEMM,
-    LAYOUT,
-    REDUCTION,
-    SOURCE,
-    Schedule,
-)
+from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .blas import BLAS_FUNCTIONS, blas_slot, blas_symbol, emit_gemm
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
@@ -106,7 +98,7 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     counters = _CycleCounters(b, len(schedule.kernels)) if profile else None
     for k, kernel in enumerate(schedule.kernels):
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
-        if kernel.kind == GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
+        if kernel.kind == KernelKind.GEMM and kernel.anchor not in kernel.outputs and kernel.body[-1] in donated and (
                 match_accumulate(nodes, kernel, same_storage) is None):
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = max(arena_bytes, scratch + nodes[kernel.anchor].type.nbytes)
@@ -207,18 +199,18 @@ def _kernel_function(module: ir.Module, name: str, nodes, kernel, param_of: dict
 def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
     b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     root = nodes[kernel.body[-1]]
-    if kernel.kind == ELEMENTWISE or (kernel.kind == SOURCE and root.op is O.Iota):
+    if kernel.kind == KernelKind.ELEMENTWISE or (kernel.kind == KernelKind.SOURCE and root.op is O.Iota):
         space = tuple(np.broadcast_shapes(*(nodes[i].type.shape for i in kernel.body)))
         emit_map(emitter, kernel.body, space, kernel.outputs)
-    elif kernel.kind == SOURCE:
+    elif kernel.kind == KernelKind.SOURCE:
         emit_constant(b, root, arrays[kernel.body[-1]])
-    elif kernel.kind == REDUCTION:
+    elif kernel.kind == KernelKind.REDUCTION:
         emit_reduction(emitter, kernel)
-    elif kernel.kind == GEMM:
+    elif kernel.kind == KernelKind.GEMM:
         _lower_gemm(emitter, kernel, same_storage)
-    elif kernel.kind == LAYOUT:
+    elif kernel.kind == KernelKind.LAYOUT:
         emit_layout(b, root, arrays[kernel.body[-1]], [arrays[j] for j in root.inputs])
-    elif kernel.kind == COPY:
+    elif kernel.kind == KernelKind.COPY:
         emit_copy(b, arrays[kernel.body[-1]], arrays[root.inputs[0]])
     else:
         raise NotImplementedError(f"llvm backend: no lowering for {kernel.kind} kernels")

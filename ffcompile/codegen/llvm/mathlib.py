@@ -1,4 +1,4 @@
-"""Vectorizable exp, log, log1p, tanh, erf, sin, cos, sqrt in LLVM IR (float and double).
+"""Vectorizable exp, expm1, log, log1p, tanh, erf, sin, cos, sqrt in LLVM IR (float and double).
 
 `llvm.exp.f32` and friends lower to scalar libm calls that block the loop
 vectorizer, so each function is emitted here as branch-free straight-line IR:
@@ -145,6 +145,31 @@ def _exp(e: _Emitter, x):
     # normal number while the product may overflow or round into subnormals.
     n1 = e.b.ashr(n, ir.Constant(fmt.int, 1))
     y = e.mul(e.mul(e.add(1.0, expm1_r), e.pow2(n1)), e.pow2(e.b.sub(n, n1)))
+    return e.select(e.is_nan(x), x, y)
+
+
+# Below this expm1 rounds to -1 (e^-18 < 2^-25, e^-38 < 2^-54): the clamp keeps 2^n normal.
+_EXPM1_LO = {"f32": -18.0, "f64": -38.0}
+
+
+def _expm1(e: _Emitter, x):
+    """expm1(x) = 2^n (e^r - 1) + (2^n - 1) for x = n ln2 + r.
+
+    At n = 0 (|x| <= ln2/2) this is e^r - 1 itself, with no cancellation; up to
+    n = mantissa bits 2^n - 1 is exact and the sum rounds once. Beyond, the -1
+    is below half an ulp of e^x, so exp's own two-step scaling gives the
+    result (overflowing to inf past the largest float)."""
+    fmt = e.fmt
+    lo = _EXPM1_LO[fmt.name]
+    xc = e.select(e.cmp("<", x, lo), lo, x)  # NaN passes both clamps
+    xc = e.select(e.cmp(">", xc, fmt.exp_hi), fmt.exp_hi, xc)
+    n, expm1_r = _exp_reduced(e, xc)
+    scale = e.pow2(n)  # wraps for n past the exponent range: selected away below
+    near = e.add(e.mul(scale, expm1_r), e.sub(scale, 1.0))
+    n1 = e.b.ashr(n, ir.Constant(fmt.int, 1))
+    far = e.sub(e.mul(e.mul(e.add(1.0, expm1_r), e.pow2(n1)), e.pow2(e.b.sub(n, n1))), 1.0)
+    y = e.select(e.b.icmp_signed(">", n, ir.Constant(fmt.int, fmt.mantissa_bits)), far, near)
+    y = e.select(e.cmp("==", x, 0.0), x, y)  # keeps the sign of -0
     return e.select(e.is_nan(x), x, y)
 
 
@@ -332,7 +357,7 @@ def _sqrt(e: _Emitter, x):
 
 
 _BODIES: dict[str, Callable] = {
-    "exp": _exp, "log": _log, "log1p": _log1p, "tanh": _tanh, "erf": _erf,
+    "exp": _exp, "expm1": _expm1, "log": _log, "log1p": _log1p, "tanh": _tanh, "erf": _erf,
     "sin": _sin, "cos": _cos, "sqrt": _sqrt,
 }
 FUNCTIONS = tuple(_BODIES)

@@ -1,0 +1,66 @@
+"""The Backend protocol: what the pipeline asks of a code generator, and what it returns.
+
+A backend is one object. The pipeline's stages call its hooks where a rule
+depends on how the backend runs a kernel:
+
+- `kernel_scratch(schedule, protected)`: bytes of temporaries each kernel needs
+  while it runs (the memory stage adds them to the arena plan), given the values
+  whose storage is shared with a value still read (no temporary may go there);
+- `safe_donations(schedule, donate)`: which requested donations (result written
+  over an argument's array) stay correct the way this backend runs kernels;
+- `build(schedule, plan, donated)`: the `Program`.
+
+The registry (`codegen/registry.py`) maps names to backends; nothing outside
+it tests a backend's name.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from ..passes.memory import MemoryPlan
+from ..passes.schedule import Schedule
+from .arguments import Binding
+
+
+class Program(Protocol):
+    """One compiled signature, called with flat arrays."""
+
+    arena_bytes: int  # what it allocates once, at build time, besides arguments and results
+    donated: dict[int, int]  # result position -> argument position whose array it writes
+
+    def call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on C-contiguous arrays of the compiled input types. Results are distinct
+        fresh arrays, but for donated ones, which are the argument arrays themselves."""
+
+    def bind(self, arrays: list[np.ndarray]) -> Binding:
+        """The program tied to these arrays (docs/bind.md)."""
+
+    @property
+    def text(self) -> str:
+        """The generated code, as the `lower` stage prints it."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def lowers(self, op) -> bool:
+        """True if the backend generates code for this primitive op (the registry test asks)."""
+
+    def kernel_scratch(self, schedule: Schedule, protected: frozenset[int]) -> Mapping[int, int]:
+        """Kernel step -> bytes of temporaries it needs while it runs."""
+
+    def safe_donations(self, schedule: Schedule, donate: Mapping[int, int]) -> dict[int, int]:
+        """The requested donations (result position -> argument position) this backend keeps."""
+
+    def build(self, schedule: Schedule, plan: MemoryPlan, donated: Mapping[int, int],
+              profile: bool = False) -> Program:
+        """The program; profile: count each kernel's time (backends without counters refuse)."""
+
+    def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
+        """Write a library for C callers (docs/export.md); backends that cannot refuse."""
+
+
+class BackendError(ValueError):
+    """A backend was asked for something it does not do (unknown name, export, profile)."""
