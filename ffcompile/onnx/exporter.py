@@ -28,7 +28,7 @@ _SAME = {  # IR op -> ONNX op type, operands in the same order, no attributes
     "cos": "Cos", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "stop_gradient": "Identity",
     "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "maximum": "Max", "minimum": "Min",
     "gt": "Greater", "ge": "GreaterOrEqual", "lt": "Less", "le": "LessOrEqual", "eq": "Equal",
-    "select": "Where", "matmul": "MatMul", "sigmoid": "Sigmoid",
+    "select": "Where", "matmul": "MatMul", "sigmoid": "Sigmoid", "floor": "Floor",
 }
 
 
@@ -63,6 +63,8 @@ def _emit(e: _Emitter, node, ins: list[str], out: str, graph) -> None:
         e.constant(O.Iota.reference(attrs), out)
     elif name == "log1p":
         e.node("Log", [e.node("Add", [ins[0], e.constant(np.ones((), dtype))])], out)
+    elif name == "expm1":  # ONNX has no expm1: exp(x) - 1 loses its small-x accuracy
+        e.node("Sub", [e.node("Exp", ins), e.constant(np.ones((), dtype))], out)
     elif name == "pow":
         e.node("Pow", [ins[0], e.constant(np.asarray(attrs["exponent"], dtype))], out)
     elif name == "convert":

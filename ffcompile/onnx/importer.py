@@ -17,7 +17,7 @@ import onnx.version_converter
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..ir.lang import Value, _builder_of, lift
+from ..ir.lang import Value, builder_of, lift
 from ..trace import scope
 from .dtypes import SUPPORTED, TO_NUMPY, type_name
 from .errors import OnnxError, node_error
@@ -65,7 +65,7 @@ class OnnxModel:
         env.update({name: params[name] for name in self.params})
         env.update(zip(self.input_names, inputs))
         traced = [v for v in env.values() if isinstance(v, Value)]
-        builder = _builder_of(traced) if traced else None  # None: every output is a constant
+        builder = builder_of(traced) if traced else None  # None: every output is a constant
         for proto in self.nodes:
             args = [env[name] if name else None for name in proto.input]
             results = _convert(proto, self.opset, builder, args)

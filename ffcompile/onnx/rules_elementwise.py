@@ -40,6 +40,16 @@ def _sign(n, x):
     return L.sign(n.value(x))
 
 
+@rule("Floor")
+def _floor(n, x):
+    return L.floor(n.float_input(x))
+
+
+@rule("Ceil")
+def _ceil(n, x):
+    return -L.floor(-n.float_input(x))
+
+
 @rule("Identity")
 def _identity(n, x):
     return x
