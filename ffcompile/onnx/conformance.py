@@ -21,7 +21,7 @@ from .backend import backend_for
 from .dtypes import TO_NUMPY
 from .errors import OnnxError
 from .importer import DEFAULT_DOMAINS, upgraded
-from .rules import RULES
+from .table import RULES
 
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
 

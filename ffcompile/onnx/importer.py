@@ -21,7 +21,8 @@ from ..ir.lang import Value, builder_of, lift
 from ..trace import scope
 from .dtypes import SUPPORTED, TO_NUMPY, type_name
 from .errors import OnnxError, node_error
-from .rules import RULES, Node
+from .rules import Node
+from .table import RULES
 
 MIN_OPSET = 11
 DEFAULT_DOMAINS = ("", "ai.onnx")

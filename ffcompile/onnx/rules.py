@@ -1,7 +1,7 @@
 """ONNX ops as compositions of ffcompile ops: one rule per op type.
 
-The table is filled by the modules imported at the end (elementwise, tensor
-and layout rules). A rule receives the node (attributes, opset, the trace's builder) and its
+The rules themselves live in rules_elementwise, rules_tensor and rules_layout;
+`table.RULES` is the complete table. A rule receives the node (attributes, opset, the trace's builder) and its
 inputs, each a traced `Value`, a NumPy array (a constant known at import:
 non-float initializers, Constant nodes, folded Shape arithmetic) or None (an
 omitted optional input). Values whose meaning is structural (shapes, axes,
@@ -83,7 +83,3 @@ class Node:
         if not x.type.is_float:
             raise self.error(f"needs a float32 or float64 input, got {x.type}")
         return x
-
-
-# The rule modules register themselves in RULES on import.
-from . import rules_elementwise, rules_layout, rules_tensor  # noqa: E402,F401
