@@ -14,6 +14,17 @@ from .transforms import grad, value_and_grad, vjp
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    # ff.onnx and ff.from_torch need the onnx extra: imported on first use so the core does not.
+    import importlib
+
+    if name == "onnx":
+        return importlib.import_module(".onnx", __name__)
+    if name == "from_torch":
+        return importlib.import_module(".torch_import", __name__).from_torch
+    raise AttributeError(f"module 'ffcompile' has no attribute {name!r}")
+
+
 def spec(shape, dtype="float32") -> TensorType:
     """The declared type of an argument, for ff.compile(fn, spec=(...))."""
     from .ir.types import dtype_name

@@ -8,8 +8,9 @@
     ffcompile report MODEL [--train|--grad] [--budget 50%|BYTES] [--sweep] [--profile] [--batch N] -o FILE.html
     ffcompile list
 
-MODEL is a zoo name (`ffcompile list`) or a Python file defining `model`,
-`example_inputs()` and, for --train, `loss(params, x, y)` (docs/cli.md).
+MODEL is a zoo name (`ffcompile list`), a Python file defining `model`,
+`example_inputs()` and, for --train, `loss(params, x, y)` (docs/cli.md), or an
+ONNX file (docs/onnx.md).
 Subcommands are registered in `build_parser`, one function each.
 """
 from __future__ import annotations
@@ -54,12 +55,16 @@ def resolve(target: str):
     """A zoo workload or a loaded model file: both have model, example_inputs() and loss."""
     if target in zoo.names():
         return zoo.get(target)
+    if target.endswith((".py", ".onnx")) and not os.path.isfile(target):
+        raise TargetError(f"model file {target!r} does not exist")
     if target.endswith(".py"):
-        if not os.path.isfile(target):
-            raise TargetError(f"model file {target!r} does not exist")
         return load_model_file(target)
-    raise TargetError(f"unknown model {target!r}: not a zoo entry ({', '.join(zoo.names())}) "
-                      "nor a .py file")
+    if target.endswith(".onnx"):
+        from .onnx.target import OnnxFile  # needs the onnx extra
+
+        return OnnxFile(target)
+    raise TargetError(f"unknown model {target!r}: not a zoo entry ({', '.join(zoo.names())}), "
+                      "a .py nor an .onnx file")
 
 
 def _inputs(target, batch: int | None) -> tuple:

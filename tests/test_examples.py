@@ -50,3 +50,13 @@ def test_digits_with_dropout_reaches_95_percent():
     print(f"digits, dropout 0.2: test accuracy {report.test_accuracy:.4f}")
     assert report.last_loss < 0.1 * report.first_loss
     assert report.test_accuracy >= 0.95
+
+
+def test_onnx_import_matches_scikit_learn_and_fine_tunes(backend):
+    for extra in ("sklearn", "skl2onnx", "onnxruntime"):
+        pytest.importorskip(extra, reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
+    example = load_example("onnx_import")
+    report = example.run(epochs=10, backend=backend)
+    assert report.proba_max_error < 1e-5  # float32 graph against scikit-learn's float64
+    assert report.accuracy_after >= 0.95 and report.accuracy_after > report.accuracy_before + 0.02
+    assert report.onnxruntime_max_error < 1e-5

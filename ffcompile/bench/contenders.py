@@ -57,6 +57,7 @@ class Contender:
     requires: tuple[str, ...] = ()
     # TRACEMALLOC, or why the step's peak memory is not measured.
     memory: str = TRACEMALLOC
+    modes: tuple[str, ...] = ("train", "infer")  # the others are reported unsupported
 
 
 # ----------------------------------------------------------------- ffcompile
@@ -225,6 +226,28 @@ def jax_jit(p: Problem) -> Runner:
     return Runner(run, layers, reset)
 
 
+# ----------------------------------------------------------------- onnxruntime
+
+
+def onnxruntime_infer(p: Problem) -> Runner:
+    """Inference under onnxruntime at the run's thread count: an imported ONNX file as it
+    is, any other model as ff.onnx.export writes it (the same parameters and shapes)."""
+    import onnxruntime as ort
+
+    from ..onnx import export
+
+    inputs = p.x if isinstance(p.x, tuple) else (p.x,)
+    proto = getattr(p.workload.model, "proto", None) or export(p.workload.model, p.params, *inputs)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = p.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
+    (output,) = [o.name for o in session.get_outputs()][:1]
+    return Runner(lambda: session.run([output], feeds)[0], lambda: MLPSpec.layers(p.params))
+
+
 # ----------------------------------------------------------------- the BLAS-bound floor
 
 
@@ -267,6 +290,8 @@ CONTENDERS: list[Contender] = [
     Contender("torch-eager", torch_mode(compiled=False), ("torch",), _NOT_TRACED.format("torch")),
     Contender("torch.compile", torch_mode(compiled=True), ("torch",), _NOT_TRACED.format("torch")),
     Contender("jax-jit", jax_jit, ("jax",), _NOT_TRACED.format("XLA")),
+    Contender("onnxruntime", onnxruntime_infer, ("onnxruntime", "onnx"), _NOT_TRACED.format("onnxruntime"),
+              ("infer",)),
 ]
 
 # The default reference: the first of these that ran in a cell.

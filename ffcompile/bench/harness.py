@@ -111,6 +111,9 @@ def _prepare(contender: Contender, cell: Cell, problem: Problem, warmup: int):
     if not _installed(contender):
         cell.status = "not installed"
         return None
+    if problem.mode not in contender.modes:
+        cell.status = f"unsupported: {contender.name} runs {' and '.join(contender.modes)} only"
+        return None
     try:
         start = time.perf_counter()
         runner = contender.prepare(problem)

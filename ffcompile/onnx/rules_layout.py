@@ -1,0 +1,196 @@
+"""ONNX rules: shapes, layout, indexing and constants (shapes and axes are static)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import lang as L
+from ..ir.lang import Value
+from .rules import rule
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _shape_list(n, shape, what) -> list[int]:
+    return [int(d) for d in n.static(shape, what).reshape(-1)]
+
+
+@rule("Reshape", attrs=("allowzero",), static=(1,))
+def _reshape(n, x, shape):
+    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    if not n.attr("allowzero", 0):
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return L.reshape(x, dims)
+
+
+@rule("Flatten", attrs=("axis",))
+def _flatten(n, x):
+    x = n.value(x)
+    axis = n.attr("axis", 1)
+    if not -x.ndim <= axis <= x.ndim:
+        raise n.error(f"axis {axis} out of range for rank {x.ndim}")
+    axis = axis + x.ndim if axis < 0 else axis
+    return L.reshape(x, (math.prod(x.shape[:axis]), math.prod(x.shape[axis:])))
+
+
+@rule("Transpose", attrs=("perm",))
+def _transpose(n, x):
+    x = n.value(x)
+    perm = n.attr("perm")
+    return L.transpose(x, None if perm is None else tuple(perm))
+
+
+def _axes_input(n, axes) -> list[int] | None:
+    if axes is not None:
+        return _shape_list(n, axes, "axes")
+    return n.attr("axes")
+
+
+@rule("Squeeze", attrs=("axes",), static=(1,))
+def _squeeze(n, x, axes=None):
+    x = n.value(x)
+    axes = _axes_input(n, axes)
+    drop = ({n.axis(a, x.ndim) for a in axes} if axes is not None
+            else {i for i, d in enumerate(x.shape) if d == 1})
+    if any(x.shape[a] != 1 for a in drop):
+        raise n.error(f"cannot squeeze axes {sorted(drop)} of {x.type}: they must have size 1")
+    return L.reshape(x, [d for i, d in enumerate(x.shape) if i not in drop])
+
+
+@rule("Unsqueeze", attrs=("axes",), static=(1,))
+def _unsqueeze(n, x, axes=None):
+    x = n.value(x)
+    rank = x.ndim + len(_axes_input(n, axes))
+    added = {n.axis(a, rank) for a in _axes_input(n, axes)}
+    dims = iter(x.shape)
+    return L.reshape(x, [1 if i in added else next(dims) for i in range(rank)])
+
+
+@rule("Expand", static=(1,))
+def _expand(n, x, shape):
+    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    try:
+        out = np.broadcast_shapes(x.shape, tuple(dims))
+    except ValueError:
+        raise n.error(f"cannot expand {x.type} to {dims}") from None
+    return L.broadcast_to(x, out)
+
+
+@rule("Concat", attrs=("axis",))
+def _concat(n, *xs):
+    xs = [n.value(x) for x in xs]
+    return L.concatenate(xs, n.axis(n.attr("axis"), xs[0].ndim))
+
+
+def take(n, x: Value, indices, axis: int) -> Value:
+    """x's entries at constant `indices` along `axis` (np.take), as slices and one concat."""
+    indices = np.asarray(indices)
+    size = x.shape[axis]
+    if indices.size and not np.all((-size <= indices) & (indices < size)):
+        raise n.error(f"indices {indices.tolist()} out of range for axis {axis} of size {size}")
+    flat = indices.reshape(-1) % max(size, 1)
+    parts = [L.getitem(x, (slice(None),) * axis + (slice(int(i), int(i) + 1),)) for i in flat]
+    if not parts:
+        zero = list(x.shape)
+        zero[axis] = 0
+        joined = L.slice_(x, (0,) * x.ndim, tuple(zero), (1,) * x.ndim)
+    else:
+        joined = parts[0] if len(parts) == 1 else L.concatenate(parts, axis)
+    return L.reshape(joined, x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@rule("Slice", attrs=("starts", "ends", "axes"), static=(1, 2, 3, 4))
+def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
+    x = n.value(x)
+    if n.opset < 10:
+        starts, ends, axes = n.attr("starts"), n.attr("ends"), n.attr("axes")
+    else:
+        starts, ends = _shape_list(n, starts, "starts"), _shape_list(n, ends, "ends")
+        axes = None if axes is None else _shape_list(n, axes, "axes")
+    axes = list(range(len(starts))) if axes is None else [n.axis(a, x.ndim) for a in axes]
+    steps = [1] * len(starts) if steps is None else _shape_list(n, steps, "steps")
+    lo, hi, st = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    reversed_axes = []
+    for a, s, e, step in zip(axes, starts, ends, steps):
+        if step == 0:
+            raise n.error("slice steps must not be 0")
+        if step < 0:
+            reversed_axes.append((a, range(*slice(s, e, step).indices(x.shape[a]))))
+            continue
+        lo[a], hi[a], _ = slice(s, e, step).indices(x.shape[a])
+        hi[a], st[a] = max(hi[a], lo[a]), step
+    if (lo, hi, st) != ([0] * x.ndim, list(x.shape), [1] * x.ndim):
+        x = L.slice_(x, lo, hi, st)
+    for a, picked in reversed_axes:
+        x = take(n, x, np.array(list(picked), dtype=np.int64), a)
+    return x
+
+
+@rule("Split", attrs=("axis", "split", "num_outputs"), static=(1,))
+def _split(n, x, split=None):
+    x = n.value(x)
+    axis = n.axis(n.attr("axis", 0), x.ndim)
+    size = x.shape[axis]
+    sizes = _shape_list(n, split, "split") if split is not None else n.attr("split")
+    if sizes is None:
+        count = n.attr("num_outputs", len(n.proto.output))
+        chunk = -(-size // count)
+        sizes = [min(chunk, size - i * chunk) for i in range(count)]
+    if sum(sizes) != size or any(s < 0 for s in sizes):
+        raise n.error(f"split sizes {list(sizes)} do not add up to axis {axis} of {x.type}")
+    outs, start = [], 0
+    for s in sizes:
+        index = (slice(None),) * axis + (slice(start, start + s),)
+        outs.append(L.getitem(x, index))
+        start += s
+    return tuple(outs)
+
+
+@rule("Gather", attrs=("axis",))
+def _gather(n, data, indices):
+    data = n.value(data)
+    axis = n.axis(n.attr("axis", 0), data.ndim)
+    if not isinstance(indices, Value):
+        return take(n, data, n.static(indices, "indices"), axis)
+    if indices.dtype not in ("i32", "i64"):
+        raise n.error(f"indices must be int32 or int64, got {indices.type}")
+    # Run-time indices (embeddings): a one-hot matrix times the table, so the table's
+    # gradient is the matmul's (a scatter-add) and no new primitive is needed.
+    size = data.shape[axis]
+    wrapped = L.where(indices < 0, indices + size, indices)
+    ramp = L.iota(n.builder, indices.shape + (size,), indices.ndim, indices.dtype)
+    one_hot = L.convert(L.equal(L.reshape(wrapped, indices.shape + (1,)), ramp), data.dtype)
+    rest = data.shape[:axis] + data.shape[axis + 1:]
+    moved = L.transpose(data, (axis,) + tuple(i for i in range(data.ndim) if i != axis))
+    picked = L.matmul(L.reshape(one_hot, (indices.size, size)), L.reshape(moved, (size, math.prod(rest))))
+    picked = L.reshape(picked, indices.shape + rest)
+    k = indices.ndim  # picked is [indices..., before..., after...]: put `before` first
+    perm = tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest)))
+    return L.transpose(picked, perm)
+
+
+# --------------------------------------------------------------------------- shapes and constants
+
+
+# Rules run only for nodes with a traced input: Shape and Size read its static type.
+@rule("Shape", attrs=("start", "end"))
+def _shape(n, x):
+    return np.array(x.shape, dtype=np.int64)[slice(n.attr("start", 0), n.attr("end"))]
+
+
+@rule("Size")
+def _size(n, x):
+    return np.array(x.size, dtype=np.int64)
+
+
+@rule("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
+def _constant(n):
+    raise AssertionError("a Constant has no inputs: the importer always folds it")
+
+
+@rule("ConstantOfShape", attrs=("value",), static=(0,))
+def _constant_of_shape(n, shape):
+    fill = n.attr("value", np.zeros(1, np.float32))
+    return np.full(_shape_list(n, shape, "the shape"), fill.reshape(-1)[0], dtype=fill.dtype)
