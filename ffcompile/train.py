@@ -26,6 +26,7 @@ import inspect
 import numpy as np
 
 from .api import USER_ERRORS, CompiledFunction
+from .ir import Role
 from .ir.lang import Value, convert
 from .runtime import ArgumentError, BoundCall
 from .trace import scope, user_traceback
@@ -41,7 +42,7 @@ class TrainStep:
 
         def train_step(params, opt_state, hyperparameters, *batch):
             loss, grads = grad_fn(params, *batch)
-            with scope(loss, "optim"):  # dumps show the update as @optim
+            with scope(loss, "optim"), loss.builder.playing(Role.UPDATE):  # dumps show it as @optim
                 if hyperparameters is None:
                     new_params, new_state = optimizer.update(grads, opt_state, params)
                 else:

@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 
 import ffcompile as ff
+from ffcompile.ir import Role
 from ffcompile.ir import parse_ir, print_graph
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "autodiff" / "mlp_mse.ir"
@@ -37,7 +38,7 @@ def test_adjoint_graph_round_trips_and_every_adjoint_node_names_its_forward_line
     graph = adjoint_graph()
     text = str(graph)
     assert str(parse_ir(text)) == text
-    first_adjoint = next(i for i, n in enumerate(graph.nodes) if n.loc and n.loc.role == "grad")
+    first_adjoint = next(i for i, n in enumerate(graph.nodes) if n.role is Role.ADJOINT)
     forward_lines = {n.loc.line for n in graph.nodes[:first_adjoint] if n.loc}
     for node in graph.nodes[first_adjoint:]:
-        assert node.loc.role == "grad" and node.loc.line in forward_lines
+        assert node.role is Role.ADJOINT and node.loc.line in forward_lines

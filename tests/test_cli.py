@@ -65,7 +65,7 @@ def test_dump_train_is_value_and_grad(capsys):
     assert str(graph) == text
     n_params = len(tree_flatten(zoo.get("digits").model.param_types())[0])
     assert len(graph.outputs) == 1 + n_params
-    assert str(graph.output_types[0]) == "f32[]" and "loc(grad" in text
+    assert str(graph.output_types[0]) == "f32[]" and " adjoint loc(" in text
     assert 'f32[8,64] = input {name="x"}' in text and 'i32[8] = input {name="y"}' in text
 
 

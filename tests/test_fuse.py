@@ -62,8 +62,8 @@ def digits_sized_args(seed=0):
 TANH_MLP_SCHEDULE = """\
 schedule @value_and_grad_tanh_mlp_loss {
   literal %21:f32[] = constant {value=2.0}
-  literal %23:f32[] = constant {value=1.0}
-  literal %39:f32[] = constant {value=1.0}
+  literal %23:f32[] = constant {value=1.0} adjoint
+  literal %39:f32[] = constant {value=1.0} adjoint
   kernel 0 gemm (%4, %0, %1) -> (%8) {
     %6:f32[2,8] = matmul %4, %0
     %7:f32[2,8] = add %6, %1
@@ -91,38 +91,38 @@ schedule @value_and_grad_tanh_mlp_loss {
     %22:f32[] = div %20, %21
   }
   kernel 5 elementwise (%23, %21) -> (%25) {
-    %24:f32[] = div %23, %21
-    %25:f32[] = neg %24
+    %24:f32[] = div %23, %21 adjoint
+    %25:f32[] = neg %24 adjoint
   }
-  view %26:f32[1,1] = reshape %25 {shape=[1, 1]}
+  view %26:f32[1,1] = reshape %25 {shape=[1, 1]} adjoint
   kernel 6 reduction (%26, %5) -> (%28, %29) {
-    %27:f32[2,3] = broadcast %26 {shape=[2, 3]}
-    %28:f32[2,3] = mul %27, %5
-    %29:f32[2,1] = reduce_sum %28 {axes=[1], keepdims=true}
+    %27:f32[2,3] = broadcast %26 {shape=[2, 3]} adjoint
+    %28:f32[2,3] = mul %27, %5 adjoint
+    %29:f32[2,1] = reduce_sum %28 {axes=[1], keepdims=true} adjoint
   }
   kernel 7 reduction (%17, %29, %28) -> (%32, %33) {
-    %30:f32[2,3] = exp %17
-    %31:f32[2,3] = mul %30, %29
-    %32:f32[2,3] = sub %28, %31
-    %33:f32[3] = reduce_sum %32 {axes=[0], keepdims=false}
+    %30:f32[2,3] = exp %17 adjoint
+    %31:f32[2,3] = mul %30, %29 adjoint
+    %32:f32[2,3] = sub %28, %31 adjoint
+    %33:f32[3] = reduce_sum %32 {axes=[0], keepdims=false} adjoint
   }
   kernel 8 gemm [trans_a] (%8, %32) -> (%37) {
-    %36:f32[8,2] = transpose %8 {perm=[1, 0]}
-    %37:f32[8,3] = matmul %36, %32
+    %36:f32[8,2] = transpose %8 {perm=[1, 0]} adjoint
+    %37:f32[8,3] = matmul %36, %32 adjoint
   }
   kernel 9 gemm [trans_b] (%2, %32, %8, %39) -> (%41) {
-    %34:f32[3,8] = transpose %2 {perm=[1, 0]}
-    %35:f32[2,8] = matmul %32, %34
-    %38:f32[2,8] = mul %8, %8
-    %40:f32[2,8] = sub %39, %38
-    %41:f32[2,8] = mul %35, %40
+    %34:f32[3,8] = transpose %2 {perm=[1, 0]} adjoint
+    %35:f32[2,8] = matmul %32, %34 adjoint
+    %38:f32[2,8] = mul %8, %8 adjoint
+    %40:f32[2,8] = sub %39, %38 adjoint
+    %41:f32[2,8] = mul %35, %40 adjoint
   }
   kernel 10 reduction (%41) -> (%42) {
-    %42:f32[8] = reduce_sum %41 {axes=[0], keepdims=false}
+    %42:f32[8] = reduce_sum %41 {axes=[0], keepdims=false} adjoint
   }
   kernel 11 gemm [trans_a] (%4, %41) -> (%44) {
-    %43:f32[4,2] = transpose %4 {perm=[1, 0]}
-    %44:f32[4,8] = matmul %43, %41
+    %43:f32[4,2] = transpose %4 {perm=[1, 0]} adjoint
+    %44:f32[4,8] = matmul %43, %41 adjoint
   }
   return %22, %44, %42, %37, %33
 }

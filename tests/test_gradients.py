@@ -13,6 +13,7 @@ from samples import FUNCTION_CASES, OP_CASES, function_case_params, make_functio
 from test_llvm_backend import TOLERANCE
 
 import ffcompile as ff
+from ffcompile.ir import Role
 from ffcompile.gradcheck import check_grads
 from ffcompile.ir import TensorType
 from ffcompile.ir import lang as L
@@ -193,7 +194,7 @@ def test_cotangents_of_a_value_used_several_times_are_summed():
     g = grad_of(lambda x: (x * x + ff.sin(x) + x).sum(), x)
     np.testing.assert_allclose(g, 2 * x + np.cos(x) + 1, rtol=1e-15)
     graph = ff.compile(ff.grad(lambda x: (x * x + ff.sin(x) + x).sum())).lower(x).graph
-    adds = [n for n in graph.nodes if n.op is O.Add and n.loc is not None and n.loc.role == "grad"]
+    adds = [n for n in graph.nodes if n.op is O.Add and n.role is Role.ADJOINT]
     assert adds, "the several cotangents of x are accumulated by adds"
 
 
@@ -211,12 +212,12 @@ def test_unused_inputs_get_zero_gradient_and_no_adjoint_nodes():
     users = graph.users()
     outputs = set(graph.outputs)
     dead = [i for i, n in enumerate(graph.nodes)
-            if n.loc is not None and n.loc.role == "grad" and not users[i] and i not in outputs]
+            if n.role is Role.ADJOINT and not users[i] and i not in outputs]
     assert not dead, f"dead adjoint nodes: {[graph.nodes[i] for i in dead]}"
     assert not any(n.op is O.Tanh for n in graph.nodes)
     y_input = graph.inputs[1]
     assert not users[y_input]
-    adjoint = [n for n in graph.nodes if n.loc is not None and n.loc.role == "grad"]
+    adjoint = [n for n in graph.nodes if n.role is Role.ADJOINT]
     assert not any(n.op in (O.Tanh, O.Cos) and n.inputs == (y_input,) for n in adjoint)
     assert sum(n.op is O.Cos for n in graph.nodes) == 1
 
@@ -233,14 +234,14 @@ def test_adjoint_nodes_point_at_the_forward_line():
     rng = np.random.default_rng(4)
     lowered = ff.compile(ff.grad(loss_with_marked_lines, argnums=1)).lower(
         rng.normal(size=(2, 3)), rng.normal(size=(3, 4)))
-    adjoint = [n for n in lowered.graph.nodes if n.loc is not None and n.loc.role == "grad"]
+    adjoint = [n for n in lowered.graph.nodes if n.role is Role.ADJOINT]
     assert adjoint
     this_file = os.path.basename(__file__)
     assert all(os.path.basename(n.loc.file) == this_file for n in adjoint)
     assert {n.loc.line for n in adjoint} == {tanh_line, loss_line}
     tanh_adjoint = [n for n in adjoint if n.loc.line == tanh_line]
     assert {n.op for n in tanh_adjoint} >= {O.Matmul, O.Mul}  # tanh' and the matmul's transpose
-    assert f':{tanh_line})' in lowered.ir and 'loc(grad "' in lowered.ir
+    assert f':{tanh_line})' in lowered.ir and 'adjoint loc("' in lowered.ir
     assert str(ff.parse_ir(lowered.ir)) == lowered.ir
 
 

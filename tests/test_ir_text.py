@@ -7,7 +7,7 @@ import pytest
 from samples import OP_CASES, make_op_case, one_op_graph
 
 import ffcompile as ff
-from ffcompile.ir import Builder, IRParseError, Loc, TensorType, VerifyError, parse_ir, verify
+from ffcompile.ir import Builder, IRParseError, Loc, Role, TensorType, VerifyError, parse_ir, verify
 from ffcompile.ir import ops as O
 from ffcompile.ir.graph import Graph, Node
 from ffcompile.trace import scope
@@ -43,7 +43,7 @@ def test_traced_and_differentiated_graphs_round_trip(mlp_args):
         assert_round_trip(lowered.graph)
         assert_round_trip(lowered.optimized)
     text = ff.compile(ff.grad(mlp)).lower(*mlp_args).ir
-    assert "@layers.0)" in text and "loc(grad " in text
+    assert "@layers.0)" in text and "adjoint loc(" in text
 
 
 @pytest.mark.parametrize("name", sorted(OP_CASES))
@@ -93,12 +93,12 @@ def test_nan_constants_round_trip():
 def test_string_attributes_and_locations_round_trip():
     builder = Builder("strings")
     x = builder.add_input(TensorType((2,), "f32"), 'weird "name" \\ with ü and spaces')
-    loc = Loc("dir with space/model file.py", 12, "tower.layers.3.act", "grad")
-    y = builder.emit(O.Exp, [x], {}, loc)
+    loc = Loc("dir with space/model file.py", 12, "tower.layers.3.act")
+    y = builder.emit(O.Exp, [x], {}, loc, Role.ADJOINT)
     z = builder.emit(O.ReduceSum, [y], {"axes": (0,), "keepdims": True}, Loc("<stdin>", 1))
     graph = builder.finish([z, x])
     text = str(graph)
-    assert 'loc(grad "dir with space/model file.py":12 @tower.layers.3.act)' in text
+    assert 'adjoint loc("dir with space/model file.py":12 @tower.layers.3.act)' in text
     assert "keepdims=true" in text and "return %2, %0" in text
     parsed = assert_round_trip(graph)
     assert parsed.nodes[1].loc == loc and parsed.nodes[0].attr("name") == 'weird "name" \\ with ü and spaces'

@@ -222,7 +222,7 @@ def test_module_paths_survive_autodiff():
     p, x = model.init(0), _x((2, 3)).astype(np.float32)
     ir = ff.compile(ff.value_and_grad(lambda p, x: model(p, x).sum())).lower(p, x).ir
     assert "@layers.1.act)" in ir
-    assert any("loc(grad" in line and "@layers.1.act)" in line for line in ir.splitlines())
+    assert any(" adjoint loc(" in line and "@layers.1.act)" in line for line in ir.splitlines())
 
 
 def test_scope_is_popped_after_an_error():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import ffcompile as ff
+from ffcompile.ir import Role
 
 # Runs on every backend (conftest.backend); test ids end in [numpy] / [llvm].
 pytestmark = pytest.mark.usefixtures("backend")
@@ -121,7 +122,7 @@ def test_whole_step_is_one_graph(problem):
     assert names == ["params.b", "params.w", "opt_state.count", "opt_state.velocity.b", "opt_state.velocity.w",
                      "hyperparameters", "x"]
     assert len(graph.outputs) == 1 + 2 + 1 + 2  # loss, params, count, velocities
-    assert any(n.loc is not None and n.loc.role == "grad" for n in graph.nodes)
+    assert any(n.role is Role.ADJOINT for n in graph.nodes)
 
 
 def test_non_contiguous_or_readonly_params_are_rejected(problem):

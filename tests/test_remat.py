@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from test_memory import run_in_arena
 
 import ffcompile as ff
+from ffcompile.ir import Role
 from ffcompile.ir.interpret import interpret
 from ffcompile.codegen.numpy_arena import build_program
 from ffcompile.ir import ops as O
@@ -144,36 +145,36 @@ graph @g {
   %2:f64[2,2] = matmul %0, %1 loc("m.py":1)
   %3:f64[2,2] = tanh %2 loc("m.py":2 @layer)
   %4:f64[] = reduce_sum %3 {axes=[0, 1], keepdims=false} loc("m.py":3)
-  %5:f64[] = constant {value=1.0} loc(grad "m.py":3)
-  %6:f64[2,2] = mul %3, %3 loc(grad "m.py":2 @layer)
-  %7:f64[2,2] = sub %5, %6 loc(grad "m.py":2 @layer)
-  %8:f64[2,2] = transpose %0 {perm=[1, 0]} loc(grad "m.py":1)
-  %9:f64[2,2] = matmul %8, %7 loc(grad "m.py":1)
+  %5:f64[] = constant {value=1.0} adjoint loc("m.py":3)
+  %6:f64[2,2] = mul %3, %3 adjoint loc("m.py":2 @layer)
+  %7:f64[2,2] = sub %5, %6 adjoint loc("m.py":2 @layer)
+  %8:f64[2,2] = transpose %0 {perm=[1, 0]} adjoint loc("m.py":1)
+  %9:f64[2,2] = matmul %8, %7 adjoint loc("m.py":1)
   return %4, %9
 }
 """
 
 # Nothing stored: tanh needs the matmul, both are copied before the first gradient node reading tanh.
 TINY_NOTHING_STORED = """\
-  %5:f64[] = constant {value=1.0} loc(grad "m.py":3)
-  %6:f64[2,2] = matmul %0, %1 loc(recompute "m.py":1)
-  %7:f64[2,2] = tanh %6 loc(recompute "m.py":2 @layer)
-  %8:f64[2,2] = mul %7, %7 loc(grad "m.py":2 @layer)
-  %9:f64[2,2] = sub %5, %8 loc(grad "m.py":2 @layer)
-  %10:f64[2,2] = transpose %0 {perm=[1, 0]} loc(grad "m.py":1)
-  %11:f64[2,2] = matmul %10, %9 loc(grad "m.py":1)
+  %5:f64[] = constant {value=1.0} adjoint loc("m.py":3)
+  %6:f64[2,2] = matmul %0, %1 recompute loc("m.py":1)
+  %7:f64[2,2] = tanh %6 recompute loc("m.py":2 @layer)
+  %8:f64[2,2] = mul %7, %7 adjoint loc("m.py":2 @layer)
+  %9:f64[2,2] = sub %5, %8 adjoint loc("m.py":2 @layer)
+  %10:f64[2,2] = transpose %0 {perm=[1, 0]} adjoint loc("m.py":1)
+  %11:f64[2,2] = matmul %10, %9 adjoint loc("m.py":1)
   return %4, %11
 }
 """
 
 # The matmul stored (recompute_elementwise): only tanh is copied, from the kept %2.
 TINY_MATMUL_STORED = """\
-  %5:f64[] = constant {value=1.0} loc(grad "m.py":3)
-  %6:f64[2,2] = tanh %2 loc(recompute "m.py":2 @layer)
-  %7:f64[2,2] = mul %6, %6 loc(grad "m.py":2 @layer)
-  %8:f64[2,2] = sub %5, %7 loc(grad "m.py":2 @layer)
-  %9:f64[2,2] = transpose %0 {perm=[1, 0]} loc(grad "m.py":1)
-  %10:f64[2,2] = matmul %9, %8 loc(grad "m.py":1)
+  %5:f64[] = constant {value=1.0} adjoint loc("m.py":3)
+  %6:f64[2,2] = tanh %2 recompute loc("m.py":2 @layer)
+  %7:f64[2,2] = mul %6, %6 adjoint loc("m.py":2 @layer)
+  %8:f64[2,2] = sub %5, %7 adjoint loc("m.py":2 @layer)
+  %9:f64[2,2] = transpose %0 {perm=[1, 0]} adjoint loc("m.py":1)
+  %10:f64[2,2] = matmul %9, %8 adjoint loc("m.py":1)
   return %4, %10
 }
 """
@@ -196,15 +197,15 @@ def test_recomputation_is_visible_in_the_dump_and_parses_back():
     graph = training_graph(*MODELS["mlp12"])
     result, plan = remat(graph, "sqrt")
     text = str(result)
-    copies = [line for line in text.splitlines() if "loc(recompute " in line]
+    copies = [line for line in text.splitlines() if "recompute loc(" in line]
     assert len(copies) == len(plan.recomputed) > 0
     assert str(parse_ir(text)) == text
     # A copy sits after the forward part: its first reader is a gradient node, never a forward one.
     nodes = result.nodes
     for i, node in enumerate(nodes):
-        if node.loc is not None and node.loc.role == "recompute":
-            readers = [n.loc.role for n in nodes if i in n.inputs]
-            assert readers and set(readers) <= {"grad", "recompute"}
+        if node.role is Role.RECOMPUTE:
+            readers = [n.role for n in nodes if i in n.inputs]
+            assert readers and set(readers) <= {Role.ADJOINT, Role.RECOMPUTE}
 
 
 def test_sqrt_recomputes_segments_on_a_chain():
@@ -312,7 +313,7 @@ def test_any_stored_set_keeps_gradients_bitwise(name, data):
     rewrite = insert_recomputation(graph, kept, forward)
     verify(rewrite.graph)
     assert_bitwise(run(rewrite.graph, args), run(graph, args))
-    copies = [n for n in rewrite.graph.nodes if n.loc is not None and n.loc.role == "recompute"]
+    copies = [n for n in rewrite.graph.nodes if n.role is Role.RECOMPUTE]
     assert len(copies) == len(rewrite.copies)
     assert all(graph.nodes[v].op is rewrite.graph.nodes[c].op for v, c in rewrite.copies.items())
 

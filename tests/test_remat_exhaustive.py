@@ -15,10 +15,9 @@ from ffcompile.passes.remat import RematInfeasible, remat
 from ffcompile.pipeline import arena_of
 
 MEASURE = {"llvm": arena_of(BACKENDS["llvm"]), "numpy": arena_of(BACKENDS["numpy"])}
-# Budgets (of the achievable peaks) where optimal costs no more than exhaustive search: all,
+# Budgets (of the achievable peaks) where optimal may cost more than exhaustive search: none,
 # but one on gelu_ce with the NumPy backend's arena (the model misjudges one stored set).
-AGREEMENT = {("res2", "llvm"): 6, ("res2", "numpy"): 7, ("branch", "llvm"): 1, ("branch", "numpy"): 3,
-             ("gelu_ce", "llvm"): 9, ("gelu_ce", "numpy"): 7}
+MISSES = {("gelu_ce", "numpy"): 1}
 
 
 def every_plan(graph, measure):
@@ -49,7 +48,7 @@ def test_optimal_against_exhaustive_search(name, backend_name):
         # Proven optimal only with no extra FLOPs (the model's bound is not one for the arena).
         assert (plan.solver.status == "optimal") == (plan.extra_flops == 0)
         assert plan.solver.gap == (0.0 if plan.extra_flops == 0 else None)
-    assert agree >= AGREEMENT[name, backend_name], (agree, len(peaks))
+    assert agree >= len(peaks) - MISSES.get((name, backend_name), 0), (agree, len(peaks))
     with pytest.raises(RematInfeasible) as info:
         remat(graph, "optimal", peaks[0] - 1, peak_of=measure)
     assert int(re.search(r"smallest real peak found is (\d+) bytes", str(info.value)).group(1)) == peaks[0]

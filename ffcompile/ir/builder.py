@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from .errors import ShapeError
-from .graph import Graph, Loc, Node, freeze_attrs
+from .graph import Graph, Loc, Node, Role, freeze_attrs
 from .op import Input
 from .types import TensorType
 
@@ -37,6 +37,7 @@ class Builder:
         self.captured_values: list = []
         self.loc_provider: Callable[[], Loc | None] | None = None
         self.fixed_loc: Loc | None = None  # overrides the provider: set it with `at`
+        self.role = Role.FORWARD  # of the nodes emitted now: set it with `at` or `playing`
         self.scope: list[str] = []  # module path of the code being traced, e.g. ["layers", "2"]
         self.sites: list = []  # per scope entry: (file, line) where the user built that module, or None
         self.weak: set[int] = set()  # inputs from Python scalars: they take the dtype they meet
@@ -46,14 +47,22 @@ class Builder:
         self.closure_inputs: dict[int, int] = {}  # id(array) -> its input node
 
     @contextmanager
-    def at(self, loc: Loc | None):
-        """Nodes emitted inside the block get loc (None: the provider's again), e.g. the
-        adjoint of a node gets the node's location; the previous setting comes back after."""
-        saved, self.fixed_loc = self.fixed_loc, loc
+    def at(self, loc: Loc | None, role: Role | None = None):
+        """Nodes emitted inside the block get loc (None: the provider's again) and role (None:
+        unchanged), e.g. the adjoint of a node gets the node's location and Role.ADJOINT;
+        the previous settings come back after."""
+        saved = self.fixed_loc, self.role
+        self.fixed_loc, self.role = loc, self.role if role is None else role
         try:
             yield self
         finally:
-            self.fixed_loc = saved
+            self.fixed_loc, self.role = saved
+
+    @contextmanager
+    def playing(self, role: Role):
+        """Nodes emitted inside the block get role; locations come from the provider as before."""
+        with self.at(self.fixed_loc, role):
+            yield self
 
     def current_loc(self) -> Loc | None:
         if self.fixed_loc is not None:
@@ -62,8 +71,9 @@ class Builder:
             return self.loc_provider()
         return None
 
-    def emit(self, op, inputs, attrs: dict | None = None, loc: "Loc | None | object" = CURRENT) -> int:
-        """Append a node; loc defaults to the builder's current location."""
+    def emit(self, op, inputs, attrs: dict | None = None, loc: "Loc | None | object" = CURRENT,
+             role: Role | None = None) -> int:
+        """Append a node; loc and role default to the builder's current ones."""
         attrs = attrs or {}
         types = [self.nodes[i].type for i in inputs]
         loc = self.current_loc() if loc is CURRENT else loc
@@ -72,7 +82,7 @@ class Builder:
             out = op.infer(types, attrs)
         except ShapeError as exc:
             raise located(exc, loc) from None
-        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc)
+        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc, self.role if role is None else role)
         self.nodes.append(node)
         return len(self.nodes) - 1
 
@@ -81,8 +91,8 @@ class Builder:
         return self.emit(Input, [], {"name": name, "type": type_}, loc)
 
     def copy(self, node: Node, inputs) -> int:
-        """Append `node` with remapped inputs (type re-inferred, location kept)."""
-        return self.emit(node.op, inputs, node.attr_dict, node.loc)
+        """Append `node` with remapped inputs (type re-inferred, location and role kept)."""
+        return self.emit(node.op, inputs, node.attr_dict, node.loc, node.role)
 
     def inline(self, graph: Graph, args) -> list[int]:
         """Append `graph`'s nodes with its inputs bound to node ids `args`; return its outputs."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .op import Input
@@ -16,26 +17,29 @@ from .printer import print_graph
 from .types import TensorType
 
 
+class Role(StrEnum):
+    """What part of the program a node belongs to: data the passes read (remat tells the
+    backward part by it), printed before the location (`%5:f32[] = mul %1, %2 adjoint loc(...)`;
+    forward prints nothing). Locations are debug information only."""
+
+    FORWARD = "forward"
+    ADJOINT = "adjoint"  # made by autodiff
+    RECOMPUTE = "recompute"  # a forward value recomputed for the backward part (remat)
+    UPDATE = "update"  # an optimizer's update in a training step
+
+
 @dataclass(frozen=True)
 class Loc:
-    """Where a node came from: the user's file:line, the module path, and its role.
-
-    role is "" for a traced node, or names the transform that made it from the
-    node at this location ("grad", "recompute", ...)."""
+    """Where a node came from: the user's file:line and the module path."""
 
     file: str
     line: int
     scope: str = ""
-    role: str = ""
-
-    def derived(self, role: str) -> "Loc":
-        return Loc(self.file, self.line, self.scope, role)
 
     def __str__(self) -> str:
         from .printer import format_name, format_string
 
-        parts = [format_name(self.role)] if self.role else []
-        parts.append(f"{format_string(self.file)}:{self.line}")
+        parts = [f"{format_string(self.file)}:{self.line}"]
         if self.scope:
             parts.append(f"@{format_name(self.scope)}")
         return f"loc({' '.join(parts)})"
@@ -48,6 +52,7 @@ class Node:
     attrs: tuple[tuple[str, Any], ...]  # sorted by name; values hashable
     type: TensorType
     loc: Loc | None = field(default=None, compare=True)
+    role: Role = Role.FORWARD
 
     def attr(self, name: str):
         for key, value in self.attrs:

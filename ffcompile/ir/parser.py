@@ -14,7 +14,7 @@ import re
 
 from .builder import Builder
 from .errors import IRParseError, ShapeError
-from .graph import Graph, Loc
+from .graph import Graph, Loc, Role
 from .ops import OPS
 from .printer import PLAIN_NAME
 from .types import parse_type
@@ -154,10 +154,6 @@ def _loc(tokens: _Tokens) -> Loc | None:
         return None
     tokens.take()
     tokens.take("punct", "(")
-    role = ""
-    if tokens.peek()[0] == "word" or (tokens.peek()[0] == "str" and _next_kind(tokens) == "str"):
-        column = tokens.column()
-        role = _name(tokens, tokens.take(), column)
     file = _string(tokens)
     tokens.take("punct", ":")
     column = tokens.column()
@@ -170,11 +166,7 @@ def _loc(tokens: _Tokens) -> Loc | None:
         column = tokens.column()
         scope = _name(tokens, tokens.take()[1:], column)
     tokens.take("punct", ")")
-    return Loc(file, line, scope, role)
-
-
-def _next_kind(tokens: _Tokens):
-    return tokens.items[tokens.pos + 1][0] if tokens.pos + 1 < len(tokens.items) else None
+    return Loc(file, line, scope)
 
 
 def _header(raw: str, number: int, indent: int) -> str:
@@ -223,8 +215,11 @@ def _indent(raw: str) -> int:
     return len(raw) - len(raw.lstrip())
 
 
+_ROLES = {role.value for role in Role} - {Role.FORWARD.value}  # forward prints no role
+
+
 def _node(builder: Builder, ids: dict[int, int], raw: str, n: int, indent: int) -> tuple[int, int]:
-    """Parse one `%N:type = op operands {attrs} loc(...)` line into the builder: (N, index)."""
+    """Parse one `%N:type = op operands {attrs} role loc(...)` line into the builder: (N, index)."""
     node = _NODE.match(raw, indent)
     if not node:
         raise IRParseError(f"expected '%N:type = op ...', found {_cut(raw.strip())!r}", n, indent + 1)
@@ -248,11 +243,14 @@ def _node(builder: Builder, ids: dict[int, int], raw: str, n: int, indent: int) 
     attrs = _attrs(tokens)
     if "type" in op.attributes:
         attrs["type"] = declared
+    role = Role.FORWARD
+    if tokens.peek()[0] == "word" and tokens.peek()[1] in _ROLES:
+        role = Role(tokens.take())
     loc = _loc(tokens)
     if tokens.peek()[0] is not None:
         raise tokens.fail(f"unexpected {_shown(tokens.peek())}")
     try:
-        index = builder.emit(op, operands, attrs, loc)
+        index = builder.emit(op, operands, attrs, loc, role)
     except ShapeError as exc:
         raise IRParseError(str(exc), n, node.start(3) + 1) from None
     inferred = builder.nodes[index].type

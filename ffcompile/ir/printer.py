@@ -59,6 +59,8 @@ def format_node(index: int, node: Node, locs: bool = True) -> str:
     if node.inputs:
         text += " " + ", ".join(f"%{i}" for i in node.inputs)
     text += format_attrs(node)
+    if node.role != "forward":
+        text += f" {node.role}"
     if locs and node.loc is not None:
         text += f" {node.loc}"
     return text

@@ -8,12 +8,11 @@ cotangent of a broadcast shape is summed back to its operand's shape.
 """
 from __future__ import annotations
 
-from ..ir import Builder, Graph, Loc, ShapeError
+from ..ir import Builder, Graph, Role, ShapeError
 from ..ir import lang as L
 from ..ir.lang import Value
 from .dce import dce
 
-_NO_LOC = Loc("<unknown>", 0)
 
 
 def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Graph:
@@ -37,7 +36,7 @@ def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Gr
         node = graph.nodes[i]
         if i not in ct or i not in active or not node.inputs:
             continue
-        with builder.at((node.loc or _NO_LOC).derived("grad")):
+        with builder.at(node.loc, Role.ADJOINT):
             inputs = [values[j] for j in node.inputs]
             grads = node.op.vjp(inputs, values[i], ct[i], node.attr_dict)
             for j, g in zip(node.inputs, grads):
@@ -49,7 +48,7 @@ def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Gr
         if i in ct:
             results.append(ct[i].id)
         else:  # no path to an output: the gradient is zero
-            with builder.at((graph.nodes[i].loc or _NO_LOC).derived("grad")):
+            with builder.at(graph.nodes[i].loc, Role.ADJOINT):
                 zero = L.constant(builder, 0.0, graph.nodes[i].type.dtype)
                 results.append(L.broadcast_to(zero, graph.nodes[i].type.shape).id)
     # VJP rules emit cotangents for every operand; drop those nobody asked for.
@@ -63,7 +62,7 @@ def _seeds(builder: Builder, graph: Graph, cotangents: str) -> list[Value]:
         out = graph.nodes[graph.outputs[0]].type
         if out.shape != () or not out.is_float:
             raise ShapeError(f"grad needs a scalar float output, got {out}; use ff.vjp for others")
-        with builder.at((graph.nodes[graph.outputs[0]].loc or _NO_LOC).derived("grad")):
+        with builder.at(graph.nodes[graph.outputs[0]].loc, Role.ADJOINT):
             return [L.constant(builder, 1.0, out.dtype)]
     if cotangents == "inputs":
         return [Value(builder, builder.add_input(graph.nodes[o].type, f"cotangent{k}"))

@@ -1,7 +1,7 @@
 """The remat rewrite and the named stored sets (see remat.py for the whole story).
 
 A forward value the backward part reads is either stored or recomputed: a
-copy of its node, located `loc(recompute ...)`, inserted right before the
+copy of its node, located `recompute loc(...)`, inserted right before the
 first backward node that needs it. This module holds the rewrite
 (`insert_recomputation`) and the stored set of each named strategy
 (`STORED_SETS`); remat.py and remat_solver.py build on it.
@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ir import Builder, Graph, Loc
+from ..ir import Builder, Graph, Role
 from ..ir import ops as O
 from .cost import flops_of
 
-_NO_LOC = Loc("<unknown>", 0)
 
 
 class RematInfeasible(ValueError):
@@ -30,7 +29,7 @@ def forward_mask(graph: Graph) -> list[bool]:
     nodes = graph.nodes
     backward = [False] * len(nodes)
     for i, node in enumerate(nodes):
-        backward[i] = (node.loc is not None and node.loc.role == "grad") or any(backward[j] for j in node.inputs)
+        backward[i] = node.role in (Role.ADJOINT, Role.UPDATE) or any(backward[j] for j in node.inputs)
     live = [False] * len(nodes)  # some output depends on it (grad's outputs are all backward)
     for j in graph.outputs:
         live[j] = True
@@ -113,8 +112,7 @@ def insert_recomputation(graph: Graph, stored: set[int], forward: list[bool] | N
         for v in due.get(i, ()):
             original = nodes[v]
             operands = [copies.get(j, new_id[j]) for j in original.inputs]
-            copies[v] = builder.emit(original.op, operands, original.attr_dict,
-                                     (original.loc or _NO_LOC).derived("recompute"))
+            copies[v] = builder.emit(original.op, operands, original.attr_dict, original.loc, Role.RECOMPUTE)
             extra += flops_of(graph, v)
         reads_copies = not forward[i] and node.op is not O.Input
         new_id.append(builder.copy(node, [copies[j] if reads_copies and j in copies else new_id[j]

@@ -10,7 +10,7 @@ through forward nodes only. The rest (adjoint, optimizer update, forward-role
 nodes only the adjoint reads) is the backward part. A forward value the
 backward part reads is either *stored* (the original stays live until its
 last backward use) or *recomputed*: a copy of its node, located
-`loc(recompute ...)`, is inserted right before the first backward node that
+`recompute loc(...)`, is inserted right before the first backward node that
 needs it, reading stored values or, recursively, other copies. Each value is
 recomputed at most once, so a run of unstored values (a Chen et al. segment)
 is recomputed together when the backward part first reaches it. The
