@@ -13,14 +13,14 @@ from .ir import lang as L
 from .einsum import einsum
 from .ir.lang import (abs_ as abs, concatenate, convert, cos, erf, exp, expm1, floor, floor_divide, log, log1p,
                       log_sigmoid, log_softmax, maximum, mean, minimum, power, remainder, sigmoid, sign,
-                      sin, softmax, softplus, sqrt, stop_gradient, tanh, where)
+                      sin, softmax, softplus, sqrt, stop_gradient, take, tanh, where)
 
 __all__ = [
     "abs", "argmax", "argmin", "clip", "concatenate", "convert", "cos", "einsum", "elu", "erf", "exp", "expm1",
     "floor", "floor_divide", "gelu", "leaky_relu", "log", "log1p", "log_sigmoid", "log_softmax",
     "logsumexp", "max", "maximum", "mean", "minimum", "mish", "power", "prelu", "relu", "remainder",
     "sigmoid", "sign", "silu", "sin", "sinc", "softmax", "softplus", "softsign", "sqrt", "square",
-    "stack", "step", "stop_gradient", "sum", "swish", "tanh", "where",
+    "stack", "step", "stop_gradient", "sum", "swish", "take", "tanh", "where",
 ]
 
 

@@ -356,6 +356,16 @@ def concat_args(rng):
     return [normal(rng, shape), normal(rng, shape[:1] + (3,) + shape[2:])]
 
 
+def take_args(axis):
+    """A table and i64 indices along `axis` (negative ones and repeats included, so the
+    gradient's scatter-add sums rows)."""
+    def make(rng):
+        shape = rand_shape(rng, axis + 1 if axis >= 0 else -axis)
+        size = shape[axis]
+        return [normal(rng, shape), rng.integers(-size, size, rand_shape(rng, 0, 2)).astype(np.int64)]
+    return make
+
+
 def wide(scale):
     return lambda rng, s: normal(rng, s, scale)
 
@@ -465,6 +475,9 @@ FUNCTION_CASES: dict[str, list[FunctionCase]] = {
     "stack": [FunctionCase(lambda a, b: ff.stack([a, b]), lambda a, b: np.stack([a, b]), arrays(normal, normal)),
               FunctionCase(lambda a, b: ff.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
                            arrays(normal, normal))],
+    "take": [FunctionCase(ff.take, lambda x, i: np.take(x, i, axis=0), take_args(0)),
+             FunctionCase(lambda x, i: ff.take(x, i, axis=-1), lambda x, i: np.take(x, i, axis=-1), take_args(-1)),
+             FunctionCase(lambda x, i: x[..., i, :], lambda x, i: x[..., i, :], take_args(-2))],
 }
 
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("backend")
 # The ff. functions that are not activations (array and reduction functions).
 NOT_ACTIVATIONS = {"abs", "argmax", "argmin", "clip", "concatenate", "convert", "cos", "einsum", "erf", "exp",
                    "expm1", "floor", "floor_divide", "log", "log1p", "max", "maximum", "mean", "minimum", "power",
-                   "remainder", "sign", "sin", "sqrt", "stack", "stop_gradient", "sum", "where", "logsumexp",
+                   "remainder", "sign", "sin", "sqrt", "stack", "stop_gradient", "sum", "take", "where", "logsumexp",
                    "square"}
 
 

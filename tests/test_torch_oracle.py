@@ -73,6 +73,7 @@ TORCH = {
     "remainder": [None, None],
     "power": [torch.pow, None],
     "stack": [lambda a, b: torch.stack([a, b]), lambda a, b: torch.stack([a, b], dim=-1)],
+    "take": [lambda x, i: x[i], lambda x, i: x[..., i], lambda x, i: x[..., i, :]],
 }
 
 

@@ -445,20 +445,71 @@ def iota(builder: Builder, shape, axis: int, dtype: str) -> Value:
     return Value(builder, builder.emit(O.Iota, [], {"axis": axis, "type": TensorType(tuple(shape), dtype)}))
 
 
+def take(x, indices, axis=0) -> Value:
+    """x's entries at integer `indices` along `axis`, as np.take: the axis is replaced by
+    indices' shape. Indices are a NumPy integer array (checked here: out of range is an
+    IndexError) or a traced integer Value (wrapped once if negative; entries still out of
+    range select a row of zeros, as no run-time error can be raised from here). Built as a
+    one-hot matrix times x, so no new primitive is needed and the gradient with respect to
+    x is the matmul's: a scatter-add of the cotangent rows."""
+    if isinstance(indices, Value):
+        x, indices = _values(x, indices)
+        if indices.dtype not in ("i32", "i64"):
+            raise DTypeError(f"take: indices must be i32 or i64, got {indices.type}")
+    else:
+        (x,) = _values(x)
+    if x.ndim == 0:
+        raise ShapeError(f"take: cannot index a scalar ({x.type})")
+    if x.dtype == "bool":
+        raise DTypeError(f"take: x must be numeric (it is gathered by a one-hot matmul), got {x.type}")
+    axis = _axes(x, axis)[0]
+    size = x.shape[axis]
+    if isinstance(indices, Value):
+        indices = where(indices < 0, indices + size, indices)
+    else:
+        array = np.asarray(indices)
+        if array.dtype.kind not in "iu":
+            raise IndexError(f"take: indices must be integers, got an array of {array.dtype}")
+        bad = array[(array < -size) | (array >= size)]
+        if bad.size:
+            raise IndexError(f"index {int(bad.flat[0])} out of bounds for axis {axis} of size {size} ({x.type})")
+        indices = constant(x.builder, array % max(size, 1), "i64")
+    ramp = iota(x.builder, indices.shape + (size,), indices.ndim, indices.dtype)
+    one_hot = convert(equal(reshape(indices, indices.shape + (1,)), ramp), x.dtype)
+    rest = x.shape[:axis] + x.shape[axis + 1:]
+    moved = transpose(x, (axis,) + tuple(i for i in range(x.ndim) if i != axis))
+    picked = matmul(reshape(one_hot, (indices.size, size)), reshape(moved, (size, math.prod(rest))))
+    picked = reshape(picked, indices.shape + rest)
+    k = indices.ndim  # picked is [indices..., before..., after...]: put `before` first
+    return transpose(picked, tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest))))
+
+
+def _is_index_array(item) -> bool:
+    return isinstance(item, (Value, np.ndarray, list))
+
+
 def getitem(x: Value, index) -> Value:
-    """Integer, basic-slice, Ellipsis and None indexing (a slice, then a reshape)."""
+    """NumPy indexing: integers, basic slices, Ellipsis, None and at most one integer
+    array (a NumPy array, list or traced integer Value), as a slice and a reshape, then
+    `take` for the array. As in NumPy, the array's axes replace the indexed axis when
+    the integer and array indices are adjacent, and come first otherwise."""
     if not isinstance(index, tuple):
         index = (index,)
+    arrays = [k for k, item in enumerate(index) if _is_index_array(item)]
+    if len(arrays) > 1:
+        raise IndexError("only one integer array index is supported (use take along one axis at a time)")
     if sum(i is Ellipsis for i in index) > 1:
         raise IndexError("an index can only have a single ellipsis")
     explicit = sum(1 for i in index if i is not None and i is not Ellipsis)
     if explicit > x.ndim:
         raise IndexError(f"too many indices for a value of type {x.type}")
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
+    at = next((k for k, i in enumerate(index) if i is Ellipsis), None)
+    if at is not None:
         index = index[:at] + (slice(None),) * (x.ndim - explicit) + index[at + 1:]
     else:
         index = index + (slice(None),) * (x.ndim - explicit)
+    if arrays:
+        return _getitem_array(x, index)
     starts, stops, steps, shape = [], [], [], []
     axis = 0
     for item in index:
@@ -486,6 +537,23 @@ def getitem(x: Value, index) -> Value:
     if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, x.shape, (1,) * x.ndim):
         out = slice_(x, starts, stops, steps)
     return reshape(out, shape)
+
+
+def _getitem_array(x: Value, index: tuple) -> Value:
+    """getitem for a full-length index holding one integer array."""
+    at = next(k for k, item in enumerate(index) if _is_index_array(item))
+    indices = index[at]
+    if isinstance(indices, np.ndarray) and indices.dtype == np.bool_ or (
+            isinstance(indices, Value) and indices.dtype == "bool"):
+        raise IndexError("boolean mask indexing is not supported: its result shape depends on the data")
+    basic = getitem(x, index[:at] + (slice(None),) + index[at + 1:])
+    axis = sum(1 for item in index[:at] if item is None or isinstance(item, slice))
+    out = take(basic, indices, axis)
+    advanced = [k for k, item in enumerate(index) if k == at or isinstance(item, numbers.Integral)]
+    if advanced[-1] - advanced[0] == len(advanced) - 1:
+        return out
+    k = out.ndim - basic.ndim + 1  # the array's axes, at `axis`, go first (NumPy's rule)
+    return transpose(out, tuple(range(axis, axis + k)) + tuple(range(axis)) + tuple(range(axis + k, out.ndim)))
 
 
 # --------------------------------------------------------------------------- composites with their own VJP

@@ -156,19 +156,7 @@ def _gather(n, data, indices):
         return take(n, data, n.static(indices, "indices"), axis)
     if indices.dtype not in ("i32", "i64"):
         raise n.error(f"indices must be int32 or int64, got {indices.type}")
-    # Run-time indices (embeddings): a one-hot matrix times the table, so the table's
-    # gradient is the matmul's (a scatter-add) and no new primitive is needed.
-    size = data.shape[axis]
-    wrapped = L.where(indices < 0, indices + size, indices)
-    ramp = L.iota(n.builder, indices.shape + (size,), indices.ndim, indices.dtype)
-    one_hot = L.convert(L.equal(L.reshape(wrapped, indices.shape + (1,)), ramp), data.dtype)
-    rest = data.shape[:axis] + data.shape[axis + 1:]
-    moved = L.transpose(data, (axis,) + tuple(i for i in range(data.ndim) if i != axis))
-    picked = L.matmul(L.reshape(one_hot, (indices.size, size)), L.reshape(moved, (size, math.prod(rest))))
-    picked = L.reshape(picked, indices.shape + rest)
-    k = indices.ndim  # picked is [indices..., before..., after...]: put `before` first
-    perm = tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest)))
-    return L.transpose(picked, perm)
+    return L.take(data, indices, axis)  # run-time indices (embeddings): a one-hot matmul
 
 
 # --------------------------------------------------------------------------- shapes and constants
