@@ -55,6 +55,11 @@ def glorot_uniform(rng, shape, dtype=np.float32):
     return _uniform(rng, shape, dtype, math.sqrt(6.0 / (fan_in + fan_out)))
 
 
+def normal(rng, shape, dtype=np.float32):
+    """N(0, 1), as torch.nn.Embedding's weight."""
+    return _normal(rng, shape, dtype, 1.0)
+
+
 def zeros(rng, shape, dtype=np.float32):
     return np.zeros(shape, dtype)
 
@@ -77,7 +82,7 @@ BY_NAME: dict[str, Initializer] = {
     "kaiming_normal": kaiming_normal, "kaiming_uniform": kaiming_uniform,
     "glorot_normal": glorot_normal, "glorot_uniform": glorot_uniform,
     "xavier_normal": xavier_normal, "xavier_uniform": xavier_uniform,
-    "zeros": zeros,
+    "normal": normal, "zeros": zeros,
 }
 
 
