@@ -241,3 +241,21 @@ def test_bench_model_file_without_loss_needs_mode_infer(capsys, tmp_path):
         main(["bench", str(no_loss), "--contenders", "ffcompile-numpy"])
     assert exc.value.code == 2
     assert "benchmarking training needs a loss(params, x, y) function" in capsys.readouterr().err
+
+
+def test_docs_cli_names_every_command_and_option():
+    import argparse
+    import pathlib
+
+    from ffcompile.cli import build_parser
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in commands.choices.items():
+        if f"ffcompile {name}" not in doc:
+            missing.append(name)
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help" and action.option_strings[-1] not in doc:
+                missing.append(f"{name} {action.option_strings[-1]}")
+    assert not missing, f"docs/cli.md does not mention: {missing}"
