@@ -86,7 +86,9 @@ def test_gradient_matches_torch_index_select():
 @pytest.mark.parametrize("index, error, message", [
     (np.array([0, 3]), IndexError, r"index 3 out of bounds for axis 0 of size 3 \(f64\[3,4\]\)"),
     ((slice(None), [-5]), IndexError, r"index -5 out of bounds for axis 1 of size 4"),
+    ((0, [4]), IndexError, r"index 4 out of bounds for axis 1 of size 4 \(f64\[3,4\]\)"),
     (np.array([True, False, True]), IndexError, "boolean mask indexing is not supported"),
+    ([True, False, True], IndexError, "boolean mask indexing is not supported"),
     (([0], [1]), IndexError, "only one integer array index is supported"),
     (np.array([0.5]), IndexError, "take: indices must be integers, got an array of float64"),
 ])
@@ -100,5 +102,7 @@ def test_bad_traced_indices_and_tables_are_refused_clearly():
         ff.compile(lambda x, i: ff.take(x, i))(np.zeros((3, 4)), np.zeros(2))
     with pytest.raises(DTypeError, match=r"take: x must be numeric .* got bool\[3\]"):
         ff.compile(lambda x, i: ff.take(x > 0, i))(np.zeros(3), np.zeros(2, np.int64))
+    with pytest.raises(IndexError, match="boolean mask indexing is not supported"):
+        ff.compile(lambda x: x[x > 0])(np.zeros(3))
     with pytest.raises(ff.ShapeError, match=r"take: cannot index a scalar \(f64\[\]\)"):
         ff.compile(lambda x: ff.take(x, [0]))(np.float64(1.0))

@@ -467,12 +467,7 @@ def take(x, indices, axis=0) -> Value:
     if isinstance(indices, Value):
         indices = where(indices < 0, indices + size, indices)
     else:
-        array = np.asarray(indices)
-        if array.dtype.kind not in "iu":
-            raise IndexError(f"take: indices must be integers, got an array of {array.dtype}")
-        bad = array[(array < -size) | (array >= size)]
-        if bad.size:
-            raise IndexError(f"index {int(bad.flat[0])} out of bounds for axis {axis} of size {size} ({x.type})")
+        array = _checked_indices(indices, x, axis)
         indices = constant(x.builder, array % max(size, 1), "i64")
     ramp = iota(x.builder, indices.shape + (size,), indices.ndim, indices.dtype)
     one_hot = convert(equal(reshape(indices, indices.shape + (1,)), ramp), x.dtype)
@@ -482,6 +477,18 @@ def take(x, indices, axis=0) -> Value:
     picked = reshape(picked, indices.shape + rest)
     k = indices.ndim  # picked is [indices..., before..., after...]: put `before` first
     return transpose(picked, tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest))))
+
+
+def _checked_indices(indices, x: Value, axis: int) -> np.ndarray:
+    """Constant indices as an integer array, every one in range for x's `axis`."""
+    array = np.asarray(indices)
+    if array.dtype.kind not in "iu":
+        raise IndexError(f"take: indices must be integers, got an array of {array.dtype}")
+    size = x.shape[axis]
+    bad = array[(array < -size) | (array >= size)]
+    if bad.size:
+        raise IndexError(f"index {int(bad.flat[0])} out of bounds for axis {axis} of size {size} ({x.type})")
+    return array
 
 
 def _is_index_array(item) -> bool:
@@ -543,9 +550,11 @@ def _getitem_array(x: Value, index: tuple) -> Value:
     """getitem for a full-length index holding one integer array."""
     at = next(k for k, item in enumerate(index) if _is_index_array(item))
     indices = index[at]
-    if isinstance(indices, np.ndarray) and indices.dtype == np.bool_ or (
-            isinstance(indices, Value) and indices.dtype == "bool"):
+    mask = indices.dtype == "bool" if isinstance(indices, Value) else np.asarray(indices).dtype == np.bool_
+    if mask:
         raise IndexError("boolean mask indexing is not supported: its result shape depends on the data")
+    if not isinstance(indices, Value):  # checked against x's own axis, as the user wrote it
+        indices = _checked_indices(indices, x, sum(1 for item in index[:at] if item is not None))
     basic = getitem(x, index[:at] + (slice(None),) + index[at + 1:])
     axis = sum(1 for item in index[:at] if item is None or isinstance(item, slice))
     out = take(basic, indices, axis)
