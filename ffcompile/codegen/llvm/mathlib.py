@@ -5,7 +5,11 @@ vectorizer, so each function is emitted here as branch-free straight-line IR:
 range reduction, a polynomial, and `select`s for the special cases (NaN
 propagates, ±inf, overflow to inf, underflow through subnormals to 0). Each is
 an internal `alwaysinline` function defined on first use, so after inlining
-the loop vectorizer turns a loop over it into SIMD code.
+the loop vectorizer turns a loop over it into SIMD code. One exception: sin
+and cos of |x| > 2^20 need a Payne-Hanek reduction, too slow to compute for
+every lane, so they call it in a branch; the call carries masked vector
+variants (vector-function-abi-variant) that test the whole mask first, and
+the vectorizer calls those, so ordinary vectors pay one call and one branch.
 
 Fast-math flags are set per instruction: additions and multiplications carry
 only `contract` (an FMA is at least as exact everywhere below: the range
@@ -20,6 +24,7 @@ measured errors are asserted in tests/test_llvm_math.py.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -312,25 +317,188 @@ _COS_POLY = {
 }
 # pi/2 in 33-bit pieces: j * piece is exact for |j| < 2^20.
 _PIO2_PARTS = (1.5707963267341256, 6.077100506303966e-11, 2.0222662487959506e-21)
-# Beyond this the Cody-Waite reduction loses the quadrant; without a
-# Payne-Hanek reduction the honest answer there is NaN, not a wrong number.
-_TRIG_MAX_ABS = 2.0 ** 20
+_PIO2_HI, _PIO2_LO = math.pi / 2, 6.123233995736766e-17  # pi/2 = HI + LO to ~2^-107
+# Up to here the Cody-Waite reduction above is exact; beyond, the Payne-Hanek one below.
+_CODY_WAITE_MAX_ABS = 2.0 ** 20
+
+
+def _two_over_pi_bits(bits: int) -> int:
+    """floor(2/pi * 2^bits), from pi by Machin's formula in integers (guard bits absorb rounding)."""
+    one = 1 << (bits + 64)
+
+    def arctan_inv(n: int) -> int:  # arctan(1/n) * one
+        total, term, k = 0, one // n, 0
+        while term:
+            total += term // (2 * k + 1) if k % 2 == 0 else -(term // (2 * k + 1))
+            term //= n * n
+            k += 1
+        return total
+
+    pi = 16 * arctan_inv(5) - 4 * arctan_inv(239)
+    return (2 * one * one // pi) >> 64
+
+
+@dataclass(frozen=True)
+class _PayneHanek:
+    """x 2/pi mod 4 for huge x = M 2^u (M the integer significand), exactly enough for sin/cos.
+
+    Bits of 2/pi worth 2^-k with k <= u - 2 only add multiples of 4 to x 2/pi,
+    so for each exponent a table holds the next `pieces` chunks of `chunk_bits`
+    bits, scaled so that every product of a chunk of M (`significand_chunks`
+    bits each) with a table entry is an exact double.
+    """
+    chunk_bits: int
+    pieces: int
+    significand_chunks: tuple[int, ...]  # widths, most significant first
+
+    @functools.cache
+    def table(self, fmt: _Format) -> list[float]:
+        """Row e - e_min for each biased exponent e >= e_min: the scaled chunks of 2/pi."""
+        w = self.chunk_bits
+        e_min = self.min_biased_exponent(fmt)
+        e_max = 2 * fmt.bias + 1
+        u_max = e_max - fmt.bias - fmt.mantissa_bits
+        shift_total = u_max + w * self.pieces + 2
+        bits = _two_over_pi_bits(shift_total)
+        rows = []
+        for e in range(e_min, e_max + 1):
+            u = e - fmt.bias - fmt.mantissa_bits
+            for i in range(self.pieces):
+                # chunk i holds the bits worth 2^-(u - 1 + w i) .. 2^-(u + w (i + 1) - 2)
+                last = u + w * (i + 1) - 2
+                chunk = (bits >> (shift_total - last)) & ((1 << w) - 1) if last >= 0 else 0
+                rows.append(math.ldexp(chunk, 2 - w * (i + 1)))  # times 2^u: M * entry = x * chunk
+        return rows
+
+    @staticmethod
+    def min_biased_exponent(fmt: _Format) -> int:
+        return fmt.bias + int(math.log2(_CODY_WAITE_MAX_ABS))
+
+    def reduce(self, e: _Emitter, x):
+        """(j, hi, lo) in double with x 2/pi = j + hi + lo (mod 4), j an integer, |hi| <~ 1/2.
+
+        Meaningful for |x| > 2^20 only (other lanes index row 0 and are discarded).
+        Terms are added largest first; those on a grid of at least 2^-50 are reduced
+        mod 4 and their integer part removed after each addition, which keeps every
+        such sum exact; the rest is summed in double-double, so even the
+        cancellation down to ~2^-61 leaves hi + lo with a relative error near 2^-53.
+        """
+        fmt, b = e.fmt, e.b
+        d = _Emitter(b, _F64)
+        bits = b.bitcast(x, fmt.int)
+        exponent = b.and_(b.lshr(bits, _int(fmt, fmt.mantissa_bits)), _int(fmt, 2 * fmt.bias + 1))
+        significand = b.or_(b.and_(bits, _int(fmt, (1 << fmt.mantissa_bits) - 1)),
+                            _int(fmt, 1 << fmt.mantissa_bits))
+        e_min = self.min_biased_exponent(fmt)
+        row = b.sub(exponent, _int(fmt, e_min))
+        row = b.select(b.icmp_signed("<", row, _int(fmt, 0)), _int(fmt, 0), row)
+        row = b.mul(b.zext(row, ir.IntType(64)) if fmt is _F32 else row, ir.Constant(ir.IntType(64), self.pieces))
+        table = self._global_table(b.module, fmt)
+        entries = [b.load(b.gep(table, [ir.Constant(ir.IntType(32), 0),
+                                         b.add(row, ir.Constant(ir.IntType(64), i))]))
+                   for i in range(self.pieces)]
+        terms = []
+        shift = fmt.mantissa_bits + 1
+        for width in self.significand_chunks:
+            shift -= width
+            mask = _int(fmt, ((1 << width) - 1) << shift)
+            chunk = b.uitofp(b.and_(significand, mask), _F64.float)  # exact: `width` bits
+            for i, entry in enumerate(entries):
+                grid = shift + 2 - self.chunk_bits * (i + 1)  # log2 of the product's last bit
+                if grid < 2:  # else a multiple of 4
+                    terms.append((grid, d.mul(chunk, entry, flags=())))
+        terms.sort(key=lambda t: -t[0])
+        exact = [term for grid, term in terms if grid >= -50]
+        acc, j = d.val(0.0), d.val(0.0)
+        for term in exact:
+            term = d.sub(term, d.mul(d.intrinsic("llvm.floor", d.mul(term, 0.25, flags=())), 4.0,
+                                     flags=()), flags=())
+            acc = d.add(acc, term, flags=())
+            k = d.intrinsic("llvm.roundeven", acc)
+            acc, j = d.sub(acc, k, flags=()), d.add(j, k, flags=())
+        k = d.intrinsic("llvm.roundeven", d.add(acc, terms[len(exact)][1], flags=()))
+        acc, j = d.sub(acc, k, flags=()), d.add(j, k, flags=())
+        # The rest in double-double: these terms can cancel acc down to ~2^-61, so
+        # each sum's error is kept, until the terms are below 2^-110 * 2^53.
+        hi, lo = acc, d.val(0.0)
+        for grid, term in terms:
+            if grid < -50:
+                if grid >= -110:
+                    hi, err = _two_sum(d, hi, term)
+                    lo = d.add(lo, err, flags=())
+                else:
+                    lo = d.add(lo, term, flags=())
+        negative = b.icmp_signed("<", bits, _int(fmt, 0))
+        return tuple(d.select(negative, b.fneg(v), v) for v in (j, hi, lo))
+
+    def _global_table(self, module: ir.Module, fmt: _Format):
+        name = f"ffc.two_over_pi.{fmt.name}"
+        table = module.globals.get(name)
+        if table is None:
+            rows = self.table(fmt)
+            ty = ir.ArrayType(_F64.float, len(rows))
+            table = ir.GlobalVariable(module, ty, name)
+            table.linkage = "internal"
+            table.global_constant = True
+            table.initializer = ir.Constant(ty, rows)
+        return table
+
+
+def _two_sum(d: _Emitter, a, b):
+    """(s, err) with s = fl(a + b) and s + err = a + b exactly (Knuth)."""
+    s = d.add(a, b, flags=())
+    b_part = d.sub(s, a, flags=())
+    err = d.add(d.sub(a, d.sub(s, b_part, flags=()), flags=()), d.sub(b, b_part, flags=()), flags=())
+    return s, err
+
+
+def _int(fmt: _Format, value: int) -> ir.Constant:
+    return ir.Constant(fmt.int, value)
+
+
+# float: one 24-bit significand times 29-bit chunks, 87 bits of 2/pi past the
+# dropped ones (error below 2^-61 quarter turns); double: 26 + 27 bits times
+# 26-bit chunks, 182 bits (below 2^-127: the closest double to a multiple of
+# pi/2 is ~2^-61 away from it, Muller's table).
+_PAYNE_HANEK = {"f32": _PayneHanek(29, 3, (24,)), "f64": _PayneHanek(26, 7, (26, 27))}
 
 
 def _sin_or_cos(e: _Emitter, x, quarter_turns: int):
-    """sin(x + quarter_turns * pi/2) from x = j pi/2 + r, |r| <= pi/4, for |x| <= 2^20.
+    """sin(x + quarter_turns * pi/2) from x = j pi/2 + r, |r| <= pi/4.
 
-    The reduction runs in double for both formats (for float inputs that makes
-    two pieces of pi/2 enough), so r is accurate to far below a float ulp.
+    Cody-Waite reduction for |x| <= 2^20, in double for both formats (for float
+    inputs two pieces of pi/2 are enough). Beyond, a call to the Payne-Hanek
+    version, which the loop vectorizer replaces by a masked vector variant that
+    does nothing unless some lane needs it.
     """
-    fmt = e.fmt
-    d = _Emitter(e.b, _F64)
-    xd = e.b.fpext(x, _F64.float) if fmt is _F32 else x
+    fmt, b = e.fmt, e.b
+    d = _Emitter(b, _F64)
+    xd = b.fpext(x, _F64.float) if fmt is _F32 else x
     j = d.intrinsic("llvm.roundeven", d.mul(xd, 2.0 / math.pi))
     parts = _PIO2_PARTS[:2] if fmt is _F32 else _PIO2_PARTS
     rd = xd
     for part in parts:
         rd = d.sub(rd, d.mul(j, part))
+    y = _quadrant_polynomial(e, j, rd, quarter_turns)
+    ax = e.intrinsic("llvm.fabs", x)
+    ordinary_block = b.block
+    huge_block = b.append_basic_block("huge")
+    join_block = b.append_basic_block("join")
+    b.cbranch(e.cmp(">", ax, _CODY_WAITE_MAX_ABS), huge_block, join_block)
+    b.position_at_end(huge_block)
+    y_huge = b.call(_huge_function(b.module, fmt, quarter_turns), [x])
+    b.branch(join_block)
+    b.position_at_end(join_block)
+    result = b.phi(fmt.float)
+    result.add_incoming(y, ordinary_block)
+    result.add_incoming(y_huge, huge_block)
+    return e.select(e.cmp("==", ax, math.inf), math.nan, result)
+
+
+def _quadrant_polynomial(e: _Emitter, j, rd, quarter_turns: int):
+    """sin(r + (j + quarter_turns) pi/2) for the double j and rd = r."""
+    fmt = e.fmt
+    d = _Emitter(e.b, _F64)
     r = e.b.fptrunc(rd, fmt.float) if fmt is _F32 else rd
     # The quadrant in float arithmetic: exact, and NaN/inf give NaN, not poison.
     q = d.add(j, float(quarter_turns), flags=())
@@ -340,8 +508,77 @@ def _sin_or_cos(e: _Emitter, x, quarter_turns: int):
     cos_r = e.add(e.sub(1.0, e.mul(z, 0.5)), e.mul(e.mul(z, z), e.poly(z, _COS_POLY[fmt.name])))
     odd = e.b.or_(d.cmp("==", q, 1.0), d.cmp("==", q, 3.0))
     y = e.select(odd, cos_r, sin_r)
-    y = e.select(d.cmp(">=", q, 2.0), e.b.fneg(y), y)
-    return e.select(e.cmp(">", e.intrinsic("llvm.fabs", x), _TRIG_MAX_ABS), math.nan, y)
+    return e.select(d.cmp(">=", q, 2.0), e.b.fneg(y), y)
+
+
+# Vector widths the loop vectorizer may pick for the huge-argument call (up to a zmm of floats).
+_VECTOR_WIDTHS = (2, 4, 8, 16)
+
+
+def _huge_function(module: ir.Module, fmt: _Format, quarter_turns: int) -> ir.Function:
+    """Scalar `noinline` Payne-Hanek sin/cos, with masked vector variants the loop vectorizer uses."""
+    name = f"ffc.{'cos' if quarter_turns else 'sin'}.huge.{fmt.name}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ir.FunctionType(fmt.float, [fmt.float]), name)
+    fn.linkage = "internal"
+    for attr in ("noinline", "nounwind", "readnone"):
+        fn.attributes.add(attr)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = _Emitter(b, fmt)
+    j, hi, lo = _PAYNE_HANEK[fmt.name].reduce(e, fn.args[0])
+    d = _Emitter(b, _F64)
+    rd = d.intrinsic("llvm.fma", hi, d.val(_PIO2_HI),
+                     d.add(d.mul(hi, _PIO2_LO, flags=()), d.mul(lo, _PIO2_HI, flags=()), flags=()))
+    b.ret(_quadrant_polynomial(e, j, rd, quarter_turns))
+    variants = [_masked_variant(module, fn, width) for width in _VECTOR_WIDTHS]
+    mangled = ",".join(f"_ZGV_LLVM_M{w}v_{name}({v.name})" for w, v in zip(_VECTOR_WIDTHS, variants))
+    # llvmlite knows no string attributes; the set prints its members verbatim.
+    set.add(fn.attributes, f'"vector-function-abi-variant"="{mangled}"')
+    _keep(module, variants)
+    return fn
+
+
+def _masked_variant(module: ir.Module, scalar: ir.Function, width: int) -> ir.Function:
+    """<width x T> f(<width x T> x, <width x i1> mask): `scalar` on the masked lanes, after
+    one test of the whole mask, so vectors with no huge lane cost a call and a branch."""
+    vty = ir.VectorType(scalar.function_type.return_type, width)
+    mty = ir.VectorType(ir.IntType(1), width)
+    fn = ir.Function(module, ir.FunctionType(vty, [vty, mty]), f"{scalar.name}.m{width}")
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    x, mask = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    any_lane = b.icmp_unsigned("!=", b.bitcast(mask, ir.IntType(width)), ir.Constant(ir.IntType(width), 0))
+    slow, done = fn.append_basic_block("some_lane"), fn.append_basic_block("no_lane")
+    b.cbranch(any_lane, slow, done)
+    b.position_at_end(done)
+    b.ret(x)  # lanes outside the mask are ignored by the caller
+    b.position_at_end(slow)
+    y = x
+    for lane in range(width):
+        index = ir.Constant(ir.IntType(32), lane)
+        value = b.call(scalar, [b.extract_element(x, index)])
+        y = b.insert_element(y, b.select(b.extract_element(mask, index), value,
+                                         b.extract_element(x, index)), index)
+    b.ret(y)
+    return fn
+
+
+def _keep(module: ir.Module, functions) -> None:
+    """List `functions` in @llvm.compiler.used, so that nothing deletes them before vectorizing."""
+    ptr = ir.IntType(8).as_pointer()
+    used = module.globals.get("llvm.compiler.used")
+    if used is None:
+        used = ir.GlobalVariable(module, ir.ArrayType(ptr, 0), "llvm.compiler.used")
+        used.linkage = "appending"
+        used.section = "llvm.metadata"
+        used.initializer = ir.Constant(used.value_type, [])
+    members = list(used.initializer.constant) + [f.bitcast(ptr) for f in functions]
+    used.value_type = ir.ArrayType(ptr, len(members))  # grows: printed from value_type
+    used.type = used.value_type.as_pointer()
+    used.initializer = ir.Constant(used.value_type, members)
 
 
 def _sin(e: _Emitter, x):
