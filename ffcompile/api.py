@@ -138,7 +138,8 @@ class CompiledFunction:
             binding, given = prepared.executable.bind_flat(prepared.leaves)
         except USER_ERRORS as exc:
             raise user_traceback(exc) from None
-        return BoundCall(binding, given, tree_unflatten(prepared.executable.out_tree, binding.results))
+        results, checks = prepared.executable.bound_checks(binding.results)
+        return BoundCall(binding, given, tree_unflatten(prepared.executable.out_tree, results), checks=checks)
 
     def prepare_arrays(self, args, kwargs=None) -> Prepared:
         """prepare(args) for arguments that must be arrays (bind, training steps)."""

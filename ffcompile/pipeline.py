@@ -298,7 +298,7 @@ class Lowered:
     def compile(self) -> Executable:
         """The executable: this signature's program with its argument checks."""
         return Executable(self.program, self.optimized.input_types, self.traced.out_tree, self.names,
-                          self.traced.closures)
+                          self.traced.closures, self.traced.checks)
 
 
 @dataclass(frozen=True)

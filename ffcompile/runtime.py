@@ -48,8 +48,10 @@ class Executable:
     closures: arrays the function closed over that are the program's last inputs
     (trace.Traced.closures), passed after the caller's leaves at every call."""
 
-    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=()):
+    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=(), checks=()):
+        """checks: messages of the runtime checks whose flags are the program's last results."""
         self.program = program
+        self.checks = tuple(checks)
         self.out_tree = out_tree
         self.closures = list(closures)
         self.names = list(names) + [f"closure{k}" for k in range(len(self.closures))]
@@ -57,10 +59,27 @@ class Executable:
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
         self._explicit = len(self.input_types) - len(self.closures)
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
-        self.run_flat = program.call if not self.closures else self._run_with_closures
+        self.run_flat = self._run_checked if self.checks else (
+            program.call if not self.closures else self._run_with_closures)
 
     def _run_with_closures(self, leaves) -> list[np.ndarray]:
         return self.program.call([*leaves, *self.closures])
+
+    def _run_checked(self, leaves) -> list[np.ndarray]:
+        return self.checked(self.program.call([*leaves, *self.closures]))
+
+    def bound_checks(self, results: list) -> tuple[list, list]:
+        """(results without the check flags, [(flag, message)]) of a binding."""
+        n = len(self.checks)
+        return (results[:-n], list(zip(results[-n:], self.checks))) if n else (results, [])
+
+    def checked(self, results: list[np.ndarray]) -> list[np.ndarray]:
+        """results without the runtime checks' flags, or the first failed check's ValueError."""
+        n = len(self.checks)
+        if n:
+            raise_failed(results[-n:], self.checks)
+            results = results[:-n]
+        return results
 
     def accepts(self, leaves) -> bool:
         """True if leaves (and the closed-over arrays) are C-contiguous arrays of the
@@ -78,7 +97,7 @@ class Executable:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
         if self.accepts(leaves):
             return self.run_flat(leaves)
-        return self.program.call(self._checked(leaves))
+        return self.checked(self.program.call(self._checked(leaves)))
 
     def _checked(self, leaves, contiguous: bool = True) -> list[np.ndarray]:
         """check_arguments over the leaves and the closed-over arrays after them."""
@@ -99,6 +118,12 @@ class Executable:
         return tree_unflatten(self.out_tree, self.call_flat(leaves))
 
 
+def raise_failed(flags, messages) -> None:
+    for flag, message in zip(flags, messages):
+        if flag:
+            raise ValueError(message)
+
+
 class BoundCall:
     """A compiled program bound to fixed arrays (`cf.bind(...)`, `step.bind(...)`, docs/bind.md).
 
@@ -111,10 +136,12 @@ class BoundCall:
     turns on its arena); one bound object's arrays are one state, so calling the
     same bound object from two threads at once races like any in-place update."""
 
-    __slots__ = ("_refresh", "_run", "_before", "_after", "result", "_keep")
+    __slots__ = ("_refresh", "_run", "_before", "_after", "_checks", "result", "_keep")
 
-    def __init__(self, binding: Binding, given: list[np.ndarray], result, after=(), refresh=None):
+    def __init__(self, binding: Binding, given: list[np.ndarray], result, after=(), refresh=None, checks=()):
+        """checks: (flag array, message) of the runtime checks, read after every run."""
         self._refresh = refresh  # writes inputs computed per call (a training step's hyperparameters)
+        self._checks = tuple(checks)
         self._run = binding.run
         # Arguments the backend could not use in place: its copies are refreshed every call.
         self._before = [(used, array) for used, array in zip(binding.arrays, given) if used is not array]
@@ -130,4 +157,6 @@ class BoundCall:
         self._run()
         for target, source in self._after:
             np.copyto(target, source)
+        if self._checks:
+            raise_failed([flag for flag, _ in self._checks], [message for _, message in self._checks])
         return self.result

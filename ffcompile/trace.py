@@ -92,6 +92,9 @@ class Traced:
     # Arrays the function closed over that became the graph's last inputs (lang.lift):
     # the program reads them at every call.
     closures: tuple = ()
+    # Messages of the runtime checks (lang.check) whose i32 flags are the graph's last outputs,
+    # after the function's own.
+    checks: tuple[str, ...] = ()
 
 
 def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
@@ -114,9 +117,11 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
         elif not isinstance(leaf, Value):
             leaf = lift(builder, np.asarray(leaf), None)
         outputs.append(leaf.id)
+    outputs += [flag for flag, _ in builder.checks]
     graph = builder.finish(outputs)
     closures = tuple(builder.closure_arrays or ())
-    return Traced(graph, in_tree, out_tree, closures), list(builder.captured_values)
+    checks = tuple(message for _, message in builder.checks)
+    return Traced(graph, in_tree, out_tree, closures, checks), list(builder.captured_values)
 
 
 def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list]:

@@ -134,7 +134,8 @@ class TrainStep:
         state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
         after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
-        return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state))
+        return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state),
+                         executable.bound_checks(binding.results)[1])
 
     def _refresher(self, hyperparameters: np.ndarray | None, opt_state):
         """What a bound step runs before each call: rewrites its hyperparameters array

@@ -78,10 +78,12 @@ def value_and_grad(fn, argnums=0):
         ranges = _leaf_ranges(args)
         inputs = traced.graph.inputs
         wrt = [inputs[k] for n in nums for k in ranges[n]]
-        graph = append_adjoint(traced.graph, wrt)
+        checks = len(traced.checks)
+        graph = append_adjoint(traced.graph, wrt, passthrough=checks)
         outs = [Value(parent, i) for i in parent.inline(graph, [v.id for v in bound])]
         value = tree_unflatten(traced.out_tree, outs[:1])
-        grads, pos = [], 1
+        _pass_checks(parent, outs[1:1 + checks], traced.checks)
+        grads, pos = [], 1 + checks
         for n in nums:
             count = len(ranges[n])
             grads.append(tree_unflatten(tree_flatten(args[n])[1], outs[pos:pos + count]))
@@ -113,13 +115,16 @@ def vjp(fn, *args):
         inputs = traced.graph.inputs
         leaves = tree_flatten(tuple(primals))[0]
         floats = [inputs[k] for k, leaf in enumerate(leaves) if _is_float(leaf)]
-        graph = append_adjoint(traced.graph, floats, cotangents="inputs")
+        checks = len(traced.checks)
+        graph = append_adjoint(traced.graph, floats, cotangents="inputs", passthrough=checks)
         ct_leaves, ct_tree = tree_flatten(cotangent)
         if ct_tree != traced.out_tree:
             raise ArgumentError("vjp: the cotangent's structure differs from the function's output")
         ct_values = [_cotangent(parent, c, traced.graph.nodes[o].type, k).id
                      for k, (c, o) in enumerate(zip(ct_leaves, traced.graph.outputs))]
         outs = parent.inline(graph, [v.id for v in bound] + ct_values)
+        first_check = len(traced.graph.outputs) - checks
+        _pass_checks(parent, [Value(parent, i) for i in outs[first_check:first_check + checks]], traced.checks)
         grads = iter(Value(parent, i) for i in outs[len(traced.graph.outputs):])
         flat = [next(grads) if _is_float(leaf) else None for leaf in leaves]
         return tree_unflatten(tree_flatten(tuple(primals))[1], flat)
@@ -127,6 +132,11 @@ def vjp(fn, *args):
     pullback_fn = _traced_call(pullback_transform)
     out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
     return out, lambda cotangent: pullback_fn(args, cotangent)
+
+
+def _pass_checks(builder, flags: list[Value], messages) -> None:
+    """A nested trace's runtime checks (lang.check) become the enclosing trace's."""
+    builder.checks += [(flag.id, message) for flag, message in zip(flags, messages)]
 
 
 def _cotangent(builder, leaf, out: TensorType, k: int) -> Value:

@@ -64,7 +64,8 @@ def test_dump_train_is_value_and_grad(capsys):
     graph = ff.parse_ir(text)
     assert str(graph) == text
     n_params = len(tree_flatten(zoo.get("digits").model.param_types())[0])
-    assert len(graph.outputs) == 1 + n_params
+    # the loss, the gradients, then the flag of cross_entropy's label range check (lang.check)
+    assert len(graph.outputs) == 1 + n_params + 1 and str(graph.output_types[-1]) == "i32[]"
     assert str(graph.output_types[0]) == "f32[]" and " adjoint loc(" in text
     assert 'f32[8,64] = input {name="x"}' in text and 'i32[8] = input {name="y"}' in text
 
@@ -93,7 +94,7 @@ def test_model_file(capsys, model_file):
     assert "towers.py" in text  # locations point into the model file
     train = dump(capsys, model_file, "--train", "--batch", "3")
     graph = ff.parse_ir(train)
-    assert len(graph.outputs) == 1 + 6 and "softmax_cross_entropy" in train
+    assert len(graph.outputs) == 1 + 6 + 1 and "softmax_cross_entropy" in train  # + the label check's flag
     assert "f32[3,3] = input" in train
     assert "def program(" in dump(capsys, model_file, "--format", "python")
 
@@ -185,9 +186,10 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
-@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 22)])  # 22: the step counter,
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 23)])  # 23: the step counter,
 # two one-element slices of the hyperparameters array (SGD: lr, weight_decay) and their
-# conversions to f32 (scalars several updates share: a kernel each) are five
+# conversions to f32 (scalars several updates share: a kernel each) are five; the label
+# range check of cross_entropy (lang.check) one
 def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
     lines = capsys.readouterr().out.splitlines()

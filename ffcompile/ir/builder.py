@@ -40,6 +40,7 @@ class Builder:
         self.role = Role.FORWARD  # of the nodes emitted now: set it with `at` or `playing`
         self.scope: list[str] = []  # module path of the code being traced, e.g. ["layers", "2"]
         self.sites: list = []  # per scope entry: (file, line) where the user built that module, or None
+        self.checks: list[tuple[int, str]] = []  # (i32 scalar, 1 when failed; message): lang.check
         self.weak: set[int] = set()  # inputs from Python scalars: they take the dtype they meet
         # Arrays closed over by the traced function that became inputs (read at call time);
         # None: a top-level trace that embeds them as literals (see lang.lift).

@@ -301,6 +301,20 @@ def pow(x, exponent: float): return _apply(O.Pow, x, exponent=float(exponent))
 def convert(x, dtype): return _apply(O.Convert, x, dtype=dtype_name(dtype))
 
 
+def check(ok, message: str) -> None:
+    """A runtime check: the compiled function raises ValueError(message) after a call in
+    which some element of the bool value ok is false. It becomes a hidden output of the
+    graph (an i32 scalar, 1 when failed), carried out of nested traces (grad) and read by
+    the runtime after each call (runtime.Executable, BoundCall)."""
+    (ok,) = _values(ok)
+    if ok.dtype != "bool":
+        raise DTypeError(f"check: needs a bool value, got {ok.type}")
+    failed = where(ok, 0, 1)
+    if failed.ndim:
+        failed = reduce_max(failed)
+    ok.builder.checks.append((failed.id, message))
+
+
 def power(base, exponent):
     """base ** exponent with a traced exponent, as NumPy defines it for floats: a negative
     base gives a real result for an integral exponent (sign (-1)**p) and NaN otherwise;

@@ -57,7 +57,11 @@ def _class_targets(name: str, scores: Value, labels) -> Value:
         if labels.dtype == "bool" or labels.shape != scores.shape[:-1]:
             raise ShapeError(f"{name}: integer labels must have shape {list(scores.shape[:-1])} "
                              f"for scores {scores.type}, got {labels.type}")
-        # one_hot[..., c] = (labels[...] == c); an out-of-range label gives a zero row.
+        # one_hot[..., c] = (labels[...] == c); an out-of-range label would give a zero row (a
+        # finite loss), so the call raises instead, as torch does.
+        count = scores.shape[-1]
+        L.check(L.where(labels >= 0, labels < count, False),
+                f"{name}: a label is outside [0, {count}), the range of the {count} classes")
         classes = L.iota(scores.builder, scores.shape, scores.ndim - 1, labels.dtype)
         return L.convert(classes == labels.reshape(labels.shape + (1,)), scores.dtype)
     if labels.shape != scores.shape:
@@ -71,7 +75,10 @@ def cross_entropy(logits: Value, labels, reduction: str = "mean") -> Value:
 
     labels: integer class indices of shape logits.shape[:-1], or one-hot /
     probability targets of logits' shape. Uses the registry's
-    softmax_cross_entropy op, whose VJP is softmax − targets."""
+    softmax_cross_entropy op, whose VJP is softmax − targets. An integer label outside
+    [0, classes) makes the call raise ValueError, as torch does (a runtime check,
+    lang.check: it is read after the program ran, so a training step has already
+    applied that step's update when it raises)."""
     targets = _class_targets("cross_entropy", logits, labels)
     per_example = L.softmax_cross_entropy(logits, targets)
     return _reduce(per_example, reduction, None)

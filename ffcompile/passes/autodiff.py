@@ -15,11 +15,13 @@ from .dce import dce
 
 
 
-def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Graph:
+def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones", passthrough: int = 0) -> Graph:
     """Return a graph computing graph's outputs followed by d(outputs)/d(wrt).
 
     cotangents="ones": the graph must have one scalar float output, seeded with 1.
     cotangents="inputs": one new input per output carries its cotangent (a VJP).
+    passthrough: the graph's last outputs that are runtime-check flags (lang.check): kept
+    as outputs, never differentiated.
     """
     builder = Builder(graph.name, None)
     builder.nodes = list(graph.nodes)  # forward part, unchanged (nodes are immutable)
@@ -27,7 +29,7 @@ def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Gr
     for i in wrt:
         if not graph.nodes[i].type.is_float:
             raise ShapeError(f"grad: cannot differentiate with respect to {graph.nodes[i].type} input %{i}")
-    seeds = _seeds(builder, graph, cotangents)
+    seeds = _seeds(builder, graph.outputs[:len(graph.outputs) - passthrough], graph, cotangents)
     active = _active_nodes(graph, set(wrt))
     ct: dict[int, Value] = {}
     for out, seed in zip(graph.outputs, seeds):
@@ -55,18 +57,19 @@ def append_adjoint(graph: Graph, wrt: list[int], cotangents: str = "ones") -> Gr
     return dce(builder.finish(list(graph.outputs) + results))
 
 
-def _seeds(builder: Builder, graph: Graph, cotangents: str) -> list[Value]:
+def _seeds(builder: Builder, outputs, graph: Graph, cotangents: str) -> list[Value]:
+    """The cotangents of outputs (the graph's differentiated outputs)."""
     if cotangents == "ones":
-        if len(graph.outputs) != 1:
-            raise ShapeError(f"grad needs a function with one output, got {len(graph.outputs)}")
-        out = graph.nodes[graph.outputs[0]].type
+        if len(outputs) != 1:
+            raise ShapeError(f"grad needs a function with one output, got {len(outputs)}")
+        out = graph.nodes[outputs[0]].type
         if out.shape != () or not out.is_float:
             raise ShapeError(f"grad needs a scalar float output, got {out}; use ff.vjp for others")
-        with builder.at(graph.nodes[graph.outputs[0]].loc, Role.ADJOINT):
+        with builder.at(graph.nodes[outputs[0]].loc, Role.ADJOINT):
             return [L.constant(builder, 1.0, out.dtype)]
     if cotangents == "inputs":
         return [Value(builder, builder.add_input(graph.nodes[o].type, f"cotangent{k}"))
-                for k, o in enumerate(graph.outputs)]
+                for k, o in enumerate(outputs)]
     raise ValueError(f"cotangents must be 'ones' or 'inputs', got {cotangents!r}")
 
 
