@@ -59,21 +59,21 @@ class Executable:
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
         self._explicit = len(self.input_types) - len(self.closures)
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
-        self.run_flat = self._run_checked if self.checks else (
+        self.run_flat = self._run_and_check if self.checks else (
             program.call if not self.closures else self._run_with_closures)
 
     def _run_with_closures(self, leaves) -> list[np.ndarray]:
         return self.program.call([*leaves, *self.closures])
 
-    def _run_checked(self, leaves) -> list[np.ndarray]:
-        return self.checked(self.program.call([*leaves, *self.closures]))
+    def _run_and_check(self, leaves) -> list[np.ndarray]:
+        return self.without_check_flags(self.program.call([*leaves, *self.closures]))
 
     def bound_checks(self, results: list) -> tuple[list, list]:
         """(results without the check flags, [(flag, message)]) of a binding."""
         n = len(self.checks)
         return (results[:-n], list(zip(results[-n:], self.checks))) if n else (results, [])
 
-    def checked(self, results: list[np.ndarray]) -> list[np.ndarray]:
+    def without_check_flags(self, results: list[np.ndarray]) -> list[np.ndarray]:
         """results without the runtime checks' flags, or the first failed check's ValueError."""
         n = len(self.checks)
         if n:
@@ -97,9 +97,9 @@ class Executable:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
         if self.accepts(leaves):
             return self.run_flat(leaves)
-        return self.checked(self.program.call(self._checked(leaves)))
+        return self.without_check_flags(self.program.call(self._checked_arguments(leaves)))
 
-    def _checked(self, leaves, contiguous: bool = True) -> list[np.ndarray]:
+    def _checked_arguments(self, leaves, contiguous: bool = True) -> list[np.ndarray]:
         """check_arguments over the leaves and the closed-over arrays after them."""
         if len(leaves) != self._explicit:
             raise ArgumentError(f"expected {self._explicit} array arguments, got {len(leaves)}")
@@ -110,7 +110,7 @@ class Executable:
         the arrays it reads: views of the leaves (non-array leaves converted once). A view
         keeps the bound shape even if the caller's array object is resized in place, and
         references that array, so its memory can be neither freed nor reallocated."""
-        arrays = [a.view() for a in self._checked(leaves, contiguous=False)]
+        arrays = [a.view() for a in self._checked_arguments(leaves, contiguous=False)]
         return self.program.bind(arrays), arrays
 
     def __call__(self, *args):

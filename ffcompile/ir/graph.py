@@ -6,7 +6,6 @@ Graph inputs are nodes of op `input`; outputs are a tuple of node ids.
 """
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -107,10 +106,6 @@ class Graph:
 
     def __str__(self) -> str:
         return print_graph(self)
-
-    def fingerprint(self) -> str:
-        """Hash of the program text without locations: equal programs share compiled code."""
-        return hashlib.sha256(print_graph(self, locs=False).encode()).hexdigest()[:16]
 
     def to_networkx(self):
         import networkx as nx
