@@ -19,10 +19,10 @@ TIMEOUT = 300  # seconds per job: two loaded cores compile both programs on ever
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (the mpich wheel brings one)")
 
 
-def mpirun(ranks: int, script: str, *args: str) -> subprocess.CompletedProcess:
+def mpirun(ranks: int, script: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # -n beyond the cores (3 on 2) oversubscribes; MPICH's hydra allows it by default.
-    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(WORKERS / script), *args],
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script), *args],
                           capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT)
 
 
@@ -32,27 +32,44 @@ def test_ranks_match_one_process(backend, ranks, optimizer):
     """N ranks on B/N rows each == one process on B rows, after 20 steps, within 1e-12
     (relative loss, absolute parameters: float64 sums in another order; measured ~3e-16);
     parameters bitwise equal on every rank. Buckets of 1 KiB split the gradients into several."""
-    run = mpirun(ranks, "equivalence.py", backend, optimizer, "1024")
+    run = mpirun(ranks, WORKERS / "equivalence.py", backend, optimizer, "1024")
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"OK ranks={ranks}" in run.stdout, run.stdout
     assert "buckets=1 " not in run.stdout  # several buckets, so several collectives in flight
 
 
 def test_one_bucket(backend):
-    run = mpirun(2, "equivalence.py", backend, "adam", str(1 << 30))
+    run = mpirun(2, WORKERS / "equivalence.py", backend, "adam", str(1 << 30))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "OK ranks=2 buckets=1 " in run.stdout, run.stdout
 
 
 def test_a_raising_rank_ends_the_job_with_its_error(backend):
-    run = mpirun(2, "failures.py", "raise", backend)
+    run = mpirun(2, WORKERS / "failures.py", "raise", backend)
     assert run.returncode != 0
     assert "rank 1 fails on purpose" in run.stderr
 
 
 def test_mismatched_programs_fail_before_the_first_collective(backend):
-    run = mpirun(2, "failures.py", "mismatch", backend)
+    run = mpirun(2, WORKERS / "failures.py", "mismatch", backend)
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
         assert f"MISMATCH {rank}: data_parallel: the ranks compiled different training steps" in run.stdout
     assert "f64[5,8]" in run.stdout and "f64[5,12]" in run.stdout, run.stdout
+
+
+def test_digits_ddp_reaches_the_single_process_accuracy(backend):
+    """examples/digits_ddp.py on 2 ranks against examples/digits.py in one process (same model,
+    data split, global batch and epochs; another shuffle): >= 95% and within 2 points."""
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+    run = mpirun(2, ROOT / "examples" / "digits_ddp.py", "--backend", backend)
+    assert run.returncode == 0, run.stderr[-3000:]
+    accuracy = float(run.stdout.split("test accuracy ")[1].split("%")[0]) / 100
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import digits
+    finally:
+        sys.path.pop(0)
+    single = digits.train(epochs=30, progress=False, backend=backend).test_accuracy
+    print(f"digits test accuracy: 2 ranks {accuracy:.4f}, one process {single:.4f}")
+    assert accuracy >= 0.95 and abs(accuracy - single) <= 0.02
