@@ -58,7 +58,7 @@ class DataParallel:
         self.group = register_group(_GROUPS[id(comm)])
         self.bucket_bytes = bucket_bytes
         self._agreed: set[int] = set()  # id of each executable whose program every rank shares
-        abort_on_uncaught_error(comm)
+        abort_on_uncaught_error()
 
     @property
     def size(self) -> int:
@@ -99,9 +99,10 @@ def _mismatch_message(everyone, texts, rank: int) -> str:
     return "\n".join(lines)
 
 
-def abort_on_uncaught_error(comm) -> None:
+def abort_on_uncaught_error() -> None:
     """Make an uncaught exception on this rank print its traceback and abort the whole job
-    (MPI_Abort, exit code 1) instead of leaving the other ranks waiting in a collective."""
+    (MPI_Abort on COMM_WORLD, exit code 1) instead of leaving the other ranks waiting in a
+    collective (mpi4py's `python -m mpi4py script.py` does the same)."""
     if getattr(sys.excepthook, "ffcompile_aborts", False):
         return
     previous = sys.excepthook
@@ -109,7 +110,7 @@ def abort_on_uncaught_error(comm) -> None:
     def hook(kind, value, traceback):
         previous(kind, value, traceback)
         sys.stderr.flush()
-        comm.Abort(1)
+        world().Abort(1)
 
     hook.ffcompile_aborts = True
     sys.excepthook = hook

@@ -26,6 +26,7 @@ from .layout import copy_strided
 
 COLLECTIVE_SYMBOL = "ffc_collective"
 START, WAIT = 0, 1
+MAX_BUFFERS = 1024  # buffer views kept for reuse
 _DTYPE_CODES = {name: k for k, name in enumerate(DTYPES)}
 _CALL_TYPE = ir.FunctionType(ir.VoidType(), [I64, I64, I8.as_pointer(), I64, I64])
 
@@ -58,6 +59,9 @@ class _Collectives:
 
     def __init__(self):
         self.in_flight: dict[int, Pending] = {}  # buffer address -> its reduction
+        # (address, elements, dtype code) -> the buffer as an array: a program's buffers
+        # are the same arena memory at every call, and making the view is most of a call's cost
+        self.buffers: dict[tuple[int, int, int], np.ndarray] = {}
         self.error: BaseException | None = None
         self.callback = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                          ctypes.c_int64)(self._call)
@@ -68,9 +72,12 @@ class _Collectives:
             return
         try:
             if phase == START:
-                dtype = DTYPES[list(DTYPES)[code]]
-                buffer = np.ctypeslib.as_array((ctypes.c_char * (size * dtype.itemsize)).from_address(address))
-                self.in_flight[address] = Pending(group, buffer.view(dtype))
+                buffer = self.buffers.get((address, size, code))
+                if buffer is None:
+                    if len(self.buffers) >= MAX_BUFFERS:  # programs come and go: their arenas too
+                        self.buffers.clear()
+                    buffer = self.buffers[address, size, code] = _array_at(address, size, code)
+                self.in_flight[address] = Pending(group, buffer)
             else:
                 self.in_flight.pop(address).wait()
         except BaseException as exc:  # noqa: BLE001 - kept for the caller: it cannot cross native frames
@@ -82,6 +89,11 @@ class _Collectives:
         if error is not None:
             self.in_flight.clear()
             raise error
+
+
+def _array_at(address: int, size: int, code: int) -> np.ndarray:
+    dtype = DTYPES[list(DTYPES)[code]]
+    return np.ctypeslib.as_array((ctypes.c_char * (size * dtype.itemsize)).from_address(address)).view(dtype)
 
 
 COLLECTIVES = _Collectives()
