@@ -106,7 +106,7 @@ class TrainStep:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
         if self.data_parallel is not None:
-            self.data_parallel.agree_once(executable, lambda: self.lower(params, opt_state, *batch))
+            self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
         state = _state_leaves(in_tree)
         # carray: C-contiguous, writeable (and aligned), read in one flags lookup
         if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
@@ -139,7 +139,7 @@ class TrainStep:
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
         if self.data_parallel is not None:
-            self.data_parallel.agree_once(executable, lambda: self.lower(params, opt_state, *batch))
+            self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
         binding, given = executable.bind_flat(leaves)
         state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.

@@ -50,12 +50,21 @@ def test_a_raising_rank_ends_the_job_with_its_error(backend):
     assert "rank 1 fails on purpose" in run.stderr
 
 
-def test_mismatched_programs_fail_before_the_first_collective(backend):
-    run = mpirun(2, WORKERS / "failures.py", "mismatch", backend)
+MISMATCHES = {  # failures.py case -> what the message shows
+    "mismatch": ("rank 0 arguments: ", "params.w: f64[5,8]", "params.w: f64[5,12]"),  # another model
+    "late": ("x: f64[4,5]", "x: f64[3,5]"),  # one rank's batch changes shape at step 4
+    "loss": ("same argument types, different programs (model, loss or optimizer) at IR line", "= tanh"),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_different_programs_fail_on_every_rank_before_the_steps_collectives(backend, case):
+    run = mpirun(2, WORKERS / "failures.py", case, backend)
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
         assert f"MISMATCH {rank}: data_parallel: the ranks compiled different training steps" in run.stdout
-    assert "f64[5,8]" in run.stdout and "f64[5,12]" in run.stdout, run.stdout
+    for shown in MISMATCHES[case]:
+        assert shown in run.stdout, run.stdout
 
 
 def test_digits_ddp_reaches_the_single_process_accuracy(backend):

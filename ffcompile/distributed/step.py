@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import sys
 
+import numpy as np
+
 from ..ir.collectives import register_group
+from ..ir.printer import print_graph
 from .buckets import DEFAULT_BUCKET_BYTES, reduce_gradients
 
 
@@ -31,13 +34,19 @@ class MPIGroup:
 
         self.comm = comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
-        self._in_place, self._sum = MPI.IN_PLACE, MPI.SUM
+        self._in_place, self._sum, self._max = MPI.IN_PLACE, MPI.SUM, MPI.MAX
 
     def start(self, buffer):
         return self.comm.Iallreduce(self._in_place, buffer, op=self._sum)
 
     def wait(self, request) -> None:
         request.Wait()
+
+    def same_everywhere(self, word: np.ndarray) -> bool:
+        """Whether every rank passed the same int64 word (one blocking all-reduce of two)."""
+        both = np.array([word[0], -word[0]], np.int64)
+        self.comm.Allreduce(self._in_place, both, op=self._max)
+        return both[0] == -both[1]
 
 
 _GROUPS: dict[int, MPIGroup] = {}  # id(comm) -> its group, one per communicator
@@ -55,9 +64,11 @@ class DataParallel:
         if id(comm) not in _GROUPS:
             _GROUPS[id(comm)] = MPIGroup(comm)
         self.comm = comm
-        self.group = register_group(_GROUPS[id(comm)])
+        self._group = _GROUPS[id(comm)]
+        self.group = register_group(self._group)
         self.bucket_bytes = bucket_bytes
-        self._agreed: set[int] = set()  # id of each executable whose program every rank shares
+        # id(executable) -> (the executable, its traced program as text, hashed to an int64)
+        self._programs: dict[int, tuple[object, str, np.ndarray]] = {}
         abort_on_uncaught_error()
 
     @property
@@ -68,34 +79,38 @@ class DataParallel:
         """The gradients (traced) averaged over the ranks: the step's all_reduce ops."""
         return reduce_gradients(grads, self.group, self.bucket_bytes)
 
-    def agree_once(self, executable, lowered) -> None:
-        """Before executable's first collective: raise ProgramMismatch on every rank unless
-        every rank compiled the same program. lowered() gives its Lowered (traced on use)."""
-        if id(executable) in self._agreed:
-            return
-        lowered = lowered()
-        text = str(lowered.graph)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        signature = ", ".join(f"{name}: {t}" for name, t in zip(lowered.names, lowered.graph.input_types))
-        everyone = self.comm.allgather((digest, signature))
-        if len({d for d, _ in everyone}) > 1:
-            texts = self.comm.allgather(text)
-            raise ProgramMismatch(_mismatch_message(everyone, texts, self.comm.Get_rank()))
-        self._agreed.add(id(executable))
+    def agree(self, executable, lowered) -> None:
+        """Before each call's collectives: raise ProgramMismatch on every rank unless every
+        rank runs the same program (one all-reduce of its hash: a rank whose batch changed
+        shape alone at step 1,000 is caught too). lowered() gives executable's Lowered,
+        traced once per executable; the hash leaves out source locations, so ranks started
+        from different directories agree."""
+        known = self._programs.get(id(executable))
+        if known is None or known[0] is not executable:
+            lowered = lowered()
+            signature = ", ".join(f"{name}: {t}" for name, t in zip(lowered.names, lowered.graph.input_types))
+            text = f"// arguments: {signature}\n" + print_graph(lowered.graph, locs=False)
+            digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
+            known = self._programs[id(executable)] = (executable, text, np.array([digest], np.int64))
+        if not self._group.same_everywhere(known[2]):
+            texts = self.comm.allgather(known[1])
+            raise ProgramMismatch(_mismatch_message(texts, self.comm.Get_rank()))
 
 
-def _mismatch_message(everyone, texts, rank: int) -> str:
-    first = next(r for r, (d, _) in enumerate(everyone) if d != everyone[0][0])
+def _mismatch_message(texts: list[str], rank: int) -> str:
+    """Where rank 0's program and the first rank whose program differs part: their
+    arguments (the text's first line), or the first IR line that differs."""
+    first = next(r for r, text in enumerate(texts) if text != texts[0])
+    a, b = texts[0].splitlines(), texts[first].splitlines()
     lines = [f"data_parallel: the ranks compiled different training steps (this is rank {rank}); "
-             f"no collective ran. Rank 0 and rank {first} differ:"]
-    if everyone[0][1] != everyone[first][1]:
-        lines += [f"  rank 0 arguments: {everyone[0][1]}", f"  rank {first} arguments: {everyone[first][1]}"]
+             f"no collective of this step ran. Rank 0 and rank {first} differ:"]
+    if a[0] != b[0]:
+        lines += [f"  rank 0 {a[0][3:]}", f"  rank {first} {b[0][3:]}"]
     else:
-        a, b = texts[0].splitlines(), texts[first].splitlines()
         at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        lines += ["  same argument types, different programs (model, loss or optimizer) at IR line "
-                  f"{at + 1}:", f"  rank 0:      {a[at] if at < len(a) else '<end>'}",
-                  f"  rank {first}: {' ' * max(0, 5 - len(str(first)))}{b[at] if at < len(b) else '<end>'}"]
+        lines += [f"  same argument types, different programs (model, loss or optimizer) at IR line {at}:",
+                  f"  rank 0: {a[at] if at < len(a) else '<end>'}",
+                  f"  rank {first}: {b[at] if at < len(b) else '<end>'}"]
     return "\n".join(lines)
 
 
