@@ -38,6 +38,18 @@ def test_one_rank_steps_equal_the_plain_step_bitwise(backend):
         assert a.tobytes() == b.tobytes()
 
 
+def test_the_reference_interpreter_runs_the_collectives_blocking():
+    """optimize=False: the graph op by op, each all_reduce through its group, blocking."""
+    params, x = chain(layers=2)
+    step = ff.compile_train_step(chain_loss, ff.optim.SGD(0.1), optimize=False,
+                                 data_parallel=distributed.DataParallel(MPI.COMM_SELF, 1024))
+    plain = ff.compile_train_step(chain_loss, ff.optim.SGD(0.1), optimize=False)
+    copies = [[(w.copy(), b.copy()) for w, b in params] for _ in range(2)]
+    losses = [float(s(p, s.init(p), x)) for s, p in zip((step, plain), copies)]
+    assert losses[0] == losses[1]
+    assert "all_reduce" in step.lower(copies[0], step.init(copies[0]), x).optimized_ir
+
+
 def test_bound_step_runs_the_collectives(backend):
     params, x = chain(layers=2)
     step = parallel_step(None, 1024)
