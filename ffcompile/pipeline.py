@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -34,10 +34,12 @@ from .passes.cost import flops_of
 from .passes.remat import RematPlan, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
-from .profile import KernelProfile, profile_kernels
 from .runtime import Executable, check_arguments
 from .trace import Traced
 from .tree import tree_flatten
+
+if TYPE_CHECKING:
+    from .profile import KernelProfile
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,8 @@ class Lowered:
     def profile(self, *args, steps: int = 100) -> KernelProfile:
         """The time of each kernel of this program's native code on args (ffcompile/profile.py),
         with this signature's donation (run on copies: the arrays are untouched)."""
+        from .profile import profile_kernels  # loads llvmlite: not at `import ffcompile`
+
         schedule = self._schedule_or_refuse("kernels to profile")
         names = self.names + [f"closure{k}" for k in range(len(self.traced.closures))]
         leaves = check_arguments([*tree_flatten(args)[0], *self.traced.closures], names, self.optimized.input_types)
