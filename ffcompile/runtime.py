@@ -10,7 +10,7 @@ import numpy as np
 
 from .codegen.arguments import Binding
 from .ir import TensorType
-from .tree import TreeDef, tree_flatten, tree_unflatten
+from .tree import TreeDef, tree_flatten, tree_unflatten, unflattener
 
 
 class ArgumentError(TypeError):
@@ -61,6 +61,10 @@ class Executable:
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
         self.run_flat = self._run_and_check if self.checks else (
             program.call if not self.closures else self._run_with_closures)
+        self.unflatten = unflattener(out_tree)  # flat results -> the function's result tree
+        self._call_objects = getattr(program, "call_objects", None)  # optional (codegen/backend.py)
+        self._closure_tuple = tuple(self.closures)
+        self._donated_inputs = sorted(set(program.donated.values()))  # written over: must be writeable
 
     def _run_with_closures(self, leaves) -> list[np.ndarray]:
         return self.program.call([*leaves, *self.closures])
@@ -92,6 +96,21 @@ class Executable:
                     and leaf.flags.c_contiguous):
                 return False
         return True
+
+    def run_objects(self, leaves: tuple) -> list[np.ndarray] | None:
+        """run_flat's results if every leaf runs unchecked (as accepts says), else None without
+        running: the ordinary call's fast path. The program checks them natively if it can."""
+        native = self._call_objects
+        if native is None:
+            if not self.accepts(leaves) or not all(leaves[k].flags.writeable for k in self._donated_inputs):
+                return None
+            return self.run_flat(list(leaves))
+        if len(leaves) != self._explicit:
+            return None
+        results = native(leaves + self._closure_tuple if self._closure_tuple else leaves)
+        if results is None or not self.checks:
+            return results
+        return self.without_check_flags(results)
 
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""

@@ -56,6 +56,7 @@ class TrainStep:
         self._last_hyperparameters = None  # (optimizer.version, array): reused until it changes
         self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
         self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
+        self._state = (None, 0)  # (in_tree, leaves of params and opt_state in it), the last one asked
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
@@ -92,25 +93,44 @@ class TrainStep:
                                                               steps=steps)
 
     def __call__(self, params, opt_state, *batch):
-        try:
-            prepared = self._compiled.prepare((params, opt_state, self.hyperparameters(opt_state), *batch))
-        except USER_ERRORS as exc:
-            raise user_traceback(exc) from None
-        if prepared is None:
-            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
-        executable, in_tree, leaves, run = prepared
-        state = _state_leaves(in_tree)
-        # carray: C-contiguous, writeable (and aligned), read in one flags lookup
-        if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
-            _check_donatable(params, "params")
-            _check_donatable(opt_state, "opt_state")
-        results = run(leaves)
+        args = (params, opt_state, self.hyperparameters(opt_state), *batch)
+        hit = self._compiled.run_fast(args)  # the arrays passed every check: the step ran
+        if hit is not None:
+            leaves, results, _, in_tree = hit
+            state = self._state_of(in_tree)
+        else:
+            leaves, results, state = self._checked_call(args, params, opt_state)
         # Results are (loss, new params, new state), flattened like (params, opt_state);
         # the program wrote the donated ones over the old arrays already.
         for old, new in zip(leaves[:state], results[1:1 + state]):
             if new is not old:
                 np.copyto(old, new)
         return results[0]
+
+    def _state_of(self, in_tree) -> int:
+        """_state_leaves(in_tree), remembered for the last structure (the fast path's)."""
+        tree, count = self._state
+        if tree is not in_tree:
+            count = _state_leaves(in_tree)
+            self._state = (in_tree, count)
+        return count
+
+    def _checked_call(self, args, params, opt_state):
+        """(leaves, results, state leaves) of a call through the full path: compiled on a new
+        signature, arguments checked, converted or refused with the path of the bad one."""
+        try:
+            prepared = self._compiled.prepare(args)
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
+        if prepared is None:
+            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
+        executable, in_tree, leaves, run = prepared
+        state = self._state_of(in_tree)
+        # carray: C-contiguous, writeable (and aligned), read in one flags lookup
+        if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
+            _check_donatable(params, "params")
+            _check_donatable(opt_state, "opt_state")
+        return leaves, run(leaves), state
 
     def bind(self, params, opt_state, *batch) -> BoundCall:
         """`bound = step.bind(params, opt_state, *batch)`; `bound()` runs one training step

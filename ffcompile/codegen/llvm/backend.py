@@ -33,7 +33,7 @@ from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
-from . import target
+from . import fastcall, target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
 from ...ir import ops as O
 from .cache import ObjectCache, default_cache
@@ -143,6 +143,7 @@ class LLVMExecutable:
                 own_shape = self._inputs[k][1]
             self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
             seen.add(root)
+        self._new_outputs, self._collect = _generated_result_code(self._outputs, self._results)
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
         raw = np.empty(self.arena_bytes + ALIGNMENT, np.uint8)
         start = -raw.__array_interface__["data"][0] % ALIGNMENT
@@ -150,6 +151,12 @@ class LLVMExecutable:
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
+        self._calls = None  # the native checked call (fastcall.py), where this process allows it
+        if fastcall.available():
+            donated_inputs = set(self._donated_inputs)
+            items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+            self._calls = fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
+                                             len(self._inputs), self._slots, self._jit.address(ENTRY))
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -236,19 +243,27 @@ class LLVMExecutable:
         """Run on args (see _arguments for typed); the results are distinct, fresh arrays
         but for donated ones, which are the arguments' arrays."""
         arrays, addresses = self._arguments(args, typed)
-        outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
+        outs = self._new_outputs()
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
             slots[1:] = addresses
             self._entry(slots)
-        results = []
-        for where, k, copy, shape in self._results:
-            array = outs[k] if where == "out" else arrays[k]
-            if copy:
-                array = array.copy()
-            results.append(array if shape is None else array.reshape(shape))
-        return results
+        return self._collect(arrays, outs)
+
+    def call_objects(self, args: tuple) -> list[np.ndarray] | None:
+        """call(args) if every argument passes the native checks (fastcall.py: arrays of the
+        compiled types, C-contiguous, aligned, donated ones writeable and apart), else None
+        without running: then call() checks, copies or raises."""
+        calls = self._calls
+        if calls is None:
+            return None
+        outs = self._new_outputs()
+        items = args + outs
+        with self._lock:
+            if calls.call(fastcall.items_address(items), calls.address):
+                return None
+        return self._collect(args, outs)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -282,6 +297,23 @@ class LLVMExecutable:
                 entry(block)
 
         return Binding(run, arrays, results, after, (self, block, outs))
+
+
+def _generated_result_code(outputs, results):
+    """(new_outputs() -> fresh output arrays, collect(args, outs) -> the results), generated
+    for one program: a call's per-result work is straight-line code, no loop over tuples.
+    A result is an output array, or an argument (donated; or returned as it is: copied),
+    reshaped where the graph's result has another shape than its buffer."""
+    namespace = {"empty": np.empty, **{f"d{k}": dtype for k, (dtype, _) in enumerate(outputs)}}
+    new = "".join(f"empty({shape!r}, d{k}), " for k, (_, shape) in enumerate(outputs))
+    terms = []
+    for where, k, copy, shape in results:
+        term = f"{'outs' if where == 'out' else 'args'}[{k}]" + (".copy()" if copy else "")
+        terms.append(term if shape is None else f"{term}.reshape({shape!r})")
+    source = (f"def new_outputs():\n    return ({new})\n"
+              f"def collect(args, outs):\n    return [{', '.join(terms)}]\n")
+    exec(compile(source, "<ffcompile.llvm results>", "exec"), namespace)
+    return namespace["new_outputs"], namespace["collect"]
 
 
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
