@@ -310,6 +310,7 @@ class Stats:
     """What the compiler did to one signature: every stage's size and time, kernels, memory."""
 
     stages: tuple[StageRecord, ...]
+    trace_seconds: float  # the Python function traced into the graph, adjoints included
     kernels: int | None
     flops: int
     arena_bytes: int | None
@@ -320,13 +321,18 @@ class Stats:
         graph = lowered.optimized
         flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
         plan = lowered.memory
-        return Stats(tuple(lowered.records), None if lowered.schedule is None else len(lowered.schedule.kernels),
+        return Stats(tuple(lowered.records), lowered.traced.seconds,
+                     None if lowered.schedule is None else len(lowered.schedule.kernels),
                      flops, plan and plan.arena_bytes, plan and plan.lower_bound)
 
     def __str__(self) -> str:
-        lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}"]
+        lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}",
+                 f"{'(trace)':<10} {'':>9} {self.stages[0].size_before if self.stages else '':>9} "
+                 f"{'nodes':<8} {self.trace_seconds * 1e3:>8.2f}"]
         lines += [f"{r.name:<10} {r.size_before:>9} {r.size_after:>9} {r.unit:<8} {r.seconds * 1e3:>8.2f}"
                   for r in self.stages]
+        total = self.trace_seconds + sum(r.seconds for r in self.stages)
+        lines.append(f"{'total':<10} {'':>9} {'':>9} {'':<8} {total * 1e3:>8.2f}")
         lines.append(f"kernels {self.kernels}   flops {self.flops}")
         if self.arena_bytes is not None:
             ratio = self.arena_bytes / self.lower_bound if self.lower_bound else 1.0
