@@ -79,7 +79,8 @@ class TrainStep:
             raise ArgumentError("opt_state has no 'count' (the step counter): make it with step.init(params)")
         if params is not None:
             self._dtype = _dtype_of(params)
-        optimizer, last, dtype = self.optimizer, self._last_hyperparameters, self._dtype or np.dtype(np.float64)
+        optimizer, last = self.optimizer, self._last_hyperparameters
+        dtype = np.dtype(np.float64) if self._dtype is None else self._dtype  # (a dtype is falsy)
         if last is not None and last[0] == (optimizer.version, dtype) and not optimizer.scheduled:
             return last[1]
         arrays = {name: np.array(value, dtype) for name, value in optimizer.hyperparameters(int(count)).items()}
