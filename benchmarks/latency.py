@@ -9,8 +9,9 @@ call of `compile_train_step(w.loss, SGD)` (tracing, every stage, code generation
 cache load, imports the call triggers, and one step), with the `cf.stats()` stage times of
 that run. The call overhead is measured in this process: the xor step (and forward) called
 with its arguments against the same program bound to them (one native call), minimum over
-repeats. Timings are medians; the load average is printed with them, since on a loaded
-machine every figure grows, ratios least.
+repeats, timed by this thread's CPU time (time.thread_time: a call on a loaded machine
+waits for a core, which wall time would count). Compile timings are medians of wall time;
+the load average is printed with them, since on a loaded machine they grow.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 
 _IMPORT = ("import time; t = time.perf_counter(); import numpy; n = time.perf_counter(); import ffcompile; "
@@ -29,8 +31,6 @@ _IMPORT = ("import time; t = time.perf_counter(); import numpy; n = time.perf_co
 
 def _child_compile(model: str) -> None:
     """The first call of the model's SGD training step, in this fresh interpreter (JSON)."""
-    import time
-
     start = time.perf_counter()
     import ffcompile as ff
     from ffcompile import zoo
@@ -97,7 +97,7 @@ def measure_calls(calls: int, repeats: int = 7) -> dict[str, float]:
     bound_forward = forward.bind(params, x)
 
     def best(fn) -> float:
-        return min(timeit.repeat(fn, number=calls, repeat=repeats)) / calls * 1e6
+        return min(timeit.repeat(fn, number=calls, repeat=repeats, timer=time.thread_time)) / calls * 1e6
 
     timings = {}
     for _ in range(2):  # interleaved: a noisy spell hits both kinds

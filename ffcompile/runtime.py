@@ -155,7 +155,7 @@ class BoundCall:
     turns on its arena); one bound object's arrays are one state, so calling the
     same bound object from two threads at once races like any in-place update."""
 
-    __slots__ = ("_refresh", "_run", "_before", "_after", "_checks", "result", "_keep")
+    __slots__ = ("_refresh", "_run", "_before", "_after", "_checks", "_plain", "result", "_keep")
 
     def __init__(self, binding: Binding, given: list[np.ndarray], result, after=(), refresh=None, checks=()):
         """checks: (flag array, message) of the runtime checks, read after every run."""
@@ -165,12 +165,16 @@ class BoundCall:
         # Arguments the backend could not use in place: its copies are refreshed every call.
         self._before = [(used, array) for used, array in zip(binding.arrays, given) if used is not array]
         self._after = [*binding.after, *after]
+        self._plain = not (self._before or self._after or self._checks)  # the run alone
         self.result = result
         self._keep = (binding, given)
 
     def __call__(self):
         if self._refresh is not None:
             self._refresh()
+        if self._plain:
+            self._run()
+            return self.result
         for target, source in self._before:
             np.copyto(target, source)
         self._run()

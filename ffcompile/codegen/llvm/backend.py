@@ -22,6 +22,7 @@ says which requested ones are safe (`passes/donation.py`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import threading
 import time
@@ -29,6 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
@@ -43,6 +45,11 @@ from .reduction import REDUCTION_LOWERINGS
 from .lower import ENTRY, PROFILE, gemm_scratch, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
+# FLOPs up to which a program runs with the GIL held: releasing and taking it back, and the
+# lock that then keeps two threads off the one arena, cost ~0.2 us, a third of a bound
+# xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
+HOLD_GIL_MAX_FLOPS = 20_000
 
 
 def _interface_address(array: np.ndarray) -> int:
@@ -109,7 +116,9 @@ class LLVMExecutable:
         for name in self.blas:
             slot = self._jit.address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
-        self._entry = _ENTRY_TYPE(self._jit.address(ENTRY))
+        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+        self.holds_gil = flops <= HOLD_GIL_MAX_FLOPS  # then the GIL keeps other runs off the arena
+        self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
         self._cycles = None
         if profile:
             counters = self._jit.address(PROFILE)
@@ -156,7 +165,8 @@ class LLVMExecutable:
             donated_inputs = set(self._donated_inputs)
             items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
             self._calls = fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
-                                             len(self._inputs), self._slots, self._jit.address(ENTRY))
+                                             len(self._inputs), self._slots, self._jit.address(ENTRY),
+                                             self.holds_gil)
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -278,7 +288,8 @@ class LLVMExecutable:
     def bind(self, args) -> Binding:
         """The program tied to these arrays (docs/bind.md): the arguments are checked and the
         argument block packed once, so a run is the native call alone. Runs share the arena,
-        and take the lock, with every other call of this executable."""
+        and take the lock, with every other call of this executable (a program small enough
+        to run holding the GIL needs no lock: the GIL keeps the others out)."""
         arrays, addresses = self._arguments(args)
         outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
         block = (ctypes.c_void_p * len(self._slots))(
@@ -291,6 +302,8 @@ class LLVMExecutable:
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
         entry, lock = self._entry, self._lock
+        if self.holds_gil:
+            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs))
 
         def run():
             with lock:

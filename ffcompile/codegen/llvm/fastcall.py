@@ -182,6 +182,7 @@ reject:
 """
 
 _CALL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_CALL_HOLDING_GIL = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 
 @functools.cache
@@ -211,18 +212,23 @@ def available() -> bool:
 
 @functools.cache
 def _object_entry():
-    """The generic checked call, compiled for the host once per process (~2 ms)."""
+    """The generic checked call, compiled for the host once per process (~2 ms): called
+    releasing the GIL, and holding it (for programs that run so, backend.HOLD_GIL_MAX_FLOPS)."""
     jit = target.jit(_IR)
-    return jit, _CALL(jit.address(OBJECT_ENTRY))
+    address = jit.address(OBJECT_ENTRY)
+    return jit, _CALL(address), _CALL_HOLDING_GIL(address)
 
 
 class CallTable:
     """What call_objects reads for one executable: a record per argument and result (its
     dtype, the flags it must have, shape, size, donated?), its argument block and entry."""
 
-    def __init__(self, items: list[tuple[np.dtype, tuple[int, ...], bool]], inputs: int, block, entry: int):
-        """items: (dtype, shape, donated) of each argument, then of each result array."""
-        self._jit, self.call = _object_entry()
+    def __init__(self, items: list[tuple[np.dtype, tuple[int, ...], bool]], inputs: int, block, entry: int,
+                 holds_gil: bool = False):
+        """items: (dtype, shape, donated) of each argument, then of each result array;
+        holds_gil: the program runs holding the GIL."""
+        self._jit, releasing, holding = _object_entry()
+        self.call = holding if holds_gil else releasing
         records, dims = [], []
         for dtype, shape, donated in items:
             mask = C_CONTIGUOUS | ALIGNED | (WRITEABLE if donated else 0)
