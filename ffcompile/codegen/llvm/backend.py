@@ -160,13 +160,9 @@ class LLVMExecutable:
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
-        self._calls = None  # the native checked call (fastcall.py), where this process allows it
-        if fastcall.available():
-            donated_inputs = set(self._donated_inputs)
-            items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
-            self._calls = fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
-                                             len(self._inputs), self._slots, self._jit.address(ENTRY),
-                                             self.holds_gil)
+        # The native checked call (fastcall.py), made at the first call_objects: a first call
+        # takes the checked path anyway, and a process that calls once never compiles it.
+        self._calls: fastcall.CallTable | None = None
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -267,13 +263,21 @@ class LLVMExecutable:
         without running: then call() checks, copies or raises."""
         calls = self._calls
         if calls is None:
-            return None
+            if not fastcall.available():
+                return None
+            calls = self._calls = self._call_table()
         outs = self._new_outputs()
         items = args + outs
         with self._lock:
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
         return self._collect(args, outs)
+
+    def _call_table(self) -> fastcall.CallTable:
+        donated_inputs = set(self._donated_inputs)
+        items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+        return fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
+                                  len(self._inputs), self._slots, self._jit.address(ENTRY), self.holds_gil)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
