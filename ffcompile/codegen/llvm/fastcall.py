@@ -5,7 +5,8 @@ dtype and shape, C-contiguous and aligned; a donated one writeable and sharing n
 memory with another argument) and pass its data address. In Python that is
 ~0.35 us an array (type, dtype, shape, flags, address reads); here one native
 function does it for a whole tuple of arrays by reading the ndarray structs, then
-fills the program's argument block and calls its entry: ~10 ns an array.
+fills the program's argument block and calls its entry: a call with 34 leaves in a
+dict costs 1.0 us more than one with 2 (0.03 us a leaf, extraction included).
 
 `call_objects(items, call)`: items points at a tuple's item array (the arguments,
 then the fresh result arrays); call at the executable's CallTable. It returns 0
