@@ -6,14 +6,13 @@ and be taken on a repeated call: counted, not timed."""
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 import ffcompile as ff
 from ffcompile import api
 from ffcompile.codegen.llvm import fastcall
-from ffcompile.tree import leaf_extractor, tree_flatten, tree_leaves_like, tree_unflatten, unflattener
+from ffcompile.tree import leaf_extractor, tree_flatten, tree_leaves_like, unflattener
 
-from test_tree import Box, Pair, trees
+from test_tree import Pair, trees
 
 A = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
 B = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
