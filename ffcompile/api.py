@@ -22,7 +22,7 @@ from .calling import CallingConvention
 from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
 from .trace import signature, trace, user_traceback
-from .tree import TreeDef, tree_flatten, tree_leaves_like, tree_unflatten
+from .tree import TreeDef, leaf_extractor, tree_flatten, tree_leaves_like, tree_unflatten
 
 __all__ = ["BACKENDS", "CompiledFunction", "Prepared", "compile"]
 
@@ -64,6 +64,9 @@ class CompiledFunction:
         self._cache: dict = {}
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
+        # (leaf extractor, in_tree, lowered, executable) of that call, without keyword or static arguments
+        self._fast = None
+        self._extractors: dict[TreeDef, Callable] = {}  # per argument structure, generated once
         functools.update_wrapper(self, fn, updated=())
 
     @property
@@ -121,6 +124,10 @@ class CompiledFunction:
         return self.last_lowered.stats()
 
     def __call__(self, *args, **kwargs):
+        if not kwargs:
+            hit = self.run_fast(args)
+            if hit is not None:
+                return hit[2].unflatten(hit[1])
         try:
             prepared = self.prepare(args, kwargs)
         except USER_ERRORS as exc:
@@ -165,6 +172,23 @@ class CompiledFunction:
         executable = self._executable(args, leaves, in_tree, variant)
         return Prepared(executable, in_tree, leaves, executable.call_flat)
 
+    def run_fast(self, args: tuple):
+        """(leaves, flat results, executable, in_tree) of a call with the last call's structure whose
+        arrays all pass unchecked (no keyword arguments: they are resolved on the full path);
+        None, with nothing run, for anything else."""
+        fast = self._fast
+        if fast is None:
+            return None
+        extract, in_tree, lowered, executable = fast
+        leaves = extract(args)
+        if leaves is None:
+            return None
+        results = executable.run_objects(leaves)
+        if results is None:
+            return None
+        self.last_lowered = lowered
+        return leaves, results, executable, in_tree
+
     def _match_recent(self, args, variant) -> Prepared | None:
         """The last call's executable if args have the structure of the last call whose
         arrays passed unchecked, and arrays that pass unchecked too: then the cache key
@@ -194,6 +218,12 @@ class CompiledFunction:
         self.last_lowered = entry[0]
         if entry[1].accepts(leaves):
             self._recent = (variant, in_tree, entry)
+            self._fast = None
+            if variant is None and not self.convention.statics:
+                extract = self._extractors.get(in_tree)
+                if extract is None:
+                    extract = self._extractors[in_tree] = leaf_extractor(in_tree)
+                self._fast = (extract, in_tree, *entry)
         return entry[1]
 
 

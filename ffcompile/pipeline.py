@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -34,10 +34,12 @@ from .passes.cost import flops_of
 from .passes.remat import RematPlan, remat
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
-from .profile import KernelProfile, profile_kernels
 from .runtime import Executable, check_arguments
 from .trace import Traced
 from .tree import tree_flatten
+
+if TYPE_CHECKING:
+    from .profile import KernelProfile
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,8 @@ class Lowered:
     def profile(self, *args, steps: int = 100) -> KernelProfile:
         """The time of each kernel of this program's native code on args (ffcompile/profile.py),
         with this signature's donation (run on copies: the arrays are untouched)."""
+        from .profile import profile_kernels  # loads llvmlite: not at `import ffcompile`
+
         schedule = self._schedule_or_refuse("kernels to profile")
         names = self.names + [f"closure{k}" for k in range(len(self.traced.closures))]
         leaves = check_arguments([*tree_flatten(args)[0], *self.traced.closures], names, self.optimized.input_types)
@@ -306,6 +310,7 @@ class Stats:
     """What the compiler did to one signature: every stage's size and time, kernels, memory."""
 
     stages: tuple[StageRecord, ...]
+    trace_seconds: float  # the Python function traced into the graph, adjoints included
     kernels: int | None
     flops: int
     arena_bytes: int | None
@@ -316,13 +321,18 @@ class Stats:
         graph = lowered.optimized
         flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
         plan = lowered.memory
-        return Stats(tuple(lowered.records), None if lowered.schedule is None else len(lowered.schedule.kernels),
+        return Stats(tuple(lowered.records), lowered.traced.seconds,
+                     None if lowered.schedule is None else len(lowered.schedule.kernels),
                      flops, plan and plan.arena_bytes, plan and plan.lower_bound)
 
     def __str__(self) -> str:
-        lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}"]
+        lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}",
+                 f"{'(trace)':<10} {'':>9} {self.stages[0].size_before if self.stages else '':>9} "
+                 f"{'nodes':<8} {self.trace_seconds * 1e3:>8.2f}"]
         lines += [f"{r.name:<10} {r.size_before:>9} {r.size_after:>9} {r.unit:<8} {r.seconds * 1e3:>8.2f}"
                   for r in self.stages]
+        total = self.trace_seconds + sum(r.seconds for r in self.stages)
+        lines.append(f"{'total':<10} {'':>9} {'':>9} {'':<8} {total * 1e3:>8.2f}")
         lines.append(f"kernels {self.kernels}   flops {self.flops}")
         if self.arena_bytes is not None:
             ratio = self.arena_bytes / self.lower_bound if self.lower_bound else 1.0

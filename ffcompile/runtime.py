@@ -10,7 +10,7 @@ import numpy as np
 
 from .codegen.arguments import Binding
 from .ir import TensorType
-from .tree import TreeDef, tree_flatten, tree_unflatten
+from .tree import TreeDef, tree_flatten, tree_unflatten, unflattener
 
 
 class ArgumentError(TypeError):
@@ -61,6 +61,10 @@ class Executable:
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
         self.run_flat = self._run_and_check if self.checks else (
             program.call if not self.closures else self._run_with_closures)
+        self.unflatten = unflattener(out_tree)  # flat results -> the function's result tree
+        self._call_objects = getattr(program, "call_objects", None)  # optional (codegen/backend.py)
+        self._closure_tuple = tuple(self.closures)
+        self._donated_inputs = sorted(set(program.donated.values()))  # written over: must be writeable
 
     def _run_with_closures(self, leaves) -> list[np.ndarray]:
         return self.program.call([*leaves, *self.closures])
@@ -92,6 +96,21 @@ class Executable:
                     and leaf.flags.c_contiguous):
                 return False
         return True
+
+    def run_objects(self, leaves: tuple) -> list[np.ndarray] | None:
+        """run_flat's results if every leaf runs unchecked (as accepts says), else None without
+        running: the ordinary call's fast path. The program checks them natively if it can."""
+        native = self._call_objects
+        if native is None:
+            if not self.accepts(leaves) or not all(leaves[k].flags.writeable for k in self._donated_inputs):
+                return None
+            return self.run_flat(list(leaves))
+        if len(leaves) != self._explicit:
+            return None
+        results = native(leaves + self._closure_tuple if self._closure_tuple else leaves)
+        if results is None or not self.checks:
+            return results
+        return self.without_check_flags(results)
 
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""
@@ -136,7 +155,7 @@ class BoundCall:
     turns on its arena); one bound object's arrays are one state, so calling the
     same bound object from two threads at once races like any in-place update."""
 
-    __slots__ = ("_refresh", "_run", "_before", "_after", "_checks", "result", "_keep")
+    __slots__ = ("_refresh", "_run", "_before", "_after", "_checks", "_plain", "result", "_keep")
 
     def __init__(self, binding: Binding, given: list[np.ndarray], result, after=(), refresh=None, checks=()):
         """checks: (flag array, message) of the runtime checks, read after every run."""
@@ -146,12 +165,16 @@ class BoundCall:
         # Arguments the backend could not use in place: its copies are refreshed every call.
         self._before = [(used, array) for used, array in zip(binding.arrays, given) if used is not array]
         self._after = [*binding.after, *after]
+        self._plain = not (self._before or self._after or self._checks)  # the run alone
         self.result = result
         self._keep = (binding, given)
 
     def __call__(self):
         if self._refresh is not None:
             self._refresh()
+        if self._plain:
+            self._run()
+            return self.result
         for target, source in self._before:
             np.copyto(target, source)
         self._run()

@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import os
 import sys
+import time
 import types
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ class Traced:
     # Messages of the runtime checks (lang.check) whose i32 flags are the graph's last outputs,
     # after the function's own.
     checks: tuple[str, ...] = ()
+    seconds: float = 0.0  # the trace took (the transforms' adjoint graphs are built during it)
 
 
 def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
@@ -102,6 +104,7 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
     """Trace fn on fresh inputs of the given types; also return values captured from `parent`.
     weak[k]: input k is a Python scalar (weakly typed). A top-level trace turns large
     closed-over arrays into inputs (Traced.closures)."""
+    start = time.perf_counter()
     builder = Builder(getattr(fn, "__name__", "fn").strip("<>") or "fn", parent)
     if parent is None:
         builder.closure_arrays = []
@@ -121,7 +124,8 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
     graph = builder.finish(outputs)
     closures = tuple(builder.closure_arrays or ())
     checks = tuple(message for _, message in builder.checks)
-    return Traced(graph, in_tree, out_tree, closures, checks), list(builder.captured_values)
+    traced = Traced(graph, in_tree, out_tree, closures, checks, time.perf_counter() - start)
+    return traced, list(builder.captured_values)
 
 
 def signature(args, fn=None) -> tuple[TreeDef, list[TensorType], list[str], list]:

@@ -5,11 +5,13 @@
     step(params, opt_state, hyperparameters, *batch) -> (loss, new_params, new_opt_state)
 
 into one graph and compiles it. `hyperparameters` holds the optimizer's scalars
-for this step (the values of `optimizer.hyperparameters(count)` in its order, one
-float64 array, converted to the parameters' dtype inside the program): the step
+for this step (`optimizer.hyperparameters(count)`: a dict of 0-d arrays in the
+parameters' dtype, converted on the host, named like `hyperparameters.lr`): the step
 fills it from the optimizer object at every call, so changing a hyperparameter or
-following a schedule never recompiles. One array, not one per scalar: every
-argument leaf costs the call ~0.5 us of matching and argument passing.
+following a schedule never recompiles. One 0-d array each, in the parameters'
+dtype, so the update kernels read them as they are: sliced from one float64 array
+and converted in the program, they took four scalar kernels of their own (SGD),
+where an argument leaf costs the ordinary call ~0.03 us (fastcall.py).
 Any object with `init(params)` and `update(grads, state, params)` is an
 optimizer too; one without `hyperparameters` (not an ff.optim.Optimizer) gets
 None for them and is traced with its values fixed. Calling the step returns the loss and writes
@@ -53,23 +55,26 @@ class TrainStep:
                     new_params, new_state = optimizer.update(grads, opt_state, params)
                 else:
                     dtype = tree_flatten(params)[0][0].dtype
-                    scalars = {name: convert(hyperparameters[i], dtype) for i, name in enumerate(self._names)}
+                    scalars = {name: h if h.dtype == dtype else convert(h, dtype)
+                               for name, h in hyperparameters.items()}
                     new_params, new_state = optimizer.update(grads, opt_state, params, scalars)
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
         self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
-        self._last_hyperparameters = None  # (optimizer.version, array): reused until it changes
-        self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
+        self._last_hyperparameters = None  # ((optimizer.version, dtype), arrays): reused until it changes
+        self._dtype = None  # of the parameters, as the last call had them
         self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
+        self._state = (None, 0)  # (in_tree, leaves of params and opt_state in it), the last one asked
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
         return self.optimizer.init(params)
 
-    def hyperparameters(self, opt_state) -> np.ndarray | None:
-        """The optimizer's scalars for the step after opt_state, as the program's input
-        (one float64 array; the last one again while nothing changed them)."""
+    def hyperparameters(self, opt_state, params=None) -> dict[str, np.ndarray] | None:
+        """The optimizer's scalars for the step after opt_state, as the program's input: a
+        0-d array each, in the dtype of params' first leaf (without params: of the last
+        call's; float64 before any), the same arrays again while nothing changed them."""
         if not self._live:
             return None
         count = opt_state.get("count") if isinstance(opt_state, dict) else None
@@ -78,47 +83,70 @@ class TrainStep:
         if count is None:
             self.optimizer.check_state(opt_state)  # a ValueError naming what is missing
             raise ArgumentError("opt_state has no 'count' (the step counter): make it with step.init(params)")
+        if params is not None:
+            self._dtype = _dtype_of(params)
         optimizer, last = self.optimizer, self._last_hyperparameters
-        if last is not None and last[0] == optimizer.version and not optimizer.scheduled:
+        dtype = np.dtype(np.float64) if self._dtype is None else self._dtype  # (a dtype is falsy)
+        if last is not None and last[0] == (optimizer.version, dtype) and not optimizer.scheduled:
             return last[1]
-        values = optimizer.hyperparameters(int(count))
-        self._names = tuple(values)
-        array = np.array(list(values.values()), np.float64)
-        self._last_hyperparameters = (optimizer.version, array)
-        return array
+        arrays = {name: np.array(value, dtype) for name, value in optimizer.hyperparameters(int(count)).items()}
+        self._last_hyperparameters = ((optimizer.version, dtype), arrays)
+        return arrays
 
     def lower(self, params, opt_state, *batch):
-        return self._compiled.lower(params, opt_state, self.hyperparameters(opt_state), *batch)
+        return self._compiled.lower(params, opt_state, self.hyperparameters(opt_state, params), *batch)
 
     def profile(self, params, opt_state, *batch, steps: int = 100):
         """The time of each kernel of the step's native code (ffcompile/profile.py), with
         parameters and state donated as in a call (run on copies: the arrays are untouched)."""
-        hyperparameters = self.hyperparameters(opt_state)
+        hyperparameters = self.hyperparameters(opt_state, params)
         return self.lower(params, opt_state, *batch).profile(params, opt_state, hyperparameters, *batch,
                                                               steps=steps)
 
     def __call__(self, params, opt_state, *batch):
-        try:
-            prepared = self._compiled.prepare((params, opt_state, self.hyperparameters(opt_state), *batch))
-        except USER_ERRORS as exc:
-            raise user_traceback(exc) from None
-        if prepared is None:
-            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
-        executable, in_tree, leaves, run = prepared
-        if self.data_parallel is not None:
-            self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
-        state = _state_leaves(in_tree)
-        # carray: C-contiguous, writeable (and aligned), read in one flags lookup
-        if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
-            _check_donatable(params, "params")
-            _check_donatable(opt_state, "opt_state")
-        results = run(leaves)
+        args = (params, opt_state, self.hyperparameters(opt_state), *batch)
+        # the fast path runs the program at once: a data-parallel step first checks that every
+        # rank runs the same one (before its collectives), so it takes the checked path
+        hit = None if self.data_parallel is not None else self._compiled.run_fast(args)
+        if hit is not None:
+            leaves, results, _, in_tree = hit
+            state = self._state_of(in_tree)
+        else:  # the hyperparameters in these params' dtype (the fast path assumed the last call's)
+            args = (params, opt_state, self.hyperparameters(opt_state, params), *batch)
+            leaves, results, state = self._checked_call(args, params, opt_state)
         # Results are (loss, new params, new state), flattened like (params, opt_state);
         # the program wrote the donated ones over the old arrays already.
         for old, new in zip(leaves[:state], results[1:1 + state]):
             if new is not old:
                 np.copyto(old, new)
         return results[0]
+
+    def _state_of(self, in_tree) -> int:
+        """_state_leaves(in_tree), remembered for the last structure (the fast path's)."""
+        tree, count = self._state
+        if tree is not in_tree:
+            count = _state_leaves(in_tree)
+            self._state = (in_tree, count)
+        return count
+
+    def _checked_call(self, args, params, opt_state):
+        """(leaves, results, state leaves) of a call through the full path: compiled on a new
+        signature, arguments checked, converted or refused with the path of the bad one."""
+        try:
+            prepared = self._compiled.prepare(args)
+        except USER_ERRORS as exc:
+            raise user_traceback(exc) from None
+        if prepared is None:
+            raise ArgumentError("a compiled training step runs on arrays, not on traced values")
+        executable, in_tree, leaves, run = prepared
+        if self.data_parallel is not None:
+            self.data_parallel.agree(executable, lambda: self._compiled.lower(*args))
+        state = self._state_of(in_tree)
+        # carray: C-contiguous, writeable (and aligned), read in one flags lookup
+        if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
+            _check_donatable(params, "params")
+            _check_donatable(opt_state, "opt_state")
+        return leaves, run(leaves), state
 
     def bind(self, params, opt_state, *batch) -> BoundCall:
         """`bound = step.bind(params, opt_state, *batch)`; `bound()` runs one training step
@@ -128,9 +156,9 @@ class TrainStep:
         array every call, overwritten by the next. The optimizer's hyperparameters are
         read from it at every call, as a call reads them. Never resize or replace a bound
         array (the bound object references them all, so `resize` raises); see docs/bind.md."""
-        hyperparameters = self.hyperparameters(opt_state)
+        hyperparameters = self.hyperparameters(opt_state, params)
         if hyperparameters is not None:
-            hyperparameters = hyperparameters.copy()  # its own: the refresh below writes it
+            hyperparameters = {name: h.copy() for name, h in hyperparameters.items()}  # the refresh writes them
         try:
             executable, in_tree, leaves, _ = self._compiled.prepare_arrays(
                 (params, opt_state, hyperparameters, *batch))
@@ -147,8 +175,8 @@ class TrainStep:
         return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state),
                          executable.bound_checks(binding.results)[1])
 
-    def _refresher(self, hyperparameters: np.ndarray | None, opt_state):
-        """What a bound step runs before each call: rewrites its hyperparameters array
+    def _refresher(self, hyperparameters: dict[str, np.ndarray] | None, opt_state):
+        """What a bound step runs before each call: rewrites its hyperparameters' arrays
         when the optimizer has a schedule or a hyperparameter was set since."""
         if hyperparameters is None:
             return None
@@ -157,10 +185,17 @@ class TrainStep:
 
         def refresh():
             if optimizer.scheduled or optimizer.version != seen[0]:
-                hyperparameters[:] = list(optimizer.hyperparameters(int(count)).values())
+                for name, value in optimizer.hyperparameters(int(count)).items():
+                    hyperparameters[name][()] = value
                 seen[0] = optimizer.version
 
         return refresh
+
+
+def _dtype_of(params) -> np.dtype:
+    """The parameters' dtype (their first leaf's), which the update computes in."""
+    leaves = tree_flatten(params)[0]
+    return np.asarray(leaves[0]).dtype if leaves else np.dtype(np.float64)
 
 
 def _state_leaves(in_tree) -> int:

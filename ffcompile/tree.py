@@ -16,7 +16,7 @@ constructor recomputes them).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -209,3 +209,104 @@ def tree_from_paths(like: Any, flat: dict, source: str) -> Any:
 
 def _shape(leaf) -> tuple:
     return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+
+
+# --------------------------------------------------------------------------- compiled per structure
+
+
+def leaf_extractor(treedef: TreeDef) -> Callable[[Any], tuple | None]:
+    """A function of a tree returning its leaves as a tuple if its containers are exactly
+    treedef's (same types, lengths and keys), else None: tree_leaves_like for one
+    structure, generated as straight-line Python once, ~5x cheaper per call. It accepts
+    no tree that tree_leaves_like rejects (container subclasses get None); the leaves
+    themselves are not checked (a leaf may be any object, or a container where treedef
+    has a leaf: the caller checks them)."""
+    emit = _Emitter()
+    leaves: list[str] = []
+
+    def visit(var: str, node: TreeDef) -> None:
+        kind = node.kind
+        if kind == "leaf":
+            leaves.append(var)
+        elif kind == "none":
+            emit.line(f"if {var} is not None: return None")
+        elif kind == "dict":
+            emit.line(f"if type({var}) is not dict or len({var}) != {len(node.keys)}: return None")
+            for key, child in zip(node.keys, node.children):
+                visit(emit.assign(f"{var}.get({emit.constant(key)}, _END)"), child)
+        elif kind == "dataclass":
+            emit.line(f"if type({var}) is not {emit.constant(node.node_type)}: return None")
+            for name, child in zip(node.keys, node.children):
+                visit(emit.assign(f"getattr({var}, {emit.constant(name)})"), child)
+        else:  # list, tuple, namedtuple: indexed
+            kind_type = {"list": "list", "tuple": "tuple"}.get(kind) or emit.constant(node.node_type)
+            emit.line(f"if type({var}) is not {kind_type} or len({var}) != {len(node.children)}: return None")
+            for i, child in enumerate(node.children):
+                visit(emit.assign(f"{var}[{i}]"), child)
+
+    visit("tree", treedef)
+    emit.line(f"return ({''.join(f'{v}, ' for v in leaves)})")
+    return emit.function("tree", fallback=lambda tree: _tuple_or_none(tree_leaves_like(tree, treedef)))
+
+
+def unflattener(treedef: TreeDef) -> Callable[[Any], Any]:
+    """tree_unflatten(treedef, leaves) for one structure, generated once (leaves: a
+    sequence of exactly treedef.num_leaves)."""
+    emit = _Emitter()
+    count = iter(range(treedef.num_leaves))
+
+    def build(node: TreeDef) -> str:
+        kind = node.kind
+        if kind == "leaf":
+            return f"leaves[{next(count)}]"
+        if kind == "none":
+            return "None"
+        children = [build(c) for c in node.children]
+        if kind == "dict":
+            return "{" + "".join(f"{emit.constant(k)}: {c}, " for k, c in zip(node.keys, children)) + "}"
+        if kind == "list":
+            return f"[{', '.join(children)}]"
+        if kind == "tuple":
+            return f"({''.join(f'{c}, ' for c in children)})"
+        if kind == "namedtuple":
+            return f"{emit.constant(node.node_type)}({', '.join(children)})"
+        return f"{emit.constant(node.node_type)}(**{{{''.join(f'{emit.constant(k)}: {c}, ' for k, c in zip(node.keys, children))}}})"
+
+    emit.line(f"return {build(treedef)}")
+    return emit.function("leaves", fallback=lambda leaves: tree_unflatten(treedef, list(leaves)))
+
+
+def _tuple_or_none(leaves: list | None) -> tuple | None:
+    return None if leaves is None else tuple(leaves)
+
+
+class _Emitter:
+    """Straight-line Python source of one function, with its constants by name."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.namespace: dict[str, object] = {"_END": _END}
+        self.count = 0
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " + text)
+
+    def assign(self, expression: str) -> str:
+        self.count += 1
+        name = f"v{self.count}"
+        self.line(f"{name} = {expression}")
+        return name
+
+    def constant(self, value) -> str:
+        name = f"_c{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def function(self, argument: str, fallback: Callable) -> Callable:
+        """The function compiled; the fallback where the source is too deeply nested to compile."""
+        source = f"def generated({argument}):\n" + "\n".join(self.lines) + "\n"
+        try:
+            exec(compile(source, "<ffcompile.tree generated>", "exec"), self.namespace)
+        except (RecursionError, MemoryError, SyntaxError):
+            return fallback
+        return self.namespace["generated"]

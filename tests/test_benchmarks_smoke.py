@@ -9,6 +9,7 @@ ffcompile.bench` runs it (and checks its agreement in the Δ column).
 import csv
 import importlib.util
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -148,3 +149,15 @@ def test_import_ffcompile_leaves_the_harness_and_its_peers_unimported():
     code = f"import sys, ffcompile; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_latency_benchmark_prints_its_tables(capsys):
+    """benchmarks/latency.py end to end on xor, one fresh interpreter per measurement."""
+    from benchmarks import latency
+
+    assert latency.main(["--models", "xor", "--repeats", "1", "--calls", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "import numpy + ffcompile" in out and "load average before" in out
+    assert re.search(r"^\| xor \| [\d.]+ \| [\d.]+ \| \d+, \d+ \| [\d.]+, [\d.]+, [\d.]+ \| [\d.]+, [\d.]+, [\d.]+ \|$",
+                     out, re.M)
+    assert re.search(r"^\| step \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| [\d.]+x \|$", out, re.M)

@@ -138,7 +138,7 @@ def test_xor_training_step_runs_from_c_like_python(tmp_path):
     library = export(schedule, plan, tmp_path, "xor_step", lowered.names)
     assert library.blas == ()  # xor's GEMMs are tiny: native loops, no setter needed
     trained = tree_flatten((params, state))[0]  # the parameters and the step counter
-    arrays = trained + [step.hyperparameters(state), x, y]
+    arrays = trained + tree_flatten(step.hyperparameters(state))[0] + [x, y]
     updates = [(1 + i, i) for i in range(len(trained))]  # new params and counter over old
     steps = 20
     c_losses = run_in_c(build_driver(library, "xor_step", tmp_path), tmp_path, arrays, steps, updates)

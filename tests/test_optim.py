@@ -120,7 +120,7 @@ def test_whole_step_is_one_graph(problem):
     graph = step.lower(p, step.init(p), x).graph
     names = [graph.nodes[i].attr("name") for i in graph.inputs]
     assert names == ["params.b", "params.w", "opt_state.count", "opt_state.velocity.b", "opt_state.velocity.w",
-                     "hyperparameters", "x"]
+                     "hyperparameters.lr", "hyperparameters.momentum", "hyperparameters.weight_decay", "x"]
     assert len(graph.outputs) == 1 + 2 + 1 + 2  # loss, params, count, velocities
     assert any(n.role is Role.ADJOINT for n in graph.nodes)
 

@@ -37,6 +37,11 @@ class Program(Protocol):
     def bind(self, arrays: list[np.ndarray]) -> Binding:
         """The program tied to these arrays (docs/bind.md)."""
 
+    # Optional: call_objects(args: tuple) -> call(list(args)) if every object in args is an
+    # array call could take unchecked (compiled type, C-contiguous, aligned; donated ones
+    # writeable and apart), else None without running. The ordinary call's fast path
+    # checks natively through it (codegen/llvm/fastcall.py); without it, in Python.
+
     @property
     def text(self) -> str:
         """The generated code, as the `lower` stage prints it."""

@@ -21,7 +21,6 @@ import math
 from typing import ClassVar
 
 import numpy as np
-import scipy.special
 
 from . import attributes as A
 from . import lang as L
@@ -31,6 +30,24 @@ from .op import (COLLECTIVE, COMPOSITE, CONTRACTION, ELEMENTWISE, LAYOUT, OPS, R
                  Input, Op, Trait, format_types, register, shown_value)
 from .errors import DTypeError
 from .types import TensorType
+
+
+def _special(name: str):
+    """scipy.special.<name>: importing scipy.special costs ~100 ms, so `import ffcompile`
+    leaves it to the first reference evaluation that needs it (tests/test_import_cost.py)."""
+    import scipy.special
+
+    return getattr(scipy.special, name)
+
+
+class _SpecialUfunc:
+    """A class attribute that is scipy.special.<name>, imported on first access."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance, owner):
+        return _special(self.name)
 
 
 @register
@@ -223,7 +240,7 @@ class Tanh(Unary):
 class Erf(Unary):
     name = "erf"
     flops_per_element = 12
-    numpy_fn = staticmethod(scipy.special.erf)
+    numpy_fn = _SpecialUfunc("erf")
 
     @classmethod
     def vjp(cls, inputs, out, g, attrs):
@@ -864,7 +881,7 @@ class Sigmoid(Composite):
 
     @classmethod
     def reference(cls, attrs, x):
-        return scipy.special.expit(x)
+        return _special("expit")(x)
 
     @classmethod
     def decompose(cls, inputs, attrs):
@@ -933,7 +950,7 @@ class Gelu(Composite):
     def reference(cls, attrs, x):
         if attrs["approximate"] == "tanh":
             return 0.5 * x * (1.0 + np.tanh(cls.TANH_SCALE * (x + cls.TANH_CUBIC * x * x * x)))
-        return 0.5 * x * (1.0 + scipy.special.erf(x * (1.0 / math.sqrt(2.0))))
+        return 0.5 * x * (1.0 + _special("erf")(x * (1.0 / math.sqrt(2.0))))
 
     @classmethod
     def _gate(cls, x, attrs):

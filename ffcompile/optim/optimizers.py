@@ -5,7 +5,7 @@ schedule (`ff.optim.schedules`), and they may change at any time: after
 `opt.lr = 1e-4` the next step uses 1e-4, without recompiling. Every step,
 `hyperparameters(count)` evaluates them on the host (float64) into the scalars
 the update formula reads, and `compile_train_step` passes those as inputs of
-the compiled program (its `hyperparameters` argument, one float64 array).
+the compiled program (its `hyperparameters` argument: 0-d arrays in the parameters' dtype).
 They depend on count only through schedules (Adam's bias correction is
 computed from the state's count inside the update), so a step whose optimizer
 has no schedule and no changed attribute (`version`) reuses the last ones.

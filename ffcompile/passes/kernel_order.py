@@ -44,13 +44,17 @@ def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]
                       for v in kernels[k].outputs)
     writes_result = [sink[k] and any(v in results for v in kernel.outputs) for k, kernel in enumerate(kernels)]
     # A kernel follows its producers (non-sinks keep their order); a sink also every earlier
-    # reader of a graph input it reads, and every non-sink reader (then nothing needs the old value).
+    # reader of a graph input it reads and may write over (donation needs the result's type:
+    # a 0-d hyperparameter stays shared), and every non-sink reader (then nothing needs the
+    # old value).
     must_follow = []
     for k, values in enumerate(reads):
         deps = {producer[v] for v in values if v in producer}
         if sink[k]:
+            written = {graph.nodes[v].type for v in kernels[k].outputs if v in results}
             for v in values & inputs:
-                deps |= {r for r in readers[v] if r < k or not sink[r]}
+                if graph.nodes[v].type in written:
+                    deps |= {r for r in readers[v] if r < k or not sink[r]}
         deps.discard(k)
         must_follow.append(deps)
     # trigger[k]: the last non-sink kernel a sink waits for, through the sinks it waits for.

@@ -22,6 +22,7 @@ says which requested ones are safe (`passes/donation.py`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import threading
 import time
@@ -29,11 +30,12 @@ from functools import cached_property
 
 import numpy as np
 
+from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
-from . import target
+from . import fastcall, target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
 from .collective import COLLECTIVE_SYMBOL, COLLECTIVES
 from ...ir import ops as O
@@ -44,6 +46,11 @@ from .reduction import REDUCTION_LOWERINGS
 from .lower import ENTRY, PROFILE, gemm_scratch, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
+# FLOPs up to which a program runs with the GIL held: releasing and taking it back, and the
+# lock that then keeps two threads off the one arena, cost ~0.2 us, a third of a bound
+# xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
+HOLD_GIL_MAX_FLOPS = 20_000
 
 
 def _interface_address(array: np.ndarray) -> int:
@@ -113,7 +120,10 @@ class LLVMExecutable:
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
-        self._entry = _ENTRY_TYPE(self._jit.address(ENTRY))
+        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks)
+        self.holds_gil = flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
+        self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
         self._cycles = None
         if profile:
             counters = self._jit.address(PROFILE)
@@ -147,6 +157,7 @@ class LLVMExecutable:
                 own_shape = self._inputs[k][1]
             self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
             seen.add(root)
+        self._new_outputs, self._collect = _generated_result_code(self._outputs, self._results)
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
         raw = np.empty(self.arena_bytes + ALIGNMENT, np.uint8)
         start = -raw.__array_interface__["data"][0] % ALIGNMENT
@@ -154,6 +165,9 @@ class LLVMExecutable:
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
+        # The native checked call (fastcall.py), made at the first call_objects: a first call
+        # takes the checked path anyway, and a process that calls once never compiles it.
+        self._calls: fastcall.CallTable | None = None
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -242,7 +256,7 @@ class LLVMExecutable:
         """Run on args (see _arguments for typed); the results are distinct, fresh arrays
         but for donated ones, which are the arguments' arrays."""
         arrays, addresses = self._arguments(args, typed)
-        outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
+        outs = self._new_outputs()
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
@@ -250,13 +264,31 @@ class LLVMExecutable:
             self._entry(slots)
             if self._collectives:
                 COLLECTIVES.raise_error()
-        results = []
-        for where, k, copy, shape in self._results:
-            array = outs[k] if where == "out" else arrays[k]
-            if copy:
-                array = array.copy()
-            results.append(array if shape is None else array.reshape(shape))
-        return results
+        return self._collect(arrays, outs)
+
+    def call_objects(self, args: tuple) -> list[np.ndarray] | None:
+        """call(args) if every argument passes the native checks (fastcall.py: arrays of the
+        compiled types, C-contiguous, aligned, donated ones writeable and apart), else None
+        without running: then call() checks, copies or raises."""
+        calls = self._calls
+        if calls is None:
+            if not fastcall.available():
+                return None
+            calls = self._calls = self._call_table()
+        outs = self._new_outputs()
+        items = args + outs
+        with self._lock:
+            if calls.call(fastcall.items_address(items), calls.address):
+                return None
+            if self._collectives:
+                COLLECTIVES.raise_error()
+        return self._collect(args, outs)
+
+    def _call_table(self) -> fastcall.CallTable:
+        donated_inputs = set(self._donated_inputs)
+        items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+        return fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
+                                  len(self._inputs), self._slots, self._jit.address(ENTRY), self.holds_gil)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -271,7 +303,8 @@ class LLVMExecutable:
     def bind(self, args) -> Binding:
         """The program tied to these arrays (docs/bind.md): the arguments are checked and the
         argument block packed once, so a run is the native call alone. Runs share the arena,
-        and take the lock, with every other call of this executable."""
+        and take the lock, with every other call of this executable (a program small enough
+        to run holding the GIL needs no lock: the GIL keeps the others out)."""
         arrays, addresses = self._arguments(args)
         outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
         block = (ctypes.c_void_p * len(self._slots))(
@@ -284,6 +317,8 @@ class LLVMExecutable:
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
         entry, lock, collectives = self._entry, self._lock, self._collectives
+        if self.holds_gil:
+            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs))
 
         def run():
             with lock:
@@ -292,6 +327,23 @@ class LLVMExecutable:
                     COLLECTIVES.raise_error()
 
         return Binding(run, arrays, results, after, (self, block, outs))
+
+
+def _generated_result_code(outputs, results):
+    """(new_outputs() -> fresh output arrays, collect(args, outs) -> the results), generated
+    for one program: a call's per-result work is straight-line code, no loop over tuples.
+    A result is an output array, or an argument (donated; or returned as it is: copied),
+    reshaped where the graph's result has another shape than its buffer."""
+    namespace = {"empty": np.empty, **{f"d{k}": dtype for k, (dtype, _) in enumerate(outputs)}}
+    new = "".join(f"empty({shape!r}, d{k}), " for k, (_, shape) in enumerate(outputs))
+    terms = []
+    for where, k, copy, shape in results:
+        term = f"{'outs' if where == 'out' else 'args'}[{k}]" + (".copy()" if copy else "")
+        terms.append(term if shape is None else f"{term}.reshape({shape!r})")
+    source = (f"def new_outputs():\n    return ({new})\n"
+              f"def collect(args, outs):\n    return [{', '.join(terms)}]\n")
+    exec(compile(source, "<ffcompile.llvm results>", "exec"), namespace)
+    return namespace["new_outputs"], namespace["collect"]
 
 
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,

@@ -116,7 +116,9 @@ def _packed_transpose(b: ir.IRBuilder, ptr, rows: int, cols: int):
     """A stack copy of an operand held cols x rows, laid out rows x cols (row-major)."""
     ty = ptr.type.pointee
     buffer = b.alloca(ty, size=ir.Constant(I64, rows * cols), name="packed")
-    with for_range(b, ir.Constant(I64, rows), "pack_row") as r, for_range(b, ir.Constant(I64, cols), "pack_col") as c:
+    # Source order (contiguous reads): the other order vectorized into gathers that O3 unrolled
+    # whole (512x10: 320 gathers, 87 of the mnist step's 150 ms of machine code emission).
+    with for_range(b, ir.Constant(I64, cols), "pack_col") as c, for_range(b, ir.Constant(I64, rows), "pack_row") as r:
         src = b.gep(ptr, [b.add(b.mul(c, ir.Constant(I64, rows), flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
         dst = b.gep(buffer, [b.add(b.mul(r, ir.Constant(I64, cols), flags=["nsw"]), c, flags=["nsw"])], inbounds=True)
         b.store(b.load(src), dst)

@@ -126,12 +126,14 @@ def load_object(code: bytes) -> JitModule:
     return JitModule(engine, code)
 
 
-def _emit(module: ir.Module | str, emit):
-    """`module` after the O3 pipeline the JIT runs, emitted by the host target machine."""
+def _emit(module: ir.Module | str, emit, passes: bool = True):
+    """`module` after the O3 pipeline the JIT runs (unless passes=False: IR written as it
+    should run), emitted by the host target machine."""
     tm = host_target_machine()
     with _COMPILE_LOCK:
         mod = parse(module, tm)
-        optimize(mod, tm)
+        if passes:
+            optimize(mod, tm)
         return emit(tm, mod)
 
 
@@ -140,6 +142,6 @@ def assembly(module: ir.Module | str) -> str:
     return _emit(module, llvm.TargetMachine.emit_assembly)
 
 
-def object_code(module: ir.Module | str) -> bytes:
-    """A relocatable (PIC) host object file of `module`, for linking."""
-    return _emit(module, llvm.TargetMachine.emit_object)
+def object_code(module: ir.Module | str, passes: bool = True) -> bytes:
+    """A relocatable (PIC) host object file of `module`, for linking (passes: see _emit)."""
+    return _emit(module, llvm.TargetMachine.emit_object, passes)

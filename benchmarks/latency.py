@@ -1,0 +1,149 @@
+"""Latency: `import ffcompile`, compiling the zoo's training steps cold and from the disk
+cache, and the ordinary call's overhead over a bound one (issue 19 items 3 and 4).
+
+    python -m benchmarks.latency [--models xor,mnist] [--repeats 5] [--calls 20000]
+
+Each import and compile runs in a fresh interpreter, as a user's first call does: "cold"
+with an empty disk cache, "cache" with the one the cold run filled; the time is the first
+call of `compile_train_step(w.loss, SGD)` (tracing, every stage, code generation or the
+cache load, imports the call triggers, and one step), as the process's CPU time (all its
+threads: on a loaded machine, wall time also counts waiting for a core; it is printed
+too), with the `cf.stats()` stage times (wall) of that run. The call overhead is measured in this process: the xor step (and forward) called
+with its arguments against the same program bound to them (one native call), minimum over
+repeats, timed by this thread's CPU time (time.thread_time: a call on a loaded machine
+waits for a core, which wall time would count). Compile timings are medians of wall time;
+the load average is printed with them, since on a loaded machine they grow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+
+_IMPORT = ("import time; t = time.process_time(); import numpy; n = time.process_time(); import ffcompile; "
+           "print(n - t, time.process_time() - t)")
+
+
+def _child_compile(model: str) -> None:
+    """The first call of the model's SGD training step, in this fresh interpreter (JSON)."""
+    start = time.process_time()
+    import ffcompile as ff
+    from ffcompile import zoo
+
+    imported = time.process_time()
+    workload = zoo.get(model)
+    params, x, y = workload.example_inputs()
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01))
+    state = step.init(params)
+    began, began_wall = time.process_time(), time.perf_counter()
+    step(params, state, x, y)
+    first, wall = time.process_time() - began, time.perf_counter() - began_wall
+    stats = step._compiled.stats()
+    stages = {"trace": stats.trace_seconds, **{r.name: r.seconds for r in stats.stages}}
+    print(json.dumps({"import": imported - start, "first_call": first, "wall": wall, "stages": stages}))
+
+
+def _run_child(args: list[str], cache_dir: str) -> dict:
+    env = dict(os.environ, FFCOMPILE_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.latency", *args], env=env, check=True,
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def measure_imports(repeats: int) -> tuple[float, float]:
+    """Median seconds of `import numpy` and of `import numpy; import ffcompile`, fresh each."""
+    numpy_s, total_s = [], []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", _IMPORT], check=True, capture_output=True, text=True)
+        numpy_time, total = map(float, out.stdout.split())
+        numpy_s.append(numpy_time)
+        total_s.append(total)
+    return statistics.median(numpy_s), statistics.median(total_s)
+
+
+def measure_compiles(model: str, repeats: int) -> dict[str, dict]:
+    """Median first-call seconds and stage times, cold and from the disk cache."""
+    runs: dict[str, list[dict]] = {"cold": [], "cache": []}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            for kind in ("cold", "cache"):
+                runs[kind].append(_run_child(["--child", model], cache_dir))
+    result = {}
+    for kind, found in runs.items():
+        stages = {name: statistics.median(r["stages"][name] for r in found) for name in found[0]["stages"]}
+        result[kind] = {"first_call": statistics.median(r["first_call"] for r in found),
+                        "wall": statistics.median(r["wall"] for r in found),
+                        "import": statistics.median(r["import"] for r in found), "stages": stages}
+    return result
+
+
+def measure_calls(calls: int, repeats: int = 7) -> dict[str, float]:
+    """Microseconds per call of the xor step and forward, with arguments and bound."""
+    import ffcompile as ff
+    from ffcompile import zoo
+
+    workload = zoo.get("xor")
+    params, x, y = workload.example_inputs()
+    step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01))
+    state = step.init(params)
+    step(params, state, x, y)
+    bound_step = step.bind(params, state, x, y)
+    forward = ff.compile(workload.predict)
+    forward(params, x)
+    bound_forward = forward.bind(params, x)
+
+    def best(fn) -> float:
+        return min(timeit.repeat(fn, number=calls, repeat=repeats, timer=time.thread_time)) / calls * 1e6
+
+    timings = {}
+    for _ in range(2):  # interleaved: a noisy spell hits both kinds
+        for name, fn in [("step", lambda: step(params, state, x, y)), ("step bound", bound_step),
+                         ("forward", lambda: forward(params, x)), ("forward bound", bound_forward)]:
+            timings[name] = min(timings.get(name, float("inf")), best(fn))
+    return timings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="xor,digits,mnist,deep,wide,two_tower")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh interpreters per measurement")
+    parser.add_argument("--calls", type=int, default=20000, help="calls per timing of the call overhead")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child_compile(args.child)
+        return 0
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cpus)")
+    numpy_s, total_s = measure_imports(max(args.repeats, 3))
+    print(f"\nimport numpy: {numpy_s * 1e3:.0f} ms; import numpy + ffcompile: {total_s * 1e3:.0f} ms "
+          f"(ffcompile's own: {(total_s - numpy_s) * 1e3:.0f} ms; CPU time)\n")
+    print("| model | cold first call ms | from cache ms | wall: cold, cache ms | "
+          "cold: trace, graph stages, lower ms | cache: trace, graph stages, lower ms |")
+    print("|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        found = measure_compiles(model, args.repeats)
+        cells = []
+        for kind in ("cold", "cache"):
+            stages = found[kind]["stages"]
+            graph = sum(v for k, v in stages.items() if k not in ("trace", "lower"))
+            cells.append(f"{stages['trace'] * 1e3:.1f}, {graph * 1e3:.1f}, {stages.get('lower', 0) * 1e3:.1f}")
+        print(f"| {model} | {found['cold']['first_call'] * 1e3:.1f} | {found['cache']['first_call'] * 1e3:.1f} | "
+              f"{found['cold']['wall'] * 1e3:.0f}, {found['cache']['wall'] * 1e3:.0f} | {cells[0]} | {cells[1]} |")
+    calls = measure_calls(args.calls)
+    print("\n| xor | with arguments us | bound us | overhead us | ratio |")
+    print("|---|---|---|---|---|")
+    for name in ("step", "forward"):
+        plain, bound = calls[name], calls[f"{name} bound"]
+        print(f"| {name} | {plain:.2f} | {bound:.2f} | {plain - bound:.2f} | {plain / bound:.1f}x |")
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
