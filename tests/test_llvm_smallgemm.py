@@ -14,7 +14,7 @@ from test_llvm_backend import build
 
 import ffcompile as ff
 from ffcompile import zoo
-from ffcompile.codegen.llvm import blas, smallgemm
+from ffcompile.codegen.llvm import blas, skinny, smallgemm
 from ffcompile.tree import tree_flatten, tree_map
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -79,8 +79,9 @@ def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, cal
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_operand_too_large_to_pack_goes_to_blas(trans_a):
     """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
-    of stack: BLAS takes the product even below the native threshold."""
-    m, n, k = 1, 4000, 10
+    of stack: BLAS takes the product even below the native threshold (with more rows than
+    a skinny product, which streams B unpacked)."""
+    m, n, k = skinny.SKINNY_MAX_ROWS + 1, 4000, 10
     assert m * n * k <= blas.THREADED_NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
     a, b = operands(m, n, k, trans_a, True, np.float64)
     fn = ff.compile(product(trans_a, True), backend="llvm")

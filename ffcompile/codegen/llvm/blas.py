@@ -50,6 +50,7 @@ from .elementwise import (
     is_float,
     loop_nest,
 )
+from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
@@ -185,7 +186,9 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == SMALL:
+        if route == SKINNY:
+            emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        elif route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
@@ -193,14 +196,15 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
-SMALL, LOOPS, BLAS = "smallgemm", "loops", "blas"
+SKINNY, SMALL, LOOPS, BLAS = "skinny", "smallgemm", "loops", "blas"
 # SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
 BLAS_INT_MAX = 2 ** 31 - 1
 
 
 def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
-    """How emit_gemm computes an (m x k) @ (k x n) product: SMALL, LOOPS, BLAS, or None
-    when the result is empty. A float product whose packed operand would not fit
+    """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, LOOPS, BLAS, or
+    None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
+    streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
     nest is for integers, and k == 0. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped)."""
@@ -209,6 +213,8 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     work = m * n * k
     native = dtype not in BLAS_FUNCTIONS or work <= THREADED_NATIVE_MAX_WORK or work <= native_max_work()
     itemsize = 4 if dtype == "f32" else 8
+    if dtype in BLAS_FUNCTIONS and skinny_fits(m, n, k, trans_a, trans_b, itemsize):
+        return SKINNY
     if native and k > 0 and dtype in BLAS_FUNCTIONS and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
         return SMALL
     if dtype not in BLAS_FUNCTIONS or k == 0:
