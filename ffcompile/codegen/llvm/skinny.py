@@ -52,7 +52,7 @@ def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
     """C = op(A) op(B) (with scale = (alpha, beta): alpha op(A) op(B) + beta C) for float
     pointers pa, pb, pc, row-major, C m x n."""
     ty = pc.type.pointee
-    itemsize = 4 if isinstance(ty, ir.FloatType) else 8
+    itemsize = _bytes(ty)
     vw = vector_bytes() // itemsize
     fields = [pa.type, pb.type, pc.type, ty, ty]
     context_type = ir.LiteralStructType(fields)
@@ -80,6 +80,10 @@ def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
     emit_parallel_for(b, body, b.bitcast(context, ir.IntType(8).as_pointer()), units, grain)
 
 
+def _bytes(ty: ir.Type) -> int:
+    return 4 if isinstance(ty, ir.FloatType) else 8
+
+
 def _index(b, *terms):
     """sum(index * stride) for (index, stride) terms, as i64."""
     total = None
@@ -103,7 +107,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
     full, tail = divmod(n, vw)
     with b.goto_entry_block():
         local = b.alloca(ty, size=ir.Constant(I64, m * BLOCK_VECTORS * vw), name="acc")
-        local.align = 64
+        local.align = vw * _bytes(ty)  # every vector of it is aligned: its offsets are multiples of vw
 
     def vector(ptr, offset, width):
         vty = ir.VectorType(ty, width)
@@ -125,7 +129,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
 
         with for_range(b, count, "zero") as u:
             for i in range(m):
-                b.store(ir.Constant(vty, [0.0] * width), local_at(i, u), align=64 if width == vw else 1)
+                b.store(ir.Constant(vty, [0.0] * width), local_at(i, u), align=vw * _bytes(ty))
 
         def rows_of_b(p0, rows):
             """local += alpha A[:, p0:p0+rows] B[p0:p0+rows, these columns]"""
@@ -138,10 +142,10 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
                                   align=1) for r in range(rows)]
                 for i in range(m):
                     at = local_at(i, u)
-                    acc = b.load(at, align=1)
+                    acc = b.load(at, align=vw * _bytes(ty))
                     for r in range(rows):
                         acc = b.fadd(acc, b.fmul(a[i][r], weights[r], flags=CONTRACT), flags=CONTRACT)
-                    b.store(acc, at, align=1)
+                    b.store(acc, at, align=vw * _bytes(ty))
 
         blocks, rest = divmod(k, K_BLOCK)
         if blocks:
@@ -151,7 +155,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
             rows_of_b(ir.Constant(I64, blocks * K_BLOCK), rest)
         with for_range(b, count, "store") as u:
             for i in range(m):
-                total, at = b.load(local_at(i, u), align=1), c_at(i, u)
+                total, at = b.load(local_at(i, u), align=vw * _bytes(ty)), c_at(i, u)
                 if scaled_form:
                     old = b.fmul(_splat(b, beta, vty), b.load(at, align=1), flags=CONTRACT)
                     total = b.fadd(total, old, flags=CONTRACT)
