@@ -136,3 +136,24 @@ def test_blas_threads_applies_for_a_block_then_restores_the_choice():
     with blas.blas_threads(3):
         assert blas._blas_threads == 3 and blas.native_max_work() == blas.THREADED_NATIVE_MAX_WORK
     assert (blas._threads_chosen, blas._blas_threads, blas.native_max_work()) == before
+
+
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+def test_blas_product_split_by_rows_across_the_thread_pool(monkeypatch, trans_a, trans_b):
+    """With SciPy's BLAS at one thread, a BLAS product is cut into blocks of SPLIT_ROWS rows
+    of C (the last one shorter here), one call each, run on the pool's threads."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", 1)
+    m, n, k = 301, 257, 263
+    assert blas.gemm_route(m, n, k, "f32", trans_a, trans_b) == blas.BLAS and m % blas.SPLIT_ROWS
+    assert -(-m // blas.SPLIT_ROWS) >= 2 * -(-blas.SPLIT_MIN_WORK // (blas.SPLIT_ROWS * n * k))  # split
+    a, b = operands(m, n, k, trans_a, trans_b, np.float32)
+    fn = ff.compile(product(trans_a, trans_b), backend="llvm")
+    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir
+    before = ff.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            ff.set_num_threads(threads)
+            assert_gemm_close(np.asarray(fn(a, b)), a.T if trans_a else a, b.T if trans_b else b, np.float32)
+    finally:
+        ff.set_num_threads(before)

@@ -52,6 +52,7 @@ from .elementwise import (
 )
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
+from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
 # when the program is built (smallgemm is register-tiled, 512-bit with AVX-512; measured on
@@ -59,6 +60,10 @@ from .smallgemm import emit_small_gemm, small_gemm_fits
 # to 256^3 (deep's training step: 8.4 -> 5.3 ms); against more, BLAS spreads a product over
 # cores where smallgemm uses one, and wins above about 128^3.
 NATIVE_MAX_WORK = 256 ** 3
+# A BLAS product, with SciPy's OpenBLAS at one thread, is split across the thread pool by
+# blocks of SPLIT_ROWS rows of C, at least SPLIT_MIN_WORK multiply-adds a chunk (~50 us).
+SPLIT_ROWS = 16
+SPLIT_MIN_WORK = 2 ** 21
 THREADED_NATIVE_MAX_WORK = 128 ** 3
 BLAS_FUNCTIONS = {"f32": "sgemm", "f64": "dgemm"}
 DEFAULT_BLAS_THREADS = 1
@@ -192,6 +197,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        elif _blas_threads == 1:  # the pool owns the cores: it splits the product
+            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
             _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
@@ -229,7 +236,30 @@ class GemmTooLarge(ValueError):
     """A matrix product too large for the BLAS interface's integers."""
 
 
-def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """The BLAS call, over blocks of SPLIT_ROWS rows of C split across the thread pool
+    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread."""
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    units = -(-m // SPLIT_ROWS)
+
+    def body(bb, values, start, end):
+        pa_, pb_, pc_, alpha_, beta_ = values
+        first = bb.mul(start, ir.Constant(I64, SPLIT_ROWS))
+        last = bb.mul(end, ir.Constant(I64, SPLIT_ROWS))
+        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
+        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        _blas_call(bb, name, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, (alpha_, beta_),
+                   lda=m if trans_a else k)
+
+    grain = -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
+    emit_parallel_for(b, "blas", [pa, pb, pc, alpha, beta], units, grain, body)
+
+
+def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int | None = None) -> None:
+    """The BLAS call for C = op(A) op(B) (m rows of C: an int, or an i64 value); lda: A's
+    leading dimension when A is part of a larger matrix."""
     ty = pc.type.pointee
     ptr = ty.as_pointer()
     i32p, chp = I32.as_pointer(), I8.as_pointer()
@@ -244,10 +274,10 @@ def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
     def flag(transposed: bool):
         return by_pointer(ir.Constant(I8, ord("T" if transposed else "N")))
 
-    def i32(v: int):
-        return by_pointer(ir.Constant(I32, v))
+    def i32(v):
+        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v, I32))
 
-    lda = m if trans_a else k
+    lda = lda or (m if trans_a else k)
     ldb = k if trans_b else n
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     b.call(_gemm_pointer(b, name, fty), [

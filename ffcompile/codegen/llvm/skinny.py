@@ -29,7 +29,7 @@ from .cgutils import for_range
 from .elementwise import CONTRACT, I64
 from .smallgemm import MR, PACK_MAX_BYTES, DotTile
 from .target import vector_bytes
-from .threadpool import emit_parallel_for, new_body
+from .threadpool import emit_parallel_for
 
 SKINNY_MAX_ROWS = 8  # rows of C up to which a product streams B (above: smallgemm or BLAS)
 SKINNY_MIN_BYTES = 32 * 1024  # B bytes below which smallgemm's tiles (all in L1) are as fast
@@ -54,30 +54,23 @@ def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
     ty = pc.type.pointee
     itemsize = _bytes(ty)
     vw = vector_bytes() // itemsize
-    fields = [pa.type, pb.type, pc.type, ty, ty]
-    context_type = ir.LiteralStructType(fields)
-    with b.goto_entry_block():
-        context = b.alloca(context_type, name="skinny.ctx")
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    for field, value in enumerate((pa, pb, pc, alpha, beta)):
-        b.store(value, b.gep(context, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), field)]))
-    body, bb = new_body(b.module, "skinny.body")
-    ctx = bb.bitcast(body.args[0], context_type.as_pointer())
-    pa_, pb_, pc_, alpha_, beta_ = (
-        bb.load(bb.gep(ctx, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), f)])) for f in range(5))
-    start, end = body.args[1], body.args[2]
     if trans_b:
         columns = max(1, min(8, DOT_ACCUMULATORS // m))
-        units = -(-n // columns)
-        unit_bytes = k * columns * itemsize
-        _dot_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, columns, start, end, (alpha_, beta_) if scale else None, vw)
+        units, unit_bytes = -(-n // columns), k * columns * itemsize
+
+        def body(bb, values, start, end):
+            pa_, pb_, pc_, alpha_, beta_ = values
+            _dot_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, columns, start, end,
+                         (alpha_, beta_) if scale else None, vw)
     else:
-        units = -(-n // vw)
-        unit_bytes = k * vw * itemsize
-        _streamed_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, vw, start, end, alpha_, beta_, scale is not None)
-    bb.ret_void()
+        units, unit_bytes = -(-n // vw), k * vw * itemsize
+
+        def body(bb, values, start, end):
+            _streamed_columns(bb, *values[:3], m, n, k, trans_a, vw, start, end, *values[3:], scale is not None)
+
     grain = -(-PARALLEL_MIN_BYTES // unit_bytes)
-    emit_parallel_for(b, body, b.bitcast(context, ir.IntType(8).as_pointer()), units, grain)
+    emit_parallel_for(b, "skinny", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
 def _bytes(ty: ir.Type) -> int:

@@ -1,6 +1,6 @@
 """One persistent pool of native worker threads, owner of the cores for generated code.
 
-A kernel that splits its work (`emit_parallel_for`) calls
+A kernel that splits its work (`emit_parallel_for`: units of work, at least `grain` a chunk) calls
 
     void ffc_pool_parallel_for(void (*body)(i8* ctx, i64 start, i64 end), i8* ctx, i64 n, i64 grain)
 
@@ -64,27 +64,39 @@ def pool_slot(module: ir.Module) -> ir.GlobalVariable:
     return slot
 
 
-def new_body(module: ir.Module, name: str) -> tuple[ir.Function, ir.IRBuilder]:
-    """A `void body(i8* ctx, i64 start, i64 end)` function and a builder at its entry."""
-    fn = ir.Function(module, BODY_TYPE, module.get_unique_name(name))
-    fn.linkage = "internal"
-    for arg, arg_name in zip(fn.args, ("ctx", "start", "end")):
-        arg.name = arg_name
-    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n: int, grain: int, emit_body) -> None:
+    """emit_body(builder, values, start, end) over units [0, n), split across the pool when
+    n >= 2 * grain: the body is its own function `void name(i8* ctx, i64 start, i64 end)`,
+    which gets `values` (computed in the caller) through a stack struct that ctx points to."""
+    fields = ir.LiteralStructType([v.type for v in values])
+    with b.goto_entry_block():
+        context = b.alloca(fields, name=f"{name}.ctx")
 
+    def field(builder, ptr, k):
+        return builder.gep(ptr, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
 
-def emit_parallel_for(b: ir.IRBuilder, body: ir.Function, ctx: ir.Value, n: int, grain: int) -> None:
-    """body(ctx, start, end) over [0, n), split across the pool when n >= 2 * grain."""
-    count, grain_value, zero = ir.Constant(I64, n), ir.Constant(I64, max(1, grain)), ir.Constant(I64, 0)
+    for k, value in enumerate(values):
+        b.store(value, field(b, context, k))
+    body = ir.Function(b.module, BODY_TYPE, b.module.get_unique_name(name))
+    body.linkage = "internal"
+    ctx, start, end = body.args
+    start.name, end.name = "start", "end"
+    bb = ir.IRBuilder(body.append_basic_block("entry"))
+    own = bb.bitcast(ctx, fields.as_pointer())
+    emit_body(bb, [bb.load(field(bb, own, k)) for k in range(len(values))], start, end)
+    bb.ret_void()
+
+    count, zero = ir.Constant(I64, n), ir.Constant(I64, 0)
+    pointer = b.bitcast(context, I8P)
     if n < 2 * grain:
-        b.call(body, [ctx, zero, count])
+        b.call(body, [pointer, zero, count])
         return
     pool = b.load(pool_slot(b.module))
     with b.if_else(b.icmp_unsigned("==", pool, ir.Constant(I8P, None))) as (serial, parallel):
         with serial:
-            b.call(body, [ctx, zero, count])
+            b.call(body, [pointer, zero, count])
         with parallel:
-            b.call(b.bitcast(pool, PARALLEL_FOR_TYPE.as_pointer()), [body, ctx, count, grain_value])
+            b.call(b.bitcast(pool, PARALLEL_FOR_TYPE.as_pointer()), [body, pointer, count, ir.Constant(I64, grain)])
 
 
 # ----------------------------------------------------------------- the pool's own module
