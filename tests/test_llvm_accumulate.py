@@ -87,7 +87,8 @@ def expected(loss, w, x, y, rule):
     (loss_right, 5, 0, 4, np.float64),  # an empty batch: k = 0, the loop nest (R = beta * C)
     (loss_right, 4, 50, 3000, np.float32),  # skinny, B streamed, split across the thread pool
     (loss_left, 4, 300, 200, np.float64),  # skinny, B^T: dot-product tiles across the pool
-], ids=["blas", "tiles", "dot", "empty-batch", "skinny", "skinny-dot"])
+    (loss_left, 150, 256, 200, np.float32),  # dot-product tiles, blocks of rows across the pool
+], ids=["blas", "tiles", "dot", "empty-batch", "skinny", "skinny-dot", "tiles-split"])
 def test_rule_in_every_gemm_path(loss, m, k, n, dtype, name, rule, accumulates):
     w, x, y = case(loss, m, k, n, dtype)
     executable, schedule = step_program(loss, rule, w, x, y)

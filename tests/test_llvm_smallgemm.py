@@ -157,3 +157,22 @@ def test_blas_product_split_by_rows_across_the_thread_pool(monkeypatch, trans_a,
             assert_gemm_close(np.asarray(fn(a, b)), a.T if trans_a else a, b.T if trans_b else b, np.float32)
     finally:
         ff.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m, n, k, trans_b", [(128, 256, 256, False), (130, 256, 256, True), (101, 129, 700, False)])
+def test_small_gemm_split_by_row_blocks_is_bitwise_the_same_at_any_thread_count(m, n, k, trans_b):
+    """A smallgemm product with A's rows contiguous runs as blocks of SPLIT_SMALL_ROWS rows
+    (the last one shorter) across the pool: each block is the same code at any count."""
+    assert blas.gemm_route(m, n, k, "f32", False, trans_b) == blas.SMALL
+    a, b = operands(m, n, k, False, trans_b, np.float32)
+    fn = ff.compile(product(False, trans_b), backend="llvm")
+    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir
+    before, results = ff.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            ff.set_num_threads(threads)
+            results.append(np.asarray(fn(a, b)).copy())
+    finally:
+        ff.set_num_threads(before)
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+    assert_gemm_close(results[0], a, b.T if trans_b else b, np.float32)

@@ -64,6 +64,7 @@ NATIVE_MAX_WORK = 256 ** 3
 # blocks of SPLIT_ROWS rows of C, at least SPLIT_MIN_WORK multiply-adds a chunk (~50 us).
 SPLIT_ROWS = 16
 SPLIT_MIN_WORK = 2 ** 21
+SPLIT_SMALL_ROWS = 48  # rows of C per block of a smallgemm product split the same way (8 tiles)
 THREADED_NATIVE_MAX_WORK = 128 ** 3
 BLAS_FUNCTIONS = {"f32": "sgemm", "f64": "dgemm"}
 DEFAULT_BLAS_THREADS = 1
@@ -193,6 +194,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
         if route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
+            _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
         elif route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
@@ -234,6 +237,36 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
 
 class GemmTooLarge(ValueError):
     """A matrix product too large for the BLAS interface's integers."""
+
+
+def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
+    """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
+    block's rows of A are contiguous), split across the thread pool in chunks of at least
+    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code."""
+    blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+    grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
+    if blocks < 2 * grain:
+        emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
+        return
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+
+    def block_at(bb, values, first, rows):
+        pa_, pb_, pc_, alpha_, beta_ = values
+        a_rows = bb.gep(pa_, [bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
+
+    def body(bb, values, start, end):
+        stop = bb.select(bb.icmp_signed("<", end, ir.Constant(I64, blocks)), end, ir.Constant(I64, blocks))
+        count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
+        with for_range(bb, count, "rowblock") as i:
+            block_at(bb, values, bb.mul(bb.add(start, i), ir.Constant(I64, SPLIT_SMALL_ROWS)), SPLIT_SMALL_ROWS)
+        if rest:
+            with bb.if_then(bb.icmp_signed(">", end, ir.Constant(I64, blocks))):
+                block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
+
+    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], blocks + (1 if rest else 0), grain, body)
 
 
 def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:

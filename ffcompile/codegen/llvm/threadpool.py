@@ -66,24 +66,39 @@ def pool_slot(module: ir.Module) -> ir.GlobalVariable:
 
 def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n: int, grain: int, emit_body) -> None:
     """emit_body(builder, values, start, end) over units [0, n), split across the pool when
-    n >= 2 * grain: the body is its own function `void name(i8* ctx, i64 start, i64 end)`,
-    which gets `values` (computed in the caller) through a stack struct that ctx points to."""
-    fields = ir.LiteralStructType([v.type for v in values])
+    n >= 2 * grain. The body is its own function, `void name(...values, i64 start, i64 end)`,
+    each distinct pointer among `values` a `noalias` parameter (pointers to one buffer must
+    be the same value: the kernel functions' convention), so LLVM vectorizes it as it would
+    the kernel; the pool calls it through `void name.chunk(i8* ctx, i64 start, i64 end)`,
+    which loads `values` (computed in the caller) from a stack struct that ctx points to."""
+    distinct = list({id(v): v for v in values}.values())
+    position = {id(v): k for k, v in enumerate(distinct)}
+    fields = ir.LiteralStructType([v.type for v in distinct])
     with b.goto_entry_block():
         context = b.alloca(fields, name=f"{name}.ctx")
 
     def field(builder, ptr, k):
         return builder.gep(ptr, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
 
-    for k, value in enumerate(values):
+    for k, value in enumerate(distinct):
         b.store(value, field(b, context, k))
-    body = ir.Function(b.module, BODY_TYPE, b.module.get_unique_name(name))
-    body.linkage = "internal"
-    ctx, start, end = body.args
+    module = b.module
+    inner = ir.Function(module, ir.FunctionType(VOID, [v.type for v in distinct] + [I64, I64]),
+                        module.get_unique_name(name))
+    inner.linkage = "internal"
+    for arg, value in zip(inner.args, distinct):
+        if isinstance(value.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    start, end = inner.args[-2:]
     start.name, end.name = "start", "end"
+    ib = ir.IRBuilder(inner.append_basic_block("entry"))
+    emit_body(ib, [inner.args[position[id(v)]] for v in values], start, end)
+    ib.ret_void()
+    body = ir.Function(module, BODY_TYPE, module.get_unique_name(f"{name}.chunk"))
+    body.linkage = "internal"
     bb = ir.IRBuilder(body.append_basic_block("entry"))
-    own = bb.bitcast(ctx, fields.as_pointer())
-    emit_body(bb, [bb.load(field(bb, own, k)) for k in range(len(values))], start, end)
+    own = bb.bitcast(body.args[0], fields.as_pointer())
+    bb.call(inner, [bb.load(field(bb, own, k)) for k in range(len(distinct))] + list(body.args[1:]))
     bb.ret_void()
 
     count, zero = ir.Constant(I64, n), ir.Constant(I64, 0)
