@@ -84,3 +84,38 @@ def test_result_bits_do_not_depend_on_the_thread_count(m, n, k, split, trans_b, 
         assert np.array_equal(r, results[0])
     assert_gemm_close(results[0], a, b.T if trans_b else b, np.float32)
     assert (POOL_SLOT in LLVMExecutable(schedule, plan_memory(schedule)).llvm_ir) == split
+
+
+def dense(x, w, b, r):
+    """A layer's bias, activation and a residual read: the epilogue of the skinny product; two
+    of its values are results."""
+    z = x @ w + b
+    return ff.relu(z) + r, z * 0.5
+
+
+def dense_transposed(x, w, b, r):  # w held out x in (torch's layout): dot-product tiles
+    return dense(x, w.T, b, r)
+
+
+@pytest.mark.parametrize("layer", [dense, dense_transposed])
+@pytest.mark.parametrize("m, n, k", [(1, 512, 784), (5, 300, 129), (8, 2000, 7)])
+def test_epilogue_runs_in_the_skinny_function_bitwise_alike_at_any_thread_count(m, n, k, layer, vector_width):
+    rng = np.random.default_rng(m + n + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k) if layer is dense_transposed else (k, n)).astype(np.float32)
+    b, r = rng.standard_normal(n).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
+    fn = ff.compile(layer, backend="llvm")
+    skinny_function = fn.lower(x, w, b, r).llvm_ir.split('define internal void @"skinny"')[1].split("\ndefine")[0]
+    assert "row.header" in skinny_function  # the epilogue's loop over rows (column_epilogue)
+    before, results = ff.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            ff.set_num_threads(threads)
+            results.append([np.asarray(v).copy() for v in fn(x, w, b, r)])
+    finally:
+        ff.set_num_threads(before)
+    for other in results[1:]:
+        assert all(np.array_equal(u, v) for u, v in zip(other, results[0]))
+    want = [np.asarray(v) for v in ff.compile(layer, backend="numpy")(x, w, b, r)]
+    for got, expected in zip(results[0], want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -46,6 +46,7 @@ from .elementwise import (
     I32,
     I64,
     Array,
+    ColumnEpilogue,
     broadcast_strides,
     is_float,
     loop_nest,
@@ -172,10 +173,11 @@ def _gemm_pointer(b: ir.IRBuilder, name: str, fty: ir.FunctionType) -> ir.Value:
 
 
 def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool,
-              scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
-    scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py)."""
+    scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
+    An epilogue (only for a 2-D SKINNY product) runs in the skinny kernel's function."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -186,6 +188,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     dtype = out.type.dtype
     route = gemm_route(m, n, k, dtype, trans_a, trans_b)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
+    assert epilogue is None or (route == SKINNY and not batch), "only a 2-D skinny product fuses its epilogue"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
@@ -193,7 +196,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
         if route == SKINNY:
-            emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
         elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
             _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
         elif route == SMALL:

@@ -429,6 +429,18 @@ class BodyEmitter:
                                       f"({node.type})")
         return lowering(self.b, node, args)
 
+    def captured(self):
+        """(values, rebuild): what code emitted in another function needs of this emitter (every
+        array's pointer, the computed scalars), and rebuild(b, loaded) -> an emitter there."""
+        arrays = list(self.arrays.items())
+        known = [(j, v) for j, v in self.values.items() if not isinstance(v, ir.Constant)]
+
+        def rebuild(b: ir.IRBuilder, loaded: list) -> BodyEmitter:
+            return BodyEmitter(b, self.nodes, {j: Array(p, a.type) for (j, a), p in zip(arrays, loaded)},
+                               {**self.values, **{j: v for (j, _), v in zip(known, loaded[len(arrays):])}})
+
+        return [a.ptr for _, a in arrays] + [v for _, v in known], rebuild
+
     def iota_axes(self, body, phase: Phase) -> set[int]:
         """Loop-space axes an iota of `body` reads its value from: each needs its own loop."""
         axes = set()
@@ -460,17 +472,42 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
             emitter.at_point(per_point, phase, point, outputs)
         return
     # Split across the thread pool by the outermost loop: every point is computed alike in any
-    # chunk. The hoisted values and every array's pointer go to the chunks' function.
-    arrays = list(emitter.arrays.items())
-    known = [(j, v) for j, v in emitter.values.items() if not isinstance(v, ir.Constant)]
+    # chunk.
+    values, rebuild = emitter.captured()
 
-    def chunk(b, values, start, end):
-        local = BodyEmitter(b, emitter.nodes, {j: Array(p, a.type) for (j, a), p in zip(arrays, values)},
-                            {**emitter.values, **{j: v for (j, _), v in zip(known, values[len(arrays):])}})
+    def chunk(b, loaded, start, end):
+        local = rebuild(b, loaded)
         with for_range(b, b.sub(end, start), "chunk") as i:
             first = Point(rank, [groups[0]], [b.add(start, i, flags=["nsw"])])
             with loop_nest(b, space, groups[1:], first) as point:
                 local.at_point(per_point, phase, point, outputs)
 
     grain = -(-PARALLEL_MIN_POINTS // (points // outer))
-    emit_parallel_for(emitter.b, "map", [a.ptr for _, a in arrays] + [v for _, v in known], outer, grain, chunk)
+    emit_parallel_for(emitter.b, "map", values, outer, grain, chunk)
+
+
+@dataclass(frozen=True)
+class ColumnEpilogue:
+    """A GEMM's epilogue over an m x n space, to run inside the GEMM's own (parallel) function
+    on the columns each chunk computed: `values` are what it reads (passed into the function),
+    and emit(b, loaded, j0, j1) evaluates it at every row and the columns [j0, j1)."""
+
+    values: list
+    emit: Callable
+
+
+def column_epilogue(emitter: BodyEmitter, body, space: tuple[int, int], outputs) -> ColumnEpilogue:
+    per_point = emitter.hoist(body)
+    outputs = [i for i in outputs if i in per_point]
+    phase = Phase.whole(space)
+    values, rebuild = emitter.captured()
+
+    def emit(b, loaded, j0, j1):
+        if not per_point:
+            return
+        local = rebuild(b, loaded)
+        with for_range(b, ir.Constant(I64, space[0]), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
+            point = Point(2, [(0,), (1,)], [i, b.add(j0, j, flags=["nsw"])])
+            local.at_point(per_point, phase, point, outputs)
+
+    return ColumnEpilogue(values, emit)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .cgutils import for_range
-from .elementwise import CONTRACT, I64
+from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .smallgemm import MR, PACK_MAX_BYTES, DotTile
 from .target import vector_bytes
 from .threadpool import emit_parallel_for
@@ -48,29 +48,32 @@ def skinny_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: 
 
 
 def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
-                     scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+                     scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
     """C = op(A) op(B) (with scale = (alpha, beta): alpha op(A) op(B) + beta C) for float
-    pointers pa, pb, pc, row-major, C m x n."""
+    pointers pa, pb, pc, row-major, C m x n; then the epilogue, in the same function, on the
+    columns each chunk computed (still in cache: at most 8 rows of them)."""
     ty = pc.type.pointee
     itemsize = _bytes(ty)
     vw = vector_bytes() // itemsize
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    if trans_b:
-        columns = max(1, min(8, DOT_ACCUMULATORS // m))
-        units, unit_bytes = -(-n // columns), k * columns * itemsize
+    columns = max(1, min(8, DOT_ACCUMULATORS // m)) if trans_b else vw  # per unit
+    units, unit_bytes = -(-n // columns), k * columns * itemsize
 
-        def body(bb, values, start, end):
-            pa_, pb_, pc_, alpha_, beta_ = values
+    def body(bb, values, start, end):
+        pa_, pb_, pc_, alpha_, beta_ = values[:5]
+        if trans_b:
             _dot_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, columns, start, end,
                          (alpha_, beta_) if scale else None, vw)
-    else:
-        units, unit_bytes = -(-n // vw), k * vw * itemsize
-
-        def body(bb, values, start, end):
-            _streamed_columns(bb, *values[:3], m, n, k, trans_a, vw, start, end, *values[3:], scale is not None)
+        else:
+            _streamed_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, vw, start, end, alpha_, beta_, scale is not None)
+        if epilogue is not None:
+            last = bb.mul(end, ir.Constant(I64, columns), flags=["nsw"])
+            last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, n)), last, ir.Constant(I64, n))
+            epilogue.emit(bb, values[5:], bb.mul(start, ir.Constant(I64, columns), flags=["nsw"]), last)
 
     grain = -(-PARALLEL_MIN_BYTES // unit_bytes)
-    emit_parallel_for(b, "skinny", [pa, pb, pc, alpha, beta], units, grain, body)
+    extra = epilogue.values if epilogue is not None else []
+    emit_parallel_for(b, "skinny", [pa, pb, pc, alpha, beta, *extra], units, grain, body)
 
 
 def _bytes(ty: ir.Type) -> int:
