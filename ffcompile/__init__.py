@@ -2,6 +2,7 @@
 from . import distributed, nn, optim, random, tree
 from .api import compile
 from .checkpoint import load, save
+from .codegen.llvm.threadpool import get_num_threads, set_num_threads
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
@@ -33,6 +34,6 @@ def spec(shape, dtype="float32") -> TensorType:
 
 
 __all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "TrainStep",
-           "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "grad", "load", "nn", "optim",
-           "parse_ir", "random", "save", "spec", "tree", "value_and_grad", "verify",
-           "vjp", *_functions]
+           "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "get_num_threads", "grad", "load",
+           "nn", "optim", "parse_ir", "random", "save", "set_num_threads", "spec", "tree", "value_and_grad",
+           "verify", "vjp", *_functions]

@@ -85,7 +85,10 @@ def expected(loss, w, x, y, rule):
     (loss_right, 64, 64, 128, np.float64),  # small-GEMM tiles, A packed
     (loss_left, 30, 70, 20, np.float32),  # dot-product tiles
     (loss_right, 5, 0, 4, np.float64),  # an empty batch: k = 0, the loop nest (R = beta * C)
-], ids=["blas", "tiles", "dot", "empty-batch"])
+    (loss_right, 4, 50, 3000, np.float32),  # skinny, B streamed, split across the thread pool
+    (loss_left, 4, 300, 200, np.float64),  # skinny, B^T: dot-product tiles across the pool
+    (loss_left, 150, 256, 200, np.float32),  # dot-product tiles, blocks of rows across the pool
+], ids=["blas", "tiles", "dot", "empty-batch", "skinny", "skinny-dot", "tiles-split"])
 def test_rule_in_every_gemm_path(loss, m, k, n, dtype, name, rule, accumulates):
     w, x, y = case(loss, m, k, n, dtype)
     executable, schedule = step_program(loss, rule, w, x, y)
@@ -104,6 +107,8 @@ def test_rule_in_every_gemm_path(loss, m, k, n, dtype, name, rule, accumulates):
 def test_sizes_of_the_cases_pick_the_paths_they_are_named_for():
     assert 300 * 260 * 220 > blas.NATIVE_MAX_WORK >= blas.native_max_work()
     assert 64 * 64 * 128 <= blas.THREADED_NATIVE_MAX_WORK and 30 * 70 * 20 <= blas.THREADED_NATIVE_MAX_WORK
+    assert blas.gemm_route(4, 3000, 50, "f32", True, False) == blas.SKINNY
+    assert blas.gemm_route(4, 200, 300, "f64", False, True) == blas.SKINNY
 
 
 def test_momentum_accumulates_into_the_velocity_and_updates_the_weight_after():

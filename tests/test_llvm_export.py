@@ -191,3 +191,21 @@ def test_bad_name_and_foreign_plan_are_clear_errors(tmp_path):
     other = ff.compile(lambda x: x * 3.0, backend="llvm").lower(x).schedule
     with pytest.raises(ExportError, match="another schedule"):
         export(lowered.schedule, plan_memory(other), tmp_path, "model")
+
+
+@needs_cc
+def test_kernels_split_across_the_thread_pool_run_whole_in_a_library(tmp_path):
+    """A library has no thread pool (its slot stays null and internal): a skinny GEMM and a
+    fused loop long enough to be split run on the caller's thread, with the same results."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((1, 784)).astype(np.float32), rng.standard_normal((784, 512)).astype(np.float32)
+    z = rng.standard_normal((512, 300)).astype(np.float32)
+    lowered = ff.compile(lambda x, w, z: (ff.tanh(x @ w), ff.exp(z) * 2.0), backend="llvm").lower(x, w, z)
+    assert lowered.llvm_ir.count("ffc_parallel_for") >= 2
+    schedule = lowered.schedule
+    plan = plan_memory(schedule)
+    library = export(schedule, plan, tmp_path, "split", lowered.names)
+    run_in_c(build_driver(library, "split", tmp_path), tmp_path, [x, w, z], 1, [])
+    _, py_results, executable = run_in_python(schedule, plan, [x, w, z], 1, [])
+    for c_result, py_result in zip(read_outputs(tmp_path, executable), py_results):
+        np.testing.assert_array_equal(c_result, py_result)

@@ -14,7 +14,7 @@ from test_llvm_backend import build
 
 import ffcompile as ff
 from ffcompile import zoo
-from ffcompile.codegen.llvm import blas, smallgemm
+from ffcompile.codegen.llvm import blas, skinny, smallgemm
 from ffcompile.tree import tree_flatten, tree_map
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -79,8 +79,9 @@ def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, cal
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_operand_too_large_to_pack_goes_to_blas(trans_a):
     """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
-    of stack: BLAS takes the product even below the native threshold."""
-    m, n, k = 1, 4000, 10
+    of stack: BLAS takes the product even below the native threshold (with more rows than
+    a skinny product, which streams B unpacked)."""
+    m, n, k = skinny.SKINNY_MAX_ROWS + 1, 4000, 10
     assert m * n * k <= blas.THREADED_NATIVE_MAX_WORK and not smallgemm.small_gemm_fits(m, n, k, trans_a, True, 8)
     a, b = operands(m, n, k, trans_a, True, np.float64)
     fn = ff.compile(product(trans_a, True), backend="llvm")
@@ -135,3 +136,43 @@ def test_blas_threads_applies_for_a_block_then_restores_the_choice():
     with blas.blas_threads(3):
         assert blas._blas_threads == 3 and blas.native_max_work() == blas.THREADED_NATIVE_MAX_WORK
     assert (blas._threads_chosen, blas._blas_threads, blas.native_max_work()) == before
+
+
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+def test_blas_product_split_by_rows_across_the_thread_pool(monkeypatch, trans_a, trans_b):
+    """With SciPy's BLAS at one thread, a BLAS product is cut into blocks of SPLIT_ROWS rows
+    of C (the last one shorter here), one call each, run on the pool's threads."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", 1)
+    m, n, k = 301, 257, 263
+    assert blas.gemm_route(m, n, k, "f32", trans_a, trans_b) == blas.BLAS and m % blas.SPLIT_ROWS
+    assert -(-m // blas.SPLIT_ROWS) >= 2 * -(-blas.SPLIT_MIN_WORK // (blas.SPLIT_ROWS * n * k))  # split
+    a, b = operands(m, n, k, trans_a, trans_b, np.float32)
+    fn = ff.compile(product(trans_a, trans_b), backend="llvm")
+    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir
+    before = ff.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            ff.set_num_threads(threads)
+            assert_gemm_close(np.asarray(fn(a, b)), a.T if trans_a else a, b.T if trans_b else b, np.float32)
+    finally:
+        ff.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m, n, k, trans_b", [(128, 256, 256, False), (130, 256, 256, True), (101, 129, 700, False)])
+def test_small_gemm_split_by_row_blocks_is_bitwise_the_same_at_any_thread_count(m, n, k, trans_b):
+    """A smallgemm product with A's rows contiguous runs as blocks of SPLIT_SMALL_ROWS rows
+    (the last one shorter) across the pool: each block is the same code at any count."""
+    assert blas.gemm_route(m, n, k, "f32", False, trans_b) == blas.SMALL
+    a, b = operands(m, n, k, False, trans_b, np.float32)
+    fn = ff.compile(product(False, trans_b), backend="llvm")
+    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir
+    before, results = ff.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            ff.set_num_threads(threads)
+            results.append(np.asarray(fn(a, b)).copy())
+    finally:
+        ff.set_num_threads(before)
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+    assert_gemm_close(results[0], a, b.T if trans_b else b, np.float32)

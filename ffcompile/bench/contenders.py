@@ -230,8 +230,9 @@ def jax_jit(p: Problem) -> Runner:
 
 
 def onnxruntime_infer(p: Problem) -> Runner:
-    """Inference under onnxruntime at the run's thread count: an imported ONNX file as it
-    is, any other model as ff.onnx.export writes it (the same parameters and shapes)."""
+    """Inference under onnxruntime at the run's thread count (its pool's spinning off): an
+    imported ONNX file as it is, any other model as ff.onnx.export writes it (the same
+    parameters and shapes)."""
     import onnxruntime as ort
 
     from ..onnx import export
@@ -242,6 +243,8 @@ def onnxruntime_infer(p: Problem) -> Runner:
     options.intra_op_num_threads = p.threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Its workers otherwise spin between runs, taking the cores from whatever runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
     (output,) = [o.name for o in session.get_outputs()][:1]

@@ -105,7 +105,7 @@ def _installed(contender: Contender) -> bool:
     return all(importlib.util.find_spec(module) is not None for module in contender.requires)
 
 
-def _prepare(contender: Contender, cell: Cell, problem: Problem, warmup: int):
+def prepare_runner(contender: Contender, cell: Cell, problem: Problem, warmup: int):
     """The contender's runner, after its first (compiling) call and the warm-up;
     None if it cannot run."""
     if not _installed(contender):
@@ -194,7 +194,7 @@ def run_cell(model, mode: str, contenders: list[Contender], options: Options) ->
     cells, runners = {}, {}
     for contender in [*contenders, BLAS_FLOOR]:
         cell = cells[contender.name] = Cell(model, mode, contender.name, gemm_flops=flops)
-        runner = _prepare(contender, cell, problem, options.warmup)
+        runner = prepare_runner(contender, cell, problem, options.warmup)
         if runner is None:
             print(f"  {model}/{mode} {contender.name}: {cell.status}", file=sys.stderr)
             continue
@@ -233,7 +233,8 @@ def _threads_line(threads: int) -> str:
     from threadpoolctl import threadpool_info
 
     pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
-    return (f"threads: {threads} (threadpoolctl: {pools}; torch.set_num_threads({threads}); "
+    return (f"threads: {threads} (ffcompile's pool: {threads}, SciPy's OpenBLAS under it: 1; "
+            f"threadpoolctl: {pools}; torch.set_num_threads({threads}); "
             f"jax: XLA's own CPU pool of {os.cpu_count()}, which JAX offers no reliable way to limit)")
 
 
@@ -401,18 +402,33 @@ def configure(args: argparse.Namespace) -> tuple[list[Contender], tuple[str, ...
     return contenders, modes, options
 
 
+@contextlib.contextmanager
+def thread_limits(threads: int):
+    """Every contender gets `threads`, for this block only: OpenBLAS and OpenMP pools through
+    threadpoolctl, ffcompile's thread pool (ff.set_num_threads), which owns the cores for
+    ffcompile's code, so the SciPy OpenBLAS its generated code calls stays at one thread
+    (the pool splits BLAS products itself; the LLVM backend would otherwise pin it to its
+    default when it first builds)."""
+    from threadpoolctl import threadpool_limits
+
+    from ..codegen.llvm.blas import blas_threads
+    from ..codegen.llvm.threadpool import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    set_num_threads(threads)
+    try:
+        with threadpool_limits(threads), blas_threads(1):
+            yield
+    finally:
+        set_num_threads(before)
+
+
 def run(models: list, contenders: list[Contender], modes: tuple[str, ...], options: Options,
         csv_path: str | None = None, plot_path: str | None = None) -> list[Cell]:
     """Every model (a zoo name or a workload) in every mode under the same thread
     limits; prints the header and the table, writes the CSV and the plot if asked."""
-    from threadpoolctl import threadpool_limits
-
-    from ..codegen.llvm.blas import blas_threads
-
-    # Every contender gets the same threads (the LLVM backend would otherwise pin SciPy's
-    # OpenBLAS to its own default when it first builds), for this run only.
     cells = []
-    with blas_threads(options.threads), threadpool_limits(options.threads), _cold_caches(options.cold_compile):
+    with thread_limits(options.threads), _cold_caches(options.cold_compile):
         for model in models:
             for mode in modes:
                 print(f"running {getattr(model, 'name', model)}/{mode} ...", file=sys.stderr)

@@ -43,6 +43,7 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
+from .threadpool import POOL_SLOT, parallel_for_address
 from .lower import ENTRY, PROFILE, gemm_scratch, lower
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -89,7 +90,8 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
         "anchors " + " ".join(str(kernel.anchor) for kernel in schedule.kernels),
         "plan " + " ".join(f"%{b.value}@{b.offset}" for b in plan.buffers)
         + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
-        f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}",
+        f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
+        f" vector_bytes {target.vector_bytes()}",
     ])
 
 
@@ -117,6 +119,9 @@ class LLVMExecutable:
         for name in self.blas:
             slot = self._jit.address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
+        pool = self._jit.address(POOL_SLOT)  # 0: no parallel kernel
+        if pool:
+            ctypes.c_void_p.from_address(pool).value = parallel_for_address()
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address

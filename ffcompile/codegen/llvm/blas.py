@@ -46,11 +46,14 @@ from .elementwise import (
     I32,
     I64,
     Array,
+    ColumnEpilogue,
     broadcast_strides,
     is_float,
     loop_nest,
 )
+from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
+from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
 # when the program is built (smallgemm is register-tiled, 512-bit with AVX-512; measured on
@@ -58,6 +61,11 @@ from .smallgemm import emit_small_gemm, small_gemm_fits
 # to 256^3 (deep's training step: 8.4 -> 5.3 ms); against more, BLAS spreads a product over
 # cores where smallgemm uses one, and wins above about 128^3.
 NATIVE_MAX_WORK = 256 ** 3
+# A BLAS product, with SciPy's OpenBLAS at one thread, is split across the thread pool by
+# blocks of SPLIT_ROWS rows of C, at least SPLIT_MIN_WORK multiply-adds a chunk (~50 us).
+SPLIT_ROWS = 16
+SPLIT_MIN_WORK = 2 ** 21
+SPLIT_SMALL_ROWS = 48  # rows of C per block of a smallgemm product split the same way (8 tiles)
 THREADED_NATIVE_MAX_WORK = 128 ** 3
 BLAS_FUNCTIONS = {"f32": "sgemm", "f64": "dgemm"}
 DEFAULT_BLAS_THREADS = 1
@@ -165,10 +173,11 @@ def _gemm_pointer(b: ir.IRBuilder, name: str, fty: ir.FunctionType) -> ir.Value:
 
 
 def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool,
-              scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
-    scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py)."""
+    scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
+    An epilogue (only for a 2-D SKINNY product) runs in the skinny kernel's function."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -179,28 +188,36 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     dtype = out.type.dtype
     route = gemm_route(m, n, k, dtype, trans_a, trans_b)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
+    assert epilogue is None or (route == SKINNY and not batch), "only a 2-D skinny product fuses its epilogue"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == SMALL:
+        if route == SKINNY:
+            emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
+        elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
+            _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
+        elif route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        elif _blas_threads == 1:  # the pool owns the cores: it splits the product
+            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
             _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
-SMALL, LOOPS, BLAS = "smallgemm", "loops", "blas"
+SKINNY, SMALL, LOOPS, BLAS = "skinny", "smallgemm", "loops", "blas"
 # SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
 BLAS_INT_MAX = 2 ** 31 - 1
 
 
 def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
-    """How emit_gemm computes an (m x k) @ (k x n) product: SMALL, LOOPS, BLAS, or None
-    when the result is empty. A float product whose packed operand would not fit
+    """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, LOOPS, BLAS, or
+    None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
+    streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
     nest is for integers, and k == 0. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped)."""
@@ -209,6 +226,8 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     work = m * n * k
     native = dtype not in BLAS_FUNCTIONS or work <= THREADED_NATIVE_MAX_WORK or work <= native_max_work()
     itemsize = 4 if dtype == "f32" else 8
+    if dtype in BLAS_FUNCTIONS and skinny_fits(m, n, k, trans_a, trans_b, itemsize):
+        return SKINNY
     if native and k > 0 and dtype in BLAS_FUNCTIONS and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
         return SMALL
     if dtype not in BLAS_FUNCTIONS or k == 0:
@@ -223,7 +242,60 @@ class GemmTooLarge(ValueError):
     """A matrix product too large for the BLAS interface's integers."""
 
 
-def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
+    """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
+    block's rows of A are contiguous), split across the thread pool in chunks of at least
+    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code."""
+    blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+    grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
+    if blocks < 2 * grain:
+        emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
+        return
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+
+    def block_at(bb, values, first, rows):
+        pa_, pb_, pc_, alpha_, beta_ = values
+        a_rows = bb.gep(pa_, [bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
+
+    def body(bb, values, start, end):
+        stop = bb.select(bb.icmp_signed("<", end, ir.Constant(I64, blocks)), end, ir.Constant(I64, blocks))
+        count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
+        with for_range(bb, count, "rowblock") as i:
+            block_at(bb, values, bb.mul(bb.add(start, i), ir.Constant(I64, SPLIT_SMALL_ROWS)), SPLIT_SMALL_ROWS)
+        if rest:
+            with bb.if_then(bb.icmp_signed(">", end, ir.Constant(I64, blocks))):
+                block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
+
+    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], blocks + (1 if rest else 0), grain, body)
+
+
+def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """The BLAS call, over blocks of SPLIT_ROWS rows of C split across the thread pool
+    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread."""
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    units = -(-m // SPLIT_ROWS)
+
+    def body(bb, values, start, end):
+        pa_, pb_, pc_, alpha_, beta_ = values
+        first = bb.mul(start, ir.Constant(I64, SPLIT_ROWS))
+        last = bb.mul(end, ir.Constant(I64, SPLIT_ROWS))
+        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
+        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        _blas_call(bb, name, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, (alpha_, beta_),
+                   lda=m if trans_a else k)
+
+    grain = -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
+    emit_parallel_for(b, "blas", [pa, pb, pc, alpha, beta], units, grain, body)
+
+
+def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int | None = None) -> None:
+    """The BLAS call for C = op(A) op(B) (m rows of C: an int, or an i64 value); lda: A's
+    leading dimension when A is part of a larger matrix."""
     ty = pc.type.pointee
     ptr = ty.as_pointer()
     i32p, chp = I32.as_pointer(), I8.as_pointer()
@@ -238,10 +310,10 @@ def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
     def flag(transposed: bool):
         return by_pointer(ir.Constant(I8, ord("T" if transposed else "N")))
 
-    def i32(v: int):
-        return by_pointer(ir.Constant(I32, v))
+    def i32(v):
+        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v, I32))
 
-    lda = m if trans_a else k
+    lda = lda or (m if trans_a else k)
     ldb = k if trans_b else n
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     b.call(_gemm_pointer(b, name, fty), [

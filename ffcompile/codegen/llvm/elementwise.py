@@ -29,6 +29,7 @@ from ...ir import Node, TensorType
 from ...ir import ops as O
 from . import mathlib
 from .cgutils import for_range
+from .threadpool import emit_parallel_for
 
 CONTRACT = ("contract",)
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -327,6 +328,10 @@ def loop_nest(b: ir.IRBuilder, space: tuple[int, ...], groups: list[tuple[int, .
         _do_not_vectorize(b.module, index)
 
 
+# Points of a loop nest below which splitting it across the thread pool costs more than it
+# saves (waking a thread: ~2-5 us; 64 Ki f32 points of a simple body: ~20 us).
+PARALLEL_MIN_POINTS = 1 << 16
+
 # Loops shorter than this fill no vector: LLVM is told not to try (on the huge body of a
 # long fused chain over a few elements, the loop vectorizer alone took 10 s of 12).
 SHORT_LOOP = 8
@@ -424,6 +429,18 @@ class BodyEmitter:
                                       f"({node.type})")
         return lowering(self.b, node, args)
 
+    def captured(self):
+        """(values, rebuild): what code emitted in another function needs of this emitter (every
+        array's pointer, the computed scalars), and rebuild(b, loaded) -> an emitter there."""
+        arrays = list(self.arrays.items())
+        known = [(j, v) for j, v in self.values.items() if not isinstance(v, ir.Constant)]
+
+        def rebuild(b: ir.IRBuilder, loaded: list) -> BodyEmitter:
+            return BodyEmitter(b, self.nodes, {j: Array(p, a.type) for (j, a), p in zip(arrays, loaded)},
+                               {**self.values, **{j: v for (j, _), v in zip(known, loaded[len(arrays):])}})
+
+        return [a.ptr for _, a in arrays] + [v for _, v in known], rebuild
+
     def iota_axes(self, body, phase: Phase) -> set[int]:
         """Loop-space axes an iota of `body` reads its value from: each needs its own loop."""
         axes = set()
@@ -448,5 +465,49 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
     reads = {j for i in per_point for j in emitter.nodes[i].inputs if j in emitter.arrays and j not in per_point}
     strides = [phase.strides(emitter.arrays[j].type.shape, rank) for j in reads | set(outputs)]
     groups = loop_groups(space, range(rank), strides, emitter.iota_axes(per_point, phase))
-    with loop_nest(emitter.b, space, groups) as point:
-        emitter.at_point(per_point, phase, point, outputs)
+    points = math.prod(space)
+    outer = math.prod(space[d] for d in groups[0]) if groups else 1
+    if points < 2 * PARALLEL_MIN_POINTS or outer < 2:
+        with loop_nest(emitter.b, space, groups) as point:
+            emitter.at_point(per_point, phase, point, outputs)
+        return
+    # Split across the thread pool by the outermost loop: every point is computed alike in any
+    # chunk.
+    values, rebuild = emitter.captured()
+
+    def chunk(b, loaded, start, end):
+        local = rebuild(b, loaded)
+        with for_range(b, b.sub(end, start), "chunk") as i:
+            first = Point(rank, [groups[0]], [b.add(start, i, flags=["nsw"])])
+            with loop_nest(b, space, groups[1:], first) as point:
+                local.at_point(per_point, phase, point, outputs)
+
+    grain = -(-PARALLEL_MIN_POINTS // (points // outer))
+    emit_parallel_for(emitter.b, "map", values, outer, grain, chunk)
+
+
+@dataclass(frozen=True)
+class ColumnEpilogue:
+    """A GEMM's epilogue over an m x n space, to run inside the GEMM's own (parallel) function
+    on the columns each chunk computed: `values` are what it reads (passed into the function),
+    and emit(b, loaded, j0, j1) evaluates it at every row and the columns [j0, j1)."""
+
+    values: list
+    emit: Callable
+
+
+def column_epilogue(emitter: BodyEmitter, body, space: tuple[int, int], outputs) -> ColumnEpilogue:
+    per_point = emitter.hoist(body)
+    outputs = [i for i in outputs if i in per_point]
+    phase = Phase.whole(space)
+    values, rebuild = emitter.captured()
+
+    def emit(b, loaded, j0, j1):
+        if not per_point:
+            return
+        local = rebuild(b, loaded)
+        with for_range(b, ir.Constant(I64, space[0]), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
+            point = Point(2, [(0,), (1,)], [i, b.add(j0, j, flags=["nsw"])])
+            local.at_point(per_point, phase, point, outputs)
+
+    return ColumnEpilogue(values, emit)

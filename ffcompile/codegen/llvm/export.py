@@ -19,7 +19,8 @@ GEMMs above the native-loop size call BLAS through a pointer the caller
 sets once (any sgemm/dgemm with the Fortran convention, every argument by
 pointer, e.g. the BLAS's own `sgemm_`): the library links no BLAS. Its
 slots start null, so NAME_USES_SGEMM / NAME_USES_DGEMM say which must be set
-before the first call. The code is compiled for the exporting host's CPU
+before the first call. Kernels ffcompile splits across its thread pool
+(threadpool.py) run whole on the caller's thread in a library. The code is compiled for the exporting host's CPU
 (its vector features): run it on the same kind of machine.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule
 from . import target
 from .blas import BLAS_FUNCTIONS, blas_slot
+from .threadpool import POOL_SLOT
 from .elementwise import I8
 from .lower import ENTRY, lower
 
@@ -86,6 +88,9 @@ def _add_c_interface(module: ir.Module, name: str) -> None:
     b = ir.IRBuilder(wrapper.append_basic_block("entry"))
     b.call(entry, list(wrapper.args))
     b.ret_void()
+    pool = module.globals.get(POOL_SLOT)
+    if pool is not None:  # stays null: a library's parallel kernels run on the caller's thread
+        pool.linkage = "internal"
     for function in BLAS_FUNCTIONS.values():
         slot = blas_slot(module, function)
         slot.linkage = "internal"

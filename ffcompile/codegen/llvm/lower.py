@@ -27,8 +27,8 @@ from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
-from .blas import BLAS, BLAS_FUNCTIONS, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
-from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
+from .blas import BLAS, BLAS_FUNCTIONS, SKINNY, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
+from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, column_epilogue, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
 from .reduction import emit_reduction
 
@@ -385,8 +385,25 @@ def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     else:
         dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
         result = Array(arrays[dest].ptr, matmul.type)
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
         arrays.setdefault(kernel.anchor, result)
+        if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
+            outputs = [i for i in kernel.outputs if i in epilogue]
+            fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
+            emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, epilogue=fused)
+            return
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
     if epilogue:
         outputs = [i for i in kernel.outputs if i in epilogue]
         emit_map(emitter, epilogue, matmul.type.shape, outputs)
+
+
+def _fuses_epilogue(nodes, kernel, epilogue, same_storage) -> bool:
+    """Whether the epilogue runs inside the GEMM's function, per chunk of columns: a 2-D skinny
+    product (skinny.py), whose epilogue writes over neither operand (a chunk still reading
+    an operand would see another chunk's results)."""
+    matmul = nodes[kernel.anchor]
+    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) != SKINNY:
+        return False
+    transposed = (kernel.trans_a, kernel.trans_b)
+    operands = [nodes[j].inputs[0] if t else j for j, t in zip(matmul.inputs, transposed)]
+    return not any(same_storage(o, j) for o in kernel.outputs if o in epilogue for j in operands)

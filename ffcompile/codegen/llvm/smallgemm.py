@@ -54,7 +54,7 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a
     vw = vector_bytes() // _float_bytes(ty)
     dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
     if dot:
-        _tile_loops(b, m, n, MR, DOT_COLUMNS, _DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit)
+        _tile_loops(b, m, n, MR, DOT_COLUMNS, DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit)
         return
     # Packed copies are freed right after the product, so a graph of many GEMMs
     # (or a batch loop) needs stack for one buffer at a time.
@@ -174,7 +174,7 @@ class _Tile:
                 b.store(_scaled(b, total, at, self.scale, align), at, align=align)
 
 
-class _DotTile:
+class DotTile:
     """Emits one rows x cols tile of C = A B^T (A m x k, B n x k, both rows contiguous in p):
     each C element is a vector accumulator over p, reduced across lanes at the end."""
 

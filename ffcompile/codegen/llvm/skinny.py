@@ -1,0 +1,204 @@
+"""Matrix-vector and skinny GEMMs (C = op(A) op(B), m <= SKINNY_MAX_ROWS): weight-streaming,
+split across the thread pool by columns of C.
+
+With a few rows of A (a served batch of 1-8), C = A @ B reads each weight once for at most
+8 multiply-adds: the product runs at the speed B streams from memory. The kernels are
+laid out so it streams:
+
+- B held k x n (x @ w, ff.nn's layout): a block of C's columns (BLOCK_VECTORS vectors
+  per row) accumulates in a stack buffer in L1 while K_BLOCK rows of B at a time stream
+  through, each a contiguous run of the block's columns; every accumulator gets K_BLOCK
+  fused multiply-adds per load and store, and C is written once. (Accumulated in C
+  itself, two threads' chunks meeting inside one of C's cache lines passed it back and
+  forth on every row of B: mnist's first layer at batch 1 took 19 us on 2 threads
+  against 16 on one.)
+  (smallgemm's register tiles walk B a 64-128 byte panel per row, k rows apart: 0.19 ms
+  for mnist's 2.6 MB at batch 1, a quarter of the bandwidth.)
+- B held n x k (x @ w.T, torch's and ONNX Gemm's layout): each C element is a dot
+  product of two contiguous rows, smallgemm's DotTile over a few columns at a time.
+
+Columns are cut into units (one vector of C, or one dot tile), and the pool's chunks are
+runs of whole units of at least PARALLEL_MIN_BYTES of B each: a unit is computed by the
+same code in any chunk, so results are bit-identical whatever the thread count.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .cgutils import for_range
+from .elementwise import CONTRACT, I64, ColumnEpilogue
+from .smallgemm import MR, PACK_MAX_BYTES, DotTile
+from .target import vector_bytes
+from .threadpool import emit_parallel_for
+
+SKINNY_MAX_ROWS = 8  # rows of C up to which a product streams B (above: smallgemm or BLAS)
+SKINNY_MIN_BYTES = 32 * 1024  # B bytes below which smallgemm's tiles (all in L1) are as fast
+K_BLOCK = 4  # rows of B per pass over C: K_BLOCK multiply-adds per accumulator load and store
+BLOCK_VECTORS = 16  # vectors of C's columns accumulated at a time, in an L1-resident stack block
+DOT_ACCUMULATORS = 12  # vector accumulators of a dot tile: rows x columns
+PARALLEL_MIN_BYTES = 64 * 1024  # B bytes per chunk below which waking a thread costs more
+
+
+def skinny_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
+    """Whether a float product of these sizes is a skinny one (streams B); a transposed A
+    times a transposed B packs A's rows on the stack, at most PACK_MAX_BYTES."""
+    packed = m * k * itemsize if trans_a and trans_b else 0
+    return (1 <= m <= SKINNY_MAX_ROWS and k >= 1 and n * k * itemsize >= SKINNY_MIN_BYTES
+            and packed <= PACK_MAX_BYTES)
+
+
+def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
+                     scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
+    """C = op(A) op(B) (with scale = (alpha, beta): alpha op(A) op(B) + beta C) for float
+    pointers pa, pb, pc, row-major, C m x n; then the epilogue, in the same function, on the
+    columns each chunk computed (still in cache: at most 8 rows of them)."""
+    ty = pc.type.pointee
+    itemsize = _bytes(ty)
+    vw = vector_bytes() // itemsize
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    columns = max(1, min(8, DOT_ACCUMULATORS // m)) if trans_b else vw  # per unit
+    units, unit_bytes = -(-n // columns), k * columns * itemsize
+
+    def body(bb, values, start, end):
+        pa_, pb_, pc_, alpha_, beta_ = values[:5]
+        if trans_b:
+            _dot_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, columns, start, end,
+                         (alpha_, beta_) if scale else None, vw)
+        else:
+            _streamed_columns(bb, pa_, pb_, pc_, m, n, k, trans_a, vw, start, end, alpha_, beta_, scale is not None)
+        if epilogue is not None:
+            last = bb.mul(end, ir.Constant(I64, columns), flags=["nsw"])
+            last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, n)), last, ir.Constant(I64, n))
+            epilogue.emit(bb, values[5:], bb.mul(start, ir.Constant(I64, columns), flags=["nsw"]), last)
+
+    grain = -(-PARALLEL_MIN_BYTES // unit_bytes)
+    extra = epilogue.values if epilogue is not None else []
+    emit_parallel_for(b, "skinny", [pa, pb, pc, alpha, beta, *extra], units, grain, body)
+
+
+def _bytes(ty: ir.Type) -> int:
+    return 4 if isinstance(ty, ir.FloatType) else 8
+
+
+def _index(b, *terms):
+    """sum(index * stride) for (index, stride) terms, as i64."""
+    total = None
+    for index, stride in terms:
+        index = ir.Constant(I64, index) if isinstance(index, int) else index
+        term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+        total = term if total is None else b.add(total, term, flags=["nsw"])
+    return total
+
+
+def _splat(b, x, vty):
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I64, 0)),
+                            ir.Constant(vty, ir.Undefined), lanes)
+
+
+def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, beta, scaled_form):
+    """C[:, units start..end) for B k x n: unit u is columns [u vw, u vw + vw) (the last
+    one narrower when vw does not divide n), BLOCK_VECTORS units at a time."""
+    ty = pc.type.pointee
+    full, tail = divmod(n, vw)
+    with b.goto_entry_block():
+        local = b.alloca(ty, size=ir.Constant(I64, m * BLOCK_VECTORS * vw), name="acc")
+        local.align = vw * _bytes(ty)  # every vector of it is aligned: its offsets are multiples of vw
+
+    def vector(ptr, offset, width):
+        vty = ir.VectorType(ty, width)
+        return b.bitcast(b.gep(ptr, [offset], inbounds=True), vty.as_pointer())
+
+    def a_at(i, p):
+        return b.gep(pa, [_index(b, (p, m), (i, 1)) if trans_a else _index(b, (i, k), (p, 1))], inbounds=True)
+
+    def block(first, count, width):
+        """C[:, vectors first..first+count) (count: an IR i64 <= BLOCK_VECTORS) of `width` columns."""
+        vty = ir.VectorType(ty, width)
+
+        def local_at(i, u):
+            return vector(local, _index(b, (i, BLOCK_VECTORS * vw), (u, vw)), width)
+
+        def c_at(i, u):
+            column = b.mul(b.add(first, u, flags=["nsw"]), ir.Constant(I64, vw), flags=["nsw"])
+            return vector(pc, _index(b, (i, n), (column, 1)), width)
+
+        with for_range(b, count, "zero") as u:
+            for i in range(m):
+                b.store(ir.Constant(vty, [0.0] * width), local_at(i, u), align=vw * _bytes(ty))
+
+        def rows_of_b(p0, rows):
+            """local += alpha A[:, p0:p0+rows] B[p0:p0+rows, these columns]"""
+            a = [[_splat(b, b.fmul(alpha, b.load(a_at(i, b.add(p0, ir.Constant(I64, r))))) if scaled_form
+                         else b.load(a_at(i, b.add(p0, ir.Constant(I64, r)))), vty)
+                  for r in range(rows)] for i in range(m)]
+            with for_range(b, count, "col") as u:
+                column = b.mul(b.add(first, u, flags=["nsw"]), ir.Constant(I64, vw), flags=["nsw"])
+                weights = [b.load(vector(pb, _index(b, (b.add(p0, ir.Constant(I64, r)), n), (column, 1)), width),
+                                  align=1) for r in range(rows)]
+                for i in range(m):
+                    at = local_at(i, u)
+                    acc = b.load(at, align=vw * _bytes(ty))
+                    for r in range(rows):
+                        acc = b.fadd(acc, b.fmul(a[i][r], weights[r], flags=CONTRACT), flags=CONTRACT)
+                    b.store(acc, at, align=vw * _bytes(ty))
+
+        blocks, rest = divmod(k, K_BLOCK)
+        if blocks:
+            with for_range(b, ir.Constant(I64, blocks), "kblock") as kb:
+                rows_of_b(b.mul(kb, ir.Constant(I64, K_BLOCK), flags=["nsw"]), K_BLOCK)
+        if rest:
+            rows_of_b(ir.Constant(I64, blocks * K_BLOCK), rest)
+        with for_range(b, count, "store") as u:
+            for i in range(m):
+                total, at = b.load(local_at(i, u), align=vw * _bytes(ty)), c_at(i, u)
+                if scaled_form:
+                    old = b.fmul(_splat(b, beta, vty), b.load(at, align=1), flags=CONTRACT)
+                    total = b.fadd(total, old, flags=CONTRACT)
+                b.store(total, at, align=1)
+
+    stop = b.select(b.icmp_signed("<", end, ir.Constant(I64, full)), end, ir.Constant(I64, full))
+    count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
+    blocks = b.udiv(b.add(count, ir.Constant(I64, BLOCK_VECTORS - 1)), ir.Constant(I64, BLOCK_VECTORS))
+    with for_range(b, blocks, "block") as j:
+        done = b.mul(j, ir.Constant(I64, BLOCK_VECTORS), flags=["nsw"])
+        left = b.sub(count, done)
+        width = b.select(b.icmp_signed("<", left, ir.Constant(I64, BLOCK_VECTORS)), left,
+                         ir.Constant(I64, BLOCK_VECTORS))
+        block(b.add(start, done, flags=["nsw"]), width, vw)
+    if tail:
+        with b.if_then(b.icmp_signed(">", end, ir.Constant(I64, full))):
+            block(ir.Constant(I64, full), ir.Constant(I64, 1), tail)
+
+
+def _dot_columns(b, pa, pb, pc, m, n, k, trans_a, columns, start, end, scale, vw):
+    """C[:, tiles start..end) for B n x k: tile t is columns [t c, t c + c) for c = columns
+    (the last one narrower when c does not divide n), row groups of at most MR."""
+    if trans_a:  # the dot tiles read A's rows contiguous: transpose the (m <= 8 rows) A once
+        pa = _packed_rows(b, pa, m, k)
+    tile = DotTile(b, pc.type.pointee, pa, pb, pc, n, k, vw, scale)
+    full, tail = divmod(n, columns)
+    stop = b.select(b.icmp_signed("<", end, ir.Constant(I64, full)), end, ir.Constant(I64, full))
+    count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
+
+    def row_groups(j0, cols):
+        for i0 in range(0, m, MR):
+            tile.emit(ir.Constant(I64, i0), j0, min(MR, m - i0), cols)
+
+    with for_range(b, count, "tile") as t:
+        row_groups(b.mul(b.add(start, t, flags=["nsw"]), ir.Constant(I64, columns), flags=["nsw"]), columns)
+    if tail:
+        with b.if_then(b.icmp_signed(">", end, ir.Constant(I64, full))):
+            row_groups(ir.Constant(I64, full * columns), tail)
+
+
+def _packed_rows(b, pa, m, k):
+    """A stack copy of an operand held k x m, laid out m x k."""
+    ty = pa.type.pointee
+    with b.goto_entry_block():
+        buffer = b.alloca(ty, size=ir.Constant(I64, m * k), name="a.rows")
+    with for_range(b, ir.Constant(I64, k), "pack_p") as p:
+        for i in range(m):
+            value = b.load(b.gep(pa, [_index(b, (p, m), (i, 1))], inbounds=True))
+            b.store(value, b.gep(buffer, [_index(b, (i, k), (p, 1))], inbounds=True))
+    return buffer

@@ -1,0 +1,465 @@
+"""One persistent pool of native worker threads, owner of the cores for generated code.
+
+A kernel that splits its work (`emit_parallel_for`: units of work, at least `grain` a chunk) calls
+
+    void ffc_pool_parallel_for(void (*body)(i8* ctx, i64 start, i64 end), i8* ctx, i64 n, i64 grain)
+
+through the module global POOL_SLOT, which the backend fills after loading the program
+(null in an exported library: the body then runs on the caller's thread, whole).
+[0, n) is cut into at most `threads` contiguous chunks of at least `grain` items; the
+caller runs chunk 0, worker w chunk w + 1, and the call returns when all are done. The
+chunks are a pure function of (n, grain, threads), and a kernel's body computes each
+item the same way whichever chunk holds it, so results do not depend on the thread count.
+
+The pool itself is LLVM IR over pthreads (libc's mutex, condition variables, create and
+join: what every glibc process has; no OpenMP runtime, whose workers spin for 0.2 s on
+their own schedule), compiled once per process. Workers spin for SPIN_CYCLES (the next
+kernel of the same call, or the next call of a serving loop, finds them awake) before
+sleeping on a condition variable, so an idle pool costs no cores. They spin on plain
+loads, without x86's `pause`: a virtual machine may trap pause loops (measured here: 59 ns
+a pause, and 2000-pause spins made a 2-thread GEMV 8x slower than one thread). One job
+runs at a time: a parallel_for that finds the pool busy (another Python thread's program,
+or a body calling back in) runs its body serially instead of waiting, so nothing deadlocks.
+
+Threads: FFCOMPILE_NUM_THREADS, else the cores this process may run on;
+`set_num_threads` changes it (1: no workers). BLAS (blas.py) stays at one thread, run on
+the caller's thread while the workers sleep: the pool is the one owner of the cores.
+A forked child starts with no workers (a fork copies only the calling thread).
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import threading
+
+from llvmlite import ir
+
+from .target import jit
+
+POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
+THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
+MAX_THREADS = 256
+SPIN_CYCLES = 200_000  # ~50-100 us at 2-4 GHz
+CHUNKS_PER_THREAD = 2  # chunks per thread (of at least `grain` items each): a preempted thread's are taken over
+
+I8P = ir.IntType(8).as_pointer()
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+VOID = ir.VoidType()
+BODY_TYPE = ir.FunctionType(VOID, [I8P, I64, I64])
+PARALLEL_FOR_TYPE = ir.FunctionType(VOID, [BODY_TYPE.as_pointer(), I8P, I64, I64])
+SEQ = "seq_cst"
+
+
+# ----------------------------------------------------------------- in generated programs
+
+
+def pool_slot(module: ir.Module) -> ir.GlobalVariable:
+    """The external global a program reads ffc_pool_parallel_for's address from."""
+    slot = module.globals.get(POOL_SLOT)
+    if slot is None:
+        slot = ir.GlobalVariable(module, I8P, POOL_SLOT)
+        slot.initializer = ir.Constant(I8P, None)
+    return slot
+
+
+def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n: int, grain: int, emit_body) -> None:
+    """emit_body(builder, values, start, end) over units [0, n), split across the pool when
+    n >= 2 * grain. The body is its own function, `void name(...values, i64 start, i64 end)`,
+    each distinct pointer among `values` a `noalias` parameter (pointers to one buffer must
+    be the same value: the kernel functions' convention), so LLVM vectorizes it as it would
+    the kernel; the pool calls it through `void name.chunk(i8* ctx, i64 start, i64 end)`,
+    which loads `values` (computed in the caller) from a stack struct that ctx points to."""
+    distinct = list({id(v): v for v in values}.values())
+    position = {id(v): k for k, v in enumerate(distinct)}
+    fields = ir.LiteralStructType([v.type for v in distinct])
+    with b.goto_entry_block():
+        context = b.alloca(fields, name=f"{name}.ctx")
+
+    def field(builder, ptr, k):
+        return builder.gep(ptr, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
+
+    for k, value in enumerate(distinct):
+        b.store(value, field(b, context, k))
+    module = b.module
+    inner = ir.Function(module, ir.FunctionType(VOID, [v.type for v in distinct] + [I64, I64]),
+                        module.get_unique_name(name))
+    inner.linkage = "internal"
+    for arg, value in zip(inner.args, distinct):
+        if isinstance(value.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    start, end = inner.args[-2:]
+    start.name, end.name = "start", "end"
+    ib = ir.IRBuilder(inner.append_basic_block("entry"))
+    emit_body(ib, [inner.args[position[id(v)]] for v in values], start, end)
+    ib.ret_void()
+    body = ir.Function(module, BODY_TYPE, module.get_unique_name(f"{name}.chunk"))
+    body.linkage = "internal"
+    bb = ir.IRBuilder(body.append_basic_block("entry"))
+    own = bb.bitcast(body.args[0], fields.as_pointer())
+    bb.call(inner, [bb.load(field(bb, own, k)) for k in range(len(distinct))] + list(body.args[1:]))
+    bb.ret_void()
+
+    count, zero = ir.Constant(I64, n), ir.Constant(I64, 0)
+    pointer = b.bitcast(context, I8P)
+    if n < 2 * grain:
+        b.call(body, [pointer, zero, count])
+        return
+    pool = b.load(pool_slot(b.module))
+    with b.if_else(b.icmp_unsigned("==", pool, ir.Constant(I8P, None))) as (serial, parallel):
+        with serial:
+            b.call(body, [pointer, zero, count])
+        with parallel:
+            b.call(b.bitcast(pool, PARALLEL_FOR_TYPE.as_pointer()), [body, pointer, count, ir.Constant(I64, grain)])
+
+
+# ----------------------------------------------------------------- the pool's own module
+
+
+class _PoolModule:
+    """Builds the pool's IR: state in internal globals, five exported functions."""
+
+    def __init__(self):
+        m = self.m = ir.Module("ffcompile.threadpool")
+        self.state = {name: self._global(name, I64) for name in
+                      ("gen", "ticket", "finished", "workers", "n", "chunks", "busy", "quit", "inited")}
+        self.state["fn"] = self._global("fn", BODY_TYPE.as_pointer())
+        self.state["ctx"] = self._global("ctx", I8P)
+        # pthread_mutex_t / pthread_cond_t: 40 and 48 bytes on x86-64 glibc, 48 on aarch64.
+        for name in ("mutex", "work", "done"):
+            self.state[name] = self._global(name, ir.ArrayType(ir.IntType(8), 64), align=64)
+        self.state["handles"] = self._global("handles", ir.ArrayType(I64, MAX_THREADS))
+        self.libc = {
+            "pthread_mutex_init": ir.FunctionType(I32, [I8P, I8P]),
+            "pthread_mutex_lock": ir.FunctionType(I32, [I8P]),
+            "pthread_mutex_unlock": ir.FunctionType(I32, [I8P]),
+            "pthread_cond_init": ir.FunctionType(I32, [I8P, I8P]),
+            "pthread_cond_wait": ir.FunctionType(I32, [I8P, I8P]),
+            "pthread_cond_broadcast": ir.FunctionType(I32, [I8P]),
+            "pthread_create": ir.FunctionType(I32, [I64.as_pointer(), I8P, ir.FunctionType(I8P, [I8P]).as_pointer(),
+                                                    I8P]),
+            "pthread_join": ir.FunctionType(I32, [I64, I8P.as_pointer()]),
+            "sched_yield": ir.FunctionType(I32, []),
+        }
+        self.libc = {name: ir.Function(m, fty, name) for name, fty in self.libc.items()}
+        self.clock = m.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(I64, []))
+        self.run_chunks = self._run_chunks()
+        self._worker()
+        self._parallel_for()
+        self._start()
+        self._stop()
+        self._forget()
+        self._workers()
+
+    def _global(self, name, ty, align=None):
+        g = ir.GlobalVariable(self.m, ty, f"pool.{name}")
+        g.linkage = "internal"
+        g.initializer = ir.Constant(ty, None)
+        if align:
+            g.align = align
+        return g
+
+    def _bytes(self, b, name):
+        return b.bitcast(self.state[name], I8P)
+
+    def _call(self, b, name, *args):
+        return b.call(self.libc[name], list(args))
+
+    def _lock(self, b):
+        self._call(b, "pthread_mutex_lock", self._bytes(b, "mutex"))
+
+    def _unlock(self, b):
+        self._call(b, "pthread_mutex_unlock", self._bytes(b, "mutex"))
+
+    def _load(self, b, name):
+        return b.load_atomic(self.state[name], SEQ, 8)
+
+    def _store(self, b, name, value):
+        b.store_atomic(value if isinstance(value, ir.Value) else ir.Constant(I64, value), self.state[name], SEQ, 8)
+
+    def _function(self, name, fty, exported=True):
+        fn = ir.Function(self.m, fty, name)
+        if not exported:
+            fn.linkage = "internal"
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def _while(self, b, condition, body, name):
+        """while condition(b): body(b)"""
+        head, loop, end = (b.append_basic_block(f"{name}.{part}") for part in ("head", "body", "end"))
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(condition(b), loop, end)
+        b.position_at_end(loop)
+        body(b)
+        b.branch(head)
+        b.position_at_end(end)
+
+    def _spin_until(self, b, condition, name):
+        """Spin while not condition(b), for at most SPIN_CYCLES time-stamp-counter cycles."""
+        start = b.call(self.clock, [])
+
+        def spinning(b):
+            elapsed = b.sub(b.call(self.clock, []), start)
+            return b.and_(b.not_(condition(b)), b.icmp_unsigned("<", elapsed, ir.Constant(I64, SPIN_CYCLES)))
+
+        self._while(b, spinning, lambda b: None, name)
+
+    def _acquire_busy(self, b):
+        """Take the pool for this job (spinning and yielding meanwhile: start/stop only)."""
+        def taken(b):
+            pair = b.cmpxchg(self.state["busy"], ir.Constant(I64, 0), ir.Constant(I64, 1), SEQ, SEQ)
+            return b.extract_value(pair, 1)
+        self._while(b, lambda b: b.not_(taken(b)), lambda b: self._call(b, "sched_yield"), "acquire")
+
+    def _run_chunks(self):
+        """run_chunks(g): claim chunks of job g (while it is the posted one and has some left)
+        and run them, counting each one finished; the one that finishes the last chunk
+        wakes the caller if it sleeps. A chunk is claimed by a compare-and-swap of the ticket
+        (generation << 32 | next chunk), so a worker that wakes late, after job g ended,
+        claims nothing, and the job fields it read belong to the job it claimed from."""
+        fn, b = self._function("pool.run_chunks", ir.FunctionType(VOID, [I64]), exported=False)
+        mine = fn.args[0]
+        loop, claim, done = (b.append_basic_block(name) for name in ("loop", "claim", "done"))
+        b.branch(loop)
+        b.position_at_end(loop)
+        ticket = self._load(b, "ticket")
+        chunks = self._load(b, "chunks")
+        index = b.and_(ticket, ir.Constant(I64, 0xFFFFFFFF))
+        current = b.icmp_unsigned("==", b.lshr(ticket, ir.Constant(I64, 32)), mine)
+        b.cbranch(b.and_(current, b.icmp_unsigned("<", index, chunks)), claim, done)
+        b.position_at_end(claim)
+        n, body, ctx = self._load(b, "n"), b.load(self.state["fn"]), b.load(self.state["ctx"])
+        pair = b.cmpxchg(self.state["ticket"], ticket, b.add(ticket, ir.Constant(I64, 1)), SEQ, SEQ)
+        with b.if_then(b.extract_value(pair, 1)):
+            start = b.udiv(b.mul(n, index), chunks)
+            end = b.udiv(b.mul(n, b.add(index, ir.Constant(I64, 1))), chunks)
+            b.call(body, [ctx, start, end])
+            finished = b.atomic_rmw("add", self.state["finished"], ir.Constant(I64, 1), SEQ)
+            with b.if_then(b.icmp_unsigned("==", b.add(finished, ir.Constant(I64, 1)), chunks)):
+                self._lock(b)
+                self._call(b, "pthread_cond_broadcast", self._bytes(b, "done"))
+                self._unlock(b)
+        b.branch(loop)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
+
+    def _worker(self):
+        """Worker: wait for a new generation (spin, then sleep), help with its chunks; return
+        when told to quit."""
+        self.worker, b = self._function("pool.worker", ir.FunctionType(I8P, [I8P]), exported=False)
+        mine = b.alloca(I64)
+        b.store(ir.Constant(I64, 0), mine)  # start() resets the generation to 0 before creating workers
+        loop = b.append_basic_block("loop")
+        b.branch(loop)
+        b.position_at_end(loop)
+
+        def new_job(b):
+            return b.icmp_unsigned("!=", self._load(b, "gen"), b.load(mine))
+
+        self._spin_until(b, new_job, "spin")
+        self._lock(b)
+        self._while(b, lambda b: b.and_(b.not_(new_job(b)), b.icmp_unsigned("==", self._load(b, "quit"),
+                                                                              ir.Constant(I64, 0))),
+                    lambda b: self._call(b, "pthread_cond_wait", self._bytes(b, "work"), self._bytes(b, "mutex")),
+                    "sleep")
+        quitting = b.icmp_unsigned("!=", self._load(b, "quit"), ir.Constant(I64, 0))
+        self._unlock(b)
+        with b.if_then(quitting):
+            b.ret(ir.Constant(I8P, None))
+        b.store(self._load(b, "gen"), mine)
+        b.call(self.run_chunks, [b.load(mine)])
+        b.branch(loop)
+
+    def _parallel_for(self):
+        fn, b = self._function("ffc_pool_parallel_for", PARALLEL_FOR_TYPE)
+        body, ctx, n, grain = fn.args
+
+        def serial(b):
+            b.call(body, [ctx, ir.Constant(I64, 0), n])
+            b.ret_void()
+
+        pair = b.cmpxchg(self.state["busy"], ir.Constant(I64, 0), ir.Constant(I64, 1), SEQ, SEQ)
+        with b.if_then(b.not_(b.extract_value(pair, 1))):
+            serial(b)
+        workers = self._load(b, "workers")
+        chunks = b.udiv(n, grain)
+        most = b.mul(b.add(workers, ir.Constant(I64, 1)), ir.Constant(I64, CHUNKS_PER_THREAD))
+        chunks = b.select(b.icmp_unsigned("<", most, chunks), most, chunks)
+        with b.if_then(b.or_(b.icmp_unsigned("<=", chunks, ir.Constant(I64, 1)),
+                             b.icmp_unsigned("==", workers, ir.Constant(I64, 0)))):
+            self._store(b, "busy", 0)
+            serial(b)
+        self._lock(b)
+        b.store(body, self.state["fn"])
+        b.store(ctx, self.state["ctx"])
+        self._store(b, "n", n)
+        self._store(b, "chunks", chunks)
+        self._store(b, "finished", 0)
+        gen = b.and_(b.add(self._load(b, "gen"), ir.Constant(I64, 1)), ir.Constant(I64, 0xFFFFFFFF))
+        self._store(b, "ticket", b.shl(gen, ir.Constant(I64, 32)))
+        self._store(b, "gen", gen)
+        self._call(b, "pthread_cond_broadcast", self._bytes(b, "work"))
+        self._unlock(b)
+        b.call(self.run_chunks, [gen])
+
+        def all_done(b):
+            return b.icmp_unsigned("==", self._load(b, "finished"), chunks)
+
+        self._spin_until(b, all_done, "spin")
+        self._lock(b)
+        self._while(b, lambda b: b.not_(all_done(b)),
+                    lambda b: self._call(b, "pthread_cond_wait", self._bytes(b, "done"), self._bytes(b, "mutex")),
+                    "wait")
+        self._unlock(b)
+        self._store(b, "busy", 0)
+        b.ret_void()
+
+    def _start(self):
+        """i64 ffc_pool_start(i64 workers): create them (after ffc_pool_stop); the number created."""
+        fn, b = self._function("ffc_pool_start", ir.FunctionType(I64, [I64]))
+        self._acquire_busy(b)
+        with b.if_then(b.icmp_unsigned("==", self._load(b, "inited"), ir.Constant(I64, 0))):
+            for name, init in (("mutex", "pthread_mutex_init"), ("work", "pthread_cond_init"),
+                               ("done", "pthread_cond_init")):
+                self._call(b, init, self._bytes(b, name), ir.Constant(I8P, None))
+            self._store(b, "inited", 1)
+        for name in ("gen", "ticket", "quit", "workers"):
+            self._store(b, name, 0)
+        created = b.alloca(I64)
+        b.store(ir.Constant(I64, 0), created)
+        wanted = b.select(b.icmp_unsigned("<", fn.args[0], ir.Constant(I64, MAX_THREADS)), fn.args[0],
+                          ir.Constant(I64, MAX_THREADS))
+
+        head, body, end = (b.append_basic_block(f"create.{p}") for p in ("head", "body", "end"))
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.load(created)
+        b.cbranch(b.icmp_unsigned("<", k, wanted), body, end)
+        b.position_at_end(body)
+        handle = b.gep(self.state["handles"], [ir.Constant(I64, 0), k])
+        rc = self._call(b, "pthread_create", handle, ir.Constant(I8P, None), self.worker, b.inttoptr(k, I8P))
+        ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
+        b.store(b.add(k, b.zext(ok, I64)), created)  # counts the threads that exist
+        b.cbranch(ok, head, end)
+        b.position_at_end(end)
+        count = b.load(created)
+        self._store(b, "workers", count)
+        self._store(b, "busy", 0)
+        b.ret(count)
+
+    def _stop(self):
+        """void ffc_pool_stop(): wake every worker with quit set and join them all."""
+        fn, b = self._function("ffc_pool_stop", ir.FunctionType(VOID, []))
+        self._acquire_busy(b)
+        with b.if_then(b.icmp_unsigned("!=", self._load(b, "workers"), ir.Constant(I64, 0))):
+            self._lock(b)
+            self._store(b, "quit", 1)
+            self._call(b, "pthread_cond_broadcast", self._bytes(b, "work"))
+            self._unlock(b)
+            k = b.alloca(I64)
+            b.store(ir.Constant(I64, 0), k)
+
+            def join(b):
+                handle = b.load(b.gep(self.state["handles"], [ir.Constant(I64, 0), b.load(k)]))
+                self._call(b, "pthread_join", handle, ir.Constant(I8P.as_pointer(), None))
+                b.store(b.add(b.load(k), ir.Constant(I64, 1)), k)
+
+            self._while(b, lambda b: b.icmp_unsigned("<", b.load(k), self._load(b, "workers")), join, "join")
+            self._store(b, "workers", 0)
+            self._store(b, "quit", 0)
+        self._store(b, "busy", 0)
+        b.ret_void()
+
+    def _forget(self):
+        """void ffc_pool_forget(): in a forked child, which has none of the workers (and maybe a
+        mutex some parent thread held): no workers, not busy, primitives initialized anew."""
+        fn, b = self._function("ffc_pool_forget", ir.FunctionType(VOID, []))
+        for name in ("workers", "busy", "inited", "quit"):
+            self._store(b, name, 0)
+        b.ret_void()
+
+    def _workers(self):
+        fn, b = self._function("ffc_pool_workers", ir.FunctionType(I64, []))
+        b.ret(self._load(b, "workers"))
+
+
+# ----------------------------------------------------------------- the Python side
+
+
+_lock = threading.Lock()
+_library = None  # the pool's JitModule: never released (workers run its code)
+_functions: dict[str, ctypes._CFuncPtr] = {}
+_threads: int | None = None  # what the pool was started with (None: not yet)
+
+
+def default_threads() -> int:
+    """FFCOMPILE_NUM_THREADS if set (a positive integer), else the cores this process may use."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"{THREADS_VARIABLE}={value!r}: expected a positive integer number of threads")
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load() -> None:
+    global _library
+    if _library is not None:
+        return
+    _library = jit(_PoolModule().m)
+    signatures = {"ffc_pool_start": ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64),
+                  "ffc_pool_stop": ctypes.CFUNCTYPE(None),
+                  "ffc_pool_forget": ctypes.CFUNCTYPE(None),
+                  "ffc_pool_workers": ctypes.CFUNCTYPE(ctypes.c_int64)}
+    for name, cfunc in signatures.items():
+        _functions[name] = cfunc(_library.address(name))
+    # Workers spin in the pool's code: stop them before the interpreter tears anything down.
+    atexit.register(_functions["ffc_pool_stop"])
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _forget_after_fork() -> None:
+    global _threads
+    _functions["ffc_pool_forget"]()
+    _threads = None
+
+
+def set_num_threads(threads: int) -> None:
+    """Threads generated code splits its parallel kernels over (the calling thread counts as
+    one): 1 runs everything on the caller. Takes effect for the next call of any program."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"set_num_threads: expected a positive integer, got {threads!r}")
+    if threads > MAX_THREADS:
+        raise ValueError(f"set_num_threads: at most {MAX_THREADS} threads, got {threads}")
+    global _threads
+    with _lock:
+        _load()
+        _functions["ffc_pool_stop"]()
+        created = _functions["ffc_pool_start"](threads - 1)
+        _threads = 1 + created
+    if created != threads - 1:
+        raise RuntimeError(f"set_num_threads({threads}): the system created only {created} worker threads")
+
+
+def get_num_threads() -> int:
+    """The threads parallel kernels use: set_num_threads's choice, else default_threads()."""
+    return _threads if _threads is not None else default_threads()
+
+
+def parallel_for_address() -> int:
+    """The address of ffc_pool_parallel_for, the pool started (default_threads()) if not yet."""
+    if _threads is None:
+        set_num_threads(default_threads())
+    return _library.address("ffc_pool_parallel_for")
+
+
+def running_workers() -> int:
+    """Worker threads alive now (0 before the pool starts)."""
+    return _functions["ffc_pool_workers"]() if _functions else 0

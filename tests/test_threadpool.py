@@ -1,0 +1,105 @@
+"""The native thread pool (codegen/llvm/threadpool.py): its settings, and that it never hangs
+or crashes: Python threads calling parallel programs at once, the thread count changed
+under them, a forked child, interpreter exit with workers spinning. Those run in a
+subprocess under a timeout, so a hang fails the test instead of stopping the suite."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ffcompile as ff
+from ffcompile.codegen.llvm import threadpool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def restore_threads():
+    before = ff.get_num_threads()
+    yield
+    ff.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2", threadpool.MAX_THREADS + 1])
+def test_set_num_threads_refuses_what_is_not_a_thread_count(bad):
+    with pytest.raises(ValueError, match="set_num_threads"):
+        ff.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_set_num_threads_starts_that_many_minus_the_caller(threads, restore_threads):
+    ff.set_num_threads(threads)
+    assert ff.get_num_threads() == threads
+    assert threadpool.running_workers() == threads - 1
+
+
+def test_thread_count_from_the_environment_and_its_errors():
+    code = """
+        import numpy as np, ffcompile as ff
+        from ffcompile.codegen.llvm import threadpool
+        print(ff.get_num_threads(), threadpool.running_workers())
+        x, w = np.ones((1, 784), np.float32), np.ones((784, 512), np.float32)
+        assert (ff.compile(lambda x, w: x @ w)(x, w) == 784).all()
+        print(threadpool.running_workers())
+    """
+    result = run_python(code, {threadpool.THREADS_VARIABLE: "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "0", "2"]  # started by the first parallel program
+    result = run_python(code, {threadpool.THREADS_VARIABLE: "many"})
+    assert result.returncode != 0 and f"{threadpool.THREADS_VARIABLE}='many'" in result.stderr
+
+
+def test_default_is_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.delenv(threadpool.THREADS_VARIABLE, raising=False)
+    assert threadpool.default_threads() == len(os.sched_getaffinity(0))
+
+
+def test_concurrent_callers_thread_count_changes_fork_and_exit_neither_hang_nor_crash():
+    code = """
+        import os, threading
+        import numpy as np, ffcompile as ff
+
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((784, 512)).astype(np.float32)
+        xs = [rng.standard_normal((m, 784)).astype(np.float32) for m in (1, 3, 8)]
+        fns = [ff.compile(lambda x, w: x @ w) for _ in xs]
+        expected = [np.asarray(f(x, w)).copy() for f, x in zip(fns, xs)]
+        errors = []
+
+        def caller(k):
+            for _ in range(300):
+                if not np.array_equal(np.asarray(fns[k](xs[k], w)), expected[k]):
+                    errors.append(k)
+
+        threads = [threading.Thread(target=caller, args=(k % 3,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for n in (1, 3, 2, 4, 2):  # changed while the callers run
+            ff.set_num_threads(n)
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+        pid = os.fork()
+        if pid == 0:  # the child has none of the parent's workers
+            ok = np.array_equal(np.asarray(fns[0](xs[0], w)), expected[0])
+            ff.set_num_threads(2)
+            ok = ok and np.array_equal(np.asarray(fns[2](xs[2], w)), expected[2])
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, status
+        fns[1](xs[1], w)  # workers spinning as the interpreter exits
+        print("done")
+    """
+    result = run_python(code)
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
