@@ -2,7 +2,6 @@
 from . import distributed, nn, optim, random, tree
 from .api import compile
 from .checkpoint import load, save
-from .codegen.llvm.threadpool import get_num_threads, set_num_threads
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace
 from .functions import __all__ as _functions
 from .gradcheck import check_grads
@@ -16,9 +15,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # ff.onnx and ff.from_torch need the onnx extra: imported on first use so the core does not.
+    # ff.onnx and ff.from_torch need the onnx extra, the thread pool llvmlite: imported on
+    # first use so that `import ffcompile` does not (tests/test_import_cost.py).
     import importlib
 
+    if name in ("get_num_threads", "set_num_threads"):
+        return getattr(importlib.import_module(".codegen.llvm.threadpool", __name__), name)
     if name == "onnx":
         return importlib.import_module(".onnx", __name__)
     if name == "from_torch":
