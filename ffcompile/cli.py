@@ -30,7 +30,7 @@ from .pipeline import arena_of, program_of
 from .transforms import value_and_grad
 from .codegen.llvm.blas import set_blas_threads
 from .codegen.llvm.export import ExportError
-from .passes.remat import STRATEGIES, frontier, remat
+from .passes.remat import PLANNERS, STRATEGIES, frontier, remat
 from .train import compile_train_step
 
 FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats", "llvm", "asm")
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="plan memory vs recompute for a model's training step")
     plan.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
-    plan.add_argument("--strategy", choices=STRATEGIES, default=None,
+    plan.add_argument("--strategy", choices=(*STRATEGIES, *PLANNERS), default=None,
                       help="default: optimal with --budget, else store_all")
     plan.add_argument("--budget", default=None, metavar="B", help="arena budget: 50%% of store_all's peak, or bytes")
     plan.add_argument("--sweep", action="store_true",

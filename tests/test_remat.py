@@ -280,9 +280,9 @@ def test_optimal_matches_exhaustive_search(name):
         expected = min((flops for peak, flops in plans if peak <= budget), default=None)
         if expected is None:  # the error names the least peak of all
             with pytest.raises(RematInfeasible, match=f"smallest real peak found is {peaks[0]} bytes"):
-                remat(graph, "optimal", budget)
+                remat(graph, "milp", budget)
             continue
-        _, plan = remat(graph, "optimal", budget)
+        _, plan = remat(graph, "milp", budget)
         assert plan.peak_bytes <= budget
         assert plan.extra_flops == expected, (name, budget, plan)
         sources.add(plan.solver.source)
@@ -379,7 +379,7 @@ def test_forward_only_graph_has_nothing_to_plan():
 def test_no_time_to_solve_falls_back_on_the_best_seed_that_fits():
     graph = training_graph(mlp_loss, mlp_args(12))
     _, sqrt_plan = remat(graph, "sqrt")
-    _, plan = remat(graph, "optimal", sqrt_plan.peak_bytes, time_limit=0.0)
+    _, plan = remat(graph, "milp", sqrt_plan.peak_bytes, time_limit=0.0)
     assert plan.solver.iterations == 0 and plan.solver.model_status == "not run" and plan.solver.model_gap is None
     assert plan.solver.status == "feasible" and plan.solver.gap is None  # no bound was computed: none is claimed
     assert plan.solver.source == "sqrt" and plan.extra_flops == sqrt_plan.extra_flops

@@ -2,9 +2,11 @@
 
 A forward value the backward part reads is either stored or recomputed: a
 copy of its node, located `recompute loc(...)`, inserted right before the
-first backward node that needs it. This module holds the rewrite
-(`insert_recomputation`) and the stored set of each named strategy
-(`STORED_SETS`); remat.py and remat_solver.py build on it.
+first backward node that needs it. This module holds the rewrites
+(`insert_recomputation` for a stored set, one copy per value; `insert_rounds`
+for any sequence of copies, which the chain DP's multiple recomputation uses)
+and the stored set of each named strategy (`STORED_SETS`); remat.py,
+remat_solver.py and remat_chain.py build on it.
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def recomputed_values(graph: Graph, forward: list[bool], stored: set[int]) -> li
 class Rewrite:
     graph: Graph
     new_id: tuple[int, ...]  # original node id -> its id in the rewritten graph
-    copies: dict[int, int]  # recomputed original id -> its copy's id in the rewritten graph
+    copies: dict[int, int]  # recomputed original id -> its (last) copy's id in the rewritten graph
     extra_flops: int
 
 
@@ -104,20 +106,33 @@ def insert_recomputation(graph: Graph, stored: set[int], forward: list[bool] | N
     due: dict[int, list[int]] = {}
     for v in recompute:  # ascending: a copy's operands are emitted before it
         due.setdefault(first_need[v], []).append(v)
+    return insert_rounds(graph, due, forward)
+
+
+def insert_rounds(graph: Graph, rounds: dict[int, list[int]], forward: list[bool]) -> Rewrite:
+    """Multiple recomputation: before node i, copy the forward nodes rounds[i] in order.
+
+    A copy and every backward node read the latest copy of each operand (else the
+    original), so a value may be recomputed many times and a copy kept by a later
+    reader is a new checkpoint; copies compute the same ops on the same operands,
+    so every version holds the same bits. `copies` maps a value to its last copy."""
+    nodes = graph.nodes
+    if not any(rounds.values()):
+        return Rewrite(graph, tuple(range(len(nodes))), {}, 0)
     builder = Builder(graph.name)
     new_id: list[int] = []
-    copies: dict[int, int] = {}
+    latest: dict[int, int] = {}
     extra = 0
     for i, node in enumerate(nodes):
-        for v in due.get(i, ()):
+        for v in rounds.get(i, ()):
             original = nodes[v]
-            operands = [copies.get(j, new_id[j]) for j in original.inputs]
-            copies[v] = builder.emit(original.op, operands, original.attr_dict, original.loc, Role.RECOMPUTE)
+            operands = [latest.get(j, new_id[j]) for j in original.inputs]
+            latest[v] = builder.emit(original.op, operands, original.attr_dict, original.loc, Role.RECOMPUTE)
             extra += flops_of(graph, v)
         reads_copies = not forward[i] and node.op is not O.Input
-        new_id.append(builder.copy(node, [copies[j] if reads_copies and j in copies else new_id[j]
+        new_id.append(builder.copy(node, [latest.get(j, new_id[j]) if reads_copies else new_id[j]
                                           for j in node.inputs]))
-    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), copies, extra)
+    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), latest, extra)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -142,3 +157,4 @@ def stored_sqrt(graph: Graph, forward: list[bool]) -> set[int]:
 
 # The one table of named strategies: strategy -> its stored set (optimal solves for one).
 STORED_SETS = {"store_all": stored_all, "recompute_elementwise": stored_matmuls, "sqrt": stored_sqrt}
+

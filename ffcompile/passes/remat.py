@@ -31,9 +31,12 @@ from typing import Callable
 from ..ir import Graph
 from .cost import arena_peak, flops_of
 from .recompute import STORED_SETS, RematInfeasible, Rewrite, forward_mask, insert_recomputation
+from .remat_chain import find_chain, plan_chain
 from .remat_solver import SolverReport, solve_optimal
 
-STRATEGIES = (*STORED_SETS, "optimal")
+STRATEGIES = (*STORED_SETS, "optimal")  # what every graph accepts
+PLANNERS = ("chain", "milp")  # optimal's two planners alone; "chain" takes chains only
+MILP_BESIDE_CHAIN_NODES = 2000  # a larger chain is planned by the DP alone: the MILP would take the time limit
 
 
 # --------------------------------------------------------------------------- the plan
@@ -80,19 +83,18 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
     time_limit: seconds for `optimal`'s solver, over all its re-solves.
     peak_of: the real arena of the program a backend builds from a graph
     (a backend that needs kernel scratch passes its own measure)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"remat: unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if strategy not in (*STRATEGIES, *PLANNERS):
+        raise ValueError(f"remat: unknown strategy {strategy!r}; choose one of {(*STRATEGIES, *PLANNERS)}")
     start = time.perf_counter()
     forward = forward_mask(graph)
     store_all_peak = peak_of(graph)
     budget = _budget_bytes(memory_budget, store_all_peak)
     solver = None
-    if strategy == "optimal":
-        stored, solver = solve_optimal(graph, forward, budget if budget is not None else store_all_peak,
-                                       time_limit, peak_of)
+    if strategy in ("optimal", *PLANNERS):
+        rewrite, solver = _plan_optimal(graph, forward, strategy, budget if budget is not None else store_all_peak,
+                                        time_limit, peak_of)
     else:
-        stored = STORED_SETS[strategy](graph, forward)
-    rewrite = insert_recomputation(graph, stored, forward)
+        rewrite = insert_recomputation(graph, STORED_SETS[strategy](graph, forward), forward)
     peak = peak_of(rewrite.graph)
     if budget is not None and peak > budget:
         raise RematInfeasible(f"remat: strategy {strategy!r} needs a {peak}-byte arena, over the "
@@ -102,6 +104,41 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
                      _stored_names(forward, rewrite), _recomputed_names(graph, rewrite),
                      time.perf_counter() - start, solver)
     return rewrite.graph, plan
+
+
+def _plan_optimal(graph: Graph, forward: list[bool], strategy: str, budget: int, time_limit: float,
+                  peak_of) -> tuple[Rewrite, SolverReport]:
+    """`chain`: the chain DP (multiple recomputation); `milp`: the MILP (one copy per value).
+    `optimal`: the cheaper verified plan of the DP (when the forward part is a chain) and the
+    MILP (unless the chain is large); a tie goes to the DP."""
+    start = time.perf_counter()
+    chain = find_chain(graph, forward) if strategy != "milp" else None
+    if strategy == "chain" and chain is None:
+        raise ValueError(f"remat: strategy 'chain' needs a forward part that is a chain of alike segments; "
+                         f"{graph.name} is not one (use 'optimal')")
+    found = plan_chain(graph, forward, chain, budget, peak_of) if chain is not None else None
+    best = None
+    if found is not None:
+        rewrite, _, slots, probes = found
+        proven = rewrite.extra_flops == 0
+        best = rewrite, SolverReport("optimal" if proven else "feasible", 0.0 if proven else None,
+                                     time.perf_counter() - start, probes, f"chain DP ({slots} slots)",
+                                     "optimal", 0.0)
+    if strategy == "milp" or (strategy == "optimal" and (chain is None or len(graph.nodes) <= MILP_BESIDE_CHAIN_NODES)):
+        try:
+            stored, report = solve_optimal(graph, forward, budget, max(0.0, time_limit - (time.perf_counter() - start)),
+                                           peak_of)
+        except RematInfeasible:
+            if best is None:
+                raise
+        else:
+            rewrite = insert_recomputation(graph, stored, forward)
+            if best is None or rewrite.extra_flops < best[0].extra_flops:
+                best = rewrite, report
+    if best is None:
+        raise RematInfeasible(f"remat: no chain schedule fits the {budget}-byte budget, not even one "
+                              f"that keeps no checkpoint")
+    return best
 
 
 def _budget_bytes(budget, store_all_peak: int) -> int | None:

@@ -119,9 +119,9 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         remaining = max(0.05, time_limit - (time.perf_counter() - start))
         result = model.solve(model_budget, cuts, remaining)
         status = _STATUS.get(result.status, str(result.status))
+        bound = None if result.x is None else result.mip_dual_bound  # this solve's, never a stale one
         if result.x is None:
             break
-        bound = result.mip_dual_bound
         stored = model.stored(result.x)
         peak, flops = evaluate(stored)
         if peak <= budget:
