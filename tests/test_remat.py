@@ -295,7 +295,7 @@ def test_optimal_at_sqrt_memory_is_no_costlier_than_sqrt():
     _, plan = remat(graph, "optimal", sqrt_plan.peak_bytes)
     assert plan.peak_bytes <= sqrt_plan.peak_bytes
     assert plan.extra_flops <= sqrt_plan.extra_flops
-    assert plan.solver.source == "milp"  # found by the solver, not by falling back on the sqrt seed
+    assert plan.solver.source != "sqrt"  # found by a planner, not by falling back on the sqrt seed
 
 
 # --------------------------------------------------------------------------- any stored set

@@ -13,14 +13,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ir import Builder, Graph, Role
+from ..ir import Graph, Node, Role
 from ..ir import ops as O
 from .cost import flops_of
 
 
 
 class RematInfeasible(ValueError):
-    """No plan the planner found fits the memory budget."""
+    """No plan the planner found fits the memory budget; least_peak: the smallest it found."""
+
+    def __init__(self, message: str, least_peak: int | None = None):
+        super().__init__(message)
+        self.least_peak = least_peak
 
 
 # --------------------------------------------------------------------------- the rewrite
@@ -115,24 +119,55 @@ def insert_rounds(graph: Graph, rounds: dict[int, list[int]], forward: list[bool
     A copy and every backward node read the latest copy of each operand (else the
     original), so a value may be recomputed many times and a copy kept by a later
     reader is a new checkpoint; copies compute the same ops on the same operands,
-    so every version holds the same bits. `copies` maps a value to its last copy."""
+    so every version holds the same bits. Then each copy sinks to right before the
+    first node needing it (through the copies reading it), so a round made for a
+    whole step lives no longer than its readers need, and a copy nothing reads is
+    dropped. `copies` maps a value to its last copy; copy n prints `recompute#n`."""
     nodes = graph.nodes
     if not any(rounds.values()):
         return Rewrite(graph, tuple(range(len(nodes))), {}, 0)
-    builder = Builder(graph.name)
-    new_id: list[int] = []
+    # The sequence of originals and copies: (original id, operand positions, copy number or 0).
+    sequence: list[tuple[int, tuple[int, ...], int]] = []
+    position = [0] * len(nodes)
     latest: dict[int, int] = {}
-    extra = 0
+    made: dict[int, int] = {}
     for i, node in enumerate(nodes):
         for v in rounds.get(i, ()):
-            original = nodes[v]
-            operands = [latest.get(j, new_id[j]) for j in original.inputs]
-            latest[v] = builder.emit(original.op, operands, original.attr_dict, original.loc, Role.RECOMPUTE)
-            extra += flops_of(graph, v)
+            made[v] = made.get(v, 0) + 1
+            latest[v] = len(sequence)
+            sequence.append((v, tuple(latest.get(j, position[j]) for j in nodes[v].inputs), made[v]))
         reads_copies = not forward[i] and node.op is not O.Input
-        new_id.append(builder.copy(node, [latest.get(j, new_id[j]) if reads_copies else new_id[j]
-                                          for j in node.inputs]))
-    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), latest, extra)
+        position[i] = len(sequence)
+        sequence.append((i, tuple(latest.get(j, position[j]) if reads_copies else position[j]
+                                  for j in node.inputs), 0))
+    anchor: list[int | None] = list(range(len(sequence)))
+    first_need: list[int | None] = [None] * len(sequence)
+    for p in range(len(sequence) - 1, -1, -1):
+        _, operands, number = sequence[p]
+        if number:
+            anchor[p] = first_need[p]
+        if anchor[p] is not None:
+            for q in operands:
+                first_need[q] = anchor[p] if first_need[q] is None else min(first_need[q], anchor[p])
+    due: dict[int, list[int]] = {}
+    for p, (_, _, number) in enumerate(sequence):
+        if number and anchor[p] is not None:
+            due.setdefault(anchor[p], []).append(p)
+    built: list[Node] = []
+    new: list[int | None] = [None] * len(sequence)
+    for p, (_, _, number) in enumerate(sequence):
+        if number:
+            continue
+        for q in (*due.get(p, ()), p):  # ascending: a copy's operand copies come first
+            v, operands, copy = sequence[q]
+            node = nodes[v]  # a copy has its original's type: its operands have theirs
+            built.append(Node(node.op, tuple(new[o] for o in operands), node.attrs, node.type, node.loc,
+                              Role.RECOMPUTE if copy else node.role, copy or node.copy))
+            new[q] = len(built) - 1
+    extra = sum(flops_of(graph, v) for q, (v, _, copy) in enumerate(sequence) if copy and new[q] is not None)
+    return Rewrite(Graph(tuple(built), tuple(new[position[j]] for j in graph.outputs), graph.name),
+                   tuple(new[p] for p in position),
+                   {v: new[q] for v, q in latest.items() if new[q] is not None}, extra)
 
 
 # --------------------------------------------------------------------------- strategies

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import Graph
+from ..ir import Graph, Role
 from .cost import arena_peak, flops_of
 from .recompute import STORED_SETS, RematInfeasible, Rewrite, forward_mask, insert_recomputation
 from .remat_chain import find_chain, plan_chain
@@ -55,6 +55,7 @@ class RematPlan:
     recomputed: tuple[str, ...]  # "%original -> %copy op"
     seconds: float
     solver: SolverReport | None = field(default=None)
+    copies: int = 0  # recompute nodes: more than len(recomputed) when a value is recomputed again
 
     def __str__(self) -> str:
         budget = "none" if self.budget is None else str(self.budget)
@@ -67,7 +68,8 @@ class RematPlan:
         if self.solver is not None:
             lines.append(f"  solver: {self.solver}")
         lines.append(f"  stored ({len(self.stored)}): " + ", ".join(self.stored))
-        lines.append(f"  recomputed ({len(self.recomputed)}): " + ", ".join(self.recomputed))
+        again = f", {self.copies} copies" if self.copies > len(self.recomputed) else ""
+        lines.append(f"  recomputed ({len(self.recomputed)}{again}): " + ", ".join(self.recomputed))
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -91,23 +93,25 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
     budget = _budget_bytes(memory_budget, store_all_peak)
     solver = None
     if strategy in ("optimal", *PLANNERS):
-        rewrite, solver = _plan_optimal(graph, forward, strategy, budget if budget is not None else store_all_peak,
-                                        time_limit, peak_of)
+        rewrite, solver, peak = _plan_optimal(graph, forward, strategy,
+                                              budget if budget is not None else store_all_peak,
+                                              time_limit, peak_of, store_all_peak)
     else:
         rewrite = insert_recomputation(graph, STORED_SETS[strategy](graph, forward), forward)
-    peak = peak_of(rewrite.graph)
+        peak = peak_of(rewrite.graph)
     if budget is not None and peak > budget:
         raise RematInfeasible(f"remat: strategy {strategy!r} needs a {peak}-byte arena, over the "
                               f"budget of {budget} bytes (store_all needs {store_all_peak})")
     plan = RematPlan(strategy, graph.name, budget, peak, store_all_peak, rewrite.extra_flops,
                      sum(flops_of(graph, i) for i, f in enumerate(forward) if f),
                      _stored_names(forward, rewrite), _recomputed_names(graph, rewrite),
-                     time.perf_counter() - start, solver)
+                     time.perf_counter() - start, solver,
+                     sum(node.role is Role.RECOMPUTE for node in rewrite.graph.nodes))
     return rewrite.graph, plan
 
 
 def _plan_optimal(graph: Graph, forward: list[bool], strategy: str, budget: int, time_limit: float,
-                  peak_of) -> tuple[Rewrite, SolverReport]:
+                  peak_of, store_all_peak: int) -> tuple[Rewrite, SolverReport, int]:
     """`chain`: the chain DP (multiple recomputation); `milp`: the MILP (one copy per value).
     `optimal`: the cheaper verified plan of the DP (when the forward part is a chain) and the
     MILP (unless the chain is large); a tie goes to the DP."""
@@ -116,28 +120,29 @@ def _plan_optimal(graph: Graph, forward: list[bool], strategy: str, budget: int,
     if strategy == "chain" and chain is None:
         raise ValueError(f"remat: strategy 'chain' needs a forward part that is a chain of alike segments; "
                          f"{graph.name} is not one (use 'optimal')")
-    found = plan_chain(graph, forward, chain, budget, peak_of) if chain is not None else None
-    best = None
+    best, found, error = None, None, None
+    try:
+        found = plan_chain(graph, forward, chain, budget, peak_of, store_all_peak) if chain is not None else None
+    except RematInfeasible as chain_error:
+        error = chain_error
     if found is not None:
-        rewrite, _, slots, probes = found
+        rewrite, peak, slots, probes = found
         proven = rewrite.extra_flops == 0
         best = rewrite, SolverReport("optimal" if proven else "feasible", 0.0 if proven else None,
                                      time.perf_counter() - start, probes, f"chain DP ({slots} slots)",
-                                     "optimal", 0.0)
+                                     "optimal", 0.0), peak
     if strategy == "milp" or (strategy == "optimal" and (chain is None or len(graph.nodes) <= MILP_BESIDE_CHAIN_NODES)):
         try:
             stored, report = solve_optimal(graph, forward, budget, max(0.0, time_limit - (time.perf_counter() - start)),
                                            peak_of)
-        except RematInfeasible:
-            if best is None:
-                raise
+        except RematInfeasible as milp_error:  # the error names the smaller of the two least peaks
+            error = milp_error if error is None or milp_error.least_peak < error.least_peak else error
         else:
             rewrite = insert_recomputation(graph, stored, forward)
             if best is None or rewrite.extra_flops < best[0].extra_flops:
-                best = rewrite, report
+                best = rewrite, report, peak_of(rewrite.graph)
     if best is None:
-        raise RematInfeasible(f"remat: no chain schedule fits the {budget}-byte budget, not even one "
-                              f"that keeps no checkpoint")
+        raise error
     return best
 
 

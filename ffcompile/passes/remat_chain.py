@@ -22,8 +22,10 @@ step's output held (h) or not:
                        min over l of  l*a + R(L-l, c-1, h)                  # keep x_l in a slot
                                       + min(R(l, c-1, yes), R(l, c, no)) )  # still held, or freed
 
-The forward pass advances for free: top(L, c) = min(R(L, c, yes),
-min over l of top(L-l, c-1) + min(R(l, c-1, yes), R(l, c, no))). The DP is
+The forward pass advances for free, and the tail holds the last boundary:
+top(L, c) = min(tape_held + R(L-1, c, no), min over l of top(L-l, c-1) +
+min(R(l, c-1, yes), R(l, c, no))). `tests/test_remat_chain.py` checks the
+tables against an exhaustive search over every action sequence of the model. The DP is
 exact when the body's steps are alike (same FLOPs, sizes), which is what it
 requires; its tables are (slots x steps), filled one step count at a time
 with numpy. The model counts slots, not bytes, so `remat` measures each
@@ -39,7 +41,7 @@ from ..ir import Graph
 from ..ir import ops as O
 from .cost import flops_of
 from .memory import aligned
-from .recompute import Rewrite, insert_rounds
+from .recompute import RematInfeasible, Rewrite, insert_rounds
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Chain:
     tape_held: tuple[tuple[int, ...], ...]  # the same, its boundary being held
     position: tuple[int, ...]  # per body step: the node before which its recomputation goes
     boundary: int  # the first step's boundary (every step's has its type)
+    tail: tuple[int, ...]  # the tail's nodes computing what the backward part reads (from the last boundary)
+    tail_position: int  # the first backward node reading the tail
     advance_flops: int
     tape_flops: int
     tape_held_flops: int
@@ -73,7 +77,7 @@ def find_chain(graph: Graph, forward: list[bool]) -> Chain | None:
     for i in reversed(order):
         earliest_read_after[i] = low
         low = min([low] + [j for j in nodes[i].inputs if j in computed])
-    cuts = [i for i in order[:-1] if earliest_read_after[i] >= i]
+    cuts = {i for i in order[:-1] if earliest_read_after[i] >= i}
     readers: dict[int, int] = {}  # forward value -> first backward node reading it
     for i, node in enumerate(nodes):
         if not forward[i] and node.op is not O.Input:
@@ -82,16 +86,13 @@ def find_chain(graph: Graph, forward: list[bool]) -> Chain | None:
                     readers.setdefault(j, i)
     if not readers:
         return None  # the backward part reads no forward value: nothing to plan
-    pieces, start = [], 0  # the forward part cut at every articulation point
-    for b in cuts:
-        end = order.index(b, start) + 1
-        pieces.append(order[start:end])
-        start = end
-    signature = [tuple((nodes[v].op.name, str(nodes[v].type), v in readers) for v in piece) for piece in pieces]
-    period, repeats = _period(signature)
+    # Steps: the longest run of alike chunks of the forward order from its start, each
+    # ending at an articulation point (a repeating layer or block).
+    signature = [(nodes[v].op.name, str(nodes[v].type), v in readers) for v in order]
+    period, repeats = _period(signature, {k for k, v in enumerate(order) if v in cuts})
     if repeats < 2:
         return None
-    segments = [sum(pieces[k * period:(k + 1) * period], []) for k in range(repeats)]
+    segments = [order[k * period:(k + 1) * period] for k in range(repeats)]
     boundaries = [segment[-1] for segment in segments]
     advance, tape, tape_held, need = [], [], [], []
     for segment, b in zip(segments, boundaries):
@@ -106,15 +107,20 @@ def find_chain(graph: Graph, forward: list[bool]) -> Chain | None:
              for k in range(len(segments))]
     if len(set(costs)) != 1:
         return None
-    return Chain(tuple(advance), tuple(tape), tuple(tape_held), tuple(position), boundaries[0], *costs[0])
+    rest = set(order[order.index(boundaries[-1]) + 1:])
+    tail_read = [v for v in rest if v in readers]
+    return Chain(tuple(advance), tuple(tape), tuple(tape_held), tuple(position), boundaries[0],
+                 _closure(nodes, tail_read, rest), min((readers[v] for v in tail_read), default=len(nodes)),
+                 *costs[0])
 
 
-def _period(signature: list) -> tuple[int, int]:
-    """The grouping of the first pieces into the most alike steps: (pieces per step, steps)."""
+def _period(signature: list, cut_at: set[int]) -> tuple[int, int]:
+    """(chunk length, chunks): the chunks equal the first and end at cuts; most nodes covered."""
     best = (1, 1)
     for p in range(1, len(signature) // 2 + 1):
-        k = 1
-        while (k + 1) * p <= len(signature) and signature[k * p:(k + 1) * p] == signature[:p]:
+        k = 0
+        while (k + 1) * p <= len(signature) and signature[k * p:(k + 1) * p] == signature[:p] \
+                and (k + 1) * p - 1 in cut_at:
             k += 1
         if k >= 2 and k * p > best[0] * best[1]:
             best = (p, k)
@@ -146,28 +152,30 @@ class ChainDP:
         # held at once, so rows c > L repeat row L. Every term of a state (L, c) has at most its
         # deficit L - c + 1, so top(m, lo..hi) needs no state whose deficit exceeds m - lo + 1.
         R = np.full((2, C + 1, m + 1), inf)
+        R[:, :, 0] = 0.0
         top = np.full((C + 1, m + 1), inf)
         top[:, 0] = 0.0
         tapes = (float(chain.tape_flops), float(chain.tape_held_flops))
         self.cells = 0  # table entries compared: the DP's work, which tests bound (not its time)
         for L in range(1, m + 1):
             first, last = max(0, L - (m - self.lo) - 1), min(C, L)
-            ell = np.arange(1, L)
             c0 = max(first, 1)  # rows c0..last may keep a boundary (c >= 1)
-            hold_or_free = np.minimum(R[1][c0 - 1:last, ell], R[0][c0:last + 1, ell])  # (c, l)
+            # (c, l) for l = 1..L-1, as views: min(R(l, c-1, held), R(l, c, freed)), and l*a + it
+            hold_or_free = np.minimum(R[1, c0 - 1:last, 1:L], R[0, c0:last + 1, 1:L])
+            advance_and_rest = np.arange(1, L) * a + hold_or_free
             for h in (0, 1):
                 best = np.full(last + 1 - first, tapes[h])
                 if L > 1:  # advance to the last step and reverse it, or keep a boundary in a slot
-                    best = (L - 1) * a + tapes[h] + R[0][first:last + 1, L - 1]
-                    split = (ell * a)[None, :] + R[h][c0 - 1:last, L - ell] + hold_or_free
-                    best[c0 - first:] = np.minimum(best[c0 - first:], split.min(axis=1, initial=inf))
-                    self.cells += split.size
+                    best = (L - 1) * a + tapes[h] + R[0, first:last + 1, L - 1]
+                    split = (advance_and_rest + R[h, c0 - 1:last, L - 1:0:-1]).min(axis=1, initial=inf)
+                    best[c0 - first:] = np.minimum(best[c0 - first:], split)
+                    self.cells += advance_and_rest.size
                 R[h, first:last + 1, L], R[h, last + 1:, L] = best, best[-1]
-            t = R[1, first:last + 1, L].copy()
+            t = tapes[1] + R[0, first:last + 1, L - 1]  # the forward pass reached the last step's input
             if L > 1:
-                split = top[c0 - 1:last, L - ell] + hold_or_free
-                t[c0 - first:] = np.minimum(t[c0 - first:], split.min(axis=1, initial=inf))
-                self.cells += split.size
+                split = (top[c0 - 1:last, L - 1:0:-1] + hold_or_free).min(axis=1, initial=inf)
+                t[c0 - first:] = np.minimum(t[c0 - first:], split)
+                self.cells += hold_or_free.size
             top[first:last + 1, L], top[last + 1:, L] = t, t[-1]
         self.R, self.top = R, top
 
@@ -197,9 +205,9 @@ class ChainDP:
             return []
         R, top = self.R, self.top
         target = top[c, L]
-        if R[1, c, L] == target:
-            return [("r", s, L, c, 1)]
-        for ell in range(1, L):
+        if float(self.chain.tape_held_flops) + R[0, c, L - 1] == target:
+            return [("emit", ("tape_held", s + L - 1)), ("emit", ("block", s + L - 1)), ("r", s, L - 1, c, 0)]
+        for ell in range(L - 1, 0, -1):  # ties: the latest checkpoint (the arena peaks early in the backward)
             held, freed = R[1, c - 1, ell], R[0, c, ell]
             if top[c - 1, L - ell] + min(held, freed) == target:
                 rest = ("r", s, ell, c - 1, 1) if held <= freed else ("r", s, ell, c, 0)
@@ -207,6 +215,8 @@ class ChainDP:
         raise AssertionError("remat chain DP: no choice reproduces the table")
 
     def _r_choice(self, s: int, L: int, c: int, h: int) -> list[tuple]:
+        if L == 0:
+            return []
         tape = ("emit", ("tape_held" if h else "tape", s + L - 1))
         block = ("emit", ("block", s + L - 1))
         if L == 1:
@@ -215,7 +225,7 @@ class ChainDP:
         target = R[h, c, L]
         advances = [("emit", ("advance", k)) for k in range(s, s + L - 1)]
         if c >= 1:
-            for ell in range(1, L):
+            for ell in range(L - 1, 0, -1):  # ties: the latest checkpoint (the arena peaks early in the backward)
                 held, freed = R[1, c - 1, ell], R[0, c, ell]
                 if ell * a + R[h, c - 1, L - ell] + min(held, freed) == target:
                     rest = ("r", s, ell, c - 1, 1) if held <= freed else ("r", s, ell, c, 0)
@@ -239,26 +249,57 @@ def chain_rounds(chain: Chain, actions: list[tuple[str, int]]) -> dict[int, list
     return rounds
 
 
-WINDOW = 8  # slot counts one table covers below the model's guess; wider only if none fits
+WINDOW = 8  # slot counts below the first guess one table covers; a lower guess builds another
 
 
-def plan_chain(graph: Graph, forward: list[bool], chain: Chain, budget: int, peak_of
-               ) -> tuple[Rewrite, int, int, int] | None:
-    """The DP plan with the most slots whose real arena fits `budget` (the fewest extra FLOPs
-    the model knows at that arena): (rewrite, its peak, slots, probes), or None if even
-    no slot at all does not fit. A slot holds one boundary, so `budget // slot bytes`
-    slots is where the search starts; each probe builds and measures the plan."""
+def plan_chain(graph: Graph, forward: list[bool], chain: Chain, budget: int, peak_of, store_all_peak: int
+               ) -> tuple[Rewrite, int, int, int]:
+    """The DP plan with the most slots whose real arena fits `budget`: (rewrite, its peak,
+    slots, probes); RematInfeasible if none does, not even with no slot. A slot holds one boundary:
+    the search starts at `budget // slot bytes` slots and steps down by the excess in
+    slots (each probe builds the plan and measures its arena), then up while one more fits;
+    the first guess takes off what store_all's arena holds beside its boundaries.
+    At the most slots that fit, the plan with one slot more and the tail's values
+    recomputed is measured too, when the table says it costs less."""
     slot = aligned(graph.nodes[chain.boundary].type.nbytes)
-    hi = min(chain.steps, budget // slot)
-    probes = 0
-    while hi >= 0:
-        lo = max(0, hi - WINDOW)
-        dp = ChainDP(chain, lo, hi)
-        for slots in range(hi, lo - 1, -1):
-            rewrite = insert_rounds(graph, chain_rounds(chain, dp.schedule(slots)), forward)
-            probes += 1
-            peak = peak_of(rewrite.graph)
-            if peak <= budget:
-                return rewrite, peak, slots, probes
-        hi = lo - 1
-    return None
+    tail_flops = sum(flops_of(graph, v) for v in chain.tail)
+    top = min(chain.steps, budget // slot)
+    beside = max(0, store_all_peak - chain.steps * slot)
+    tables: list[ChainDP] = []
+    measured: dict[tuple[int, bool], tuple[int, Rewrite]] = {}
+
+    def table(slots: int) -> ChainDP:
+        """One covering `slots`: a new one spans WINDOW counts below it, or above when going up."""
+        for t in tables:
+            if t.lo <= slots <= t.hi:
+                return t
+        up = bool(tables) and slots > tables[-1].hi
+        tables.append(ChainDP(chain, slots, min(top, slots + WINDOW)) if up
+                      else ChainDP(chain, max(0, slots - WINDOW), slots))
+        return tables[-1]
+
+    def measure(slots: int, again: bool = False) -> int:
+        if (slots, again) not in measured:
+            rounds = chain_rounds(chain, table(slots).schedule(slots))
+            if again:  # each copy then sinks to right before its first reader
+                rounds.setdefault(chain.tail_position, [])[:0] = chain.tail
+            rewrite = insert_rounds(graph, rounds, forward)
+            measured[slots, again] = peak_of(rewrite.graph), rewrite
+        return measured[slots, again][0]
+
+    slots = min(top, max(0, (budget - beside) // slot))
+    while measure(slots) > budget:
+        if slots == 0:
+            raise RematInfeasible(f"remat: no schedule fits the {budget}-byte budget; the smallest real "
+                                  f"peak found is {measure(0)} bytes (the chain DP's plan with no checkpoint: every "
+                                  f"step recomputed from the input; store_all: {store_all_peak})", measure(0))
+        slots = max(0, slots - max(1, -(-(measure(slots) - budget) // slot)))
+    while slots < top and measure(slots + 1) <= budget:
+        slots += 1
+    best = (slots, False)
+    if chain.tail and slots < top:
+        cost = {k: table(k).cost(k) for k in (slots, slots + 1)}
+        if cost[slots + 1] + tail_flops < cost[slots] and measure(slots + 1, True) <= budget:
+            best = (slots + 1, True)
+    peak, rewrite = measured[best]
+    return rewrite, peak, best[0], len(measured)

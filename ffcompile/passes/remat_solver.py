@@ -153,7 +153,7 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         smallest = min(peak for peak, _ in tried.values())
         raise RematInfeasible(f"remat: no schedule fits the {budget}-byte budget; the smallest real "
                               f"peak found is {smallest} bytes (store_all: {evaluate(seeds['store_all'])[0]}; "
-                              f"found by a search, not proven least)")
+                              f"found by a search, not proven least)", smallest)
     best_flops = evaluate(best)[1]
     # The model's bound holds for the model only; the one bound valid for the real arena is
     # zero extra FLOPs, so only a plan with none is proven optimal.
