@@ -330,7 +330,9 @@ def test_cli_plan_prints_the_plan_and_the_frontier(capsys, tmp_path):
     plot = tmp_path / "frontier.png"
     assert main(["plan", "xor", "--sweep", "--plot", str(plot)]) == 0
     table = capsys.readouterr().out
-    assert all(s in table for s in ("store_all", "recompute_elementwise", "sqrt", "ms/step"))
+    assert all(s in table for s in ("store_all", "recompute_elementwise", "sqrt", "LLVM ms/step"))
+    rows = [line.split() for line in table.splitlines()[1:] if not line.startswith("wrote")]
+    assert len(rows) >= 4 and all(row[1] == row[5] for row in rows)  # the LLVM program's arena is the plan's peak
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         main(["plan", "xor", "--budget", "lots"])
