@@ -168,3 +168,19 @@ def test_arena_is_the_planned_peak_and_bits_are_store_alls_on_both_backends(back
         for got, want in zip(ff.tree.tree_flatten(compiled(*args))[0], ff.tree.tree_flatten(expected)[0]):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert fitted >= 2
+
+
+def test_remat_vs_jax_example_plans_within_every_policys_bytes(capsys):
+    """At the bytes each jax.checkpoint policy needs (when ffcompile's least arena fits in
+    them), ffcompile's plan fits: its arena plus results are at most JAX's temp plus output."""
+    pytest.importorskip("jax", reason="jax is not installed: the JAX side of the comparison cannot run")
+    from test_examples import load_example
+
+    rows, least = load_example("remat_vs_jax").main(["--layers", "8", "--width", "32", "--batch", "8",
+                                                     "--repeats", "2"])
+    assert len(rows) == 6 and "| JAX policy |" in capsys.readouterr().out
+    for row in rows:
+        if row.jax_bytes >= least:
+            assert row.ff_bytes is not None and row.ff_bytes <= row.jax_bytes, row
+        else:
+            assert row.ff_bytes is None
