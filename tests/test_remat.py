@@ -385,3 +385,17 @@ def test_no_time_to_solve_falls_back_on_the_best_seed_that_fits():
     assert plan.solver.iterations == 0 and plan.solver.model_status == "not run" and plan.solver.model_gap is None
     assert plan.solver.status == "feasible" and plan.solver.gap is None  # no bound was computed: none is claimed
     assert plan.solver.source == "sqrt" and plan.extra_flops == sqrt_plan.extra_flops
+
+
+def test_a_time_limited_solve_claims_no_gap_it_did_not_prove():
+    """Whatever the machine's speed, a report is proven (model 'optimal', or a plan with no
+    extra FLOPs) or its gaps are unknown or positive: the bound HiGHS gave for that solve."""
+    graph = training_graph(mlp_loss, mlp_args(32, width=16, batch=8))
+    for time_limit in (0.5, 2.0):
+        try:
+            _, plan = remat(graph, "milp", 0.3, time_limit=time_limit)
+        except RematInfeasible:
+            continue
+        report = plan.solver
+        assert report.status == "optimal" or report.gap is None
+        assert report.model_status == "optimal" or report.model_gap is None or report.model_gap > 0, report
