@@ -250,7 +250,6 @@ def chain_rounds(chain: Chain, actions: list[tuple[str, int]]) -> dict[int, list
 
 
 WINDOW = 8  # slot counts below the first guess one table covers; a lower guess builds another
-TAIL_PROBES = 3  # plans measured with the tail recomputed, cheapest first
 
 
 def plan_chain(graph: Graph, forward: list[bool], chain: Chain, budget: int, peak_of, store_all_peak: int
@@ -260,8 +259,8 @@ def plan_chain(graph: Graph, forward: list[bool], chain: Chain, budget: int, pea
     the search starts at `budget // slot bytes` slots and steps down by the excess in
     slots (each probe builds the plan and measures its arena), then up while one more fits;
     the first guess takes off what store_all's arena holds beside its boundaries.
-    Then plans with more slots and the tail's values recomputed, which the table says cost
-    less, are measured (TAIL_PROBES at most, cheapest first)."""
+    Then, with the tail's values recomputed, one slot more while it fits and the table says
+    it costs less."""
     slot = aligned(graph.nodes[chain.boundary].type.nbytes)
     tail_flops = sum(flops_of(graph, v) for v in chain.tail)
     top = min(chain.steps, budget // slot)
@@ -298,11 +297,11 @@ def plan_chain(graph: Graph, forward: list[bool], chain: Chain, budget: int, pea
     while slots < top and measure(slots + 1) <= budget:
         slots += 1
     best = (slots, False)
-    if chain.tail:  # recomputing the tail frees its bytes for more slots: cheaper, if it fits
-        cheaper = sorted((table(k).cost(k) + tail_flops, k) for k in range(slots + 1, min(top, slots + WINDOW) + 1))
-        for cost, k in cheaper[:TAIL_PROBES]:
-            if cost < table(slots).cost(slots) and measure(k, True) <= budget:
-                best = (k, True)
-                break
+    # Recomputing the tail frees its bytes for more slots: cheaper, while one more slot fits.
+    more = slots + 1
+    while chain.tail and more <= min(top, slots + WINDOW) \
+            and table(more).cost(more) + tail_flops < table(slots).cost(slots) and measure(more, True) <= budget:
+        best = (more, True)
+        more += 1
     peak, rewrite = measured[best]
     return rewrite, peak, best[0], len(measured)
