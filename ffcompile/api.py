@@ -256,7 +256,8 @@ def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None,
     reference interpreter (composites expanded, nothing else), whatever the backend:
     the reference the optimized programs are tested against.
     remat: "store_all" | "recompute_elementwise" | "sqrt" | "optimal" (the default
-    when memory_budget, in bytes or as a fraction of store_all's peak, is given).
+    when memory_budget, in bytes or as a fraction of store_all's peak, is given) |
+    "chain" | "milp" (optimal's two planners alone; see docs/remat.md).
     dump_after: a stage name, a list of them, or "all" (see pipeline.py).
     static_argnums / static_argnames: arguments that are not arrays but Python values
     the function branches on (hashable; one program per value, as in jax.jit)."""

@@ -31,7 +31,7 @@ from .pipeline import arena_of, program_of
 from .transforms import value_and_grad
 from .codegen.llvm.blas import set_blas_threads
 from .codegen.llvm.export import ExportError
-from .passes.remat import STRATEGIES, frontier, remat
+from .passes.remat import PLANNERS, STRATEGIES, frontier, remat
 from .train import compile_train_step
 
 FORMATS = ("text", "dot", "python", "optimized", "schedule", "memory", "stats", "llvm", "asm")
@@ -152,21 +152,23 @@ def cmd_plan(args) -> int:
         sys.stdout.write(str(plan))
         rows = [(strategy, result, plan)]
     else:
-        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_of(get_backend(None)))
-        sys.stdout.write(format_frontier(rows, [_seconds_per_step(result, inputs) for _, result, _ in rows]))
+        rows = frontier(graph, time_limit=args.time_limit, peak_of=arena_of(get_backend("llvm")))
+        measured = [measure_on_llvm(result, inputs) for _, result, _ in rows]
+        sys.stdout.write(format_frontier(rows, measured))
     if args.plot:
-        plot_study(rows, args.plot, f"{args.model}: training step")
+        plot_study(rows, args.plot, f"{args.model}: training step", measured if args.sweep else None)
         print(f"wrote {args.plot}")
     return 0
 
 
-def _seconds_per_step(graph, inputs) -> float:
-    """Best of five runs of the default backend's program on the example inputs, after a warm-up."""
+def measure_on_llvm(graph, inputs) -> tuple[int, float]:
+    """(the arena the LLVM program allocates, its best of five step times in seconds after a
+    warm-up) on the example inputs: the plan's numbers, measured rather than modeled."""
     import time
 
     from .tree import tree_flatten
 
-    program = program_of(graph, get_backend(None))
+    program = program_of(graph, get_backend("llvm"))
     leaves = tree_flatten(tuple(inputs))[0]
     program.call(leaves)
     best = float("inf")
@@ -174,22 +176,24 @@ def _seconds_per_step(graph, inputs) -> float:
         start = time.perf_counter()
         program.call(leaves)
         best = min(best, time.perf_counter() - start)
-    return best
+    return program.arena_bytes, best
 
 
-def format_frontier(rows, seconds=None) -> str:
-    """The frontier as a table: peak bytes vs extra FLOPs (and time per step when measured)."""
+def format_frontier(rows, measured=None) -> str:
+    """The frontier as a table: peak bytes vs extra FLOPs, and when measured the LLVM
+    program's arena and time per step."""
     lines = [f"{'plan':<28} {'peak bytes':>12} {'of store_all':>12} {'extra FLOPs':>14} {'recomputed':>10}"
-             + (f" {'ms/step':>9}" if seconds else "")]
+             + (f" {'LLVM arena':>12} {'LLVM ms/step':>12}" if measured else "")]
     for k, (label, _, plan) in enumerate(rows):
         line = (f"{label:<28} {plan.peak_bytes:>12} {plan.peak_bytes / max(plan.store_all_peak, 1):>12.1%} "
                 f"{plan.extra_flops:>14} {len(plan.recomputed):>10}")
-        lines.append(line + (f" {1e3 * seconds[k]:>9.2f}" if seconds else ""))
+        lines.append(line + (f" {measured[k][0]:>12} {1e3 * measured[k][1]:>12.3f}" if measured else ""))
     return "\n".join(lines) + "\n"
 
 
-def plot_study(rows, path: str, title: str) -> None:
-    """A PNG with the frontier (peak vs extra FLOPs) and live arena bytes over the kernel steps."""
+def plot_study(rows, path: str, title: str, measured=None) -> None:
+    """A PNG with the frontier (peak vs extra FLOPs), live arena bytes over the kernel steps,
+    and when measured the LLVM step time vs the peak."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +202,8 @@ def plot_study(rows, path: str, title: str) -> None:
     from .passes.fuse import fuse
     from .passes.memory import plan_memory
 
-    fig, (front, time_line) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3 if measured else 2, figsize=(19 if measured else 13, 5))
+    front, time_line = axes[:2]
     for label, _, plan in rows:
         front.scatter(plan.extra_flops, plan.peak_bytes / 1024, label=label,
                       marker="o" if label.startswith("optimal") else "s")
@@ -212,6 +217,12 @@ def plot_study(rows, path: str, title: str) -> None:
             time_line.plot([b / 1024 for b in plan_memory(fuse(result)).timeline], label=label, lw=1)
     time_line.set(xlabel="kernel step", ylabel="live arena bytes (KiB)", title="live bytes over the schedule")
     time_line.legend(fontsize=7)
+    if measured:
+        for (label, _, plan), (_, seconds) in zip(rows, measured):
+            axes[2].scatter(plan.peak_bytes / 1024, 1e3 * seconds, label=label,
+                            marker="o" if label.startswith("optimal") else "s")
+        axes[2].set(xlabel="arena peak (KiB)", ylabel="LLVM time per step (ms)", title="measured time vs peak")
+        axes[2].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -353,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="plan memory vs recompute for a model's training step")
     plan.add_argument("model", metavar="MODEL", help="a zoo name (see `ffcompile list`) or a model .py file")
-    plan.add_argument("--strategy", choices=STRATEGIES, default=None,
+    plan.add_argument("--strategy", choices=(*STRATEGIES, *PLANNERS), default=None,
                       help="default: optimal with --budget, else store_all")
     plan.add_argument("--budget", default=None, metavar="B", help="arena budget: 50%% of store_all's peak, or bytes")
     plan.add_argument("--sweep", action="store_true",

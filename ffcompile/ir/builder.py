@@ -73,8 +73,8 @@ class Builder:
         return None
 
     def emit(self, op, inputs, attrs: dict | None = None, loc: "Loc | None | object" = CURRENT,
-             role: Role | None = None) -> int:
-        """Append a node; loc and role default to the builder's current ones."""
+             role: Role | None = None, copy: int = 1) -> int:
+        """Append a node; loc and role default to the builder's current ones (copy: Node.copy)."""
         attrs = attrs or {}
         types = [self.nodes[i].type for i in inputs]
         loc = self.current_loc() if loc is CURRENT else loc
@@ -83,7 +83,7 @@ class Builder:
             out = op.infer(types, attrs)
         except ShapeError as exc:
             raise located(exc, loc) from None
-        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc, self.role if role is None else role)
+        node = Node(op, tuple(inputs), freeze_attrs(attrs), out, loc, self.role if role is None else role, copy)
         self.nodes.append(node)
         return len(self.nodes) - 1
 
@@ -93,7 +93,7 @@ class Builder:
 
     def copy(self, node: Node, inputs) -> int:
         """Append `node` with remapped inputs (type re-inferred, location and role kept)."""
-        return self.emit(node.op, inputs, node.attr_dict, node.loc, node.role)
+        return self.emit(node.op, inputs, node.attr_dict, node.loc, node.role, node.copy)
 
     def inline(self, graph: Graph, args) -> list[int]:
         """Append `graph`'s nodes with its inputs bound to node ids `args`; return its outputs."""

@@ -19,7 +19,8 @@ from .types import TensorType
 class Role(StrEnum):
     """What part of the program a node belongs to: data the passes read (remat tells the
     backward part by it), printed before the location (`%5:f32[] = mul %1, %2 adjoint loc(...)`;
-    forward prints nothing). Locations are debug information only."""
+    forward prints nothing; the second and later recomputations of a value print
+    `recompute#2 loc(...)`). Locations are debug information only."""
 
     FORWARD = "forward"
     ADJOINT = "adjoint"  # made by autodiff
@@ -52,6 +53,7 @@ class Node:
     type: TensorType
     loc: Loc | None = field(default=None, compare=True)
     role: Role = Role.FORWARD
+    copy: int = 1  # a recompute node's copy number: the n-th recomputation of its value (remat)
 
     def attr(self, name: str):
         for key, value in self.attrs:

@@ -26,6 +26,7 @@ _TOKEN = re.compile(
     | (?P<num>-?(?:(?:inf|nan)(?![\w.])|\d+\.?\d*(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?))
     | (?P<word>{PLAIN_NAME.pattern})
     | (?P<ref>%\d+)
+    | (?P<copy>\#\d+)
     | (?P<at>@(?:{_STRING}|[\w.\-]+))
     | (?P<punct>[{{}}\[\](),=:])
     )""",
@@ -243,14 +244,17 @@ def _node(builder: Builder, ids: dict[int, int], raw: str, n: int, indent: int) 
     attrs = _attrs(tokens)
     if "type" in op.attributes:
         attrs["type"] = declared
-    role = Role.FORWARD
+    role, copy = Role.FORWARD, 1
     if tokens.peek()[0] == "word" and tokens.peek()[1] in _ROLES:
         role = Role(tokens.take())
+        if role is Role.RECOMPUTE and tokens.peek()[0] == "copy":
+            column = tokens.column()
+            copy = _integer(tokens.take("copy")[1:], n, column)
     loc = _loc(tokens)
     if tokens.peek()[0] is not None:
         raise tokens.fail(f"unexpected {_shown(tokens.peek())}")
     try:
-        index = builder.emit(op, operands, attrs, loc, role)
+        index = builder.emit(op, operands, attrs, loc, role, copy)
     except ShapeError as exc:
         raise IRParseError(str(exc), n, node.start(3) + 1) from None
     inferred = builder.nodes[index].type

@@ -60,7 +60,7 @@ def format_node(index: int, node: Node, locs: bool = True) -> str:
         text += " " + ", ".join(f"%{i}" for i in node.inputs)
     text += format_attrs(node)
     if node.role != "forward":
-        text += f" {node.role}"
+        text += f" {node.role}" + (f"#{node.copy}" if node.copy > 1 else "")
     if locs and node.loc is not None:
         text += f" {node.loc}"
     return text

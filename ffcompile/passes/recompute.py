@@ -2,23 +2,29 @@
 
 A forward value the backward part reads is either stored or recomputed: a
 copy of its node, located `recompute loc(...)`, inserted right before the
-first backward node that needs it. This module holds the rewrite
-(`insert_recomputation`) and the stored set of each named strategy
-(`STORED_SETS`); remat.py and remat_solver.py build on it.
+first backward node that needs it. This module holds the rewrites
+(`insert_recomputation` for a stored set, one copy per value; `insert_rounds`
+for any sequence of copies, which the chain DP's multiple recomputation uses)
+and the stored set of each named strategy (`STORED_SETS`); remat.py,
+remat_solver.py and remat_chain.py build on it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ..ir import Builder, Graph, Role
+from ..ir import Graph, Node, Role
 from ..ir import ops as O
 from .cost import flops_of
 
 
 
 class RematInfeasible(ValueError):
-    """No plan the planner found fits the memory budget."""
+    """No plan the planner found fits the memory budget; least_peak: the smallest it found."""
+
+    def __init__(self, message: str, least_peak: int | None = None):
+        super().__init__(message)
+        self.least_peak = least_peak
 
 
 # --------------------------------------------------------------------------- the rewrite
@@ -78,7 +84,7 @@ def recomputed_values(graph: Graph, forward: list[bool], stored: set[int]) -> li
 class Rewrite:
     graph: Graph
     new_id: tuple[int, ...]  # original node id -> its id in the rewritten graph
-    copies: dict[int, int]  # recomputed original id -> its copy's id in the rewritten graph
+    copies: dict[int, int]  # recomputed original id -> its (last) copy's id in the rewritten graph
     extra_flops: int
 
 
@@ -104,20 +110,64 @@ def insert_recomputation(graph: Graph, stored: set[int], forward: list[bool] | N
     due: dict[int, list[int]] = {}
     for v in recompute:  # ascending: a copy's operands are emitted before it
         due.setdefault(first_need[v], []).append(v)
-    builder = Builder(graph.name)
-    new_id: list[int] = []
-    copies: dict[int, int] = {}
-    extra = 0
+    return insert_rounds(graph, due, forward)
+
+
+def insert_rounds(graph: Graph, rounds: dict[int, list[int]], forward: list[bool]) -> Rewrite:
+    """Multiple recomputation: before node i, copy the forward nodes rounds[i] in order.
+
+    A copy and every backward node read the latest copy of each operand (else the
+    original), so a value may be recomputed many times and a copy kept by a later
+    reader is a new checkpoint; copies compute the same ops on the same operands,
+    so every version holds the same bits. Then each copy sinks to right before the
+    first node needing it (through the copies reading it), so a round made for a
+    whole step lives no longer than its readers need, and a copy nothing reads is
+    dropped. `copies` maps a value to its last copy; copy n prints `recompute#n`."""
+    nodes = graph.nodes
+    if not any(rounds.values()):
+        return Rewrite(graph, tuple(range(len(nodes))), {}, 0)
+    # The sequence of originals and copies: (original id, operand positions, copy number or 0).
+    sequence: list[tuple[int, tuple[int, ...], int]] = []
+    position = [0] * len(nodes)
+    latest: dict[int, int] = {}
+    made: dict[int, int] = {}
     for i, node in enumerate(nodes):
-        for v in due.get(i, ()):
-            original = nodes[v]
-            operands = [copies.get(j, new_id[j]) for j in original.inputs]
-            copies[v] = builder.emit(original.op, operands, original.attr_dict, original.loc, Role.RECOMPUTE)
-            extra += flops_of(graph, v)
+        for v in rounds.get(i, ()):
+            made[v] = made.get(v, 0) + 1
+            latest[v] = len(sequence)
+            sequence.append((v, tuple(latest.get(j, position[j]) for j in nodes[v].inputs), made[v]))
         reads_copies = not forward[i] and node.op is not O.Input
-        new_id.append(builder.copy(node, [copies[j] if reads_copies and j in copies else new_id[j]
-                                          for j in node.inputs]))
-    return Rewrite(builder.finish([new_id[j] for j in graph.outputs]), tuple(new_id), copies, extra)
+        position[i] = len(sequence)
+        sequence.append((i, tuple(latest.get(j, position[j]) if reads_copies else position[j]
+                                  for j in node.inputs), 0))
+    anchor: list[int | None] = list(range(len(sequence)))
+    first_need: list[int | None] = [None] * len(sequence)
+    for p in range(len(sequence) - 1, -1, -1):
+        _, operands, number = sequence[p]
+        if number:
+            anchor[p] = first_need[p]
+        if anchor[p] is not None:
+            for q in operands:
+                first_need[q] = anchor[p] if first_need[q] is None else min(first_need[q], anchor[p])
+    due: dict[int, list[int]] = {}
+    for p, (_, _, number) in enumerate(sequence):
+        if number and anchor[p] is not None:
+            due.setdefault(anchor[p], []).append(p)
+    built: list[Node] = []
+    new: list[int | None] = [None] * len(sequence)
+    for p, (_, _, number) in enumerate(sequence):
+        if number:
+            continue
+        for q in (*due.get(p, ()), p):  # ascending: a copy's operand copies come first
+            v, operands, copy = sequence[q]
+            node = nodes[v]  # a copy has its original's type: its operands have theirs
+            built.append(Node(node.op, tuple(new[o] for o in operands), node.attrs, node.type, node.loc,
+                              Role.RECOMPUTE if copy else node.role, copy or node.copy))
+            new[q] = len(built) - 1
+    extra = sum(flops_of(graph, v) for q, (v, _, copy) in enumerate(sequence) if copy and new[q] is not None)
+    return Rewrite(Graph(tuple(built), tuple(new[position[j]] for j in graph.outputs), graph.name),
+                   tuple(new[p] for p in position),
+                   {v: new[q] for v, q in latest.items() if new[q] is not None}, extra)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -142,3 +192,4 @@ def stored_sqrt(graph: Graph, forward: list[bool]) -> set[int]:
 
 # The one table of named strategies: strategy -> its stored set (optimal solves for one).
 STORED_SETS = {"store_all": stored_all, "recompute_elementwise": stored_matmuls, "sqrt": stored_sqrt}
+

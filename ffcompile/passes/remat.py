@@ -28,12 +28,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import Graph
+from ..ir import Graph, Role
 from .cost import arena_peak, flops_of
 from .recompute import STORED_SETS, RematInfeasible, Rewrite, forward_mask, insert_recomputation
+from .remat_chain import find_chain, plan_chain
 from .remat_solver import SolverReport, solve_optimal
 
-STRATEGIES = (*STORED_SETS, "optimal")
+STRATEGIES = (*STORED_SETS, "optimal")  # what every graph accepts
+PLANNERS = ("chain", "milp")  # optimal's two planners alone; "chain" takes chains only
+MILP_BESIDE_CHAIN_NODES = 2000  # a larger chain is planned by the DP alone: the MILP would take the time limit
 
 
 # --------------------------------------------------------------------------- the plan
@@ -52,6 +55,7 @@ class RematPlan:
     recomputed: tuple[str, ...]  # "%original -> %copy op"
     seconds: float
     solver: SolverReport | None = field(default=None)
+    copies: int = 0  # recompute nodes: more than len(recomputed) when a value is recomputed again
 
     def __str__(self) -> str:
         budget = "none" if self.budget is None else str(self.budget)
@@ -64,7 +68,8 @@ class RematPlan:
         if self.solver is not None:
             lines.append(f"  solver: {self.solver}")
         lines.append(f"  stored ({len(self.stored)}): " + ", ".join(self.stored))
-        lines.append(f"  recomputed ({len(self.recomputed)}): " + ", ".join(self.recomputed))
+        again = f", {self.copies} copies" if self.copies > len(self.recomputed) else ""
+        lines.append(f"  recomputed ({len(self.recomputed)}{again}): " + ", ".join(self.recomputed))
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -80,28 +85,65 @@ def remat(graph: Graph, strategy: str = "store_all", memory_budget: int | float 
     time_limit: seconds for `optimal`'s solver, over all its re-solves.
     peak_of: the real arena of the program a backend builds from a graph
     (a backend that needs kernel scratch passes its own measure)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"remat: unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if strategy not in (*STRATEGIES, *PLANNERS):
+        raise ValueError(f"remat: unknown strategy {strategy!r}; choose one of {(*STRATEGIES, *PLANNERS)}")
     start = time.perf_counter()
     forward = forward_mask(graph)
     store_all_peak = peak_of(graph)
     budget = _budget_bytes(memory_budget, store_all_peak)
     solver = None
-    if strategy == "optimal":
-        stored, solver = solve_optimal(graph, forward, budget if budget is not None else store_all_peak,
-                                       time_limit, peak_of)
+    if strategy in ("optimal", *PLANNERS):
+        rewrite, solver, peak = _plan_optimal(graph, forward, strategy,
+                                              budget if budget is not None else store_all_peak,
+                                              time_limit, peak_of, store_all_peak)
     else:
-        stored = STORED_SETS[strategy](graph, forward)
-    rewrite = insert_recomputation(graph, stored, forward)
-    peak = peak_of(rewrite.graph)
+        rewrite = insert_recomputation(graph, STORED_SETS[strategy](graph, forward), forward)
+        peak = peak_of(rewrite.graph)
     if budget is not None and peak > budget:
         raise RematInfeasible(f"remat: strategy {strategy!r} needs a {peak}-byte arena, over the "
                               f"budget of {budget} bytes (store_all needs {store_all_peak})")
     plan = RematPlan(strategy, graph.name, budget, peak, store_all_peak, rewrite.extra_flops,
                      sum(flops_of(graph, i) for i, f in enumerate(forward) if f),
                      _stored_names(forward, rewrite), _recomputed_names(graph, rewrite),
-                     time.perf_counter() - start, solver)
+                     time.perf_counter() - start, solver,
+                     sum(node.role is Role.RECOMPUTE for node in rewrite.graph.nodes))
     return rewrite.graph, plan
+
+
+def _plan_optimal(graph: Graph, forward: list[bool], strategy: str, budget: int, time_limit: float,
+                  peak_of, store_all_peak: int) -> tuple[Rewrite, SolverReport, int]:
+    """`chain`: the chain DP (multiple recomputation); `milp`: the MILP (one copy per value).
+    `optimal`: the cheaper verified plan of the DP (when the forward part is a chain) and the
+    MILP (unless the chain is large); a tie goes to the DP."""
+    start = time.perf_counter()
+    chain = find_chain(graph, forward) if strategy != "milp" else None
+    if strategy == "chain" and chain is None:
+        raise ValueError(f"remat: strategy 'chain' needs a forward part that is a chain of alike segments; "
+                         f"{graph.name} is not one (use 'optimal')")
+    best, found, error = None, None, None
+    try:
+        found = plan_chain(graph, forward, chain, budget, peak_of, store_all_peak) if chain is not None else None
+    except RematInfeasible as chain_error:
+        error = chain_error
+    if found is not None:
+        rewrite, peak, slots, probes = found
+        proven = rewrite.extra_flops == 0
+        best = rewrite, SolverReport("optimal" if proven else "feasible", 0.0 if proven else None,
+                                     time.perf_counter() - start, probes, f"chain DP ({slots} slots)",
+                                     "optimal", 0.0), peak
+    if strategy == "milp" or (strategy == "optimal" and (chain is None or len(graph.nodes) <= MILP_BESIDE_CHAIN_NODES)):
+        try:
+            stored, report = solve_optimal(graph, forward, budget, max(0.0, time_limit - (time.perf_counter() - start)),
+                                           peak_of)
+        except RematInfeasible as milp_error:  # the error names the smaller of the two least peaks
+            error = milp_error if error is None or milp_error.least_peak < error.least_peak else error
+        else:
+            rewrite = insert_recomputation(graph, stored, forward)
+            if best is None or rewrite.extra_flops < best[0].extra_flops:
+                best = rewrite, report, peak_of(rewrite.graph)
+    if best is None:
+        raise error
+    return best
 
 
 def _budget_bytes(budget, store_all_peak: int) -> int | None:

@@ -119,9 +119,9 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         remaining = max(0.05, time_limit - (time.perf_counter() - start))
         result = model.solve(model_budget, cuts, remaining)
         status = _STATUS.get(result.status, str(result.status))
+        bound = None if result.x is None else result.mip_dual_bound  # this solve's, never a stale one
         if result.x is None:
             break
-        bound = result.mip_dual_bound
         stored = model.stored(result.x)
         peak, flops = evaluate(stored)
         if peak <= budget:
@@ -153,7 +153,7 @@ def solve_optimal(graph: Graph, forward: list[bool], budget: int, time_limit: fl
         smallest = min(peak for peak, _ in tried.values())
         raise RematInfeasible(f"remat: no schedule fits the {budget}-byte budget; the smallest real "
                               f"peak found is {smallest} bytes (store_all: {evaluate(seeds['store_all'])[0]}; "
-                              f"found by a search, not proven least)")
+                              f"found by a search, not proven least)", smallest)
     best_flops = evaluate(best)[1]
     # The model's bound holds for the model only; the one bound valid for the real arena is
     # zero extra FLOPs, so only a plan with none is proven optimal.
