@@ -21,7 +21,7 @@ __all__ = ["grad", "value_and_grad", "vjp"]
 
 
 
-def _traced_call(transform):
+def traced_call(transform):
     """Run `transform(*args, **kwargs)` on Values; on arrays, compile it (cached) and run
     that. Keyword arguments reach the function untouched (no derivative is taken for them)."""
     compiled = None
@@ -90,8 +90,8 @@ def value_and_grad(fn, argnums=0):
             pos += count
         return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
 
-    _name_after(transform, "value_and_grad", fn)
-    return _traced_call(transform)
+    name_after(transform, "value_and_grad", fn)
+    return traced_call(transform)
 
 
 def grad(fn, argnums=0):
@@ -101,8 +101,8 @@ def grad(fn, argnums=0):
     def transform(*args, **kwargs):
         return vg(*args, **kwargs)[1]
 
-    _name_after(transform, "grad", fn)
-    return _traced_call(transform)
+    name_after(transform, "grad", fn)
+    return traced_call(transform)
 
 
 def vjp(fn, *args):
@@ -129,7 +129,7 @@ def vjp(fn, *args):
         flat = [next(grads) if _is_float(leaf) else None for leaf in leaves]
         return tree_unflatten(tree_flatten(tuple(primals))[1], flat)
 
-    pullback_fn = _traced_call(pullback_transform)
+    pullback_fn = traced_call(pullback_transform)
     out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
     return out, lambda cotangent: pullback_fn(args, cotangent)
 
@@ -148,7 +148,7 @@ def _cotangent(builder, leaf, out: TensorType, k: int) -> Value:
     return value
 
 
-def _name_after(transform, prefix: str, fn) -> None:
+def name_after(transform, prefix: str, fn) -> None:
     """Name a transform after fn, and let signature() see fn's parameter names."""
     transform.__name__ = f"{prefix}_{getattr(fn, '__name__', 'fn').strip('<>')}"
     transform.__wrapped__ = fn
