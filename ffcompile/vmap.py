@@ -12,8 +12,10 @@ argument, each entry an int, None or a pytree prefix of that argument.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 
+from .api import is_weak
 from .ir import ShapeError
 from .ir import lang as L
 from .ir.lang import Value
@@ -30,9 +32,7 @@ def vmap(fn, in_axes=0, out_axes=0):
     results along `out_axes` (see the module docstring)."""
 
     def transform(*args, **kwargs):
-        if kwargs:
-            raise TypeError(f"vmap: pass the arguments of {transform.__name__} positionally "
-                            f"(in_axes names them by position)")
+        args = _positional(fn, args, kwargs)
         leaves, in_tree = tree_flatten(tuple(args))
         parent = L.builder_of(leaves)
         _, types, names, _ = signature(args, fn)
@@ -49,7 +49,9 @@ def vmap(fn, in_axes=0, out_axes=0):
             moved = _moved(value, axis, 0)
             example_values.append(moved)
             example_types.append(moved.type.with_shape(moved.shape[1:]))
-        traced, captured = trace(fn, in_tree, example_types, names, parent=parent)
+        weak = [axis is None and (is_weak(leaf) or isinstance(leaf, Value) and leaf.weak)
+                for leaf, axis in zip(leaves, axes)]  # an unmapped Python scalar stays weakly typed
+        traced, captured = trace(fn, in_tree, example_types, names, parent=parent, weak=weak)
         batched = [a is not None for a in axes] + [False] * len(captured)
         graph, out_batched = batch_graph(traced.graph, batched, size)
         outs = [Value(parent, i) for i in parent.inline(graph, [v.id for v in example_values + captured])]
@@ -68,10 +70,24 @@ def vmap(fn, in_axes=0, out_axes=0):
     return traced_call(transform)
 
 
+def _positional(fn, args: tuple, kwargs: dict) -> tuple:
+    """The arguments by position (in_axes names them so), keywords bound to their places."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"vmap: the arguments do not fit {getattr(fn, '__name__', 'fn')}: {exc}") from None
+    if bound.kwargs:
+        raise TypeError(f"vmap: keyword-only arguments {sorted(bound.kwargs)} have no place in in_axes; "
+                        f"pass them through functools.partial or a closure")
+    return bound.args
+
+
 def _leaf_axes(spec, args: tuple, what: str) -> list:
     """One axis (int or None) per leaf of the arguments."""
     if isinstance(spec, (tuple, list)) and len(spec) != len(args):
-        raise ValueError(f"vmap: {what} has {len(spec)} entries for {len(tree)} arguments")
+        raise ValueError(f"vmap: {what} has {len(spec)} entries for {len(args)} arguments")
     return _prefix_leaves(spec, args, what)
 
 
