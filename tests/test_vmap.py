@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ffcompile as ff
 from ffcompile import zoo
 from ffcompile.tree import tree_leaves, tree_map
+from test_expressions_hypothesis import FF, NP, Program, add_random_step, shapes
 
 RNG = np.random.default_rng(0)
 
@@ -126,3 +129,32 @@ def test_keyword_arguments_take_their_positions():
     np.testing.assert_array_equal(ff.compile(lambda x, w: mapped(x, w=w))(x, w), x * w)
     with pytest.raises(TypeError, match="keyword-only arguments \\['s'\\] have no place in in_axes"):
         ff.compile(lambda x: ff.vmap(lambda x, *, s: x * s)(x, s=2.0))(x)
+
+
+@pytest.mark.usefixtures("backend")
+@given(st.data())
+def test_vmap_of_random_programs_equals_the_per_example_loop(data):
+    """Random array programs (test_expressions_hypothesis's generator), each input mapped
+    over a new leading axis or not: the batch equals NumPy run example by example."""
+    program = Program(data)
+    program.new_input(data.draw(shapes(), label="first shape"))
+    for _ in range(data.draw(st.integers(1, 6), label="steps")):
+        add_random_step(program)
+    mapped = [True] + [data.draw(st.booleans(), label=f"map input {k}") for k in range(1, len(program.inputs))]
+    examples = [[x * (1 + 0.25 * j) if m else x for x, m in zip(program.inputs, mapped)] for j in range(3)]
+    expected = np.stack([program.run(NP, example) for example in examples])
+    batch = [np.stack([e[k] for e in examples]) if m else x for k, (x, m) in enumerate(zip(program.inputs, mapped))]
+    in_axes = tuple(0 if m else None for m in mapped)
+    got = ff.vmap(lambda *xs: program.run(FF, xs), in_axes)(*batch)
+    assert got.shape == expected.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_per_example_gradient_benchmark_runs_and_agrees(capsys):
+    """benchmarks/per_example_grads.py: it checks ffcompile's per-example gradients against
+    JAX's before timing (when JAX is installed) and prints the ratios (not timed here)."""
+    from benchmarks import per_example_grads
+
+    ratios = per_example_grads.main(["--batch", "8", "--steps", "1", "--rounds", "1"])
+    assert "ff vmap(grad) / ff grad" in ratios and all(r > 0 for r in ratios.values())
+    assert "digits MLP (64-128-128-10), batch 8" in capsys.readouterr().out
