@@ -42,10 +42,11 @@ def _with_keywords(fn, kwargs):
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
-def _trace_nested(fn, args):
-    """Trace fn inside the current trace; returns (traced, arg leaves as Values, captured)."""
+def _trace_nested(fn, args, context=()):
+    """Trace fn inside the current trace (the innermost of args' and context's); returns
+    (traced, arg leaves as Values, captured)."""
     leaves = tree_flatten(tuple(args))[0]
-    parent = builder_of(leaves)
+    parent = builder_of(leaves + list(context))
     in_tree, types, names, _ = signature(args, fn)
     traced, captured = trace(fn, in_tree, types, names, parent=parent)
     bound = [lift(parent, leaf, None) for leaf in leaves] + captured
@@ -111,7 +112,8 @@ def vjp(fn, *args):
     Cotangents of non-float leaves are None."""
 
     def pullback_transform(primals, cotangent):
-        traced, parent, bound = _trace_nested(fn, primals)
+        # A cotangent may come from a trace inside the primals' (vmap over cotangents).
+        traced, parent, bound = _trace_nested(fn, primals, tree_flatten(cotangent)[0])
         inputs = traced.graph.inputs
         leaves = tree_flatten(tuple(primals))[0]
         floats = [inputs[k] for k, leaf in enumerate(leaves) if _is_float(leaf)]

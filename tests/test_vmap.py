@@ -67,6 +67,19 @@ def test_grad_of_vmap_and_vmap_inside_a_compiled_function_with_a_closure():
 
 
 @pytest.mark.usefixtures("backend")
+def test_a_jacobian_as_vmap_of_a_vjp_over_the_basis():
+    """The softmax Jacobian, diag(s) - s s^T, one row per cotangent of the identity: the
+    cotangents come from vmap's trace, inside the one the primals come from."""
+    def jacobian(x, basis):
+        _, pullback = ff.vjp(ff.softmax, x)
+        return ff.vmap(lambda row: pullback(row)[0])(basis)
+
+    x = RNG.standard_normal(5)
+    s = np.exp(x) / np.exp(x).sum()
+    np.testing.assert_allclose(ff.compile(jacobian)(x, np.eye(5)), np.diag(s) - np.outer(s, s), atol=1e-15)
+
+
+@pytest.mark.usefixtures("backend")
 def test_composes_with_remat():
     workload, params, x, y = _digits(8)
     per_example = ff.vmap(ff.grad(workload.loss), in_axes=(None, 0, 0))
