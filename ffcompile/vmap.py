@@ -33,22 +33,15 @@ def vmap(fn, in_axes=0, out_axes=0):
 
     def transform(*args, **kwargs):
         args = _positional(fn, args, kwargs)
-        leaves, in_tree = tree_flatten(tuple(args))
+        in_tree, _, names, leaves = signature(args, fn)
         parent = L.builder_of(leaves)
-        _, types, names, _ = signature(args, fn)
         axes = _leaf_axes(in_axes, args, "in_axes")
         values = [L.lift(parent, leaf, None) for leaf in leaves]
         size = _batch_size(values, axes, names)
-        example_values, example_types = [], []
-        for value, axis, name in zip(values, axes, names):
-            if axis is None:
-                example_values.append(value)
-                example_types.append(value.type)
-                continue
-            axis = _normalized(axis, value.ndim, f"in_axes for argument {name} of type {value.type}")
-            moved = _moved(value, axis, 0)
-            example_values.append(moved)
-            example_types.append(moved.type.with_shape(moved.shape[1:]))
+        # Each mapped argument with its batch axis first; an example is that axis dropped.
+        example_values = [v if a is None else _moved(v, _in_axis(a, v, n), 0) for v, a, n in zip(values, axes, names)]
+        example_types = [v.type if a is None else v.type.with_shape(v.shape[1:])
+                         for v, a in zip(example_values, axes)]
         weak = [axis is None and (is_weak(leaf) or isinstance(leaf, Value) and leaf.weak)
                 for leaf, axis in zip(leaves, axes)]  # an unmapped Python scalar stays weakly typed
         traced, captured = trace(fn, in_tree, example_types, names, parent=parent, weak=weak)
@@ -110,12 +103,13 @@ def _normalized(axis: int, rank: int, what: str) -> int:
     return axis % rank
 
 
+def _in_axis(axis: int, value: Value, name: str) -> int:
+    return _normalized(axis, value.ndim, f"in_axes for argument {name} of type {value.type}")
+
+
 def _batch_size(values, axes, names) -> int:
-    sizes = {}
-    for value, axis, name in zip(values, axes, names):
-        if axis is not None:
-            axis = _normalized(axis, value.ndim, f"in_axes for argument {name} of type {value.type}")
-            sizes[name] = value.shape[axis]
+    sizes = {name: value.shape[_in_axis(axis, value, name)]
+             for value, axis, name in zip(values, axes, names) if axis is not None}
     if not sizes:
         raise ValueError("vmap: in_axes maps no argument: at least one needs a batch axis (not None)")
     if len(set(sizes.values())) > 1:
