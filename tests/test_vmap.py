@@ -163,17 +163,20 @@ def test_keyword_arguments_take_their_positions():
 @given(st.data())
 def test_vmap_of_random_programs_equals_the_per_example_loop(data):
     """Random array programs (test_expressions_hypothesis's generator), each input mapped
-    over a new leading axis or not: the batch equals NumPy run example by example."""
+    over a new axis anywhere or not at all, the result's batch axis anywhere: the batch
+    equals NumPy run example by example."""
     program = Program(data)
     program.new_input(data.draw(shapes(), label="first shape"))
     for _ in range(data.draw(st.integers(1, 6), label="steps")):
         add_random_step(program)
-    mapped = [True] + [data.draw(st.booleans(), label=f"map input {k}") for k in range(1, len(program.inputs))]
-    examples = [[x * (1 + 0.25 * j) if m else x for x, m in zip(program.inputs, mapped)] for j in range(3)]
-    expected = np.stack([program.run(NP, example) for example in examples])
-    batch = [np.stack([e[k] for e in examples]) if m else x for k, (x, m) in enumerate(zip(program.inputs, mapped))]
-    in_axes = tuple(0 if m else None for m in mapped)
-    got = ff.vmap(lambda *xs: program.run(FF, xs), in_axes)(*batch)
+    in_axes = tuple(data.draw(st.integers(0, x.ndim) if k == 0 else st.none() | st.integers(0, x.ndim),
+                              label=f"in_axes[{k}]") for k, x in enumerate(program.inputs))
+    examples = [[x if a is None else x * (1 + 0.25 * j) for x, a in zip(program.inputs, in_axes)] for j in range(3)]
+    batch = [x if a is None else np.stack([e[k] for e in examples], axis=a)
+             for k, (x, a) in enumerate(zip(program.inputs, in_axes))]
+    out_axis = data.draw(st.integers(0, program.numpy_values[-1].ndim), label="out_axes")
+    expected = np.stack([program.run(NP, example) for example in examples], axis=out_axis)
+    got = ff.vmap(lambda *xs: program.run(FF, xs), in_axes, out_axis)(*batch)
     assert got.shape == expected.shape and got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
