@@ -1,5 +1,5 @@
 """ffcompile: a compiler for deep feedforward networks. Public API only."""
-from . import nn, optim, random, tree
+from . import distributed, nn, optim, random, tree
 from .api import compile
 from .checkpoint import load, save
 from .functions import *  # noqa: F401,F403 - the op library is the ff. namespace

@@ -26,6 +26,7 @@ from types import ModuleType
 from . import optim, zoo
 from .api import compile
 from .codegen.registry import get_backend
+from .distributed import DEFAULT_BUCKET_BYTES, DataParallel
 from .pipeline import arena_of, program_of
 from .transforms import value_and_grad
 from .codegen.llvm.blas import set_blas_threads
@@ -102,7 +103,11 @@ def cmd_dump(args) -> int:
     target = resolve(args.model)
     params, x, y = _inputs(target, args.batch)
     after = None if args.after is None else ("all" if args.after == "all" else args.after.split(","))
-    if args.train:
+    if args.data_parallel is not None:  # the whole step, with its all_reduce buckets
+        step = compile_train_step(_loss(target, args.model, "--data-parallel"), optim.SGD(0.01), dump_after=after,
+                                  data_parallel=DataParallel(True, args.data_parallel))
+        lowered = step.lower(params, step.init(params), x, y)
+    elif args.train:
         lowered = compile(value_and_grad(_loss(target, args.model, "--train")), dump_after=after).lower(params, x, y)
     else:
         lowered = compile(_forward(target), dump_after=after).lower(params, x)
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "memory: the arena plan; stats: per-pass node counts, kernels, bytes; "
                            "llvm, asm: the LLVM backend's IR and host assembly")
     dump.add_argument("--train", action="store_true", help="dump value_and_grad of the loss (forward + adjoint)")
+    dump.add_argument("--data-parallel", type=int, nargs="?", const=DEFAULT_BUCKET_BYTES, default=None,
+                      metavar="BUCKET_BYTES", help="dump the SGD training step data-parallel over MPI's COMM_WORLD "
+                      "(needs mpi4py), with its all_reduce buckets (default %(const)s bytes each)")
     dump.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: the model's)")
     dump.add_argument("--after", metavar="PASS", default=None,
                       help="print the IR after each named pass (comma-separated) or 'all', numbered in order")

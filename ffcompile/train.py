@@ -26,6 +26,7 @@ import inspect
 import numpy as np
 
 from .api import USER_ERRORS, CompiledFunction
+from .distributed import DataParallel
 from .ir import Role
 from .ir.lang import Value, convert
 from .runtime import ArgumentError, BoundCall
@@ -35,13 +36,18 @@ from .tree import tree_flatten, tree_paths
 
 
 class TrainStep:
-    def __init__(self, loss_fn, optimizer, backend=None, **compile_options):
+    def __init__(self, loss_fn, optimizer, backend=None, data_parallel=None, **compile_options):
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         grad_fn = value_and_grad(loss_fn, argnums=0)
+        # gradients averaged over the ranks by all_reduce ops in the program (distributed/)
+        self.data_parallel = data_parallel if data_parallel is None or isinstance(data_parallel, DataParallel) \
+            else DataParallel(data_parallel)
 
         def train_step(params, opt_state, hyperparameters, *batch):
             loss, grads = grad_fn(params, *batch)
+            if self.data_parallel is not None:
+                grads = self.data_parallel.reduce(grads)
             with scope(loss, "optim"), loss.builder.playing(Role.UPDATE):  # dumps show it as @optim
                 if hyperparameters is None:
                     new_params, new_state = optimizer.update(grads, opt_state, params)
@@ -99,6 +105,8 @@ class TrainStep:
         if prepared is None:
             raise ArgumentError("a compiled training step runs on arrays, not on traced values")
         executable, in_tree, leaves, run = prepared
+        if self.data_parallel is not None:
+            self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
         state = _state_leaves(in_tree)
         # carray: C-contiguous, writeable (and aligned), read in one flags lookup
         if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
@@ -130,6 +138,8 @@ class TrainStep:
             raise user_traceback(exc) from None
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
+        if self.data_parallel is not None:
+            self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
         binding, given = executable.bind_flat(leaves)
         state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
@@ -188,6 +198,9 @@ def _check_donatable(tree, name: str) -> None:
                    if isinstance(leaf, np.ndarray) else ""))
 
 
-def compile_train_step(loss_fn, optimizer, backend=None, **compile_options) -> TrainStep:
-    """Compile loss_fn(params, *batch) with optimizer into one in-place training step."""
-    return TrainStep(loss_fn, optimizer, backend, **compile_options)
+def compile_train_step(loss_fn, optimizer, backend=None, data_parallel=None, **compile_options) -> TrainStep:
+    """Compile loss_fn(params, *batch) with optimizer into one in-place training step.
+    data_parallel: an mpi4py communicator (True: COMM_WORLD) or a distributed.DataParallel;
+    each rank then passes its shard of the batch, and the step averages the gradients over
+    the ranks before the update (docs/distributed.md). The loss returned is this rank's."""
+    return TrainStep(loss_fn, optimizer, backend, data_parallel, **compile_options)

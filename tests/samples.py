@@ -184,6 +184,13 @@ def broadcast_case(rng):
     return {"shape": shape}, [normal(rng, stretched)]
 
 
+def all_reduce_case(rng):
+    """Over group 0, this process alone: the operands flattened and concatenated
+    (tests/test_distributed_mpi.py runs it over MPI ranks)."""
+    parts = [normal(rng, rand_shape(rng, int(rng.integers(0, 3)))) for _ in range(int(rng.integers(1, 4)))]
+    return {"bucket": int(rng.integers(0, 3)), "group": 0}, parts
+
+
 def concat_case(rng):
     shape = list(rand_shape(rng, 1))
     axis = int(rng.integers(0, len(shape)))
@@ -244,6 +251,7 @@ OP_CASES: dict[str, list[OpCase]] = {
     "reshape": [reshape_case],
     "broadcast": [broadcast_case],
     "concat": [concat_case],
+    "all_reduce": [all_reduce_case],
     "slice": [slice_case],
     "pad": [pad_case],
     "sigmoid": [unary(lambda rng, s: normal(rng, s, 4.0))],

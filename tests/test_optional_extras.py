@@ -11,3 +11,15 @@ def test_core_imports_without_the_onnx_extra():
             "try:\n    ff.onnx\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "ff.onnx needs the onnx extra: pip install 'ffcompile[onnx]'" in out.stdout
+
+
+def test_core_imports_without_the_distributed_extra():
+    """With mpi4py unimportable, ffcompile imports and trains; data_parallel says what to install."""
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import numpy as np, ffcompile as ff\n"
+            "step = ff.compile_train_step(lambda p, x: (p * x).sum(), ff.optim.SGD(0.1))\n"
+            "p = np.ones(2); step(p, step.init(p), np.ones(2))\n"
+            "try:\n    ff.compile_train_step(lambda p, x: (p * x).sum(), ff.optim.SGD(0.1), data_parallel=True)\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'ffcompile[distributed]'" in out.stdout

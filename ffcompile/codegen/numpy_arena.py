@@ -23,9 +23,10 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir import ops as O
+from ..ir.collectives import Pending
 from ..ir.types import DTYPES
 from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
-from ..passes.schedule import Schedule
+from ..passes.schedule import KernelKind, Schedule
 from .arguments import Binding, bind_python, overlapping_arguments
 
 # Elements of NumPy's ufunc iterator buffer while a program runs (np.setbufsize). A ufunc
@@ -102,6 +103,8 @@ IRREGULAR_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
     # sources: the emitter passes the array precomputed at build time as the operand
     O.Iota: lambda n, a, out: f"np.copyto({out}, {a[0]})",
     O.Constant: lambda n, a, out: f"np.copyto({out}, {a[0]})",
+    # started here, waited for before the first kernel reading out (_Emitter.collective_waits)
+    O.AllReduce: lambda n, a, out: f"{out}_pending = _all_reduce_start({n.attr('group')}, {out}, ({', '.join(a)},))",
     O.Threefry2x32: lambda n, a, out: f"np.copyto({out}, _threefry2x32({n.attr('output')!r}, {', '.join(a)}))",
 }
 
@@ -144,9 +147,17 @@ def _threefry2x32(output, *words):
     return O.Threefry2x32.reference({"output": output}, *words)
 
 
+def _all_reduce_start(gid: int, out: np.ndarray, xs) -> Pending:
+    start = 0
+    for x in xs:
+        out[start:start + x.size] = x.reshape(-1)
+        start += x.size
+    return Pending(gid, out)
+
+
 # What the generated source calls by name.
 _RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, "_matmul_into": _matmul_into,
-                               "_threefry2x32": _threefry2x32, **{
+                               "_threefry2x32": _threefry2x32, "_all_reduce_start": _all_reduce_start, **{
     _ufunc_name(op.numpy_fn): op.numpy_fn for op in O.OPS.values()
     if isinstance(getattr(op, "numpy_fn", None), np.ufunc)}}
 
@@ -342,10 +353,15 @@ class _Emitter:
                 self.names[root] = f"r{root}"
                 lines.append(f"    r{root} = out{position}.reshape({nodes[root].type.shape!r})")
         lines += self.view_lines(set(graph.inputs) | set(self.schedule.literals))
+        in_flight: list[int] = []  # collective outputs not yet waited for
         for k, kernel in enumerate(self.schedule.kernels):
+            lines += self.collective_waits(in_flight, {self.schedule.root(j) for j in kernel.inputs})
             lines.append(f"    # kernel {k} {kernel.header}")
             lines += self.kernel_lines(k, kernel)
             lines += self.view_lines(set(kernel.outputs))
+            if kernel.kind == KernelKind.COLLECTIVE:
+                in_flight.append(kernel.body[-1])
+        lines += self.collective_waits(in_flight, set(in_flight))
         lines += self.result_copies()
         if len(lines) == 1 or lines[-1].startswith("    #"):
             lines.append("    pass")
@@ -373,6 +389,13 @@ class _Emitter:
             return results
 
         return ArenaProgram(self.plan, source, self.arena, run, dict(donated), tuple(out_types))
+
+    def collective_waits(self, in_flight: list[int], reads: set[int]) -> list[str]:
+        """Wait for the collectives in flight whose buffers are about to be read (in start order)."""
+        done = [i for i in in_flight if i in reads]
+        for i in done:
+            in_flight.remove(i)
+        return [f"    {self.name(i)}_pending.wait()" for i in done]
 
     def storage_name(self, i: int, k: int) -> str:
         """Name of the storage value i (computed in kernel k) is written to."""

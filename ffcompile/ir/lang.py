@@ -455,6 +455,11 @@ def pad(x, config):
     return _emit(O.Pad, [x], config=tuple(tuple(int(v) for v in c) for c in config))
 
 
+def all_reduce(xs, bucket: int, group: int) -> Value:
+    """xs flattened, concatenated and averaged over communication group `group`'s ranks."""
+    return _emit(O.AllReduce, _values(*xs), bucket=bucket, group=group)
+
+
 def iota(builder: Builder, shape, axis: int, dtype: str) -> Value:
     return Value(builder, builder.emit(O.Iota, [], {"axis": axis, "type": TensorType(tuple(shape), dtype)}))
 

@@ -28,10 +28,11 @@ class Trait(Enum):
     LAYOUT = "layout"
     SOURCE = "source"
     COMPOSITE = "composite"
+    COLLECTIVE = "collective"  # communicates with other processes: never folded, its own kernel
 
 
 ELEMENTWISE, REDUCTION, CONTRACTION = Trait.ELEMENTWISE, Trait.REDUCTION, Trait.CONTRACTION
-LAYOUT, SOURCE, COMPOSITE = Trait.LAYOUT, Trait.SOURCE, Trait.COMPOSITE
+LAYOUT, SOURCE, COMPOSITE, COLLECTIVE = Trait.LAYOUT, Trait.SOURCE, Trait.COMPOSITE, Trait.COLLECTIVE
 
 OPS: dict[str, type["Op"]] = {}
 

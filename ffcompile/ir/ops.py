@@ -26,7 +26,8 @@ import scipy.special
 from . import attributes as A
 from . import lang as L
 # The base, traits and registry live in op.py; re-exported: ops.X is how passes name them.
-from .op import (COMPOSITE, CONTRACTION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, SOURCE, Cost,  # noqa: F401
+from . import collectives
+from .op import (COLLECTIVE, COMPOSITE, CONTRACTION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, SOURCE, Cost,  # noqa: F401
                  Input, Op, Trait, format_types, register, shown_value)
 from .errors import DTypeError
 from .types import TensorType
@@ -1123,6 +1124,37 @@ class Threefry2x32(Op):
         if attrs["output"] == "xor":
             return (x0 ^ x1).view(np.int32)
         return (x0 if attrs["output"] == "x0" else x1).view(np.int32)
+
+
+@register
+class AllReduce(Op):
+    """The mean over the ranks of communication group `group` (ir/collectives.py) of its
+    operands, flattened and concatenated: one gradient bucket of data-parallel training.
+    Every rank runs the same all_reduces, with operands of the same types, in the same order."""
+
+    name = "all_reduce"
+    traits = frozenset({COLLECTIVE})
+    arity = None
+    attributes = {"bucket": A.INDEX, "group": A.INDEX}
+    differentiable = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        if not types:
+            raise cls.error("needs at least one operand")
+        _same_dtype(cls, types)
+        if not types[0].is_float:
+            raise cls.error("averages floating-point operands only", types)
+        return types[0].with_shape((sum(t.size for t in types),))
+
+    @classmethod
+    def reference(cls, attrs, *xs):
+        flat = np.concatenate([np.ravel(x) for x in xs])
+        return collectives.all_reduce_mean(attrs["group"], flat)
+
+    @classmethod
+    def cost(cls, types, out, attrs):
+        return Cost(out.size, 2 * out.nbytes)
 
 
 PRIMITIVES = {name: op for name, op in OPS.items() if COMPOSITE not in op.traits}

@@ -153,6 +153,14 @@ def _pad(operands, batched, attrs, size):
     return _emit(O.Pad, [x], {"config": ((0, 0, 0),) + attrs["config"]})
 
 
+def _all_reduce(operands, batched, attrs, size):
+    """The mean over the ranks is elementwise: one all_reduce of every example's flattened
+    operands, side by side, then split back into examples (the same layout on every rank)."""
+    rows = [L.reshape(v, (size, -1)) for v in _materialized(operands, batched, size)]
+    reduced = _emit(O.AllReduce, [L.concatenate(rows, axis=1)], attrs)
+    return L.reshape(reduced, (size, -1))
+
+
 _ELEMENTWISE = (O.Neg, O.Exp, O.Expm1, O.Log, O.Log1p, O.Tanh, O.Erf, O.Sin, O.Cos, O.Sqrt, O.Abs,
                 O.Sign, O.Floor, O.StopGradient, O.Pow, O.Convert, O.Add, O.Sub, O.Mul, O.Div,
                 O.Maximum, O.Minimum, O.Gt, O.Ge, O.Lt, O.Le, O.Eq, O.Select, O.Threefry2x32,
@@ -173,4 +181,5 @@ BATCHING_RULES = {
     O.Broadcast: _broadcast,
     O.Slice: _slice,
     O.Pad: _pad,
+    O.AllReduce: _all_reduce,
 }

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir import ops as O
-from .kernel_order import sinks_first_ready
+from .kernel_order import collectives_first_ready, sinks_first_ready
 from .schedule import VIEW_OPS, Kernel, KernelKind, Schedule
 
 PROLOGUE, ANCHOR, EPILOGUE = "prologue", "anchor", "epilogue"
@@ -89,6 +89,7 @@ class _Partition:
             self.group_of[i] = group
         groups = self._absorb_epilogues(groups)
         kernels = sinks_first_ready(self.graph, [self._kernel(g) for g in groups], self._root)
+        kernels = collectives_first_ready(kernels, self._root)
         return Schedule(self.graph, tuple(kernels), tuple(sorted(self.views)), tuple(sorted(self.literals)))
 
     def _root(self, v: int) -> int:
@@ -267,6 +268,8 @@ def _kind_of(op, copied: bool) -> str:
         return KernelKind.REDUCTION
     if op in (O.Constant, O.Iota):
         return KernelKind.SOURCE
+    if O.COLLECTIVE in op.traits:
+        return KernelKind.COLLECTIVE
     if is_fusable(op):
         return KernelKind.ELEMENTWISE
     if O.LAYOUT in op.traits:

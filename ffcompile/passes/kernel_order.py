@@ -16,7 +16,7 @@ reads sooner and starts none earlier than it has to.
 from __future__ import annotations
 
 from ..ir import Graph
-from .schedule import Kernel
+from .schedule import Kernel, KernelKind
 
 
 def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]:
@@ -82,3 +82,23 @@ def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]
         if not placed[k]:
             place(k)
     return [kernels[k] for k in order]
+
+
+def collectives_first_ready(kernels: list[Kernel], root) -> list[Kernel]:
+    """kernels (a valid order) with each collective moved up to right after the last kernel
+    it reads from: its communication starts as soon as its bucket is ready and overlaps the
+    kernels after it (the rest of the backward pass); its readers stay where they were.
+    Collectives keep their order among themselves, which every rank shares."""
+    if all(kernel.kind != KernelKind.COLLECTIVE for kernel in kernels):
+        return kernels
+    order: list[Kernel] = []
+    produced: dict[int, int] = {}  # value -> position in order
+    for kernel in kernels:
+        position = len(order)
+        if kernel.kind == KernelKind.COLLECTIVE:
+            ready = max((produced[root(j)] for j in kernel.inputs if root(j) in produced), default=-1)
+            last_collective = max((p for p, k in enumerate(order) if k.kind == KernelKind.COLLECTIVE), default=-1)
+            position = max(ready, last_collective) + 1
+        order.insert(position, kernel)
+        produced = {v: p for p, k in enumerate(order) for v in k.outputs}
+    return order

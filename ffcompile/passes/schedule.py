@@ -23,6 +23,9 @@ Kernel kinds and the shape of their bodies:
   buffer of the last body node, which the epilogue then overwrites in place
   (fusion guarantees the same type), or into the matmul's own buffer when
   the matmul is itself an output.
+- collective (an all_reduce): copies its operands into its buffer and starts
+  the reduction there; a backend waits for it before the first kernel that
+  reads its buffer, so the kernels in between overlap the communication.
 - layout (transpose, concat, slice, pad), copy (a graph output that would
   otherwise share storage with an input or another output), source
   (constants and iota that need a buffer): one node each.
@@ -57,6 +60,7 @@ class KernelKind(StrEnum):
     LAYOUT = "layout"
     COPY = "copy"
     SOURCE = "source"
+    COLLECTIVE = "collective"
 
 
 VIEW_OPS = (O.Reshape, O.StopGradient)

@@ -110,7 +110,8 @@ def _is_canonical_splat(nodes, node: Node) -> bool:
 
 
 def _foldable(node: Node) -> bool:
-    return bool(node.inputs) and O.COMPOSITE not in node.op.traits
+    # a collective would run at compile time, on this rank alone
+    return bool(node.inputs) and not node.op.traits & {O.COMPOSITE, O.COLLECTIVE}
 
 
 def _fold_splat(node: Node, builder: Builder) -> int | None:

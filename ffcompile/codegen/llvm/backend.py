@@ -35,6 +35,7 @@ from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import target
 from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
+from .collective import COLLECTIVE_SYMBOL, COLLECTIVES
 from ...ir import ops as O
 from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
@@ -109,6 +110,9 @@ class LLVMExecutable:
         for name in self.blas:
             slot = self._jit.address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
+        self._collectives = program.get("collectives", False)
+        if self._collectives:
+            ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
         self._entry = _ENTRY_TYPE(self._jit.address(ENTRY))
         self._cycles = None
         if profile:
@@ -165,6 +169,8 @@ class LLVMExecutable:
         self._llvm_ir = str(program.module)
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
+        if program.collectives:  # as lower.Layout.metadata has it
+            metadata["collectives"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata
@@ -242,6 +248,8 @@ class LLVMExecutable:
         with self._lock:
             slots[1:] = addresses
             self._entry(slots)
+            if self._collectives:
+                COLLECTIVES.raise_error()
         results = []
         for where, k, copy, shape in self._results:
             array = outs[k] if where == "out" else arrays[k]
@@ -275,11 +283,13 @@ class LLVMExecutable:
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock = self._entry, self._lock
+        entry, lock, collectives = self._entry, self._lock, self._collectives
 
         def run():
             with lock:
                 entry(block)
+                if collectives:
+                    COLLECTIVES.raise_error()
 
         return Binding(run, arrays, results, after, (self, block, outs))
 
@@ -297,9 +307,9 @@ class LLVMBackend:
 
     def lowers(self, op) -> bool:
         # Per-op tables, plus the ops a kernel kind handles whole: matmul (GEMM), constant
-        # (source), reshape (a view, or a copy kernel) and input (an argument).
+        # (source), reshape (a view, or a copy kernel), all_reduce (collective) and input (an argument).
         return (op in ELEMENTWISE_LOWERINGS or op in LAYOUT_LOWERINGS or op in REDUCTION_LOWERINGS
-                or op in (O.Matmul, O.Constant, O.Reshape, O.Input))
+                or op in (O.Matmul, O.Constant, O.Reshape, O.AllReduce, O.Input))
 
     def kernel_scratch(self, schedule: Schedule, protected: frozenset[int]) -> dict[int, int]:
         # Kernels are fused loop nests; a GEMM that may write over an argument it still

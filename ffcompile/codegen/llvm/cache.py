@@ -49,6 +49,7 @@ import llvmlite
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule
 from .blas import BLAS_FUNCTIONS, blas_symbol
+from .collective import COLLECTIVE_SYMBOL
 from .lower import ENTRY, PROFILE, layout
 from .object_check import InvalidObject, Symbol, check_object
 
@@ -173,6 +174,8 @@ def _valid(entry: tuple[dict, bytes], schedule: Schedule, plan: MemoryPlan, dona
     if metadata != layout(schedule, plan, donated).metadata():
         return False
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
+    if metadata.get("collectives"):
+        symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     try:

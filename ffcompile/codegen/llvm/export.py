@@ -63,6 +63,9 @@ def export(schedule: Schedule, plan: MemoryPlan, out_dir: str | os.PathLike, nam
     if plan.schedule is not schedule:
         raise ExportError("export: the memory plan was made for another schedule")
     program = lower(schedule, plan)
+    if program.collectives:
+        raise ExportError("export: the program has all_reduce collectives, which call back into this Python "
+                          "process's communicator: a standalone library cannot run them")
     _add_c_interface(program.module, name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

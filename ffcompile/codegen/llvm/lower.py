@@ -26,6 +26,7 @@ from ...ir import ops as O
 from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
+from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
 from .blas import BLAS, BLAS_FUNCTIONS, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
@@ -41,6 +42,7 @@ class NativeProgram:
     outputs: tuple[int, ...]  # kernel outputs written into result arrays, in argument order
     arena_bytes: int
     blas: tuple[str, ...]  # BLAS functions the module calls (through blas_symbol globals)
+    collectives: bool  # whether it calls collective.COLLECTIVE_SYMBOL
 
 
 PROFILE = "ffc_profile"  # lower(profile=True): i64 cycles per kernel, then of the whole entry, summed over calls
@@ -56,10 +58,12 @@ class Layout:
     scratch: frozenset[int]  # GEMM anchors computed into scratch past the planned arena
     arena_bytes: int
     blas: tuple[str, ...]  # BLAS functions the GEMMs call
+    collectives: bool = False  # all_reduce kernels, which call back into the process's groups
 
     def metadata(self) -> dict:
         """What the runtime needs besides the code (and a cache entry stores beside it)."""
-        return {"outputs": list(self.outputs), "arena_bytes": self.arena_bytes, "blas": list(self.blas)}
+        metadata = {"outputs": list(self.outputs), "arena_bytes": self.arena_bytes, "blas": list(self.blas)}
+        return {**metadata, "collectives": True} if self.collectives else metadata
 
 
 def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None) -> Layout:
@@ -105,7 +109,8 @@ def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None 
         if _gemm_route(nodes, kernel) == BLAS:
             blas.add(BLAS_FUNCTIONS[nodes[kernel.anchor].type.dtype])
     used = tuple(name for name in BLAS_FUNCTIONS.values() if name in blas)
-    return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used)
+    collectives = any(kernel.kind == KernelKind.COLLECTIVE for kernel in schedule.kernels)
+    return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used, collectives)
 
 
 def _gemm_route(nodes, kernel) -> str | None:
@@ -131,7 +136,12 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     literals = set(schedule.literals)
     functions: dict[tuple, ir.Function] = {}  # one function per distinct kernel code
     counters = _CycleCounters(entry.b, len(schedule.kernels)) if profile else None
+    in_flight: list[int] = []  # collective outputs not waited for yet, in start order
     for k, kernel in enumerate(schedule.kernels):
+        b = entry.part_for(k)
+        _wait_for(entry, in_flight, {schedule.root(j) for j in kernel.inputs}, nodes, source)
+        if kernel.kind == KernelKind.COLLECTIVE:
+            in_flight.append(kernel.body[-1])
         touched = [j for j in kernel.inputs if j not in literals] + list(kernel.outputs)
         if kernel.anchor in at.scratch:
             touched.append(kernel.anchor)
@@ -142,12 +152,12 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         if fn is None:
             fn = functions[key] = _kernel_function(module, f"kernel{k}.{kernel.kind}", nodes, kernel,
                                                    param_of, len(sources), literals)
-        b = entry.part_for(k)
         call_args = [entry.pointer(src) for src in sources]
         start = counters.now(b) if counters else None
         b.call(fn, call_args)
         if counters:
             counters.add(b, k, start)
+    _wait_for(entry, in_flight, set(in_flight), nodes, source)  # results the program returns
     entry.finish()
     if counters:
         counters.add(entry.b, len(schedule.kernels), counters.entry_start)
@@ -160,7 +170,18 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
     # (the memset/memcpy LLVM makes of fill and copy loops): without one it aborts.
     for name in BLAS_FUNCTIONS.values():
         blas_slot(module, name)
-    return NativeProgram(module, graph.input_types, at.outputs, at.arena_bytes, at.blas)
+    if at.collectives:
+        collective_slot(module)
+    return NativeProgram(module, graph.input_types, at.outputs, at.arena_bytes, at.blas, at.collectives)
+
+
+def _wait_for(entry: "_Entry", in_flight: list[int], reads: set[int], nodes, source) -> None:
+    """Wait, in the current part, for the collectives in flight whose buffers are about to be read."""
+    for v in [v for v in in_flight if v in reads]:
+        in_flight.remove(v)
+        pointer = entry.pointer(source[v])
+        emit_collective_call(entry.part, WAIT, nodes[v].attr("group"),
+                             Array(pointer, nodes[v].type))
 
 
 # Kernel calls per part of the entry. LLVM's code generation is quadratic in the length of a
@@ -332,6 +353,8 @@ def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
         emit_layout(b, root, arrays[kernel.body[-1]], [arrays[j] for j in root.inputs])
     elif kernel.kind == KernelKind.COPY:
         emit_copy(b, arrays[kernel.body[-1]], arrays[root.inputs[0]])
+    elif kernel.kind == KernelKind.COLLECTIVE:
+        emit_all_reduce_start(b, root, arrays[kernel.body[-1]], [arrays[j] for j in root.inputs])
     else:
         raise NotImplementedError(f"llvm backend: no lowering for {kernel.kind} kernels")
 
