@@ -92,7 +92,7 @@ IRREGULAR_LOWERINGS: dict[type, Callable[[Node, list[str], str], str]] = {
     O.Select: _select,
     O.ReduceSum: _reduce("np.sum"),
     O.ReduceMax: _reduce("np.max"),
-    O.Matmul: lambda n, a, out: f"_matmul_into({out}, {a[0]}, {a[1]})",
+    O.Matmul: _ufunc("np.matmul"),
     O.Concat: lambda n, a, out: f"np.concatenate(({', '.join(a)},), axis={n.attr('axis')}, out={out})",
     O.Slice: _copy_of(_slice_expr),
     O.Pad: lambda n, a, out: f"_pad_into({out}, {a[0]}, {n.attr('config')!r})",
@@ -133,16 +133,6 @@ def _pad_into(out, x, config):
     np.copyto(out[O.Pad.index(config, x.shape)], x)
 
 
-def _matmul_into(out, a, b):
-    """np.matmul, but a product over one term (an outer product, as in per-example weight
-    gradients) as np.multiply: the same numbers (a sum of one product is that product),
-    where NumPy's batched matmul of k = 1 took 6x as long (64 x [128,1] @ [1,128])."""
-    if a.shape[-1] == 1:
-        np.multiply(a, b, out=out)
-    else:
-        np.matmul(a, b, out=out)
-
-
 def _threefry2x32(output, *words):
     return O.Threefry2x32.reference({"output": output}, *words)
 
@@ -156,8 +146,8 @@ def _all_reduce_start(gid: int, out: np.ndarray, xs) -> Pending:
 
 
 # What the generated source calls by name.
-_RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, "_matmul_into": _matmul_into,
-                               "_threefry2x32": _threefry2x32, "_all_reduce_start": _all_reduce_start, **{
+_RUNTIME: dict[str, object] = {"np": np, "_pad_into": _pad_into, "_threefry2x32": _threefry2x32,
+                               "_all_reduce_start": _all_reduce_start, **{
     _ufunc_name(op.numpy_fn): op.numpy_fn for op in O.OPS.values()
     if isinstance(getattr(op, "numpy_fn", None), np.ufunc)}}
 
