@@ -10,6 +10,7 @@ from .ir.lang import Value
 from .runtime import ArgumentError
 from .train import TrainStep, compile_train_step
 from .transforms import grad, value_and_grad, vjp
+from .vmap import vmap
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,4 @@ def spec(shape, dtype="float32") -> TensorType:
 __all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "TrainStep",
            "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "get_num_threads", "grad", "load",
            "nn", "optim", "parse_ir", "random", "save", "set_num_threads", "spec", "tree", "value_and_grad",
-           "verify", "vjp", *_functions]
+           "verify", "vjp", "vmap", *_functions]

@@ -102,7 +102,7 @@ class CompiledFunction:
     def _lower(self, args, variant) -> Lowered:
         fn = self.convention.traced_function(variant)
         in_tree, types, names = self._signature(args, fn)
-        traced, captured = trace(fn, in_tree, types, names, weak=[_is_weak(a) for a in tree_flatten(args)[0]])
+        traced, captured = trace(fn, in_tree, types, names, weak=[is_weak(a) for a in tree_flatten(args)[0]])
         assert not captured  # a top-level trace has no enclosing trace to capture from
         options = Options(get_backend(self.backend_name), **self._options)
         lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {})
@@ -227,7 +227,7 @@ class CompiledFunction:
         return entry[1]
 
 
-def _is_weak(leaf) -> bool:
+def is_weak(leaf) -> bool:
     """A Python scalar argument is weakly typed: it takes the dtype of what it meets."""
     return isinstance(leaf, (int, float)) and not isinstance(leaf, (bool, np.generic))
 

@@ -21,7 +21,7 @@ __all__ = ["grad", "value_and_grad", "vjp"]
 
 
 
-def _traced_call(transform):
+def traced_call(transform):
     """Run `transform(*args, **kwargs)` on Values; on arrays, compile it (cached) and run
     that. Keyword arguments reach the function untouched (no derivative is taken for them)."""
     compiled = None
@@ -42,10 +42,11 @@ def _with_keywords(fn, kwargs):
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
-def _trace_nested(fn, args):
-    """Trace fn inside the current trace; returns (traced, arg leaves as Values, captured)."""
+def _trace_nested(fn, args, context=()):
+    """Trace fn inside the current trace (the innermost of args' and context's); returns
+    (traced, arg leaves as Values, captured)."""
     leaves = tree_flatten(tuple(args))[0]
-    parent = builder_of(leaves)
+    parent = builder_of(leaves + list(context))
     in_tree, types, names, _ = signature(args, fn)
     traced, captured = trace(fn, in_tree, types, names, parent=parent)
     bound = [lift(parent, leaf, None) for leaf in leaves] + captured
@@ -90,8 +91,8 @@ def value_and_grad(fn, argnums=0):
             pos += count
         return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
 
-    _name_after(transform, "value_and_grad", fn)
-    return _traced_call(transform)
+    name_after(transform, "value_and_grad", fn)
+    return traced_call(transform)
 
 
 def grad(fn, argnums=0):
@@ -101,8 +102,8 @@ def grad(fn, argnums=0):
     def transform(*args, **kwargs):
         return vg(*args, **kwargs)[1]
 
-    _name_after(transform, "grad", fn)
-    return _traced_call(transform)
+    name_after(transform, "grad", fn)
+    return traced_call(transform)
 
 
 def vjp(fn, *args):
@@ -111,7 +112,8 @@ def vjp(fn, *args):
     Cotangents of non-float leaves are None."""
 
     def pullback_transform(primals, cotangent):
-        traced, parent, bound = _trace_nested(fn, primals)
+        # A cotangent may come from a trace inside the primals' (vmap over cotangents).
+        traced, parent, bound = _trace_nested(fn, primals, tree_flatten(cotangent)[0])
         inputs = traced.graph.inputs
         leaves = tree_flatten(tuple(primals))[0]
         floats = [inputs[k] for k, leaf in enumerate(leaves) if _is_float(leaf)]
@@ -129,7 +131,7 @@ def vjp(fn, *args):
         flat = [next(grads) if _is_float(leaf) else None for leaf in leaves]
         return tree_unflatten(tree_flatten(tuple(primals))[1], flat)
 
-    pullback_fn = _traced_call(pullback_transform)
+    pullback_fn = traced_call(pullback_transform)
     out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
     return out, lambda cotangent: pullback_fn(args, cotangent)
 
@@ -148,7 +150,7 @@ def _cotangent(builder, leaf, out: TensorType, k: int) -> Value:
     return value
 
 
-def _name_after(transform, prefix: str, fn) -> None:
+def name_after(transform, prefix: str, fn) -> None:
     """Name a transform after fn, and let signature() see fn's parameter names."""
     transform.__name__ = f"{prefix}_{getattr(fn, '__name__', 'fn').strip('<>')}"
     transform.__wrapped__ = fn

@@ -30,16 +30,19 @@ class Role(StrEnum):
 
 @dataclass(frozen=True)
 class Loc:
-    """Where a node came from: the user's file:line and the module path."""
+    """Where a node came from: the user's file:line and the module path; `transforms`
+    names the transforms that made it from the user's node, outermost first (a node of
+    vmap(vmap(f)) prints `loc(vmap vmap "f.py":3)`)."""
 
     file: str
     line: int
     scope: str = ""
+    transforms: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         from .printer import format_name, format_string
 
-        parts = [f"{format_string(self.file)}:{self.line}"]
+        parts = list(self.transforms) + [f"{format_string(self.file)}:{self.line}"]
         if self.scope:
             parts.append(f"@{format_name(self.scope)}")
         return f"loc({' '.join(parts)})"

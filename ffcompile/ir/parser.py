@@ -155,6 +155,9 @@ def _loc(tokens: _Tokens) -> Loc | None:
         return None
     tokens.take()
     tokens.take("punct", "(")
+    transforms = []
+    while tokens.peek()[0] == "word":
+        transforms.append(tokens.take())
     file = _string(tokens)
     tokens.take("punct", ":")
     column = tokens.column()
@@ -167,7 +170,7 @@ def _loc(tokens: _Tokens) -> Loc | None:
         column = tokens.column()
         scope = _name(tokens, tokens.take()[1:], column)
     tokens.take("punct", ")")
-    return Loc(file, line, scope)
+    return Loc(file, line, scope, tuple(transforms))
 
 
 def _header(raw: str, number: int, indent: int) -> str:

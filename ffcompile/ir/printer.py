@@ -2,8 +2,8 @@
 
 Attributes print as `{name=value, ...}` (lists in brackets, strings quoted,
 floats as Python's shortest round-tripping repr); a location prints last as
-`loc(role "file":line @scope)`. The `type` attribute of source ops is the
-node's own annotation, so it is not repeated. Every string is escaped (JSON
+`loc(transforms "file":line @scope)` (transforms: those that made the node, e.g. `vmap`).
+The `type` attribute of source ops is the node's own annotation, so it is not repeated. Every string is escaped (JSON
 rules, non-ASCII as \\u escapes); names (graph, scope, role) print bare when
 they are plain words, else quoted. `parser.parse_ir` reads this text back exactly.
 """
