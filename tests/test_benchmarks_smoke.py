@@ -148,3 +148,16 @@ def test_import_ffcompile_leaves_the_harness_and_its_peers_unimported():
     code = f"import sys, ffcompile; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_hvp_benchmark_agrees_with_jax_and_prints_ratios(capsys):
+    """benchmarks/hvp_vs_jax.py: both HVPs agree before anything is timed; no timing asserted."""
+    pytest.importorskip("jax", reason="the HVP benchmark's peer is JAX (pip install jax)")
+    from benchmarks import hvp_vs_jax
+
+    result = hvp_vs_jax.main(["--model", "digits", "--batch", "16", "--steps", "2", "--rounds", "2",
+                              "--warmup", "1"])
+    assert result["deviation"] < 1e-4
+    assert set(result["medians"]) == {"ffcompile hvp", "jax hvp", "ffcompile grad", "jax grad"}
+    out = capsys.readouterr().out
+    assert "ratio ffcompile / JAX: hvp" in out and "hvp/grad" in out
