@@ -8,10 +8,9 @@ grad works); called on arrays it compiles itself (cached) and runs that.
 from __future__ import annotations
 
 import functools
-
-from .api import CompiledFunction
 from typing import NamedTuple
 
+from .api import CompiledFunction
 from .ir import Graph, ShapeError, TensorType
 from .ir import lang as L
 from .ir.lang import Value, builder_of, lift, meet_weak
@@ -136,7 +135,7 @@ def vjp(fn, *args, has_aux=False):
         if ct_tree != out_tree:
             raise ArgumentError("vjp: the cotangent's structure differs from the function's output")
         differentiated = traced.graph.outputs[:out_tree.num_leaves]
-        ct_values = [_typed_like(parent, c, traced.graph.nodes[o].type, f"vjp: cotangent {k}", "output").id
+        ct_values = [_typed_like(parent, c, traced.graph.nodes[o].type, "vjp", "cotangent", k, "output").id
                      for k, (c, o) in enumerate(zip(ct_leaves, differentiated))]
         outs = parent.inline(graph, [v.id for v in bound] + ct_values)
         first_check = len(traced.graph.outputs) - checks
@@ -169,9 +168,8 @@ def jvp(fn, primals, tangents):
         float_leaves = [k for k, leaf in enumerate(leaves) if _is_float(leaf)]
         checks = len(traced.checks)
         graph = append_tangent(traced.graph, [inputs[k] for k in float_leaves], passthrough=checks)
-        t_values = [_typed_like(parent, t_leaves[k], traced.graph.nodes[inputs[k]].type,
-                                f"jvp: tangent {k}", "input").id
-                    for k in float_leaves]
+        t_values = [_typed_like(parent, t_leaves[k], traced.graph.nodes[inputs[k]].type, "jvp", "tangent", k,
+                                "input").id for k in float_leaves]
         outs = [Value(parent, i) for i in parent.inline(graph, [v.id for v in bound] + t_values)]
         n = traced.out_tree.num_leaves
         _pass_checks(parent, outs[n:n + checks], traced.checks)
@@ -333,13 +331,13 @@ def _pass_checks(builder, flags: list[Value], messages) -> None:
     builder.checks += [(flag.id, message) for flag, message in zip(flags, messages)]
 
 
-def _typed_like(builder, leaf, like: TensorType, what: str, partner: str) -> Value:
-    """A cotangent (tangent) leaf as a Value of exactly its output's (primal's) type
-    (a Python number for a 0-d one). what: e.g. "vjp: cotangent 0"; partner: "output"."""
+def _typed_like(builder, leaf, like: TensorType, who: str, kind: str, k: int, partner: str) -> Value:
+    """Leaf k of a cotangent (tangent) as a Value of exactly the type of the function's
+    output (input) k, its partner (a Python number for a 0-d one)."""
     value = meet_weak(lift(builder, leaf, like.dtype), like.dtype)
     if value.type != like:
-        raise ArgumentError(f"{what} has type {value.type}, but the function's {partner} {what.rsplit(' ', 1)[1]} "
-                            f"is {like}: a {what.split()[1]} has the type of its {partner}")
+        raise ArgumentError(f"{who}: {kind} {k} has type {value.type}, but the function's {partner} {k} "
+                            f"is {like}: a {kind} has the type of its {partner}")
     return value
 
 

@@ -51,6 +51,11 @@ def _sum(*terms):
     return total
 
 
+def _op_of(out) -> type[Op]:
+    """The op that made the Value out."""
+    return out.builder.nodes[out.id].op
+
+
 def _shifted(attrs: dict, key: str, nb: int) -> dict:
     return {**attrs, key: attrs[key] + nb}
 
@@ -63,12 +68,7 @@ def _shifted(attrs: dict, key: str, nb: int) -> dict:
 def _self_adjoint(inputs, out, tangents, attrs, nb):
     """Elementwise: the Jacobian is diagonal, so J t is the VJP rule applied to t."""
     (t,) = tangents
-    return None if t is None else type_of(out).vjp(inputs, out, t, attrs)[0]
-
-
-def type_of(out) -> type[Op]:
-    """The op that made the Value out."""
-    return out.builder.nodes[out.id].op
+    return None if t is None else _op_of(out).vjp(inputs, out, t, attrs)[0]
 
 
 @_rule(O.Sign, O.Floor, O.StopGradient)
@@ -115,7 +115,7 @@ def _extremum(inputs, out, tangents, attrs, nb):
     """The winner's tangent, the mean of both on a tie (the VJP shares a tie evenly)."""
     a, b = inputs
     ta, tb = (aligned(t, out.ndim, nb) for t in tangents)
-    first_wins = a > b if type_of(out) is O.Maximum else a < b
+    first_wins = a > b if _op_of(out) is O.Maximum else a < b
     ta_or_0 = 0.0 if ta is None else ta
     tb_or_0 = 0.0 if tb is None else tb
     tie = 0.5 * _sum(ta, tb)
