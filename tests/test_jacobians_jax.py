@@ -3,7 +3,8 @@
 Every activation and loss, the lecture's two-layer sigmoid network, softmax (its
 Jacobian diag(s) - s s^T), and the zoo models (their loss's Hessian-vector product
 with respect to all parameters, and the Jacobian of their outputs with respect to the
-input). Runs on both backends; skipped, with the reason shown, where JAX is missing.
+input). Runs on both backends (the zoo's larger programs: see ZOO_BACKENDS); skipped,
+with the reason shown, where JAX is missing.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ jax = pytest.importorskip("jax", reason="JAX is the oracle here (pip install jax
 jnp = jax.numpy
 jax.config.update("jax_enable_x64", True)
 
-pytestmark = pytest.mark.usefixtures("backend")
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
@@ -82,6 +82,7 @@ def off_kinks(rng, shape, dtype):
     return (rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape)).astype(dtype)
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_derivatives_match_jax(name, dtype):
@@ -89,15 +90,16 @@ def test_activation_derivatives_match_jax(name, dtype):
     rng = np.random.default_rng(len(name))
     x, v = off_kinks(rng, (3, 4), dtype), rng.standard_normal((3, 4)).astype(dtype)
     out, tangent = ff.jvp(ff_fn, (x,), (v,))
-    j_out, j_tangent = jax.jvp(jax_fn, (x,), (v,))
+    j_out, j_tangent = jax.jit(lambda x, v: jax.jvp(jax_fn, (x,), (v,)))(x, v)
     close((out, tangent), (j_out, j_tangent), dtype)
     row = x[0]
-    close(ff.compile(ff.jacfwd(ff_fn))(row), jax.jacfwd(jax_fn)(row), dtype)
-    close(ff.compile(ff.jacrev(ff_fn))(row), jax.jacrev(jax_fn)(row), dtype)
+    close(ff.compile(ff.jacfwd(ff_fn))(row), jax.jit(jax.jacfwd(jax_fn))(row), dtype)
+    close(ff.compile(ff.jacrev(ff_fn))(row), jax.jit(jax.jacrev(jax_fn))(row), dtype)
     total = lambda f: lambda x: f(x).sum()  # noqa: E731
-    close(ff.compile(ff.hessian(total(ff_fn)))(row), jax.hessian(total(jax_fn))(row), dtype)
+    close(ff.compile(ff.hessian(total(ff_fn)))(row), jax.jit(jax.hessian(total(jax_fn)))(row), dtype)
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", LOSSES)
 def test_loss_derivatives_match_jax(name, dtype):
@@ -107,11 +109,12 @@ def test_loss_derivatives_match_jax(name, dtype):
     if name == "nll_loss":
         scores = np.asarray(jax.nn.log_softmax(scores)).astype(dtype)
     y, v = targets(rng, scores.shape, dtype), rng.standard_normal(scores.shape).astype(dtype)
-    close(ff.jvp(lambda s: ff_loss(s, y), (scores,), (v,)), jax.jvp(lambda s: jax_loss(s, y), (scores,), (v,)), dtype)
+    close(ff.jvp(lambda s: ff_loss(s, y), (scores,), (v,)), jax.jit(lambda s, v: jax.jvp(lambda s: jax_loss(s, y), (s,), (v,)))(scores, v), dtype)
     for ff_t, jax_t in ((ff.jacfwd, jax.jacfwd), (ff.jacrev, jax.jacrev), (ff.hessian, jax.hessian)):
-        close(ff.compile(ff_t(ff_loss))(scores, y), jax_t(jax_loss)(scores, y), dtype)
+        close(ff.compile(ff_t(ff_loss))(scores, y), jax.jit(jax_t(jax_loss))(scores, y), dtype)
 
 
+@pytest.mark.usefixtures("backend")
 def test_softmax_jacobian_is_diag_s_minus_s_s_transposed():
     x = np.random.default_rng(0).standard_normal(6)
     s = ff.compile(ff.softmax)(x)
@@ -131,6 +134,7 @@ def jax_sigmoid_net(params, x):
     return jax.nn.sigmoid(hidden @ params["w2"] + params["b2"])
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_two_layer_sigmoid_network_matches_jax(dtype):
     rng = np.random.default_rng(5)
@@ -140,12 +144,12 @@ def test_two_layer_sigmoid_network_matches_jax(dtype):
     x = rng.standard_normal((5, 3)).astype(dtype)
     tangents = tree_map(lambda a: rng.standard_normal(a.shape).astype(dtype), params)
     close(ff.jvp(sigmoid_net, (params, x), (tangents, np.zeros_like(x))),
-          jax.jvp(jax_sigmoid_net, (params, x), (tangents, np.zeros_like(x))), dtype)
+          jax.jit(lambda p, t: jax.jvp(jax_sigmoid_net, (p, x), (t, np.zeros_like(x))))(params, tangents), dtype)
     for ff_t, jax_t in ((ff.jacfwd, jax.jacfwd), (ff.jacrev, jax.jacrev)):
         close(ff.compile(ff_t(sigmoid_net, argnums=(0, 1)))(params, x),
-              jax_t(jax_sigmoid_net, argnums=(0, 1))(params, x), dtype)
+              jax.jit(jax_t(jax_sigmoid_net, argnums=(0, 1)))(params, x), dtype)
     loss = lambda f: lambda p, x: (f(p, x) ** 2).sum()  # noqa: E731
-    close(ff.compile(ff.hessian(loss(sigmoid_net)))(params, x), jax.hessian(loss(jax_sigmoid_net))(params, x), dtype)
+    close(ff.compile(ff.hessian(loss(sigmoid_net)))(params, x), jax.jit(jax.hessian(loss(jax_sigmoid_net)))(params, x), dtype)
 
 
 # --------------------------------------------------------------------------- the zoo
@@ -188,11 +192,15 @@ def jax_loss(workload):
 
 # "wide" (25M parameters) is left out: its Hessian-vector product would hold ~1 GB here.
 ZOO = ["xor", "digits", "mnist", "deep", "two_tower"]
+# The zoo's programs are large and LLVM compiles each for seconds on 2 cores: float64 and
+# the input Jacobians of the larger models run on the NumPy backend only (the same graphs;
+# the tangent rules' lowering is covered on LLVM by the tests above and test_forward_mode).
+ZOO_BACKENDS = [("numpy", np.float32), ("numpy", np.float64), ("llvm", np.float32)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("backend_name, dtype", ZOO_BACKENDS, ids=["numpy-f32", "numpy-f64", "llvm-f32"])
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_hessian_vector_products_match_jax(name, dtype):
+def test_zoo_hessian_vector_products_match_jax(name, backend_name, dtype):
     """jvp(grad(loss)) over every parameter, one direction (forward over reverse)."""
     w = zoo.get(name)
     params, x, y = w.example_inputs(seed=2, batch_size=4)
@@ -202,15 +210,17 @@ def test_zoo_hessian_vector_products_match_jax(name, dtype):
     rng = np.random.default_rng(3)
     v = tree_map(lambda a: rng.standard_normal(a.shape).astype(dtype), params)
     loss, _ = jax_loss(w)
-    hvp = ff.compile(lambda p, v, x, y: ff.jvp(lambda p: ff.grad(w.loss)(p, x, y), (p,), (v,)))
-    close(hvp(params, v, x, y), jax.jvp(lambda p: jax.grad(loss)(p, x, y), (params,), (v,)), dtype)
+    hvp = ff.compile(lambda p, v, x, y: ff.jvp(lambda p: ff.grad(w.loss)(p, x, y), (p,), (v,)), backend=backend_name)
+    jax_hvp = jax.jit(lambda p, v: jax.jvp(lambda p: jax.grad(loss)(p, x, y), (p,), (v,))[1])
+    close(hvp(params, v, x, y)[1], jax_hvp(params, v), dtype)
 
 
-@pytest.mark.parametrize("name", ["xor", "digits", "two_tower"])  # mnist, deep: digits' ops, larger
-def test_zoo_input_jacobians_match_jax(name):
+@pytest.mark.parametrize("name, backend_name", [("xor", "numpy"), ("digits", "numpy"), ("two_tower", "numpy"),
+                                                ("digits", "llvm")])  # mnist, deep: digits' ops, larger
+def test_zoo_input_jacobians_match_jax(name, backend_name):
     w = zoo.get(name)
     params, x, _ = w.example_inputs(seed=4, batch_size=2)
     _, forward = jax_loss(w)
     for ff_t, jax_t in ((ff.jacfwd, jax.jacfwd), (ff.jacrev, jax.jacrev)):
-        got = ff.compile(ff_t(w.predict, argnums=1))(params, x)
-        close(got, jax_t(forward, argnums=1)(params, x), np.float32)
+        got = ff.compile(ff_t(w.predict, argnums=1), backend=backend_name)(params, x)
+        close(got, jax.jit(jax_t(forward, argnums=1))(params, x), np.float32)
