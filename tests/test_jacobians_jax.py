@@ -17,7 +17,16 @@ from ffcompile.tree import tree_flatten, tree_map
 
 jax = pytest.importorskip("jax", reason="JAX is the oracle here (pip install jax)")
 jnp = jax.numpy
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def jax_float64():
+    """JAX computes in float64 here (it would cast f64 arrays to f32), for these tests only:
+    the flag is global (test_random compares jax.random's 32-bit streams)."""
+    saved = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", saved)
 
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
