@@ -9,7 +9,7 @@ from .ir import DTypeError, Graph, IRParseError, ShapeError, TensorType, VerifyE
 from .ir.lang import Value
 from .runtime import ArgumentError
 from .train import TrainStep, compile_train_step
-from .transforms import grad, value_and_grad, vjp
+from .transforms import grad, hessian, jacfwd, jacobian, jacrev, jvp, value_and_grad, vjp
 from .vmap import vmap
 
 __version__ = "0.1.0"
@@ -37,6 +37,6 @@ def spec(shape, dtype="float32") -> TensorType:
 
 
 __all__ = ["ArgumentError", "DTypeError", "Graph", "IRParseError", "ShapeError", "TensorType", "TrainStep",
-           "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "get_num_threads", "grad", "load",
-           "nn", "optim", "parse_ir", "random", "save", "set_num_threads", "spec", "tree", "value_and_grad",
-           "verify", "vjp", "vmap", *_functions]
+           "Value", "VerifyError", "check_grads", "compile", "compile_train_step", "get_num_threads", "grad", "hessian",
+           "jacfwd", "jacobian", "jacrev", "jvp", "load", "nn", "optim", "parse_ir", "random", "save", "set_num_threads",
+           "spec", "tree", "value_and_grad", "verify", "vjp", "vmap", *_functions]

@@ -4,10 +4,11 @@ For each differentiated argument a random unit direction u is drawn and the
 directional derivative J·u is taken by central differences in float64
 (the fourth-order stencil, so the function's own rounding matters little). It is
 compared with (a) ⟨grad, u⟩ from `grad` when the function returns one scalar,
-and (b) the VJP dot-product test: ⟨pullback(v), u⟩ must equal ⟨v, J·u⟩ for a
-random output cotangent v. Order 2 applies the same procedure to the gradient
+(b) the VJP dot-product test: ⟨pullback(v), u⟩ must equal ⟨v, J·u⟩ for a
+random output cotangent v, and (c) forward mode: ⟨v, jvp(u)⟩ must equal ⟨v, J·u⟩
+too. Order 2 applies the same procedure to the gradient
 function of ⟨w, fn⟩ (w random), which differentiates the adjoint graph again:
-Hessian-vector products, grad of grad.
+Hessian-vector products, grad of grad, and (by jvp) forward over reverse.
 
 Everything runs on the NumPy backend, the reference.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import compile as ff_compile
-from .transforms import grad, vjp
+from .transforms import grad, jvp, vjp
 from .ir.lang import reduce_sum
 from .tree import tree_flatten, tree_map, tree_unflatten
 
@@ -31,7 +32,7 @@ class Check:
     """One comparison: analytic vs finite-difference directional derivative."""
 
     order: int
-    kind: str  # "grad" (⟨grad, u⟩) or "vjp" (⟨pullback(v), u⟩ vs ⟨v, J·u⟩)
+    kind: str  # "grad" (⟨grad, u⟩), "vjp" (⟨pullback(v), u⟩ vs ⟨v, J·u⟩) or "jvp" (⟨v, jvp(u)⟩ vs ⟨v, J·u⟩)
     argnum: int
     analytic: float
     numeric: float
@@ -93,6 +94,7 @@ def _first_order(fn, args, nums, eps, rng, order) -> list[Check]:
     cotangent = [rng.standard_normal(o.shape) for o in out_leaves]
     pullback = ff_compile(lambda primals, ct: vjp(fn, *primals)[1](ct), backend="numpy")
     cts = pullback(args, tree_unflatten(out_tree, cotangent))
+    pushforward = ff_compile(lambda primals, tangents: jvp(fn, primals, tangents)[1], backend="numpy")
     scalar = len(out_leaves) == 1 and out_leaves[0].shape == ()
     checks = []
     for n in nums:
@@ -102,6 +104,9 @@ def _first_order(fn, args, nums, eps, rng, order) -> list[Check]:
         analytic = _dot(tree_flatten(cts[n])[0], tree_flatten(u)[0])
         scale = _norm(cotangent) * _norm(ju)
         checks.append(Check(order, "vjp", n, analytic, numeric, _relative_error(analytic, numeric, scale)))
+        tangents = tuple(u if k == n else tree_map(np.zeros_like, a) for k, a in enumerate(args))
+        analytic = _dot(cotangent, _float_leaves(pushforward(args, tangents)))
+        checks.append(Check(order, "jvp", n, analytic, numeric, _relative_error(analytic, numeric, scale)))
         if scalar:
             g = ff_compile(grad(fn, argnums=n), backend="numpy")(*args)
             analytic = _dot(tree_flatten(g)[0], tree_flatten(u)[0])

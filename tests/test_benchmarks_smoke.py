@@ -161,3 +161,16 @@ def test_latency_benchmark_prints_its_tables(capsys):
     assert re.search(r"^\| xor \| [\d.]+ \| [\d.]+ \| \d+, \d+ \| [\d.]+, [\d.]+, [\d.]+ \| [\d.]+, [\d.]+, [\d.]+ \|$",
                      out, re.M)
     assert re.search(r"^\| step \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| [\d.]+x \|$", out, re.M)
+
+
+def test_hvp_benchmark_agrees_with_jax_and_prints_ratios(capsys):
+    """benchmarks/hvp_vs_jax.py: both HVPs agree before anything is timed; no timing asserted."""
+    pytest.importorskip("jax", reason="the HVP benchmark's peer is JAX (pip install jax)")
+    from benchmarks import hvp_vs_jax
+
+    result = hvp_vs_jax.main(["--model", "digits", "--batch", "16", "--steps", "2", "--rounds", "2",
+                              "--warmup", "1"])
+    assert result["deviation"] < 1e-4
+    assert set(result["medians"]) == {"ffcompile hvp", "jax hvp", "ffcompile grad", "jax grad"}
+    out = capsys.readouterr().out
+    assert "ratio ffcompile / JAX: hvp" in out and "hvp/grad" in out

@@ -60,3 +60,17 @@ def test_onnx_import_matches_scikit_learn_and_fine_tunes(backend):
     assert report.proba_max_error < 1e-5  # float32 graph against scikit-learn's float64
     assert report.accuracy_after >= 0.95 and report.accuracy_after > report.accuracy_before + 0.02
     assert report.onnxruntime_max_error < 1e-5
+
+
+def test_jacobians_example_reproduces_the_lecture_points(capsys):
+    example = load_example("jacobians")
+    jac, error = example.softmax_jacobian(np.array([1.0, 2.0, 0.5, -1.0]))
+    assert jac.shape == (4, 4) and error < 1e-15
+    error, jac_bytes, jv_bytes = example.jvp_without_jacobian()
+    assert error < 1e-14 and jv_bytes * 4 * 64 == jac_bytes  # J has one such column per input element
+    report = example.materialized_vs_vjp(batch=128)
+    assert report.small_jacobian_bytes == report.small_formula_bytes  # the formula is the real size
+    assert report.jacobian_bytes > 10_000 * (report.vjp_arena_bytes + report.vjp_io_bytes)
+    example.main(["--batch", "128"])
+    out = capsys.readouterr().out
+    assert "24.5 GiB" in out and "diag(s) - s s^T" in out

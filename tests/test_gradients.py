@@ -97,7 +97,8 @@ def test_check_grads_reports_worst_error_and_argument():
     result = check_grads(lambda x, w: ff.tanh(x @ w).sum(), (rng.normal(size=(3, 4)), rng.normal(size=(4, 2))),
                          order=2)
     assert {(c.order, c.kind, c.argnum) for c in result.checks} == {
-        (1, "vjp", 0), (1, "grad", 0), (1, "vjp", 1), (1, "grad", 1), (2, "vjp", 0), (2, "vjp", 1)}
+        (1, "vjp", 0), (1, "grad", 0), (1, "vjp", 1), (1, "grad", 1), (2, "vjp", 0), (2, "vjp", 1),
+        (1, "jvp", 0), (1, "jvp", 1), (2, "jvp", 0), (2, "jvp", 1)}
     assert result.worst_error == max(c.error for c in result.checks) < 1e-8
     assert result.worst_argnum in (0, 1)
 
@@ -137,7 +138,7 @@ def test_check_grads_handles_pytrees_and_integer_arguments():
 
     result = check_grads(model, (params, x, counts), order=2)
     assert {c.argnum for c in result.checks} == {0, 1}
-    assert all(c.kind == "vjp" for c in result.checks)  # pytree output: no scalar grad check
+    assert {c.kind for c in result.checks} == {"vjp", "jvp"}  # pytree output: no scalar grad check
     with pytest.raises(TypeError, match="argument 2 has non-float leaves"):
         check_grads(model, (params, x, counts), argnums=2)
 

@@ -14,6 +14,7 @@ from ffcompile import functions
 from ffcompile.codegen.registry import BACKENDS
 from ffcompile.ir import Builder, ShapeError, TensorType
 from ffcompile.ir.attributes import Attr
+from ffcompile.ir.jvp_rules import JVP_RULES
 from ffcompile.ir.ops import COMPOSITES, OPS, PRIMITIVES, Composite, Cost, Op, Trait
 from samples import (FUNCTION_CASES, OP_CASES, function_case_params, make_function_case,
                      make_op_case, one_op_graph, op_case_params, run_graph)
@@ -41,6 +42,9 @@ def test_op_declares_its_rules(name):
     assert all(isinstance(t, Trait) for t in op.traits)
     if op.differentiable:
         assert op.vjp.__func__ is not Op.vjp.__func__, f"{name} is differentiable but has no VJP"
+        assert op in JVP_RULES, f"{name} is differentiable but has no JVP rule in ir/jvp_rules.py"
+    else:
+        assert op not in JVP_RULES, f"{name} is not differentiable but has a JVP rule"
     if name in PRIMITIVES:
         for backend in BACKENDS.values():
             assert backend.lowers(op), f"the {backend.name} backend has no lowering for {name}"

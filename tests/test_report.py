@@ -175,3 +175,13 @@ def test_an_unoptimized_program_reports_its_graph_without_kernels_or_arena(tmp_p
     data = page_data(html)
     assert [s["name"] for s in data["stages"]][:2] == ["traced", "optimized"]
     assert set(data["graph"]["views"]) == {"nodes", "modules"} and 'class="arena"' not in html
+
+
+def test_tangent_nodes_have_their_own_role_and_colour(tmp_path):
+    """Forward mode's nodes (ff.jvp, jacfwd, hessian) are drawn as tangents, beside their primals."""
+    x = np.ones(3)
+    hvp = ff.compile(lambda x, v: ff.jvp(ff.grad(lambda x: (ff.tanh(x) ** 2).sum()), (x,), (v,)))
+    html = open(hvp.lower(x, x).report(tmp_path / "t.html")).read()
+    roles = {row[4] for row in page_data(html)["graph"]["nodes"]}
+    assert roles == {0, 1, 2, 5}  # input, forward, adjoint, tangent
+    assert "var(--tangent)" in html and '"tangent"' in html

@@ -24,6 +24,7 @@ class Role(StrEnum):
 
     FORWARD = "forward"
     ADJOINT = "adjoint"  # made by autodiff
+    TANGENT = "tangent"  # made by forward mode (passes/forward.py): a JVP's tangent nodes
     RECOMPUTE = "recompute"  # a forward value recomputed for the backward part (remat)
     UPDATE = "update"  # an optimizer's update in a training step
 

@@ -5,7 +5,7 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const G = D.graph;
 const NS = "http://www.w3.org/2000/svg";
 const DX = 112, DY = 34, NW = 100, NH = 22, LH = 16, PAD = 6;  // a slot is DX wide, a layer DY tall
-const ROLE_NAMES = ["input", "forward", "adjoint", "recompute", "update"];
+const ROLE_NAMES = ["input", "forward", "adjoint", "recompute", "update", "tangent"];
 const stored = new Set(G.stored), copies = new Set(G.copies), originals = new Set(G.recomputed);
 const svg = document.getElementById("graph");
 const pre = document.getElementById("text");

@@ -17,7 +17,8 @@ from ..passes.schedule import Schedule
 from .layout import layered_layout
 from .roles import ROLES, node_role
 
-BAND = {"input": 0, "forward": 0, "adjoint": 1, "recompute": 1, "update": 2}  # drawn side by side
+BAND = {"input": 0, "forward": 0, "adjoint": 1, "recompute": 1, "update": 2,  # drawn side by side
+        "tangent": 0}  # a tangent is computed beside its primal
 BACKWARD = {"adjoint", "update"}  # drawn flowing back up the layers
 
 
