@@ -7,6 +7,7 @@ another trace), a compiled function is the identity: it traces inline.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -18,9 +19,11 @@ import numpy as np
 from .codegen.registry import BACKENDS, get_backend
 from .ir import ShapeError, TensorType
 from .ir.lang import Value
+from .ir.specialize import specialize
 from .calling import CallingConvention
 from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
+from .symbolic_batch import BatchSpec
 from .trace import signature, trace, user_traceback
 from .tree import TreeDef, tree_flatten, tree_leaves_like, tree_unflatten
 
@@ -48,7 +51,9 @@ class CompiledFunction:
     def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
                  optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
                  donate: Callable[[TreeDef], Mapping[int, int]] | None = None,
-                 static_argnums=(), static_argnames=()):
+                 static_argnums=(), static_argnames=(), batch_dim=None, max_batch=None):
+        if max_batch is not None and batch_dim is None:
+            raise ValueError("max_batch bounds the symbolic batch size: it needs batch_dim")
         if (remat is not None or memory_budget is not None) and not optimize:
             raise ValueError("remat plans the optimized program: it needs optimize=True")
         if memory_budget is not None and remat is None:
@@ -62,6 +67,11 @@ class CompiledFunction:
         get_backend(backend)  # an unknown name fails here, not at the first call
         self.convention = CallingConvention(fn, static_argnums, static_argnames)
         self._cache: dict = {}
+        # batch_dim: one trace for every batch size (symbolic_batch.py), kept per symbolic signature
+        self.batch = batch_dim if isinstance(batch_dim, BatchSpec) or batch_dim is None else BatchSpec(
+            batch_dim, max_batch)
+        self._symbolic: dict = {}
+        self.trace_count = 0  # how many times fn was traced (once per signature, or per symbolic one)
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
         functools.update_wrapper(self, fn, updated=())
@@ -99,12 +109,29 @@ class CompiledFunction:
     def _lower(self, args, variant) -> Lowered:
         fn = self.convention.traced_function(variant)
         in_tree, types, names = self._signature(args, fn)
-        traced, captured = trace(fn, in_tree, types, names, weak=[_is_weak(a) for a in tree_flatten(args)[0]])
-        assert not captured  # a top-level trace has no enclosing trace to capture from
+        weak = [_is_weak(a) for a in tree_flatten(args)[0]]
+        symbolic = None
+        if self.batch is None:
+            traced = self._trace(fn, in_tree, types, names, weak)
+        else:  # the symbolic trace of this signature, specialized to the call's batch size
+            axes = self.batch.axes(args)
+            size = self.batch.size(types, names, axes)
+            symbolic_types = self.batch.symbolic(types, axes)
+            key = (variant, in_tree, tuple(symbolic_types))
+            if key not in self._symbolic:
+                self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
+            symbolic = self._symbolic[key].graph
+            traced = dataclasses.replace(self._symbolic[key], graph=specialize(symbolic, {"B": size}))
         options = Options(get_backend(self.backend_name), **self._options)
-        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {})
+        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {}, symbolic)
         self.last_lowered = lowered
         return lowered
+
+    def _trace(self, fn, in_tree, types, names, weak):
+        traced, captured = trace(fn, in_tree, types, names, weak=weak)
+        assert not captured  # a top-level trace has no enclosing trace to capture from
+        self.trace_count += 1
+        return traced
 
     def export(self, path, *args):
         """cf.export("dir/libmodel.so"[, *args]): the signature of args, or the one compiled last."""
@@ -218,7 +245,7 @@ def _collector_paused():
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
             optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
-            static_argnums=(), static_argnames=()):
+            static_argnums=(), static_argnames=(), batch_dim=None, max_batch=None):
     """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...)).
 
     backend: "llvm" (the default: native code) or "numpy" (the same schedule as
@@ -229,11 +256,14 @@ def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None,
     when memory_budget, in bytes or as a fraction of store_all's peak, is given).
     dump_after: a stage name, a list of them, or "all" (see pipeline.py).
     static_argnums / static_argnames: arguments that are not arrays but Python values
-    the function branches on (hashable; one program per value, as in jax.jit)."""
+    the function branches on (hashable; one program per value, as in jax.jit).
+    batch_dim: the batch axis per positional argument (None: none; an int: every
+    argument's), traced once as the symbol B for every batch size up to max_batch
+    (docs/symbolic_batch.md)."""
     options = dict(backend=backend, spec=spec, dump_after=dump_after, dump_dir=dump_dir, verify=verify,
                    optimize=optimize, remat=remat, memory_budget=memory_budget,
                    remat_time_limit=remat_time_limit, static_argnums=static_argnums,
-                   static_argnames=static_argnames)
+                   static_argnames=static_argnames, batch_dim=batch_dim, max_batch=max_batch)
     if fn is None:
         return functools.partial(compile, **options)
     return CompiledFunction(fn, **options)

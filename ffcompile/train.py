@@ -29,6 +29,7 @@ from .api import USER_ERRORS, CompiledFunction
 from .ir import Role
 from .ir.lang import Value, convert
 from .runtime import ArgumentError, BoundCall
+from .symbolic_batch import BatchSpec
 from .trace import scope, user_traceback
 from .transforms import value_and_grad
 from .tree import tree_flatten, tree_paths
@@ -52,7 +53,11 @@ class TrainStep:
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
-        self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
+        batch_dim, max_batch = compile_options.pop("batch_dim", None), compile_options.pop("max_batch", None)
+        if batch_dim is not None:  # of the batch arguments: params, opt_state, hyperparameters have none
+            batch_dim = BatchSpec(batch_dim, max_batch, first=3)
+        self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, batch_dim=batch_dim,
+                                          max_batch=max_batch, **compile_options)
         self._last_hyperparameters = None  # (optimizer.version, array): reused until it changes
         self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
         self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
@@ -189,5 +194,7 @@ def _check_donatable(tree, name: str) -> None:
 
 
 def compile_train_step(loss_fn, optimizer, backend=None, **compile_options) -> TrainStep:
-    """Compile loss_fn(params, *batch) with optimizer into one in-place training step."""
+    """Compile loss_fn(params, *batch) with optimizer into one in-place training step.
+    batch_dim= (an axis, or one per batch argument) and max_batch=: one trace for every
+    batch size (docs/symbolic_batch.md)."""
     return TrainStep(loss_fn, optimizer, backend, **compile_options)

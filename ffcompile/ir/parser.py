@@ -17,12 +17,13 @@ from .errors import IRParseError, ShapeError
 from .graph import Graph, Loc, Role
 from .ops import OPS
 from .printer import PLAIN_NAME
-from .types import parse_type
+from .types import parse_dim, parse_type
 
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _TOKEN = re.compile(
     rf"""\s*(?:
       (?P<str>{_STRING})
+    | (?P<sym>\d+\*{PLAIN_NAME.pattern})
     | (?P<num>-?(?:(?:inf|nan)(?![\w.])|\d+\.?\d*(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?))
     | (?P<word>{PLAIN_NAME.pattern})
     | (?P<ref>%\d+)
@@ -112,6 +113,12 @@ def _value(tokens: _Tokens, depth: int = 0):
         return _string(tokens)
     if kind == "word" and text in ("true", "false"):
         return tokens.take() == "true"
+    if kind in ("word", "sym"):  # a symbolic size: B, 2*B
+        column = tokens.column()
+        try:
+            return parse_dim(tokens.take(), text)
+        except (ValueError, TypeError) as exc:
+            raise IRParseError(str(exc), tokens.line, column) from None
     if kind == "num":
         column = tokens.column()
         text = tokens.take()

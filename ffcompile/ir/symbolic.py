@@ -1,0 +1,168 @@
+"""A symbolic dimension: `B` in `f32[B,512]`, a size known only when the program is called.
+
+A `Sym` is `coef * name` (the batch size B, or a multiple of it after a reshape that
+folds B into a larger axis). It supports the arithmetic shape rules do with sizes
+(`==`, `*` by an int, `//` and `%` by an int that divides it, `+` of two multiples of
+the same symbol, comparisons that hold for every size >= 1), so shape rules need no
+change. Anything that needs a concrete value (`int(B)`, `range(B)`, an index along
+B, a product B*B, B // 3) raises a ShapeError that says so, at trace time.
+`substitute` replaces symbols by sizes in types and attribute values: the per-size
+graph of a symbolic one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ShapeError
+
+
+@dataclass(frozen=True)
+class Sym:
+    name: str = "B"
+    coef: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.coef, int) or isinstance(self.coef, bool) or self.coef < 1:
+            raise TypeError(f"a symbolic dimension is a positive multiple of a symbol, got {self.coef}*{self.name}")
+
+    def __str__(self) -> str:
+        return self.name if self.coef == 1 else f"{self.coef}*{self.name}"
+
+    def at(self, bindings: dict[str, int]) -> int:
+        if self.name not in bindings:
+            raise ShapeError(f"no size given for the symbolic dimension {self.name}")
+        return self.coef * bindings[self.name]
+
+    def _concrete(self, what: str) -> ShapeError:
+        return ShapeError(f"{what} needs a concrete value of the symbolic batch size {self} "
+                          f"(known only at call time); compile without batch_dim for this shape")
+
+    # ---- the arithmetic shape rules use
+    def __mul__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool):
+            return Sym(self.name, self.coef * other) if other else 0
+        if isinstance(other, Sym):
+            raise self._concrete(f"the product {self} * {other}")
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __add__(self, other):
+        if isinstance(other, Sym) and other.name == self.name:
+            return Sym(self.name, self.coef + other.coef)
+        if other == 0:
+            return self
+        raise self._concrete(f"the sum {self} + {other}")
+
+    __radd__ = __add__
+
+    def __floordiv__(self, other):
+        if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
+            return self.coef // other.coef
+        if isinstance(other, int) and other > 0 and self.coef % other == 0:
+            return Sym(self.name, self.coef // other)
+        raise self._concrete(f"{self} // {other}")
+
+    def __mod__(self, other):
+        if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
+            return 0
+        if isinstance(other, int) and other > 0 and self.coef % other == 0:
+            return 0
+        raise self._concrete(f"{self} % {other}")
+
+    def __rfloordiv__(self, other):
+        raise self._concrete(f"{other} // {self}")
+
+    def __truediv__(self, other):
+        raise self._concrete(f"{self} / {other}")
+
+    def __rtruediv__(self, other):
+        raise self._concrete(f"{other} / {self} (divide the traced value by it instead)")
+
+    def __neg__(self):
+        raise self._concrete(f"-{self}")
+
+    def __sub__(self, other):
+        if other == 0:
+            return self
+        raise self._concrete(f"{self} - {other}")
+
+    def __rsub__(self, other):
+        raise self._concrete(f"{other} - {self}")
+
+    # Comparisons with ints hold for every size >= 1 or else need the size.
+    def _compare(self, other, holds, op: str) -> bool:
+        if isinstance(other, Sym) and other.name == self.name:
+            return holds(self.coef, other.coef)
+        if isinstance(other, int) and other <= 0:
+            return holds(1, 0)  # coef * B >= 1 > other
+        raise self._concrete(f"{self} {op} {other}")
+
+    def __gt__(self, other): return self._compare(other, lambda a, b: a > b, ">")
+    def __ge__(self, other): return self._compare(other, lambda a, b: a >= b, ">=")
+    def __lt__(self, other): return self._compare(other, lambda a, b: a < b, "<")
+    def __le__(self, other): return self._compare(other, lambda a, b: a <= b, "<=")
+
+    def __index__(self):
+        raise self._concrete("an index or a count")
+
+    def __int__(self):
+        raise self._concrete("int()")
+
+    def __float__(self):
+        raise self._concrete("float()")
+
+    def __bool__(self) -> bool:
+        return True  # a size >= 1
+
+
+def is_dim(value) -> bool:
+    """A dimension: a non-negative int or a Sym."""
+    return isinstance(value, Sym) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def is_symbolic(shape) -> bool:
+    return any(isinstance(d, Sym) for d in shape)
+
+
+def substitute(value, bindings: dict[str, int], dtype: np.dtype | None = None):
+    """value with every Sym replaced by its size: a dimension, a shape, a tuple of them,
+    a TensorType (anything with `with_shape`), or a constant's scalar of `dtype`
+    (converted as a literal of that dtype is, so the per-size graph is the one a
+    trace at that size builds)."""
+    if isinstance(value, Sym):
+        size = value.at(bindings)
+        return size if dtype is None else np.asarray(size, dtype=dtype).item()
+    if isinstance(value, tuple):
+        return tuple(substitute(v, bindings, dtype) for v in value)
+    if hasattr(value, "with_shape") and is_symbolic(value.shape):
+        return value.with_shape(substitute(value.shape, bindings))
+    return value
+
+
+def symbols_in(shape) -> set[str]:
+    return {d.name for d in shape if isinstance(d, Sym)}
+
+
+
+def broadcast_shapes(*shapes) -> tuple:
+    """np.broadcast_shapes over dimensions that may be symbolic: a symbolic size meets
+    itself or 1 (it is >= 1, and equal to another size only when it is that size).
+    Raises ValueError where the shapes do not broadcast, as NumPy does."""
+    if not any(map(is_symbolic, shapes)):
+        return tuple(np.broadcast_shapes(*shapes))
+    rank = max(map(len, shapes))
+    out = []
+    for k in range(rank):
+        dims = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0} - {1}
+        if len(dims) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def as_dim(d) -> int | Sym:
+    """A dimension the user gave: a Sym as it is, anything else as an int (np.int64, ...)."""
+    return d if isinstance(d, Sym) else int(d)

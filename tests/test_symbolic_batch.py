@@ -1,0 +1,221 @@
+"""batch_dim= (docs/symbolic_batch.md): one trace for every batch size. The symbolic graph
+prints and parses back (`f32[B,784]`); specialized to a size it gives bit for bit the
+results of the per-size program, forward, gradients and training steps, on both
+backends; shapes that need a concrete batch size fail at trace time, naming the op."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import ffcompile as ff
+from ffcompile import ArgumentError, ShapeError, zoo
+from ffcompile.ir import TensorType, parse_ir
+from ffcompile.ir.specialize import specialize
+from ffcompile.ir.symbolic import Sym
+from ffcompile.ir.types import parse_type
+from ffcompile.tree import tree_flatten, tree_map
+
+SIZES = (1, 2, 7, 64, 129)
+B = Sym("B")
+
+
+def _leaves(tree):
+    return tree_flatten(tree)[0]
+
+
+def _same(a, b) -> bool:
+    a, b = _leaves(a), _leaves(b)
+    return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
+
+
+# ---- the IR
+
+
+def test_types_print_and_parse_symbols():
+    for text in ("f32[B,512]", "f64[2*B]", "i32[3,B,4]", "bool[]"):
+        assert str(parse_type(text)) == text
+    assert TensorType((B, 4), "f32").size == Sym("B", 4)
+    assert TensorType((B, 4), "f32").nbytes == Sym("B", 16)
+    with pytest.raises(ValueError, match="malformed"):
+        parse_type("f32[B+1]")
+
+
+def test_symbolic_graph_round_trips_through_text():
+    """Every symbolic graph a zoo model's gradient traces to prints and parses back."""
+    for name in ("digits", "two_tower", "deep"):
+        lowered = ff.compile(ff.value_and_grad(zoo.get(name).loss), batch_dim=(None, 0, 0),
+                             backend="numpy").lower(*zoo.get(name).placeholder_inputs(3))
+        text = lowered.symbolic_ir
+        assert "[B," in text
+        assert str(parse_ir(text)) == text
+
+
+def test_symbols_in_attributes_parse_back():
+    text = ("graph @g {\n  %0:f32[B,4] = input {name=\"x\"}\n"
+            "  %1:f32[4*B] = reshape %0 {shape=[4*B]}\n"
+            "  %2:f32[B,4] = reshape %1 {shape=[B, 4]}\n"
+            "  %3:f32[B,4] = slice %2 {starts=[0, 0], steps=[1, 1], stops=[B, 4]}\n"
+            "  %4:f32[] = constant {value=B}\n"
+            "  return %3, %4\n}\n")
+    graph = parse_ir(text)
+    assert str(graph) == text
+    concrete = specialize(graph, {"B": 5})
+    assert concrete.nodes[1].type == TensorType((20,), "f32")
+    assert concrete.nodes[4].attr("value") == 5.0 and isinstance(concrete.nodes[4].attr("value"), float)
+
+
+def test_the_verifier_checks_symbolic_shapes():
+    bad = "graph @g {\n  %0:f32[B,4] = input {name=\"x\"}\n  %1:f32[4,B] = neg %0\n  return %1\n}\n"
+    with pytest.raises(ff.IRParseError, match=r"declared f32\[4,B\] but neg gives f32\[B,4\]"):
+        parse_ir(bad)
+
+
+def test_specialized_graphs_are_the_per_size_graphs():
+    """After simplify, the symbolic trace specialized to a size is the graph a trace at that
+    size optimizes to (the traced graphs differ only at 1, by broadcasts that become no-ops)."""
+    for name in ("xor", "digits", "two_tower"):
+        w = zoo.get(name)
+        cf = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), backend="numpy")
+        for n in SIZES:
+            args = w.placeholder_inputs(n)
+            assert cf.lower(*args).optimized == ff.compile(ff.value_and_grad(w.loss), backend="numpy") \
+                .lower(*args).optimized, (name, n)
+        assert cf.trace_count == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), cols=st.integers(1, 5))
+def test_any_size_specializes_to_the_per_size_graph(n, cols):
+    def f(x, w):
+        h = ff.tanh(x @ w) * x.sum(axis=1, keepdims=True)
+        return h.mean() + ff.log_softmax(h, axis=1).sum(axis=0).max() + h.reshape(-1).sum() / x.shape[0]
+
+    x, w = np.ones((n, cols), np.float32), np.ones((cols, 3), np.float32)
+    symbolic = ff.compile(ff.value_and_grad(f, argnums=(0, 1)), batch_dim=(0, None), backend="numpy")
+    fixed = ff.compile(ff.value_and_grad(f, argnums=(0, 1)), backend="numpy")
+    assert symbolic.lower(x, w).optimized == fixed.lower(x, w).optimized
+
+
+# ---- same answers
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "deep", "two_tower"])
+def test_gradients_bitwise_at_every_size(backend, name):
+    w = zoo.get(name)
+    params = w.init(0)
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
+    for n in SIZES:
+        _, x, y = w.example_inputs(batch_size=n)
+        assert _same(symbolic(params, x, y), ff.compile(ff.value_and_grad(w.loss))(params, x, y)), n
+    assert symbolic.trace_count == 1
+
+
+def test_forward_bitwise_and_batch_reductions(backend):
+    def f(x, w):
+        h = ff.relu(x @ w)
+        return h, h.mean(axis=0), h.sum() / x.shape[0], (h.T @ h).max()
+
+    w = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    symbolic = ff.compile(f, batch_dim=(0, None))
+    for n in SIZES:
+        x = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)
+        assert _same(symbolic(x, w), ff.compile(f)(x, w)), n
+    assert symbolic.trace_count == 1
+
+
+def test_batch_on_another_axis(backend):
+    def f(xt, w):  # xt: [features, B]
+        return (w @ xt).sum(axis=0)
+
+    w = np.arange(12, dtype=np.float64).reshape(3, 4)
+    symbolic = ff.compile(f, batch_dim=(1, None))
+    for n in (1, 5, 9):
+        xt = np.linspace(0, 1, 4 * n).reshape(4, n)
+        assert _same(symbolic(xt, w), ff.compile(f)(xt, w))
+    assert "f64[4,B]" in symbolic.last_lowered.symbolic_ir
+
+
+@pytest.mark.parametrize("optimizer", [ff.optim.SGD(0.1, momentum=0.9), ff.optim.Adam(1e-3)],
+                         ids=["momentum", "adam"])
+def test_training_steps_bitwise_with_a_ragged_epoch(backend, optimizer):
+    """An epoch of digits whose last batch is smaller: one trace; the parameters after every
+    step are those of the per-size steps, bit for bit."""
+    w = zoo.get("digits")
+    symbolic = ff.compile_train_step(w.loss, optimizer, batch_dim=0, max_batch=64)
+    params_a = w.init(0)
+    params_b = tree_map(np.copy, params_a)
+    state_a, state_b = symbolic.init(params_a), symbolic.init(params_b)
+    fixed = {}
+    for k, n in enumerate((64, 64, 7, 1, 64, 2)):
+        _, x, y = w.example_inputs(seed=k, batch_size=n)
+        loss_a = symbolic(params_a, state_a, x, y)
+        step = fixed.setdefault(n, ff.compile_train_step(w.loss, optimizer))
+        loss_b = step(params_b, state_b, x, y)
+        assert np.array_equal(loss_a, loss_b) and _same(params_a, params_b) and _same(state_a, state_b), n
+    assert symbolic._compiled.trace_count == 1
+
+
+def test_bind_at_a_batch_size(backend):
+    def f(x, w):
+        return ff.tanh(x @ w).mean()
+
+    w = np.ones((3, 2))
+    symbolic = ff.compile(f, batch_dim=(0, None))
+    for n in (2, 5):
+        x = np.linspace(-1, 1, 3 * n).reshape(n, 3)
+        bound = symbolic.bind(x, w)
+        assert np.array_equal(bound(), ff.compile(f)(x, w))
+    assert symbolic.trace_count == 1
+
+
+# ---- memory: the arena of each size is planned, allocated at that size, and measured
+
+
+def test_planned_arena_is_the_allocated_one_at_every_size(backend):
+    w = zoo.get("mnist")
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
+    arenas = {}
+    for n in (1, 7, 64, 129):
+        lowered = symbolic.lower(*w.placeholder_inputs(n))
+        program = lowered.program
+        assert program.arena_bytes == lowered.memory.arena_bytes
+        if hasattr(program, "arena"):  # the NumPy program's one allocation
+            assert program.arena.nbytes == lowered.memory.arena_bytes
+        arenas[n] = lowered.memory.arena_bytes
+    assert arenas[1] < arenas[7] < arenas[64] < arenas[129]
+
+
+# ---- errors
+
+
+@pytest.mark.parametrize("fn, pieces", [
+    (lambda x: x[0].sum(), ["indexing f32[B,4] with 0 along axis 0", "symbolic batch"]),
+    (lambda x: x[:2].sum(), ["indexing f32[B,4]", "only ':'"]),
+    (lambda x: x.reshape(-1, 3).sum(), ["reshape: f32[B,4] to ['-1', '3']", "4*B % 3"]),
+    (lambda x: x.sum() * int(x.shape[0]), ["int()", "concrete value of the symbolic batch size B"]),
+    (lambda x: x.sum() * (1 / x.shape[0]), ["1 / B", "divide the traced value by it instead"]),
+    (lambda x: (x + np.ones((5, 4), np.float32)).sum(), ["add", "do not broadcast", "f32[B,4]", "f32[5,4]"]),
+    (lambda x: ff.concatenate([x, np.ones((1, 4), np.float32)], axis=0).sum(), ["the sum B + 1"]),
+])
+def test_shapes_that_need_a_concrete_size_fail_at_trace_time(fn, pieces):
+    with pytest.raises(ShapeError) as info:
+        ff.compile(fn, batch_dim=0, backend="numpy")(np.ones((5, 4), np.float32))
+    for piece in pieces:
+        assert piece in str(info.value)
+
+
+def test_call_errors():
+    f = ff.compile(lambda x, y: (x * y).sum(), batch_dim=0, max_batch=8, backend="numpy")
+    with pytest.raises(ArgumentError, match="disagree on the batch size: x has 3, y has 4"):
+        f(np.ones(3), np.ones(4))
+    with pytest.raises(ArgumentError, match=r"batch size 9 \(x\) is outside max_batch's range 1..8"):
+        f(np.ones(9), np.ones(9))
+    with pytest.raises(ArgumentError, match="batch_dim 1 is out of range for f64\\[3\\]"):
+        ff.compile(lambda x: x.sum(), batch_dim=1, backend="numpy")(np.ones(3))
+    with pytest.raises(ArgumentError, match="batch_dim gives 1 entries for 2"):
+        ff.compile(lambda x, y: x.sum(), batch_dim=(0,), backend="numpy")(np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="max_batch bounds the symbolic batch size: it needs batch_dim"):
+        ff.compile(lambda x: x, max_batch=4)
+    with pytest.raises(ValueError, match="batch_dim must be an axis"):
+        ff.compile(lambda x: x, batch_dim=-1)
+    assert f(np.ones(8), np.ones(8)) == 8.0
+
