@@ -141,6 +141,11 @@ class CompiledFunction:
         directory, file = os.path.split(os.fspath(path))
         return lowered.export(directory or ".", file.removeprefix("lib").removesuffix(".so"))
 
+    @property
+    def signatures(self) -> int:
+        """How many argument signatures (with batch_dim: batch sizes) have a program."""
+        return len(self._cache)
+
     def stats(self) -> Stats:
         """Stats of the signature compiled most recently."""
         if self.last_lowered is None:

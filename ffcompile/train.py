@@ -62,6 +62,11 @@ class TrainStep:
         self._names: tuple[str, ...] = ()  # of the hyperparameters, in the array's order
         self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
 
+    @property
+    def compiled(self) -> CompiledFunction:
+        """The step as a compiled function of (params, opt_state, hyperparameters, *batch)."""
+        return self._compiled
+
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
         return self.optimizer.init(params)
