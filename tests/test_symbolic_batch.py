@@ -219,3 +219,46 @@ def test_call_errors():
         ff.compile(lambda x: x, batch_dim=-1)
     assert f(np.ones(8), np.ones(8)) == 8.0
 
+
+
+# ---- ONNX: a symbolic batch dimension of the file maps onto batch_dim
+
+
+def _onnx_mlp(batch="N"):
+    onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((5, 8)).astype(np.float32), "b1": np.ones(8, np.float32),
+             "w2": rng.standard_normal((8, 3)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_symbolic_batch_dimension_is_batch_dim(backend):
+    model = ff.onnx.load(_onnx_mlp())
+    assert model.batch_dim == (None, 0)
+    symbolic = ff.compile(model, batch_dim=model.batch_dim)
+    for n in SIZES:
+        x = np.random.default_rng(n).standard_normal((n, 5)).astype(np.float32)
+        assert _same(symbolic(model.params, x), ff.compile(model)(model.params, x)), n
+    assert symbolic.trace_count == 1
+    with pytest.raises(ff.onnx.OnnxError, match="no input of the model has a symbolic dimension"):
+        ff.onnx.load(_onnx_mlp(batch=4)).batch_dim
+
+
+def test_onnx_shape_of_a_symbolic_value_names_the_node():
+    onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="the_shape"), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    model = ff.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(ff.onnx.OnnxError, match=r"ONNX node 'the_shape' \(Shape\): .*symbolic batch size B"):
+        ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, np.ones((3, 2), np.float32))
