@@ -101,8 +101,7 @@ class CompiledFunction:
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace args' signature and run the pipeline up to the memory plan (AOT)."""
         try:
-            args, variant = self.convention.split(args, kwargs)
-            return self._lower(args, variant)
+            return self._lower(*self._split(args, kwargs))
         except USER_ERRORS as exc:
             raise user_traceback(exc) from None
 
@@ -185,9 +184,7 @@ class CompiledFunction:
         args hold traced Values. Its run is the executable's run_flat when the arrays are
         already known to fit (the last call's structure and types), else its checking
         call_flat. Keyword and static arguments are resolved first (CallingConvention)."""
-        variant = None
-        if kwargs or self.convention.statics:
-            args, variant = self.convention.split(args, kwargs or {})
+        args, variant = self._split(args, kwargs)
         recent = self._match_recent(args, variant)
         if recent is not None:
             return recent
@@ -196,6 +193,13 @@ class CompiledFunction:
             return None
         executable = self._executable(args, leaves, in_tree, variant)
         return Prepared(executable, in_tree, leaves, executable.call_flat)
+
+    def _split(self, args, kwargs) -> tuple:
+        """(dynamic arguments, variant): the variant None when there are neither keyword nor
+        static arguments (the same key for a call and a lower of the same arguments)."""
+        if kwargs or self.convention.statics:
+            return self.convention.split(args, kwargs or {})
+        return args, None
 
     def _match_recent(self, args, variant) -> Prepared | None:
         """The last call's executable if args have the structure of the last call whose

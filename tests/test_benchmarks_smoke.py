@@ -148,3 +148,13 @@ def test_import_ffcompile_leaves_the_harness_and_its_peers_unimported():
     code = f"import sys, ffcompile; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_symbolic_batch_benchmark_counts_traces_and_programs(capsys):
+    from benchmarks import symbolic_batch
+
+    assert symbolic_batch.main(["--backend", "numpy", "--models", "digits", "--steps", "1", "--rounds", "1",
+                                "--epoch", "70"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits | 64 |" in out and "symbolic / fixed" in out
+    assert "| per size | 2 | 2 |" in out and "| batch_dim=0 | 1 | 2 |" in out

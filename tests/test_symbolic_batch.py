@@ -262,3 +262,31 @@ def test_onnx_shape_of_a_symbolic_value_names_the_node():
     model = ff.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(ff.onnx.OnnxError, match=r"ONNX node 'the_shape' \(Shape\): .*symbolic batch size B"):
         ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, np.ones((3, 2), np.float32))
+
+
+# ---- remat and export: per size, from the one trace
+
+
+def test_a_byte_budget_holds_at_every_size():
+    w = zoo.get("deep")
+    reference = ff.compile(ff.value_and_grad(w.loss), backend="numpy").lower(*w.placeholder_inputs(64))
+    budget = int(0.8 * reference.memory.arena_bytes)
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), memory_budget=budget,
+                          backend="numpy")
+    params = w.init(0)
+    for n in (64, 7, 1):
+        _, x, y = w.example_inputs(batch_size=n)
+        lowered = symbolic.lower(params, x, y)
+        assert lowered.program.arena_bytes <= budget, n
+        fixed = ff.compile(ff.value_and_grad(w.loss), memory_budget=budget, backend="numpy")
+        assert _same(symbolic(params, x, y), fixed(params, x, y)), n
+    assert symbolic.trace_count == 1
+
+
+def test_export_writes_the_program_of_the_size_given(tmp_path):
+    symbolic = ff.compile(lambda x, w: ff.tanh(x @ w).sum(axis=1), batch_dim=(0, None), backend="llvm")
+    w = np.ones((3, 2), np.float32)
+    for n in (5, 9):
+        library = symbolic.export(tmp_path / f"libm{n}.so", np.ones((n, 3), np.float32), w)
+        assert f"{{{n}, 3}}" in library.header_path.read_text()
+    assert symbolic.trace_count == 1

@@ -11,7 +11,8 @@ import dataclasses
 
 from .graph import Graph, Node
 from .op import OPS
-from .symbolic import is_symbolic, substitute
+from .symbolic import Sym, is_symbolic, substitute
+from .types import TensorType
 from .verify import verify
 
 _CONSTANT = OPS["constant"]
@@ -35,11 +36,7 @@ def _node(node: Node, bindings: dict[str, int]) -> Node:
 
 
 def _has_symbol(value) -> bool:
+    """A Sym in an attribute value: a dimension, a list of them, a constant, a TensorType."""
     if isinstance(value, tuple):
         return any(map(_has_symbol, value))
-    shape = getattr(value, "shape", ())
-    return is_symbolic((value,)) or (isinstance(shape, tuple) and is_symbolic(shape))
-
-
-def is_symbolic_graph(graph: Graph) -> bool:
-    return any(is_symbolic(n.type.shape) for n in graph.nodes)
+    return isinstance(value, Sym) or (isinstance(value, TensorType) and is_symbolic(value.shape))

@@ -114,9 +114,6 @@ class Sym:
     def __float__(self):
         raise self._concrete("float()")
 
-    def __bool__(self) -> bool:
-        return True  # a size >= 1
-
 
 def is_dim(value) -> bool:
     """A dimension: a non-negative int or a Sym."""
@@ -140,10 +137,6 @@ def substitute(value, bindings: dict[str, int], dtype: np.dtype | None = None):
     if hasattr(value, "with_shape") and is_symbolic(value.shape):
         return value.with_shape(substitute(value.shape, bindings))
     return value
-
-
-def symbols_in(shape) -> set[str]:
-    return {d.name for d in shape if isinstance(d, Sym)}
 
 
 
