@@ -290,3 +290,31 @@ def test_export_writes_the_program_of_the_size_given(tmp_path):
         library = symbolic.export(tmp_path / f"libm{n}.so", np.ones((n, 3), np.float32), w)
         assert f"{{{n}, 3}}" in library.header_path.read_text()
     assert symbolic.trace_count == 1
+
+
+# ---- every public function whose arguments share a leading axis, with that axis symbolic
+
+
+def test_public_functions_over_a_symbolic_leading_axis():
+    """Each FUNCTION_CASES case whose array arguments share axis 0 runs with batch_dim=0 to
+    the per-size results bit for bit, or fails at trace time with a ShapeError that shows
+    the symbolic type or says it needs the size (argmax along B, prelu's alpha meeting B)."""
+    from samples import FUNCTION_CASES
+
+    same, refused = [], []
+    for name, cases in FUNCTION_CASES.items():
+        for k, case in enumerate(cases):
+            args = case.make(np.random.default_rng(k))
+            arrays = [np.asarray(a) for a in args]
+            if not all(a.ndim >= 1 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
+                continue
+            try:
+                got = ff.compile(case.fn, batch_dim=0, backend="numpy")(*args)
+            except ShapeError as exc:
+                assert "B" in str(exc), (name, str(exc))
+                refused.append(name)
+                continue
+            want = ff.compile(case.fn, backend="numpy")(*args)
+            assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(_leaves(got), _leaves(want))), name
+            same.append(name)
+    assert len(same) >= 60 and set(refused) <= {"argmax", "argmin", "prelu"}, (len(same), refused)
