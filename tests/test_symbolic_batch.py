@@ -134,6 +134,24 @@ def test_batch_on_another_axis(backend):
     assert "f64[4,B]" in symbolic.last_lowered.symbolic_ir
 
 
+def test_random_samples_and_dropout_over_the_batch(backend):
+    """ff.random draws over a symbolic shape (x.shape, B leading or inner) the per-size numbers."""
+    R = ff.random
+    model = ff.nn.Sequential(ff.nn.Linear(3, 4), ff.nn.Dropout(0.5))
+
+    def f(key, params, x):
+        noise = (x * R.uniform(key, x.shape)).sum(axis=1)
+        transposed = (x * R.normal(key, (x.shape[1], x.shape[0])).T).sum()
+        return noise, transposed, model(params, x, key=key).sum(axis=0)
+
+    params = model.init(0)
+    symbolic = ff.compile(f, batch_dim=(None, None, 0))
+    for n in (1, 5, 64):
+        x = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
+        assert _same(symbolic(R.key(3), params, x), ff.compile(f)(R.key(3), params, x)), n
+    assert symbolic.trace_count == 1
+
+
 @pytest.mark.parametrize("optimizer", [ff.optim.SGD(0.1, momentum=0.9), ff.optim.Adam(1e-3)],
                          ids=["momentum", "adam"])
 def test_training_steps_bitwise_with_a_ragged_epoch(backend, optimizer):
