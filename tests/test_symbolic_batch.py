@@ -134,6 +134,39 @@ def test_batch_on_another_axis(backend):
     assert "f64[4,B]" in symbolic.last_lowered.symbolic_ir
 
 
+LOSSES = {
+    "cross_entropy": lambda out, y: ff.nn.cross_entropy(out.reshape(out.shape[0], -1)[:, :3], y),
+    "nll_loss": lambda out, y: ff.nn.nll_loss(ff.log_softmax(out.reshape(out.shape[0], -1)[:, :3], axis=-1), y),
+    "mse": lambda out, y: ff.nn.mse(out.reshape(out.shape[0], -1)[:, 0], y.astype("float32")),
+    "bce": lambda out, y: ff.nn.binary_cross_entropy_with_logits(out.reshape(out.shape[0], -1)[:, 0],
+                                                                 y.astype("float32")),
+}
+MODELS = {
+    "embedding": (lambda: ff.nn.Sequential(ff.nn.Embedding(10, 4)),
+                  lambda rng, n: rng.integers(0, 10, (n, 5)).astype(np.int32)),
+    "layernorm": (lambda: ff.nn.Sequential(ff.nn.Linear(4, 6), ff.nn.LayerNorm(6), ff.nn.GELU(), ff.nn.PReLU(6),
+                                           ff.nn.Linear(6, 3)),
+                  lambda rng, n: rng.standard_normal((n, 4)).astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model", MODELS)
+def test_modules_and_losses_over_the_batch(backend, model, loss):
+    make_model, make_x = MODELS[model]
+    module = make_model()
+
+    def f(params, x, y):
+        return LOSSES[loss](module(params, x), y)
+
+    params, rng = module.init(0), np.random.default_rng(0)
+    symbolic = ff.compile(ff.value_and_grad(f), batch_dim=(None, 0, 0))
+    for n in (1, 3, 9):
+        x, y = make_x(rng, n), rng.integers(0, 3, n).astype(np.int32)
+        assert _same(symbolic(params, x, y), ff.compile(ff.value_and_grad(f))(params, x, y)), n
+    assert symbolic.trace_count == 1
+
+
 def test_random_samples_and_dropout_over_the_batch(backend):
     """ff.random draws over a symbolic shape (x.shape, B leading or inner) the per-size numbers."""
     R = ff.random
