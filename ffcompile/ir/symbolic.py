@@ -41,15 +41,17 @@ class Sym:
 
     # ---- the arithmetic shape rules use
     def __mul__(self, other):
-        if isinstance(other, int) and not isinstance(other, bool):
+        if isinstance(other, int) and not isinstance(other, bool) and other >= 0:
             return Sym(self.name, self.coef * other) if other else 0
-        if isinstance(other, Sym):
-            raise self._concrete(f"the product {self} * {other}")
-        return NotImplemented
+        if not _is_size(other):
+            return NotImplemented
+        raise self._concrete(f"the product {self} * {other}")
 
     __rmul__ = __mul__
 
     def __add__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         if isinstance(other, Sym) and other.name == self.name:
             return Sym(self.name, self.coef + other.coef)
         if other == 0:
@@ -59,6 +61,8 @@ class Sym:
     __radd__ = __add__
 
     def __floordiv__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
             return self.coef // other.coef
         if isinstance(other, int) and other > 0 and self.coef % other == 0:
@@ -66,6 +70,8 @@ class Sym:
         raise self._concrete(f"{self} // {other}")
 
     def __mod__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
             return 0
         if isinstance(other, int) and other > 0 and self.coef % other == 0:
@@ -73,27 +79,39 @@ class Sym:
         raise self._concrete(f"{self} % {other}")
 
     def __rfloordiv__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         raise self._concrete(f"{other} // {self}")
 
     def __truediv__(self, other):
+        if not isinstance(other, (int, float, Sym)):
+            return NotImplemented
         raise self._concrete(f"{self} / {other}")
 
     def __rtruediv__(self, other):
+        if not isinstance(other, (int, float)):
+            return NotImplemented
         raise self._concrete(f"{other} / {self} (divide the traced value by it instead)")
 
     def __neg__(self):
         raise self._concrete(f"-{self}")
 
     def __sub__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         if other == 0:
             return self
         raise self._concrete(f"{self} - {other}")
 
     def __rsub__(self, other):
+        if not _is_size(other):
+            return NotImplemented
         raise self._concrete(f"{other} - {self}")
 
     # Comparisons with ints hold for every size >= 1 or else need the size.
     def _compare(self, other, holds, op: str) -> bool:
+        if not _is_size(other):
+            return NotImplemented
         if isinstance(other, Sym) and other.name == self.name:
             return holds(self.coef, other.coef)
         if isinstance(other, int) and other <= 0:
@@ -113,6 +131,11 @@ class Sym:
 
     def __float__(self):
         raise self._concrete("float()")
+
+
+def _is_size(value) -> bool:
+    """What Sym's arithmetic takes; with anything else (a traced value) it defers to it."""
+    return isinstance(value, (int, Sym))
 
 
 def is_dim(value) -> bool:
