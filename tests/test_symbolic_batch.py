@@ -284,6 +284,11 @@ def test_shapes_that_need_a_concrete_size_fail_at_trace_time(fn, pieces):
         assert piece in str(info.value)
 
 
+def test_spec_with_none_points_to_batch_dim():
+    with pytest.raises(TypeError, match=r"ff.spec\(None, 784\): a size of None .* compile with batch_dim="):
+        ff.spec((None, 784))
+
+
 def test_call_errors():
     f = ff.compile(lambda x, y: (x * y).sum(), batch_dim=0, max_batch=8, backend="numpy")
     with pytest.raises(ArgumentError, match="disagree on the batch size: x has 3, y has 4"):
