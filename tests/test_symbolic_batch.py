@@ -44,11 +44,12 @@ def test_types_print_and_parse_symbols():
 def test_sym_arithmetic_agrees_with_every_size(coef, k, n):
     """What Sym computes, bound to any size n, is what the ints compute; what it cannot
     know for every size raises a ShapeError (never a wrong answer). `==` is equality for
-    every size (what shape rules ask): B equals 2*B // 2, never a given int."""
+    every size: B equals 2*B // 2 and no size below 1; `B == 3` holds for one size only, so
+    it raises (a branch on it would take one side for every size)."""
     s, size = Sym("B", coef), coef * n
     checks = [(lambda a: a * k, k >= 0), (lambda a: a + a, True), (lambda a: a // k, k > 0 and coef % k == 0),
               (lambda a: a % k, k > 0 and coef % k == 0), (lambda a: a > k, k <= 0), (lambda a: a >= k, k <= 0),
-              (lambda a: a < k, k <= 0)]
+              (lambda a: a < k, k <= 0), (lambda a: a == k, k <= 0), (lambda a: a != k, k <= 0)]
     for fn, defined in checks:
         if not defined:
             with pytest.raises(ShapeError, match="needs a concrete value"):
@@ -56,7 +57,7 @@ def test_sym_arithmetic_agrees_with_every_size(coef, k, n):
             continue
         got = fn(s)
         assert (got.at({"B": n}) if isinstance(got, Sym) else got) == fn(size)
-    assert s != k and s == (s * 2) // 2 and s != Sym("B", coef + 1)
+    assert s == (s * 2) // 2 and s != Sym("B", coef + 1) and s != Sym("N", coef)
 
 
 def test_sym_defers_to_traced_values(backend):
@@ -273,6 +274,9 @@ def test_planned_arena_is_the_allocated_one_at_every_size(backend):
     (lambda x: x[:2].sum(), ["indexing f32[B,4]", "only ':'"]),
     (lambda x: x.reshape(-1, 3).sum(), ["reshape: f32[B,4] to ['-1', '3']", "4*B % 3"]),
     (lambda x: x.sum() * int(x.shape[0]), ["int()", "concrete value of the symbolic batch size B"]),
+    # a branch on the size would be traced once, for every size: B == 1 is true for one
+    (lambda x: x.sum() if x.shape[0] == 1 else x.mean(), ["B == 1 needs a concrete value"]),
+    (lambda x: x.sum() if 10 in x.shape else x.mean(), ["B == 10 needs a concrete value"]),
     (lambda x: x.sum() * (1 / x.shape[0]), ["1 / B", "divide the traced value by it instead"]),
     (lambda x: (x + np.ones((5, 4), np.float32)).sum(), ["add", "do not broadcast", "f32[B,4]", "f32[5,4]"]),
     (lambda x: ff.concatenate([x, np.ones((1, 4), np.float32)], axis=0).sum(), ["the sum B + 1"]),

@@ -11,6 +11,9 @@ graph of a symbolic one.
 """
 from __future__ import annotations
 
+import numbers
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +41,25 @@ class Sym:
     def _concrete(self, what: str) -> ShapeError:
         return ShapeError(f"{what} needs a concrete value of the symbolic batch size {self} "
                           f"(known only at call time); compile without batch_dim for this shape")
+
+    def __eq__(self, other):
+        # ffcompile's shape rules ask whether two sizes are the same symbol: B is not 1.
+        # The user's code asks about the size (`if x.shape[0] == 1:`): either answer is
+        # wrong for some batch size, one branch traced for all, so it needs the size.
+        if isinstance(other, Sym):
+            return (self.name, self.coef) == (other.name, other.coef)
+        if not isinstance(other, numbers.Real) or isinstance(other, bool):
+            return NotImplemented
+        if other >= 1 and _asked_by_user():
+            raise self._concrete(f"{self} == {other}")
+        return False
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self):
+        return hash((Sym, self.name, self.coef))
 
     # ---- the arithmetic shape rules use
     def __mul__(self, other):
@@ -131,6 +153,19 @@ class Sym:
 
     def __float__(self):
         raise self._concrete("float()")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _asked_by_user() -> bool:
+    """Whether the comparison Sym.__eq__ answers is in code outside ffcompile (seen past
+    this file and a dataclass's generated __eq__, as TensorType's)."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename == __file__ or (
+            frame.f_code.co_filename.startswith("<") and frame.f_code.co_name in ("__eq__", "__ne__"))):
+        frame = frame.f_back
+    return frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE_DIR)
 
 
 def _is_size(value) -> bool:
