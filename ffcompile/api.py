@@ -113,7 +113,7 @@ class CompiledFunction:
         if self.batch is None:
             traced = self._trace(fn, in_tree, types, names, weak)
         else:  # the symbolic trace of this signature, specialized to the call's batch size
-            axes = self.batch.axes(args)
+            axes = self.batch.axes(args, *self.convention.positions(args, variant))
             size = self.batch.size(types, names, axes)
             symbolic_types = self.batch.symbolic(types, axes)
             key = (variant, in_tree, tuple(symbolic_types))

@@ -37,15 +37,23 @@ class BatchSpec:
         self.max_batch = max_batch
         self.first = first
 
-    def axes(self, args: tuple) -> list[int | None]:
-        """The batch axis of every leaf of args (None: it has none)."""
+    def axes(self, args: tuple, positions: list[int | None], positional: int) -> list[int | None]:
+        """The batch axis of every leaf of args, the dynamic arguments of a call with
+        `positional` positional arguments (static ones among them, CallingConvention.positions):
+        a tuple batch_dim speaks of those, static ones included, so an entry keeps its
+        argument when static ones are taken out; a keyword-only argument has none."""
         dims = self.batch_dim
-        if isinstance(dims, tuple) and len(dims) != len(args) - self.first:
-            raise ArgumentError(f"batch_dim gives {len(dims)} entries for {len(args) - self.first} "
-                                f"batch arguments")
+        if isinstance(dims, tuple) and len(dims) != positional - self.first:
+            raise ArgumentError(f"batch_dim gives {len(dims)} entries for {positional - self.first} "
+                                f"positional batch arguments")
         axes = []
-        for k, arg in enumerate(args):
-            axis = None if k < self.first else dims[k - self.first] if isinstance(dims, tuple) else dims
+        for arg, k in zip(args, positions):
+            if k is not None and k < self.first:
+                axis = None
+            elif isinstance(dims, tuple):
+                axis = None if k is None else dims[k - self.first]
+            else:
+                axis = dims
             axes += [axis] * len(tree_flatten(arg)[0])
         return axes
 

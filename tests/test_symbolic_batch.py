@@ -310,6 +310,22 @@ def test_call_errors():
     assert f(np.ones(8), np.ones(8)) == 8.0
 
 
+def test_a_tuple_batch_dim_speaks_of_every_positional_argument_static_ones_too():
+    """An entry per positional argument, as documented: a static argument keeps its entry,
+    so the entries after it still name their own arguments."""
+    def f(w, k, x):
+        return (x * w).sum(axis=1) * k
+
+    w, x = np.arange(1.0, 4.0).reshape(1, 3), np.ones((5, 3))
+    cf = ff.compile(f, batch_dim=(None, None, 0), static_argnums=1, backend="numpy")
+    for n in (5, 2):
+        assert _same(cf(w, 2.0, x[:n]), ff.compile(f, static_argnums=1, backend="numpy")(w, 2.0, x[:n]))
+    assert _same(cf(w, x=x, k=3.0), f(w, 3.0, x))
+    assert cf.trace_count == 2  # per static value, not per size
+    with pytest.raises(ArgumentError, match="batch_dim gives 3 entries for 2 positional batch arguments"):
+        cf(w, 2.0)
+
+
 
 # ---- ONNX: a symbolic batch dimension of the file maps onto batch_dim
 
