@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import ffcompile as ff
 from ffcompile import ArgumentError, ShapeError, zoo
-from ffcompile.ir import TensorType, parse_ir
+from ffcompile.ir import Graph, IRParseError, TensorType, VerifyError, parse_ir, verify
 from ffcompile.ir.specialize import specialize
 from ffcompile.ir.symbolic import Sym
 from ffcompile.ir.types import parse_type
@@ -92,6 +92,30 @@ def test_symbols_in_attributes_parse_back():
     concrete = specialize(graph, {"B": 5})
     assert concrete.nodes[1].type == TensorType((20,), "f32")
     assert concrete.nodes[4].attr("value") == 5.0 and isinstance(concrete.nodes[4].attr("value"), float)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('%0:f32[true,4] = input {name="x"}', "a symbol is named like B (not true, false, inf or nan), got 'true'"),
+    ('%0:f32[2*nan] = input {name="x"}', "got 'nan'"),
+    ('%0:f32[] = constant {value=Bx}', "line 2, column 3: symbol Bx is no dimension of an input"),
+    ('%0:f32[4] = input {name="x"}\n  %1:f32[N,4] = broadcast %0 {shape=[N, 4]}',
+     "line 3, column 3: symbol N is no dimension of an input"),
+    ('%0:f32[B,4] = input {name="x"}\n  %1:f32[4*B] = reshape %0 {shape=[3*B]}', "cannot reshape to [3*B]"),
+])
+def test_malformed_symbols_in_ir_text(line, message):
+    """A symbol no input binds (a typo) or one named like an attribute word is refused at
+    its line; errors show symbols as the text does."""
+    with pytest.raises(IRParseError) as info:
+        parse_ir(f"graph @f {{\n  {line}\n  return %0\n}}")
+    assert message in str(info.value)
+
+
+def test_the_verifier_refuses_a_symbol_no_input_binds():
+    graph = parse_ir('graph @f {\n  %0:f32[B,4] = input {name="x"}\n  %1:f32[] = constant {value=B}\n'
+                     '  return %1\n}')
+    orphan = graph.nodes[1]
+    with pytest.raises(VerifyError, match=r"%0 \(.*constant.*\): symbol B is no dimension of an input"):
+        verify(Graph((orphan,), (0,), "f"))
 
 
 def test_the_verifier_checks_symbolic_shapes():

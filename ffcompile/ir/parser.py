@@ -18,6 +18,7 @@ from .graph import Graph, Loc, Role
 from .ops import OPS
 from .printer import PLAIN_NAME
 from .types import parse_dim, parse_type
+from .verify import unbound_symbols
 
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _TOKEN = re.compile(
@@ -203,6 +204,7 @@ def parse_ir(text: str) -> Graph:
     if lines[-1][2] != "}":
         raise IRParseError("expected '}' closing the graph", lines[-1][0], _indent(lines[-1][1]) + 1)
     ids: dict[int, int] = {}
+    bound: set[str] = set()  # the symbols (B) of the inputs so far
     outputs = None
     for n, raw, line in lines[1:-1]:
         indent = _indent(raw)
@@ -212,6 +214,9 @@ def parse_ir(text: str) -> Graph:
             outputs = _outputs(_Tokens(raw, n, indent + len("return")), ids)
             continue
         number, index = _node(builder, ids, raw, n, indent)
+        unbound = unbound_symbols(builder.nodes[index], bound)
+        if unbound:
+            raise IRParseError(unbound, n, indent + 1)
         ids[number] = index
     if outputs is None:
         raise IRParseError("missing 'return'", lines[-1][0], _indent(lines[-1][1]) + 1)

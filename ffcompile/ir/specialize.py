@@ -11,8 +11,7 @@ import dataclasses
 
 from .graph import Graph, Node
 from .op import OPS
-from .symbolic import Sym, is_symbolic, substitute
-from .types import TensorType
+from .symbolic import substitute, symbol_names
 from .verify import verify
 
 _CONSTANT = OPS["constant"]
@@ -28,15 +27,9 @@ def specialize(graph: Graph, bindings: dict[str, int]) -> Graph:
 
 
 def _node(node: Node, bindings: dict[str, int]) -> Node:
-    if not (is_symbolic(node.type.shape) or any(map(_has_symbol, (v for _, v in node.attrs)))):
+    if not symbol_names((node.type, node.attrs)):
         return node
     dtype = node.type.np_dtype if node.op is _CONSTANT else None
     attrs = tuple((k, substitute(v, bindings, dtype if k == "value" else None)) for k, v in node.attrs)
     return dataclasses.replace(node, attrs=attrs, type=substitute(node.type, bindings))
 
-
-def _has_symbol(value) -> bool:
-    """A Sym in an attribute value: a dimension, a list of them, a constant, a TensorType."""
-    if isinstance(value, tuple):
-        return any(map(_has_symbol, value))
-    return isinstance(value, Sym) or (isinstance(value, TensorType) and is_symbolic(value.shape))

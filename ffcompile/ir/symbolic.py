@@ -29,9 +29,14 @@ class Sym:
     def __post_init__(self):
         if not isinstance(self.coef, int) or isinstance(self.coef, bool) or self.coef < 1:
             raise TypeError(f"a symbolic dimension is a positive multiple of a symbol, got {self.coef}*{self.name}")
+        # the IR's attribute words true, false, inf and nan would not parse back as symbols
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name in _WORDS:
+            raise TypeError(f"a symbol is named like B (not true, false, inf or nan), got {self.name!r}")
 
     def __str__(self) -> str:
         return self.name if self.coef == 1 else f"{self.coef}*{self.name}"
+
+    __repr__ = __str__  # as errors show it in a shape: [3*B, 4]
 
     def at(self, bindings: dict[str, int]) -> int:
         if self.name not in bindings:
@@ -168,6 +173,9 @@ def _asked_by_user() -> bool:
     return frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE_DIR)
 
 
+_WORDS = frozenset({"true", "false", "inf", "nan"})
+
+
 def _is_size(value) -> bool:
     """What Sym's arithmetic takes; with anything else (a traced value) it defers to it."""
     return isinstance(value, (int, Sym))
@@ -180,6 +188,16 @@ def is_dim(value) -> bool:
 
 def is_symbolic(shape) -> bool:
     return any(isinstance(d, Sym) for d in shape)
+
+
+def symbol_names(value) -> set[str]:
+    """The names of the symbols in a dimension, a tuple of values (a shape, an attribute's
+    list, a node's attributes) or a TensorType."""
+    if isinstance(value, Sym):
+        return {value.name}
+    if isinstance(value, tuple):
+        return set().union(*map(symbol_names, value))
+    return symbol_names(value.shape) if hasattr(value, "with_shape") else set()
 
 
 def substitute(value, bindings: dict[str, int], dtype: np.dtype | None = None):
