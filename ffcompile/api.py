@@ -116,7 +116,7 @@ class CompiledFunction:
             axes = self.batch.axes(args, *self.convention.positions(args, variant))
             size = self.batch.size(types, names, axes)
             symbolic_types = self.batch.symbolic(types, axes)
-            key = (variant, in_tree, tuple(symbolic_types))
+            key = (variant, in_tree, tuple(symbolic_types), tuple(weak))  # weak: a trace's dtypes depend on it
             if key not in self._symbolic:
                 self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
             symbolic = self._symbolic[key].graph

@@ -334,6 +334,20 @@ def test_call_errors():
     assert f(np.ones(8), np.ones(8)) == 8.0
 
 
+def test_a_python_scalar_and_an_array_of_its_dtype_are_traced_apart():
+    """A Python float is weakly typed (it takes x's f32), a 0-d f64 array is not (f32 * f64
+    is refused): one symbolic trace must not serve both."""
+    def f(x, s):
+        return x * s
+
+    cf = ff.compile(f, batch_dim=(0, None), backend="numpy")
+    x = np.ones((3, 2), np.float32)
+    assert cf(x, 2.0).dtype == np.float32
+    with pytest.raises(ff.DTypeError, match="operand dtypes differ"):
+        cf(x[:2], np.array(2.0))
+    assert cf(x[:1], 3.0).dtype == np.float32 and cf.trace_count == 1
+
+
 def test_a_tuple_batch_dim_speaks_of_every_positional_argument_static_ones_too():
     """An entry per positional argument, as documented: a static argument keeps its entry,
     so the entries after it still name their own arguments."""
