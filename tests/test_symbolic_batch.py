@@ -70,6 +70,17 @@ def test_sym_defers_to_traced_values(backend):
         assert _same(symbolic(x), ff.compile(f)(x))
 
 
+def test_the_batch_size_alone_is_an_int_as_the_size_is(backend):
+    """Where nothing gives it a dtype, x.shape[0] is an i32 literal, as the size n would be."""
+    def f(x):
+        return ff.where(x > 0, x.shape[0], 0)
+
+    symbolic = ff.compile(f, batch_dim=0, backend=backend)
+    for n in (1, 3):
+        x = np.arange(2.0 * n).reshape(n, 2) - 1
+        assert _same(symbolic(x), ff.compile(f, backend=backend)(x))
+
+
 def test_symbolic_graph_round_trips_through_text():
     """Every symbolic graph a zoo model's gradient traces to prints and parses back."""
     for name in ("digits", "two_tower", "deep"):

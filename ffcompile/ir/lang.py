@@ -194,8 +194,8 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         return capture(builder, x)
     if isinstance(x, (bool, np.bool_)):
         return constant(builder, x, "bool")
-    if isinstance(x, Sym):  # a symbolic size (x.shape[0]): a literal filled in per size
-        return Value(builder, builder.emit(O.Constant, [], {"value": x, "type": TensorType((), like or "f32")}))
+    if isinstance(x, Sym):  # a symbolic size (x.shape[0]): an int literal filled in per size
+        return Value(builder, builder.emit(O.Constant, [], {"value": x, "type": TensorType((), like or "i32")}))
     if isinstance(x, numbers.Number) and not isinstance(x, np.generic):
         if like is None:
             like = "f32" if isinstance(x, float) else "i32"
