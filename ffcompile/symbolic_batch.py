@@ -73,8 +73,9 @@ class BatchSpec:
             raise ArgumentError(f"the batch arguments disagree on the batch size: {shown}")
         size = next(iter(sizes))
         if size < 1 or (self.max_batch is not None and size > self.max_batch):
-            bound = f"1..{self.max_batch}" if self.max_batch is not None else ">= 1"
-            raise ArgumentError(f"batch size {size} ({sizes[size]}) is outside max_batch's range {bound}")
+            if self.max_batch is None:  # B >= 1 is what lets `B > 0` be decided at trace time
+                raise ArgumentError(f"batch size 0 ({sizes[size]}): a symbolic batch is never empty")
+            raise ArgumentError(f"batch size {size} ({sizes[size]}) is outside max_batch's range 1..{self.max_batch}")
         return size
 
     @staticmethod

@@ -334,6 +334,10 @@ def test_call_errors():
         f(np.ones(3), np.ones(4))
     with pytest.raises(ArgumentError, match=r"batch size 9 \(x\) is outside max_batch's range 1..8"):
         f(np.ones(9), np.ones(9))
+    with pytest.raises(ArgumentError, match=r"batch size 0 \(x\) is outside max_batch's range 1..8"):
+        f(np.ones(0), np.ones(0))
+    with pytest.raises(ArgumentError, match=r"batch size 0 \(x\): a symbolic batch is never empty"):
+        ff.compile(lambda x: x.sum(), batch_dim=0, backend="numpy")(np.ones(0))
     with pytest.raises(ArgumentError, match="batch_dim 1 is out of range for f64\\[3\\]"):
         ff.compile(lambda x: x.sum(), batch_dim=1, backend="numpy")(np.ones(3))
     with pytest.raises(ArgumentError, match="batch_dim gives 1 entries for 2"):
