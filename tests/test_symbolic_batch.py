@@ -48,8 +48,10 @@ def test_sym_arithmetic_agrees_with_every_size(coef, k, n):
     it raises (a branch on it would take one side for every size)."""
     s, size = Sym("B", coef), coef * n
     checks = [(lambda a: a * k, k >= 0), (lambda a: a + a, True), (lambda a: a // k, k > 0 and coef % k == 0),
-              (lambda a: a % k, k > 0 and coef % k == 0), (lambda a: a > k, k <= 0), (lambda a: a >= k, k <= 0),
-              (lambda a: a < k, k <= 0), (lambda a: a == k, k <= 0), (lambda a: a != k, k <= 0)]
+              (lambda a: a % k, k > 0 and coef % k == 0),
+              # B >= 1: decided where the smallest value, coef, answers as every larger one
+              (lambda a: a > k, k < coef), (lambda a: a >= k, k <= coef), (lambda a: a < k, k <= coef),
+              (lambda a: a <= k, k < coef), (lambda a: a == k, k <= 0), (lambda a: a != k, k <= 0)]
     for fn, defined in checks:
         if not defined:
             with pytest.raises(ShapeError, match="needs a concrete value"):

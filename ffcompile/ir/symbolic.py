@@ -135,14 +135,15 @@ class Sym:
             return NotImplemented
         raise self._concrete(f"{other} - {self}")
 
-    # Comparisons with ints hold for every size >= 1 or else need the size.
+    # A comparison with an int is monotone in B >= 1: it is decided when the smallest value,
+    # coef, answers as the values past the int do (B < 1 is False, B >= 1 True), else it needs the size.
     def _compare(self, other, holds, op: str) -> bool:
         if not _is_size(other):
             return NotImplemented
         if isinstance(other, Sym) and other.name == self.name:
             return holds(self.coef, other.coef)
-        if isinstance(other, int) and other <= 0:
-            return holds(1, 0)  # coef * B >= 1 > other
+        if isinstance(other, int) and holds(self.coef, other) == holds(self.coef * (abs(other) + 1), other):
+            return holds(self.coef, other)
         raise self._concrete(f"{self} {op} {other}")
 
     def __gt__(self, other): return self._compare(other, lambda a, b: a > b, ">")
