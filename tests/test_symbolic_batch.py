@@ -351,6 +351,19 @@ def test_call_errors():
     assert f(np.ones(8), np.ones(8)) == 8.0
 
 
+def test_a_pytree_of_batch_arrays_shares_one_batch_size():
+    def f(batch):
+        return batch["x"] * batch["w"].sum(axis=1, keepdims=True)
+
+    cf = ff.compile(f, batch_dim=0, backend="numpy")
+    for n in (3, 6):
+        batch = {"x": np.ones((n, 2)), "w": np.arange(3.0 * n).reshape(n, 3)}
+        assert _same(cf(batch), f(batch))
+    assert cf.trace_count == 1
+    with pytest.raises(ArgumentError, match=r"disagree on the batch size: batch.w has 3, batch.x has 6"):
+        cf({"x": np.ones((6, 2)), "w": np.ones((3, 3))})
+
+
 def test_a_python_scalar_and_an_array_of_its_dtype_are_traced_apart():
     """A Python float is weakly typed (it takes x's f32), a 0-d f64 array is not (f32 * f64
     is refused): one symbolic trace must not serve both."""
