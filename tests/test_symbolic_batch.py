@@ -83,6 +83,16 @@ def test_the_batch_size_alone_is_an_int_as_the_size_is(backend):
         assert _same(symbolic(x), ff.compile(f, backend=backend)(x))
 
 
+def test_the_batch_size_returned_is_the_int_the_per_size_program_returns(backend):
+    def f(x):
+        return x.sum(), x.shape
+
+    symbolic = ff.compile(f, batch_dim=0, backend=backend)
+    for n in (1, 3):
+        x = np.ones((n, 2), np.float32)
+        assert _same(symbolic(x), ff.compile(f, backend=backend)(x))
+
+
 def test_symbolic_graph_round_trips_through_text():
     """Every symbolic graph a zoo model's gradient traces to prints and parses back."""
     for name in ("digits", "two_tower", "deep"):
