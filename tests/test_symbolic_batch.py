@@ -325,6 +325,7 @@ def test_planned_arena_is_the_allocated_one_at_every_size(backend):
     (lambda x: x.sum() if x.shape[0] == 1 else x.mean(), ["B == 1 needs a concrete value"]),
     (lambda x: x.sum() if 10 in x.shape else x.mean(), ["B == 10 needs a concrete value"]),
     (lambda x: x.sum() * (1 / x.shape[0]), ["1 / B", "divide the traced value by it instead"]),
+    (lambda x: x.sum() * (5 % x.shape[0]), ["5 % B needs a concrete value"]),
     (lambda x: (x + np.ones((5, 4), np.float32)).sum(), ["add", "do not broadcast", "f32[B,4]", "f32[5,4]"]),
     (lambda x: ff.concatenate([x, np.ones((1, 4), np.float32)], axis=0).sum(), ["the sum B + 1"]),
 ])

@@ -110,6 +110,11 @@ class Sym:
             return NotImplemented
         raise self._concrete(f"{other} // {self}")
 
+    def __rmod__(self, other):
+        if not _is_size(other):
+            return NotImplemented
+        raise self._concrete(f"{other} % {self}")
+
     def __truediv__(self, other):
         if not isinstance(other, (int, float, Sym)):
             return NotImplemented
