@@ -33,6 +33,9 @@ def spec(shape, dtype="float32") -> TensorType:
     """The declared type of an argument, for ff.compile(fn, spec=(...))."""
     from .ir.types import dtype_name
 
+    if any(d is None for d in shape):
+        raise TypeError(f"ff.spec{tuple(shape)}: a size of None is not a type; for one program over "
+                        f"every batch size compile with batch_dim= (docs/symbolic_batch.md)")
     return TensorType(tuple(int(d) for d in shape), dtype_name(dtype))
 
 

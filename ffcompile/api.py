@@ -7,6 +7,7 @@ another trace), a compiled function is the identity: it traces inline.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -18,9 +19,11 @@ import numpy as np
 from .codegen.registry import BACKENDS, get_backend
 from .ir import ShapeError, TensorType
 from .ir.lang import Value
+from .ir.specialize import specialize
 from .calling import CallingConvention
 from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
+from .symbolic_batch import BatchSpec
 from .trace import signature, trace, user_traceback
 from .tree import TreeDef, leaf_extractor, tree_flatten, tree_leaves_like, tree_unflatten
 
@@ -48,7 +51,9 @@ class CompiledFunction:
     def __init__(self, fn, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
                  optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
                  donate: Callable[[TreeDef], Mapping[int, int]] | None = None,
-                 static_argnums=(), static_argnames=()):
+                 static_argnums=(), static_argnames=(), batch_dim=None, max_batch=None):
+        if max_batch is not None and batch_dim is None:
+            raise ValueError("max_batch bounds the symbolic batch size: it needs batch_dim")
         if (remat is not None or memory_budget is not None) and not optimize:
             raise ValueError("remat plans the optimized program: it needs optimize=True")
         if memory_budget is not None and remat is None:
@@ -62,6 +67,11 @@ class CompiledFunction:
         get_backend(backend)  # an unknown name fails here, not at the first call
         self.convention = CallingConvention(fn, static_argnums, static_argnames)
         self._cache: dict = {}
+        # batch_dim: one trace for every batch size (symbolic_batch.py), kept per symbolic signature
+        self.batch = batch_dim if isinstance(batch_dim, BatchSpec) or batch_dim is None else BatchSpec(
+            batch_dim, max_batch)
+        self._symbolic: dict = {}
+        self.trace_count = 0  # how many times fn was traced (once per signature, or per symbolic one)
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
         # (leaf extractor, in_tree, lowered, executable) of that call, without keyword or static arguments
@@ -94,20 +104,36 @@ class CompiledFunction:
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace args' signature and run the pipeline up to the memory plan (AOT)."""
         try:
-            args, variant = self.convention.split(args, kwargs)
-            return self._lower(args, variant)
+            return self._lower(*self._split(args, kwargs))
         except USER_ERRORS as exc:
             raise user_traceback(exc) from None
 
     def _lower(self, args, variant) -> Lowered:
         fn = self.convention.traced_function(variant)
         in_tree, types, names = self._signature(args, fn)
-        traced, captured = trace(fn, in_tree, types, names, weak=[is_weak(a) for a in tree_flatten(args)[0]])
-        assert not captured  # a top-level trace has no enclosing trace to capture from
+        weak = [is_weak(a) for a in tree_flatten(args)[0]]
+        symbolic = None
+        if self.batch is None:
+            traced = self._trace(fn, in_tree, types, names, weak)
+        else:  # the symbolic trace of this signature, specialized to the call's batch size
+            axes = self.batch.axes(args, *self.convention.positions(args, variant))
+            size = self.batch.size(types, names, axes)
+            symbolic_types = self.batch.symbolic(types, axes)
+            key = (variant, in_tree, tuple(symbolic_types), tuple(weak))  # weak: a trace's dtypes depend on it
+            if key not in self._symbolic:
+                self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
+            symbolic = self._symbolic[key].graph
+            traced = dataclasses.replace(self._symbolic[key], graph=specialize(symbolic, {"B": size}))
         options = Options(get_backend(self.backend_name), **self._options)
-        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {})
+        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {}, symbolic)
         self.last_lowered = lowered
         return lowered
+
+    def _trace(self, fn, in_tree, types, names, weak):
+        traced, captured = trace(fn, in_tree, types, names, weak=weak)
+        assert not captured  # a top-level trace has no enclosing trace to capture from
+        self.trace_count += 1
+        return traced
 
     def export(self, path, *args):
         """cf.export("dir/libmodel.so"[, *args]): the signature of args, or the one compiled last."""
@@ -116,6 +142,11 @@ class CompiledFunction:
             raise RuntimeError(f"{self.__name__}: call it or pass example arguments before export")
         directory, file = os.path.split(os.fspath(path))
         return lowered.export(directory or ".", file.removeprefix("lib").removesuffix(".so"))
+
+    @property
+    def signatures(self) -> int:
+        """How many argument signatures (with batch_dim: batch sizes) have a program."""
+        return len(self._cache)
 
     def stats(self) -> Stats:
         """Stats of the signature compiled most recently."""
@@ -160,9 +191,7 @@ class CompiledFunction:
         args hold traced Values. Its run is the executable's run_flat when the arrays are
         already known to fit (the last call's structure and types), else its checking
         call_flat. Keyword and static arguments are resolved first (CallingConvention)."""
-        variant = None
-        if kwargs or self.convention.statics:
-            args, variant = self.convention.split(args, kwargs or {})
+        args, variant = self._split(args, kwargs)
         recent = self._match_recent(args, variant)
         if recent is not None:
             return recent
@@ -188,6 +217,13 @@ class CompiledFunction:
             return None
         self.last_lowered = lowered
         return leaves, results, executable, in_tree
+
+    def _split(self, args, kwargs) -> tuple:
+        """(dynamic arguments, variant): the variant None when there are neither keyword nor
+        static arguments (the same key for a call and a lower of the same arguments)."""
+        if kwargs or self.convention.statics:
+            return self.convention.split(args, kwargs or {})
+        return args, None
 
     def _match_recent(self, args, variant) -> Prepared | None:
         """The last call's executable if args have the structure of the last call whose
@@ -248,7 +284,7 @@ def _collector_paused():
 
 def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None, verify=True,
             optimize=True, remat=None, memory_budget=None, remat_time_limit=10.0,
-            static_argnums=(), static_argnames=()):
+            static_argnums=(), static_argnames=(), batch_dim=None, max_batch=None):
     """Compile fn (usable as @ff.compile or ff.compile(fn, backend=...)).
 
     backend: "llvm" (the default: native code) or "numpy" (the same schedule as
@@ -260,11 +296,14 @@ def compile(fn=None, *, backend=None, spec=None, dump_after=None, dump_dir=None,
     "chain" | "milp" (optimal's two planners alone; see docs/remat.md).
     dump_after: a stage name, a list of them, or "all" (see pipeline.py).
     static_argnums / static_argnames: arguments that are not arrays but Python values
-    the function branches on (hashable; one program per value, as in jax.jit)."""
+    the function branches on (hashable; one program per value, as in jax.jit).
+    batch_dim: the batch axis per positional argument (None: none; an int: every
+    argument's), traced once as the symbol B for every batch size up to max_batch
+    (docs/symbolic_batch.md)."""
     options = dict(backend=backend, spec=spec, dump_after=dump_after, dump_dir=dump_dir, verify=verify,
                    optimize=optimize, remat=remat, memory_budget=memory_budget,
                    remat_time_limit=remat_time_limit, static_argnums=static_argnums,
-                   static_argnames=static_argnames)
+                   static_argnames=static_argnames, batch_dim=batch_dim, max_batch=max_batch)
     if fn is None:
         return functools.partial(compile, **options)
     return CompiledFunction(fn, **options)

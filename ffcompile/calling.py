@@ -81,6 +81,16 @@ class CallingConvention:
         dynamic = tuple(a for k, a in enumerate(positional) if k not in self.static_nums)
         return dynamic + tuple(keywords.values()), Variant(len(positional), tuple(keywords), tuple(statics))
 
+    @staticmethod
+    def positions(dynamic: tuple, variant: Variant | None) -> tuple[list[int | None], int]:
+        """(the position among fn's positional arguments of each dynamic argument, None for a
+        keyword-only one; how many positional arguments the call has, statics among them)."""
+        if variant is None:
+            return list(range(len(dynamic))), len(dynamic)
+        static = {k for k, _ in variant.statics if isinstance(k, int)}
+        kept = [k for k in range(variant.positional) if k not in static]
+        return kept + [None] * (len(dynamic) - len(kept)), variant.positional
+
     def traced_function(self, variant: Variant | None) -> Callable:
         """fn as a function of the dynamic arguments alone (variant None: fn itself)."""
         if variant is None:

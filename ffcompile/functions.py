@@ -130,7 +130,8 @@ def _arg_extreme(x, axis, keepdims, reduce):
     best = L.stop_gradient(reduce(x, ax, keepdims=True))
     index = L.iota(x.builder, x.shape, ax, "i64")
     hit = L.where(x == best, True, x != x)  # NumPy returns the first NaN
-    first = -L.reduce_max(L.where(hit, -index, -x.shape[ax]), ax, keepdims=keepdims)
+    # where, then negate: x.shape[ax] may be the symbolic batch size, which has no negative
+    first = -L.reduce_max(-L.where(hit, index, x.shape[ax]), ax, keepdims=keepdims)
     return first
 
 

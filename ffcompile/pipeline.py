@@ -175,8 +175,11 @@ class ReferenceProgram:
 class Lowered:
     """Every artifact of one traced signature (ahead-of-time view: `cf.lower(*args)`)."""
 
-    def __init__(self, traced: Traced, names: list[str], options: Options, donate: Mapping[int, int]):
+    def __init__(self, traced: Traced, names: list[str], options: Options, donate: Mapping[int, int],
+                 symbolic: Graph | None = None):
+        """symbolic: the graph traced with a symbolic batch size that traced specializes (batch_dim=)."""
         self.traced = traced
+        self.symbolic = symbolic
         self.names = names
         self.backend = options.backend
         self._runner = StageRunner(stages(options, donate), verify_each=options.verify,
@@ -196,6 +199,11 @@ class Lowered:
     @property
     def ir(self) -> str:
         return str(self.traced.graph)
+
+    @property
+    def symbolic_ir(self) -> str | None:
+        """The traced graph with its batch size symbolic (`f32[B,784]`), when compiled with batch_dim."""
+        return None if self.symbolic is None else str(self.symbolic)
 
     @property
     def optimized(self) -> Graph:

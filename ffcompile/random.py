@@ -31,6 +31,7 @@ from .ir import Builder, TensorType
 from .ir import lang as L
 from .ir.interpret import interpret
 from .ir.lang import Value
+from .ir.symbolic import Sym, as_dim
 from .ir.types import dtype_name
 
 __all__ = ["bernoulli", "bits", "fold_in", "key", "normal", "permutation", "split", "uniform"]
@@ -245,14 +246,18 @@ def _check_key_type(what: str, type_: TensorType) -> None:
                         f"or fold_in), got {type_}")
 
 
-def _check_shape(what: str, shape) -> tuple[int, ...]:
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if any(not isinstance(d, numbers.Integral) or d < 0 for d in shape):
+def _check_shape(what: str, shape) -> tuple[int | Sym, ...]:
+    """The sample's shape; a symbolic batch size (x.shape under batch_dim=) is kept as it is."""
+    shape = (shape,) if isinstance(shape, (numbers.Integral, Sym)) else tuple(shape)
+    if any(not isinstance(d, Sym) and (not isinstance(d, numbers.Integral) or d < 0) for d in shape):
         raise ValueError(f"ff.random.{what}: shape must be non-negative integers, got {shape}")
-    if math.prod(shape) >= 2**31:
-        raise ValueError(f"ff.random.{what}: {math.prod(shape)} elements exceed the i32 counter "
+    count = math.prod(shape)
+    # A symbolic count is not checked here: it passes the counter only for a batch of more
+    # than 2**31 / (elements per row) rows (docs/symbolic_batch.md).
+    if not isinstance(count, Sym) and count >= 2**31:
+        raise ValueError(f"ff.random.{what}: {count} elements exceed the i32 counter "
                          f"(at most 2**31 - 1 per sample; split the key for more)")
-    return tuple(int(d) for d in shape)
+    return tuple(as_dim(d) for d in shape)
 
 
 def _check_count(what: str, num) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 
 from .ir import Builder, Graph, Loc, TensorType
 from .ir.lang import Value, lift
+from .ir.symbolic import Sym
+from .ir.types import dtype_name
 from .runtime import ArgumentError
 from .tree import TreeDef, tree_flatten, tree_paths, tree_unflatten
 
@@ -117,6 +119,8 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
     for leaf in leaves:
         if isinstance(leaf, Value) and leaf.builder is not builder:
             leaf = lift(builder, leaf, None)
+        elif isinstance(leaf, Sym):  # the batch size returned: an int, as np.asarray makes n
+            leaf = lift(builder, leaf, dtype_name(np.asarray(0).dtype))
         elif not isinstance(leaf, Value):
             leaf = lift(builder, np.asarray(leaf), None)
         outputs.append(leaf.id)

@@ -32,6 +32,7 @@ from .distributed import DataParallel
 from .ir import Role
 from .ir.lang import Value, convert
 from .runtime import ArgumentError, BoundCall
+from .symbolic_batch import BatchSpec
 from .trace import scope, user_traceback
 from .transforms import value_and_grad
 from .tree import tree_flatten, tree_paths
@@ -61,11 +62,20 @@ class TrainStep:
             return loss, new_params, new_state
 
         train_step.__signature__ = _step_signature(loss_fn)
-        self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, **compile_options)
+        batch_dim, max_batch = compile_options.pop("batch_dim", None), compile_options.pop("max_batch", None)
+        if batch_dim is not None:  # of the batch arguments: params, opt_state, hyperparameters have none
+            batch_dim = BatchSpec(batch_dim, max_batch, first=3)
+        self._compiled = CompiledFunction(train_step, backend, donate=_donate_state, batch_dim=batch_dim,
+                                          max_batch=max_batch, **compile_options)
         self._last_hyperparameters = None  # ((optimizer.version, dtype), arrays): reused until it changes
         self._dtype = None  # of the parameters, as the last call had them
         self._live = hasattr(optimizer, "hyperparameters")  # else an init/update object, values fixed
         self._state = (None, 0)  # (in_tree, leaves of params and opt_state in it), the last one asked
+
+    @property
+    def compiled(self) -> CompiledFunction:
+        """The step as a compiled function of (params, opt_state, hyperparameters, *batch)."""
+        return self._compiled
 
     def init(self, params):
         """The optimizer's initial state for params (NumPy arrays)."""
@@ -237,5 +247,7 @@ def compile_train_step(loss_fn, optimizer, backend=None, data_parallel=None, **c
     """Compile loss_fn(params, *batch) with optimizer into one in-place training step.
     data_parallel: an mpi4py communicator (True: COMM_WORLD) or a distributed.DataParallel;
     each rank then passes its shard of the batch, and the step averages the gradients over
-    the ranks before the update (docs/distributed.md). The loss returned is this rank's."""
+    the ranks before the update (docs/distributed.md). The loss returned is this rank's.
+    batch_dim= (an axis, or one per batch argument) and max_batch=: one trace for every
+    batch size (docs/symbolic_batch.md)."""
     return TrainStep(loss_fn, optimizer, backend, data_parallel, **compile_options)

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from .ir.symbolic import Sym
 from .ir.types import TensorType
 
 __all__ = ["TreeDef", "tree_flatten", "tree_from_paths", "tree_leaves", "tree_map", "tree_paths", "tree_unflatten"]
@@ -49,7 +50,7 @@ def _is_namedtuple(tree) -> bool:
 
 
 def _is_dataclass_node(tree) -> bool:
-    return dataclasses.is_dataclass(tree) and not isinstance(tree, (type, TensorType))
+    return dataclasses.is_dataclass(tree) and not isinstance(tree, (type, TensorType, Sym))  # Sym: a size, a leaf
 
 
 def _field_names(tree) -> tuple[str, ...]:

@@ -174,3 +174,13 @@ def test_hvp_benchmark_agrees_with_jax_and_prints_ratios(capsys):
     assert set(result["medians"]) == {"ffcompile hvp", "jax hvp", "ffcompile grad", "jax grad"}
     out = capsys.readouterr().out
     assert "ratio ffcompile / JAX: hvp" in out and "hvp/grad" in out
+
+
+def test_symbolic_batch_benchmark_counts_traces_and_programs(capsys):
+    from benchmarks import symbolic_batch
+
+    assert symbolic_batch.main(["--backend", "numpy", "--models", "digits", "--steps", "1", "--rounds", "1",
+                                "--epoch", "70"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits | 64 |" in out and "symbolic / fixed" in out
+    assert "| per size | 2 | 2 |" in out and "| batch_dim=0 | 1 | 2 |" in out

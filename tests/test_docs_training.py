@@ -5,13 +5,18 @@ from pathlib import Path
 
 import pytest
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "training.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def run_page_code(page: Path, blocks: int) -> None:
+    """Run the page's ```python blocks (there must be `blocks` of them) in one namespace."""
+    found = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert len(found) == blocks
+    namespace: dict = {}
+    for block in found:
+        exec(compile(block, str(page), "exec"), namespace)
 
 
 @pytest.mark.usefixtures("backend")
 def test_training_page_code_runs():
-    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
-    assert len(blocks) == 5
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(PAGE), "exec"), namespace)
+    run_page_code(DOCS / "training.md", 5)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .symbolic import Sym, is_dim
 from .types import DTYPES, TensorType
 
 
@@ -48,7 +49,7 @@ def nested_shape(value) -> tuple[int, ...] | None:
         level = [item for v in level for item in v]
         if not level:  # an empty axis: nothing deeper to look at
             return tuple(shape)
-    if any(isinstance(v, tuple) or not isinstance(v, (bool, int, float)) for v in level):
+    if any(isinstance(v, tuple) or not isinstance(v, (bool, int, float, Sym)) for v in level):
         return None
     return tuple(shape)
 
@@ -66,7 +67,8 @@ STRING = Attr("a string", lambda v: isinstance(v, str))
 INDEX = Attr("a non-negative int", lambda v: _is_int(v) and v >= 0)
 NUMBER = Attr("a finite number", lambda v: _is_number(v) and math.isfinite(v))
 INDICES = Attr("a list of non-negative ints", lambda v: _ints(v, 0))
-DIMS = INDICES  # sizes: 0 is a valid (empty) dimension
+# sizes: 0 is a valid (empty) dimension, and a symbolic size (B) one known at call time
+DIMS = Attr("a list of non-negative ints", lambda v: isinstance(v, tuple) and all(map(is_dim, v)))
 DTYPE = Attr(f"one of {', '.join(map(repr, DTYPES))}", lambda v: isinstance(v, str) and v in DTYPES)
 TYPE = Attr("a tensor type", lambda v: isinstance(v, TensorType))
 TRIPLES = Attr("a list of [low, high, interior] lists of non-negative ints",

@@ -15,6 +15,7 @@ import numpy as np
 from . import ops as O
 from .builder import Builder
 from .errors import DTypeError, ShapeError
+from .symbolic import Sym, as_dim, is_symbolic
 from .types import TensorType, dtype_name
 
 
@@ -193,6 +194,8 @@ def lift(builder: Builder, x, like: str | None) -> Value:
         return capture(builder, x)
     if isinstance(x, (bool, np.bool_)):
         return constant(builder, x, "bool")
+    if isinstance(x, Sym):  # a symbolic size (x.shape[0]): an int literal filled in per size
+        return Value(builder, builder.emit(O.Constant, [], {"value": x, "type": TensorType((), like or "i32")}))
     if isinstance(x, numbers.Number) and not isinstance(x, np.generic):
         if like is None:
             like = "f32" if isinstance(x, float) else "i32"
@@ -380,7 +383,7 @@ def mean(x, axis=None, keepdims=False):
         raise ShapeError(f"mean: needs a floating-point operand, got {x.type}; convert it first")
     axes = _axes(x, axis)
     count = math.prod(x.shape[a] for a in axes)
-    return reduce_sum(x, axes, keepdims) / float(count)
+    return reduce_sum(x, axes, keepdims) / (count if isinstance(count, Sym) else float(count))
 
 
 def matmul(a, b):
@@ -415,7 +418,16 @@ def swap_last(x: Value) -> Value:
 
 def reshape(x, shape):
     (x,) = _values(x)
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(map(as_dim, shape))
+    try:
+        return _reshape(x, shape)
+    except ShapeError as exc:
+        if not is_symbolic(x.shape + shape):
+            raise
+        raise ShapeError(f"reshape: {x.type} to {list(map(str, shape))}: {exc}") from None
+
+
+def _reshape(x, shape):
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape: more than one -1 in {list(shape)} (operand {x.type})")
     if -1 in shape:
@@ -430,7 +442,7 @@ def reshape(x, shape):
 
 def broadcast_to(x, shape):
     (x,) = _values(x)
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(map(as_dim, shape))
     if shape == x.shape:
         return x
     return _emit(O.Broadcast, [x], shape=shape)
@@ -543,7 +555,12 @@ def getitem(x: Value, index) -> Value:
             shape.append(1)
             continue
         size = x.shape[axis]
-        if isinstance(item, slice):
+        if isinstance(size, Sym):  # a symbolic axis is taken whole, or needs its size
+            if item != slice(None):
+                raise ShapeError(f"indexing {x.type} with {item!r} along axis {axis}, the symbolic batch "
+                                 f"size {size}: only ':' is known at trace time (compile without batch_dim)")
+            starts.append(0); stops.append(size); steps.append(1); shape.append(size)
+        elif isinstance(item, slice):
             lo, hi, st = item.indices(size)
             if st < 1:
                 raise IndexError("negative slice steps are not supported")

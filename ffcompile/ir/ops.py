@@ -29,6 +29,7 @@ from . import collectives
 from .op import (COLLECTIVE, COMPOSITE, CONTRACTION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, SOURCE, Cost,  # noqa: F401
                  Input, Op, Trait, format_types, register, shown_value)
 from .errors import DTypeError
+from .symbolic import Sym, broadcast_shapes
 from .types import TensorType
 
 
@@ -86,6 +87,8 @@ class Constant(Op):
         or overflow to inf in codegen; nan and inf are float values of their own)."""
         if out.dtype == "bool":
             return isinstance(value, bool)
+        if isinstance(value, Sym):  # a size known at call time (a mean's count)
+            return True
         if isinstance(value, bool):
             return False
         if out.dtype in ("i32", "i64"):
@@ -136,7 +139,7 @@ class Iota(Op):
 
 def _broadcast(cls, types) -> tuple[int, ...]:
     try:
-        return tuple(np.broadcast_shapes(*(t.shape for t in types)))
+        return broadcast_shapes(*(t.shape for t in types))
     except ValueError:
         raise cls.error("shapes do not broadcast", types) from None
 
@@ -634,7 +637,7 @@ class Matmul(Op):
         if dtype == "bool":
             raise cls.error("does not take bool", types)
         try:
-            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
         except ValueError:
             raise cls.error("batch dimensions do not broadcast", types) from None
         return TensorType(tuple(batch) + (a.shape[-2], b.shape[-1]), dtype)
@@ -721,7 +724,7 @@ class Broadcast(Layout):
         (x,) = types
         shape = tuple(attrs["shape"])
         try:
-            ok = np.broadcast_shapes(x.shape, shape) == shape
+            ok = broadcast_shapes(x.shape, shape) == shape
         except ValueError:
             ok = False
         if not ok:
@@ -782,7 +785,7 @@ class Slice(Layout):
     """Basic slicing with per-axis start, stop and positive step."""
 
     name = "slice"
-    attributes = {"starts": A.INDICES, "stops": A.INDICES, "steps": A.INDICES}
+    attributes = {"starts": A.INDICES, "stops": A.DIMS, "steps": A.INDICES}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -794,7 +797,8 @@ class Slice(Layout):
         for d, lo, hi, st in zip(x.shape, starts, stops, steps):
             if st < 1 or not 0 <= lo <= hi <= d:
                 raise cls.error(f"bad slice {lo}:{hi}:{st} of an axis of size {d}", types)
-            shape.append(len(range(lo, hi, st)))
+            whole = (lo, hi, st) == (0, d, 1)  # the one slice of a symbolic axis: all of it
+            shape.append(d if whole else len(range(lo, hi, st)))
         return x.with_shape(shape)
 
     @staticmethod
@@ -811,6 +815,9 @@ class Slice(Layout):
         x = inputs[0]
         config = []
         for d, lo, n, st in zip(x.shape, attrs["starts"], out.shape, attrs["steps"]):
+            if (lo, n, st) == (0, d, 1):  # the whole axis (maybe symbolic): no padding
+                config.append((0, 0, 0))
+                continue
             last = lo + (n - 1) * st if n else lo
             config.append((lo, d - last - 1 if n else d - lo, st - 1))
         return [L.pad(g, tuple(config))]
@@ -829,7 +836,8 @@ class Pad(Layout):
         config = attrs["config"]
         if len(config) != x.rank or any(len(c) != 3 or min(c) < 0 for c in config):
             raise cls.error(f"config {config} needs a non-negative (low, high, interior) per axis", types)
-        shape = [lo + hi + d + max(d - 1, 0) * it for d, (lo, hi, it) in zip(x.shape, config)]
+        shape = [d if (lo, hi, it) == (0, 0, 0) else lo + hi + d + max(d - 1, 0) * it  # d may be symbolic
+                 for d, (lo, hi, it) in zip(x.shape, config)]
         return x.with_shape(shape)
 
     @staticmethod
@@ -849,7 +857,7 @@ class Pad(Layout):
         x = inputs[0]
         starts = tuple(lo for lo, _, _ in attrs["config"])
         steps = tuple(it + 1 for _, _, it in attrs["config"])
-        stops = tuple(lo + (d - 1) * st + 1 if d else lo
+        stops = tuple(d if (lo, st) == (0, 1) else lo + (d - 1) * st + 1 if d else lo
                       for d, lo, st in zip(x.shape, starts, steps))
         return [L.slice_(g, starts, stops, steps)]
 

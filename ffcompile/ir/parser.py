@@ -17,12 +17,14 @@ from .errors import IRParseError, ShapeError
 from .graph import Graph, Loc, Role
 from .ops import OPS
 from .printer import PLAIN_NAME
-from .types import parse_type
+from .types import parse_dim, parse_type
+from .verify import unbound_symbols
 
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _TOKEN = re.compile(
     rf"""\s*(?:
       (?P<str>{_STRING})
+    | (?P<sym>\d+\*{PLAIN_NAME.pattern})
     | (?P<num>-?(?:(?:inf|nan)(?![\w.])|\d+\.?\d*(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?))
     | (?P<word>{PLAIN_NAME.pattern})
     | (?P<ref>%\d+)
@@ -113,6 +115,12 @@ def _value(tokens: _Tokens, depth: int = 0):
         return _string(tokens)
     if kind == "word" and text in ("true", "false"):
         return tokens.take() == "true"
+    if kind in ("word", "sym"):  # a symbolic size: B, 2*B
+        column = tokens.column()
+        try:
+            return parse_dim(tokens.take(), text)
+        except (ValueError, TypeError) as exc:
+            raise IRParseError(str(exc), tokens.line, column) from None
     if kind == "num":
         column = tokens.column()
         text = tokens.take()
@@ -200,6 +208,7 @@ def parse_ir(text: str) -> Graph:
     if lines[-1][2] != "}":
         raise IRParseError("expected '}' closing the graph", lines[-1][0], _indent(lines[-1][1]) + 1)
     ids: dict[int, int] = {}
+    bound: set[str] = set()  # the symbols (B) of the inputs so far
     outputs = None
     for n, raw, line in lines[1:-1]:
         indent = _indent(raw)
@@ -209,6 +218,9 @@ def parse_ir(text: str) -> Graph:
             outputs = _outputs(_Tokens(raw, n, indent + len("return")), ids)
             continue
         number, index = _node(builder, ids, raw, n, indent)
+        unbound = unbound_symbols(builder.nodes[index], bound)
+        if unbound:
+            raise IRParseError(unbound, n, indent + 1)
         ids[number] = index
     if outputs is None:
         raise IRParseError("missing 'return'", lines[-1][0], _indent(lines[-1][1]) + 1)

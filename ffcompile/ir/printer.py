@@ -14,6 +14,8 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from .symbolic import Sym
+
 if TYPE_CHECKING:  # graph.py prints through this module
     from .graph import Graph, Node
 
@@ -44,6 +46,8 @@ def format_value(value) -> str:
         return format_string(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Sym):  # a symbolic size: B, 2*B
+        return str(value)
     raise TypeError(f"attribute value {value!r} has no text form")
 
 

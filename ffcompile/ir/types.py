@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .symbolic import Sym, is_dim
+
 # Short IR spelling -> NumPy dtype. The order is the text form's canonical order.
 DTYPES: dict[str, np.dtype] = {
     "f32": np.dtype(np.float32),
@@ -35,14 +37,14 @@ def dtype_name(dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    shape: tuple[int, ...]
+    shape: tuple[int | Sym, ...]  # a Sym is a size known at call time (symbolic.py)
     dtype: str  # one of DTYPES
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise TypeError(f"unknown dtype {self.dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in self.shape):
-            raise TypeError(f"shape must be non-negative ints, got {self.shape!r}")
+        if not all(map(is_dim, self.shape)):
+            raise TypeError(f"shape must be non-negative ints (or symbolic sizes), got {self.shape!r}")
 
     @staticmethod
     def of(array) -> "TensorType":
@@ -79,13 +81,23 @@ class TensorType:
         return f"{self.dtype}[{','.join(map(str, self.shape))}]"
 
 
-_TYPE_RE = re.compile(r"^(f32|f64|i32|i64|bool)\[([0-9,\s]*)\]$")
+_TYPE_RE = re.compile(r"^(f32|f64|i32|i64|bool)\[([\w*,\s]*)\]$", re.ASCII)
+_DIM_RE = re.compile(r"^(?:(\d+)|(?:(\d+)\*)?([A-Za-z_]\w*))$", re.ASCII)
 
 
 def parse_type(text: str) -> TensorType:
     match = _TYPE_RE.match(text.strip())
     if not match:
-        raise ValueError(f"malformed type {text!r}; expected e.g. f32[64,128]")
+        raise ValueError(f"malformed type {text!r}; expected e.g. f32[64,128] or f32[B,128]")
     dims = match.group(2).strip()
-    shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+    shape = tuple(parse_dim(d.strip(), text) for d in dims.split(",")) if dims else ()
     return TensorType(shape, match.group(1))
+
+
+def parse_dim(text: str, context: str) -> int | Sym:
+    """`64`, `B` or `2*B`."""
+    match = _DIM_RE.match(text)
+    if not match:
+        raise ValueError(f"malformed dimension {text!r} in {context!r}; expected e.g. 64, B or 2*B")
+    size, coef, name = match.groups()
+    return int(size) if size is not None else Sym(name, int(coef) if coef else 1)

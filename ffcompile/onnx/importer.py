@@ -17,7 +17,9 @@ import onnx.version_converter
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from ..ir import ShapeError
 from ..ir.lang import Value, builder_of, lift
+from ..ir.symbolic import is_symbolic
 from ..trace import scope
 from .dtypes import SUPPORTED, TO_NUMPY, type_name
 from .errors import OnnxError, node_error
@@ -50,6 +52,21 @@ class OnnxModel:
         used = {node.input[i] for node in self.nodes for i in RULES[node.op_type].static
                 if i < len(node.input)}
         return [name for name in self.input_names if name in used]
+
+    @property
+    def batch_dim(self) -> tuple:
+        """`ff.compile(model, batch_dim=model.batch_dim)`: one trace for every batch size. The
+        batch is the first symbolic dimension (a dim_param, or no size) of the first input that
+        has one; each input's axis of that name (None for params and inputs without it)."""
+        declared = {value.name: value.type.tensor_type.shape.dim for value in self.proto.graph.input}
+        symbolic = [[d.dim_param if not d.HasField("dim_value") else None for d in declared[name]]
+                    for name in self.input_names]
+        names = [d for dims in symbolic for d in dims if d is not None]
+        if not names:
+            raise OnnxError(f"no input of the model has a symbolic dimension: inputs "
+                            f"{self.input_names} are all of fixed size")
+        batch = names[0]
+        return (None, *(dims.index(batch) if batch in dims else None for dims in symbolic))
 
     def __repr__(self) -> str:
         return (f"OnnxModel(inputs={self.input_names}, outputs={self.output_names}, "
@@ -87,7 +104,12 @@ def _convert(proto, opset: int, builder, args) -> list:
         return _fold(proto, opset, args)
     node = Node(proto, opset, builder)
     with scope(builder, proto.name or proto.output[0]):
-        out = RULES[proto.op_type].fn(node, *_trim(args))
+        try:
+            out = RULES[proto.op_type].fn(node, *_trim(args))
+        except ShapeError as exc:  # a symbolic batch size (batch_dim=) where a concrete one is needed
+            if not any(is_symbolic(a.shape) for a in present if isinstance(a, Value)):
+                raise
+            raise node.error(f"{exc}") from None
     outs = list(out) if isinstance(out, tuple) else [out]
     wanted = len(proto.output)
     if len(outs) < wanted:

@@ -1,0 +1,89 @@
+"""`batch_dim=`: one trace for every batch size (docs/symbolic_batch.md).
+
+`ff.compile(fn, batch_dim=(None, 0, 0), max_batch=4096)` marks, per positional
+argument, the axis that is the batch (None: the argument has none; an int alone:
+every argument has it there). The function is traced once with that axis as the
+symbol B (`f32[B,784]`); the traced graph is printed, parsed and verified like any
+other, and a shape that needs a concrete B fails at trace time with a ShapeError
+naming the op and the user's line. Each batch size a call brings gets the symbolic
+graph specialized to it (ir/specialize.py): node for node what a trace at that
+size builds, so the results are those of the per-size program, bit for bit.
+"""
+from __future__ import annotations
+
+from .ir import TensorType
+from .ir.symbolic import Sym
+from .runtime import ArgumentError
+from .tree import tree_flatten
+
+BATCH = Sym("B")
+
+
+class BatchSpec:
+    """Which axis of which argument is the symbolic batch size, and its bound.
+
+    first: how many leading positional arguments never have one (a training step's
+    params, optimizer state and hyperparameters); batch_dim speaks of those after."""
+
+    def __init__(self, batch_dim, max_batch: int | None = None, first: int = 0):
+        if isinstance(batch_dim, bool) or not (_is_axis(batch_dim) or (
+                isinstance(batch_dim, (tuple, list)) and all(d is None or _is_axis(d) for d in batch_dim))):
+            raise ValueError(f"batch_dim must be an axis (a non-negative int) or a tuple of one axis "
+                             f"or None per positional argument, got {batch_dim!r}")
+        if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool)
+                                      or max_batch < 1):
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        self.batch_dim = tuple(batch_dim) if isinstance(batch_dim, (tuple, list)) else batch_dim
+        self.max_batch = max_batch
+        self.first = first
+
+    def axes(self, args: tuple, positions: list[int | None], positional: int) -> list[int | None]:
+        """The batch axis of every leaf of args, the dynamic arguments of a call with
+        `positional` positional arguments (static ones among them, CallingConvention.positions):
+        a tuple batch_dim speaks of those, static ones included, so an entry keeps its
+        argument when static ones are taken out; a keyword-only argument has none."""
+        dims = self.batch_dim
+        if isinstance(dims, tuple) and len(dims) != positional - self.first:
+            raise ArgumentError(f"batch_dim gives {len(dims)} entries for {positional - self.first} "
+                                f"positional batch arguments")
+        axes = []
+        for arg, k in zip(args, positions):
+            if k is not None and k < self.first:
+                axis = None
+            elif isinstance(dims, tuple):
+                axis = None if k is None else dims[k - self.first]
+            else:
+                axis = dims
+            axes += [axis] * len(tree_flatten(arg)[0])
+        return axes
+
+    def size(self, types: list[TensorType], names: list[str], axes: list[int | None]) -> int:
+        """The call's batch size: the one length all batch axes share, within max_batch."""
+        sizes = {}
+        for t, name, axis in zip(types, names, axes):
+            if axis is None:
+                continue
+            if axis >= t.rank:
+                raise ArgumentError(f"argument {name}: batch_dim {axis} is out of range for {t}")
+            sizes.setdefault(t.shape[axis], name)
+        if not sizes:
+            raise ArgumentError("batch_dim marks no array argument: no batch size to read")
+        if len(sizes) > 1:
+            shown = ", ".join(f"{name} has {size}" for size, name in sizes.items())
+            raise ArgumentError(f"the batch arguments disagree on the batch size: {shown}")
+        size = next(iter(sizes))
+        if size < 1 or (self.max_batch is not None and size > self.max_batch):
+            if self.max_batch is None:  # B >= 1 is what lets `B > 0` be decided at trace time
+                raise ArgumentError(f"batch size 0 ({sizes[size]}): a symbolic batch is never empty")
+            raise ArgumentError(f"batch size {size} ({sizes[size]}) is outside max_batch's range 1..{self.max_batch}")
+        return size
+
+    @staticmethod
+    def symbolic(types: list[TensorType], axes: list[int | None]) -> list[TensorType]:
+        """The types with every batch axis made the symbol B."""
+        return [t if axis is None else t.with_shape(t.shape[:axis] + (BATCH,) + t.shape[axis + 1:])
+                for t, axis in zip(types, axes)]
+
+
+def _is_axis(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
