@@ -149,3 +149,22 @@ def test_empty_variable_turns_the_cache_off(monkeypatch):
     assert default_cache() is None
     executable, inputs = xor_step()
     assert not executable.from_cache and np.isfinite(run(executable, inputs)[0])
+
+
+def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
+    """Its object defines the pool's slot besides the entry and BLAS slots (the mnist step's
+    large GEMMs and loops split): the entry records that, and the check expects it."""
+    workload = zoo.get("mnist")
+    params, x, y = workload.example_inputs(0)
+
+    def build():
+        step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend="llvm")
+        state = step.init(params)
+        return step.lower(params, state, x, y).program, ((params, state, step.hyperparameters(state)), x, y)
+
+    cold, inputs = build()
+    assert not cold.from_cache and "ffc_parallel_for" in cold.llvm_ir
+    warm, _ = build()
+    assert warm.from_cache
+    for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)

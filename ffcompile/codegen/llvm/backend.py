@@ -190,6 +190,8 @@ class LLVMExecutable:
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
         if program.collectives:  # as lower.Layout.metadata has it
             metadata["collectives"] = True
+        if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
+            metadata["parallel"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata

@@ -23,7 +23,7 @@ entry is used only if (docs/export.md, "Trust"):
 - the file is whole (length, checksum) and stores the key asked for (an
   entry copied over another key's name is not loaded);
 - its metadata is the program's own (lower.layout: outputs, arena size,
-  BLAS calls), and its object code is a well-formed host object defining
+  BLAS calls; and whether a kernel calls the thread pool), and its object code is a well-formed host object defining
   exactly the program's symbols (object_check.py), all checked before
   LLVM reads the object or any of its code runs.
 An entry failing the last two is deleted and counts as a miss: the module
@@ -52,6 +52,7 @@ from .blas import BLAS_FUNCTIONS, blas_symbol
 from .collective import COLLECTIVE_SYMBOL
 from .lower import ENTRY, PROFILE, layout
 from .object_check import InvalidObject, Symbol, check_object
+from .threadpool import POOL_SLOT
 
 MAGIC = b"FFCOBJ3\n"
 _HEADER = struct.Struct("<8sQ32s")  # magic, payload length, SHA-256 of the payload
@@ -171,11 +172,15 @@ def _valid(entry: tuple[dict, bytes], schedule: Schedule, plan: MemoryPlan, dona
     """Whether the entry's metadata is the program's own and its object code a well-formed
     host object defining exactly the program's symbols (checked without LLVM)."""
     metadata, object_code = entry
-    if metadata != layout(schedule, plan, donated).metadata():
+    parallel = metadata.get("parallel", False)
+    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
+            or parallel not in (False, True):
         return False
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
     if metadata.get("collectives"):
         symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
+    if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
+        symbols.append(Symbol(POOL_SLOT, False, 8))
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     try:
