@@ -168,3 +168,16 @@ def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
     assert warm.from_cache
     for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_thread_pool_loads_from_the_cache_in_a_new_process(cache_dir):
+    """The pool's own module (IR, O3, codegen: more than the rest of a warm first call) is
+    compiled by the first process and loaded by the next: there building it would fail."""
+    import subprocess
+    import sys
+
+    start = ("import ffcompile.codegen.llvm.threadpool as pool\n{}\n"
+             "pool.set_num_threads(2)\nassert pool.running_workers() == 1\n")
+    for prelude in ("", "pool._PoolModule = None  # building the IR would raise"):
+        subprocess.run([sys.executable, "-c", start.format(prelude)], check=True)
+        assert len(entries(cache_dir)) == 1
