@@ -17,8 +17,8 @@ pools, and any other load, oversubscribe the cores: measured on the mnist
 training step under load, SciPy's BLAS at 2 threads had a median step of
 196 ms against 7.9 ms at 1 thread (at best 2.6 ms against 3.9 ms when the
 cores happened to be free). So the first executable that calls BLAS limits
-SciPy's OpenBLAS to DEFAULT_BLAS_THREADS (through threadpoolctl, if
-installed), unless `set_blas_threads` chose a number before.
+SciPy's OpenBLAS to DEFAULT_BLAS_THREADS (through OpenBLAS's own function, or
+threadpoolctl for another BLAS), unless `set_blas_threads` chose a number before.
 
 Below native_max_work() multiply-adds a call costs more than it computes: such
 float products run smallgemm's register-tiled kernel (unless an operand it would pack
@@ -51,6 +51,7 @@ from .elementwise import (
     is_float,
     loop_nest,
 )
+from .openblas import scipy_openblas_setters
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -76,11 +77,18 @@ _blas_threads: int | None = None  # what set_blas_threads applied (None: unknown
 def set_blas_threads(threads: int) -> bool:
     """Limit SciPy's OpenBLAS (the BLAS generated code calls) to `threads`, process-wide;
     programs built afterwards choose between BLAS and native GEMMs for that count.
-    Returns False if threadpoolctl is not installed or finds no SciPy OpenBLAS."""
+    OpenBLAS's own function sets it (openblas.py), else threadpoolctl (other BLAS builds).
+    Returns False if neither finds SciPy's BLAS."""
     global _threads_chosen, _blas_threads
     _threads_chosen = True
     _blas_threads = None
-    _cython_blas()  # SciPy's OpenBLAS must be loaded for threadpoolctl to find it
+    _cython_blas()  # SciPy's OpenBLAS must be loaded to be found
+    setters = scipy_openblas_setters()
+    if setters:
+        for set_threads in setters:
+            set_threads(threads)
+        _blas_threads = threads
+        return True
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:

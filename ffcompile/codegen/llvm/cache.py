@@ -23,9 +23,10 @@ entry is used only if (docs/export.md, "Trust"):
 - the file is whole (length, checksum) and stores the key asked for (an
   entry copied over another key's name is not loaded);
 - its metadata is the program's own (lower.layout: outputs, arena size,
-  BLAS calls; and whether a kernel calls the thread pool), and its object code is a well-formed host object defining
-  exactly the program's symbols (object_check.py), all checked before
-  LLVM reads the object or any of its code runs.
+  BLAS calls; and whether a kernel calls the thread pool: backend.program_symbols),
+  and its object code is a well-formed host object defining exactly the
+  program's symbols (object_check.py), all checked before LLVM reads the
+  object or any of its code runs.
 An entry failing the last two is deleted and counts as a miss: the module
 is compiled again and the entry rewritten. Writes go to a temporary file
 renamed over the entry, so a reader in another process sees the old file
@@ -46,14 +47,8 @@ from pathlib import Path
 
 import llvmlite
 
-from ...passes.memory import MemoryPlan
-from ...passes.schedule import Schedule
-from .blas import BLAS_FUNCTIONS, blas_symbol
-from .collective import COLLECTIVE_SYMBOL
-from .lower import ENTRY, PROFILE, layout
 from .object_check import InvalidObject, Symbol, check_object
 from .target import JitModule, host_key, load_object
-from .threadpool import POOL_SLOT
 
 MAGIC = b"FFCOBJ3\n"
 _HEADER = struct.Struct("<8sQ32s")  # magic, payload length, SHA-256 of the payload
@@ -83,14 +78,7 @@ class ObjectCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.o.ffc"
 
-    def load(self, key: str, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
-             profile: bool) -> tuple[dict, bytes] | None:
-        """(metadata, object code) of the program lower(schedule, plan, donated, profile)
-        builds, if this cache holds a trusted, intact, valid entry for it; else None (a
-        damaged or invalid entry is deleted, if it can be)."""
-        return self.load_checked(key, lambda metadata: _program_symbols(metadata, schedule, plan, donated, profile))
-
-    def load_checked(self, key: str, expected_symbols) -> tuple[dict, bytes] | None:
+    def load(self, key: str, expected_symbols) -> tuple[dict, bytes] | None:
         """(metadata, object code) of the trusted, intact entry for `key` whose object defines
         exactly expected_symbols(metadata) (None: the metadata is not the code's own); else
         None, the entry deleted if there was one."""
@@ -175,23 +163,6 @@ def _entry(data: bytes, key: str) -> tuple[dict, bytes] | None:
     return (metadata, object_code) if isinstance(metadata, dict) and object_code else None
 
 
-def _program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
-                     profile: bool) -> tuple[Symbol, ...] | None:
-    """The symbols the program's object defines, if the metadata is the program's own."""
-    parallel = metadata.get("parallel", False)
-    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
-            or parallel not in (False, True):
-        return None
-    symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
-    if metadata.get("collectives"):
-        symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
-    if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
-        symbols.append(Symbol(POOL_SLOT, False, 8))
-    if profile:
-        symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
-    return tuple(symbols)
-
-
 def _defines(object_code: bytes, symbols: tuple[Symbol, ...]) -> bool:
     """Whether the object code is a well-formed host object defining exactly `symbols`
     (checked without LLVM)."""
@@ -209,7 +180,7 @@ def runtime_module(name: str, functions: tuple[str, ...], build_object) -> JitMo
     cache = default_cache()
     key = cache and cache.key(f"runtime module {name}", host_key())
     symbols = tuple(Symbol(function, function=True) for function in functions)
-    found = key and cache.load_checked(key, lambda metadata: symbols if metadata == {} else None)
+    found = key and cache.load(key, lambda metadata: symbols if metadata == {} else None)
     if found:
         return load_object(found[1])
     code = build_object()
