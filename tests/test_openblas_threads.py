@@ -1,12 +1,15 @@
 """SciPy's OpenBLAS stays at one thread once a program calls it (the thread pool owns the
 cores), set through OpenBLAS's own function without threadpoolctl; threadpoolctl, which
-reads every loaded BLAS's count, is the oracle here."""
+reads every loaded BLAS's count, is the oracle here. Its GEMMs are reached in the bundled
+library without importing SciPy, or through cython_blas: the same results."""
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import ffcompile as ff
 from ffcompile.codegen.llvm import blas, openblas
 
 
@@ -19,9 +22,8 @@ def _scipy_blas_threads() -> list[int]:
 
 @pytest.fixture
 def scipy_openblas():
-    blas._cython_blas()
-    if not openblas.scipy_openblas_setters():
-        pytest.skip("SciPy's BLAS here is not an OpenBLAS: threadpoolctl sets it (the fallback)")
+    if openblas.bundled_scipy_openblas() is None or not openblas.scipy_openblas_setters():
+        pytest.skip("SciPy here bundles no OpenBLAS: cython_blas and threadpoolctl reach its BLAS (the fallbacks)")
 
 
 def test_the_setter_changes_what_threadpoolctl_reads(scipy_openblas):
@@ -61,3 +63,25 @@ def test_a_program_calling_blas_leaves_scipy_at_one_thread_without_threadpoolctl
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     loaded, counts = json.loads(out.stdout.splitlines()[-1])
     assert not loaded and counts == [blas.DEFAULT_BLAS_THREADS]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cython_blas_pointers_compute_what_the_bundled_openblas_does(scipy_openblas, monkeypatch, dtype):
+    """Both ways to reach SciPy's GEMMs (the bundled library's symbols, or cython_blas's
+    capsules for a SciPy without one) give the same bits, against NumPy's product."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 700)).astype(dtype), rng.standard_normal((700, 260)).astype(dtype)
+
+    def product():
+        blas.blas_address.cache_clear()
+        f = ff.compile(lambda a, b: a @ b, backend="llvm")
+        assert f.lower(a, b).program.blas == (blas.BLAS_FUNCTIONS["f32" if dtype == np.float32 else "f64"],)
+        return f(a, b)
+
+    bundled = product()
+    monkeypatch.setattr(blas, "bundled_gemm_address", lambda name: None)
+    through_cython = product()
+    monkeypatch.undo()
+    blas.blas_address.cache_clear()
+    np.testing.assert_array_equal(bundled, through_cython)
+    np.testing.assert_allclose(bundled, a @ b, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)

@@ -2,7 +2,8 @@
 
 The BLAS is the one SciPy ships: `scipy.linalg.cython_blas` exports sgemm and
 dgemm as PyCapsules, whose pointers are C wrappers with the Fortran
-convention (every argument by pointer), as Numba uses them. The module reads
+convention (every argument by pointer), as Numba uses them; the OpenBLAS a
+SciPy wheel bundles is called directly, without importing SciPy (openblas.py). The module reads
 each pointer from an external global (`ffc_sgemm`, `ffc_dgemm`) that the
 backend fills in after JIT compilation, so the IR itself names no address.
 
@@ -51,7 +52,7 @@ from .elementwise import (
     is_float,
     loop_nest,
 )
-from .openblas import scipy_openblas_setters
+from .openblas import bundled_gemm_address, bundled_scipy_openblas, scipy_openblas_setters
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -82,7 +83,8 @@ def set_blas_threads(threads: int) -> bool:
     global _threads_chosen, _blas_threads
     _threads_chosen = True
     _blas_threads = None
-    _cython_blas()  # SciPy's OpenBLAS must be loaded to be found
+    if bundled_scipy_openblas() is None:  # SciPy's BLAS must be loaded to be found
+        _cython_blas()
     setters = scipy_openblas_setters()
     if setters:
         for set_threads in setters:
@@ -155,7 +157,11 @@ def _cython_blas() -> ModuleType:
 
 @cache
 def blas_address(name: str) -> int:
-    """Address of `name` (sgemm, dgemm) in scipy.linalg.cython_blas."""
+    """Address of `name` (sgemm, dgemm): in SciPy's bundled OpenBLAS, else in
+    scipy.linalg.cython_blas (the same convention)."""
+    address = bundled_gemm_address(name)
+    if address:
+        return address
     capsule = _cython_blas().__pyx_capi__[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype = ctypes.c_char_p

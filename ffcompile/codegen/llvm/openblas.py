@@ -1,4 +1,5 @@
-"""SciPy's OpenBLAS thread count, set through OpenBLAS's own function.
+"""SciPy's OpenBLAS: its thread count, set through OpenBLAS's own function, and its GEMMs
+found without importing SciPy.
 
 threadpoolctl finds the library too, but it imports itself and builds a controller for
 every library loaded in the process (each opened and queried): ~13 ms of CPU, a fifth of a
@@ -10,8 +11,11 @@ when none is found (a SciPy built on MKL, BLIS, FlexiBLAS).
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
 import itertools
 import os
+from pathlib import Path
 from typing import Callable
 
 OPENBLAS_FILES = ("libopenblas", "libscipy_openblas", "openblas")  # as threadpoolctl recognizes them
@@ -58,3 +62,25 @@ def scipy_openblas_setters() -> list[Callable[[int], None]]:
                 setters.append(function)
                 break
     return setters
+
+
+@functools.cache
+def bundled_scipy_openblas() -> ctypes.CDLL | None:
+    """The OpenBLAS a SciPy wheel bundles (`scipy.libs/libscipy_openblas-*.so` beside the
+    package: 32-bit integers, as scipy.linalg.cython_blas passes them), loaded without
+    importing SciPy, whose __init__ costs ~9 ms of CPU (its import spec runs no code).
+    cython_blas, loaded later, links this same library (the dynamic linker matches it by its
+    soname). None for a SciPy built on another BLAS: then cython_blas's pointers serve."""
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(spec.submodule_search_locations[0]).parent.glob("scipy.libs/libscipy_openblas-*.so"))
+    return ctypes.CDLL(str(found[0])) if len(found) == 1 else None
+
+
+def bundled_gemm_address(name: str) -> int | None:
+    """The address of BLAS function `name` (sgemm, dgemm) in SciPy's bundled OpenBLAS: the
+    Fortran-convention symbol cython_blas's `name` calls (`scipy_sgemm_`), or None."""
+    library = bundled_scipy_openblas()
+    function = None if library is None else getattr(library, f"scipy_{name}_", None)
+    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
