@@ -22,11 +22,16 @@ def _scipy_blas_threads() -> list[int]:
 
 @pytest.fixture
 def scipy_openblas():
-    if openblas.bundled_scipy_openblas() is None or not openblas.scipy_openblas_setters():
+    if openblas.bundled_set_threads() is None or openblas.bundled_gemm_address("sgemm") is None:
         pytest.skip("SciPy here bundles no OpenBLAS: cython_blas and threadpoolctl reach its BLAS (the fallbacks)")
 
 
-def test_the_setter_changes_what_threadpoolctl_reads(scipy_openblas):
+@pytest.mark.parametrize("setter", ["bundled", "threadpoolctl"])
+def test_the_setter_changes_what_threadpoolctl_reads(scipy_openblas, monkeypatch, setter):
+    """OpenBLAS's own function, or threadpoolctl (the fallback for a SciPy without a bundled
+    OpenBLAS, forced here)."""
+    if setter == "threadpoolctl":
+        monkeypatch.setattr(blas, "bundled_set_threads", lambda: None)
     with blas.blas_threads(3):
         assert _scipy_blas_threads() == [3]
         with blas.blas_threads(1):

@@ -52,7 +52,7 @@ from .elementwise import (
     is_float,
     loop_nest,
 )
-from .openblas import bundled_gemm_address, bundled_scipy_openblas, scipy_openblas_setters
+from .openblas import bundled_gemm_address, bundled_set_threads
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -78,19 +78,17 @@ _blas_threads: int | None = None  # what set_blas_threads applied (None: unknown
 def set_blas_threads(threads: int) -> bool:
     """Limit SciPy's OpenBLAS (the BLAS generated code calls) to `threads`, process-wide;
     programs built afterwards choose between BLAS and native GEMMs for that count.
-    OpenBLAS's own function sets it (openblas.py), else threadpoolctl (other BLAS builds).
+    The bundled OpenBLAS's own function sets it (openblas.py), else threadpoolctl.
     Returns False if neither finds SciPy's BLAS."""
     global _threads_chosen, _blas_threads
     _threads_chosen = True
     _blas_threads = None
-    if bundled_scipy_openblas() is None:  # SciPy's BLAS must be loaded to be found
-        _cython_blas()
-    setters = scipy_openblas_setters()
-    if setters:
-        for set_threads in setters:
-            set_threads(threads)
+    set_threads = bundled_set_threads()
+    if set_threads is not None:
+        set_threads(threads)
         _blas_threads = threads
         return True
+    _cython_blas()  # SciPy's BLAS must be loaded for threadpoolctl to find it
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
