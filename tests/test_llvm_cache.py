@@ -170,14 +170,22 @@ def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_thread_pool_loads_from_the_cache_in_a_new_process(cache_dir):
-    """The pool's own module (IR, O3, codegen: more than the rest of a warm first call) is
-    compiled by the first process and loaded by the next: there building it would fail."""
+RUNTIME_MODULES = {  # (module, what breaks building its IR, what loads it and checks it)
+    "thread pool": ("threadpool", "_PoolModule = None", "m.set_num_threads(2)\nassert m.running_workers() == 1"),
+    "fast call": ("fastcall", "_IR = None", "jit, _, _ = m._object_entry()\nassert jit.address(m.OBJECT_ENTRY)"),
+}
+
+
+@pytest.mark.parametrize("name", RUNTIME_MODULES)
+def test_a_runtime_module_loads_from_the_cache_in_a_new_process(cache_dir, name):
+    """The runtime's own modules (the pool: IR, O3, codegen, more than the rest of a warm
+    first call; the fast call: a second call's) are compiled by the first process and
+    loaded by the next: there building them would fail."""
     import subprocess
     import sys
 
-    start = ("import ffcompile.codegen.llvm.threadpool as pool\n{}\n"
-             "pool.set_num_threads(2)\nassert pool.running_workers() == 1\n")
-    for prelude in ("", "pool._PoolModule = None  # building the IR would raise"):
+    module, breaks, loads = RUNTIME_MODULES[name]
+    start = f"import ffcompile.codegen.llvm.{module} as m\n{{}}\n{loads}\n"
+    for prelude in ("", f"m.{breaks}  # building the IR would raise"):
         subprocess.run([sys.executable, "-c", start.format(prelude)], check=True)
         assert len(entries(cache_dir)) == 1
