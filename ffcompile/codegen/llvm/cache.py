@@ -174,9 +174,10 @@ def _defines(object_code: bytes, symbols: tuple[Symbol, ...]) -> bool:
 
 
 def runtime_module(name: str, functions: tuple[str, ...], build_object) -> JitModule:
-    """One of the runtime's own fixed modules (the thread pool), defining exactly these
-    functions: its object code from the disk cache (keyed, and checked, like a program's),
-    else build_object() (IR, O3 and codegen: ~50-90 ms of CPU for the pool) and stored."""
+    """One of the runtime's own fixed modules (the thread pool, the fast call's checker),
+    defining exactly these functions: its object code from the disk cache (keyed, and
+    checked, like a program's), else build_object() (IR, O3 and codegen: ~50-90 ms of CPU
+    for the pool) and stored."""
     cache = default_cache()
     key = cache and cache.key(f"runtime module {name}", host_key())
     symbols = tuple(Symbol(function, function=True) for function in functions)

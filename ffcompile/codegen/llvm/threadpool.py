@@ -35,6 +35,7 @@ import threading
 
 from llvmlite import ir
 
+from .cache import runtime_module
 from .target import object_code
 
 POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
@@ -413,8 +414,6 @@ def _load() -> None:
     global _library
     if _library is not None:
         return
-    from .cache import runtime_module  # the cache imports this module's POOL_SLOT
-
     _library = runtime_module("thread pool", POOL_FUNCTIONS, lambda: object_code(_PoolModule().m))
     signatures = {"ffc_pool_start": ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64),
                   "ffc_pool_stop": ctypes.CFUNCTYPE(None),
