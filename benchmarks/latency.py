@@ -8,7 +8,10 @@ with an empty disk cache, "cache" with the one the cold run filled; the time is 
 call of `compile_train_step(w.loss, SGD)` (tracing, every stage, code generation or the
 cache load, imports the call triggers, and one step), as the process's CPU time (all its
 threads: on a loaded machine, wall time also counts waiting for a core; it is printed
-too), with the `cf.stats()` stage times (wall) of that run. The call overhead is measured in this process: the xor step (and forward) called
+too), with the `cf.stats()` stage times (wall) of that run. "setup" is what comes before
+that call, from cache: `compile_train_step` and `init`, which import the backend (and
+llvmlite). Children keep compiled bytecode (in a temporary PYTHONPYCACHEPREFIX), as an
+installed package does. The call overhead is measured in this process: the xor step (and forward) called
 with its arguments against the same program bound to them (one native call), minimum over
 repeats, timed by this thread's CPU time (time.thread_time: a call on a loaded machine
 waits for a core, which wall time would count). Compile timings are medians of wall time;
@@ -17,6 +20,7 @@ the load average is printed with them, since on a loaded machine they grow.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -46,13 +50,26 @@ def _child_compile(model: str) -> None:
     first, wall = time.process_time() - began, time.perf_counter() - began_wall
     stats = step._compiled.stats()
     stages = {"trace": stats.trace_seconds, **{r.name: r.seconds for r in stats.stages}}
-    print(json.dumps({"import": imported - start, "first_call": first, "wall": wall, "stages": stages}))
+    print(json.dumps({"import": imported - start, "setup": began - imported, "first_call": first, "wall": wall,
+                      "stages": stages}))
+
+
+# Children read and write compiled bytecode in this directory, as an installed package's
+# imports do (an environment with PYTHONDONTWRITEBYTECODE would compile every module from
+# source in every child: `import ffcompile` 3-4x slower); warmed by main() before measuring.
+@functools.cache
+def _bytecode_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="ffcompile-latency-pyc-")
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": _bytecode_dir().name, **extra}
 
 
 def _run_child(args: list[str], cache_dir: str) -> dict:
-    env = dict(os.environ, FFCOMPILE_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-m", "benchmarks.latency", *args], env=env, check=True,
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.latency", *args], env=_child_env(FFCOMPILE_CACHE_DIR=cache_dir),
+                         check=True, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     return json.loads(out.stdout.splitlines()[-1])
 
 
@@ -60,7 +77,8 @@ def measure_imports(repeats: int) -> tuple[float, float]:
     """Median seconds of `import numpy` and of `import numpy; import ffcompile`, fresh each."""
     numpy_s, total_s = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", _IMPORT], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", _IMPORT], env=_child_env(), check=True, capture_output=True,
+                             text=True)
         numpy_time, total = map(float, out.stdout.split())
         numpy_s.append(numpy_time)
         total_s.append(total)
@@ -78,6 +96,7 @@ def measure_compiles(model: str, repeats: int) -> dict[str, dict]:
     for kind, found in runs.items():
         stages = {name: statistics.median(r["stages"][name] for r in found) for name in found[0]["stages"]}
         result[kind] = {"first_call": statistics.median(r["first_call"] for r in found),
+                        "setup": statistics.median(r["setup"] for r in found),
                         "wall": statistics.median(r["wall"] for r in found),
                         "import": statistics.median(r["import"] for r in found), "stages": stages}
     return result
@@ -120,12 +139,14 @@ def main(argv=None) -> int:
         _child_compile(args.child)
         return 0
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cpus)")
+    with tempfile.TemporaryDirectory() as cache_dir:  # fills the bytecode directory
+        _run_child(["--child", "xor"], cache_dir)
     numpy_s, total_s = measure_imports(max(args.repeats, 3))
     print(f"\nimport numpy: {numpy_s * 1e3:.0f} ms; import numpy + ffcompile: {total_s * 1e3:.0f} ms "
           f"(ffcompile's own: {(total_s - numpy_s) * 1e3:.0f} ms; CPU time)\n")
-    print("| model | cold first call ms | from cache ms | wall: cold, cache ms | "
+    print("| model | cold first call ms | from cache ms | setup ms | wall: cold, cache ms | "
           "cold: trace, graph stages, lower ms | cache: trace, graph stages, lower ms |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
         found = measure_compiles(model, args.repeats)
         cells = []
@@ -134,6 +155,7 @@ def main(argv=None) -> int:
             graph = sum(v for k, v in stages.items() if k not in ("trace", "lower"))
             cells.append(f"{stages['trace'] * 1e3:.1f}, {graph * 1e3:.1f}, {stages.get('lower', 0) * 1e3:.1f}")
         print(f"| {model} | {found['cold']['first_call'] * 1e3:.1f} | {found['cache']['first_call'] * 1e3:.1f} | "
+              f"{found['cache']['setup'] * 1e3:.1f} | "
               f"{found['cold']['wall'] * 1e3:.0f}, {found['cache']['wall'] * 1e3:.0f} | {cells[0]} | {cells[1]} |")
     calls = measure_calls(args.calls)
     print("\n| xor | with arguments us | bound us | overhead us | ratio |")

@@ -149,3 +149,43 @@ def test_empty_variable_turns_the_cache_off(monkeypatch):
     assert default_cache() is None
     executable, inputs = xor_step()
     assert not executable.from_cache and np.isfinite(run(executable, inputs)[0])
+
+
+def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
+    """Its object defines the pool's slot besides the entry and BLAS slots (the mnist step's
+    large GEMMs and loops split): the entry records that, and the check expects it."""
+    workload = zoo.get("mnist")
+    params, x, y = workload.example_inputs(0)
+
+    def build():
+        step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend="llvm")
+        state = step.init(params)
+        return step.lower(params, state, x, y).program, ((params, state, step.hyperparameters(state)), x, y)
+
+    cold, inputs = build()
+    assert not cold.from_cache and "ffc_parallel_for" in cold.llvm_ir
+    warm, _ = build()
+    assert warm.from_cache
+    for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+RUNTIME_MODULES = {  # (module, what breaks building its IR, what loads it and checks it)
+    "thread pool": ("threadpool", "_PoolModule = None", "m.set_num_threads(2)\nassert m.running_workers() == 1"),
+    "fast call": ("fastcall", "_IR = None", "jit, _, _ = m._object_entry()\nassert jit.address(m.OBJECT_ENTRY)"),
+}
+
+
+@pytest.mark.parametrize("name", RUNTIME_MODULES)
+def test_a_runtime_module_loads_from_the_cache_in_a_new_process(cache_dir, name):
+    """The runtime's own modules (the pool: IR, O3, codegen, more than the rest of a warm
+    first call; the fast call: a second call's) are compiled by the first process and
+    loaded by the next: there building them would fail."""
+    import subprocess
+    import sys
+
+    module, breaks, loads = RUNTIME_MODULES[name]
+    start = f"import ffcompile.codegen.llvm.{module} as m\n{{}}\n{loads}\n"
+    for prelude in ("", f"m.{breaks}  # building the IR would raise"):
+        subprocess.run([sys.executable, "-c", start.format(prelude)], check=True)
+        assert len(entries(cache_dir)) == 1

@@ -36,7 +36,7 @@ from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
 from ..arguments import Binding, overlapping_arguments
 from . import fastcall, target
-from .blas import blas_address, blas_symbol, default_blas_threads, native_max_work
+from .blas import BLAS_FUNCTIONS, blas_address, blas_symbol, default_blas_threads, native_max_work
 from .collective import COLLECTIVE_SYMBOL, COLLECTIVES
 from ...ir import ops as O
 from .cache import ObjectCache, default_cache
@@ -44,7 +44,8 @@ from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
 from .threadpool import POOL_SLOT, parallel_for_address
-from .lower import ENTRY, PROFILE, gemm_scratch, lower
+from .lower import ENTRY, PROFILE, gemm_scratch, layout, lower
+from .object_check import Symbol
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
@@ -93,6 +94,24 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
         f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
         f" vector_bytes {target.vector_bytes()}",
     ])
+
+
+def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
+                     profile: bool) -> tuple[Symbol, ...] | None:
+    """The symbols the object code of lower(schedule, plan, donated, profile) defines, if a
+    cache entry's metadata is that program's own (else None: the entry is not used)."""
+    parallel = metadata.get("parallel", False)
+    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
+            or parallel not in (False, True):
+        return None
+    symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
+    if metadata.get("collectives"):
+        symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
+    if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
+        symbols.append(Symbol(POOL_SLOT, False, 8))
+    if profile:
+        symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
+    return tuple(symbols)
 
 
 class LLVMExecutable:
@@ -178,7 +197,7 @@ class LLVMExecutable:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
         stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
         key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
-        found = key and cache.load(key, *self._lower_arguments)  # trusted, whole, this program's
+        found = key and cache.load(key, lambda metadata: program_symbols(metadata, *self._lower_arguments))
         self.from_cache = bool(found)  # loaded from the disk cache: no IR built
         if found:
             metadata, object_code = found
@@ -190,6 +209,8 @@ class LLVMExecutable:
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
         if program.collectives:  # as lower.Layout.metadata has it
             metadata["collectives"] = True
+        if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
+            metadata["parallel"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata

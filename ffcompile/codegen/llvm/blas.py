@@ -2,7 +2,8 @@
 
 The BLAS is the one SciPy ships: `scipy.linalg.cython_blas` exports sgemm and
 dgemm as PyCapsules, whose pointers are C wrappers with the Fortran
-convention (every argument by pointer), as Numba uses them. The module reads
+convention (every argument by pointer), as Numba uses them; the OpenBLAS a
+SciPy wheel bundles is called directly, without importing SciPy (openblas.py). The module reads
 each pointer from an external global (`ffc_sgemm`, `ffc_dgemm`) that the
 backend fills in after JIT compilation, so the IR itself names no address.
 
@@ -17,8 +18,8 @@ pools, and any other load, oversubscribe the cores: measured on the mnist
 training step under load, SciPy's BLAS at 2 threads had a median step of
 196 ms against 7.9 ms at 1 thread (at best 2.6 ms against 3.9 ms when the
 cores happened to be free). So the first executable that calls BLAS limits
-SciPy's OpenBLAS to DEFAULT_BLAS_THREADS (through threadpoolctl, if
-installed), unless `set_blas_threads` chose a number before.
+SciPy's OpenBLAS to DEFAULT_BLAS_THREADS (through OpenBLAS's own function, or
+threadpoolctl for another BLAS), unless `set_blas_threads` chose a number before.
 
 Below native_max_work() multiply-adds a call costs more than it computes: such
 float products run smallgemm's register-tiled kernel (unless an operand it would pack
@@ -51,6 +52,7 @@ from .elementwise import (
     is_float,
     loop_nest,
 )
+from .openblas import bundled_gemm_address, bundled_set_threads
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -76,11 +78,17 @@ _blas_threads: int | None = None  # what set_blas_threads applied (None: unknown
 def set_blas_threads(threads: int) -> bool:
     """Limit SciPy's OpenBLAS (the BLAS generated code calls) to `threads`, process-wide;
     programs built afterwards choose between BLAS and native GEMMs for that count.
-    Returns False if threadpoolctl is not installed or finds no SciPy OpenBLAS."""
+    The bundled OpenBLAS's own function sets it (openblas.py), else threadpoolctl.
+    Returns False if neither finds SciPy's BLAS."""
     global _threads_chosen, _blas_threads
     _threads_chosen = True
     _blas_threads = None
-    _cython_blas()  # SciPy's OpenBLAS must be loaded for threadpoolctl to find it
+    set_threads = bundled_set_threads()
+    if set_threads is not None:
+        set_threads(threads)
+        _blas_threads = threads
+        return True
+    _cython_blas()  # SciPy's BLAS must be loaded for threadpoolctl to find it
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
@@ -147,7 +155,11 @@ def _cython_blas() -> ModuleType:
 
 @cache
 def blas_address(name: str) -> int:
-    """Address of `name` (sgemm, dgemm) in scipy.linalg.cython_blas."""
+    """Address of `name` (sgemm, dgemm): in SciPy's bundled OpenBLAS, else in
+    scipy.linalg.cython_blas (the same convention)."""
+    address = bundled_gemm_address(name)
+    if address:
+        return address
     capsule = _cython_blas().__pyx_capi__[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype = ctypes.c_char_p

@@ -23,9 +23,10 @@ entry is used only if (docs/export.md, "Trust"):
 - the file is whole (length, checksum) and stores the key asked for (an
   entry copied over another key's name is not loaded);
 - its metadata is the program's own (lower.layout: outputs, arena size,
-  BLAS calls), and its object code is a well-formed host object defining
-  exactly the program's symbols (object_check.py), all checked before
-  LLVM reads the object or any of its code runs.
+  BLAS calls; and whether a kernel calls the thread pool: backend.program_symbols),
+  and its object code is a well-formed host object defining exactly the
+  program's symbols (object_check.py), all checked before LLVM reads the
+  object or any of its code runs.
 An entry failing the last two is deleted and counts as a miss: the module
 is compiled again and the entry rewritten. Writes go to a temporary file
 renamed over the entry, so a reader in another process sees the old file
@@ -46,12 +47,8 @@ from pathlib import Path
 
 import llvmlite
 
-from ...passes.memory import MemoryPlan
-from ...passes.schedule import Schedule
-from .blas import BLAS_FUNCTIONS, blas_symbol
-from .collective import COLLECTIVE_SYMBOL
-from .lower import ENTRY, PROFILE, layout
 from .object_check import InvalidObject, Symbol, check_object
+from .target import JitModule, host_key, load_object
 
 MAGIC = b"FFCOBJ3\n"
 _HEADER = struct.Struct("<8sQ32s")  # magic, payload length, SHA-256 of the payload
@@ -81,14 +78,14 @@ class ObjectCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.o.ffc"
 
-    def load(self, key: str, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
-             profile: bool) -> tuple[dict, bytes] | None:
-        """(metadata, object code) of the program lower(schedule, plan, donated, profile)
-        builds, if this cache holds a trusted, intact, valid entry for it; else None (a
-        damaged or invalid entry is deleted, if it can be)."""
+    def load(self, key: str, expected_symbols) -> tuple[dict, bytes] | None:
+        """(metadata, object code) of the trusted, intact entry for `key` whose object defines
+        exactly expected_symbols(metadata) (None: the metadata is not the code's own); else
+        None, the entry deleted if there was one."""
         data = self._read(key)
         found = None if data is None else _entry(data, key)
-        if found is not None and _valid(found, schedule, plan, donated, profile):
+        symbols = None if found is None else expected_symbols(found[0])
+        if symbols is not None and _defines(found[1], symbols):
             self.hits += 1
             return found
         if data is not None:
@@ -166,23 +163,31 @@ def _entry(data: bytes, key: str) -> tuple[dict, bytes] | None:
     return (metadata, object_code) if isinstance(metadata, dict) and object_code else None
 
 
-def _valid(entry: tuple[dict, bytes], schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
-           profile: bool) -> bool:
-    """Whether the entry's metadata is the program's own and its object code a well-formed
-    host object defining exactly the program's symbols (checked without LLVM)."""
-    metadata, object_code = entry
-    if metadata != layout(schedule, plan, donated).metadata():
-        return False
-    symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
-    if metadata.get("collectives"):
-        symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
-    if profile:
-        symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
+def _defines(object_code: bytes, symbols: tuple[Symbol, ...]) -> bool:
+    """Whether the object code is a well-formed host object defining exactly `symbols`
+    (checked without LLVM)."""
     try:
-        check_object(object_code, tuple(symbols))
+        check_object(object_code, symbols)
     except InvalidObject:
         return False
     return True
+
+
+def runtime_module(name: str, functions: tuple[str, ...], build_object) -> JitModule:
+    """One of the runtime's own fixed modules (the thread pool, the fast call's checker),
+    defining exactly these functions: its object code from the disk cache (keyed, and
+    checked, like a program's), else build_object() (IR, O3 and codegen: ~50-90 ms of CPU
+    for the pool) and stored."""
+    cache = default_cache()
+    key = cache and cache.key(f"runtime module {name}", host_key())
+    symbols = tuple(Symbol(function, function=True) for function in functions)
+    found = key and cache.load(key, lambda metadata: symbols if metadata == {} else None)
+    if found:
+        return load_object(found[1])
+    code = build_object()
+    if cache is not None:
+        cache.store(key, {}, code)
+    return load_object(code)
 
 
 def _trusted(status: os.stat_result, what: str) -> bool:

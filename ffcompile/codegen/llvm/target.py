@@ -26,6 +26,7 @@ def _initialize() -> None:
     llvm.initialize_native_asmprinter()
 
 
+@functools.cache  # LLVM asks the CPU each time (~1 ms of CPU, several calls per program)
 def _host_features() -> str:
     try:
         return llvm.get_host_cpu_features().flatten()
@@ -48,6 +49,7 @@ def vector_bytes() -> int:
     return 64 if "+avx512f" in _host_features().split(",") else 32
 
 
+@functools.cache
 def host_key() -> str:
     """What the host target machine's code depends on: triple, CPU name, features (a cache key part)."""
     return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {_host_features()}"

@@ -35,9 +35,11 @@ import threading
 
 from llvmlite import ir
 
-from .target import jit
+from .cache import runtime_module
+from .target import object_code
 
 POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
+POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_stop", "ffc_pool_forget", "ffc_pool_workers")
 THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
 MAX_THREADS = 256
 SPIN_CYCLES = 200_000  # ~50-100 us at 2-4 GHz
@@ -412,7 +414,7 @@ def _load() -> None:
     global _library
     if _library is not None:
         return
-    _library = jit(_PoolModule().m)
+    _library = runtime_module("thread pool", POOL_FUNCTIONS, lambda: object_code(_PoolModule().m))
     signatures = {"ffc_pool_start": ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64),
                   "ffc_pool_stop": ctypes.CFUNCTYPE(None),
                   "ffc_pool_forget": ctypes.CFUNCTYPE(None),
