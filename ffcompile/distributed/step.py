@@ -3,13 +3,18 @@ the trace gets, and the check that every rank compiled the same program."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import time
+import traceback
 
 import numpy as np
 
 from ..ir.collectives import register_group
 from ..ir.printer import print_graph
 from .buckets import DEFAULT_BUCKET_BYTES, reduce_gradients
+
+ABORT_GRACE_SECONDS = 0.5
 
 
 class ProgramMismatch(RuntimeError):
@@ -122,9 +127,15 @@ def abort_on_uncaught_error() -> None:
         return
     previous = sys.excepthook
 
-    def hook(kind, value, traceback):
-        previous(kind, value, traceback)
-        sys.stderr.flush()
+    def hook(kind, value, tb):
+        if previous is sys.__excepthook__:  # one write: the launcher's proxy forwards it whole
+            os.write(2, "".join(traceback.format_exception(kind, value, tb)).encode())
+        else:
+            previous(kind, value, tb)
+            sys.stderr.flush()
+        # Abort tears the job down at once: give the proxy time to forward the traceback
+        # first (without it, under load the job's stderr was seen cut after "Traceback").
+        time.sleep(ABORT_GRACE_SECONDS)
         world().Abort(1)
 
     hook.ffcompile_aborts = True
