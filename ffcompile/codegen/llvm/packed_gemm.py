@@ -1,9 +1,10 @@
 """A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range.
 
-C (m x n) is cut into blocks of MC rows, split across the thread pool. A block
-loops over panels of NC columns and KC steps of k: it packs B's KC x NC panel
-into slivers of NR columns (p-major, zero-padded), then its A rows into slivers
-of MR rows, and runs the MR x NR micro-kernel over every pair of slivers: MR x
+C (m x n) is cut into blocks of MC rows x NC columns, split across the thread
+pool panel by panel (a chunk's blocks share column panels). For each of its
+panels, a chunk loops over KC steps of k: it packs B's KC x NC panel into
+slivers of NR columns (p-major, zero-padded), then, block by block, the A rows
+into slivers of MR rows, and runs the MR x NR micro-kernel over every pair of slivers: MR x
 NR/vw vector accumulators (registers) over kc broadcast-FMA steps, reading both
 packs contiguously whatever the operands' transposes. The first k step writes
 alpha * AB + beta * C (AB without a scale: C is not read, it may hold anything),
@@ -11,8 +12,10 @@ later ones add. Edge tiles compute the full padded tile and copy its valid part.
 
 Block sizes come from the host's caches (sysfs; a common default otherwise):
 a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
-and the packs live on the stack (STACK_BYTES at most, like smallgemm's), which
-bounds NC. The vector width is the host's (target.vector_bytes) unless given:
+and the packs live on the stack (STACK_BYTES at most), which bounds NC. A product
+of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
+pool (each thread packs only its panels of B: splitting rows alone made each
+thread pack all of B, which cost as much as the product at m = 128). The vector width is the host's (target.vector_bytes) unless given:
 tests force the narrower one, and LLVM legalizes the wider one on any host.
 """
 from __future__ import annotations
@@ -33,7 +36,8 @@ MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold
 STACK_BYTES = 1 << 20  # both packs of one chunk (worker threads have glibc's 8 MiB stacks)
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
-BLOCKS_PER_CORE = 2  # MC shrinks until m makes this many blocks for 2 threads (else one core idles)
+MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
+MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
 
 
 @functools.cache
@@ -58,10 +62,16 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     """(MR, NR, MC, KC, NC) for this product and vector width."""
     mr, nr = MR_BY_VECTOR_BYTES[vbytes], SLIVER_VECTORS * vbytes // itemsize
     kc = min(k, max(16, cache_bytes(1) // 2 // (nr * itemsize) // 8 * 8))
-    mc = max(mr, cache_bytes(2) // 4 // (kc * itemsize) // mr * mr)
-    mc = min(mc, max(mr, _round_up(-(-m // (2 * BLOCKS_PER_CORE)), mr)))
-    nc = max(nr, (STACK_BYTES // itemsize - mc * kc) // kc // nr * nr)
-    return mr, nr, mc, kc, min(nc, _round_up(n, nr))
+    mc = min(_round_up(m, mr), max(mr, cache_bytes(2) // 4 // (kc * itemsize) // mr * mr))
+    nc = min(_round_up(n, nr), max(nr, (STACK_BYTES // itemsize - mc * kc) // kc // nr * nr))
+    panels = -(-MIN_UNITS // -(-m // mc))  # column panels that make MIN_UNITS blocks of C
+    nc = min(nc, max(MIN_PANEL_SLIVERS * nr, _round_up(-(-n // panels), nr)))
+    return mr, nr, mc, kc, nc
+
+
+def packed_beats_blas(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> bool:
+    """Whether blas.gemm_route sends a product above smallgemm's range here instead of BLAS."""
+    return False
 
 
 def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
@@ -74,8 +84,8 @@ def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
     mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
     kernel = _Kernel(ty, m, n, k, trans_a, trans_b, scale is not None, mr, nr, mc, kc, nc, vbytes // itemsize)
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    blocks = -(-m // mc)
-    grain = max(1, -(-MIN_CHUNK_WORK // (mc * n * k)))
+    blocks = -(-m // mc) * -(-n // nc)
+    grain = max(1, -(-MIN_CHUNK_WORK // (mc * nc * k)))
     emit_parallel_for(b, "packed_gemm", [pa, pb, pc, alpha, beta], blocks, grain, kernel.emit_blocks)
 
 
@@ -103,20 +113,30 @@ class _Kernel:
             self.tile = b.alloca(self.ty, size=self.const(self.mr * self.nr), name="edge_tile")
             for buffer in (self.a_pack, self.b_pack, self.tile):
                 buffer.align = 64
-        last = self.min(b, end, -(-self.m // self.mc))
-        count = b.select(b.icmp_signed("<", start, last), b.sub(last, start), self.const(0))
-        with for_range(b, self.const(-(-self.n // self.nc)), "jc") as jcb:
+        row_blocks = -(-self.m // self.mc)
+        last = self.min(b, end, row_blocks * -(-self.n // self.nc))
+        first_panel = b.sdiv(start, self.const(row_blocks))
+        panels = b.sub(b.sdiv(b.add(last, self.const(row_blocks - 1)), self.const(row_blocks)), first_panel)
+        panels = b.select(b.icmp_signed("<", start, last), panels, self.const(0))
+        with for_range(b, panels, "jc") as j:
+            jcb = b.add(first_panel, j)
             jc = b.mul(jcb, self.const(self.nc))
             ncols = self.min(b, b.sub(self.const(self.n), jc), self.nc)
+            panel_start = b.mul(jcb, self.const(row_blocks))  # the unit of its first row block
+            low = b.sub(b.select(b.icmp_signed(">", start, panel_start), start, panel_start), panel_start)
+            panel_end = b.add(panel_start, self.const(row_blocks))
+            high = b.sub(b.select(b.icmp_signed("<", last, panel_end), last, panel_end), panel_start)
             with for_range(b, self.const(-(-self.k // self.kc)), "pc") as pcb:
                 p0 = b.mul(pcb, self.const(self.kc))
                 depth = self.min(b, b.sub(self.const(self.k), p0), self.kc)
-                self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)))
+                self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)),
+                           lanes_inner=not self.trans_b)
                 first = b.icmp_signed("==", pcb, self.const(0))
-                with for_range(b, count, "ic") as i:
-                    ic = b.mul(b.add(start, i), self.const(self.mc))
+                with for_range(b, b.sub(high, low), "ic") as i:
+                    ic = b.mul(b.add(low, i), self.const(self.mc))
                     nrows = self.min(b, b.sub(self.const(self.m), ic), self.mc)
-                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)))
+                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
+                               lanes_inner=self.trans_a)
                     self._macro(ic, jc, nrows, ncols, depth, first)
 
     def _a_at(self, i, p):
@@ -129,22 +149,29 @@ class _Kernel:
         at = b.add(b.mul(j, self.const(self.k)), p) if self.trans_b else b.add(b.mul(p, self.const(self.n)), j)
         return b.gep(self.pb, [at], inbounds=True)
 
-    def _pack(self, pack, extent, width: int, depth, source) -> None:
+    def _pack(self, pack, extent, width: int, depth, source, lanes_inner: bool) -> None:
         """pack[s][p][w] = source(s * width + w, p), zero where s * width + w >= extent: slivers
-        of `width` rows (A) or columns (B), each depth x width, p-major."""
+        of `width` rows (A) or columns (B), each depth x width, p-major. lanes_inner: w is the
+        inner loop (the source contiguous along w), else p."""
         b = self.b
         slivers = b.sdiv(b.add(extent, self.const(width - 1)), self.const(width))
         zero = ir.Constant(self.ty, 0.0)
+
+        def copy(base, out, w, p):
+            index = b.add(base, w)
+            inside = b.icmp_signed("<", index, extent)
+            value = b.load(source(b.select(inside, index, self.const(0)), p))
+            b.store(b.select(inside, value, zero), b.gep(out, [b.add(b.mul(p, self.const(width)), w)], inbounds=True))
+
         with for_range(b, slivers, "sliver") as s:
             base = b.mul(s, self.const(width))
             out = b.gep(pack, [b.mul(base, depth)], inbounds=True)
-            with for_range(b, self.const(width), "lane") as w:
-                index = b.add(base, w)
-                inside = b.icmp_signed("<", index, extent)
-                with for_range(b, depth, "depth") as p:
-                    value = b.load(source(b.select(inside, index, self.const(0)), p))
-                    dst = b.gep(out, [b.add(b.mul(p, self.const(width)), w)], inbounds=True)
-                    b.store(b.select(inside, value, zero), dst)
+            if lanes_inner:
+                with for_range(b, depth, "depth") as p, for_range(b, self.const(width), "lane") as w:
+                    copy(base, out, w, p)
+            else:
+                with for_range(b, self.const(width), "lane") as w, for_range(b, depth, "depth") as p:
+                    copy(base, out, w, p)
 
     def _macro(self, ic, jc, nrows, ncols, depth, first) -> None:
         """Every MR x NR micro-tile of the packed block pair."""
