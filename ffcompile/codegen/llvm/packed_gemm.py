@@ -70,8 +70,13 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
 
 
 def packed_beats_blas(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> bool:
-    """Whether blas.gemm_route sends a product above smallgemm's range here instead of BLAS."""
-    return False
+    """Whether blas.gemm_route sends a product above smallgemm's range here instead of BLAS:
+    with 512-bit vectors, against SciPy's OpenBLAS at one thread a chunk (the default). Measured
+    side by side (benchmarks/gemm.py, 2 threads, f32, zoo layer shapes at batch 128 and 1024,
+    Zen 5): 512-bit 1.3-1.7x the BLAS route; 256-bit (forced) 0.9-1.0x, so AVX2 hosts, whose
+    OpenBLAS kernels are the same width, keep BLAS, as do several BLAS threads (not measured).
+    The rule depends on the vector width and native_max_work(), both in the cache key."""
+    return vector_bytes() == 64 and blas_threads == 1
 
 
 def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
@@ -264,7 +269,7 @@ class StandaloneGemm:
         import ctypes
 
         from .target import jit
-        from .threadpool import POOL_SLOT, parallel_for_address
+        from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
 
         ty = {"f32": ir.FloatType(), "f64": ir.DoubleType()}[dtype]
         module = ir.Module("packed_gemm")
@@ -274,10 +279,11 @@ class StandaloneGemm:
         pa, pb, pc, alpha, beta = fn.args
         emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, (alpha, beta) if scaled else None, vbytes)
         b.ret_void()
+        # The pool's slot even when no chunk is split: it is writable data, which RuntimeDyld
+        # needs for the stubs of memset calls (lower.py's BLAS slots say why).
+        pool_slot(module)
         self.shape, self._jit = (m, n, k), jit(module)
-        pool = self._jit.address(POOL_SLOT)
-        if pool:
-            ctypes.c_void_p.from_address(pool).value = parallel_for_address()
+        ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
         scalar = ctypes.c_float if dtype == "f32" else ctypes.c_double
         self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, scalar, scalar)(self._jit.address("gemm"))
 
