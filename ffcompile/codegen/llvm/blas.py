@@ -222,8 +222,8 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
-    nest is for integers, and k == 0. Above those, packed_gemm's kernel where it beats the
-    BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
+    nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
+    beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped)."""
     if m * n == 0:
         return None
@@ -239,7 +239,7 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     if max(m, n, k) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes")
-    return PACKED if packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
+    return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
 
 
 class GemmTooLarge(ValueError):

@@ -27,7 +27,7 @@ from llvmlite import ir
 
 from .cgutils import accumulate_loop, for_range
 from .elementwise import CONTRACT, I64
-from .smallgemm import _float_bytes, _splat
+from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
 from .threadpool import emit_parallel_for
 
@@ -84,7 +84,7 @@ def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
     """C = op(A) op(B) (C row-major m x n, k >= 1); with scale = (alpha, beta):
     C = alpha op(A) op(B) + beta C. vbytes: the vector width (default: the host's)."""
     ty = pc.type.pointee
-    itemsize = _float_bytes(ty)
+    itemsize = float_bytes(ty)
     vbytes = vbytes or vector_bytes()
     mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
     kernel = _Kernel(ty, m, n, k, trans_a, trans_b, scale is not None, mr, nr, mc, kc, nc, vbytes // itemsize)
@@ -202,7 +202,7 @@ class _Kernel:
         """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps."""
         b, vw = self.b, self.vw
         vty = ir.VectorType(self.ty, vw)
-        align = vw * _float_bytes(self.ty)
+        align = vw * float_bytes(self.ty)
 
         def step(p, accs):
             row = b.gep(bs, [b.mul(p, self.const(self.nr))], inbounds=True)
@@ -211,7 +211,7 @@ class _Kernel:
             col = b.gep(a, [b.mul(p, self.const(self.mr))], inbounds=True)
             new = []
             for r in range(self.mr):
-                splat = _splat(b, b.load(b.gep(col, [self.const(r)], inbounds=True)), vty)
+                splat = splat_vector(b, b.load(b.gep(col, [self.const(r)], inbounds=True)), vty)
                 for v, bv in enumerate(b_vecs):
                     acc = accs[r * len(b_vecs) + v]
                     new.append(b.fadd(acc, b.fmul(splat, bv, flags=CONTRACT), flags=CONTRACT))
@@ -225,7 +225,7 @@ class _Kernel:
         a scale, C unread), later ones C + alpha * total."""
         b = self.b
         vector = isinstance(total.type, ir.VectorType)
-        alpha, beta = ((_splat(b, s, total.type) if vector else s) for s in (self.alpha, self.beta))
+        alpha, beta = ((splat_vector(b, s, total.type) if vector else s) for s in (self.alpha, self.beta))
         one = ir.Constant(total.type, [1.0] * total.type.count) if vector else ir.Constant(self.ty, 1.0)
         scaled = b.fmul(alpha, total, flags=CONTRACT) if self.scaled else total
         if not self.scaled:
@@ -246,7 +246,7 @@ class _Kernel:
             row = b.add(b.mul(b.add(i0, self.const(r)), self.const(self.n)), j0)
             for v in range(per_row):
                 ptr = b.bitcast(b.gep(self.pc, [b.add(row, self.const(v * vw))], inbounds=True), vty.as_pointer())
-                self._update(accs[r * per_row + v], ptr, first, align=_float_bytes(self.ty))
+                self._update(accs[r * per_row + v], ptr, first, align=float_bytes(self.ty))
 
     def _store_edge(self, accs, i0, j0, rows, cols, first) -> None:
         """The padded tile through a stack copy, its valid rows x cols into C."""
