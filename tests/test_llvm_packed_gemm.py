@@ -83,6 +83,19 @@ def test_host_block_sizes_odd_shapes(threads, thread_count, trans_a, trans_b, dt
     check(347, 257, 389, trans_a, trans_b, dtype, vbytes, scaled=thread_count == 2, shift=thread_count != 1)
 
 
+def test_same_bits_on_any_thread_count(threads):
+    a, b = operands(347, 257, 389, False, True, np.float32)
+    gemm = StandaloneGemm(347, 257, 389, "f32", False, True)
+    results = []
+    for count in (1, 2, 3):
+        threads(count)
+        c = np.empty((347, 257), np.float32)
+        gemm(a, b, c)
+        results.append(c)
+    for c in results[1:]:
+        np.testing.assert_array_equal(c, results[0])
+
+
 @pytest.mark.parametrize("m, n, k", [(2, 300, 3), (300, 2, 300), (128, 128, 128), (211, 199, 1)])
 @pytest.mark.parametrize("shift", [False, True])
 def test_odd_shapes_misaligned(threads, m, n, k, shift):
@@ -153,3 +166,19 @@ def test_mnist_training_step_matches_numpy_backend(packed_route, threads):
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
+    """benchmarks/gemm.py, one small shape, one call: a row with both routes and the peers
+    (what main changes for the process, restored after: the cache setting, the packed
+    GEMM's width, the thread counts)."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks import gemm
+
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    monkeypatch.setattr(packed_gemm, "vector_bytes", packed_gemm.vector_bytes)
+    with threadpool_limits(None):
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--vector-bits", "256"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
