@@ -4,9 +4,9 @@ C (m x n) is cut into blocks of MC rows x NC columns, split across the thread
 pool panel by panel (a chunk's blocks share column panels). For each of its
 panels, a chunk loops over KC steps of k: it packs B's KC x NC panel into
 slivers of NR columns (p-major, zero-padded), then, block by block, the A rows
-into slivers of MR rows, and runs the MR x NR micro-kernel over every pair of slivers: MR x
-NR/vw vector accumulators (registers) over kc broadcast-FMA steps, reading both
-packs contiguously whatever the operands' transposes. The first k step writes
+into slivers of MR rows, and runs the MR x NR micro-kernel over every pair of
+slivers: MR x NR/vw vector accumulators (registers) over kc broadcast-FMA steps,
+reading both packs contiguously whatever the operands' transposes. The first k step writes
 alpha * AB + beta * C (AB without a scale: C is not read, it may hold anything),
 later ones add. Edge tiles compute the full padded tile and copy its valid part.
 
@@ -15,8 +15,10 @@ a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
 and the packs live on the stack (STACK_BYTES at most), which bounds NC. A product
 of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
 pool (each thread packs only its panels of B: splitting rows alone made each
-thread pack all of B, which cost as much as the product at m = 128). The vector width is the host's (target.vector_bytes) unless given:
-tests force the narrower one, and LLVM legalizes the wider one on any host.
+thread pack all of B, which cost as much as the product at m = 128). The vector
+width is the host's (target.vector_bytes) unless given: tests force the narrower
+one, and LLVM legalizes the wider one on any host. Each block of C is computed
+by the same code in any chunk: results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -72,9 +74,10 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
 def packed_beats_blas(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> bool:
     """Whether blas.gemm_route sends a product above smallgemm's range here instead of BLAS:
     with 512-bit vectors, against SciPy's OpenBLAS at one thread a chunk (the default). Measured
-    side by side (benchmarks/gemm.py, 2 threads, f32, zoo layer shapes at batch 128 and 1024,
-    Zen 5): 512-bit 1.3-1.7x the BLAS route; 256-bit (forced) 0.9-1.0x, so AVX2 hosts, whose
-    OpenBLAS kernels are the same width, keep BLAS, as do several BLAS threads (not measured).
+    side by side (benchmarks/gemm.py, f32, zoo layer shapes at batch 128 and 1024, a loaded
+    2-core Zen 5): 512-bit 1.2-2.2x the BLAS route on 1 thread, mostly 1.1-1.8x on 2 (f64
+    1.1-1.6x); 256-bit (forced) 0.9-1.0x, so AVX2 hosts, whose OpenBLAS kernels are as wide,
+    keep BLAS, as do several BLAS threads (not measured).
     The rule depends on the vector width and native_max_work(), both in the cache key."""
     return vector_bytes() == 64 and blas_threads == 1
 
@@ -95,7 +98,7 @@ def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_
 
 
 class _Kernel:
-    """The body of one chunk of row blocks; every size but the chunk's bounds is a constant."""
+    """The body of one chunk of blocks of C; every size but the chunk's bounds is a constant."""
 
     def __init__(self, ty, m, n, k, trans_a, trans_b, scaled, mr, nr, mc, kc, nc, vw):
         self.ty, self.m, self.n, self.k = ty, m, n, k
