@@ -29,6 +29,16 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def blas_route(monkeypatch, tmp_path):
+    """GEMMs above the native range call BLAS on any host, never the packed GEMM (which
+    test_llvm_packed_gemm tests), in a cache of their own: the key does not know a forced route."""
+    from ffcompile.codegen.llvm import blas
+
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: False)
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", str(tmp_path / "blas-route-cache"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_compile_cache(tmp_path_factory):
     """Compiled code goes to a fresh cache per run, not the user's ~/.cache: the suite

@@ -155,7 +155,7 @@ def test_another_programs_object_code_defining_other_symbols_is_not_loaded(cache
     lambda m: {**m, "blas": ["system"]}, lambda m: {k: v for k, v in m.items() if k != "blas"}],
     ids=["arena-0", "arena-negative", "arena-string", "no-outputs", "output-past-graph", "blas-added", "blas-removed",
          "blas-unknown", "blas-missing"])
-def test_forged_metadata_is_checked_against_the_program(cache_dir, change):
+def test_forged_metadata_is_checked_against_the_program(blas_route, cache_dir, change):
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(256, 256)).astype(np.float32), rng.normal(size=(256, 300)).astype(np.float32)
     reference, _ = build(blas_and_arena, x, w)

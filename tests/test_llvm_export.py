@@ -150,7 +150,7 @@ def test_xor_training_step_runs_from_c_like_python(tmp_path):
 
 
 @needs_cc
-def test_large_matmul_calls_the_injected_sgemm(tmp_path):
+def test_large_matmul_calls_the_injected_sgemm(blas_route, tmp_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((256, 257)).astype(np.float32)
     w = rng.standard_normal((256, 257)).astype(np.float32)  # used transposed: the 'T' flag path

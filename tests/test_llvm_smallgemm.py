@@ -62,7 +62,7 @@ def test_batched_operand_times_shared_matrix(trans_b, dtype):
 
 @pytest.mark.parametrize("threads, m, n, k, calls_blas", [
     (1, 256, 256, 256, False), (1, 256, 256, 257, True), (2, 128, 128, 128, False), (2, 128, 128, 129, True)])
-def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, calls_blas):
+def test_blas_only_above_the_native_threshold(blas_route, monkeypatch, threads, m, n, k, calls_blas):
     """The size choice in blas.emit_gemm: at or below native_max_work() no BLAS call is
     emitted; the limit is higher against one BLAS thread than against several."""
     monkeypatch.setattr(blas, "_threads_chosen", True)
@@ -77,7 +77,7 @@ def test_blas_only_above_the_native_threshold(monkeypatch, threads, m, n, k, cal
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_operand_too_large_to_pack_goes_to_blas(trans_a):
+def test_operand_too_large_to_pack_goes_to_blas(blas_route, trans_a):
     """Packing B (320 kB here; short k rules out the dot tiles) would overflow PACK_MAX_BYTES
     of stack: BLAS takes the product even below the native threshold (with more rows than
     a skinny product, which streams B unpacked)."""
@@ -113,7 +113,9 @@ def test_blas_pointers_come_without_importing_scipy_linalg():
 import sys
 import numpy as np
 import ffcompile as ff
+from ffcompile.codegen.llvm import blas
 from ffcompile.codegen.llvm.blas import blas_address
+blas.packed_beats_blas = lambda *args: False  # the BLAS route, on any host
 a = np.ones((300, 300), np.float32)
 f = ff.compile(lambda x, y: x @ y, backend="llvm")
 assert float(np.asarray(f(a, a))[0, 0]) == 300.0
@@ -139,7 +141,7 @@ def test_blas_threads_applies_for_a_block_then_restores_the_choice():
 
 
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
-def test_blas_product_split_by_rows_across_the_thread_pool(monkeypatch, trans_a, trans_b):
+def test_blas_product_split_by_rows_across_the_thread_pool(blas_route, monkeypatch, trans_a, trans_b):
     """With SciPy's BLAS at one thread, a BLAS product is cut into blocks of SPLIT_ROWS rows
     of C (the last one shorter here), one call each, run on the pool's threads."""
     monkeypatch.setattr(blas, "_threads_chosen", True)

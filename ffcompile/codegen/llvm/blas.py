@@ -53,6 +53,7 @@ from .elementwise import (
     loop_nest,
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
+from .packed_gemm import emit_packed_gemm, packed_beats_blas
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -213,6 +214,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
         elif route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        elif route == PACKED:
+            emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif _blas_threads == 1:  # the pool owns the cores: it splits the product
@@ -221,17 +224,18 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
-SKINNY, SMALL, LOOPS, BLAS = "skinny", "smallgemm", "loops", "blas"
+SKINNY, SMALL, PACKED, LOOPS, BLAS = "skinny", "smallgemm", "packed", "loops", "blas"
 # SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
 BLAS_INT_MAX = 2 ** 31 - 1
 
 
 def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
-    """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, LOOPS, BLAS, or
+    """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
-    nest is for integers, and k == 0. Raises GemmTooLarge for a BLAS product with a
+    nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
+    beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped)."""
     if m * n == 0:
         return None
@@ -247,7 +251,7 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     if max(m, n, k) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes")
-    return BLAS
+    return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
 
 
 class GemmTooLarge(ValueError):

@@ -35,8 +35,8 @@ def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i"):
 
 
 def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name: str) -> list:
-    """`accs = initial; for i in range(count): accs = step(i, accs)` for a count >= 1 known
-    when the IR is emitted, as a loop whose index and accumulators are phis (registers, not
+    """`accs = initial; for i in range(count): accs = step(i, accs)` for a count >= 1 (an int, or an
+    i64 value known to be >= 1 at run time), as a loop whose index and accumulators are phis (registers, not
     stack slots), tested at the bottom. Returns the accumulators' final values; the
     builder ends after the loop."""
     i64 = ir.IntType(64)
@@ -56,6 +56,7 @@ def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name
         acc.add_incoming(value, latch)
     following = builder.add(index, ir.Constant(i64, 1), flags=["nsw"])
     index.add_incoming(following, latch)
-    builder.cbranch(builder.icmp_signed("<", following, ir.Constant(i64, count)), body, end)
+    limit = count if isinstance(count, ir.Value) else ir.Constant(i64, count)
+    builder.cbranch(builder.icmp_signed("<", following, limit), body, end)
     builder.position_at_end(end)
     return final

@@ -51,7 +51,7 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a
     """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1);
     with scale = (alpha, beta): C = alpha * op(A) op(B) + beta * C."""
     ty = pc.type.pointee
-    vw = vector_bytes() // _float_bytes(ty)
+    vw = vector_bytes() // float_bytes(ty)
     dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
     if dot:
         _tile_loops(b, m, n, MR, DOT_COLUMNS, DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit)
@@ -91,11 +91,11 @@ def _tile_loops(b: ir.IRBuilder, m: int, n: int, mr: int, nr: int, emit) -> None
         row_block(ir.Constant(I64, m // mr * mr), m % mr)
 
 
-def _float_bytes(ty: ir.Type) -> int:
+def float_bytes(ty: ir.Type) -> int:
     return {ir.FloatType: 4, ir.DoubleType: 8}[type(ty)]
 
 
-def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
+def splat_vector(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
     """A vector of vty with x in every lane."""
     lanes = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
     return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I64, 0)),
@@ -107,7 +107,7 @@ def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int |
     total itself without scale."""
     if scale is None:
         return total
-    alpha, beta = (_splat(b, s, total.type) if isinstance(total.type, ir.VectorType) else s for s in scale)
+    alpha, beta = (splat_vector(b, s, total.type) if isinstance(total.type, ir.VectorType) else s for s in scale)
     old = b.load(ptr, align=align)
     return b.fadd(b.fmul(alpha, total, flags=CONTRACT), b.fmul(beta, old, flags=CONTRACT), flags=CONTRACT)
 
@@ -147,7 +147,7 @@ class _Tile:
 
     def emit(self, i0: ir.Value, j0: ir.Value, rows: int, widths: list[int]) -> None:
         b, ty = self.b, self.ty
-        align = _float_bytes(ty)
+        align = float_bytes(ty)
         cols = []  # (column index, width) of each vector of a tile row
         offset = 0
         for width in widths:
@@ -162,7 +162,7 @@ class _Tile:
             for r, i in enumerate(rows_at):
                 a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
                 for acc, b_row in zip(accs[r * len(cols):(r + 1) * len(cols)], b_rows):
-                    splat = _splat(b, a_ip, b_row.type)
+                    splat = splat_vector(b, a_ip, b_row.type)
                     new.append(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT))
             return new
 
@@ -186,7 +186,7 @@ class DotTile:
         b = self.b
         at = b.add(b.mul(row, ir.Constant(I64, self.k), flags=["nsw"]), p, flags=["nsw"])
         vty = ir.VectorType(self.ty, width)
-        return b.load(b.bitcast(b.gep(ptr, [at], inbounds=True), vty.as_pointer()), align=_float_bytes(self.ty))
+        return b.load(b.bitcast(b.gep(ptr, [at], inbounds=True), vty.as_pointer()), align=float_bytes(self.ty))
 
     def _products(self, a_rows, b_rows, p, width, accs=None):
         """accs[r][c] + A[r, p:p+width] * B[c, p:p+width] (lanewise) for the whole tile."""

@@ -1,0 +1,184 @@
+"""The LLVM backend's packed GEMM (codegen/llvm/packed_gemm.py) against NumPy, and its route.
+
+Every shape runs at both vector widths (512-bit code runs on an AVX2 host too: LLVM splits
+its vectors), f32 and f64, every transpose, on 1-3 threads. Tiny caches (monkeypatched) cut
+small products into many blocks in every dimension, so edge slivers, several k steps and
+several blocks a chunk all occur; the host's own caches give its real block sizes.
+Operands one element off alignment check the kernel assumes no alignment of its arguments.
+"""
+import numpy as np
+import pytest
+from test_llvm_backend import build
+from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product
+
+import ffcompile as ff
+from ffcompile import zoo
+from ffcompile.codegen.llvm import blas, packed_gemm
+from ffcompile.codegen.llvm.packed_gemm import StandaloneGemm, block_sizes
+from ffcompile.tree import tree_flatten, tree_map
+
+DTYPES = {"f32": np.float32, "f64": np.float64}
+TINY_CACHES = {1: 2048, 2: 16384}
+
+
+@pytest.fixture
+def threads():
+    saved = ff.get_num_threads()
+    yield ff.set_num_threads
+    ff.set_num_threads(saved)
+
+
+def misaligned(x):
+    """A C-contiguous copy of x one element past an aligned address."""
+    buffer = np.empty(x.size + 1, x.dtype)
+    out = buffer[1:].reshape(x.shape)
+    out[...] = x
+    return out
+
+
+def check(m, n, k, trans_a, trans_b, dtype, vbytes, scaled=False, shift=False):
+    np_dtype = DTYPES[dtype]
+    a, b = operands(m, n, k, trans_a, trans_b, np_dtype)
+    gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b, scaled=scaled, vbytes=vbytes)
+    if shift:
+        a, b = misaligned(a), misaligned(b)
+    old = np.random.default_rng(1).standard_normal((m, n)).astype(np_dtype)
+    c = misaligned(old) if shift else old.copy()
+    if not scaled:
+        c[...] = np.nan  # an unscaled product never reads C
+    gemm(a, b, c, 0.5, -2.0)
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    if not scaled:
+        assert_gemm_close(c, op_a, op_b, np_dtype)
+        return
+    wide_a, wide_b, wide_old = (x.astype(np.float64) for x in (op_a, op_b, old))
+    exact = 0.5 * wide_a @ wide_b - 2.0 * wide_old
+    bound = RTOL[np_dtype] * (0.5 * np.abs(wide_a) @ np.abs(wide_b) + 2.0 * np.abs(wide_old))
+    assert c.dtype == np_dtype and (np.abs(c - exact) <= bound).all()
+
+
+@pytest.mark.parametrize("vbytes", [32, 64])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (7, 13, 5), (37, 41, 43), (97, 64, 130)])
+def test_tiny_caches_make_many_blocks(monkeypatch, threads, m, n, k, trans_a, trans_b, dtype, vbytes):
+    monkeypatch.setattr(packed_gemm, "cache_bytes", TINY_CACHES.get)
+    threads(1 + (m + n + k) % 3)
+    check(m, n, k, trans_a, trans_b, dtype, vbytes, scaled=(m + k) % 2 == 1)
+
+
+def test_tiny_caches_do_cut_every_dimension(monkeypatch):
+    monkeypatch.setattr(packed_gemm, "cache_bytes", TINY_CACHES.get)
+    mr, nr, mc, kc, nc = block_sizes(97, 64, 130, 8, 32)
+    assert 97 > mc > mr and 64 > nc >= nr and 130 > kc
+
+
+@pytest.mark.parametrize("vbytes", [32, 64])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+def test_host_block_sizes_odd_shapes(threads, thread_count, trans_a, trans_b, dtype, vbytes):
+    """The host's block sizes on a product past one KC step and one MC block (primes)."""
+    threads(thread_count)
+    check(347, 257, 389, trans_a, trans_b, dtype, vbytes, scaled=thread_count == 2, shift=thread_count != 1)
+
+
+def test_same_bits_on_any_thread_count(threads):
+    a, b = operands(347, 257, 389, False, True, np.float32)
+    gemm = StandaloneGemm(347, 257, 389, "f32", False, True)
+    results = []
+    for count in (1, 2, 3):
+        threads(count)
+        c = np.empty((347, 257), np.float32)
+        gemm(a, b, c)
+        results.append(c)
+    for c in results[1:]:
+        np.testing.assert_array_equal(c, results[0])
+
+
+@pytest.mark.parametrize("m, n, k", [(2, 300, 3), (300, 2, 300), (128, 128, 128), (211, 199, 1)])
+@pytest.mark.parametrize("shift", [False, True])
+def test_odd_shapes_misaligned(threads, m, n, k, shift):
+    threads(2)
+    check(m, n, k, False, True, "f32", 32, shift=shift)
+    check(m, n, k, True, False, "f64", 64, scaled=True, shift=shift)
+
+
+@pytest.mark.parametrize("blas_threads", [1, 2])
+@pytest.mark.parametrize("vbytes", [32, 64])
+def test_route_only_where_measured_faster(monkeypatch, vbytes, blas_threads):
+    """Above smallgemm's range, the packed kernel only with 512-bit vectors against a
+    one-thread BLAS (packed_beats_blas); below it, smallgemm as before."""
+    monkeypatch.setattr(packed_gemm, "vector_bytes", lambda: vbytes)
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", blas_threads)
+    packed = vbytes == 64 and blas_threads == 1
+    assert blas.gemm_route(1024, 512, 784, "f32", False, False) == (blas.PACKED if packed else blas.BLAS)
+    assert blas.gemm_route(64, 64, 64, "f32", False, False) == blas.SMALL
+
+
+@pytest.fixture
+def packed_route(monkeypatch):
+    """Every GEMM above smallgemm's range through the packed kernel, the disk cache off (its
+    key does not know a forced route). Yields the (m, n, k) of each product emitted so."""
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    emitted = []
+
+    def emit(b, pa, pb, pc, m, n, k, *rest):
+        emitted.append((m, n, k))
+        packed_gemm.emit_packed_gemm(b, pa, pb, pc, m, n, k, *rest)
+
+    monkeypatch.setattr(blas, "emit_packed_gemm", emit)
+    return emitted
+
+
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+def test_compiled_product_takes_the_packed_route(packed_route, trans_a, trans_b):
+    a, b = operands(300, 280, 290, trans_a, trans_b, np.float32)
+    executable, _ = build(ff.compile(product(trans_a, trans_b), backend="llvm").lower(a, b).optimized)
+    assert executable.blas == ()
+    assert_gemm_close(np.asarray(executable(a, b)[0]), a.T if trans_a else a, b.T if trans_b else b, np.float32)
+
+
+def test_batched_product_takes_the_packed_route(packed_route):
+    a, b = operands(150, 260, 270, False, False, np.float64, batch=(3,))
+    executable, _ = build(ff.compile(lambda x, y: x @ y, backend="llvm").lower(a, b).optimized)
+    assert executable.blas == ()
+    assert_gemm_close(np.asarray(executable(a, b)[0]), a, b, np.float64)
+
+
+def test_mnist_training_step_matches_numpy_backend(packed_route, threads):
+    """Forward, backward (transposed operands) and the update through the packed kernel."""
+    threads(2)
+    workload = zoo.get("mnist")
+    params, x, y = workload.example_inputs()
+    results = {}
+    for name in ("numpy", "llvm"):
+        step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend=name)
+        trained = tree_map(np.copy, params)
+        state = step.init(trained)
+        losses = [float(step(trained, state, x, y)) for _ in range(3)]
+        results[name] = losses, tree_flatten(trained)[0]
+    # the forward's, the weight gradients' (A^T B) and the input gradients' (A B^T) products
+    assert {(128, 512, 784), (784, 512, 128), (128, 512, 512)} <= set(packed_route)
+    (want_losses, want), (got_losses, got) = results["numpy"], results["llvm"]
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
+    """benchmarks/gemm.py, one small shape, one call: a row with both routes and the peers
+    (what main changes for the process, restored after: the cache setting, the packed
+    GEMM's width, the thread counts)."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks import gemm
+
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    monkeypatch.setattr(packed_gemm, "vector_bytes", packed_gemm.vector_bytes)
+    with threadpool_limits(None):
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--vector-bits", "256"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
