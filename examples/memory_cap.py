@@ -107,7 +107,7 @@ def prepare(args) -> dict:
 
 
 def train_capped(args) -> dict:
-    """Warm up and plan once, cap the address space at baseline + cap, then train one plan."""
+    """Warm up and build the step once, cap the address space at baseline + cap, then train one plan."""
     import ffcompile as ff
     ff.set_num_threads(1)  # and OPENBLAS_NUM_THREADS=1 (child): the cap meters data, not thread stacks
     x_train, x_test, y_train, y_test = load()
@@ -151,9 +151,9 @@ def train_capped(args) -> dict:
 
 def child(args, mode: str, plan: str | None = None) -> dict:
     """Run this script as a child process in mode; its last stdout line is the JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--mode", mode, *args.forward]
-    if plan:
-        command += ["--plan", plan]
+    command = [sys.executable, os.path.abspath(__file__), "--mode", mode, *(["--plan", plan] if plan else []),
+               *(f"--{name.replace('_', '-')}={getattr(args, name)}"
+                 for name in ("depth", "batch", "cap_mb", "budget_mb", "steps", "lr", "backend"))]
     # The children import the ffcompile this process would import (a worktree, not an install).
     root = os.path.dirname(os.path.dirname(importlib.util.find_spec("ffcompile").origin))
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1",
@@ -203,11 +203,7 @@ def parse(argv=None):
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")
     parser.add_argument("--mode", choices=("run", "prepare", "train"), default="run")
     parser.add_argument("--plan", choices=PLANS)
-    args = parser.parse_args(argv)
-    args.forward = [a for a in (argv if argv is not None else sys.argv[1:])]
-    args.forward = [a for a, prev in zip(args.forward, [None, *args.forward])
-                    if a != "--mode" and prev != "--mode" and a != "--plan" and prev != "--plan"]
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
