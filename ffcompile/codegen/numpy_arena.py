@@ -25,8 +25,9 @@ from ..ir import Graph, Node
 from ..ir import ops as O
 from ..ir.collectives import Pending
 from ..ir.types import DTYPES
-from ..passes.memory import ALIGNMENT, MemoryPlan, aligned, plan_memory
+from ..passes.memory import MemoryPlan, aligned, plan_memory
 from ..passes.schedule import KernelKind, Schedule
+from .arena import allocate_arena
 from .arguments import Binding, bind_python, overlapping_arguments
 
 # Elements of NumPy's ufunc iterator buffer while a program runs (np.setbufsize). A ufunc
@@ -306,10 +307,7 @@ class _Emitter:
         self.graph: Graph = schedule.graph
         self.nodes = self.graph.nodes
         self.users = self.graph.users()
-        # One extra alignment unit lets the arena start on a 64-byte boundary.
-        self.raw = np.zeros(plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
-        shift = (-self.raw.ctypes.data) % ALIGNMENT
-        self.arena = self.raw[shift:shift + plan.arena_bytes]
+        self.arena = allocate_arena(plan.arena_bytes, "numpy", self.graph.name)
         self.globals: dict[str, object] = dict(_RUNTIME)
         self.names: dict[int, str] = {}
         self.offsets = {b.value: b.offset for b in plan.buffers if b.offset is not None}

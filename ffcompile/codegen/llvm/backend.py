@@ -32,8 +32,9 @@ import numpy as np
 
 from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
-from ...passes.memory import ALIGNMENT, MemoryPlan
+from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
+from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
 from . import fastcall, target
 from .blas import BLAS_FUNCTIONS, blas_address, blas_symbol, default_blas_threads, native_max_work
@@ -183,9 +184,7 @@ class LLVMExecutable:
             seen.add(root)
         self._new_outputs, self._collect = _generated_result_code(self._outputs, self._results)
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
-        raw = np.empty(self.arena_bytes + ALIGNMENT, np.uint8)
-        start = -raw.__array_interface__["data"][0] % ALIGNMENT
-        self._arena = raw[start:start + max(self.arena_bytes, 1)]
+        self._arena = allocate_arena(max(self.arena_bytes, 1), "llvm", graph.name)
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
