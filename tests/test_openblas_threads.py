@@ -55,6 +55,8 @@ def test_a_program_calling_blas_leaves_scipy_at_one_thread_without_threadpoolctl
     count): a GEMM large enough for BLAS, then the counts."""
     script = (
         "import sys, json, numpy as np, ffcompile as ff\n"
+        "from ffcompile.codegen.llvm import blas\n"
+        "blas.packed_beats_blas = lambda *args: False\n"  # a 512-bit host would take the packed GEMM
         "f = ff.compile(lambda a, b: a @ b)\n"
         "a = np.ones((512, 512), np.float32)\n"
         "assert np.allclose(f(a, a), 512.0)\n"
@@ -71,7 +73,7 @@ def test_a_program_calling_blas_leaves_scipy_at_one_thread_without_threadpoolctl
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cython_blas_pointers_compute_what_the_bundled_openblas_does(scipy_openblas, monkeypatch, dtype):
+def test_cython_blas_pointers_compute_what_the_bundled_openblas_does(scipy_openblas, blas_route, monkeypatch, dtype):
     """Both ways to reach SciPy's GEMMs (the bundled library's symbols, or cython_blas's
     capsules for a SciPy without one) give the same bits, against NumPy's product."""
     rng = np.random.default_rng(0)
