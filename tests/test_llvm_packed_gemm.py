@@ -9,13 +9,11 @@ Operands one element off alignment check the kernel assumes no alignment of its 
 import numpy as np
 import pytest
 from test_llvm_backend import build
-from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product
+from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product, train_on_both_backends
 
 import ffcompile as ff
-from ffcompile import zoo
 from ffcompile.codegen.llvm import blas, packed_gemm
 from ffcompile.codegen.llvm.packed_gemm import StandaloneGemm, block_sizes
-from ffcompile.tree import tree_flatten, tree_map
 
 DTYPES = {"f32": np.float32, "f64": np.float64}
 TINY_CACHES = {1: 2048, 2: 16384}
@@ -151,15 +149,7 @@ def test_batched_product_takes_the_packed_route(packed_route):
 def test_mnist_training_step_matches_numpy_backend(packed_route, threads):
     """Forward, backward (transposed operands) and the update through the packed kernel."""
     threads(2)
-    workload = zoo.get("mnist")
-    params, x, y = workload.example_inputs()
-    results = {}
-    for name in ("numpy", "llvm"):
-        step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend=name)
-        trained = tree_map(np.copy, params)
-        state = step.init(trained)
-        losses = [float(step(trained, state, x, y)) for _ in range(3)]
-        results[name] = losses, tree_flatten(trained)[0]
+    results = train_on_both_backends("mnist")
     # the forward's, the weight gradients' (A^T B) and the input gradients' (A B^T) products
     assert {(128, 512, 784), (784, 512, 128), (128, 512, 512)} <= set(packed_route)
     (want_losses, want), (got_losses, got) = results["numpy"], results["llvm"]

@@ -90,16 +90,22 @@ def test_operand_too_large_to_pack_goes_to_blas(blas_route, trans_a):
     assert_gemm_close(np.asarray(executable(a, b)[0]), a.T if trans_a else a, b.T, np.float64)
 
 
-def test_digits_training_step_matches_numpy_backend():
-    workload = zoo.get("digits")
+def train_on_both_backends(model: str, steps: int = 3) -> dict:
+    """{backend: (losses, trained parameter leaves)} of `steps` SGD steps of a zoo model."""
+    workload = zoo.get(model)
     params, x, y = workload.example_inputs()
     results = {}
     for name in ("numpy", "llvm"):
         step = ff.compile_train_step(workload.loss, ff.optim.SGD(0.01), backend=name)
         trained = tree_map(np.copy, params)
         state = step.init(trained)
-        losses = [float(step(trained, state, x, y)) for _ in range(3)]
+        losses = [float(step(trained, state, x, y)) for _ in range(steps)]
         results[name] = losses, tree_flatten(trained)[0]
+    return results
+
+
+def test_digits_training_step_matches_numpy_backend():
+    results = train_on_both_backends("digits")
     (want_losses, want), (got_losses, got) = results["numpy"], results["llvm"]
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
     for g, w in zip(got, want, strict=True):
