@@ -199,3 +199,16 @@ def test_training_step_allocates_only_the_loss():
     param_bytes = sum(a.nbytes for a in tree_flatten(params)[0])
     print(f"\nmnist SGD+momentum step: {peak} B allocated per step ({param_bytes} B of parameters)")
     assert peak <= np.getbufsize() * 8 + 16_384
+
+
+def test_a_view_keeps_its_source_slot_until_its_last_reader():
+    """A broadcast view of a kernel temporary is read by two selects: the temporary's
+    scratch slot must not be given to the first select's result (it was: jacrev of this
+    function gave 0.0, found by test_forward_mode's random programs)."""
+    def f(x):
+        return ff.tanh(ff.where(x > x, x, x * 0.5))
+
+    x = np.array(0.0)
+    want = ff.compile(ff.jacrev(f), optimize=False)(x)
+    assert want == 0.5
+    assert ff.compile(ff.jacrev(f), backend="numpy")(x) == want

@@ -192,6 +192,16 @@ def assign_storage(schedule: Schedule, protected) -> Storage:
         body = [i for i in kernel.body if not _is_view_expression(nodes[i], outputs, i, users[i], nodes)
                 and not (nodes[i].op in _BUILD_TIME and i not in outputs)]
         position = {i: p for p, i in enumerate(body)}
+        # A view expression left out of the body reads its source's storage wherever the
+        # view is read: its readers are its source's readers (else the source's slot is
+        # freed, and overwritten, while the view is still read).
+        viewed = {i: nodes[i].inputs[0] for i in kernel.body if i not in position and nodes[i].op in _VIEW_EXPRESSIONS}
+
+        def source(j: int) -> int:
+            while j in viewed:
+                j = viewed[j]
+            return storage.root(j)
+
         # A single-use internal value may live in its consumer's storage: the consumer
         # (elementwise, same type) reads each element before writing it back.
         for i in reversed(body):
@@ -210,7 +220,7 @@ def assign_storage(schedule: Schedule, protected) -> Storage:
         last_use = {}
         for p, i in enumerate(body):
             for j in nodes[i].inputs:
-                last_use[storage.root(j)] = p
+                last_use[source(j)] = p
         free: dict[int, list[int]] = {}
         end = 0
         for p, i in enumerate(body):
@@ -222,7 +232,7 @@ def assign_storage(schedule: Schedule, protected) -> Storage:
                 else:
                     storage.slots[r], end = end, end + size
             for j in set(nodes[i].inputs):
-                rj = storage.root(j)
+                rj = source(j)
                 if rj in storage.slots and rj in position and last_use.get(rj) == p:
                     free.setdefault(aligned(nodes[rj].type.nbytes), []).append(storage.slots[rj])
         if end:
