@@ -103,3 +103,43 @@ def test_concurrent_callers_thread_count_changes_fork_and_exit_neither_hang_nor_
     """
     result = run_python(code)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_child_forked_while_another_thread_runs_the_program_can_call_it(threads):
+    """The parent thread inside the call held the executable's lock at the fork; it does not
+    exist in the child, which hung on that lock (the ordinary call and a bound call alike)."""
+    code = f"""
+        import os, threading, time, warnings
+        import numpy as np, ffcompile as ff
+
+        warnings.simplefilter("ignore")  # fork() of a multi-threaded process: the point here
+        ff.set_num_threads({threads})
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
+        f = ff.compile(lambda a, b: ff.relu(a @ b))
+        expected = np.asarray(f(a, b)).copy()
+        bound = f.bind(a, b)
+        stop = False
+
+        def spin():
+            while not stop:
+                f(a, b)
+                bound()
+
+        thread = threading.Thread(target=spin)
+        thread.start()
+        time.sleep(0.2)
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                ok = np.array_equal(np.asarray(f(a, b)), expected)
+                os._exit(0 if ok and np.array_equal(np.asarray(bound()), expected) else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.WEXITSTATUS(status) == 0, status
+        stop = True
+        thread.join()
+        print("done")
+    """
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
