@@ -143,3 +143,41 @@ def test_a_child_forked_while_another_thread_runs_the_program_can_call_it(thread
     """
     result = run_python(code, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+def test_a_child_forked_while_another_thread_sets_the_thread_count_can_set_it():
+    """The parent thread inside set_num_threads held its lock at the fork: the child's
+    set_num_threads hung on it."""
+    code = """
+        import os, threading, time, warnings
+        import numpy as np, ffcompile as ff
+
+        warnings.simplefilter("ignore")  # fork() of a multi-threaded process: the point here
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
+        f = ff.compile(lambda a, b: ff.relu(a @ b))
+        expected = np.asarray(f(a, b)).copy()
+        stop = False
+
+        def flip():
+            n = 0
+            while not stop:
+                ff.set_num_threads(1 + n % 3)
+                n += 1
+
+        thread = threading.Thread(target=flip)
+        thread.start()
+        time.sleep(0.2)
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                ff.set_num_threads(2)
+                os._exit(0 if np.array_equal(np.asarray(f(a, b)), expected) else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.WEXITSTATUS(status) == 0, status
+        stop = True
+        thread.join()
+        print("done")
+    """
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
