@@ -103,3 +103,61 @@ def test_concurrent_callers_thread_count_changes_fork_and_exit_neither_hang_nor_
     """
     result = run_python(code)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+
+def fork_while(background: str, child: str, forks: int = 3, setup: str = "") -> subprocess.CompletedProcess:
+    """Fork `forks` times while another thread loops over `background`; each child runs
+    `child` (which sets ok) and exits 0 if ok. f, a, b, bound and expected are defined."""
+    code = f"""
+        import os, threading, time, warnings
+        import numpy as np, ffcompile as ff
+
+        warnings.simplefilter("ignore")  # fork() of a multi-threaded process: the point here
+        {setup}
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
+        f = ff.compile(lambda a, b: ff.relu(a @ b))
+        expected = np.asarray(f(a, b)).copy()
+        bound = f.bind(a, b)
+        stop, n = False, 0
+
+        def loop():
+            global n
+            while not stop:
+                {background}
+                n += 1
+
+        thread = threading.Thread(target=loop)
+        thread.start()
+        time.sleep(0.2)
+        for _ in range({forks}):
+            pid = os.fork()
+            if pid == 0:
+                {child}
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.WEXITSTATUS(status) == 0, status
+        stop = True
+        thread.join()
+        print("done")
+    """
+    return run_python(code, timeout=60)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_child_forked_while_another_thread_runs_the_program_can_call_it(threads):
+    """The parent thread inside the call held the executable's lock at the fork; it does not
+    exist in the child, which hung on that lock (the ordinary call and a bound call alike)."""
+    result = fork_while("f(a, b); bound()",
+                        "ok = np.array_equal(np.asarray(f(a, b)), expected) and "
+                        "np.array_equal(np.asarray(bound()), expected)", setup=f"ff.set_num_threads({threads})")
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+def test_a_child_forked_while_another_thread_sets_the_thread_count_can_set_it():
+    """The parent thread inside set_num_threads held its lock at the fork: the child's
+    set_num_threads hung on it."""
+    result = fork_while("ff.set_num_threads(1 + n % 3)",
+                        "ff.set_num_threads(2); ok = np.array_equal(np.asarray(f(a, b)), expected)", forks=5)
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr

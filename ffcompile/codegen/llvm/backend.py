@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 import threading
 import time
+import weakref
 from functools import cached_property
 
 import numpy as np
@@ -115,6 +117,23 @@ def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donate
     return tuple(symbols)
 
 
+_live_executables: weakref.WeakSet = weakref.WeakSet()
+
+
+def _release_locks_after_fork() -> None:
+    """A forked child has only the forking thread: a lock some other parent thread held inside
+    a call is held by no one there, and the child's next call hung on it. The arena it was
+    using is scratch, so the child may run over it; the same lock object is released (not
+    replaced) because bound calls hold it too."""
+    for executable in list(_live_executables):
+        if executable._lock.locked():
+            executable._lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_locks_after_fork)
+
+
 class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
@@ -187,6 +206,7 @@ class LLVMExecutable:
         self._arena = allocate_arena(max(self.arena_bytes, 1), "llvm", graph.name)
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
+        _live_executables.add(self)
         self._disjoint_addresses = None  # argument addresses of the last call without overlap
         # The native checked call (fastcall.py), made at the first call_objects: a first call
         # takes the checked path anyway, and a process that calls once never compiles it.

@@ -391,6 +391,17 @@ class _PoolModule:
 
 
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    """A parent thread inside set_num_threads at the fork held _lock, and no thread of the
+    child ever releases it: the child's set_num_threads hung. A new lock for the child."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _library = None  # the pool's JitModule: never released (workers run its code)
 _functions: dict[str, ctypes._CFuncPtr] = {}
 _threads: int | None = None  # what the pool was started with (None: not yet)
