@@ -3,7 +3,8 @@
 Each is a traced function: called on traced Values it traces the function into
 a nested graph, appends its adjoint (passes/autodiff.py) and inlines the
 result, so transforms compose with each other and with `ff.compile` (grad of
-grad works); called on arrays it compiles itself (cached) and runs that.
+grad works); called on arrays it compiles itself (cached) and runs that, unless a
+trace is running: then the arrays are its constants and the transform joins it.
 """
 from __future__ import annotations
 

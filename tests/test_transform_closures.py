@@ -2,6 +2,7 @@
 that trace (as in JAX): it used to compile itself separately and fail with "belongs to a
 trace that has already finished"."""
 import numpy as np
+import pytest
 
 import ffcompile as ff
 
@@ -31,3 +32,12 @@ def test_grad_at_a_constant_point_closing_over_a_traced_scale(backend):
 def test_jvp_on_constants_inside_a_trace(backend):
     fn = ff.compile(lambda s: ff.jvp(lambda y: ff.tanh(s * y), (W[0],), (W[1],))[1], backend=backend)
     np.testing.assert_allclose(fn(np.float64(0.5)), 0.5 * W[1] * (1 - np.tanh(0.5 * W[0]) ** 2), rtol=1e-12)
+
+
+def test_a_python_scalar_point_still_compiles_separately():
+    # Only arrays join the running trace: a Python scalar keeps its weak type by compiling
+    # the transform on its own, where a closure over the outer trace cannot reach.
+    with pytest.raises(ValueError, match="belongs to a trace that has already finished"):
+        ff.compile(lambda s: ff.grad(lambda y: s * y * y)(2.0))(np.float64(1.0))
+    fn = ff.compile(lambda s: ff.grad(lambda y: y * y * 3.0)(2.0) * s)
+    np.testing.assert_allclose(fn(np.float64(2.0)), 24.0)
