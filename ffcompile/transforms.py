@@ -180,7 +180,8 @@ def jvp(fn, primals, tangents):
     non-float leaves are ignored)."""
 
     def transform(primals, tangents):
-        traced, parent, bound = _trace_nested(fn, primals)
+        # Tangents may come from a trace inside the primals' (vmap over tangents at a fixed point).
+        traced, parent, bound = _trace_nested(fn, primals, tree_flatten(tangents)[0])
         leaves, tree = tree_flatten(tuple(primals))
         t_leaves, t_tree = tree_flatten(tuple(tangents))
         if t_tree != tree:

@@ -41,3 +41,11 @@ def test_a_python_scalar_point_still_compiles_separately():
         ff.compile(lambda s: ff.grad(lambda y: s * y * y)(2.0))(np.float64(1.0))
     fn = ff.compile(lambda s: ff.grad(lambda y: y * y * 3.0)(2.0) * s)
     np.testing.assert_allclose(fn(np.float64(2.0)), 24.0)
+
+
+def test_jvp_at_a_constant_point_with_traced_tangents(backend):
+    # vmap over tangents only: the primal is an array, every tangent a Value of the vmap
+    tangents = RNG.normal(size=(4, 3))
+    fn = ff.compile(ff.vmap(lambda t: ff.jvp(lambda x: ff.exp(x) * x, (W[0, :3],), (t,))[1]), backend=backend)
+    x = W[0, :3]
+    np.testing.assert_allclose(fn(tangents), tangents * np.exp(x) * (1 + x), rtol=1e-12)
