@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import os
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass
@@ -101,6 +102,17 @@ class Traced:
     seconds: float = 0.0  # the trace took (the transforms' adjoint graphs are built during it)
 
 
+# The builders whose function is running now, innermost last (per thread): a transform
+# called on arrays inside one of them belongs to it (its function may close over its Values).
+_RUNNING = threading.local()
+
+
+def running_trace() -> Builder | None:
+    """The innermost trace whose function is being called now, or None outside every trace."""
+    stack = getattr(_RUNNING, "stack", None)
+    return stack[-1] if stack else None
+
+
 def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
           parent: Builder | None = None, weak=()) -> tuple[Traced, list[Value]]:
     """Trace fn on fresh inputs of the given types; also return values captured from `parent`.
@@ -113,7 +125,12 @@ def trace(fn, in_tree: TreeDef, in_types: list[TensorType], names: list[str],
     inputs = [Value(builder, builder.add_input(t, n)) for t, n in zip(in_types, names)]
     builder.weak = {v.id for v, w in zip(inputs, weak) if w}
     builder.loc_provider = _user_loc_provider(builder)
-    result = fn(*tree_unflatten(in_tree, inputs))
+    stack = _RUNNING.__dict__.setdefault("stack", [])
+    stack.append(builder)
+    try:
+        result = fn(*tree_unflatten(in_tree, inputs))
+    finally:
+        stack.pop()
     leaves, out_tree = tree_flatten(result)
     outputs = []
     for leaf in leaves:

@@ -3,12 +3,15 @@
 Each is a traced function: called on traced Values it traces the function into
 a nested graph, appends its adjoint (passes/autodiff.py) and inlines the
 result, so transforms compose with each other and with `ff.compile` (grad of
-grad works); called on arrays it compiles itself (cached) and runs that.
+grad works); called on arrays it compiles itself (cached) and runs that, unless a
+trace is running: then the arrays are its constants and the transform joins it.
 """
 from __future__ import annotations
 
 import functools
 from typing import NamedTuple
+
+import numpy as np
 
 from .api import CompiledFunction
 from .ir import Graph, ShapeError, TensorType
@@ -18,8 +21,8 @@ from .passes.autodiff import append_adjoint
 from .passes.dce import dce
 from .passes.forward import append_tangent
 from .runtime import ArgumentError
-from .trace import signature, trace
-from .tree import tree_flatten, tree_unflatten
+from .trace import running_trace, signature, trace
+from .tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = ["grad", "hessian", "jacfwd", "jacobian", "jacrev", "jvp", "value_and_grad", "vjp"]
 
@@ -33,13 +36,27 @@ def traced_call(transform):
     @functools.wraps(transform)
     def call(*args, **kwargs):
         nonlocal compiled
-        if any(isinstance(leaf, Value) for leaf in tree_flatten((args, kwargs))[0]):
+        if _has_values((args, kwargs)):
             return transform(*args, **kwargs)
+        lifted = _in_running_trace(args)
+        if _has_values(lifted):
+            return transform(*lifted, **kwargs)
         if compiled is None:
             compiled = CompiledFunction(call)
         return compiled(*args, **kwargs)
 
     return call
+
+
+def _in_running_trace(args):
+    """Array arguments as constants of the running trace, if any: a transform called on arrays
+    inside a trace is part of it, so its function may close over that trace's Values (as in
+    JAX). Python scalars stay as they are (weakly typed)."""
+    builder = running_trace()
+    if builder is None:
+        return args
+    return tree_map(lambda leaf: lift(builder, leaf, None) if isinstance(leaf, (np.ndarray, np.generic)) else leaf,
+                    args)
 
 
 def _with_keywords(fn, kwargs):
@@ -147,6 +164,8 @@ def vjp(fn, *args, has_aux=False):
         return tree_unflatten(tree_flatten(tuple(primals))[1], flat)
 
     pullback_fn = traced_call(pullback_transform)
+    if not _has_values(args):
+        args = _in_running_trace(args)
     out = (fn if _has_values(args) else CompiledFunction(fn))(*args)
     pullback = lambda cotangent: pullback_fn(args, cotangent)  # noqa: E731
     if has_aux:
@@ -161,7 +180,8 @@ def jvp(fn, primals, tangents):
     non-float leaves are ignored)."""
 
     def transform(primals, tangents):
-        traced, parent, bound = _trace_nested(fn, primals)
+        # Tangents may come from a trace inside the primals' (vmap over tangents at a fixed point).
+        traced, parent, bound = _trace_nested(fn, primals, tree_flatten(tangents)[0])
         leaves, tree = tree_flatten(tuple(primals))
         t_leaves, t_tree = tree_flatten(tuple(tangents))
         if t_tree != tree:
