@@ -241,3 +241,57 @@ def broadcast_shapes(*shapes) -> tuple:
 def as_dim(d) -> int | Sym:
     """A dimension the user gave: a Sym as it is, anything else as an int (np.int64, ...)."""
     return d if isinstance(d, Sym) else int(d)
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A byte count or offset of a plan made for every batch size: `const + per_batch * B`."""
+
+    const: int
+    per_batch: int = 0
+
+    @staticmethod
+    def of(size) -> "Affine":
+        """An int or a Sym (a multiple of the batch size) as an Affine."""
+        if isinstance(size, Affine):
+            return size
+        if isinstance(size, Sym):
+            return Affine(0, size.coef)
+        return Affine(int(size))
+
+    def at(self, batch: int) -> int:
+        return self.const + self.per_batch * batch
+
+    def __add__(self, other) -> "Affine":
+        other = Affine.of(other)
+        return Affine(self.const + other.const, self.per_batch + other.per_batch)
+
+    __radd__ = __add__
+
+    def __str__(self) -> str:
+        if not self.per_batch:
+            return str(self.const)
+        return f"{self.const}+{self.per_batch}*B" if self.const else f"{self.per_batch}*B"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The most of several Affines at a batch size (a symbolic plan's arena: the end of the
+    buffer that reaches furthest, which may be another buffer at another size)."""
+
+    parts: tuple[Affine, ...]
+
+    def at(self, batch: int) -> int:
+        return max((part.at(batch) for part in self.parts), default=0)
+
+    def __str__(self) -> str:
+        return "max(" + ", ".join(map(str, self.parts)) + ")"
+
+
+def bytes_at(value, batch: int) -> int:
+    """An int, Sym, Affine or Envelope at a batch size (an int as it is)."""
+    if isinstance(value, (Affine, Envelope)):
+        return value.at(batch)
+    if isinstance(value, Sym):
+        return value.coef * batch
+    return int(value)
