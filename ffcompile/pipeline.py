@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from . import stage_cache
 from .codegen.arguments import Binding, bind_python
 from .codegen.backend import Backend, Program
 from .codegen.registry import get_backend
@@ -186,9 +187,18 @@ class Lowered:
                                    dump_after=options.dump_after, dump_dir=options.dump_dir)
         self._run: Run = self._runner.start(traced.graph)
         self._programs: dict[str, Program] = {}
+        self.cache_seconds: float | None = None  # loading the graph stages' artifacts, on a disk cache hit
         # Code generation waits until the program is needed, unless its dump is asked for.
         lazy = options.optimize and "lower" not in self._runner.wanted
-        self._runner.advance(self._run, until="memory" if lazy else None)
+        if lazy and not self._runner.wanted:  # a dump needs the stages run
+            cache, names = stage_cache.cache_of(self.backend), [s.name for s in self._runner.stages[:-1]]
+            key = stage_cache.description(str(traced.graph), donate, options.remat, self.backend.name)
+            self.cache_seconds = stage_cache.restore(cache, key, self._run, names)
+            if self.cache_seconds is None:
+                self._runner.advance(self._run, until="memory")
+                stage_cache.store(cache, key, self._run, names)
+        else:
+            self._runner.advance(self._run, until="memory" if lazy else None)
 
     # ---- the artifacts
     @property
@@ -323,6 +333,7 @@ class Stats:
     flops: int
     arena_bytes: int | None
     lower_bound: int | None
+    cache_seconds: float | None = None  # the graph stages' artifacts loaded from disk (records say cached)
 
     @staticmethod
     def of(lowered: Lowered) -> "Stats":
@@ -331,15 +342,17 @@ class Stats:
         plan = lowered.memory
         return Stats(tuple(lowered.records), lowered.traced.seconds,
                      None if lowered.schedule is None else len(lowered.schedule.kernels),
-                     flops, plan and plan.arena_bytes, plan and plan.lower_bound)
+                     flops, plan and plan.arena_bytes, plan and plan.lower_bound, lowered.cache_seconds)
 
     def __str__(self) -> str:
         lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}",
                  f"{'(trace)':<10} {'':>9} {self.stages[0].size_before if self.stages else '':>9} "
                  f"{'nodes':<8} {self.trace_seconds * 1e3:>8.2f}"]
+        if self.cache_seconds is not None:
+            lines.append(f"{'(cache)':<10} {'':>9} {'':>9} {'':<8} {self.cache_seconds * 1e3:>8.2f}")
         lines += [f"{r.name:<10} {r.size_before:>9} {r.size_after:>9} {r.unit:<8} {r.seconds * 1e3:>8.2f}"
-                  for r in self.stages]
-        total = self.trace_seconds + sum(r.seconds for r in self.stages)
+                  + (" cached" if r.cached else "") for r in self.stages]
+        total = self.trace_seconds + (self.cache_seconds or 0.0) + sum(r.seconds for r in self.stages)
         lines.append(f"{'total':<10} {'':>9} {'':>9} {'':<8} {total * 1e3:>8.2f}")
         lines.append(f"kernels {self.kernels}   flops {self.flops}")
         if self.arena_bytes is not None:

@@ -8,7 +8,8 @@ depends on how the backend runs a kernel:
   whose storage is shared with a value still read (no temporary may go there);
 - `safe_donations(schedule, donate)`: which requested donations (result written
   over an argument's array) stay correct the way this backend runs kernels;
-- `build(schedule, plan, donated)`: the `Program`.
+- `build(schedule, plan, donated)`: the `Program`;
+- `disk_cache()`: where compiled work is kept between processes, if anywhere.
 
 The registry (`codegen/registry.py`) maps names to backends; nothing outside
 it tests a backend's name.
@@ -65,6 +66,11 @@ class Backend(Protocol):
 
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         """Write a library for C callers (docs/export.md); backends that cannot refuse."""
+
+    def disk_cache(self):
+        """The cache of compiled programs on disk (llvm/cache.py's ObjectCache: key, store,
+        load_as), where the pipeline keeps the graph stages' artifacts too (stage_cache.py); or
+        None, nothing kept."""
 
 
 class BackendError(ValueError):

@@ -32,6 +32,9 @@ class NumpyBackend:
             raise BackendError("the numpy backend has no per-kernel counters: profile with backend='llvm'")
         return build_program(schedule, plan, dict(donated))
 
+    def disk_cache(self) -> None:
+        return None  # a build is Python source compiled in milliseconds: nothing kept on disk
+
     def export(self, schedule, plan, out_dir, name, input_names):
         raise BackendError("the numpy backend cannot export a library: export with backend='llvm'")
 

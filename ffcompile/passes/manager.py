@@ -42,6 +42,7 @@ class StageRecord:
     size_after: int
     unit: str  # of size_after
     seconds: float
+    cached: bool = False  # the artifact came from the disk cache (stage_cache.py): not run
 
 
 @dataclass(frozen=True)

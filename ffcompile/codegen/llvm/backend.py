@@ -419,6 +419,9 @@ class LLVMBackend:
     def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False) -> LLVMExecutable:
         return LLVMExecutable(schedule, plan, donated, profile)
 
+    def disk_cache(self) -> ObjectCache | None:
+        return default_cache()
+
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         from .export import export  # links with the system C compiler: loaded on use
 

@@ -62,8 +62,9 @@ _warned: set[str] = set()
 class ObjectCache:
     """Object code by key in one directory; counts its hits and misses."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, base: Path | None = None):
         self.directory = Path(directory)
+        self.base = base or self.directory  # the cache's own directory (of a part: its parent's)
         self.hits = 0
         self.misses = 0
 
@@ -75,6 +76,10 @@ class ObjectCache:
             digest.update(b"\0")
         return digest.hexdigest()
 
+    def part(self, name: str) -> "ObjectCache":
+        """The cache in subdirectory `name`: entries of another kind, apart from the programs'."""
+        return ObjectCache(self.directory / name, self.base)
+
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.o.ffc"
 
@@ -82,12 +87,21 @@ class ObjectCache:
         """(metadata, object code) of the trusted, intact entry for `key` whose object defines
         exactly expected_symbols(metadata) (None: the metadata is not the code's own); else
         None, the entry deleted if there was one."""
+        def own_code(metadata: dict, object_code: bytes):
+            symbols = expected_symbols(metadata)
+            return (metadata, object_code) if symbols is not None and _defines(object_code, symbols) else None
+
+        return self.load_as(key, own_code)
+
+    def load_as(self, key: str, read):
+        """read(metadata, data) of the trusted, intact entry for `key`, if that is not None;
+        else None, the entry deleted if there was one (read refused it)."""
         data = self._read(key)
         found = None if data is None else _entry(data, key)
-        symbols = None if found is None else expected_symbols(found[0])
-        if symbols is not None and _defines(found[1], symbols):
+        value = None if found is None else read(*found)
+        if value is not None:
             self.hits += 1
-            return found
+            return value
         if data is not None:
             _discard(self.path(key))
         self.misses += 1
@@ -97,7 +111,8 @@ class ObjectCache:
         payload = key.encode() + pack_entry(metadata, object_code)
         header = _HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest())
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, exist_ok=True)
             if not self._trusted_directory():
                 return
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")  # created 0600
@@ -131,12 +146,15 @@ class ObjectCache:
             os.close(fd)
 
     def _trusted_directory(self) -> bool:
-        """Whether the directory (if it exists) is this user's alone to write."""
-        try:
-            status = os.stat(self.directory)
-        except FileNotFoundError:
-            return False
-        return _trusted(status, f"cache directory {self.directory}") and stat.S_ISDIR(status.st_mode)
+        """Whether the directory (if it exists), and a part's base, are this user's alone to write."""
+        for directory in dict.fromkeys((self.base, self.directory)):
+            try:
+                status = os.stat(directory)
+            except FileNotFoundError:
+                return False
+            if not (_trusted(status, f"cache directory {directory}") and stat.S_ISDIR(status.st_mode)):
+                return False
+        return True
 
 
 def pack_entry(metadata: dict, object_code: bytes) -> bytes:
