@@ -334,6 +334,7 @@ class Stats:
     arena_bytes: int | None
     lower_bound: int | None
     cache_seconds: float | None = None  # the graph stages' artifacts loaded from disk (records say cached)
+    lower_phases: tuple[tuple[str, float], ...] = ()  # the program's own account of `lower`, if it keeps one
 
     @staticmethod
     def of(lowered: Lowered) -> "Stats":
@@ -342,7 +343,8 @@ class Stats:
         plan = lowered.memory
         return Stats(tuple(lowered.records), lowered.traced.seconds,
                      None if lowered.schedule is None else len(lowered.schedule.kernels),
-                     flops, plan and plan.arena_bytes, plan and plan.lower_bound, lowered.cache_seconds)
+                     flops, plan and plan.arena_bytes, plan and plan.lower_bound, lowered.cache_seconds,
+                     getattr(lowered._run.artifacts.get("lower"), "phases", ()))
 
     def __str__(self) -> str:
         lines = [f"{'stage':<10} {'before':>9} {'after':>9} {'unit':<8} {'ms':>8}",
@@ -352,6 +354,7 @@ class Stats:
             lines.append(f"{'(cache)':<10} {'':>9} {'':>9} {'':<8} {self.cache_seconds * 1e3:>8.2f}")
         lines += [f"{r.name:<10} {r.size_before:>9} {r.size_after:>9} {r.unit:<8} {r.seconds * 1e3:>8.2f}"
                   + (" cached" if r.cached else "") for r in self.stages]
+        lines += [f"  {name:<37} {seconds * 1e3:>8.2f}" for name, seconds in self.lower_phases]
         total = self.trace_seconds + (self.cache_seconds or 0.0) + sum(r.seconds for r in self.stages)
         lines.append(f"{'total':<10} {'':>9} {'':>9} {'':<8} {total * 1e3:>8.2f}")
         lines.append(f"kernels {self.kernels}   flops {self.flops}")

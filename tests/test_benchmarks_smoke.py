@@ -163,6 +163,20 @@ def test_latency_benchmark_prints_its_tables(capsys):
     assert re.search(r"^\| step \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| [\d.]+x \|$", out, re.M)
 
 
+def test_compile_profile_prints_stages_phases_and_functions(capsys):
+    """benchmarks/compile_profile.py on xor: the stage table with code generation's phases, and
+    the costliest functions of its module (each compiled alone); the cache setting is restored."""
+    from benchmarks import compile_profile
+
+    before = os.environ.get("FFCOMPILE_CACHE_DIR")
+    assert compile_profile.main(["--models", "xor", "--top", "2"]) == 0
+    assert os.environ.get("FFCOMPILE_CACHE_DIR") == before
+    out = capsys.readouterr().out
+    for phase in ("build IR", "parse", "O3", "machine code", "load"):
+        assert re.search(rf"^  {phase} +[\d.]+$", out, re.M), phase
+    assert len(re.findall(r"^\| kernel\d+\.\w+ \| \d+ \| [\d.]+ \| [\d.]+ \|$", out, re.M)) == 2
+
+
 def test_hvp_benchmark_agrees_with_jax_and_prints_ratios(capsys):
     """benchmarks/hvp_vs_jax.py: both HVPs agree before anything is timed; no timing asserted."""
     pytest.importorskip("jax", reason="the HVP benchmark's peer is JAX (pip install jax)")

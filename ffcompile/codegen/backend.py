@@ -38,6 +38,8 @@ class Program(Protocol):
     def bind(self, arrays: list[np.ndarray]) -> Binding:
         """The program tied to these arrays (docs/bind.md)."""
 
+    # Optional: phases, ((name, seconds), ...) of what building it took (cf.stats() prints them
+    # under `lower`; the LLVM backend: build IR, parse, O3, machine code, load).
     # Optional: call_objects(args: tuple) -> call(list(args)) if every object in args is an
     # array call could take unchecked (compiled type, C-contiguous, aligned; donated ones
     # writeable and apart), else None without running. The ordinary call's fast path

@@ -221,10 +221,14 @@ class LLVMExecutable:
         if found:
             metadata, object_code = found
             self._jit = target.load_object(object_code)
+            self.phases = self._jit.seconds
             return metadata
+        start = time.perf_counter()
         program = lower(*self._lower_arguments)
         self._llvm_ir = str(program.module)
+        built = time.perf_counter() - start
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
+        self.phases = (("build IR", built), *self._jit.seconds)  # where `lower` went (cf.stats())
         metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
         if program.collectives:  # as lower.Layout.metadata has it
             metadata["collectives"] = True

@@ -60,3 +60,12 @@ def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name
     builder.cbranch(builder.icmp_signed("<", following, limit), body, end)
     builder.position_at_end(end)
     return final
+
+
+def compiled_compact(function: ir.Function) -> None:
+    """Mark a function whose loops are tiled and vectorized by hand (the packed GEMM): under
+    `optsize` LLVM's O3 pipeline neither unrolls nor re-vectorizes them, which took 2/3 of
+    its compile time and bought no speed (packed_gemm.py says what was measured); `noinline`
+    keeps it apart, since inlined into a caller without the attribute it is optimized in full."""
+    function.attributes.add("optsize")
+    function.attributes.add("noinline")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -96,6 +97,8 @@ class JitModule:
 
     engine: llvm.ExecutionEngine
     object_code: bytes  # the relocatable object the engine loaded (for a disk cache)
+    # seconds of each phase that made it (PHASES order; `load` alone for cached object code)
+    seconds: tuple[tuple[str, float], ...] = ()
 
     def address(self, name: str) -> int:
         """The address of the function or global `name`."""
@@ -110,11 +113,18 @@ def jit(module: ir.Module | str) -> JitModule:
     compiles for as long as the engine lives (the optimized IR, ~0.8 MB a signature
     of a small MLP's value_and_grad, held until the compiled function is released).
     The object is the one export writes and the disk cache stores and loads."""
-    return load_object(object_code(module))
+    phases: list[tuple[str, float]] = []
+    loaded = load_object(object_code(module, phases=phases))
+    return JitModule(loaded.engine, loaded.object_code, (*phases, *loaded.seconds))
+
+
+# What turning IR text into loaded machine code takes, in order (JitModule.seconds, cf.stats())
+PHASES = ("parse", "O3", "machine code", "load")
 
 
 def load_object(code: bytes) -> JitModule:
     """Machine code from object code produced on this host: no IR, no O3, no codegen."""
+    start = time.perf_counter()
     tm = _new_target_machine(jit=True)  # owned, and freed, by the engine
     with _COMPILE_LOCK:
         empty = parse("", tm)
@@ -125,18 +135,25 @@ def load_object(code: bytes) -> JitModule:
         engine = llvm.create_mcjit_compiler(empty, tm, use_lmm=True)
         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         engine.finalize_object()
-    return JitModule(engine, code)
+    return JitModule(engine, code, (("load", time.perf_counter() - start),))
 
 
-def _emit(module: ir.Module | str, emit, passes: bool = True):
+def _emit(module: ir.Module | str, emit, passes: bool = True, phases: list | None = None):
     """`module` after the O3 pipeline the JIT runs (unless passes=False: IR written as it
-    should run), emitted by the host target machine."""
+    should run), emitted by the host target machine; each phase's seconds appended to phases."""
     tm = host_target_machine()
+    times = [time.perf_counter()]
     with _COMPILE_LOCK:
         mod = parse(module, tm)
+        times.append(time.perf_counter())
         if passes:
             optimize(mod, tm)
-        return emit(tm, mod)
+        times.append(time.perf_counter())
+        emitted = emit(tm, mod)
+        times.append(time.perf_counter())
+    if phases is not None:
+        phases.extend(zip(PHASES, (after - before for before, after in zip(times, times[1:]))))
+    return emitted
 
 
 def assembly(module: ir.Module | str) -> str:
@@ -144,6 +161,6 @@ def assembly(module: ir.Module | str) -> str:
     return _emit(module, llvm.TargetMachine.emit_assembly)
 
 
-def object_code(module: ir.Module | str, passes: bool = True) -> bytes:
-    """A relocatable (PIC) host object file of `module`, for linking (passes: see _emit)."""
-    return _emit(module, llvm.TargetMachine.emit_object, passes)
+def object_code(module: ir.Module | str, passes: bool = True, phases: list | None = None) -> bytes:
+    """A relocatable (PIC) host object file of `module`, for linking (passes, phases: see _emit)."""
+    return _emit(module, llvm.TargetMachine.emit_object, passes, phases)
