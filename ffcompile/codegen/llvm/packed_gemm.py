@@ -20,13 +20,13 @@ width is the host's (target.vector_bytes) unless given: tests force the narrower
 one, and LLVM legalizes the wider one on any host. Each block of C is computed
 by the same code in any chunk: results do not depend on the thread count.
 
-The packs copy whole slivers in vectors (A's untransposed rows 8 k steps at a time,
-transposed in registers), so the function is compiled compact (cgutils.compiled_compact:
-`optsize`, where O3 had unrolled the packing loops and vectorized them into gathers and
-scatters) unless B is packed transposed, whose wide slivers only O3's vectorizer copies
-fast. Side by side with O3 on the former scalar packs (one thread, thread CPU time, a
-loaded 2-core Zen 5): the mnist step's cold compile 1.18 -> 0.64 s and its step 0.73x,
-wide's 2.26 -> 1.17 s and 0.85x.
+The packs copy whole slivers in vectors: a vector a k step where the source runs along the
+sliver (B, A^T), else (A, B^T) 8 k steps at a time, transposed in registers. So the function
+is compiled compact (cgutils.compiled_compact: `optsize`, where O3 had unrolled the scalar
+packing loops and vectorized them into gathers and scatters, 2/3 of its compile time).
+Side by side with those scalar packs under O3 (one process, the disk cache off; one thread,
+thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0.66 s and its
+step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ STACK_BYTES = 1 << 20  # both packs of one chunk (worker threads have glibc's 8 
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
 MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
-TRANSPOSE_STEPS = 8  # k steps of an A sliver transposed in registers at a time (A's MR rows: 6 or 8)
+TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
 
 
@@ -124,8 +124,7 @@ class _Kernel:
     def emit_blocks(self, b: ir.IRBuilder, values, start, end) -> None:
         pa, pb, pc, alpha, beta = values
         self.b, self.pa, self.pb, self.pc, self.alpha, self.beta = b, pa, pb, pc, alpha, beta
-        if not self.trans_b:  # B^T's pack is a transpose, which only O3's vectorizer makes fast
-            compiled_compact(b.function)
+        compiled_compact(b.function)
         with b.goto_entry_block():
             self.a_pack = b.alloca(self.ty, size=self.const(self.mc * self.kc), name="a_pack")
             self.b_pack = b.alloca(self.ty, size=self.const(self.kc * self.nc), name="b_pack")
@@ -192,23 +191,19 @@ class _Kernel:
 
         # Whole slivers are copied in vectors, written so (the function is compact, so LLVM
         # vectorizes no loop of it): a vector a step where the source is contiguous along the
-        # lanes, else (A's rows) transposed in registers; B^T's wide slivers stay scalar.
-        vectors = lanes_inner or width <= TRANSPOSE_STEPS
+        # lanes, else (A's rows, B^T's columns) transposed in registers; edge slivers by copy.
         with for_range(b, slivers, "sliver") as s:
             base = b.mul(s, self.const(width))
             out = b.gep(pack, [b.mul(base, depth)], inbounds=True)
-            if not vectors:
-                scalar(base, out)
-            else:
-                with b.if_else(b.icmp_signed("<=", b.add(base, self.const(width)), extent)) as (whole, edge):
-                    with whole:
-                        if lanes_inner:
-                            self._pack_rows(out, width, depth, lambda p: source(base, p))
-                        else:
-                            self._pack_transposed(out, width, depth, lambda w, p: source(b.add(base, self.const(w)), p),
-                                                  lambda w, p: copy(base, out, w, p))
-                    with edge:
-                        scalar(base, out)
+            with b.if_else(b.icmp_signed("<=", b.add(base, self.const(width)), extent)) as (whole, edge):
+                with whole:
+                    if lanes_inner:
+                        self._pack_rows(out, width, depth, lambda p: source(base, p))
+                    else:
+                        self._pack_transposed(out, width, depth, lambda w, p: source(b.add(base, self.const(w)), p),
+                                              lambda w, p: copy(base, out, w, p))
+                with edge:
+                    scalar(base, out)
 
     def _pack_rows(self, out, width: int, depth, row_at) -> None:
         """out[p][:] = the width values at row_at(p), one vector a step."""
@@ -220,22 +215,26 @@ class _Kernel:
 
     def _pack_transposed(self, out, width: int, depth, row_at, copy) -> None:
         """out[p][w] = *row_at(w, p) for a whole sliver whose rows are contiguous along p: blocks
-        of TRANSPOSE_STEPS steps as one vector load per row, transposed by lane moves (LLVM
-        makes them shuffles), one vector store per step; the last depth % TRANSPOSE_STEPS
-        steps by copy(w, p)."""
+        of TRANSPOSE_STEPS steps, per group of as many lanes one vector load per row, transposed
+        by lane moves (LLVM makes them shuffles), one vector store per step; the last
+        depth % TRANSPOSE_STEPS steps by copy(w, p)."""
         b, steps = self.b, TRANSPOSE_STEPS
         align = float_bytes(self.ty)
-        row_type, step_type = ir.VectorType(self.ty, steps), ir.VectorType(self.ty, width)
+        group = min(width, steps)  # lanes transposed together (B^T's slivers: several groups)
+        row_type, step_type = ir.VectorType(self.ty, steps), ir.VectorType(self.ty, group)
         blocks = b.sdiv(depth, self.const(steps))
         with for_range(b, blocks, "pblock") as q:
             p0 = b.mul(q, self.const(steps))
-            rows = [b.load(b.bitcast(row_at(w, p0), row_type.as_pointer()), align=align) for w in range(width)]
-            for p in range(steps):
-                column = ir.Constant(step_type, ir.Undefined)
-                for w, row in enumerate(rows):
-                    column = b.insert_element(column, b.extract_element(row, ir.Constant(I64, p)), ir.Constant(I64, w))
-                at = b.gep(out, [b.mul(b.add(p0, self.const(p)), self.const(width))], inbounds=True)
-                b.store(column, b.bitcast(at, step_type.as_pointer()), align=align)
+            for first in range(0, width, group):
+                rows = [b.load(b.bitcast(row_at(w, p0), row_type.as_pointer()), align=align)
+                        for w in range(first, min(first + group, width))]
+                for p in range(steps):
+                    column = ir.Constant(step_type, ir.Undefined)
+                    for w, row in enumerate(rows):
+                        column = b.insert_element(column, b.extract_element(row, ir.Constant(I64, p)), ir.Constant(I64, w))
+                    at = b.gep(out, [b.add(b.mul(b.add(p0, self.const(p)), self.const(width)), self.const(first))],
+                               inbounds=True)
+                    b.store(column, b.bitcast(at, step_type.as_pointer()), align=align)
         done = b.mul(blocks, self.const(steps))
         with for_range(b, self.const(width), "lane") as w, for_range(b, b.sub(depth, done), "tail") as t:
             copy(w, b.add(done, t))
