@@ -1,7 +1,11 @@
 """The graph stages' artifacts in the disk cache (stage_cache.py): a signature compiled before
 runs none of decompose, simplify, fuse, donation or the memory plan, counted (never timed);
 a damaged, foreign or mismatched entry is refused and the stages run again."""
+import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +160,21 @@ def test_an_untrusted_cache_directory_keeps_no_stages(tmp_path, monkeypatch):
         ff.compile(lambda x: ff.exp(x).sum()).lower(np.ones(3, np.float32))
     assert not stage_entries(shared)
     assert default_cache() is not None
+
+
+def test_a_hit_of_a_remat_plan_imports_no_solver(tmp_path):
+    """The MILP remat plan of the mnist step, compiled in one interpreter, then found in the disk
+    cache by a fresh one: that one solves nothing, so it never imports SciPy's optimizer (HiGHS),
+    and runs no graph stage; counted, not timed."""
+    script = ("import sys, json\nimport ffcompile as ff\nfrom ffcompile import zoo\n"
+              "w = zoo.get('mnist'); params, x, y = w.example_inputs(0, batch_size=16)\n"
+              "value_and_grad = ff.compile(ff.value_and_grad(w.loss), remat='milp', backend='llvm')\n"
+              "lowered = value_and_grad.lower(params, x, y)\n"
+              "print(json.dumps([sorted(sys.modules), [r.name for r in lowered.records if not r.cached],"
+              " lowered.plan is not None]))")
+    env = {**os.environ, CACHE_DIR_VARIABLE: str(tmp_path)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1]) for _ in range(2)]
+    (cold_modules, cold_stages, cold_plan), (warm_modules, warm_stages, warm_plan) = runs
+    assert "scipy.optimize" in cold_modules and "remat" in cold_stages and cold_plan
+    assert "scipy.optimize" not in warm_modules and warm_stages == [] and warm_plan
