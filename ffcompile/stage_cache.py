@@ -74,7 +74,7 @@ def store(cache, key_text: str, run: Run, stage_names: list[str]) -> None:
     try:
         data = pickle.dumps((artifacts, records), protocol=5)
         _restricted_loads(data)
-    except (pickle.PickleError, TypeError, AttributeError):
+    except Exception:  # artifacts that do not pickle and load back whole only cost the speed-up
         return
     cache.store(cache.key(key_text, ""), {"stages": stage_names}, data)
 
