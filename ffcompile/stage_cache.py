@@ -109,13 +109,18 @@ def _restricted_loads(data: bytes):
     return _Unpickler(io.BytesIO(data)).load()
 
 
+def stage_source_paths() -> list[Path]:
+    """The source the stages run: passes, the IR, the pipeline, and the backends, subpackages
+    included (a backend's hooks shape the plan: the LLVM backend's GEMM scratch)."""
+    package = Path(__file__).resolve().parent
+    return sorted([*(package / "passes").glob("*.py"), *(package / "ir").glob("*.py"),
+                   *(package / "codegen").rglob("*.py"), package / "pipeline.py", Path(__file__).resolve()])
+
+
 @functools.cache
 def _stage_source_fingerprint() -> str:
-    """SHA-256 of the source the stages run: passes, the IR, the pipeline, the backends' hooks."""
-    package = Path(__file__).resolve().parent
+    """SHA-256 of stage_source_paths()."""
     digest = hashlib.sha256()
-    paths = [*(package / "passes").glob("*.py"), *(package / "ir").glob("*.py"), *(package / "codegen").glob("*.py"),
-             package / "pipeline.py", Path(__file__).resolve()]
-    for path in sorted(paths):
+    for path in stage_source_paths():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()

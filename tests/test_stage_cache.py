@@ -178,3 +178,12 @@ def test_a_hit_of_a_remat_plan_imports_no_solver(tmp_path):
     (cold_modules, cold_stages, cold_plan), (warm_modules, warm_stages, warm_plan) = runs
     assert "scipy.optimize" in cold_modules and "remat" in cold_stages and cold_plan
     assert "scipy.optimize" not in warm_modules and warm_stages == [] and warm_plan
+
+
+def test_the_key_covers_the_backends_hooks():
+    """The LLVM backend's GEMM scratch (codegen/llvm/lower.py) shapes the memory plan: an edit
+    there must not load artifacts planned by the old code."""
+    from ffcompile.stage_cache import stage_source_paths
+
+    names = {(p.parent.name, p.name) for p in stage_source_paths()}
+    assert {("llvm", "lower.py"), ("llvm", "accumulate.py"), ("passes", "memory.py"), ("ir", "ops.py")} <= names
