@@ -3,10 +3,10 @@
     python -m benchmarks.gemm                       # the default shapes, f32, 2 threads
     python -m benchmarks.gemm --shapes 128x512x784,1024x4096x1024 --dtype f64 --threads 1
 
-Each shape (m x n x k, C = A @ B with A m x k) runs as one compiled `x @ y` per route
-(the disk cache off, so each route compiles its own code): `packed` forces
-packed_gemm.py, `blas` forces the BLAS call (split over the thread pool, SciPy's OpenBLAS at
-one thread per chunk, as programs run it); the route the compiler picks is marked `*`.
+Each shape (m x n x k, C = A @ B with A m x k) runs as one compiled `x @ y` per route:
+`packed` forces packed_gemm.py, `blas` forces the BLAS call (split over the thread pool,
+SciPy's OpenBLAS at one thread per chunk, as programs run it); the route this host's
+calibration picks (gemm_calibration.py, measured now if not yet) is marked `*`.
 `scipy1` calls sgemm/dgemm from Python (OpenBLAS at the one thread programs give it),
 `numpy` np.matmul (NumPy's own OpenBLAS, at --threads), `jax` a jitted jnp.dot (XLA's own GEMM) when JAX is installed. Timing:
 --rounds rounds, each round-robin over the contenders, --calls calls each; the best round's
@@ -16,7 +16,6 @@ products at batch 128 and 1024: mnist 784-512-512-10, deep 256-256, wide 1024-40
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -31,20 +30,15 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _compiled(route: str, a, b):
-    """`a @ b` compiled with blas.gemm_route's choice forced to `route` ("packed", "blas")
-    or left alone (None)."""
+    """`a @ b` compiled with the route of products above smallgemm's range forced to `route`
+    ("packed", "blas")."""
     import ffcompile as ff
-    from ffcompile.codegen.llvm import blas
+    from ffcompile.codegen.llvm.gemm_calibration import route_forced
 
-    saved = blas.packed_beats_blas
-    if route is not None:
-        blas.packed_beats_blas = lambda *args: route == "packed"
-    try:
+    with route_forced(route):
         fn = ff.compile(lambda x, y: x @ y, backend="llvm")
         fn(a, b)  # compiled now, under the forced route
-        return lambda: fn(a, b)
-    finally:
-        blas.packed_beats_blas = saved
+    return lambda: fn(a, b)
 
 
 def contenders(m, n, k, dtype):
@@ -52,13 +46,17 @@ def contenders(m, n, k, dtype):
     from scipy.linalg import blas as scipy_blas
 
     from ffcompile.codegen.llvm import blas
-    from ffcompile.codegen.llvm.packed_gemm import packed_beats_blas
+    from ffcompile.codegen.llvm.calibrate import calibrate_class, either_route
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
+    name = "f32" if dtype == np.float32 else "f64"
+    chosen = None
+    if either_route(m, n, k, name):  # the route this host's calibration picks
+        record = calibrate_class(m, n, k, name)
+        chosen = "packed" if record["packed_seconds"] < record["blas_seconds"] else "blas"
     blas.default_blas_threads()
-    chosen = "packed" if packed_beats_blas(m, n, k, np.dtype(dtype).itemsize, blas._blas_threads) else "blas"
     out = {}
     for route in ("packed", "blas"):
         out[route + ("*" if route == chosen else "")] = _compiled(route, a, b)
@@ -104,10 +102,9 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vector-bits", type=int, choices=(256, 512),
-                        help="the packed GEMM's vector width (default: the host's; 256 on an AVX-512 host "
-                             "stands in for an AVX2 one)")
+                        help="the packed GEMM's vector width (default: the host's); FFCOMPILE_VECTOR_BITS=256 "
+                             "makes all code an AVX2 host's")
     args = parser.parse_args(argv)
-    os.environ["FFCOMPILE_CACHE_DIR"] = ""  # each forced route compiles its own code
     from threadpoolctl import ThreadpoolController
 
     import ffcompile as ff
