@@ -10,8 +10,10 @@ calibration picks (gemm_calibration.py, measured now if not yet) is marked `*`.
 `scipy1` calls sgemm/dgemm from Python (OpenBLAS at the one thread programs give it),
 `numpy` np.matmul (NumPy's own OpenBLAS, at --threads), `jax` a jitted jnp.dot (XLA's own GEMM) when JAX is installed. Timing:
 --rounds rounds, each round-robin over the contenders, --calls calls each; the best round's
-median per call. Ratios are against the `blas` route. The default shapes are the zoo's layer
-products at batch 128 and 1024: mnist 784-512-512-10, deep 256-256, wide 1024-4096-4096-1024.
+median per call. Ratios are against the `blas` route; percentages of the host's peak
+(benchmarks/peak.py: measured clock x FMA units x lanes x 2, at the threads used). The
+default shapes are the zoo's layer products at batch 128 and 1024: mnist 784-512-512-10,
+deep 256-256, wide 1024-4096-4096-1024.
 """
 from __future__ import annotations
 
@@ -29,20 +31,34 @@ def _shape(text: str) -> tuple[int, int, int]:
     return m, n, k
 
 
-def _compiled(route: str, a, b):
-    """`a @ b` compiled with the route of products above smallgemm's range forced to `route`
-    ("packed", "blas")."""
+def _layer(x, w, bias):
+    """The --epilogue workload: a dense layer's bias and GELU (tanh form) after the product."""
     import ffcompile as ff
+
+    return ff.gelu(x @ w + bias, approximate="tanh")
+
+
+def _compiled(route: str, fn, args, fused: bool = True):
+    """`fn` compiled with the route of products above smallgemm's range forced to `route`
+    ("packed", "blas"); fused=False keeps its epilogue out of the GEMM (a loop after it)."""
+    import ffcompile as ff
+    from ffcompile.codegen.llvm import lower
     from ffcompile.codegen.llvm.gemm_calibration import route_forced
 
-    with route_forced(route):
-        fn = ff.compile(lambda x, y: x @ y, backend="llvm")
-        fn(a, b)  # compiled now, under the forced route
-    return lambda: fn(a, b)
+    saved = lower._fuses_epilogue
+    if not fused:
+        lower._fuses_epilogue = lambda *_: False
+    try:
+        with route_forced(route):
+            compiled = ff.compile(fn, backend="llvm")
+            compiled(*args)  # compiled now, under the forced route
+    finally:
+        lower._fuses_epilogue = saved
+    return lambda: compiled(*args)
 
 
-def contenders(m, n, k, dtype):
-    """name -> zero-argument callable computing the product."""
+def contenders(m, n, k, dtype, epilogue: bool = False):
+    """name -> zero-argument callable computing the product (epilogue: the layer, _layer)."""
     from scipy.linalg import blas as scipy_blas
 
     from ffcompile.codegen.llvm import blas
@@ -51,6 +67,8 @@ def contenders(m, n, k, dtype):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
+    args = (a, b, rng.standard_normal(n).astype(dtype)) if epilogue else (a, b)
+    fn = _layer if epilogue else (lambda x, y: x @ y)
     name = "f32" if dtype == np.float32 else "f64"
     chosen = None
     if either_route(m, n, k, name):  # the route this host's calibration picks
@@ -59,20 +77,26 @@ def contenders(m, n, k, dtype):
     blas.default_blas_threads()
     out = {}
     for route in ("packed", "blas"):
-        out[route + ("*" if route == chosen else "")] = _compiled(route, a, b)
-    gemm = scipy_blas.sgemm if dtype == np.float32 else scipy_blas.dgemm
-    out["scipy1"] = lambda: gemm(1.0, a, b)
-    out["numpy"] = lambda: np.matmul(a, b)
+        out[route + ("*" if route == chosen else "")] = _compiled(route, fn, args)
+    if epilogue:
+        out["packed-apart"] = _compiled("packed", fn, args, fused=False)
+    else:
+        gemm = scipy_blas.sgemm if dtype == np.float32 else scipy_blas.dgemm
+        out["scipy1"] = lambda: gemm(1.0, a, b)
+        out["numpy"] = lambda: np.matmul(a, b)
     try:
         import jax
         import jax.numpy as jnp
 
         if dtype == np.float64:
             jax.config.update("jax_enable_x64", True)
-        ja, jb = jnp.asarray(a), jnp.asarray(b)
-        dot = jax.jit(jnp.dot)
-        dot(ja, jb).block_until_ready()
-        out["jax"] = lambda: dot(ja, jb).block_until_ready()
+        jax_args = [jnp.asarray(x) for x in args]
+        if epilogue:
+            jitted = jax.jit(lambda x, w, bias: jax.nn.gelu(x @ w + bias, approximate=True))
+        else:
+            jitted = jax.jit(jnp.dot)
+        jitted(*jax_args).block_until_ready()
+        out["jax"] = lambda: jitted(*jax_args).block_until_ready()
     except ImportError:
         pass
     return out
@@ -101,6 +125,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epilogue", action="store_true",
+                        help="time a layer, GELU(x @ w + b): its epilogue fused into the packed GEMM "
+                             "(packed), or a loop after it (packed-apart; blas)")
     parser.add_argument("--vector-bits", type=int, choices=(256, 512),
                         help="the packed GEMM's vector width (default: the host's); FFCOMPILE_VECTOR_BITS=256 "
                              "makes all code an AVX2 host's")
@@ -110,23 +137,30 @@ def main(argv=None) -> None:
     import ffcompile as ff
     from ffcompile.codegen.llvm.target import vector_bytes
 
+    from .peak import describe, host_peak
+
     ff.set_num_threads(args.threads)
     if args.vector_bits:
         from ffcompile.codegen.llvm import packed_gemm
 
         packed_gemm.vector_bytes = lambda: args.vector_bits // 8
     dtype = np.float32 if args.dtype == "f32" else np.float64
+    peak = host_peak()
+    widest = peak["widths"][max(peak["widths"])][f"{args.dtype}_gflops"] * args.threads / peak["cores"]
     print(f"# {args.dtype}, {args.threads} threads, host vectors {vector_bytes() * 8} bit, packed GEMM's "
           f"{args.vector_bits or vector_bytes() * 8} bit; GFLOP/s "
-          f"(best round's median of {args.calls} calls, {args.rounds} rounds); x = over the blas route")
+          f"(best round's median of {args.calls} calls, {args.rounds} rounds); x = over the blas route; "
+          f"% = of the peak at the widest vectors and {args.threads} threads, {widest:.0f} GFLOP/s")
+    print(f"# host: {describe(peak)}")
     for pool in ThreadpoolController().lib_controllers:
         if pool.user_api == "blas" and "numpy" in pool.filepath:
             pool.set_num_threads(args.threads)
     for text in args.shapes.split(","):
         m, n, k = _shape(text)
-        seconds = measure(contenders(m, n, k, dtype), args.calls, args.rounds)
+        seconds = measure(contenders(m, n, k, dtype, args.epilogue), args.calls, args.rounds)
         base = next(seconds[name] for name in seconds if name.startswith("blas"))
-        cells = [f"{name} {2 * m * n * k / s / 1e9:6.1f} ({base / s:4.2f}x)" for name, s in seconds.items()]
+        cells = [f"{name} {2 * m * n * k / s / 1e9:6.1f} ({base / s:4.2f}x {200 * m * n * k / s / 1e9 / widest:3.0f}%)"
+                 for name, s in seconds.items()]
         print(f"{m}x{n}x{k}: " + "  ".join(cells), flush=True)
 
 

@@ -135,5 +135,25 @@ def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
     monkeypatch.setattr(packed_gemm, "vector_bytes", packed_gemm.vector_bytes)
     with threadpool_limits(None):
         gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--vector-bits", "256"])
-    row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
+        row = capsys.readouterr().out.strip().splitlines()[-1]
+        assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--epilogue"])
+        header, host, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert "packed-apart" in row and "scipy1" not in row and "% = of the peak" in header and "FMA/cycle" in host
+
+
+def test_peak_benchmark_measures_the_clock_and_each_vector_width(monkeypatch):
+    """benchmarks/peak.py on this host (fewer rounds): a clock, and FMA units per width the
+    host has (AVX2: 256 bits; AVX-512: both). No value is asserted but that they are ones."""
+    from benchmarks import peak
+    from ffcompile.codegen.llvm.target import host_key
+
+    monkeypatch.setattr(peak, "ROUNDS", 1)
+    monkeypatch.setattr(peak, "ITERATIONS", 20_000)
+    found = peak.host_peak()
+    features = host_key().split(" ")[-1].split(",")
+    assert 0.2 < found["clock_ghz"] < 10 and found["cores"] >= 1
+    assert set(found["widths"]) == {bits for bits, flag in ((256, "+fma"), (512, "+avx512f")) if flag in features}
+    for width in found["widths"].values():
+        assert 0.5 <= width["fma_units"] <= 8 and width["f32_gflops"] == 2 * width["f64_gflops"]
+    assert "GHz" in peak.describe(found)
