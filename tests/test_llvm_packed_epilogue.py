@@ -108,3 +108,33 @@ def test_an_epilogue_writing_over_an_operand_stays_out_of_the_kernel(packed_rout
     assert got is args[donated]
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
     assert packed_route == [(280, 280, 280, False)]
+
+
+def _momentum(w, v, x, dz):
+    """A momentum step on a weight: v' = 0.9 v + xᵀ dz, w' = w - 0.01 v'."""
+    velocity = 0.9 * v + x.T @ dz
+    return w - 0.01 * velocity, velocity
+
+
+@pytest.mark.parametrize("m, n, k", [(300, 290, 280), (4, 1000, 310)], ids=["packed", "skinny"])
+def test_the_update_after_an_accumulated_product_is_fused(packed_route, threads, m, n, k):
+    """Donated v' is the product's alpha and beta (accumulate.py); w' = w - 0.01 v', the rest of
+    the epilogue, runs inside the packed (or skinny) kernel too, on the finished v'."""
+    threads(2)
+    rng = np.random.default_rng(4)
+    w, v = rng.standard_normal((m, n)), rng.standard_normal((m, n))
+    x, dz = rng.standard_normal((k, m)), rng.standard_normal((k, n))
+    graph = lowered_graph(_momentum, w, v, x, dz)
+    schedule = fuse(graph)
+    executable = backend.build(schedule, plan_memory(schedule), donate={0: 0, 1: 1})
+    assert executable.donated == {0: 0, 1: 1}
+    expected = interpret(graph, [w, v, x, dz])
+    args = [w.copy(), v.copy(), x, dz]
+    got = executable(*args)
+    assert got[0] is args[0] and got[1] is args[1]
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+    assert packed_route == ([(m, n, k, True)] if m > 8 else [])
+    kernel_ir = executable.llvm_ir.split('define internal void @"packed_gemm"' if m > 8 else
+                                         'define internal void @"skinny"')[1].split("\ndefine")[0]
+    assert "row.header" in kernel_ir  # the epilogue's loop, in the GEMM's own function

@@ -385,7 +385,8 @@ def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
 def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     """The GEMM writes into the matmul's buffer if it has one (an output, or scratch), else into
     the kernel root's, which the epilogue then overwrites in place (same type, read before
-    written per element). An epilogue in accumulate form is the GEMM's alpha and beta."""
+    written per element). An epilogue in accumulate form is the GEMM's alpha and beta; the rest
+    of it (reading the accumulated result: momentum's `w - lr * v`) may be fused as any other."""
     b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     matmul = nodes[kernel.anchor]
 
@@ -400,23 +401,22 @@ def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     a = operand(matmul.inputs[0], kernel.trans_a)
     b_ = operand(matmul.inputs[1], kernel.trans_b)
     accumulate = match_accumulate(nodes, kernel, same_storage)
-    epilogue = kernel.epilogue
+    epilogue, scale = kernel.epilogue, None
     if accumulate is not None:
         result = Array(arrays[accumulate.result].ptr, matmul.type)
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, (factor(accumulate.alpha), factor(accumulate.beta)))
+        scale = (factor(accumulate.alpha), factor(accumulate.beta))
         epilogue = [i for i in epilogue if i not in accumulate.replaced]
     else:
         dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
         result = Array(arrays[dest].ptr, matmul.type)
         arrays.setdefault(kernel.anchor, result)
-        if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
-            outputs = [i for i in kernel.outputs if i in epilogue]
-            fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
-            emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, epilogue=fused)
-            return
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
+    outputs = [i for i in kernel.outputs if i in epilogue]
+    if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
+        fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, scale, epilogue=fused)
+        return
+    emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, scale)
     if epilogue:
-        outputs = [i for i in kernel.outputs if i in epilogue]
         emit_map(emitter, epilogue, matmul.type.shape, outputs)
 
 
