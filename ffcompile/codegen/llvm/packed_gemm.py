@@ -162,14 +162,12 @@ class _Kernel:
             with for_range(b, self.const(k_steps), "pc") as pcb:
                 p0 = b.mul(pcb, self.const(self.kc))
                 depth = self.min(b, b.sub(self.const(self.k), p0), self.kc)
-                self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)),
-                           lanes_inner=not self.trans_b)
+                self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)))
                 first = b.icmp_signed("==", pcb, self.const(0))
                 with for_range(b, b.sub(high, low), "ic") as i:
                     ic = b.mul(b.add(low, i), self.const(self.mc))
                     nrows = self.min(b, b.sub(self.const(self.m), ic), self.mc)
-                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
-                               lanes_inner=self.trans_a)
+                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)))
                     self._macro(ic, jc, nrows, ncols, depth, first)
                     if self.epilogue is not None:  # the block of C is final after the last k step
                         with b.if_then(b.icmp_signed("==", pcb, self.const(k_steps - 1))):
@@ -185,29 +183,34 @@ class _Kernel:
         at = b.add(b.mul(j, self.const(self.k)), p) if self.trans_b else b.add(b.mul(p, self.const(self.n)), j)
         return b.gep(self.pb, [at], inbounds=True)
 
-    def _pack(self, pack, extent, width: int, depth, source, lanes_inner: bool) -> None:
+    def _pack(self, pack, extent, width: int, depth, source) -> None:
         """pack[s][p][w] = source(s * width + w, p), zero where s * width + w >= extent: slivers
-        of `width` rows (A) or columns (B), each depth x width, p-major. lanes_inner: w is the
-        inner loop (the source contiguous along w), else p."""
+        of `width` rows (A) or columns (B), each depth x width, p-major, written in order (the
+        lane loop inner: whatever the source's layout, width rows or columns stream in). Whole
+        slivers are copied without bounds checks, which LLVM vectorizes; the last, partial one
+        with them. (Measured at m = 128-1024, one thread, 512-bit: x @ w 1.25-1.6x faster
+        than with checks everywhere and p inner for a row-major A; x @ w.T the same.)"""
         b = self.b
-        slivers = b.sdiv(b.add(extent, self.const(width - 1)), self.const(width))
+        whole = b.sdiv(extent, self.const(width))
         zero = ir.Constant(self.ty, 0.0)
 
-        def copy(base, out, w, p):
-            index = b.add(base, w)
-            inside = b.icmp_signed("<", index, extent)
-            value = b.load(source(b.select(inside, index, self.const(0)), p))
-            b.store(b.select(inside, value, zero), b.gep(out, [b.add(b.mul(p, self.const(width)), w)], inbounds=True))
-
-        with for_range(b, slivers, "sliver") as s:
+        def sliver(s, checked: bool):
             base = b.mul(s, self.const(width))
             out = b.gep(pack, [b.mul(base, depth)], inbounds=True)
-            if lanes_inner:
-                with for_range(b, depth, "depth") as p, for_range(b, self.const(width), "lane") as w:
-                    copy(base, out, w, p)
-            else:
-                with for_range(b, self.const(width), "lane") as w, for_range(b, depth, "depth") as p:
-                    copy(base, out, w, p)
+            with for_range(b, depth, "depth") as p, for_range(b, self.const(width), "lane") as w:
+                index = b.add(base, w)
+                at = b.gep(out, [b.add(b.mul(p, self.const(width)), w)], inbounds=True)
+                if checked:
+                    inside = b.icmp_signed("<", index, extent)
+                    value = b.load(source(b.select(inside, index, self.const(0)), p))
+                    b.store(b.select(inside, value, zero), at)
+                else:
+                    b.store(b.load(source(index, p)), at)
+
+        with for_range(b, whole, "sliver") as s:
+            sliver(s, checked=False)
+        with b.if_then(b.icmp_signed("<", b.mul(whole, self.const(width)), extent)):
+            sliver(whole, checked=True)
 
     def _macro(self, ic, jc, nrows, ncols, depth, first) -> None:
         """Every MR x NR micro-tile of the packed block pair."""
