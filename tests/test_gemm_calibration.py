@@ -69,7 +69,7 @@ def test_the_record_is_kept_on_disk_for_the_next_process(measured_routes, tmp_pa
     assert json.loads(path.read_text())["host"] == gemm_calibration.host_key()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other host", "other format", "bad record"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other host", "other code", "other format", "bad record"])
 def test_a_damaged_file_is_ignored_and_measured_again(measured_routes, damage):
     measured, _ = measured_routes
     product_program()
@@ -78,6 +78,7 @@ def test_a_damaged_file_is_ignored_and_measured_again(measured_routes, damage):
     (key,) = data["records"]
     text = {"garbage": "\x00{not json", "truncated": path.read_text()[:40],
             "other host": json.dumps({**data, "host": "another cpu"}),
+            "other code": json.dumps({**data, "code": "an older code generator"}),
             "other format": json.dumps({**data, "format": 0}),
             "bad record": json.dumps({**data, "records": {key: {**data["records"][key], "blas_seconds": "fast"}}})}
     path.write_text(text[damage])

@@ -6,8 +6,9 @@ gradient summed over one) and its work band (m * n * k below 2^26, 2^29, or abov
 class has one representative shape; calibrate.py times both routes on it, as programs run
 them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
 moment, and records the seconds here. The record is a small JSON file in the disk cache's
-directory, one per host (named by the SHA-256 of target.host_key(), which it also stores):
-a missing, damaged or foreign file is ignored (and rewritten by the next measurement);
+directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
+with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
+foreign or outdated file is ignored (and rewritten by the next measurement);
 with the disk cache off the records live in this process only.
 
 FFCOMPILE_GEMM_ROUTE=packed|blas forces the choice (the test suite's conftest does, so no
@@ -23,7 +24,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cache import default_cache
+from .cache import code_generator_fingerprint, default_cache
 from .target import host_key
 
 ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
@@ -111,7 +112,7 @@ def _read(path: Path) -> dict[str, dict]:
     except (OSError, ValueError, RecursionError):
         return {}
     if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("host") == host_key()
-            and isinstance(data.get("records"), dict)):
+            and data.get("code") == code_generator_fingerprint() and isinstance(data.get("records"), dict)):
         return {}
     return {key: record for key, record in data["records"].items() if isinstance(key, str) and _valid(record)}
 
@@ -139,7 +140,8 @@ def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_se
                       "blas_seconds": float(blas_seconds)}
         if path is None:
             return
-        text = json.dumps({"format": FORMAT, "host": host_key(), "records": dict(sorted(table.items()))}, indent=1)
+        text = json.dumps({"format": FORMAT, "host": host_key(), "code": code_generator_fingerprint(),
+                           "records": dict(sorted(table.items()))}, indent=1)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-calibration-")
