@@ -3,8 +3,8 @@
 When a program is built (backend.py), every product of it that could take either route
 and whose shape class is not measured yet under the current thread counts and vector
 width gets its class measured: the class's representative shape through both routes
-(standalone_gemm.py), round-robin, ROUNDS rounds of at least ROUND_SECONDS each a route;
-the best round's time per call of each. About 0.1-0.5 s per class, once per host: the
+(standalone_gemm.py), alternating, ROUNDS rounds of ROUND_SECONDS each a route; the
+fastest call of each. About 0.2-0.4 s per class, once per host: the
 record outlives the process in the disk cache's directory. `python -m ffcompile.calibrate`
 measures every class ahead of time (or again, `--force`) and prints the table.
 """
@@ -21,7 +21,7 @@ from .lower import gemm_dims
 from .packed_gemm import route_key
 from .standalone_gemm import StandaloneGemm
 
-ROUNDS = 3
+ROUNDS = 5
 ROUND_SECONDS = 0.01  # per route and round: calls are repeated to last at least this long
 ITEMSIZES = {"f32": 4, "f64": 8}
 
@@ -35,7 +35,9 @@ def either_route(m: int, n: int, k: int, dtype: str, trans_a: bool = False, tran
 
 
 def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float]:
-    """(packed, blas) seconds per call of an (m x k) @ (k x n) product, measured side by side."""
+    """(packed, blas) seconds of an (m x k) @ (k x n) product: the fastest call of each, over
+    ROUNDS rounds that alternate the routes, each ROUND_SECONDS of calls a route (on a
+    loaded machine some calls run while another process has a core; the fastest did not)."""
     rng = np.random.default_rng(0)
     np_dtype = np.float32 if dtype == "f32" else np.float64
     a, b = (rng.standard_normal(shape).astype(np_dtype) for shape in ((m, k), (k, n)))
@@ -44,13 +46,12 @@ def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float]:
     best = [float("inf")] * 2
     for r in range(ROUNDS):
         for which in (r % 2, 1 - r % 2):
-            gemm, calls = gemms[which], 0
+            gemm = gemms[which]
             gemm(a, b, c)  # warm: caches, the pool's workers
-            start = time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < ROUND_SECONDS or calls == 0:
+            end = time.perf_counter() + ROUND_SECONDS
+            while (start := time.perf_counter()) < end:
                 gemm(a, b, c)
-                calls += 1
-            best[which] = min(best[which], elapsed / calls)
+                best[which] = min(best[which], time.perf_counter() - start)
     return best[0], best[1]
 
 
