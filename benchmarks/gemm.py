@@ -57,7 +57,7 @@ def _compiled(route: str, fn, args, fused: bool = True):
     return lambda: compiled(*args)
 
 
-def contenders(m, n, k, dtype, epilogue: bool = False):
+def contenders(m, n, k, dtype, epilogue: bool = False, with_jax: bool = True):
     """name -> zero-argument callable computing the product (epilogue: the layer, _layer)."""
     from scipy.linalg import blas as scipy_blas
 
@@ -84,6 +84,8 @@ def contenders(m, n, k, dtype, epilogue: bool = False):
         gemm = scipy_blas.sgemm if dtype == np.float32 else scipy_blas.dgemm
         out["scipy1"] = lambda: gemm(1.0, a, b)
         out["numpy"] = lambda: np.matmul(a, b)
+    if not with_jax:
+        return out
     try:
         import jax
         import jax.numpy as jnp
@@ -102,8 +104,8 @@ def contenders(m, n, k, dtype, epilogue: bool = False):
     return out
 
 
-def measure(fns: dict, calls: int, rounds: int) -> dict[str, float]:
-    """name -> the best round's median seconds per call."""
+def measure(fns: dict, calls: int, rounds: int, timer=time.perf_counter) -> dict[str, float]:
+    """name -> the best round's median seconds per call (by `timer`)."""
     best = {name: float("inf") for name in fns}
     names = list(fns)
     for r in range(rounds):
@@ -111,9 +113,9 @@ def measure(fns: dict, calls: int, rounds: int) -> dict[str, float]:
             fns[name]()
             times = []
             for _ in range(calls):
-                start = time.perf_counter()
+                start = timer()
                 fns[name]()
-                times.append(time.perf_counter() - start)
+                times.append(timer() - start)
             best[name] = min(best[name], float(np.median(times)))
     return best
 
@@ -125,6 +127,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread, timed in the calling thread's CPU time (what a loaded machine's "
+                             "other processes take is not counted); JAX, whose own threads compute, left out")
     parser.add_argument("--epilogue", action="store_true",
                         help="time a layer, GELU(x @ w + b): its epilogue fused into the packed GEMM "
                              "(packed), or a loop after it (packed-apart; blas)")
@@ -139,6 +144,8 @@ def main(argv=None) -> None:
 
     from .peak import describe, host_peak
 
+    if args.cpu_time:
+        args.threads = 1
     ff.set_num_threads(args.threads)
     if args.vector_bits:
         from ffcompile.codegen.llvm import packed_gemm
@@ -149,7 +156,8 @@ def main(argv=None) -> None:
     widest = peak["widths"][max(peak["widths"])][f"{args.dtype}_gflops"] * args.threads / peak["cores"]
     print(f"# {args.dtype}, {args.threads} threads, host vectors {vector_bytes() * 8} bit, packed GEMM's "
           f"{args.vector_bits or vector_bytes() * 8} bit; GFLOP/s "
-          f"(best round's median of {args.calls} calls, {args.rounds} rounds); x = over the blas route; "
+          f"(best round's median of {args.calls} calls, {args.rounds} rounds, "
+          f"{'CPU time' if args.cpu_time else 'wall time'}); x = over the blas route; "
           f"% = of the peak at the widest vectors and {args.threads} threads, {widest:.0f} GFLOP/s")
     print(f"# host: {describe(peak)}")
     for pool in ThreadpoolController().lib_controllers:
@@ -157,7 +165,8 @@ def main(argv=None) -> None:
             pool.set_num_threads(args.threads)
     for text in args.shapes.split(","):
         m, n, k = _shape(text)
-        seconds = measure(contenders(m, n, k, dtype, args.epilogue), args.calls, args.rounds)
+        fns = contenders(m, n, k, dtype, args.epilogue, with_jax=not args.cpu_time)
+        seconds = measure(fns, args.calls, args.rounds, time.thread_time if args.cpu_time else time.perf_counter)
         base = next(seconds[name] for name in seconds if name.startswith("blas"))
         cells = [f"{name} {2 * m * n * k / s / 1e9:6.1f} ({base / s:4.2f}x {200 * m * n * k / s / 1e9 / widest:3.0f}%)"
                  for name, s in seconds.items()]

@@ -139,7 +139,10 @@ def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
         assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
         gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--epilogue"])
         header, host, row = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert "packed-apart" in row and "scipy1" not in row and "% = of the peak" in header and "FMA/cycle" in host
+        assert "packed-apart" in row and "scipy1" not in row and "% = of the peak" in header and "FMA/cycle" in host
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--cpu-time"])
+        header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert "1 threads" in header and "CPU time" in header and "numpy" in row and "jax" not in row
 
 
 def test_peak_benchmark_measures_the_clock_and_each_vector_width(monkeypatch):
