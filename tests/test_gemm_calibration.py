@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_llvm_backend import build, lowered_graph
 
+import ffcompile as ff
 from ffcompile import calibrate as calibrate_cli
 from ffcompile.codegen.llvm import backend, blas, calibrate, gemm_calibration, packed_gemm, target
 from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, ROUTE_VARIABLE
@@ -132,6 +133,16 @@ def test_an_unmeasured_class_keeps_blas(measured_routes):
     """gemm_route alone (no program built, so nothing measured) keeps the BLAS call."""
     assert blas.gemm_route(*SHAPE, "f32", False, False) == blas.BLAS
     assert blas.gemm_route(64, 64, 64, "f32", False, False) == blas.SMALL  # below the range: as before
+
+
+def test_a_product_with_a_run_time_size_measures_nothing(measured_routes):
+    """The packed GEMM takes known sizes only: a symbolic program's B x 784 @ 784 x 512 is not
+    a candidate (issue 18's run-time batch)."""
+    measured, _ = measured_routes
+    x, w = np.ones((1024, 784), np.float32), np.ones((784, 512), np.float32)
+    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None)).lower(x, w).symbolic
+    calibrate.calibrate_schedule(fuse(symbolic))
+    assert measured == []
 
 
 def test_each_representative_is_in_its_own_class():
