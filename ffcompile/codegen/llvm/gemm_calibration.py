@@ -156,6 +156,6 @@ def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_se
 
 
 def forget() -> None:
-    """Drop what this process read or measured (the files stay): for tests and `--force`."""
+    """Drop what this process read or measured (the files stay), as a new process would start."""
     with _lock:
         _tables.clear()
