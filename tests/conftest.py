@@ -30,23 +30,53 @@ def backend(request, monkeypatch):
 
 
 @pytest.fixture
-def blas_route(monkeypatch, tmp_path):
+def blas_route(monkeypatch):
     """GEMMs above the native range call BLAS on any host, never the packed GEMM (which
-    test_llvm_packed_gemm tests), in a cache of their own: the key does not know a forced route."""
-    from ffcompile.codegen.llvm import blas
+    test_llvm_packed_gemm tests); the disk cache's key holds the route."""
+    monkeypatch.setenv("FFCOMPILE_GEMM_ROUTE", "blas")
 
-    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: False)
-    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", str(tmp_path / "blas-route-cache"))
+
+@pytest.fixture
+def threads():
+    """ff.set_num_threads, the count restored after the test."""
+    import ffcompile as ff
+
+    saved = ff.get_num_threads()
+    yield ff.set_num_threads
+    ff.set_num_threads(saved)
+
+
+@pytest.fixture
+def packed_route(monkeypatch):
+    """Every GEMM above smallgemm's range through the packed kernel, the disk cache off (every
+    product emitted). Yields the (m, n, k) of each product emitted so, and whether it fused
+    an epilogue."""
+    from ffcompile.codegen.llvm import blas, packed_gemm
+
+    monkeypatch.setenv("FFCOMPILE_GEMM_ROUTE", "packed")
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    emitted = []
+
+    def emit(b, pa, pb, pc, m, n, k, *rest, epilogue=None):
+        emitted.append((m, n, k, epilogue is not None))
+        packed_gemm.emit_packed_gemm(b, pa, pb, pc, m, n, k, *rest, epilogue=epilogue)
+
+    monkeypatch.setattr(blas, "emit_packed_gemm", emit)
+    return emitted
 
 
 @pytest.fixture(autouse=True, scope="session")
 def private_compile_cache(tmp_path_factory):
     """Compiled code goes to a fresh cache per run, not the user's ~/.cache: the suite
-    exercises cold compiles, and a run never depends on what an earlier one left."""
-    saved = os.environ.get("FFCOMPILE_CACHE_DIR")
+    exercises cold compiles, and a run never depends on what an earlier one left. GEMMs above
+    the native range take the packed GEMM on every host (FFCOMPILE_GEMM_ROUTE), never a
+    route measured on this one (test_gemm_calibration.py tests the measured choice)."""
+    saved = {name: os.environ.get(name) for name in ("FFCOMPILE_CACHE_DIR", "FFCOMPILE_GEMM_ROUTE")}
     os.environ["FFCOMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ffcompile-cache"))
+    os.environ["FFCOMPILE_GEMM_ROUTE"] = "packed"
     yield
-    if saved is None:
-        del os.environ["FFCOMPILE_CACHE_DIR"]
-    else:
-        os.environ["FFCOMPILE_CACHE_DIR"] = saved
+    for name, value in saved.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value

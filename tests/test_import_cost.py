@@ -50,7 +50,7 @@ def test_a_cache_hit_of_a_blas_program_imports_neither_scipy_nor_threadpoolctl(t
     monkeypatch.setenv("FFCOMPILE_CACHE_DIR", str(tmp_path))
     # The BLAS route forced: on a 512-bit host the packed GEMM (packed_gemm.py) takes these products.
     step = ("import ffcompile as ff\nfrom ffcompile import zoo\n"
-            "from ffcompile.codegen.llvm import blas\nblas.packed_beats_blas = lambda *args: False\n"
+            "import os\nos.environ['FFCOMPILE_GEMM_ROUTE'] = 'blas'\n"
             "w = zoo.get('mnist'); params, x, y = w.example_inputs(0)\n"
             "step = ff.compile_train_step(w.loss, ff.optim.SGD(0.01), backend='llvm')\n"
             "state = step.init(params)\nprogram = step.lower(params, state, x, y).program\n"

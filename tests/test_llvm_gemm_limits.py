@@ -28,7 +28,7 @@ def test_a_dimension_past_the_blas_integers_is_a_compile_error(m, k, n):
 
 
 @pytest.mark.parametrize("threads, passed", [(2, "i32"), (1, "i64")], ids=["one-call", "split-by-rows"])
-def test_the_largest_blas_dimension_is_passed_as_it_is(monkeypatch, threads, passed):
+def test_the_largest_blas_dimension_is_passed_as_it_is(blas_route, monkeypatch, threads, passed):
     """One BLAS call (BLAS threads > 1) takes m as a constant; split across the thread pool
     (BLAS at one thread), the blocks' rows are clamped to m, then passed."""
     monkeypatch.setattr(blas, "_threads_chosen", True)

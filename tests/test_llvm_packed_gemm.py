@@ -12,18 +12,12 @@ from test_llvm_backend import build
 from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product, train_on_both_backends
 
 import ffcompile as ff
-from ffcompile.codegen.llvm import blas, packed_gemm
-from ffcompile.codegen.llvm.packed_gemm import StandaloneGemm, block_sizes
+from ffcompile.codegen.llvm import packed_gemm
+from ffcompile.codegen.llvm.packed_gemm import block_sizes
+from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 
 DTYPES = {"f32": np.float32, "f64": np.float64}
 TINY_CACHES = {1: 2048, 2: 16384}
-
-
-@pytest.fixture
-def threads():
-    saved = ff.get_num_threads()
-    yield ff.set_num_threads
-    ff.set_num_threads(saved)
 
 
 def misaligned(x):
@@ -102,35 +96,6 @@ def test_odd_shapes_misaligned(threads, m, n, k, shift):
     check(m, n, k, True, False, "f64", 64, scaled=True, shift=shift)
 
 
-@pytest.mark.parametrize("blas_threads", [1, 2])
-@pytest.mark.parametrize("vbytes", [32, 64])
-def test_route_only_where_measured_faster(monkeypatch, vbytes, blas_threads):
-    """Above smallgemm's range, the packed kernel only with 512-bit vectors against a
-    one-thread BLAS (packed_beats_blas); below it, smallgemm as before."""
-    monkeypatch.setattr(packed_gemm, "vector_bytes", lambda: vbytes)
-    monkeypatch.setattr(blas, "_threads_chosen", True)
-    monkeypatch.setattr(blas, "_blas_threads", blas_threads)
-    packed = vbytes == 64 and blas_threads == 1
-    assert blas.gemm_route(1024, 512, 784, "f32", False, False) == (blas.PACKED if packed else blas.BLAS)
-    assert blas.gemm_route(64, 64, 64, "f32", False, False) == blas.SMALL
-
-
-@pytest.fixture
-def packed_route(monkeypatch):
-    """Every GEMM above smallgemm's range through the packed kernel, the disk cache off (its
-    key does not know a forced route). Yields the (m, n, k) of each product emitted so."""
-    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
-    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
-    emitted = []
-
-    def emit(b, pa, pb, pc, m, n, k, *rest):
-        emitted.append((m, n, k))
-        packed_gemm.emit_packed_gemm(b, pa, pb, pc, m, n, k, *rest)
-
-    monkeypatch.setattr(blas, "emit_packed_gemm", emit)
-    return emitted
-
-
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
 def test_compiled_product_takes_the_packed_route(packed_route, trans_a, trans_b):
     a, b = operands(300, 280, 290, trans_a, trans_b, np.float32)
@@ -151,7 +116,7 @@ def test_mnist_training_step_matches_numpy_backend(packed_route, threads):
     threads(2)
     results = train_on_both_backends("mnist")
     # the forward's, the weight gradients' (A^T B) and the input gradients' (A B^T) products
-    assert {(128, 512, 784), (784, 512, 128), (128, 512, 512)} <= set(packed_route)
+    assert {(128, 512, 784), (784, 512, 128), (128, 512, 512)} <= {shape[:3] for shape in packed_route}
     (want_losses, want), (got_losses, got) = results["numpy"], results["llvm"]
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
     for g, w in zip(got, want, strict=True):
@@ -170,5 +135,28 @@ def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
     monkeypatch.setattr(packed_gemm, "vector_bytes", packed_gemm.vector_bytes)
     with threadpool_limits(None):
         gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--vector-bits", "256"])
-    row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
+        row = capsys.readouterr().out.strip().splitlines()[-1]
+        assert row.startswith("200x300x310:") and "packed" in row and "blas" in row and "scipy1" in row
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--epilogue"])
+        header, host, row = capsys.readouterr().out.strip().splitlines()[-3:]
+        assert "packed-apart" in row and "scipy1" not in row and "% = of the peak" in header and "FMA/cycle" in host
+        gemm.main(["--shapes", "200x300x310", "--calls", "1", "--rounds", "1", "--cpu-time"])
+        header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert "1 threads" in header and "CPU time" in header and "numpy" in row and "jax" not in row
+
+
+def test_peak_benchmark_measures_the_clock_and_each_vector_width(monkeypatch):
+    """benchmarks/peak.py on this host (fewer rounds): a clock, and FMA units per width the
+    host has (AVX2: 256 bits; AVX-512: both). No value is asserted but that they are ones."""
+    from benchmarks import peak
+    from ffcompile.codegen.llvm.target import host_key
+
+    monkeypatch.setattr(peak, "ROUNDS", 1)
+    monkeypatch.setattr(peak, "ITERATIONS", 20_000)
+    found = peak.host_peak()
+    features = host_key().split(" ")[-1].split(",")
+    assert 0.2 < found["clock_ghz"] < 10 and found["cores"] >= 1
+    assert set(found["widths"]) == {bits for bits, flag in ((256, "+fma"), (512, "+avx512f")) if flag in features}
+    for width in found["widths"].values():
+        assert 0.5 <= width["fma_units"] <= 8 and width["f32_gflops"] == 2 * width["f64_gflops"]
+    assert "GHz" in peak.describe(found)

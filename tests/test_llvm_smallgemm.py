@@ -121,7 +121,8 @@ import numpy as np
 import ffcompile as ff
 from ffcompile.codegen.llvm import blas
 from ffcompile.codegen.llvm.blas import blas_address
-blas.packed_beats_blas = lambda *args: False  # the BLAS route, on any host
+import os
+os.environ["FFCOMPILE_GEMM_ROUTE"] = "blas"  # the BLAS route, on any host
 a = np.ones((300, 300), np.float32)
 f = ff.compile(lambda x, y: x @ y, backend="llvm")
 assert float(np.asarray(f(a, a))[0, 0]) == 300.0

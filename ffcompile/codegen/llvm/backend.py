@@ -47,7 +47,8 @@ from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
 from .threadpool import POOL_SLOT, parallel_for_address
-from .lower import ENTRY, PROFILE, gemm_scratch, layout, lower
+from .lower import ENTRY, PROFILE, gemm_routes, gemm_scratch, layout, lower
+from .calibrate import calibrate_schedule
 from .object_check import Symbol
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -85,8 +86,9 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
                         profile: bool) -> str:
     """Everything lower() builds a program's IR from, as text: the disk cache's key. The
     schedule (nodes with their types and attributes, kernels, views, literals, anchors), the
-    inputs, the plan's offsets, donation, profiling, and the GEMM size limit of the BLAS
-    thread setting; the host and the code generator's source join it in ObjectCache.key."""
+    inputs, the plan's offsets, donation, profiling, the GEMM size limit of the BLAS
+    thread setting and each GEMM's route (measured per host: the packed GEMM's block sizes
+    too); the host and the code generator's source join it in ObjectCache.key."""
     graph = schedule.graph
     return "\n".join([
         print_schedule(schedule, locs=False),
@@ -96,6 +98,7 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
         + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
         f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
         f" vector_bytes {target.vector_bytes()}",
+        "gemms " + " ".join(gemm_routes(schedule)),
     ])
 
 
@@ -215,6 +218,7 @@ class LLVMExecutable:
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
         stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
+        calibrate_schedule(self._lower_arguments[0])  # the routes the key holds, measured if not yet
         key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
         found = key and cache.load(key, lambda metadata: program_symbols(metadata, *self._lower_arguments))
         self.from_cache = bool(found)  # loaded from the disk cache: no IR built
@@ -429,6 +433,7 @@ class LLVMBackend:
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         from .export import export  # links with the system C compiler: loaded on use
 
+        calibrate_schedule(schedule)
         return export(schedule, plan, out_dir, name, input_names)
 
 

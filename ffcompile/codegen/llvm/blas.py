@@ -123,6 +123,13 @@ def native_max_work() -> int:
     return NATIVE_MAX_WORK if _blas_threads == 1 else THREADED_NATIVE_MAX_WORK
 
 
+def blas_thread_count() -> int | None:
+    """SciPy's BLAS threads programs are built for now (the default applied if no choice was
+    made; None: unknown), which packed_beats_blas's measurements are keyed by."""
+    default_blas_threads()
+    return _blas_threads
+
+
 def default_blas_threads() -> None:
     """Apply DEFAULT_BLAS_THREADS once, unless set_blas_threads was called."""
     if not _threads_chosen:
@@ -190,7 +197,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
     scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
-    An epilogue (only for a 2-D SKINNY product) runs in the skinny kernel's function."""
+    An epilogue (only for a 2-D SKINNY or PACKED product) runs in that kernel's function."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -201,7 +208,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     dtype = out.type.dtype
     route = gemm_route(m, n, k, dtype, trans_a, trans_b)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    assert epilogue is None or (route == SKINNY and not batch), "only a 2-D skinny product fuses its epilogue"
+    assert epilogue is None or (route in (SKINNY, PACKED) and not batch), "a 2-D skinny or packed product fuses"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
@@ -215,7 +222,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         elif route == SMALL:
             emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
-            emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue=epilogue)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif _blas_threads == 1:  # the pool owns the cores: it splits the product

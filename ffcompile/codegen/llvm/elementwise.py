@@ -489,8 +489,9 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
 @dataclass(frozen=True)
 class ColumnEpilogue:
     """A GEMM's epilogue over an m x n space, to run inside the GEMM's own (parallel) function
-    on the columns each chunk computed: `values` are what it reads (passed into the function),
-    and emit(b, loaded, j0, j1) evaluates it at every row and the columns [j0, j1)."""
+    on the part of C each chunk computed: `values` are what it reads (passed into the function),
+    and emit(b, loaded, j0, j1, rows=None) evaluates it at the columns [j0, j1) of every row,
+    or of rows = (i0, i1) (i64 values) only: a block of C (packed_gemm.py)."""
 
     values: list
     emit: Callable
@@ -502,12 +503,13 @@ def column_epilogue(emitter: BodyEmitter, body, space: tuple[int, int], outputs)
     phase = Phase.whole(space)
     values, rebuild = emitter.captured()
 
-    def emit(b, loaded, j0, j1):
+    def emit(b, loaded, j0, j1, rows=None):
         if not per_point:
             return
         local = rebuild(b, loaded)
-        with for_range(b, ir.Constant(I64, space[0]), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
-            point = Point(2, [(0,), (1,)], [i, b.add(j0, j, flags=["nsw"])])
+        i0, i1 = rows or (ir.Constant(I64, 0), ir.Constant(I64, space[0]))
+        with for_range(b, b.sub(i1, i0), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
+            point = Point(2, [(0,), (1,)], [b.add(i0, i, flags=["nsw"]), b.add(j0, j, flags=["nsw"])])
             local.at_point(per_point, phase, point, outputs)
 
     return ColumnEpilogue(values, emit)

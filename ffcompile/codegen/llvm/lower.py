@@ -27,9 +27,10 @@ from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
-from .blas import BLAS, BLAS_FUNCTIONS, SKINNY, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
+from .blas import BLAS, BLAS_FUNCTIONS, PACKED, SKINNY, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
 from .elementwise import I8, MEMORY_TYPES, Array, BodyEmitter, column_epilogue, constant, emit_map
 from .layout import emit_constant, emit_copy, emit_layout
+from .packed_gemm import default_block_sizes
 from .reduction import emit_reduction
 
 ENTRY = "entry"
@@ -113,13 +114,35 @@ def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None 
     return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used, collectives)
 
 
+def gemm_dims(nodes, kernel) -> tuple[int, int, int]:
+    """(m, n, k) of a GEMM kernel's matmul: C (m x n) = op(A) (m x k) op(B)."""
+    matmul = nodes[kernel.anchor]
+    *_, m, n = matmul.type.shape
+    return m, n, nodes[matmul.inputs[0]].type.shape[-1]
+
+
+def gemm_routes(schedule: Schedule) -> list[str]:
+    """Each GEMM kernel's route, the packed GEMM's with its block sizes: choices made by
+    measurement (gemm_calibration.py), FFCOMPILE_GEMM_ROUTE and the host's caches, which
+    the disk cache's key must hold."""
+    routes = []
+    for kernel in schedule.kernels:
+        if kernel.kind == KernelKind.GEMM:
+            route = _gemm_route(schedule.graph.nodes, kernel)
+            m, n, k = gemm_dims(schedule.graph.nodes, kernel)
+            itemsize = schedule.graph.nodes[kernel.anchor].type.np_dtype.itemsize
+            blocks = default_block_sizes(m, n, k, itemsize) if route == PACKED else ""
+            routes.append(f"{route}{blocks}")
+    return routes
+
+
 def _gemm_route(nodes, kernel) -> str | None:
     """blas.gemm_route of a GEMM kernel's matmul, its error naming the matmul and its line."""
     matmul = nodes[kernel.anchor]
     a, b = (nodes[j].type for j in matmul.inputs)
-    *_, m, n = matmul.type.shape
+    m, n, k = gemm_dims(nodes, kernel)
     try:
-        return gemm_route(m, n, a.shape[-1], matmul.type.dtype, kernel.trans_a, kernel.trans_b)
+        return gemm_route(m, n, k, matmul.type.dtype, kernel.trans_a, kernel.trans_b)
     except GemmTooLarge as err:
         where = f" {matmul.loc}" if matmul.loc else ""
         raise GemmTooLarge(f"llvm backend: matmul %{kernel.anchor} {a} @ {b} -> {matmul.type}{where}: {err}") from None
@@ -362,7 +385,8 @@ def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
 def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     """The GEMM writes into the matmul's buffer if it has one (an output, or scratch), else into
     the kernel root's, which the epilogue then overwrites in place (same type, read before
-    written per element). An epilogue in accumulate form is the GEMM's alpha and beta."""
+    written per element). An epilogue in accumulate form is the GEMM's alpha and beta; the rest
+    of it (reading the accumulated result: momentum's `w - lr * v`) may be fused as any other."""
     b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     matmul = nodes[kernel.anchor]
 
@@ -377,32 +401,31 @@ def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
     a = operand(matmul.inputs[0], kernel.trans_a)
     b_ = operand(matmul.inputs[1], kernel.trans_b)
     accumulate = match_accumulate(nodes, kernel, same_storage)
-    epilogue = kernel.epilogue
+    epilogue, scale = kernel.epilogue, None
     if accumulate is not None:
         result = Array(arrays[accumulate.result].ptr, matmul.type)
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, (factor(accumulate.alpha), factor(accumulate.beta)))
+        scale = (factor(accumulate.alpha), factor(accumulate.beta))
         epilogue = [i for i in epilogue if i not in accumulate.replaced]
     else:
         dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
         result = Array(arrays[dest].ptr, matmul.type)
         arrays.setdefault(kernel.anchor, result)
-        if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
-            outputs = [i for i in kernel.outputs if i in epilogue]
-            fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
-            emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, epilogue=fused)
-            return
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
+    outputs = [i for i in kernel.outputs if i in epilogue]
+    if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
+        fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, scale, epilogue=fused)
+        return
+    emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, scale)
     if epilogue:
-        outputs = [i for i in kernel.outputs if i in epilogue]
         emit_map(emitter, epilogue, matmul.type.shape, outputs)
 
 
 def _fuses_epilogue(nodes, kernel, epilogue, same_storage) -> bool:
-    """Whether the epilogue runs inside the GEMM's function, per chunk of columns: a 2-D skinny
-    product (skinny.py), whose epilogue writes over neither operand (a chunk still reading
-    an operand would see another chunk's results)."""
+    """Whether the epilogue runs inside the GEMM's function, per chunk of columns (a 2-D skinny
+    product, skinny.py) or per block of C (a 2-D packed one, packed_gemm.py), when it writes
+    over neither operand (a chunk still reading an operand would see another chunk's results)."""
     matmul = nodes[kernel.anchor]
-    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) != SKINNY:
+    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) not in (SKINNY, PACKED):
         return False
     transposed = (kernel.trans_a, kernel.trans_b)
     operands = [nodes[j].inputs[0] if t else j for j, t in zip(matmul.inputs, transposed)]

@@ -8,7 +8,9 @@ into slivers of MR rows, and runs the MR x NR micro-kernel over every pair of
 slivers: MR x NR/vw vector accumulators (registers) over kc broadcast-FMA steps,
 reading both packs contiguously whatever the operands' transposes. The first k step writes
 alpha * AB + beta * C (AB without a scale: C is not read, it may hold anything),
-later ones add. Edge tiles compute the full padded tile and copy its valid part.
+later ones add. Edge tiles compute the full padded tile and copy its valid part. A fused
+epilogue (bias, activation, ...: lower.py's column_epilogue) runs on each block of C right
+after its last k step, while the block (MC x NC, sized for L2) is still in cache.
 
 Block sizes come from the host's caches (sysfs; a common default otherwise):
 a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
@@ -19,6 +21,7 @@ thread pack all of B, which cost as much as the product at m = 128). The vector
 width is the host's (target.vector_bytes) unless given: tests force the narrower
 one, and LLVM legalizes the wider one on any host. Each block of C is computed
 by the same code in any chunk: results do not depend on the thread count.
+Whether a product runs here or calls BLAS is measured per host (packed_beats_blas).
 
 The packs copy whole slivers in vectors: a vector a k step where the source runs along the
 sliver (B, A^T), else (A, B^T) 8 k steps at a time, transposed in registers. So the function
@@ -36,10 +39,11 @@ from pathlib import Path
 from llvmlite import ir
 
 from .cgutils import accumulate_loop, compiled_compact, for_range
-from .elementwise import CONTRACT, I64
+from .elementwise import CONTRACT, I64, ColumnEpilogue
+from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
-from .threadpool import emit_parallel_for
+from .threadpool import emit_parallel_for, get_num_threads
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
@@ -80,30 +84,49 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     return mr, nr, mc, kc, nc
 
 
+def default_block_sizes(m: int, n: int, k: int, itemsize: int) -> tuple[int, int, int, int, int]:
+    """block_sizes at the vector width emit_packed_gemm takes by default."""
+    return block_sizes(m, n, k, itemsize, vector_bytes())
+
+
 def packed_beats_blas(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> bool:
-    """Whether blas.gemm_route sends a product above smallgemm's range here instead of BLAS:
-    with 512-bit vectors, against SciPy's OpenBLAS at one thread a chunk (the default). Measured
-    side by side (benchmarks/gemm.py, f32, zoo layer shapes at batch 128 and 1024, a loaded
-    2-core Zen 5): 512-bit 1.2-2.2x the BLAS route on 1 thread, mostly 1.1-1.8x on 2 (f64
-    1.1-1.6x); 256-bit (forced) 0.9-1.0x, so AVX2 hosts, whose OpenBLAS kernels are as wide,
-    keep BLAS, as do several BLAS threads (not measured).
-    The rule depends on the vector width and native_max_work(), both in the cache key."""
-    return vector_bytes() == 64 and blas_threads == 1
+    """Whether blas.gemm_route sends a product above smallgemm's range here instead of to BLAS:
+    as forced (FFCOMPILE_GEMM_ROUTE, route_forced), else as measured on this host for the
+    product's shape class at the pool's and the BLAS's thread counts and this vector width
+    (gemm_calibration.py; calibrate.py measures a class a program needs when it is built). An
+    unmeasured class keeps BLAS. The choice is part of the disk cache's key (lower.gemm_routes)."""
+    forced = forced_route()
+    if forced is not None:
+        return forced == "packed"
+    found = measured(route_key(m, n, k, itemsize, blas_threads))
+    return found is not None and found["packed_seconds"] < found["blas_seconds"]
+
+
+def route_key(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> str:
+    """The calibration record that decides this product's route now: its class at the pool's
+    and the BLAS's thread counts and this kernel's vector width."""
+    return class_key(m, n, k, itemsize, get_num_threads(), blas_threads, vector_bytes())
 
 
 def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
-                     scale: tuple[ir.Value, ir.Value] | None = None, vbytes: int | None = None) -> None:
+                     scale: tuple[ir.Value, ir.Value] | None = None, vbytes: int | None = None,
+                     epilogue: ColumnEpilogue | None = None) -> None:
     """C = op(A) op(B) (C row-major m x n, k >= 1); with scale = (alpha, beta):
-    C = alpha op(A) op(B) + beta C. vbytes: the vector width (default: the host's)."""
+    C = alpha op(A) op(B) + beta C. vbytes: the vector width (default: the host's). An
+    epilogue runs on each block of C as soon as its last k step is stored (still in L2),
+    in the chunk that computed it: the caller makes sure it writes over neither operand
+    (lower._fuses_epilogue), which other chunks may still be reading."""
     ty = pc.type.pointee
     itemsize = float_bytes(ty)
     vbytes = vbytes or vector_bytes()
     mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
     kernel = _Kernel(ty, m, n, k, trans_a, trans_b, scale is not None, mr, nr, mc, kc, nc, vbytes // itemsize)
+    kernel.epilogue = epilogue
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     blocks = -(-m // mc) * -(-n // nc)
     grain = max(1, -(-MIN_CHUNK_WORK // (mc * nc * k)))
-    emit_parallel_for(b, "packed_gemm", [pa, pb, pc, alpha, beta], blocks, grain, kernel.emit_blocks)
+    extra = epilogue.values if epilogue is not None else []
+    emit_parallel_for(b, "packed_gemm", [pa, pb, pc, alpha, beta, *extra], blocks, grain, kernel.emit_blocks)
 
 
 class _Kernel:
@@ -113,6 +136,7 @@ class _Kernel:
         self.ty, self.m, self.n, self.k = ty, m, n, k
         self.trans_a, self.trans_b, self.scaled = trans_a, trans_b, scaled
         self.mr, self.nr, self.mc, self.kc, self.nc, self.vw = mr, nr, mc, kc, nc, vw
+        self.epilogue: ColumnEpilogue | None = None
 
     def const(self, v: int) -> ir.Constant:
         return ir.Constant(I64, v)
@@ -122,7 +146,7 @@ class _Kernel:
         return b.select(b.icmp_signed("<", x, self.const(limit)), x, self.const(limit))
 
     def emit_blocks(self, b: ir.IRBuilder, values, start, end) -> None:
-        pa, pb, pc, alpha, beta = values
+        pa, pb, pc, alpha, beta = values[:5]
         self.b, self.pa, self.pb, self.pc, self.alpha, self.beta = b, pa, pb, pc, alpha, beta
         compiled_compact(b.function)
         with b.goto_entry_block():
@@ -136,6 +160,7 @@ class _Kernel:
         first_panel = b.sdiv(start, self.const(row_blocks))
         panels = b.sub(b.sdiv(b.add(last, self.const(row_blocks - 1)), self.const(row_blocks)), first_panel)
         panels = b.select(b.icmp_signed("<", start, last), panels, self.const(0))
+        k_steps = -(-self.k // self.kc)
         with for_range(b, panels, "jc") as j:
             jcb = b.add(first_panel, j)
             jc = b.mul(jcb, self.const(self.nc))
@@ -144,7 +169,7 @@ class _Kernel:
             low = b.sub(b.select(b.icmp_signed(">", start, panel_start), start, panel_start), panel_start)
             panel_end = b.add(panel_start, self.const(row_blocks))
             high = b.sub(b.select(b.icmp_signed("<", last, panel_end), last, panel_end), panel_start)
-            with for_range(b, self.const(-(-self.k // self.kc)), "pc") as pcb:
+            with for_range(b, self.const(k_steps), "pc") as pcb:
                 p0 = b.mul(pcb, self.const(self.kc))
                 depth = self.min(b, b.sub(self.const(self.k), p0), self.kc)
                 self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)),
@@ -156,6 +181,23 @@ class _Kernel:
                     self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
                                lanes_inner=self.trans_a)
                     self._macro(ic, jc, nrows, ncols, depth, first)
+                    if self.epilogue is not None:  # the block of C is final after the last k step
+                        with b.if_then(b.icmp_signed("==", pcb, self.const(k_steps - 1))):
+                            self._epilogue(values[5:], jc, b.add(jc, ncols), ic, b.add(ic, nrows))
+
+    def _epilogue(self, values, j0, j1, i0, i1) -> None:
+        """Call the fused epilogue on rows [i0, i1) and columns [j0, j1) of C: a function of its
+        own, compiled in full, since in this compact one LLVM would not vectorize its loops."""
+        module = self.b.module
+        types = [v.type for v in values] + [I64] * 4
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), module.get_unique_name("packed_gemm.epilogue"))
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        eb = ir.IRBuilder(fn.append_basic_block("entry"))
+        *loaded, c0, c1, r0, r1 = fn.args
+        self.epilogue.emit(eb, list(loaded), c0, c1, rows=(r0, r1))
+        eb.ret_void()
+        self.b.call(fn, [*values, j0, j1, i0, i1])
 
     def _a_at(self, i, p):
         b = self.b
@@ -319,38 +361,3 @@ class _Kernel:
             total = b.load(b.gep(self.tile, [b.add(b.mul(r, self.const(self.nr)), c)], inbounds=True))
             at = b.add(b.mul(b.add(i0, r), self.const(self.n)), b.add(j0, c))
             self._update(total, b.gep(self.pc, [at], inbounds=True), first)
-
-
-class StandaloneGemm:
-    """One packed GEMM compiled alone, `gemm(a, b, c, alpha, beta)` on NumPy arrays (for tests
-    and benchmarks/gemm.py: the kernel measured without a program around it)."""
-
-    def __init__(self, m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool,
-                 scaled: bool = False, vbytes: int | None = None):
-        import ctypes
-
-        from .target import jit
-        from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
-
-        ty = {"f32": ir.FloatType(), "f64": ir.DoubleType()}[dtype]
-        module = ir.Module("packed_gemm")
-        ptr = ty.as_pointer()
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, ty, ty]), "gemm")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        pa, pb, pc, alpha, beta = fn.args
-        emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, (alpha, beta) if scaled else None, vbytes)
-        b.ret_void()
-        # The pool's slot even when no chunk is split: it is writable data, which RuntimeDyld
-        # needs for the stubs of memset calls (lower.py's BLAS slots say why).
-        pool_slot(module)
-        self.shape, self._jit = (m, n, k), jit(module)
-        ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
-        scalar = ctypes.c_float if dtype == "f32" else ctypes.c_double
-        self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, scalar, scalar)(self._jit.address("gemm"))
-
-    def __call__(self, a, b, c, alpha: float = 1.0, beta: float = 0.0) -> None:
-        """c = alpha op(a) op(b) + beta c (alpha, beta only if built scaled), in place; the
-        arrays hold the operands as the transposes say, C-contiguous."""
-        for x in (a, b, c):
-            assert x.flags.c_contiguous
-        self._call(a.ctypes.data, b.ctypes.data, c.ctypes.data, alpha, beta)

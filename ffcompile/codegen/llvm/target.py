@@ -8,6 +8,7 @@ baseline x86-64 and never emits AVX.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,12 +28,23 @@ def _initialize() -> None:
     llvm.initialize_native_asmprinter()
 
 
+VECTOR_BITS_VARIABLE = "FFCOMPILE_VECTOR_BITS"  # "256": code for an AVX2 host (read once a process)
+
+
 @functools.cache  # LLVM asks the CPU each time (~1 ms of CPU, several calls per program)
 def _host_features() -> str:
+    """The host's features; without AVX-512 if FFCOMPILE_VECTOR_BITS=256 (an AVX2 host's code,
+    on any host: to test and measure that width where AVX-512 is present)."""
     try:
-        return llvm.get_host_cpu_features().flatten()
+        features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:  # LLVM cannot query features on some hosts: baseline ISA
-        return ""
+        features = ""
+    bits = os.environ.get(VECTOR_BITS_VARIABLE, "").strip()
+    if bits not in ("", "256"):
+        raise ValueError(f"{VECTOR_BITS_VARIABLE}={bits!r}: only 256 (AVX2 code on an AVX-512 host) can be forced")
+    if bits == "256":
+        features = ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in features.split(",") if f)
+    return features
 
 
 def _new_target_machine(jit: bool) -> llvm.TargetMachine:

@@ -1,0 +1,43 @@
+"""`python -m ffcompile.calibrate`: measure, ahead of time, where ffcompile's packed GEMM beats the
+BLAS call on this host, and print the table (codegen/llvm/gemm_calibration.py).
+
+    python -m ffcompile.calibrate                     # the classes not measured yet, f32 and f64
+    python -m ffcompile.calibrate --force --threads 1 # measure again, for 1 pool thread
+    FFCOMPILE_VECTOR_BITS=256 python -m ffcompile.calibrate   # an AVX2 host's code
+
+Programs measure the classes they need when they are built; this only does it earlier (or
+again, on a quieter machine) for the thread count given (default: ff.get_num_threads()).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="f32,f64", help="comma-separated: f32, f64")
+    parser.add_argument("--threads", type=int, help="the pool's threads (default: ff.get_num_threads())")
+    parser.add_argument("--force", action="store_true", help="measure again the classes measured before")
+    args = parser.parse_args(argv)
+
+    import ffcompile as ff
+    from ffcompile.codegen.llvm.calibrate import calibrate_class
+    from ffcompile.codegen.llvm.packed_gemm import vector_bytes
+    from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name
+
+    if args.threads:
+        ff.set_num_threads(args.threads)
+    print(f"# {calibration_path() or 'the disk cache is off: kept in this process only'}")
+    print(f"# {ff.get_num_threads()} threads, vectors of {8 * vector_bytes()} bits")
+    print("# class: shape | packed GFLOP/s | blas GFLOP/s | packed over blas | route")
+    for dtype in args.dtype.split(","):
+        for shape in REPRESENTATIVE.values():
+            found = calibrate_class(*shape, dtype, force=args.force)
+            m, n, k = found["shape"]
+            packed, blas = (2 * m * n * k / found[f"{route}_seconds"] / 1e9 for route in ("packed", "blas"))
+            print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {packed / blas:4.2f}x | "
+                  f"{'packed' if packed > blas else 'blas'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

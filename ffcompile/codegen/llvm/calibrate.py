@@ -1,0 +1,82 @@
+"""Measure the packed GEMM against the BLAS call on this host (gemm_calibration.py keeps the result).
+
+When a program is built (backend.py), every product of it that could take either route
+and whose shape class is not measured yet under the current thread counts and vector
+width gets its class measured: the class's representative shape through both routes
+(standalone_gemm.py), alternating, ROUNDS rounds of ROUND_SECONDS each a route; the
+fastest call of each. About 0.2-0.4 s per class, once per host: the
+record outlives the process in the disk cache's directory. `python -m ffcompile.calibrate`
+measures every class ahead of time (or again, `--force`) and prints the table.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...passes.schedule import KernelKind, Schedule
+from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route
+from .gemm_calibration import forced_route, measured, record, representative, route_forced
+from .lower import gemm_dims
+from .packed_gemm import route_key
+from .standalone_gemm import StandaloneGemm
+
+ROUNDS = 5
+ROUND_SECONDS = 0.01  # per route and round: calls are repeated to last at least this long
+ITEMSIZES = {"f32": 4, "f64": 8}
+
+
+
+
+def either_route(m: int, n: int, k: int, dtype: str, trans_a: bool = False, trans_b: bool = False) -> bool:
+    """Whether gemm_route would choose between the packed GEMM and BLAS for this product."""
+    with route_forced("packed"):
+        return gemm_route(m, n, k, dtype, trans_a, trans_b) == PACKED
+
+
+def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float]:
+    """(packed, blas) seconds of an (m x k) @ (k x n) product: the fastest call of each, over
+    ROUNDS rounds that alternate the routes, each ROUND_SECONDS of calls a route (on a
+    loaded machine some calls run while another process has a core; the fastest did not)."""
+    rng = np.random.default_rng(0)
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    a, b = (rng.standard_normal(shape).astype(np_dtype) for shape in ((m, k), (k, n)))
+    c = np.empty((m, n), np_dtype)
+    gemms = [StandaloneGemm(m, n, k, dtype, False, False, route=route) for route in ("packed", "blas")]
+    best = [float("inf")] * 2
+    for r in range(ROUNDS):
+        for which in (r % 2, 1 - r % 2):
+            gemm = gemms[which]
+            gemm(a, b, c)  # warm: caches, the pool's workers
+            end = time.perf_counter() + ROUND_SECONDS
+            while (start := time.perf_counter()) < end:
+                gemm(a, b, c)
+                best[which] = min(best[which], time.perf_counter() - start)
+    return best[0], best[1]
+
+
+def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> dict:
+    """The record of the class of this product (measured now if it has none, or if forced)."""
+    key = route_key(m, n, k, ITEMSIZES[dtype], blas_thread_count())
+    found = None if force else measured(key)
+    if found is None:
+        shape = representative(m, n, k)
+        record(key, shape, *time_routes(*shape, dtype))
+        found = measured(key)
+    return found
+
+
+def calibrate_schedule(schedule: Schedule) -> None:
+    """Measure the classes of the schedule's products that are not measured yet (none when
+    FFCOMPILE_GEMM_ROUTE forces the route)."""
+    if forced_route() is not None:
+        return
+    nodes = schedule.graph.nodes
+    for kernel in schedule.kernels:
+        if kernel.kind != KernelKind.GEMM or nodes[kernel.anchor].type.dtype not in BLAS_FUNCTIONS:
+            continue
+        m, n, k = gemm_dims(nodes, kernel)
+        dtype = nodes[kernel.anchor].type.dtype
+        concrete = all(isinstance(d, int) for d in (m, n, k))  # the packed GEMM needs known sizes
+        if concrete and either_route(m, n, k, dtype, kernel.trans_a, kernel.trans_b):
+            calibrate_class(m, n, k, dtype)

@@ -1,0 +1,161 @@
+"""Which of the packed GEMM and the BLAS call is faster on this host: the crossover as measured.
+
+A product above smallgemm's range falls in a shape class: its float type, whether it is
+thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
+gradient summed over one) and its work band (m * n * k below 2^26, 2^29, or above). Each
+class has one representative shape; calibrate.py times both routes on it, as programs run
+them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
+moment, and records the seconds here. The record is a small JSON file in the disk cache's
+directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
+with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
+foreign or outdated file is ignored (and rewritten by the next measurement);
+with the disk cache off the records live in this process only.
+
+FFCOMPILE_GEMM_ROUTE=packed|blas forces the choice (the test suite's conftest does, so no
+test depends on a measured value); `route_forced` does for one thread, for a block.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from .cache import code_generator_fingerprint, default_cache
+from .target import host_key
+
+ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
+ROUTES = ("packed", "blas")
+FORMAT = 1  # the file's layout version: another one is ignored
+THIN_MAX = 256
+WORK_BANDS = (2 ** 26, 2 ** 29)  # upper bounds of the lower bands
+REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class
+    (True, 0): (128, 512, 784), (True, 1): (256, 1024, 1024), (True, 2): (256, 4096, 1024),
+    (False, 0): (384, 384, 384), (False, 1): (512, 512, 784), (False, 2): (1024, 1024, 1024),
+}
+_tables: dict[Path | None, dict[str, dict]] = {}  # file (None: no cache) -> class key -> record
+_lock = threading.RLock()
+_override = threading.local()
+
+
+def forced_route() -> str | None:
+    """'packed' or 'blas' when forced (route_forced, else FFCOMPILE_GEMM_ROUTE), else None."""
+    route = getattr(_override, "route", None)
+    if route is not None:
+        return route
+    value = os.environ.get(ROUTE_VARIABLE, "").strip()
+    if value in ("", "measured"):
+        return None
+    if value not in ROUTES:
+        raise ValueError(f"{ROUTE_VARIABLE}={value!r}: expected one of {', '.join(ROUTES)} or 'measured'")
+    return value
+
+
+@contextmanager
+def route_forced(route: str):
+    """Force the route of products above smallgemm's range on this thread, for a block."""
+    assert route in ROUTES, route
+    saved = getattr(_override, "route", None)
+    _override.route = route
+    try:
+        yield
+    finally:
+        _override.route = saved
+
+
+def shape_class(m: int, n: int, k: int) -> tuple[bool, int]:
+    """(thin, work band) of an (m x k) @ (k x n) product."""
+    work = m * n * k
+    return min(m, n, k) <= THIN_MAX, sum(work >= bound for bound in WORK_BANDS)
+
+
+def representative(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """The product measured for this one's class."""
+    return REPRESENTATIVE[shape_class(m, n, k)]
+
+
+def class_name(m: int, n: int, k: int, itemsize: int) -> str:
+    """The product's class: float type, thin or wide, work band."""
+    thin, band = shape_class(m, n, k)
+    return f"f{8 * itemsize} {'thin' if thin else 'wide'} band{band}"
+
+
+def class_key(m: int, n: int, k: int, itemsize: int, threads: int, blas_threads: int | None,
+              vector_bytes: int) -> str:
+    """The record's name for this product's class under these thread counts and vector width."""
+    return (f"{class_name(m, n, k, itemsize)} threads={threads} blas_threads={blas_threads} "
+            f"vector_bits={8 * vector_bytes}")
+
+
+def calibration_path() -> Path | None:
+    """This host's file in the disk cache's directory (None: the cache is off)."""
+    cache = default_cache()
+    if cache is None:
+        return None
+    return cache.directory / f"gemm-calibration-{hashlib.sha256(host_key().encode()).hexdigest()[:16]}.json"
+
+
+def _valid(record) -> bool:
+    return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds"}
+            and isinstance(record["shape"], list) and len(record["shape"]) == 3
+            and all(isinstance(x, int) and x > 0 for x in record["shape"])
+            and all(isinstance(record[s], float) and record[s] > 0 for s in ("packed_seconds", "blas_seconds")))
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """The file's records, if it is whole and this host's ({} otherwise)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("host") == host_key()
+            and data.get("code") == code_generator_fingerprint() and isinstance(data.get("records"), dict)):
+        return {}
+    return {key: record for key, record in data["records"].items() if isinstance(key, str) and _valid(record)}
+
+
+def _table(path: Path | None) -> dict[str, dict]:
+    """The records of `path` (read once per process), with this process's measurements."""
+    if path not in _tables:
+        _tables[path] = {} if path is None else _read(path)
+    return _tables[path]
+
+
+def measured(key: str) -> dict | None:
+    """The record of class `key` ({"shape", "packed_seconds", "blas_seconds"}), if measured."""
+    with _lock:
+        return _table(calibration_path()).get(key)
+
+
+def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float) -> None:
+    """Keep a measurement, and write the file (a temporary file renamed over it: a reader sees
+    the old or the new one whole; a directory that cannot be written costs only the reuse)."""
+    with _lock:
+        path = calibration_path()
+        table = _table(path)
+        table[key] = {"shape": list(shape), "packed_seconds": float(packed_seconds),
+                      "blas_seconds": float(blas_seconds)}
+        if path is None:
+            return
+        text = json.dumps({"format": FORMAT, "host": host_key(), "code": code_generator_fingerprint(),
+                           "records": dict(sorted(table.items()))}, indent=1)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-calibration-")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def forget() -> None:
+    """Drop what this process read or measured (the files stay), as a new process would start."""
+    with _lock:
+        _tables.clear()

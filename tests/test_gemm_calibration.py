@@ -1,0 +1,214 @@
+"""The packed-vs-BLAS choice as measured on the host (gemm_calibration.py, calibrate.py).
+
+No test depends on a measured value: the measurement (calibrate.time_routes) is replaced by
+fixed seconds wherever the choice is checked; the real one runs once, on the smallest class,
+and is only checked to be a time. The disk cache's key holds each GEMM's route and the
+packed GEMM's block sizes.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_llvm_backend import build, lowered_graph
+
+import ffcompile as ff
+from ffcompile import calibrate as calibrate_cli
+from ffcompile.codegen.llvm import backend, blas, calibrate, gemm_calibration, packed_gemm, target
+from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, ROUTE_VARIABLE
+from ffcompile.passes.fuse import fuse
+from ffcompile.passes.memory import plan_memory
+
+SHAPE = (1024, 512, 784)  # mnist's first layer at batch 1024: either route
+
+
+@pytest.fixture
+def measured_routes(monkeypatch, tmp_path):
+    """The route left to the measurement, in a cache directory of its own; time_routes replaced:
+    set `fake[0]` to the (packed, blas) seconds it returns. Yields the list of shapes measured."""
+    monkeypatch.setenv(ROUTE_VARIABLE, "")
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", str(tmp_path))
+    gemm_calibration.forget()
+    measured, fake = [], [(1.0, 2.0)]
+
+    def time_routes(m, n, k, dtype):
+        measured.append((m, n, k, dtype))
+        return fake[0]
+
+    monkeypatch.setattr(calibrate, "time_routes", time_routes)
+    yield measured, fake
+    gemm_calibration.forget()
+
+
+def product_program():
+    a = np.ones((SHAPE[0], SHAPE[2]), np.float32)
+    b = np.ones((SHAPE[2], SHAPE[1]), np.float32)
+    return build(lowered_graph(lambda x, y: x @ y, a, b))[0], a, b
+
+
+@pytest.mark.parametrize("packed_seconds, route", [(1.0, blas.PACKED), (3.0, blas.BLAS)])
+def test_a_program_takes_the_route_measured_faster(measured_routes, packed_seconds, route):
+    measured, fake = measured_routes
+    fake[0] = (packed_seconds, 2.0)
+    executable, a, b = product_program()
+    assert measured == [(*REPRESENTATIVE[(False, 1)], "f32")]  # the class of 1024x512x784, once
+    assert blas.gemm_route(*SHAPE, "f32", False, False) == route
+    assert executable.blas == (("sgemm",) if route == blas.BLAS else ())
+    np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full(SHAPE[:2], 784.0, np.float32))
+    product_program()
+    assert len(measured) == 1  # measured once, then the record
+
+
+def test_the_record_is_kept_on_disk_for_the_next_process(measured_routes, tmp_path):
+    measured, _ = measured_routes
+    product_program()
+    gemm_calibration.forget()  # a new process: only the file is left
+    product_program()
+    assert len(measured) == 1
+    (path,) = tmp_path.glob("gemm-calibration-*.json")
+    assert json.loads(path.read_text())["host"] == gemm_calibration.host_key()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other host", "other code", "other format", "bad record"])
+def test_a_damaged_file_is_ignored_and_measured_again(measured_routes, damage):
+    measured, _ = measured_routes
+    product_program()
+    path = gemm_calibration.calibration_path()
+    data = json.loads(path.read_text())
+    (key,) = data["records"]
+    text = {"garbage": "\x00{not json", "truncated": path.read_text()[:40],
+            "other host": json.dumps({**data, "host": "another cpu"}),
+            "other code": json.dumps({**data, "code": "an older code generator"}),
+            "other format": json.dumps({**data, "format": 0}),
+            "bad record": json.dumps({**data, "records": {key: {**data["records"][key], "blas_seconds": "fast"}}})}
+    path.write_text(text[damage])
+    gemm_calibration.forget()
+    executable, a, b = product_program()
+    assert len(measured) == 2
+    assert json.loads(path.read_text())["records"][key] == data["records"][key]  # rewritten whole
+    np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full(SHAPE[:2], 784.0, np.float32))
+
+
+def test_with_the_disk_cache_off_records_live_in_the_process(measured_routes, monkeypatch, tmp_path):
+    measured, _ = measured_routes
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    product_program()
+    product_program()
+    assert len(measured) == 1 and not list(tmp_path.iterdir())
+
+
+def test_records_are_per_thread_count_and_vector_width(measured_routes, monkeypatch, threads):
+    measured, _ = measured_routes
+    threads(1)
+    product_program()
+    threads(2)
+    product_program()
+    host = 8 * target.vector_bytes()
+    other = 256 if host == 512 else 512
+    monkeypatch.setattr(packed_gemm, "vector_bytes", lambda: other // 8)
+    product_program()
+    assert len(measured) == 3
+    keys = json.loads(gemm_calibration.calibration_path().read_text())["records"]
+    blas_threads = blas.blas_thread_count()
+    assert {key.split(" ", 3)[3] for key in keys} == {
+        f"threads=1 blas_threads={blas_threads} vector_bits={host}",
+        f"threads=2 blas_threads={blas_threads} vector_bits={host}",
+        f"threads=2 blas_threads={blas_threads} vector_bits={other}"}
+
+
+def test_a_forced_route_measures_nothing(measured_routes, monkeypatch):
+    measured, _ = measured_routes
+    for route, expected in (("packed", blas.PACKED), ("blas", blas.BLAS)):
+        monkeypatch.setenv(ROUTE_VARIABLE, route)
+        product_program()
+        assert blas.gemm_route(*SHAPE, "f32", False, False) == expected
+    assert measured == []
+    monkeypatch.setenv(ROUTE_VARIABLE, "fastest")
+    with pytest.raises(ValueError, match="FFCOMPILE_GEMM_ROUTE='fastest'"):
+        blas.gemm_route(*SHAPE, "f32", False, False)
+
+
+def test_an_unmeasured_class_keeps_blas(measured_routes):
+    """gemm_route alone (no program built, so nothing measured) keeps the BLAS call."""
+    assert blas.gemm_route(*SHAPE, "f32", False, False) == blas.BLAS
+    assert blas.gemm_route(64, 64, 64, "f32", False, False) == blas.SMALL  # below the range: as before
+
+
+def test_a_product_with_a_run_time_size_measures_nothing(measured_routes):
+    """The packed GEMM takes known sizes only: a symbolic program's B x 784 @ 784 x 512 is not
+    a candidate (issue 18's run-time batch)."""
+    measured, _ = measured_routes
+    x, w = np.ones((1024, 784), np.float32), np.ones((784, 512), np.float32)
+    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None)).lower(x, w).symbolic
+    calibrate.calibrate_schedule(fuse(symbolic))
+    assert measured == []
+
+
+def test_each_representative_is_in_its_own_class():
+    for (thin, band), shape in REPRESENTATIVE.items():
+        assert gemm_calibration.shape_class(*shape) == (thin, band)
+        assert calibrate.either_route(*shape, "f32") and calibrate.either_route(*shape, "f64")
+
+
+def test_the_real_measurement_times_both_routes():
+    packed_seconds, blas_seconds = calibrate.time_routes(*REPRESENTATIVE[(True, 0)], "f32")
+    assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1
+
+
+def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
+    a, b = np.ones((300, 290), np.float32), np.ones((290, 280), np.float32)
+    schedule = fuse(lowered_graph(lambda x, y: x @ y, a, b))
+    plan = plan_memory(schedule)
+
+    def description(route):
+        monkeypatch.setenv(ROUTE_VARIABLE, route)
+        return backend.program_description(schedule, plan, {}, False)
+
+    packed, forced_blas = description("packed"), description("blas")
+    assert packed != forced_blas and "gemms blas" in forced_blas
+    monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 2048, 2: 16384}.get)
+    assert description("packed") not in (packed, forced_blas)
+
+
+def test_the_command_prints_every_class(measured_routes, capsys):
+    measured, _ = measured_routes
+    calibrate_cli.main(["--dtype", "f64"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(measured) == len(REPRESENTATIVE) and len(lines) == 3 + len(REPRESENTATIVE)
+    assert lines[3].startswith("f64 thin band0: 128x512x784 |") and lines[3].endswith("| 2.00x | packed")
+    calibrate_cli.main(["--dtype", "f64"])
+    assert len(measured) == len(REPRESENTATIVE)  # measured before: printed from the records
+    calibrate_cli.main(["--dtype", "f64", "--force"])
+    assert len(measured) == 2 * len(REPRESENTATIVE)
+
+
+def test_avx2_code_on_any_host():
+    """FFCOMPILE_VECTOR_BITS=256: the features lose AVX-512, so every kernel is an AVX2 host's."""
+    code = ("from ffcompile.codegen.llvm import target\n"
+            "assert target.vector_bytes() == 32 and '+avx512f' not in target.host_key()\n"
+            "asm = target.assembly(open(0).read())\n"
+            "assert 'zmm' not in asm, 'a 512-bit register'\nprint('ok')")
+    loop = """
+define void @scale(float* noalias %x, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %loop]
+  %p = getelementptr inbounds float, float* %x, i64 %i
+  %v = load float, float* %p
+  %w = fmul float %v, 2.0
+  store float %w, float* %p
+  %next = add i64 %i, 1
+  %done = icmp eq i64 %next, %n
+  br i1 %done, label %exit, label %loop
+exit:
+  ret void
+}
+"""
+    env = {**__import__("os").environ, "FFCOMPILE_VECTOR_BITS": "256"}
+    out = subprocess.run([sys.executable, "-c", code], input=loop, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    env["FFCOMPILE_VECTOR_BITS"] = "512"
+    out = subprocess.run([sys.executable, "-c", code], input=loop, capture_output=True, text=True, env=env)
+    assert "only 256" in out.stderr
