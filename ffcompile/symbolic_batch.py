@@ -12,11 +12,14 @@ size builds, so the results are those of the per-size program, bit for bit.
 from __future__ import annotations
 
 from .ir import TensorType
-from .ir.symbolic import Sym
+from .ir.symbolic import DEFAULT_REFERENCE_BATCH, BatchRange, Sym
 from .runtime import ArgumentError
 from .tree import tree_flatten
 
 BATCH = Sym("B")
+# The size an unbounded program's size-dependent choices are made for (a bounded one's is
+# max_batch): BatchRange.reference, which the memory plan carries to code generation.
+REFERENCE_BATCH = DEFAULT_REFERENCE_BATCH
 
 
 class BatchSpec:

@@ -50,6 +50,7 @@ from ..ir import Builder, Graph, Node, TensorType
 from ..ir import lang as L
 from ..ir import ops as O
 from ..ir.lang import Value
+from ..ir.symbolic import is_symbolic, symbol_names
 from .dce import dce
 from .rewrite import PatternTable, Rule, rewrite
 
@@ -71,10 +72,17 @@ def splat_value(nodes, i: int):
         return None
     while node.op in _VIEWS:
         node = nodes[node.inputs[0]]
-    if node.op is not O.Constant or node.type.size > FOLD_LIMIT:
+    if node.op is not O.Constant or not _literal(node):
         return None
     array = O.Constant.reference(node.attr_dict)
     return array.reshape(-1)[0] if _all_equal(array) else None
+
+
+def _literal(node: Node) -> bool:
+    """Whether node's value may become a literal: at most FOLD_LIMIT elements, and no
+    symbolic size in its type or attributes (a B-shaped array, or a constant holding B,
+    is known only at call time: folded per size, it would fix the program to that size)."""
+    return not is_symbolic(node.type.shape) and node.type.size <= FOLD_LIMIT and not symbol_names(node.attrs)
 
 
 def _all_equal(array: np.ndarray) -> bool:
@@ -91,7 +99,7 @@ def _is(nodes, i: int, value) -> bool:
 def _constant_array(nodes, i: int) -> np.ndarray | None:
     """Node i's value if it is known and small: a constant, an iota or a splat."""
     node = nodes[i]
-    if node.type.size > FOLD_LIMIT:
+    if not _literal(node):
         return None
     if node.op in (O.Constant, O.Iota):
         return node.op.reference(node.attr_dict)
@@ -130,7 +138,7 @@ def _fold_splat(node: Node, builder: Builder) -> int | None:
 
 
 def _fold_constant(node: Node, builder: Builder) -> int | None:
-    if not _foldable(node) or _is_canonical_splat(builder.nodes, node) or node.type.size > FOLD_LIMIT:
+    if not _foldable(node) or _is_canonical_splat(builder.nodes, node) or not _literal(node):
         return None
     arrays = [_constant_array(builder.nodes, j) for j in node.inputs]
     if any(a is None for a in arrays):
@@ -283,7 +291,7 @@ _COMMUTATIVE = (O.Add, O.Mul, O.Eq)
 
 
 def _cse_key(node: Node):
-    if node.op is O.Constant:  # by bits: 0.0 == -0.0 and nan != nan in Python
+    if node.op is O.Constant and not symbol_names(node.attrs):  # by bits: 0.0 == -0.0 and nan != nan in Python
         return (O.Constant, node.type, O.Constant.reference(node.attr_dict).tobytes())
     if node.op in _COMMUTATIVE:
         node = dataclasses.replace(node, inputs=tuple(sorted(node.inputs)))
