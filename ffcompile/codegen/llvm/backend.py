@@ -15,6 +15,13 @@ argument block). ctypes releases the GIL during the native call.
 `bind` packs a private argument block once for fixed arrays, so a bound run
 is the lock and the native call alone (docs/bind.md).
 
+A symbolic program (types holding the batch size B, #18: one program for every size)
+takes B in one more argument slot, the last: each call reads B from the arguments' batch
+axes (all the same size, within 1..max_batch, or a TypeError naming the argument), grows
+the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Such a
+program runs with the GIL released (its work grows with B) and has no native fast path
+(call_objects declines: the checks in Python, ~1-2 us, are made per call).
+
 Donation (in-place parameter updates): `donated` maps a result position to
 an argument position whose array receives that result; `LLVMBackend.safe_donations`
 says which requested ones are safe (`passes/donation.py`).
@@ -36,6 +43,7 @@ from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
+from ...ir.symbolic import Sym, bytes_at, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
 from . import fastcall, target
@@ -47,7 +55,7 @@ from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
 from .threadpool import POOL_SLOT, parallel_for_address
-from .lower import ENTRY, PROFILE, gemm_scratch, layout, lower
+from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_scratch, is_symbolic, layout, lower
 from .object_check import Symbol
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -138,10 +146,11 @@ class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
     def __init__(self, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
-                 profile: bool = False):
+                 profile: bool = False, max_batch: int | None = None):
         """donated: result position -> argument position it is written over (safe ones:
         LLVMBackend.safe_donations). profile: count the cycles each kernel takes
-        (kernel_cycles), for ffcompile.profile."""
+        (kernel_cycles), for ffcompile.profile. max_batch: a symbolic program's largest
+        batch size (None: unbounded)."""
         if plan.schedule is not schedule:
             raise ValueError("llvm backend: the memory plan was made for another schedule")
         start = time.perf_counter()
@@ -152,7 +161,10 @@ class LLVMExecutable:
         self._llvm_ir = None
         program = self._load_or_compile(default_cache())
         self.blas = tuple(program["blas"])  # the BLAS functions the code calls
-        self.arena_bytes = program["arena_bytes"]  # what it allocates: the plan's arena, plus any GEMM scratch
+        # what it allocates: the plan's arena, plus any GEMM scratch (an Envelope: at the call's B)
+        self.arena_bytes = arena_from_json(program["arena_bytes"])
+        self.symbolic = is_symbolic(schedule)
+        self.max_batch = max_batch
         if self.blas:
             default_blas_threads()
         for name in self.blas:
@@ -164,9 +176,9 @@ class LLVMExecutable:
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
-        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+        flops = 0 if self.symbolic else sum(flops_of(graph, i) for i in range(len(graph.nodes)))
         # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks)
-        self.holds_gil = flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
+        self.holds_gil = not self.symbolic and flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
         self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
         self._cycles = None
         if profile:
@@ -202,12 +214,14 @@ class LLVMExecutable:
             self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
             seen.add(root)
         self._new_outputs, self._collect = _generated_result_code(self._outputs, self._results)
-        self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
-        self._arena = allocate_arena(max(self.arena_bytes, 1), "llvm", graph.name)
+        self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs) + self.symbolic))()
+        # a symbolic program's arena starts at its size at B = 1 and grows with the calls' B
+        self._arena = allocate_arena(max(bytes_at(self.arena_bytes, 1), 1), "llvm", graph.name)
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         _live_executables.add(self)
-        self._disjoint_addresses = None  # argument addresses of the last call without overlap
+        self._disjoint_addresses = None  # (batch size, argument addresses) of the last call without overlap
+        self._last_shapes = (None, None)  # (batch size, input shapes at it): _shapes_at
         # The native checked call (fastcall.py), made at the first call_objects: a first call
         # takes the checked path anyway, and a process that calls once never compiles it.
         self._calls: fastcall.CallTable | None = None
@@ -225,9 +239,12 @@ class LLVMExecutable:
         program = lower(*self._lower_arguments)
         self._llvm_ir = str(program.module)
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
-        metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
+        metadata = {"outputs": list(program.outputs), "arena_bytes": arena_json(program.arena_bytes),
+                    "blas": list(program.blas)}
         if program.collectives:  # as lower.Layout.metadata has it
             metadata["collectives"] = True
+        if program.batch:
+            metadata["batch"] = True
         if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
             metadata["parallel"] = True
         if cache is not None and self._jit.object_code:
@@ -256,43 +273,88 @@ class LLVMExecutable:
     def asm(self) -> str:
         return target.assembly(self.llvm_ir)
 
-    def _conform(self, k: int, arg) -> np.ndarray:
-        """Argument k as a C-contiguous, aligned array of the compiled type, or a TypeError."""
+    def _conform(self, k: int, arg, batch: int = 0) -> np.ndarray:
+        """Argument k as a C-contiguous, aligned array of the compiled type (a symbolic
+        program's at the call's batch size), or a TypeError."""
         dtype, shape, _ = self._inputs[k]
         array = np.asarray(arg)
-        if array.dtype != dtype or array.shape != shape:
-            raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}, "
+        if array.dtype != dtype or array.shape != (self._shapes_at(batch)[k] if self.symbolic else shape):
+            at = f" at batch size {batch}" if self.symbolic else ""
+            raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}{at}, "
                             f"got {array.dtype}{list(array.shape)}")
         return np.require(array, requirements="CA")
 
-    def _arguments(self, args, typed: bool = False) -> tuple[list[np.ndarray], list[int]]:
-        """The arrays the program runs on and their addresses: args, or copies of those that
-        are not C-contiguous and aligned, or are donated but read-only or overlap another.
-        typed: args are known C-contiguous arrays of the compiled types (Executable.accepts)."""
+    def batch_of(self, args) -> int:
+        """A symbolic program's batch size in a call's arguments: the one all their batch axes
+        give, within 1..max_batch; else a TypeError naming the argument."""
+        batch, first = None, None
+        for k, ((_, shape, _), arg) in enumerate(zip(self._inputs, args)):
+            have = np.shape(arg)
+            for axis, d in enumerate(shape):
+                if not isinstance(d, Sym):
+                    continue
+                if len(have) != len(shape):
+                    raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}, "
+                                    f"got an array of shape {list(have)}")
+                size, extra = divmod(have[axis], d.coef)
+                if extra or size < 1:
+                    raise TypeError(f"{self.name}: argument {k}: axis {axis} of {self._input_types[k]} is "
+                                    f"{d} (a positive multiple of {d.coef}), got {have[axis]} in {list(have)}")
+                if batch is None:
+                    batch, first = size, k
+                elif size != batch:
+                    raise TypeError(f"{self.name}: argument {k}: batch size {size} ({list(have)}) disagrees "
+                                    f"with argument {first}'s {batch}")
+        if batch is None:
+            raise TypeError(f"{self.name}: no argument has the batch axis: no batch size to run at")
+        if self.max_batch is not None and batch > self.max_batch:
+            raise TypeError(f"{self.name}: argument {first}: batch size {batch} is past max_batch {self.max_batch}")
+        return batch
+
+    def _shapes_at(self, batch: int) -> list[tuple[int, ...]]:
+        """The input shapes at a batch size (the last ones asked for are kept)."""
+        last = self._last_shapes  # one read: another thread may replace it
+        if last[0] != batch:
+            last = self._last_shapes = (batch, [substitute(shape, {"B": batch}) for _, shape, _ in self._inputs])
+        return last[1]
+
+    def _arguments(self, args, typed: bool = False) -> tuple[list[np.ndarray], list[int], int]:
+        """The arrays the program runs on, their addresses and the batch size (0 if not
+        symbolic): args, or copies of those that are not C-contiguous and aligned, or are
+        donated but read-only or overlap another. typed: args are known C-contiguous arrays
+        of the compiled types (Executable.accepts; a symbolic program checks shapes anyway)."""
         if len(args) != len(self._inputs):
             raise TypeError(f"{self.name}: expected {len(self._inputs)} arguments, got {len(args)}")
+        batch = self.batch_of(args) if self.symbolic else 0
+        shapes = self._shapes_at(batch) if self.symbolic else None
         arrays = list(args)  # referenced until the call returns
         addresses = []
         for k, (array, (dtype, shape, strides)) in enumerate(zip(args, self._inputs)):
-            if not typed and not (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
-                                  and array.strides == strides):
-                array = arrays[k] = self._conform(k, array)
+            if shapes is not None:
+                ok = type(array) is np.ndarray and array.dtype is dtype and array.shape == shapes[k] \
+                    and array.flags.c_contiguous
+            else:
+                ok = typed or (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
+                               and array.strides == strides)
+            if not ok:
+                array = arrays[k] = self._conform(k, array, batch)
             address = data_address(array)
             if address % dtype.itemsize:
-                array = arrays[k] = self._conform(k, array.copy())
+                array = arrays[k] = self._conform(k, array.copy(), batch)
                 address = data_address(array)
             addresses.append(address)
         if self._donated_inputs:
-            # Every argument's size is fixed, so addresses found disjoint last time still are.
-            disjoint = addresses == self._disjoint_addresses
+            # Every argument's size is fixed (at one batch size), so addresses found disjoint
+            # last time still are.
+            disjoint = (batch, addresses) == self._disjoint_addresses
             overlapping = () if disjoint else overlapping_arguments(arrays, addresses)
             if not overlapping and not disjoint:
-                self._disjoint_addresses = addresses.copy()
+                self._disjoint_addresses = (batch, addresses.copy())
             for k in self._donated_inputs:
                 if k in overlapping or not arrays[k].flags.writeable:
                     arrays[k] = arrays[k].copy()
                     addresses[k] = data_address(arrays[k])
-        return arrays, addresses
+        return arrays, addresses, batch
 
     def __call__(self, *args) -> tuple[np.ndarray, ...]:
         return tuple(self.call(args, typed=False))
@@ -300,16 +362,27 @@ class LLVMExecutable:
     def call(self, args, typed: bool = True) -> list[np.ndarray]:
         """Run on args (see _arguments for typed); the results are distinct, fresh arrays
         but for donated ones, which are the arguments' arrays."""
-        arrays, addresses = self._arguments(args, typed)
-        outs = self._new_outputs()
+        arrays, addresses, batch = self._arguments(args, typed)
+        outs = self._new_outputs(batch)
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
+            if self.symbolic:
+                addresses.append(batch)
+                self._grow_arena(batch)
             slots[1:] = addresses
             self._entry(slots)
             if self._collectives:
                 COLLECTIVES.raise_error()
-        return self._collect(arrays, outs)
+        return self._collect(arrays, outs, batch)
+
+    def _grow_arena(self, batch: int) -> None:
+        """A symbolic program's arena at least its size at `batch` (the caller holds the lock;
+        bindings keep the arena they were packed with)."""
+        need = bytes_at(self.arena_bytes, batch)
+        if need > self._arena.nbytes:
+            self._arena = allocate_arena(need, "llvm", self.name)
+            self._slots[0] = data_address(self._arena)
 
     def call_objects(self, args: tuple) -> list[np.ndarray] | None:
         """call(args) if every argument passes the native checks (fastcall.py: arrays of the
@@ -317,17 +390,17 @@ class LLVMExecutable:
         without running: then call() checks, copies or raises."""
         calls = self._calls
         if calls is None:
-            if not fastcall.available():
+            if self.symbolic or not fastcall.available():
                 return None
             calls = self._calls = self._call_table()
-        outs = self._new_outputs()
+        outs = self._new_outputs(0)
         items = args + outs
         with self._lock:
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
             if self._collectives:
                 COLLECTIVES.raise_error()
-        return self._collect(args, outs)
+        return self._collect(args, outs, 0)
 
     def _call_table(self) -> fastcall.CallTable:
         donated_inputs = set(self._donated_inputs)
@@ -350,20 +423,24 @@ class LLVMExecutable:
         argument block packed once, so a run is the native call alone. Runs share the arena,
         and take the lock, with every other call of this executable (a program small enough
         to run holding the GIL needs no lock: the GIL keeps the others out)."""
-        arrays, addresses = self._arguments(args)
-        outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
+        arrays, addresses, batch = self._arguments(args)
+        outs = list(self._new_outputs(batch))
+        with self._lock:
+            if self.symbolic:
+                self._grow_arena(batch)
+            arena = self._arena  # kept alive by the binding, should a later call grow the arena
         block = (ctypes.c_void_p * len(self._slots))(
-            self._slots[0], *addresses, *[data_address(out) for out in outs])
+            data_address(arena), *addresses, *[data_address(out) for out in outs], *([batch] if self.symbolic else []))
         results, after = [], []
         for where, k, copy, shape in self._results:
             array = outs[k] if where == "out" else arrays[k]
-            view = array if shape is None else array.reshape(shape)
+            view = array if shape is None else array.reshape(substitute(shape, {"B": batch}))
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
         entry, lock, collectives = self._entry, self._lock, self._collectives
         if self.holds_gil:
-            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs))
+            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs, arena))
 
         def run():
             with lock:
@@ -371,30 +448,37 @@ class LLVMExecutable:
                 if collectives:
                     COLLECTIVES.raise_error()
 
-        return Binding(run, arrays, results, after, (self, block, outs))
+        return Binding(run, arrays, results, after, (self, block, outs, arena))
 
 
 def _generated_result_code(outputs, results):
-    """(new_outputs() -> fresh output arrays, collect(args, outs) -> the results), generated
-    for one program: a call's per-result work is straight-line code, no loop over tuples.
-    A result is an output array, or an argument (donated; or returned as it is: copied),
-    reshaped where the graph's result has another shape than its buffer."""
+    """(new_outputs(batch) -> fresh output arrays, collect(args, outs, batch) -> the results),
+    generated for one program: a call's per-result work is straight-line code, no loop over
+    tuples. A result is an output array, or an argument (donated; or returned as it is:
+    copied), reshaped where the graph's result has another shape than its buffer. A
+    symbolic shape's sizes are expressions of the call's batch size."""
     namespace = {"empty": np.empty, **{f"d{k}": dtype for k, (dtype, _) in enumerate(outputs)}}
-    new = "".join(f"empty({shape!r}, d{k}), " for k, (_, shape) in enumerate(outputs))
+    new = "".join(f"empty({_shape_code(shape)}, d{k}), " for k, (_, shape) in enumerate(outputs))
     terms = []
     for where, k, copy, shape in results:
         term = f"{'outs' if where == 'out' else 'args'}[{k}]" + (".copy()" if copy else "")
-        terms.append(term if shape is None else f"{term}.reshape({shape!r})")
-    source = (f"def new_outputs():\n    return ({new})\n"
-              f"def collect(args, outs):\n    return [{', '.join(terms)}]\n")
+        terms.append(term if shape is None else f"{term}.reshape({_shape_code(shape)})")
+    source = (f"def new_outputs(batch):\n    return ({new})\n"
+              f"def collect(args, outs, batch):\n    return [{', '.join(terms)}]\n")
     exec(compile(source, "<ffcompile.llvm results>", "exec"), namespace)
     return namespace["new_outputs"], namespace["collect"]
 
 
+def _shape_code(shape) -> str:
+    """A shape as Python source: a Sym's size is `coef * batch`."""
+    return "(" + "".join(f"{d.coef} * batch, " if isinstance(d, Sym) else f"{d}, " for d in shape) + ")"
+
+
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
-          profile: bool = False) -> LLVMExecutable:
-    """donate: result position -> argument position whose array may receive it (where safe)."""
-    return LLVMExecutable(schedule, plan, LLVM.safe_donations(schedule, donate or {}), profile)
+          profile: bool = False, max_batch: int | None = None) -> LLVMExecutable:
+    """donate: result position -> argument position whose array may receive it (where safe).
+    max_batch: a symbolic program's largest batch size (None: unbounded)."""
+    return LLVMExecutable(schedule, plan, LLVM.safe_donations(schedule, donate or {}), profile, max_batch)
 
 
 class LLVMBackend:
@@ -416,8 +500,9 @@ class LLVMBackend:
     def safe_donations(self, schedule: Schedule, donate) -> dict[int, int]:
         return fused_loop_donations(schedule, safe_donations(schedule, donate))
 
-    def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False) -> LLVMExecutable:
-        return LLVMExecutable(schedule, plan, donated, profile)
+    def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False,
+              max_batch: int | None = None) -> LLVMExecutable:
+        return LLVMExecutable(schedule, plan, donated, profile, max_batch)
 
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         from .export import export  # links with the system C compiler: loaded on use
