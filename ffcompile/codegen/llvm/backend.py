@@ -146,11 +146,11 @@ class LLVMExecutable:
     """`fn(*arrays) -> tuple of arrays` for one schedule, plus its IR and assembly text."""
 
     def __init__(self, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None = None,
-                 profile: bool = False, max_batch: int | None = None):
+                 profile: bool = False):
         """donated: result position -> argument position it is written over (safe ones:
         LLVMBackend.safe_donations). profile: count the cycles each kernel takes
-        (kernel_cycles), for ffcompile.profile. max_batch: a symbolic program's largest
-        batch size (None: unbounded)."""
+        (kernel_cycles), for ffcompile.profile. A symbolic schedule's plan says the batch
+        sizes it serves (plan.batch: 1..max_batch)."""
         if plan.schedule is not schedule:
             raise ValueError("llvm backend: the memory plan was made for another schedule")
         start = time.perf_counter()
@@ -164,7 +164,7 @@ class LLVMExecutable:
         # what it allocates: the plan's arena, plus any GEMM scratch (an Envelope: at the call's B)
         self.arena_bytes = arena_from_json(program["arena_bytes"])
         self.symbolic = is_symbolic(schedule)
-        self.max_batch = max_batch
+        self.max_batch = plan.batch.max_batch if plan.batch is not None else None
         if self.blas:
             default_blas_threads()
         for name in self.blas:
@@ -475,10 +475,9 @@ def _shape_code(shape) -> str:
 
 
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
-          profile: bool = False, max_batch: int | None = None) -> LLVMExecutable:
-    """donate: result position -> argument position whose array may receive it (where safe).
-    max_batch: a symbolic program's largest batch size (None: unbounded)."""
-    return LLVMExecutable(schedule, plan, LLVM.safe_donations(schedule, donate or {}), profile, max_batch)
+          profile: bool = False) -> LLVMExecutable:
+    """donate: result position -> argument position whose array may receive it (where safe)."""
+    return LLVMExecutable(schedule, plan, LLVM.safe_donations(schedule, donate or {}), profile)
 
 
 class LLVMBackend:
@@ -501,9 +500,8 @@ class LLVMBackend:
     def safe_donations(self, schedule: Schedule, donate) -> dict[int, int]:
         return fused_loop_donations(schedule, safe_donations(schedule, donate))
 
-    def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False,
-              max_batch: int | None = None) -> LLVMExecutable:
-        return LLVMExecutable(schedule, plan, donated, profile, max_batch)
+    def build(self, schedule: Schedule, plan: MemoryPlan, donated, profile: bool = False) -> LLVMExecutable:
+        return LLVMExecutable(schedule, plan, donated, profile)
 
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         from .export import export  # links with the system C compiler: loaded on use

@@ -98,7 +98,8 @@ def _past(arena: int | Envelope) -> int | Affine:
     """An aligned offset at or past the end of the arena at every batch size."""
     if isinstance(arena, int):
         return aligned(arena)
-    return Affine(aligned(max(a.const for a in arena.parts)), aligned(max(a.per_batch for a in arena.parts)))
+    return aligned(Affine(max((a.const for a in arena.parts), default=0),
+                          max((a.per_batch for a in arena.parts), default=0)))
 
 
 def _furthest(arena: int | Envelope, offset, nbytes) -> int | Envelope:

@@ -1,0 +1,261 @@
+"""One LLVM program for every batch size (#18): each emitter with a B axis, run at B in
+1, 2, 7, 64, 129, agrees with the per-size reference (the symbolic graph specialized to B,
+run by the interpreter); the runtime reads B from the arguments, checks it, grows the arena
+and binds. Schedules come from tests/symbolic_programs.py (the graph stages on a symbolic
+trace, the symbolic memory plan)."""
+import re
+
+import numpy as np
+import pytest
+from symbolic_programs import SIZES, per_size, symbolic_graph, symbolic_plan, symbolic_schedule
+
+import ffcompile as ff
+from ffcompile.codegen.llvm import backend, elementwise
+from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
+from ffcompile.ir import lang
+from ffcompile.ir import ops as O
+from ffcompile.ir.symbolic import bytes_at
+from ffcompile.passes.schedule import KernelKind
+
+TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
+RNG = np.random.default_rng(18)
+
+
+def f32(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def program(fn, batch_dim, make_args, max_batch=None):
+    """(executable, symbolic graph, schedule) of fn traced at batch size 3."""
+    example = make_args(3)
+    schedule = symbolic_schedule(fn, batch_dim, *example)
+    executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule, max_batch))
+    return executable, symbolic_graph(fn, batch_dim, *example), schedule
+
+
+def agrees(fn, batch_dim, make_args, sizes=SIZES):
+    """fn's one program at every size == the reference at that size; returns the schedule."""
+    executable, graph, schedule = program(fn, batch_dim, make_args)
+    for batch in sizes:
+        args = make_args(batch)
+        got, want = executable(*args), per_size(graph, batch, args)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype, (batch, g.shape, w.shape)
+            rtol, atol = TOLERANCE.get(g.dtype.name, (0, 0))
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"at batch size {batch}")
+    return schedule, executable
+
+
+def kinds(schedule) -> set:
+    return {kernel.kind for kernel in schedule.kernels}
+
+
+def layout_ops(schedule) -> set:
+    """The ops of the schedule's layout kernels (what emit_layout lowers)."""
+    nodes = schedule.graph.nodes
+    return {nodes[kernel.body[-1]].op for kernel in schedule.kernels if kernel.kind == KernelKind.LAYOUT}
+
+
+# ------------------------------------------------------------------------------------ elementwise
+
+def test_elementwise_with_broadcasting_against_the_batch_axis():
+    def fn(x, b, s):
+        return ff.tanh(x * b + s), x - s, (x > b).astype(np.float32)
+
+    schedule, _ = agrees(fn, (0, None, None), lambda n: [f32(n, 5), f32(5), f32(1, 1)])
+    assert kinds(schedule) == {KernelKind.ELEMENTWISE}
+
+
+def test_elementwise_with_the_batch_axis_inside():
+    """B is the middle axis: the outer axis' stride is a run-time 4*B, and axes merge around it."""
+    def fn(x, y):
+        return ff.exp(x) * y, x + 1.0
+
+    agrees(fn, 1, lambda n: [f32(3, n, 4), f32(3, n, 4)])
+
+
+def test_elementwise_reading_a_batch_vector_broadcast_over_columns():
+    def fn(x, c):
+        return x * c
+
+    agrees(fn, 0, lambda n: [f32(n, 6), f32(n, 1)])
+
+
+def test_a_large_map_splits_across_the_pool_at_run_time():
+    """(B, 1024) has 132,096 points at B = 129, past 2 * PARALLEL_MIN_POINTS; B = 1, 7 run serially:
+    one program, the split decided by the run-time count."""
+    def fn(x, y):
+        return ff.sin(x) + y * 2.0
+
+    schedule, executable = agrees(fn, 0, lambda n: [f32(n, 1024), f32(n, 1024)])
+    assert 129 * 1024 >= 2 * elementwise.PARALLEL_MIN_POINTS > 7 * 1024
+    assert re.search(r"define internal void @\"map[.\d]*\"\(.*i64 %\"start\", i64 %\"end\", i64 %\"batch\"\)",
+                     executable.llvm_ir), "the chunk function takes the batch size"
+    assert "ffc_parallel_for" in executable.llvm_ir
+
+
+def test_a_map_whose_inner_extent_is_symbolic_splits_at_run_time():
+    """(4, B*256): the outer loop is fixed, the grain (outer iterations per chunk) is computed at run time."""
+    def fn(x):
+        return x * 3.0 + 1.0
+
+    agrees(fn, 1, lambda n: [f32(4, n, 256)], sizes=(1, 7, 129, 300))
+
+
+def test_iota_along_the_batch_axis_argmax():
+    """argmax along B: an iota over B and the constant B (where(hit, index, B)) at run time."""
+    def fn(x):
+        return ff.argmax(x, axis=0), ff.argmax(x, axis=1)
+
+    agrees(fn, 0, lambda n: [f32(n, 5)])
+
+
+def test_a_constant_holding_the_batch_size_mean():
+    """x.mean() divides by the literal 5*B, converted to f32 at run time as NumPy converts it."""
+    def fn(x):
+        return x.mean(), x.mean(axis=0), x.sum() / x.shape[0]
+
+    agrees(fn, 0, lambda n: [f32(n, 5)])
+
+
+# ------------------------------------------------------------------------------------ reductions
+
+def test_reductions_over_the_batch_axis_and_others():
+    def fn(x):
+        return ff.sum(x, axis=0), ff.max(x, axis=0), ff.sum(x, axis=1), ff.max(x, axis=(0, 2)), ff.sum(x)
+
+    schedule, _ = agrees(fn, 0, lambda n: [f32(n, 3, 4)])
+    assert KernelKind.REDUCTION in kinds(schedule)
+
+
+def test_a_reduction_keeping_the_batch_axis_innermost():
+    """sum over axis 0 of (4, B): the kept axis B is innermost, its accumulator cannot be on the
+    stack (no size at compile time): the reduced axis is looped per kept element instead."""
+    def fn(x):
+        return ff.sum(x, axis=0), ff.softmax(x, axis=0)
+
+    agrees(fn, 1, lambda n: [f32(4, n)])
+
+
+def test_softmax_cross_entropy_over_rows():
+    def fn(x, y):
+        return ff.log_softmax(x, axis=-1) * y, ff.logsumexp(x, axis=-1)
+
+    agrees(fn, 0, lambda n: [f32(n, 10), f32(n, 10)])
+
+
+# ------------------------------------------------------------------------------------ layout
+
+def test_every_layout_lowering_is_tested_with_a_batch_axis():
+    assert set(LAYOUT_LOWERINGS) == {O.Transpose, O.Concat, O.Slice, O.Pad}
+
+
+def test_transpose_with_a_batch_axis():
+    def fn(x, y):
+        return x.T, ff.exp(lang.transpose(ff.tanh(y), (2, 0, 1)))
+
+    schedule, _ = agrees(fn, (0, 1), lambda n: [f32(n, 6), f32(3, n, 4)])
+    assert layout_ops(schedule) == {O.Transpose}
+
+
+def test_concat_along_the_batch_axis_and_along_another():
+    def fn(x, y):
+        return ff.concatenate([ff.exp(x), y], axis=0), ff.concatenate([ff.exp(x), y, x], axis=1)
+
+    schedule, _ = agrees(fn, 0, lambda n: [f32(n, 3), f32(n, 3)])
+    assert layout_ops(schedule) == {O.Concat}
+
+
+def test_slice_of_a_batch_array():
+    def fn(x, y):
+        return ff.exp(x)[:, 1:4], ff.exp(y)[1:, :, ::2]
+
+    schedule, _ = agrees(fn, (0, 1), lambda n: [f32(n, 6), f32(3, n, 5)])
+    assert layout_ops(schedule) == {O.Slice}
+
+
+def test_pad_of_a_batch_array():
+    """Along the other axes (B + 1 has no symbolic size): the offsets are multiples of B, or not."""
+    def fn(x):
+        return lang.pad(ff.exp(x), ((1, 2, 1), (0, 0, 0))), lang.pad(ff.exp(x).T, ((0, 0, 0), (2, 1, 0)))
+
+    schedule, _ = agrees(fn, 1, lambda n: [f32(3, n)])
+    assert O.Pad in layout_ops(schedule)
+
+
+def test_copy_of_a_batch_array_returned_twice_reshaped():
+    def fn(x):
+        y = ff.exp(x)
+        return y, y.reshape((-1,)), y.reshape((y.shape[0] * 2, 3))
+
+    schedule, _ = agrees(fn, 0, lambda n: [f32(n, 6)])
+    assert KernelKind.COPY in kinds(schedule)
+
+
+# ------------------------------------------------------------------------------------ the program
+
+def test_only_kernels_that_touch_the_batch_take_it():
+    def fn(x, w):
+        return x * ff.exp(w), ff.exp(w) * 2.0
+
+    executable, _, _ = program(fn, (0, None), lambda n: [f32(n, 4), f32(4)])
+    signatures = re.findall(r"define internal void @\"(kernel\d+\.\w+)\"\(([^)]*)\)", executable.llvm_ir)
+    with_batch = {name for name, params in signatures if params.endswith('i64 %"batch"')}
+    assert signatures and with_batch and with_batch != {name for name, _ in signatures}
+    assert re.search(r'%"batch" = ptrtoint i8\* %"?\.?\d*"? to i64', executable.llvm_ir)
+
+
+def test_the_arena_grows_to_the_plan_at_the_batch_size():
+    def fn(x):
+        y = ff.exp(x)
+        return (y * y).sum(axis=1) + y.sum(axis=1)
+
+    executable, _, _ = program(fn, 0, lambda n: [f32(n, 100)])
+    seen = 1
+    for batch in (2, 64, 7, 129, 1):
+        executable(f32(batch, 100))
+        seen = max(seen, batch)
+        assert executable._arena.nbytes == bytes_at(executable.arena_bytes, seen) > 0
+
+
+def test_bad_batches_are_type_errors_naming_the_argument():
+    def fn(x, y, w):
+        return x * y + w
+
+    executable, _, _ = program(fn, (0, 0, None), lambda n: [f32(n, 4), f32(n, 4), f32(4)], max_batch=100)
+    with pytest.raises(TypeError, match=r"argument 1: batch size 5 \(\[5, 4\]\) disagrees with argument 0's 3"):
+        executable(f32(3, 4), f32(5, 4), f32(4))
+    with pytest.raises(TypeError, match="argument 0: batch size 101 is past max_batch 100"):
+        executable(f32(101, 4), f32(101, 4), f32(4))
+    with pytest.raises(TypeError, match=r"argument 0: axis 0 of f32\[B,4\] is B .*got 0"):
+        executable(f32(0, 4), f32(0, 4), f32(4))
+    with pytest.raises(TypeError, match=r"argument 1: expected f32\[B,4\] at batch size 3, got float32\[3, 5\]"):
+        executable(f32(3, 4), f32(3, 5), f32(4))
+    with pytest.raises(TypeError, match=r"argument 2: expected f32\[4\] at batch size 3, got float64\[4\]"):
+        executable(f32(3, 4), f32(3, 4), np.ones(4))
+    assert executable(f32(100, 4), f32(100, 4), f32(4))[0].shape == (100, 4)
+
+
+def test_strided_and_unaligned_arguments_are_copied():
+    def fn(x):
+        return ff.exp(x)
+
+    executable, _, _ = program(fn, 0, lambda n: [f32(n, 4)])
+    x = f32(8, 8)[:, ::2]
+    np.testing.assert_allclose(executable(x)[0], np.exp(x), rtol=1e-6)
+
+
+def test_bind_runs_at_the_bound_batch_size_after_the_arena_grew():
+    def fn(x, w):
+        h = ff.tanh(x * w)
+        return (h * h).sum(axis=1)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 50), f32(50)])
+    small = [f32(2, 50), f32(50)]
+    bound = executable.bind(small)
+    executable(f32(129, 50), small[1])  # grows the arena: the binding keeps its own
+    bound.run()
+    for copy_to, copy_from in bound.after:
+        np.copyto(copy_to, copy_from)
+    np.testing.assert_allclose(bound.results[0], per_size(graph, 2, small)[0], rtol=3e-5, atol=1e-5)
