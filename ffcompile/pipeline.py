@@ -33,6 +33,7 @@ from .codegen.backend import Backend, Program
 from .codegen.registry import get_backend
 from .ir import Graph, verify
 from .ir.interpret import interpret
+from .ir.specialize import specialize
 from .ir.symbolic import BatchRange, Envelope, bytes_at
 from .passes.decompose import decompose
 from .passes.fuse import fuse
@@ -348,7 +349,7 @@ class Stats:
     stages: tuple[StageRecord, ...]
     trace_seconds: float  # the Python function traced into the graph, adjoints included
     kernels: int | None
-    flops: int
+    flops: int  # of one program for every batch size: at its reference size
     arena_bytes: int | Envelope | None  # an Envelope of B for one program serving every batch size
     lower_bound: int | Envelope | None
     batch: BatchRange | None = None  # the batch sizes one symbolic program serves
@@ -357,6 +358,8 @@ class Stats:
     @staticmethod
     def of(lowered: Lowered) -> "Stats":
         graph = lowered.optimized
+        if lowered.batch is not None:  # FLOPs of one program for every size: at the reference size
+            graph = specialize(graph, {"B": lowered.batch.reference})
         flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
         plan = lowered.memory
         return Stats(tuple(lowered.records), lowered.traced.seconds,
