@@ -3,18 +3,27 @@
 run by the interpreter); the runtime reads B from the arguments, checks it, grows the arena
 and binds. Schedules come from tests/symbolic_programs.py (the graph stages on a symbolic
 trace, the symbolic memory plan)."""
+import dataclasses
+import json
+import os
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 from symbolic_programs import SIZES, per_size, symbolic_graph, symbolic_plan, symbolic_schedule
+from test_llvm_export import C_FILES
 
 import ffcompile as ff
 from ffcompile.codegen.llvm import backend, elementwise
+from ffcompile.codegen.llvm.cache import CACHE_DIR_VARIABLE
+from ffcompile.codegen.llvm.export import export
+from ffcompile.codegen.llvm.lower import arena_from_json, layout
 from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
 from ffcompile.ir import lang
 from ffcompile.ir import ops as O
-from ffcompile.ir.symbolic import bytes_at
+from ffcompile.ir.symbolic import Envelope, bytes_at
 from ffcompile.passes.schedule import KernelKind
 
 TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
@@ -259,3 +268,98 @@ def test_bind_runs_at_the_bound_batch_size_after_the_arena_grew():
     for copy_to, copy_from in bound.after:
         np.copyto(copy_to, copy_from)
     np.testing.assert_allclose(bound.results[0], per_size(graph, 2, small)[0], rtol=3e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ disk cache
+
+def test_a_symbolic_program_is_stored_and_loaded_from_the_disk_cache(tmp_path, monkeypatch):
+    """The key covers the symbolic plan (Affine offsets, the Envelope arena); the metadata is
+    JSON (the arena as [const, per_batch] pairs) and checked against the program's layout."""
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path))
+
+    def fn(x, w):
+        h = ff.tanh(x * w)
+        return (h * h).sum(axis=1), h.T
+
+    make = lambda n: [f32(n, 40), f32(40)]  # noqa: E731
+    cold, graph, schedule = program(fn, (0, None), make)
+    [entry] = tmp_path.glob("*.o.ffc")
+    warm = backend.LLVMExecutable(schedule, symbolic_plan(schedule))
+    assert not cold.from_cache and warm.from_cache and list(tmp_path.glob("*.o.ffc")) == [entry]
+    assert warm.arena_bytes == cold.arena_bytes and warm.symbolic
+    for batch in (1, 7, 129):
+        args = make(batch)
+        for got, want in zip(warm(*args), cold(*args), strict=True):
+            np.testing.assert_array_equal(got, want)
+    # the buffers 64 bytes further on: another key, another entry
+    plan = symbolic_plan(schedule)
+    moved = dataclasses.replace(plan, buffers=tuple(
+        b if b.offset is None else dataclasses.replace(b, offset=b.offset + 64) for b in plan.buffers),
+        arena_bytes=Envelope(tuple(part + 64 for part in plan.arena_bytes.parts)))
+    assert not backend.LLVMExecutable(schedule, moved).from_cache and len(list(tmp_path.glob("*.o.ffc"))) == 2
+
+
+def test_the_cache_metadata_of_a_symbolic_program_round_trips_as_json():
+    def fn(x):
+        return ff.exp(x) * 2.0 + ff.exp(x).sum(axis=1, keepdims=True)
+
+    schedule = symbolic_schedule(fn, 0, f32(3, 5))
+    plan = symbolic_plan(schedule)
+    metadata = layout(schedule, plan).metadata()
+    assert metadata["batch"] is True and json.loads(json.dumps(metadata)) == metadata
+    assert arena_from_json(metadata["arena_bytes"]).at(129) == bytes_at(plan.arena_bytes, 129) > 0
+
+
+# ------------------------------------------------------------------------------------ C export
+
+CC = os.environ.get("CC") or shutil.which("cc")
+
+# Reads inputs DIR/inK.bin at the batch size argv[2], calls the entry twice (at that size, after
+# a call at batch size 1 on the same arena: nothing is left over from a size), writes DIR/outK.bin.
+DRIVER = C_FILES + r"""
+#include "@name@.h"
+
+int main(int argc, char **argv) {
+    int64_t batch = atoll(argv[2]);
+    const int64_t in_bytes[] = @P@_INPUT_BYTES(batch), out_bytes[] = @P@_OUTPUT_BYTES(batch);
+    void *args[1 + @P@_NUM_INPUTS + @P@_NUM_OUTPUTS];
+    size_t arena = (size_t)@P@_ARENA_BYTES(batch);
+    args[0] = aligned_alloc(@P@_ALIGNMENT, (arena + @P@_ALIGNMENT) / @P@_ALIGNMENT * @P@_ALIGNMENT);
+    for (int k = 0; k < @P@_NUM_INPUTS; k++) args[1 + k] = load(argv[1], k, in_bytes[k]);
+    for (int k = 0; k < @P@_NUM_OUTPUTS; k++) args[1 + @P@_NUM_INPUTS + k] = malloc(out_bytes[k]);
+    @name@_entry(args, 1);  /* reads only batch-1 prefixes of the arrays and arena */
+    @name@_entry(args, batch);
+    for (int k = 0; k < @P@_NUM_OUTPUTS; k++) save(argv[1], k, args[1 + @P@_NUM_INPUTS + k], out_bytes[k]);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler (cc or $CC) to build the exported library")
+def test_an_exported_symbolic_library_takes_the_batch_size(tmp_path):
+    """The header's entry takes `int64_t batch` and its sizes are macros of it; one library,
+    run from C at B in 1, 2, 7, 64, 129, gives the Python program's results bit for bit."""
+    def fn(x, w, b):
+        h = ff.tanh(x * w + b)
+        return (h * h).sum(axis=1), h.T, ff.concatenate([h, x], axis=0), x.mean()
+
+    make = lambda n: [f32(n, 24), f32(24), f32(1, 24)]  # noqa: E731
+    executable, _, schedule = program(fn, (0, None, None), make, max_batch=200)
+    library = export(schedule, executable._lower_arguments[1], tmp_path, "symb", ["x", "w", "b"])
+    header = library.header_path.read_text()
+    assert "void symb_entry(void **args, int64_t batch);" in header
+    assert "#define SYMB_MAX_BATCH 200" in header
+    assert "#define SYMB_INPUT0_SHAPE(batch) {(1 * (int64_t)(batch)), 24}" in header
+    source = tmp_path / "driver.c"
+    source.write_text(DRIVER.replace("@name@", "symb").replace("@P@", "SYMB"))
+    driver = tmp_path / "driver"
+    subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-O1", "-I", str(tmp_path), str(source), "-o", str(driver),
+                    "-L", str(tmp_path), "-lsymb", f"-Wl,-rpath,{tmp_path}"], check=True, capture_output=True, text=True)
+    for batch in SIZES:
+        args = make(batch)
+        for k, array in enumerate(args):
+            array.tofile(tmp_path / f"in{k}.bin")
+        subprocess.run([str(driver), str(tmp_path), str(batch)], check=True, timeout=60)
+        for k, want in enumerate(executable(*args)):
+            got = np.fromfile(tmp_path / f"out{k}.bin", want.dtype).reshape(want.shape)
+            np.testing.assert_array_equal(got, want, err_msg=f"output {k} at batch size {batch}")
