@@ -23,7 +23,9 @@ from ffcompile.codegen.llvm.lower import arena_from_json, layout
 from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
 from ffcompile.ir import lang
 from ffcompile.ir import ops as O
+from ffcompile.ir.specialize import specialize
 from ffcompile.ir.symbolic import Envelope, bytes_at
+from ffcompile.passes.cost import flops_of
 from ffcompile.passes.schedule import KernelKind
 
 TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
@@ -363,3 +365,42 @@ def test_an_exported_symbolic_library_takes_the_batch_size(tmp_path):
         for k, want in enumerate(executable(*args)):
             got = np.fromfile(tmp_path / f"out{k}.bin", want.dtype).reshape(want.shape)
             np.testing.assert_array_equal(got, want, err_msg=f"output {k} at batch size {batch}")
+
+
+# ------------------------------------------------------------------------------------ the native fast path
+
+def test_the_native_checked_call_runs_a_symbolic_program_at_each_batch_size():
+    """call_objects reads B from the first batch argument and checks every argument natively
+    against a call table at that size (kept for the CALL_TABLES latest sizes); anything it
+    cannot take is None without running, and the checked path says what is wrong."""
+    def fn(x, y, w):
+        return ff.tanh(x * w + y), (x * y).sum(axis=1)
+
+    executable, graph, _ = program(fn, (0, 0, None), lambda n: [f32(n, 8), f32(n, 8), f32(8)])
+    for batch in (*SIZES, 3, 4, 5, 6, 2):
+        args = (f32(batch, 8), f32(batch, 8), f32(8))
+        got = executable.call_objects(args)
+        assert got is not None
+        for g, w in zip(got, per_size(graph, batch, list(args)), strict=True):
+            np.testing.assert_allclose(g, w, rtol=3e-5, atol=1e-5)
+    assert len(executable._tables) == backend.CALL_TABLES and 2 in executable._tables and 1 not in executable._tables
+    x = f32(5, 8)
+    for bad in [(x, f32(6, 8), f32(8)), (x, x, np.ones(8)), (x, x[:, ::-1], f32(8)), (x[:0], x[:0], f32(8)),
+                ([[1.0] * 8] * 5, x, f32(8))]:
+        assert executable.call_objects(bad) is None
+    with pytest.raises(TypeError, match="disagrees"):
+        executable.call((x, f32(6, 8), f32(8)), typed=False)
+
+
+def test_a_symbolic_program_holds_the_gil_up_to_the_batch_size_its_flops_allow():
+    def fn(x, w):
+        return ff.tanh(x * w)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 16), f32(16)])
+    flops = [sum(flops_of(g, i) for i in range(len(g.nodes)))
+             for g in (specialize(graph, {"B": b}) for b in (executable.gil_batch, executable.gil_batch + 1))]
+    assert executable.gil_batch > 1 and flops[0] <= backend.HOLD_GIL_MAX_FLOPS < flops[1]
+    assert not executable.holds_gil  # as a whole: a larger batch releases it
+    small, large = (f32(executable.gil_batch, 16), f32(16)), (f32(executable.gil_batch + 1, 16), f32(16))
+    executable.call_objects(small), executable.call_objects(large)
+    assert executable._tables[executable.gil_batch].call is not executable._tables[executable.gil_batch + 1].call

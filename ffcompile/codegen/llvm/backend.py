@@ -43,6 +43,7 @@ from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
+from ...ir.specialize import specialize
 from ...ir.symbolic import Sym, bytes_at, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
@@ -64,6 +65,9 @@ _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
 # lock that then keeps two threads off the one arena, cost ~0.2 us, a third of a bound
 # xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
 HOLD_GIL_MAX_FLOPS = 20_000
+# Native call tables a symbolic program keeps (one per batch size): a training loop's two
+# sizes, a server's few common ones; another size builds one (~10 us) in place of the oldest.
+CALL_TABLES = 8
 
 
 def _interface_address(array: np.ndarray) -> int:
@@ -176,10 +180,14 @@ class LLVMExecutable:
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
-        flops = 0 if self.symbolic else sum(flops_of(graph, i) for i in range(len(graph.nodes)))
-        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks)
-        self.holds_gil = not self.symbolic and flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
-        self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
+        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks);
+        # a symbolic program holds it at the batch sizes up to gil_batch, its calls and bindings
+        # taking the lock all the same (a run at a larger size releases the GIL)
+        self.gil_batch = 0 if self._collectives else _gil_batch(graph) if self.symbolic else None
+        self.holds_gil = not self.symbolic and not self._collectives and _flops(graph) <= HOLD_GIL_MAX_FLOPS
+        address = self._jit.address(ENTRY)
+        self._entries = (_ENTRY_TYPE(address), _ENTRY_HOLDING_GIL(address))
+        self._entry = self._entries[self.holds_gil]
         self._cycles = None
         if profile:
             counters = self._jit.address(PROFILE)
@@ -217,6 +225,7 @@ class LLVMExecutable:
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs) + self.symbolic))()
         # a symbolic program's arena starts at its size at B = 1 and grows with the calls' B
         self._arena = allocate_arena(max(bytes_at(self.arena_bytes, 1), 1), "llvm", graph.name)
+        self._arena_batch = 1  # the largest batch size the arena was sized for
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         _live_executables.add(self)
@@ -225,6 +234,11 @@ class LLVMExecutable:
         # The native checked call (fastcall.py), made at the first call_objects: a first call
         # takes the checked path anyway, and a process that calls once never compiles it.
         self._calls: fastcall.CallTable | None = None
+        # a symbolic program's: one per batch size lately called (at most CALL_TABLES), and where
+        # a call's batch size is read first: (argument, axis, multiple of B it holds)
+        self._tables: dict[int, fastcall.CallTable] = {}
+        self._batch_axis = next(((k, axis, d.coef) for k, (_, shape, _) in enumerate(self._inputs)
+                                 for axis, d in enumerate(shape) if isinstance(d, Sym)), None)
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -367,46 +381,83 @@ class LLVMExecutable:
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
+            entry = self._entry
             if self.symbolic:
                 addresses.append(batch)
                 self._grow_arena(batch)
+                entry = self._entries[batch <= self.gil_batch]
             slots[1:] = addresses
-            self._entry(slots)
+            entry(slots)
             if self._collectives:
                 COLLECTIVES.raise_error()
         return self._collect(arrays, outs, batch)
 
     def _grow_arena(self, batch: int) -> None:
         """A symbolic program's arena at least its size at `batch` (the caller holds the lock;
-        bindings keep the arena they were packed with)."""
+        bindings keep the arena they were packed with). Sizes do not shrink as B grows (no
+        Affine of a plan has a negative slope), so an arena that held a larger B holds this one."""
+        if batch <= self._arena_batch:
+            return
         need = bytes_at(self.arena_bytes, batch)
         if need > self._arena.nbytes:
             self._arena = allocate_arena(need, "llvm", self.name)
             self._slots[0] = data_address(self._arena)
+        self._arena_batch = batch
 
     def call_objects(self, args: tuple) -> list[np.ndarray] | None:
         """call(args) if every argument passes the native checks (fastcall.py: arrays of the
         compiled types, C-contiguous, aligned, donated ones writeable and apart), else None
-        without running: then call() checks, copies or raises."""
-        calls = self._calls
-        if calls is None:
-            if self.symbolic or not fastcall.available():
-                return None
-            calls = self._calls = self._call_table()
-        outs = self._new_outputs(0)
+        without running: then call() checks, copies or raises. A symbolic program reads the
+        batch size from its first batch argument here and checks the arguments at that
+        size natively (a call table per batch size)."""
+        batch = 0
+        if self.symbolic:
+            batch = self._fast_batch(args)
+            calls = self._tables.get(batch) if batch else None
+            if calls is None:
+                if not batch or not fastcall.available():
+                    return None
+                calls = self._tables[batch] = self._call_table(batch)
+                if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
+                    del self._tables[next(iter(self._tables))]
+        else:
+            calls = self._calls
+            if calls is None:
+                if not fastcall.available():
+                    return None
+                calls = self._calls = self._call_table()
+        outs = self._new_outputs(batch)
         items = args + outs
         with self._lock:
+            if batch:
+                self._grow_arena(batch)
+                self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
             if self._collectives:
                 COLLECTIVES.raise_error()
-        return self._collect(args, outs, 0)
+        return self._collect(args, outs, batch)
 
-    def _call_table(self) -> fastcall.CallTable:
+    def _fast_batch(self, args: tuple) -> int:
+        """The batch size the first batch argument gives, if it is an ndarray and the size is in
+        range; else 0 (the checked path says what is wrong). The native checks do the rest."""
+        k, axis, coef = self._batch_axis
+        array = args[k] if k < len(args) else None
+        if type(array) is not np.ndarray or array.ndim <= axis:
+            return 0
+        batch, extra = divmod(array.shape[axis], coef)
+        if extra or batch < 1 or (self.max_batch is not None and batch > self.max_batch):
+            return 0
+        return batch
+
+    def _call_table(self, batch: int = 0) -> fastcall.CallTable:
+        """The native checks' table (of a symbolic program: at one batch size)."""
         donated_inputs = set(self._donated_inputs)
-        items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
-        return fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
-                                  len(self._inputs), self._slots, self._jit.address(ENTRY), self.holds_gil)
+        at = {"B": batch}
+        items = [(dtype, substitute(shape, at), k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+        return fastcall.CallTable(items + [(dtype, substitute(shape, at), False) for dtype, shape in self._outputs],
+                                  len(self._inputs), self._slots, self._jit.address(ENTRY),
+                                  self.holds_gil or bool(batch) and batch <= self.gil_batch)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -439,6 +490,8 @@ class LLVMExecutable:
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
         entry, lock, collectives = self._entry, self._lock, self._collectives
+        if self.symbolic:
+            entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
             return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs, arena))
 
@@ -449,6 +502,20 @@ class LLVMExecutable:
                     COLLECTIVES.raise_error()
 
         return Binding(run, arrays, results, after, (self, block, outs, arena))
+
+
+def _flops(graph) -> int:
+    return sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+
+
+def _gil_batch(graph) -> int:
+    """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
+    (0: none): they are linear in B, so two sizes give the line."""
+    at_1, at_2 = (_flops(specialize(graph, {"B": batch})) for batch in (1, 2))
+    if at_1 > HOLD_GIL_MAX_FLOPS:
+        return 0
+    slope = at_2 - at_1
+    return (HOLD_GIL_MAX_FLOPS - at_1) // slope + 1 if slope > 0 else 1 << 62
 
 
 def _generated_result_code(outputs, results):
