@@ -40,7 +40,7 @@ from types import ModuleType
 
 from llvmlite import ir
 
-from .cgutils import for_range
+from .cgutils import for_range, size_value
 from .elementwise import (
     CONTRACT,
     I8,
@@ -54,8 +54,9 @@ from .elementwise import (
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
 from .packed_gemm import emit_packed_gemm, packed_beats_blas
+from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
-from .smallgemm import emit_small_gemm, small_gemm_fits
+from .smallgemm import emit_small_gemm, product, small_gemm_fits
 from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
@@ -186,11 +187,14 @@ def _gemm_pointer(b: ir.IRBuilder, name: str, fty: ir.FunctionType) -> ir.Value:
 
 
 def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool,
-              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
+              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None,
+              max_batch: int | None = None) -> None:
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
     scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
-    An epilogue (only for a 2-D SKINNY product) runs in the skinny kernel's function."""
+    An epilogue (only for a 2-D SKINNY or RUNTIME product) runs in the skinny kernel's function.
+    Types may hold Sym sizes (a symbolic batch size B in 1..max_batch, None: unbounded): the
+    function `b` builds then has a trailing `batch` parameter, and the route is RUNTIME's."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -199,16 +203,19 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     b_step = [s * k * n for s in broadcast_strides(b_.type.shape[:-2], batch)]
     c_step = [s * m * n for s in broadcast_strides(batch, batch)]
     dtype = out.type.dtype
-    route = gemm_route(m, n, k, dtype, trans_a, trans_b)
+    route = gemm_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    assert epilogue is None or (route == SKINNY and not batch), "only a 2-D skinny product fuses its epilogue"
+    assert epilogue is None or (route in FUSING_ROUTES and not batch), "only a 2-D skinny product fuses its epilogue"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == SKINNY:
+        if route == RUNTIME:
+            emit_runtime_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue, max_batch, native_max_work(),
+                              lambda bb: _blas(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale))
+        elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
         elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
             _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
@@ -218,25 +225,39 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
-        elif _blas_threads == 1:  # the pool owns the cores: it splits the product
-            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
-            _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+
+
+def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """The BLAS product (sizes: ints or Syms), split by rows across the pool
+    when BLAS runs at one thread (the pool owns the cores)."""
+    if _blas_threads == 1:
+        _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+    else:
+        _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
 SKINNY, SMALL, PACKED, LOOPS, BLAS = "skinny", "smallgemm", "packed", "loops", "blas"
-# SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
-BLAS_INT_MAX = 2 ** 31 - 1
+RUNTIME = "runtime"  # symbolic sizes: skinny, smallgemm or BLAS, chosen by the program at run time (runtime_gemm.py)
+BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
+FUSING_ROUTES = (SKINNY, RUNTIME)  # the routes that take a ColumnEpilogue
 
 
-def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
+def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
     """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
     nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
     beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
-    dimension past BLAS_INT_MAX (it would be passed wrapped)."""
+    dimension past BLAS_INT_MAX (it would be passed wrapped).
+
+    Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
+    product is then RUNTIME's, an integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX
+    is within max_batch (without a bound, the program checks before it calls BLAS)."""
+    if symbolic(m, n, k):
+        return _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     if m * n == 0:
         return None
     work = m * n * k
@@ -254,8 +275,17 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
 
 
-class GemmTooLarge(ValueError):
-    """A matrix product too large for the BLAS interface's integers."""
+def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
+    if 0 in (m, n):  # a Sym is never 0
+        return None
+    if dtype not in BLAS_FUNCTIONS:
+        return LOOPS
+    sizes = [largest(d, max_batch) for d in (m, n, k)]
+    if None not in sizes and max(sizes) > BLAS_INT_MAX:
+        raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension of {max(sizes)} "
+                           f"at max_batch={max_batch}, above {BLAS_INT_MAX}, the largest the BLAS (32-bit "
+                           f"integers) takes")
+    return RUNTIME
 
 
 def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
@@ -293,24 +323,29 @@ def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> N
     (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread."""
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    units = -(-m // SPLIT_ROWS)
 
     def body(bb, values, start, end):
         pa_, pb_, pc_, alpha_, beta_ = values
+        rows, columns, inner = (size_value(bb, d) for d in (m, n, k))
         first = bb.mul(start, ir.Constant(I64, SPLIT_ROWS))
         last = bb.mul(end, ir.Constant(I64, SPLIT_ROWS))
-        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
-        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
-        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        last = bb.select(bb.icmp_signed("<", last, rows), last, rows)
+        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, inner)], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, columns)], inbounds=True)
         _blas_call(bb, name, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, (alpha_, beta_),
                    lda=m if trans_a else k)
 
-    grain = -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
+    if symbolic(m, n, k):  # units and grain at run time (a run-time count: threadpool.emit_parallel_for)
+        rows, work = size_value(b, m), product(b, SPLIT_ROWS, *(size_value(b, d) for d in (n, k)))
+        units = b.udiv(b.add(rows, ir.Constant(I64, SPLIT_ROWS - 1)), ir.Constant(I64, SPLIT_ROWS))
+        grain = b.udiv(b.add(work, ir.Constant(I64, SPLIT_MIN_WORK - 1)), work)
+    else:
+        units, grain = -(-m // SPLIT_ROWS), -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
     emit_parallel_for(b, "blas", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
 def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int | None = None) -> None:
-    """The BLAS call for C = op(A) op(B) (m rows of C: an int, or an i64 value); lda: A's
+    """The BLAS call for C = op(A) op(B) (sizes: ints, Syms, or i64 values); lda: A's
     leading dimension when A is part of a larger matrix."""
     ty = pc.type.pointee
     ptr = ty.as_pointer()
@@ -326,42 +361,48 @@ def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int |
     def flag(transposed: bool):
         return by_pointer(ir.Constant(I8, ord("T" if transposed else "N")))
 
-    def i32(v):
-        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v, I32))
+    def i32(v):  # the size checked against BLAS_INT_MAX before (gemm_route, runtime_gemm)
+        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v if isinstance(v, ir.Value) else size_value(b, v), I32))
+
+    def leading(v):  # at least 1, as BLAS requires of an empty matrix's (a run-time size is >= 1)
+        return max(1, v) if isinstance(v, int) else v
 
     lda = lda or (m if trans_a else k)
     ldb = k if trans_b else n
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     b.call(_gemm_pointer(b, name, fty), [
         flag(trans_b), flag(trans_a), i32(n), i32(m), i32(k), by_pointer(alpha),
-        pb, i32(max(1, ldb)), pa, i32(max(1, lda)), by_pointer(beta), pc, i32(max(1, n))])
+        pb, i32(leading(ldb)), pa, i32(leading(lda)), by_pointer(beta), pc, i32(leading(n))])
 
 
 def _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
     """C[i, :] = 0; C[i, :] += A[i, p] * B[p, :] for p in order (the order BLAS sums in).
-    Floats come here only with k == 0, where alpha * A @ B + beta * C is beta * C."""
+    Floats come here only with k == 0, where alpha * A @ B + beta * C is beta * C. Sizes: ints
+    or Syms (run-time trip counts and strides)."""
     assert scale is None or k == 0, "a scaled float GEMM with k > 0 goes to smallgemm or BLAS"
+    m, n, k = (size_value(b, d) for d in (m, n, k))
     ty = pc.type.pointee
     mul = (lambda x, y: b.fmul(x, y, flags=CONTRACT)) if is_float(ty) else b.mul
     add = (lambda x, y: b.fadd(x, y, flags=CONTRACT)) if is_float(ty) else b.add
     zero = ir.Constant(ty, 0.0 if is_float(ty) else 0)
-    a_i, a_p = (1, m) if trans_a else (k, 1)
-    b_p, b_j = (1, k) if trans_b else (n, 1)
+    one = ir.Constant(I64, 1)
+    a_i, a_p = (one, m) if trans_a else (k, one)
+    b_p, b_j = (one, k) if trans_b else (n, one)
 
     def at(ptr, *terms):
         """&ptr[sum(index * stride)]"""
         offset = None
         for index, stride in terms:
-            term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+            term = index if stride is one else b.mul(index, stride, flags=["nsw"])
             offset = term if offset is None else b.add(offset, term, flags=["nsw"])
         return b.gep(ptr, [offset], inbounds=True)
 
-    with for_range(b, ir.Constant(I64, m), "row") as i:
-        with for_range(b, ir.Constant(I64, n), "col") as j:
-            c = at(pc, (i, n), (j, 1))
+    with for_range(b, m, "row") as i:
+        with for_range(b, n, "col") as j:
+            c = at(pc, (i, n), (j, one))
             b.store(zero if scale is None else mul(scale[1], b.load(c)), c)
-        with for_range(b, ir.Constant(I64, k), "inner") as p:
+        with for_range(b, k, "inner") as p:
             a_ip = b.load(at(pa, (i, a_i), (p, a_p)))
-            with for_range(b, ir.Constant(I64, n), "col") as j:
-                c = at(pc, (i, n), (j, 1))
+            with for_range(b, n, "col") as j:
+                c = at(pc, (i, n), (j, one))
                 b.store(add(b.load(c), mul(a_ip, b.load(at(pb, (p, b_p), (j, b_j))))), c)

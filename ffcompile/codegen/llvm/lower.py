@@ -27,12 +27,12 @@ from llvmlite import ir
 
 from ...ir import TensorType
 from ...ir import ops as O
-from ...ir.symbolic import Affine, Envelope, broadcast_shapes, symbol_names
+from ...ir.symbolic import Affine, BatchRange, Envelope, broadcast_shapes, symbol_names
 from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
-from .blas import BLAS, BLAS_FUNCTIONS, SKINNY, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
+from .blas import BLAS_FUNCTIONS, BLAS_ROUTES, FUSING_ROUTES, GemmTooLarge, blas_slot, blas_symbol, emit_gemm, gemm_route
 from .cgutils import affine_value
 from .elementwise import I8, I64, MEMORY_TYPES, Array, BodyEmitter, column_epilogue, constant, emit_map, scalar
 from .layout import emit_constant, emit_copy, emit_layout
@@ -150,20 +150,22 @@ def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None 
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = _furthest(arena_bytes, scratch, nodes[kernel.anchor].type.nbytes)
             scratch_anchors.add(kernel.anchor)
-        if _gemm_route(nodes, kernel) == BLAS:
+        if _gemm_route(nodes, kernel, plan.batch) in BLAS_ROUTES:
             blas.add(BLAS_FUNCTIONS[nodes[kernel.anchor].type.dtype])
     used = tuple(name for name in BLAS_FUNCTIONS.values() if name in blas)
     collectives = any(kernel.kind == KernelKind.COLLECTIVE for kernel in schedule.kernels)
     return Layout(outputs, source, frozenset(scratch_anchors), arena_bytes, used, collectives, is_symbolic(schedule))
 
 
-def _gemm_route(nodes, kernel) -> str | None:
-    """blas.gemm_route of a GEMM kernel's matmul, its error naming the matmul and its line."""
+def _gemm_route(nodes, kernel, batch: BatchRange | None = None) -> str | None:
+    """blas.gemm_route of a GEMM kernel's matmul, its error naming the matmul and its line (a
+    symbolic one's sizes checked against BLAS's integers at the plan's max_batch)."""
     matmul = nodes[kernel.anchor]
     a, b = (nodes[j].type for j in matmul.inputs)
     *_, m, n = matmul.type.shape
     try:
-        return gemm_route(m, n, a.shape[-1], matmul.type.dtype, kernel.trans_a, kernel.trans_b)
+        return gemm_route(m, n, a.shape[-1], matmul.type.dtype, kernel.trans_a, kernel.trans_b,
+                          batch.max_batch if batch is not None else None)
     except GemmTooLarge as err:
         where = f" {matmul.loc}" if matmul.loc else ""
         raise GemmTooLarge(f"llvm backend: matmul %{kernel.anchor} {a} @ {b} -> {matmul.type}{where}: {err}") from None
@@ -470,7 +472,7 @@ def _fuses_epilogue(nodes, kernel, epilogue, same_storage) -> bool:
     product (skinny.py), whose epilogue writes over neither operand (a chunk still reading
     an operand would see another chunk's results)."""
     matmul = nodes[kernel.anchor]
-    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) != SKINNY:
+    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) not in FUSING_ROUTES:
         return False
     transposed = (kernel.trans_a, kernel.trans_b)
     operands = [nodes[j].inputs[0] if t else j for j, t in zip(matmul.inputs, transposed)]

@@ -1,0 +1,151 @@
+"""GEMMs whose sizes are known only when the program runs (#18: one program for every batch size).
+
+With a symbolic batch size B, m = B for x @ W and dy @ W.T, and k = B for the weight
+gradient x.T @ dy. blas.gemm_route cannot pick a kernel from such sizes, so the program
+picks one at run time from the run-time sizes, as gemm_route would for them:
+
+- m in skinny.py's range (the served batches of 1-8): a switch on m to the skinny kernel
+  built for that m (its rows are unrolled: a kernel with a run-time row loop would keep
+  its accumulators in memory, and B is streamed once whatever m is);
+- else, at most native_max_work() multiply-adds with smallgemm's packed operands within
+  its stack buffer: smallgemm with run-time m or k (its row blocks and k loop are loops
+  with run-time trip counts);
+- else the BLAS call, every size an i32 computed at run time.
+
+The packed GEMM (packed_gemm.py) takes concrete shapes only. A symbolic size past BLAS's
+32-bit integers is refused at compile time at max_batch when B has a bound (blas.py);
+without one, the BLAS branch checks the sizes first and, past the limit, stores the size
+in the module's GEMM_ERROR_SYMBOL instead of calling: the runtime reads it after the entry
+returns and raises GemmTooLarge (raise_gemm_error), so the product never reaches BLAS
+with a wrapped size.
+"""
+from __future__ import annotations
+
+import ctypes
+
+from llvmlite import ir
+
+from ...ir.symbolic import Sym
+from .cgutils import size_value
+from .elementwise import I64
+from .skinny import SKINNY_MAX_ROWS, emit_skinny_gemm, skinny_fits
+from .smallgemm import PACK_MAX_BYTES, as_i64, emit_small_gemm, product, small_gemm_bytes
+
+GEMM_ERROR_SYMBOL = "ffc_gemm_error"  # i64: 0, or the size past BLAS's integers a GEMM met
+BLAS_INT_MAX = 2 ** 31 - 1  # SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER
+
+
+class GemmTooLarge(ValueError):
+    """A matrix product too large for the BLAS interface's integers."""
+
+
+def symbolic(*dims) -> bool:
+    return any(isinstance(d, Sym) for d in dims)
+
+
+def largest(d, max_batch: int | None) -> int | None:
+    """A dimension's largest value for B in 1..max_batch (None: unbounded)."""
+    if not isinstance(d, Sym):
+        return d
+    return None if max_batch is None else d.coef * max_batch
+
+
+def skinny_rows(m, n, k, trans_a: bool, trans_b: bool, itemsize: int, max_batch: int | None) -> list[int]:
+    """The run-time values of a symbolic m (coef * B) for which the product is a skinny one."""
+    if not isinstance(m, Sym) or symbolic(n, k):
+        return []
+    top = SKINNY_MAX_ROWS if max_batch is None else min(SKINNY_MAX_ROWS, m.coef * max_batch)
+    return [r for r in range(m.coef, top + 1, m.coef) if skinny_fits(r, n, k, trans_a, trans_b, itemsize)]
+
+
+def gemm_error_slot(module: ir.Module) -> ir.GlobalVariable:
+    """The module's GEMM_ERROR_SYMBOL (defined, zero): the size a GEMM refused to pass to BLAS."""
+    slot = module.globals.get(GEMM_ERROR_SYMBOL)
+    if slot is None:
+        slot = ir.GlobalVariable(module, I64, GEMM_ERROR_SYMBOL)
+        slot.initializer = ir.Constant(I64, 0)
+    return slot
+
+
+def raise_gemm_error(address: int, batch: int) -> None:
+    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is at `address` refused a BLAS
+    call during its last run (at batch size `batch`), and clear it."""
+    slot = ctypes.c_int64.from_address(address)
+    size, slot.value = slot.value, 0
+    if size:
+        raise GemmTooLarge(f"llvm backend: at batch size {batch}, a matmul has a dimension of {size}, above "
+                           f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes; the program stopped "
+                           f"before calling it (give max_batch= to have this checked at compile time)")
+
+
+def emit_runtime_gemm(b: ir.IRBuilder, pa, pb, pc, m, n, k, trans_a: bool, trans_b: bool, scale, epilogue,
+                      max_batch: int | None, native_max: int, emit_blas) -> None:
+    """C = op(A) op(B) for float pointers, sizes ints or Syms (in the function `b` builds, whose
+    trailing `batch` parameter gives B), the kernel chosen at run time (module doc). scale
+    and epilogue as blas.emit_gemm's; the epilogue runs in the skinny kernel's chunks, or over
+    all of C after another kernel. emit_blas(b): the BLAS call."""
+    ty = pc.type.pointee
+    itemsize = 4 if isinstance(ty, ir.FloatType) else 8
+    mv, nv, kv = (d if isinstance(d, int) else size_value(b, d) for d in (m, n, k))  # ints stay ints
+    rows = skinny_rows(m, n, k, trans_a, trans_b, itemsize, max_batch)
+
+    def after(kernel):
+        kernel()
+        if epilogue is not None:
+            epilogue.emit(b, epilogue.values, ir.Constant(I64, 0), as_i64(nv))
+
+    def small_or_blas():
+        fits = _small_fits(b, mv, nv, kv, m, n, k, trans_a, trans_b, itemsize, native_max)
+        if fits is None:
+            after(lambda: _checked_blas(b, (mv, nv, kv), (m, n, k), max_batch, emit_blas))
+            return
+        with b.if_else(fits) as (small, other):
+            with small:
+                after(lambda: emit_small_gemm(b, pa, pb, pc, mv, nv, kv, trans_a, trans_b, scale))
+            with other:
+                after(lambda: _checked_blas(b, (mv, nv, kv), (m, n, k), max_batch, emit_blas))
+
+    if not rows:
+        small_or_blas()
+        return
+    default = b.append_basic_block("gemm.rows.other")
+    end = b.append_basic_block("gemm.end")
+    switch = b.switch(mv, default)
+    for r in rows:
+        case = b.append_basic_block(f"gemm.rows{r}")
+        switch.add_case(ir.Constant(I64, r), case)
+        b.position_at_end(case)
+        emit_skinny_gemm(b, pa, pb, pc, r, n, k, trans_a, trans_b, scale, epilogue)
+        b.branch(end)
+    b.position_at_end(default)
+    small_or_blas()
+    b.branch(end)
+    b.position_at_end(end)
+
+
+def _small_fits(b, mv, nv, kv, m, n, k, trans_a, trans_b, itemsize, native_max) -> ir.Value | None:
+    """The run-time condition for smallgemm (at most native_max multiply-adds, packed operands
+    within its stack buffer), or None when it can hold at no size: n symbolic (smallgemm's
+    column panels are unrolled), or k symbolic with the dot-product tiles (unrolled over k)."""
+    if isinstance(n, Sym) or (isinstance(k, Sym) and trans_b and not trans_a):
+        return None
+    work = product(b, mv, nv, kv)
+    fits = b.icmp_signed("<=", work, ir.Constant(I64, native_max))
+    packed = small_gemm_bytes(b, mv, nv, kv, trans_a, trans_b, itemsize)
+    return b.and_(fits, b.icmp_signed("<=", packed, ir.Constant(I64, PACK_MAX_BYTES))) if packed is not None else fits
+
+
+def _checked_blas(b, values, dims, max_batch, emit_blas) -> None:
+    """emit_blas(b), behind a check of the symbolic sizes against BLAS's integers when B is unbounded."""
+    unbounded = [v for v, d in zip(values, dims) if isinstance(d, Sym) and max_batch is None]
+    if not unbounded:
+        emit_blas(b)
+        return
+    size = unbounded[0]  # the largest symbolic size
+    for v in unbounded[1:]:
+        size = b.select(b.icmp_signed(">", v, size), v, size)
+    with b.if_else(b.icmp_signed(">", size, ir.Constant(I64, BLAS_INT_MAX))) as (refused, call):
+        with refused:
+            b.store(size, gemm_error_slot(b.module))
+        with call:
+            emit_blas(b)

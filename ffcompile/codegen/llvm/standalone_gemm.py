@@ -1,0 +1,77 @@
+"""One GEMM of blas.emit_gemm compiled alone, callable on NumPy arrays: the kernels a program's
+GEMM kernel runs, without the program around them (tests, benchmarks/symbolic_gemm.py).
+
+Sizes may be Syms (`Sym("B")` rows: x @ W; a Sym k: the weight gradient x.T @ dy): the
+function then takes the batch size as its trailing `batch` argument, as a symbolic program's
+kernel functions do (#18), and picks its kernel at run time (runtime_gemm.py).
+"""
+from __future__ import annotations
+
+import ctypes
+
+from llvmlite import ir
+
+from ...ir import TensorType
+from ...ir.symbolic import substitute
+from ...ir.types import DTYPES
+from .blas import BLAS_FUNCTIONS, blas_address, blas_slot, blas_symbol, default_blas_threads, emit_gemm
+from .elementwise import I64, MEMORY_TYPES, Array
+from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error_slot, raise_gemm_error, symbolic
+from .target import jit
+from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
+
+
+class StandaloneGemm:
+    """`gemm(a, b, c, alpha, beta, batch)`: c = op(a) op(b) (scaled: alpha op(a) op(b) + beta c)
+    for the arrays as the transposes hold them, C-contiguous. `epilogue(fn_args)`, if given,
+    makes the ColumnEpilogue emit_gemm fuses, from the function's arguments (the pointers a,
+    b, c, an extra pointer `d`, alpha, beta[, batch])."""
+
+    def __init__(self, m, n, k, dtype: str, trans_a: bool, trans_b: bool, scaled: bool = False,
+                 max_batch: int | None = None, epilogue=None, blas: int | None = None):
+        self.m, self.n, self.k, self.dtype = m, n, k, dtype
+        self.trans_a, self.trans_b, self.symbolic = trans_a, trans_b, symbolic(m, n, k)
+        ty = MEMORY_TYPES[dtype]
+        module = ir.Module("standalone_gemm")
+        ptr = ty.as_pointer()
+        params = [ptr, ptr, ptr, ptr, ty, ty] + ([I64] if self.symbolic else [])
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), "gemm")
+        if self.symbolic:
+            fn.args[-1].name = "batch"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        pa, pb, pc, _, alpha, beta = fn.args[:6]
+        shapes = self.shapes()
+        arrays = [Array(p, TensorType(shape, dtype)) for p, shape in zip((pa, pb, pc), shapes)]
+        emit_gemm(b, *arrays, trans_a, trans_b, (alpha, beta) if scaled else None,
+                  epilogue(fn.args) if epilogue else None, max_batch)
+        b.ret_void()
+        for name in BLAS_FUNCTIONS.values():  # writable data for RuntimeDyld's stubs (lower.py says why)
+            blas_slot(module, name)
+        pool_slot(module)
+        gemm_error_slot(module)
+        self._jit = jit(module)
+        default_blas_threads()
+        for name in BLAS_FUNCTIONS.values():
+            slot = ctypes.c_void_p.from_address(self._jit.address(blas_symbol(name)))
+            slot.value = blas if blas is not None else blas_address(name)
+        ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
+        self._error = self._jit.address(GEMM_ERROR_SYMBOL)
+        scalar = ctypes.c_float if dtype == "f32" else ctypes.c_double
+        extra = [ctypes.c_int64] if self.symbolic else []
+        self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, scalar, scalar, *extra)(self._jit.address("gemm"))
+
+    def shapes(self, batch: int | None = None) -> list[tuple]:
+        """The shapes of a, b and c as held in memory (at `batch`, if given)."""
+        m, n, k = self.m, self.n, self.k
+        shapes = [(k, m) if self.trans_a else (m, k), (n, k) if self.trans_b else (k, n), (m, n)]
+        return shapes if batch is None else [substitute(s, {"B": batch}) for s in shapes]
+
+    def __call__(self, a, b, c, alpha: float = 1.0, beta: float = 0.0, batch: int | None = None, d=None) -> None:
+        assert (batch is not None) == self.symbolic
+        for x, shape in zip((a, b, c), self.shapes(batch)):
+            assert x.flags.c_contiguous and x.shape == tuple(shape) and x.dtype == DTYPES[self.dtype]
+        extra = [batch] if self.symbolic else []
+        d_address = d.ctypes.data if d is not None else None
+        self._call(a.ctypes.data, b.ctypes.data, c.ctypes.data, d_address, alpha, beta, *extra)
+        raise_gemm_error(self._error, batch)
+
