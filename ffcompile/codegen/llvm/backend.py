@@ -55,6 +55,7 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
+from .runtime_gemm import GEMM_ERROR_SYMBOL, raise_gemm_error
 from .threadpool import POOL_SLOT, parallel_for_address
 from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_scratch, is_symbolic, layout, lower
 from .object_check import Symbol
@@ -97,33 +98,40 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
                         profile: bool) -> str:
     """Everything lower() builds a program's IR from, as text: the disk cache's key. The
     schedule (nodes with their types and attributes, kernels, views, literals, anchors), the
-    inputs, the plan's offsets, donation, profiling, and the GEMM size limit of the BLAS
-    thread setting; the host and the code generator's source join it in ObjectCache.key."""
+    inputs, the plan's offsets (and a symbolic plan's max_batch), donation, profiling, and the
+    GEMM size limit of the BLAS thread setting; the host and the code generator's source join
+    it in ObjectCache.key."""
     graph = schedule.graph
     return "\n".join([
         print_schedule(schedule, locs=False),
         "inputs " + " ".join(f"%{i}:{t}" for i, t in zip(graph.inputs, graph.input_types)),
         "anchors " + " ".join(str(kernel.anchor) for kernel in schedule.kernels),
         "plan " + " ".join(f"%{b.value}@{b.offset}" for b in plan.buffers)
-        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
+        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}"
+        + ("" if plan.batch is None else f" batch={plan.batch.max_batch}"),  # GEMM routes depend on it
         f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
         f" vector_bytes {target.vector_bytes()}",
     ])
+
+
+_FOUND_IN_IR = ("parallel", "gemm_error")  # metadata known once the IR is built, not from the layout
 
 
 def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
                      profile: bool) -> tuple[Symbol, ...] | None:
     """The symbols the object code of lower(schedule, plan, donated, profile) defines, if a
     cache entry's metadata is that program's own (else None: the entry is not used)."""
-    parallel = metadata.get("parallel", False)
-    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
-            or parallel not in (False, True):
+    parallel, gemm_error = metadata.get("parallel", False), metadata.get("gemm_error", False)
+    if {k: v for k, v in metadata.items() if k not in _FOUND_IN_IR} != layout(schedule, plan, donated).metadata() \
+            or parallel not in (False, True) or gemm_error not in (False, True):
         return None
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
     if metadata.get("collectives"):
         symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
     if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
         symbols.append(Symbol(POOL_SLOT, False, 8))
+    if gemm_error:  # likewise (a symbolic GEMM that may reach BLAS past its integers)
+        symbols.append(Symbol(GEMM_ERROR_SYMBOL, False, 8))
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     return tuple(symbols)
@@ -177,6 +185,8 @@ class LLVMExecutable:
         pool = self._jit.address(POOL_SLOT)  # 0: no parallel kernel
         if pool:
             ctypes.c_void_p.from_address(pool).value = parallel_for_address()
+        # a symbolic GEMM past BLAS's integers at the call's B stops and leaves its size here
+        self._gemm_error = self._jit.address(GEMM_ERROR_SYMBOL) if program.get("gemm_error") else 0
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
@@ -261,6 +271,8 @@ class LLVMExecutable:
             metadata["batch"] = True
         if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
             metadata["parallel"] = True
+        if GEMM_ERROR_SYMBOL in program.module.globals:
+            metadata["gemm_error"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata
@@ -388,8 +400,7 @@ class LLVMExecutable:
                 entry = self._entries[batch <= self.gil_batch]
             slots[1:] = addresses
             entry(slots)
-            if self._collectives:
-                COLLECTIVES.raise_error()
+            self._raise_errors(batch)
         return self._collect(arrays, outs, batch)
 
     def _grow_arena(self, batch: int) -> None:
@@ -434,9 +445,15 @@ class LLVMExecutable:
                 self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
-            if self._collectives:
-                COLLECTIVES.raise_error()
+            self._raise_errors(batch)
         return self._collect(args, outs, batch)
+
+    def _raise_errors(self, batch: int) -> None:
+        """The errors a run left (a collective's, a GEMM's too large at this batch size), raised."""
+        if self._collectives:
+            COLLECTIVES.raise_error()
+        if self._gemm_error:
+            raise_gemm_error(self._gemm_error, batch)
 
     def _fast_batch(self, args: tuple) -> int:
         """The batch size the first batch argument gives, if it is an ndarray and the size is in
@@ -489,7 +506,7 @@ class LLVMExecutable:
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock, collectives = self._entry, self._lock, self._collectives
+        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error
         if self.symbolic:
             entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
@@ -498,8 +515,8 @@ class LLVMExecutable:
         def run():
             with lock:
                 entry(block)
-                if collectives:
-                    COLLECTIVES.raise_error()
+                if checked:
+                    self._raise_errors(batch)
 
         return Binding(run, arrays, results, after, (self, block, outs, arena))
 
