@@ -568,6 +568,7 @@ class LLVMBackend:
     """The default backend: the schedule as one native function (codegen/backend.py)."""
 
     name = "llvm"
+    symbolic_batch = True  # one program for every batch size (codegen/backend.py)
 
     def lowers(self, op) -> bool:
         # Per-op tables, plus the ops a kernel kind handles whole: matmul (GEMM), constant
