@@ -70,8 +70,11 @@ class StandaloneGemm:
         assert (batch is not None) == self.symbolic
         for x, shape in zip((a, b, c), self.shapes(batch)):
             assert x.flags.c_contiguous and x.shape == tuple(shape) and x.dtype == DTYPES[self.dtype]
-        extra = [batch] if self.symbolic else []
-        d_address = d.ctypes.data if d is not None else None
-        self._call(a.ctypes.data, b.ctypes.data, c.ctypes.data, d_address, alpha, beta, *extra)
+        self.run([x.ctypes.data if x is not None else None for x in (a, b, c, d)], alpha, beta, batch)
+
+    def run(self, addresses: list, alpha: float = 1.0, beta: float = 0.0, batch: int | None = None) -> None:
+        """The call on the addresses of a, b, c and d, unchecked; then GemmTooLarge if the
+        program refused a BLAS call."""
+        self._call(*addresses, alpha, beta, *([batch] if self.symbolic else []))
         raise_gemm_error(self._error, batch)
 
