@@ -3,6 +3,7 @@
 run by the interpreter); the runtime reads B from the arguments, checks it, grows the arena
 and binds. Schedules come from tests/symbolic_programs.py (the graph stages on a symbolic
 trace, the symbolic memory plan)."""
+import ctypes
 import dataclasses
 import json
 import os
@@ -20,10 +21,13 @@ from ffcompile.codegen.llvm import backend, elementwise
 from ffcompile.codegen.llvm.cache import CACHE_DIR_VARIABLE
 from ffcompile.codegen.llvm.export import export
 from ffcompile.codegen.llvm.lower import arena_from_json, layout
+from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge
 from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
 from ffcompile.ir import lang
 from ffcompile.ir import ops as O
+from ffcompile.ir.specialize import specialize
 from ffcompile.ir.symbolic import Envelope, bytes_at
+from ffcompile.passes.cost import flops_of
 from ffcompile.passes.schedule import KernelKind
 
 TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
@@ -42,8 +46,9 @@ def program(fn, batch_dim, make_args, max_batch=None):
     return executable, symbolic_graph(fn, batch_dim, *example), schedule
 
 
-def agrees(fn, batch_dim, make_args, sizes=SIZES):
-    """fn's one program at every size == the reference at that size; returns the schedule."""
+def agrees(fn, batch_dim, make_args, sizes=SIZES, scale=1.0):
+    """fn's one program at every size == the reference at that size (the absolute tolerance
+    times `scale`: sums of that many terms); returns the schedule and the executable."""
     executable, graph, schedule = program(fn, batch_dim, make_args)
     for batch in sizes:
         args = make_args(batch)
@@ -52,7 +57,7 @@ def agrees(fn, batch_dim, make_args, sizes=SIZES):
         for g, w in zip(got, want):
             assert g.shape == w.shape and g.dtype == w.dtype, (batch, g.shape, w.shape)
             rtol, atol = TOLERANCE.get(g.dtype.name, (0, 0))
-            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"at batch size {batch}")
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * scale, err_msg=f"at batch size {batch}")
     return schedule, executable
 
 
@@ -297,6 +302,10 @@ def test_a_symbolic_program_is_stored_and_loaded_from_the_disk_cache(tmp_path, m
         b if b.offset is None else dataclasses.replace(b, offset=b.offset + 64) for b in plan.buffers),
         arena_bytes=Envelope(tuple(part + 64 for part in plan.arena_bytes.parts)))
     assert not backend.LLVMExecutable(schedule, moved).from_cache and len(list(tmp_path.glob("*.o.ffc"))) == 2
+    # the same offsets planned for 1..4: another key too (GEMM routes depend on max_batch)
+    bounded = symbolic_plan(schedule, max_batch=4)
+    assert [b.offset for b in bounded.buffers] == [b.offset for b in plan.buffers]
+    assert not backend.LLVMExecutable(schedule, bounded).from_cache and len(list(tmp_path.glob("*.o.ffc"))) == 3
 
 
 def test_the_cache_metadata_of_a_symbolic_program_round_trips_as_json():
@@ -363,3 +372,81 @@ def test_an_exported_symbolic_library_takes_the_batch_size(tmp_path):
         for k, want in enumerate(executable(*args)):
             got = np.fromfile(tmp_path / f"out{k}.bin", want.dtype).reshape(want.shape)
             np.testing.assert_array_equal(got, want, err_msg=f"output {k} at batch size {batch}")
+
+
+# ------------------------------------------------------------------------------------ the native fast path
+
+def test_the_native_checked_call_runs_a_symbolic_program_at_each_batch_size():
+    """call_objects reads B from the first batch argument and checks every argument natively
+    against a call table at that size (kept for the CALL_TABLES latest sizes); anything it
+    cannot take is None without running, and the checked path says what is wrong."""
+    def fn(x, y, w):
+        return ff.tanh(x * w + y), (x * y).sum(axis=1)
+
+    executable, graph, _ = program(fn, (0, 0, None), lambda n: [f32(n, 8), f32(n, 8), f32(8)])
+    for batch in (*SIZES, 3, 4, 5, 6, 2):
+        args = (f32(batch, 8), f32(batch, 8), f32(8))
+        got = executable.call_objects(args)
+        assert got is not None
+        for g, w in zip(got, per_size(graph, batch, list(args)), strict=True):
+            np.testing.assert_allclose(g, w, rtol=3e-5, atol=1e-5)
+    assert len(executable._tables) == backend.CALL_TABLES and 2 in executable._tables and 1 not in executable._tables
+    x = f32(5, 8)
+    for bad in [(x, f32(6, 8), f32(8)), (x, x, np.ones(8)), (x, x[:, ::-1], f32(8)), (x[:0], x[:0], f32(8)),
+                ([[1.0] * 8] * 5, x, f32(8))]:
+        assert executable.call_objects(bad) is None
+    with pytest.raises(TypeError, match="disagrees"):
+        executable.call((x, f32(6, 8), f32(8)), typed=False)
+
+
+def test_a_symbolic_program_holds_the_gil_up_to_the_batch_size_its_flops_allow():
+    def fn(x, w):
+        return ff.tanh(x * w)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 16), f32(16)])
+    flops = [sum(flops_of(g, i) for i in range(len(g.nodes)))
+             for g in (specialize(graph, {"B": b}) for b in (executable.gil_batch, executable.gil_batch + 1))]
+    assert executable.gil_batch > 1 and flops[0] <= backend.HOLD_GIL_MAX_FLOPS < flops[1]
+    assert not executable.holds_gil  # as a whole: a larger batch releases it
+    small, large = (f32(executable.gil_batch, 16), f32(16)), (f32(executable.gil_batch + 1, 16), f32(16))
+    executable.call_objects(small), executable.call_objects(large)
+    assert executable._tables[executable.gil_batch].call is not executable._tables[executable.gil_batch + 1].call
+
+
+# ------------------------------------------------------------------------------------ GEMMs (i18-gemm's emitters)
+
+def gemm_args(n):
+    return [f32(n, 300), f32(300, 64), f32(64), f32(n, 64)]
+
+
+def gemms(x, w, b, dy):
+    """m = B (x @ w, dy @ w.T, with a fused epilogue) and k = B (the weight gradient x.T @ dy)."""
+    return ff.tanh(x @ w + b), x.T @ dy, dy @ w.T
+
+
+def test_gemms_with_the_batch_size_as_rows_or_as_the_contracted_axis():
+    """Through lower's GEMM kernels and their epilogues, at sizes that take the skinny, native
+    and BLAS routes of the one program."""
+    _, executable = agrees(gemms, (0, None, None, 0), gemm_args, sizes=(*SIZES, 700), scale=30)
+    assert executable.blas == ("sgemm",)
+
+
+def test_a_gemm_refused_at_run_time_raises_after_the_call_and_is_cleared(tmp_path):
+    """Unbounded, a GEMM's size past BLAS's 32-bit integers is found at run time: the program
+    stops short of BLAS and leaves the size in ffc_gemm_error, which the call raises as
+    GemmTooLarge (here set by hand: the sizes that reach it need 8 GB arrays). The library
+    exports it as name_gemm_error()."""
+    executable, _, schedule = program(gemms, (0, None, None, 0), gemm_args)
+    assert executable._gemm_error
+    args = gemm_args(5)
+    ctypes.c_int64.from_address(executable._gemm_error).value = 2 ** 31
+    with pytest.raises(GemmTooLarge, match="at batch size 5, a matmul has a dimension of 2147483648"):
+        executable(*args)
+    assert executable.call_objects(tuple(args)) is not None  # cleared
+    ctypes.c_int64.from_address(executable._gemm_error).value = 2 ** 31
+    with pytest.raises(GemmTooLarge):
+        executable.call_objects(tuple(args))
+    bounded, _, _ = program(gemms, (0, None, None, 0), gemm_args, max_batch=1000)
+    assert not bounded._gemm_error  # checked at compile time, at max_batch
+    library = export(schedule, executable._lower_arguments[1], tmp_path, "g", ["x", "w", "b", "dy"])
+    assert "int64_t g_gemm_error(void);" in library.header_path.read_text()

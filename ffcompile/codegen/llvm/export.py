@@ -42,6 +42,7 @@ from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule
 from . import target
 from .blas import BLAS_FUNCTIONS, blas_slot
+from .runtime_gemm import GEMM_ERROR_SYMBOL
 from .threadpool import POOL_SLOT
 from .elementwise import I8, I64
 from .lower import ENTRY, lower
@@ -112,6 +113,14 @@ def _add_c_interface(module: ir.Module, name: str, batch_slot: int | None) -> No
     pool = module.globals.get(POOL_SLOT)
     if pool is not None:  # stays null: a library's parallel kernels run on the caller's thread
         pool.linkage = "internal"
+    error = module.globals.get(GEMM_ERROR_SYMBOL)
+    if error is not None:  # a GEMM that refused BLAS at the call's batch size: read and cleared here
+        error.linkage = "internal"
+        reader = ir.Function(module, ir.FunctionType(I64, []), f"{name}_gemm_error")
+        b = ir.IRBuilder(reader.append_basic_block("entry"))
+        size = b.load(error)
+        b.store(ir.Constant(I64, 0), error)
+        b.ret(size)
     for function in BLAS_FUNCTIONS.values():
         slot = blas_slot(module, function)
         slot.linkage = "internal"
@@ -211,5 +220,9 @@ def _header(schedule: Schedule, program, name: str, input_names: list[str] | Non
               f"void {name}_entry(void **args{', int64_t batch' if program.batch else ''});",
               "/* sgemm_/dgemm_ with the Fortran convention (every argument by pointer). */"]
     lines += [f"void {name}_set_{function}(void *fn);" for function in BLAS_FUNCTIONS.values()]
+    if GEMM_ERROR_SYMBOL in program.module.globals:
+        lines += [f"/* after a call: 0, or the matrix dimension past the BLAS's 32-bit integers that a GEMM met",
+                  "   at that batch size (the call then stopped short of it: its results are not valid); cleared */",
+                  f"int64_t {name}_gemm_error(void);"]
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
     return "\n".join(lines)

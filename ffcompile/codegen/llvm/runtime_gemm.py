@@ -67,12 +67,16 @@ def gemm_error_slot(module: ir.Module) -> ir.GlobalVariable:
     return slot
 
 
-def raise_gemm_error(address: int, batch: int) -> None:
-    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is at `address` refused a BLAS
-    call during its last run (at batch size `batch`), and clear it."""
-    slot = ctypes.c_int64.from_address(address)
-    size, slot.value = slot.value, 0
-    if size:
+def gemm_error(address: int) -> ctypes.c_int64:
+    """The GEMM_ERROR_SYMBOL of a loaded program, from its address (read it once per program)."""
+    return ctypes.c_int64.from_address(address)
+
+
+def raise_gemm_error(slot: ctypes.c_int64, batch: int) -> None:
+    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is `slot` (gemm_error) refused a
+    BLAS call during its last run (at batch size `batch`), and clear it."""
+    if slot.value:
+        size, slot.value = slot.value, 0
         raise GemmTooLarge(f"llvm backend: at batch size {batch}, a matmul has a dimension of {size}, above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes; the program stopped "
                            f"before calling it (give max_batch= to have this checked at compile time)")
