@@ -4,9 +4,8 @@ With a symbolic batch size B, m = B for x @ W and dy @ W.T, and k = B for the we
 gradient x.T @ dy. blas.gemm_route cannot pick a kernel from such sizes, so the program
 picks one at run time from the run-time sizes, as gemm_route would for them:
 
-- m in skinny.py's range (the served batches of 1-8): a switch on m to the skinny kernel
-  built for that m (its rows are unrolled: a kernel with a run-time row loop would keep
-  its accumulators in memory, and B is streamed once whatever m is);
+- m in skinny.py's range (the served batches of 1-8): the skinny kernel with a run-time m
+  (one kernel for every m: skinny.py);
 - else, at most native_max_work() multiply-adds with smallgemm's packed operands within
   its stack buffer: smallgemm with run-time m or k (its row blocks and k loop are loops
   with run-time trip counts);
@@ -112,19 +111,11 @@ def emit_runtime_gemm(b: ir.IRBuilder, pa, pb, pc, m, n, k, trans_a: bool, trans
     if not rows:
         small_or_blas()
         return
-    default = b.append_basic_block("gemm.rows.other")
-    end = b.append_basic_block("gemm.end")
-    switch = b.switch(mv, default)
-    for r in rows:
-        case = b.append_basic_block(f"gemm.rows{r}")
-        switch.add_case(ir.Constant(I64, r), case)
-        b.position_at_end(case)
-        emit_skinny_gemm(b, pa, pb, pc, r, n, k, trans_a, trans_b, scale, epilogue)
-        b.branch(end)
-    b.position_at_end(default)
-    small_or_blas()
-    b.branch(end)
-    b.position_at_end(end)
+    with b.if_else(b.icmp_signed("<=", mv, ir.Constant(I64, rows[-1]))) as (streamed, other):
+        with streamed:
+            emit_skinny_gemm(b, pa, pb, pc, mv, n, k, trans_a, trans_b, scale, epilogue)
+        with other:
+            small_or_blas()
 
 
 def _small_fits(b, mv, nv, kv, m, n, k, trans_a, trans_b, itemsize, native_max) -> ir.Value | None:
