@@ -43,7 +43,6 @@ from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
-from ...ir.specialize import specialize
 from ...ir.symbolic import Sym, bytes_at, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
@@ -527,12 +526,18 @@ def _flops(graph) -> int:
 
 def _gil_batch(graph) -> int:
     """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
-    (0: none): they are linear in B, so two sizes give the line."""
-    at_1, at_2 = (_flops(specialize(graph, {"B": batch})) for batch in (1, 2))
-    if at_1 > HOLD_GIL_MAX_FLOPS:
-        return 0
-    slope = at_2 - at_1
-    return (HOLD_GIL_MAX_FLOPS - at_1) // slope + 1 if slope > 0 else 1 << 62
+    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
+    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
+    totals = [0, 0]  # at B = 1 and 2
+    for node in graph.nodes:
+        for k, at in enumerate(({"B": 1}, {"B": 2})):
+            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                                      substitute(node.type, at), attrs).flops
+        if totals[0] > HOLD_GIL_MAX_FLOPS:
+            return 0
+    slope = totals[1] - totals[0]
+    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
 
 
 def _generated_result_code(outputs, results):
