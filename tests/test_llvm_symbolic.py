@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -500,3 +501,31 @@ def test_a_symbolic_program_counts_its_kernels_cycles():
     executable(f32(2, 6))
     kernels, entry = executable.kernel_cycles(reset=True)
     assert len(kernels) == len(schedule.kernels) and entry >= sum(kernels) > 0
+
+
+def test_threads_calling_at_different_batch_sizes_share_one_program():
+    """Each call takes the lock with its batch size, grows the arena under it and runs there:
+    threads at sizes 1..129 at once all get their own size's results."""
+    def fn(x, w):
+        h = ff.tanh(x * w)
+        return (h * h).sum(axis=1) + h.sum(axis=1)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 64), f32(64)])
+    sizes = [1, 129, 7, 64, 2, 100, 3, 129]
+    inputs = [(f32(n, 64), f32(64)) for n in sizes]
+    wants = [per_size(graph, n, list(args))[0] for n, args in zip(sizes, inputs)]
+    failures = []
+
+    def worker(k):
+        for _ in range(20):
+            call = executable.call_objects if k % 2 else (lambda args: executable(*args))
+            (got,) = call(inputs[k])
+            if not np.allclose(got, wants[k], rtol=3e-5, atol=1e-5):
+                failures.append(sizes[k])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(sizes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures

@@ -18,9 +18,10 @@ is the lock and the native call alone (docs/bind.md).
 A symbolic program (types holding the batch size B, #18: one program for every size)
 takes B in one more argument slot, the last: each call reads B from the arguments' batch
 axes (all the same size, within 1..max_batch, or a TypeError naming the argument), grows
-the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Such a
-program runs with the GIL released (its work grows with B) and has no native fast path
-(call_objects declines: the checks in Python, ~1-2 us, are made per call).
+the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Its
+native fast path (call_objects) reads B from the first batch argument and checks the
+arguments natively against a call table made for that size (one per recent size); it
+holds the GIL at the sizes whose FLOPs are within HOLD_GIL_MAX_FLOPS (gil_batch).
 
 Donation (in-place parameter updates): `donated` maps a result position to
 an argument position whose array receives that result; `LLVMBackend.safe_donations`
@@ -427,9 +428,11 @@ class LLVMExecutable:
             if calls is None:
                 if not batch or not fastcall.available():
                     return None
-                calls = self._tables[batch] = self._call_table(batch)
-                if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
-                    del self._tables[next(iter(self._tables))]
+                calls = self._call_table(batch)
+                with self._lock:  # another thread may be adding one too
+                    self._tables[batch] = calls
+                    if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
+                        self._tables.pop(next(iter(self._tables)))
         else:
             calls = self._calls
             if calls is None:
