@@ -69,7 +69,7 @@ def envelope(values, batch: BatchRange) -> Envelope:
     for v in sorted(set(values), key=lambda a: (-a.at(batch.reference), -a.per_batch, -a.const)):
         if not any(at_most(v, kept, batch) for kept in parts):
             parts.append(v)
-    return Envelope(tuple(parts))
+    return Envelope(tuple(parts) or (Affine(0),))
 
 
 def timeline(span: dict[int, Span], steps: int) -> tuple[Affine, ...]:

@@ -18,9 +18,10 @@ is the lock and the native call alone (docs/bind.md).
 A symbolic program (types holding the batch size B, #18: one program for every size)
 takes B in one more argument slot, the last: each call reads B from the arguments' batch
 axes (all the same size, within 1..max_batch, or a TypeError naming the argument), grows
-the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Such a
-program runs with the GIL released (its work grows with B) and has no native fast path
-(call_objects declines: the checks in Python, ~1-2 us, are made per call).
+the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Its
+native fast path (call_objects) reads B from the first batch argument and checks the
+arguments natively against a call table made for that size (one per recent size); it
+holds the GIL at the sizes whose FLOPs are within HOLD_GIL_MAX_FLOPS (gil_batch).
 
 Donation (in-place parameter updates): `donated` maps a result position to
 an argument position whose array receives that result; `LLVMBackend.safe_donations`
@@ -54,6 +55,7 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
+from .runtime_gemm import GEMM_ERROR_SYMBOL, raise_gemm_error
 from .threadpool import POOL_SLOT, parallel_for_address
 from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_scratch, is_symbolic, layout, lower
 from .object_check import Symbol
@@ -64,6 +66,9 @@ _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
 # lock that then keeps two threads off the one arena, cost ~0.2 us, a third of a bound
 # xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
 HOLD_GIL_MAX_FLOPS = 20_000
+# Native call tables a symbolic program keeps (one per batch size): a training loop's two
+# sizes, a server's few common ones; another size builds one (~10 us) in place of the oldest.
+CALL_TABLES = 8
 
 
 def _interface_address(array: np.ndarray) -> int:
@@ -93,33 +98,40 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
                         profile: bool) -> str:
     """Everything lower() builds a program's IR from, as text: the disk cache's key. The
     schedule (nodes with their types and attributes, kernels, views, literals, anchors), the
-    inputs, the plan's offsets, donation, profiling, and the GEMM size limit of the BLAS
-    thread setting; the host and the code generator's source join it in ObjectCache.key."""
+    inputs, the plan's offsets (and a symbolic plan's max_batch), donation, profiling, and the
+    GEMM size limit of the BLAS thread setting; the host and the code generator's source join
+    it in ObjectCache.key."""
     graph = schedule.graph
     return "\n".join([
         print_schedule(schedule, locs=False),
         "inputs " + " ".join(f"%{i}:{t}" for i, t in zip(graph.inputs, graph.input_types)),
         "anchors " + " ".join(str(kernel.anchor) for kernel in schedule.kernels),
         "plan " + " ".join(f"%{b.value}@{b.offset}" for b in plan.buffers)
-        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
+        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}"
+        + ("" if plan.batch is None else f" batch={plan.batch.max_batch}"),  # GEMM routes depend on it
         f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
         f" vector_bytes {target.vector_bytes()}",
     ])
+
+
+_FOUND_IN_IR = ("parallel", "gemm_error")  # metadata known once the IR is built, not from the layout
 
 
 def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
                      profile: bool) -> tuple[Symbol, ...] | None:
     """The symbols the object code of lower(schedule, plan, donated, profile) defines, if a
     cache entry's metadata is that program's own (else None: the entry is not used)."""
-    parallel = metadata.get("parallel", False)
-    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
-            or parallel not in (False, True):
+    parallel, gemm_error = metadata.get("parallel", False), metadata.get("gemm_error", False)
+    if {k: v for k, v in metadata.items() if k not in _FOUND_IN_IR} != layout(schedule, plan, donated).metadata() \
+            or parallel not in (False, True) or gemm_error not in (False, True):
         return None
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
     if metadata.get("collectives"):
         symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
     if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
         symbols.append(Symbol(POOL_SLOT, False, 8))
+    if gemm_error:  # likewise (a symbolic GEMM that may reach BLAS past its integers)
+        symbols.append(Symbol(GEMM_ERROR_SYMBOL, False, 8))
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     return tuple(symbols)
@@ -173,13 +185,19 @@ class LLVMExecutable:
         pool = self._jit.address(POOL_SLOT)  # 0: no parallel kernel
         if pool:
             ctypes.c_void_p.from_address(pool).value = parallel_for_address()
+        # a symbolic GEMM past BLAS's integers at the call's B stops and leaves its size here
+        self._gemm_error = self._jit.address(GEMM_ERROR_SYMBOL) if program.get("gemm_error") else 0
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
-        flops = 0 if self.symbolic else sum(flops_of(graph, i) for i in range(len(graph.nodes)))
-        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks)
-        self.holds_gil = not self.symbolic and flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
-        self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
+        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks);
+        # a symbolic program holds it at the batch sizes up to gil_batch, its calls and bindings
+        # taking the lock all the same (a run at a larger size releases the GIL)
+        self.gil_batch = 0 if self._collectives else _gil_batch(graph) if self.symbolic else None
+        self.holds_gil = not self.symbolic and not self._collectives and _flops(graph) <= HOLD_GIL_MAX_FLOPS
+        address = self._jit.address(ENTRY)
+        self._entries = (_ENTRY_TYPE(address), _ENTRY_HOLDING_GIL(address))
+        self._entry = self._entries[self.holds_gil]
         self._cycles = None
         if profile:
             counters = self._jit.address(PROFILE)
@@ -217,6 +235,7 @@ class LLVMExecutable:
         self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs) + self.symbolic))()
         # a symbolic program's arena starts at its size at B = 1 and grows with the calls' B
         self._arena = allocate_arena(max(bytes_at(self.arena_bytes, 1), 1), "llvm", graph.name)
+        self._arena_batch = 1  # the largest batch size the arena was sized for
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         _live_executables.add(self)
@@ -225,6 +244,11 @@ class LLVMExecutable:
         # The native checked call (fastcall.py), made at the first call_objects: a first call
         # takes the checked path anyway, and a process that calls once never compiles it.
         self._calls: fastcall.CallTable | None = None
+        # a symbolic program's: one per batch size lately called (at most CALL_TABLES), and where
+        # a call's batch size is read first: (argument, axis, multiple of B it holds)
+        self._tables: dict[int, fastcall.CallTable] = {}
+        self._batch_axis = next(((k, axis, d.coef) for k, (_, shape, _) in enumerate(self._inputs)
+                                 for axis, d in enumerate(shape) if isinstance(d, Sym)), None)
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -247,6 +271,8 @@ class LLVMExecutable:
             metadata["batch"] = True
         if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
             metadata["parallel"] = True
+        if GEMM_ERROR_SYMBOL in program.module.globals:
+            metadata["gemm_error"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata
@@ -367,46 +393,90 @@ class LLVMExecutable:
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
+            entry = self._entry
             if self.symbolic:
                 addresses.append(batch)
                 self._grow_arena(batch)
+                entry = self._entries[batch <= self.gil_batch]
             slots[1:] = addresses
-            self._entry(slots)
-            if self._collectives:
-                COLLECTIVES.raise_error()
+            entry(slots)
+            self._raise_errors(batch)
         return self._collect(arrays, outs, batch)
 
     def _grow_arena(self, batch: int) -> None:
         """A symbolic program's arena at least its size at `batch` (the caller holds the lock;
-        bindings keep the arena they were packed with)."""
+        bindings keep the arena they were packed with). Sizes do not shrink as B grows (no
+        Affine of a plan has a negative slope), so an arena that held a larger B holds this one."""
+        if batch <= self._arena_batch:
+            return
         need = bytes_at(self.arena_bytes, batch)
         if need > self._arena.nbytes:
             self._arena = allocate_arena(need, "llvm", self.name)
             self._slots[0] = data_address(self._arena)
+        self._arena_batch = batch
 
     def call_objects(self, args: tuple) -> list[np.ndarray] | None:
         """call(args) if every argument passes the native checks (fastcall.py: arrays of the
         compiled types, C-contiguous, aligned, donated ones writeable and apart), else None
-        without running: then call() checks, copies or raises."""
-        calls = self._calls
-        if calls is None:
-            if self.symbolic or not fastcall.available():
-                return None
-            calls = self._calls = self._call_table()
-        outs = self._new_outputs(0)
+        without running: then call() checks, copies or raises. A symbolic program reads the
+        batch size from its first batch argument here and checks the arguments at that
+        size natively (a call table per batch size)."""
+        batch = 0
+        if self.symbolic:
+            batch = self._fast_batch(args)
+            calls = self._tables.get(batch) if batch else None
+            if calls is None:
+                if not batch or not fastcall.available():
+                    return None
+                calls = self._call_table(batch)
+                with self._lock:  # another thread may be adding one too
+                    self._tables[batch] = calls
+                    if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
+                        self._tables.pop(next(iter(self._tables)))
+        else:
+            calls = self._calls
+            if calls is None:
+                if not fastcall.available():
+                    return None
+                calls = self._calls = self._call_table()
+        outs = self._new_outputs(batch)
         items = args + outs
         with self._lock:
+            if batch:
+                self._grow_arena(batch)
+                self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
-            if self._collectives:
-                COLLECTIVES.raise_error()
-        return self._collect(args, outs, 0)
+            self._raise_errors(batch)
+        return self._collect(args, outs, batch)
 
-    def _call_table(self) -> fastcall.CallTable:
+    def _raise_errors(self, batch: int) -> None:
+        """The errors a run left (a collective's, a GEMM's too large at this batch size), raised."""
+        if self._collectives:
+            COLLECTIVES.raise_error()
+        if self._gemm_error:
+            raise_gemm_error(self._gemm_error, batch)
+
+    def _fast_batch(self, args: tuple) -> int:
+        """The batch size the first batch argument gives, if it is an ndarray and the size is in
+        range; else 0 (the checked path says what is wrong). The native checks do the rest."""
+        k, axis, coef = self._batch_axis
+        array = args[k] if k < len(args) else None
+        if type(array) is not np.ndarray or array.ndim <= axis:
+            return 0
+        batch, extra = divmod(array.shape[axis], coef)
+        if extra or batch < 1 or (self.max_batch is not None and batch > self.max_batch):
+            return 0
+        return batch
+
+    def _call_table(self, batch: int = 0) -> fastcall.CallTable:
+        """The native checks' table (of a symbolic program: at one batch size)."""
         donated_inputs = set(self._donated_inputs)
-        items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
-        return fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
-                                  len(self._inputs), self._slots, self._jit.address(ENTRY), self.holds_gil)
+        at = {"B": batch}
+        items = [(dtype, substitute(shape, at), k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+        return fastcall.CallTable(items + [(dtype, substitute(shape, at), False) for dtype, shape in self._outputs],
+                                  len(self._inputs), self._slots, self._jit.address(ENTRY),
+                                  self.holds_gil or bool(batch) and batch <= self.gil_batch)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -438,17 +508,39 @@ class LLVMExecutable:
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock, collectives = self._entry, self._lock, self._collectives
+        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error
+        if self.symbolic:
+            entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
             return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs, arena))
 
         def run():
             with lock:
                 entry(block)
-                if collectives:
-                    COLLECTIVES.raise_error()
+                if checked:
+                    self._raise_errors(batch)
 
         return Binding(run, arrays, results, after, (self, block, outs, arena))
+
+
+def _flops(graph) -> int:
+    return sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+
+
+def _gil_batch(graph) -> int:
+    """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
+    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
+    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
+    totals = [0, 0]  # at B = 1 and 2
+    for node in graph.nodes:
+        for k, at in enumerate(({"B": 1}, {"B": 2})):
+            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                                      substitute(node.type, at), attrs).flops
+        if totals[0] > HOLD_GIL_MAX_FLOPS:
+            return 0
+    slope = totals[1] - totals[0]
+    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
 
 
 def _generated_result_code(outputs, results):
@@ -484,6 +576,7 @@ class LLVMBackend:
     """The default backend: the schedule as one native function (codegen/backend.py)."""
 
     name = "llvm"
+    symbolic_batch = True  # one program for every batch size (codegen/backend.py)
 
     def lowers(self, op) -> bool:
         # Per-op tables, plus the ops a kernel kind handles whole: matmul (GEMM), constant

@@ -198,7 +198,7 @@ def lower(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None =
         fn = functions.get(key)
         if fn is None:
             fn = functions[key] = _kernel_function(module, f"kernel{k}.{kernel.kind}", nodes, kernel,
-                                                   param_of, len(sources), literals, batch)
+                                                   param_of, len(sources), literals, batch, plan.batch)
         call_args = [entry.pointer(src) for src in sources] + ([entry.batch()] if batch else [])
         start = counters.now(b) if counters else None
         b.call(fn, call_args)
@@ -381,10 +381,11 @@ def _kernel_key(nodes, kernel, param_of: dict[int, int], literals, batch: bool) 
 
 
 def _kernel_function(module: ir.Module, name: str, nodes, kernel, param_of: dict[int, int], count: int,
-                     literals, batch: bool = False) -> ir.Function:
+                     literals, batch: bool = False, batch_range: BatchRange | None = None) -> ir.Function:
     """`void kernel(i8* noalias p0, ...)`: one pointer per distinct buffer the kernel touches,
-    then `i64 batch` if it reads the batch size. Not inlined: kept apart, each kernel is
-    optimized alone, and O3 time stays linear in the number of kernels."""
+    then `i64 batch` if it reads the batch size (batch_range: the sizes a symbolic plan
+    serves, which GEMM routes depend on). Not inlined: kept apart, each kernel is optimized
+    alone, and O3 time stays linear in the number of kernels."""
     pointer = I8.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pointer] * count + [I64] * batch), name)
     fn.linkage = "internal"
@@ -402,12 +403,12 @@ def _kernel_function(module: ir.Module, name: str, nodes, kernel, param_of: dict
     def same_storage(x: int, y: int) -> bool:
         return x in param_of and param_of.get(x) == param_of.get(y)
 
-    _lower_kernel(BodyEmitter(b, nodes, arrays, scalars), kernel, same_storage)
+    _lower_kernel(BodyEmitter(b, nodes, arrays, scalars), kernel, same_storage, batch_range)
     b.ret_void()
     return fn
 
 
-def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
+def _lower_kernel(emitter: BodyEmitter, kernel, same_storage, batch_range: BatchRange | None = None) -> None:
     b, nodes, arrays = emitter.b, emitter.nodes, emitter.arrays
     root = nodes[kernel.body[-1]]
     if kernel.kind == KernelKind.ELEMENTWISE or (kernel.kind == KernelKind.SOURCE and root.op is O.Iota):
@@ -418,7 +419,7 @@ def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
     elif kernel.kind == KernelKind.REDUCTION:
         emit_reduction(emitter, kernel)
     elif kernel.kind == KernelKind.GEMM:
-        _lower_gemm(emitter, kernel, same_storage)
+        _lower_gemm(emitter, kernel, same_storage, batch_range)
     elif kernel.kind == KernelKind.LAYOUT:
         emit_layout(b, root, arrays[kernel.body[-1]], [arrays[j] for j in root.inputs])
     elif kernel.kind == KernelKind.COPY:
@@ -429,7 +430,7 @@ def _lower_kernel(emitter: BodyEmitter, kernel, same_storage) -> None:
         raise NotImplementedError(f"llvm backend: no lowering for {kernel.kind} kernels")
 
 
-def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
+def _lower_gemm(emitter: BodyEmitter, kernel, same_storage, batch_range: BatchRange | None) -> None:
     """The GEMM writes into the matmul's buffer if it has one (an output, or scratch), else into
     the kernel root's, which the epilogue then overwrites in place (same type, read before
     written per element). An epilogue in accumulate form is the GEMM's alpha and beta."""
@@ -446,33 +447,35 @@ def _lower_gemm(emitter: BodyEmitter, kernel, same_storage) -> None:
 
     a = operand(matmul.inputs[0], kernel.trans_a)
     b_ = operand(matmul.inputs[1], kernel.trans_b)
+    max_batch = batch_range.max_batch if batch_range is not None else None
     accumulate = match_accumulate(nodes, kernel, same_storage)
     epilogue = kernel.epilogue
     if accumulate is not None:
         result = Array(arrays[accumulate.result].ptr, matmul.type)
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, (factor(accumulate.alpha), factor(accumulate.beta)))
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, (factor(accumulate.alpha), factor(accumulate.beta)),
+                  max_batch=max_batch)
         epilogue = [i for i in epilogue if i not in accumulate.replaced]
     else:
         dest = kernel.anchor if kernel.anchor in arrays else kernel.body[-1]
         result = Array(arrays[dest].ptr, matmul.type)
         arrays.setdefault(kernel.anchor, result)
-        if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage):
+        if epilogue and _fuses_epilogue(nodes, kernel, epilogue, same_storage, batch_range):
             outputs = [i for i in kernel.outputs if i in epilogue]
             fused = column_epilogue(emitter, epilogue, matmul.type.shape, outputs)
-            emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, epilogue=fused)
+            emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, epilogue=fused, max_batch=max_batch)
             return
-        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b)
+        emit_gemm(b, a, b_, result, kernel.trans_a, kernel.trans_b, max_batch=max_batch)
     if epilogue:
         outputs = [i for i in kernel.outputs if i in epilogue]
         emit_map(emitter, epilogue, matmul.type.shape, outputs)
 
 
-def _fuses_epilogue(nodes, kernel, epilogue, same_storage) -> bool:
+def _fuses_epilogue(nodes, kernel, epilogue, same_storage, batch_range: BatchRange | None = None) -> bool:
     """Whether the epilogue runs inside the GEMM's function, per chunk of columns: a 2-D skinny
     product (skinny.py), whose epilogue writes over neither operand (a chunk still reading
     an operand would see another chunk's results)."""
     matmul = nodes[kernel.anchor]
-    if matmul.type.rank != 2 or _gemm_route(nodes, kernel) not in FUSING_ROUTES:
+    if matmul.type.rank != 2 or _gemm_route(nodes, kernel, batch_range) not in FUSING_ROUTES:
         return False
     transposed = (kernel.trans_a, kernel.trans_b)
     operands = [nodes[j].inputs[0] if t else j for j, t in zip(matmul.inputs, transposed)]
