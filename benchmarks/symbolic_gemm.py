@@ -3,9 +3,9 @@
     python -m benchmarks.symbolic_gemm                      # zoo layer shapes, B in 1 8 64 128 1024
     python -m benchmarks.symbolic_gemm --batches 1,64 --layers 784x512 --rounds 3
 
-Per layer (k inputs -> n outputs, the zoo's digits, mnist and deep) and batch size B, two
-products as a training step computes them: the forward x @ W (m = B) and the weight gradient
-x.T @ dy (k = B). Each is one emit_gemm compiled alone (standalone_gemm.py): `fixed` with
+Per layer (k inputs -> n outputs, the zoo's digits, mnist and deep) and batch size B, the
+three products of a training step: the forward x @ W and the input gradient dy @ W.T (m = B),
+and the weight gradient x.T @ dy (k = B). Each is one emit_gemm compiled alone (standalone_gemm.py): `fixed` with
 B a constant (the route blas.gemm_route picks for that size, as a per-size program has it),
 `symbolic` with B a Sym, one function for every size, choosing skinny, smallgemm or BLAS at
 run time (runtime_gemm.py). Timing: --rounds rounds, each alternating the two, --calls calls
@@ -37,20 +37,20 @@ def _timed(call, calls: int) -> float:
 _symbolic_cache: dict = {}  # one symbolic function per product, for every batch size
 
 
-def _pair(m, n, k, trans_a, batch: int):
-    """(fixed, symbolic, build seconds of each) for C = op(A) @ B at `batch` (m or k is B)."""
+def _pair(m, n, k, trans_a, trans_b, batch: int):
+    """(fixed, symbolic, build seconds of each) for C = op(A) @ op(B) at `batch` (m or k is B)."""
     from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
     from ffcompile.ir.symbolic import substitute
 
     fixed_sizes = substitute((m, n, k), {"B": batch})
     start = time.perf_counter()
-    fixed = StandaloneGemm(*fixed_sizes, "f32", trans_a, False)
+    fixed = StandaloneGemm(*fixed_sizes, "f32", trans_a, trans_b)
     fixed_build = time.perf_counter() - start
-    symbolic = _symbolic_cache.get((m, n, k, trans_a))
+    symbolic = _symbolic_cache.get((m, n, k, trans_a, trans_b))
     symbolic_build = 0.0
     if symbolic is None:
         start = time.perf_counter()
-        symbolic = _symbolic_cache[m, n, k, trans_a] = StandaloneGemm(m, n, k, "f32", trans_a, False)
+        symbolic = _symbolic_cache[m, n, k, trans_a, trans_b] = StandaloneGemm(m, n, k, "f32", trans_a, trans_b)
         symbolic_build = time.perf_counter() - start
     rng = np.random.default_rng(batch)
     a, b, c = (rng.standard_normal(s).astype(np.float32) for s in fixed.shapes())
@@ -85,16 +85,18 @@ def main(argv=None) -> list[tuple]:
     print("|---|---|---|---|---|---|---|")
     for layer in args.layers.split(","):
         k, n = (int(x) for x in layer.split("x"))
-        for name, (m_, n_, k_, trans_a) in (("x @ W", (B, n, k, False)), ("x.T @ dy", (k, n, B, True))):
+        for name, (m_, n_, k_, trans_a, trans_b) in (("x @ W", (B, n, k, False, False)),
+                                                      ("dy @ W.T", (B, k, n, False, True)),
+                                                      ("x.T @ dy", (k, n, B, True, False))):
             for batch in (int(x) for x in args.batches.split(",")):
-                fixed, symbolic, fixed_build, symbolic_build = _pair(m_, n_, k_, trans_a, batch)
+                fixed, symbolic, fixed_build, symbolic_build = _pair(m_, n_, k_, trans_a, trans_b, batch)
                 best = {"fixed": float("inf"), "symbolic": float("inf")}
                 for _ in range(args.rounds):
                     for label, call in (("fixed", fixed), ("symbolic", symbolic)):
                         call()  # warm
                         best[label] = min(best[label], _timed(call, args.calls))
                 m, nn, kk = (batch if isinstance(d, Sym) else d for d in (m_, n_, k_))
-                route = blas.gemm_route(m, nn, kk, "f32", trans_a, False)
+                route = blas.gemm_route(m, nn, kk, "f32", trans_a, trans_b)
                 ratio = best["symbolic"] / best["fixed"]
                 rows.append((f"{name} {k}x{n}", batch, route, ratio))
                 print(f"| {name} {k}x{n} | {batch} | {route} | {best['fixed'] * 1e6:.1f} | "

@@ -31,6 +31,7 @@ B = Sym("B")
 SIZES = (1, 2, 7, 8, 9, 64, 129)
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 NP = {"f32": np.float32, "f64": np.float64}
+NP_INT = {"i32": np.int32, "i64": np.int64}
 # (m, n, k): a layer x @ W whose B <= 8 is skinny (n k >= 32 kB), one too small to stream (smallgemm
 # at every B), the weight gradient (k = B), and B columns; mnist's and deep's layer shapes.
 SHAPES = [(B, 300, 129), (B, 10, 37), (100, 40, B), (23, B, 19)]
@@ -83,6 +84,20 @@ def test_the_accumulate_form_in_every_branch(m, n, k, trans_a, trans_b, dtype, o
         assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
 
 
+@pytest.mark.parametrize("dtype", ["i32", "i64"])
+def test_integer_products_loop_with_run_time_trip_counts(dtype):
+    """Integers (which BLAS has not) take the loop nest, its counts and strides at run time."""
+    for m, n, k, trans_a, trans_b in ((B, 7, 5, False, False), (6, 3, B, True, False), (B, 4, 3, True, True)):
+        assert blas.gemm_route(m, n, k, dtype, trans_a, trans_b) == blas.LOOPS
+        gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b)
+        for batch in SIZES:
+            rng = np.random.default_rng(batch)
+            a, b = (rng.integers(-50, 50, shape).astype(NP_INT[dtype]) for shape in gemm.shapes(batch)[:2])
+            c = np.full(gemm.shapes(batch)[2], -1, NP_INT[dtype])
+            gemm(a, b, c, batch=batch)
+            np.testing.assert_array_equal(c, np.matmul(*ops(gemm, a, b)), err_msg=f"at batch size {batch}")
+
+
 class CountingBlas:
     """A BLAS slot value that counts the calls, then makes them with the real function."""
 
@@ -97,6 +112,33 @@ class CountingBlas:
 
         self.callback = signature(call)
         self.address = ctypes.cast(self.callback, ctypes.c_void_p).value
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_results_do_not_depend_on_the_thread_count(trans_b, one_blas_thread):
+    """A unit of C (a skinny column unit, a smallgemm block of rows) is computed by the same code
+    in any chunk. (Not so a BLAS product split by rows, fixed or symbolic: OpenBLAS's sums
+    depend on the rows a call gets.)"""
+    n, k = 400, 100  # skinny up to 8 rows; up to 419 rows smallgemm, split from 4 blocks of 48 rows
+    assert 419 * n * k <= blas.native_max_work() < 420 * n * k
+    counter = CountingBlas("sgemm")
+    gemm = StandaloneGemm(B, n, k, "f32", False, trans_b, blas=counter.address)
+    saved = ff.get_num_threads()
+    try:
+        for batch in (1, 5, 8, 100, 200, 419):
+            a, b, _ = operands(gemm, batch, np.float32)
+            results = []
+            for threads in (1, 2, 3):
+                ff.set_num_threads(threads)
+                c = np.zeros(gemm.shapes(batch)[2], np.float32)
+                gemm(a, b, c, batch=batch)
+                results.append(c)
+            for c in results[1:]:
+                np.testing.assert_array_equal(c, results[0], err_msg=f"at batch size {batch}")
+            assert_gemm_close(results[0], *ops(gemm, a, b), np.float32)
+    finally:
+        ff.set_num_threads(saved)
+    assert counter.calls == 0
 
 
 @pytest.mark.parametrize("trans_b", [False, True])

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -450,3 +451,81 @@ def test_a_gemm_refused_at_run_time_raises_after_the_call_and_is_cleared(tmp_pat
     assert not bounded._gemm_error  # checked at compile time, at max_batch
     library = export(schedule, executable._lower_arguments[1], tmp_path, "g", ["x", "w", "b", "dy"])
     assert "int64_t g_gemm_error(void);" in library.header_path.read_text()
+
+
+# ------------------------------------------------------------------------------------ collectives
+
+def test_an_all_reduce_of_batch_arrays_passes_its_run_time_size():
+    """all_reduce of [B,4] arrays over one rank (COMM_SELF: the mean is the identity): the start
+    copies 8*B elements, the call and the wait pass that count, computed at run time."""
+    mpi = pytest.importorskip("mpi4py.MPI", reason="a communication group needs mpi4py")
+    from ffcompile import distributed
+
+    group = distributed.DataParallel(mpi.COMM_SELF).group
+
+    def fn(x, y):
+        return lang.all_reduce([x * 2.0, y], bucket=0, group=group) + 1.0
+
+    executable, _, schedule = program(fn, 0, lambda n: [f32(n, 4), f32(n, 4)])
+    assert KernelKind.COLLECTIVE in kinds(schedule)
+    for batch in SIZES:
+        x, y = f32(batch, 4), f32(batch, 4)
+        (got,) = executable(x, y)
+        np.testing.assert_array_equal(got, np.concatenate([(x * 2).ravel(), y.ravel()]) + 1)
+
+
+# ------------------------------------------------------------------------------------ donation, profiling
+
+def test_a_donated_batch_argument_receives_its_result_at_each_size():
+    def fn(x, w):
+        return x * w + 1.0
+
+    example = [f32(3, 6), f32(6)]
+    schedule = symbolic_schedule(fn, (0, None), *example)
+    executable = backend.build(schedule, symbolic_plan(schedule), donate={0: 0})
+    assert executable.donated == {0: 0}
+    for batch in (1, 7, 129, 7):
+        x, w = f32(batch, 6), f32(6)
+        want = x * w + 1.0
+        (got,) = executable(x, w)
+        assert got is x
+        np.testing.assert_allclose(x, want, rtol=1e-6)
+
+
+def test_a_symbolic_program_counts_its_kernels_cycles():
+    def fn(x):
+        return ff.exp(x).sum(axis=1)
+
+    schedule = symbolic_schedule(fn, 0, f32(3, 6))
+    executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule), profile=True)
+    executable(f32(2, 6))
+    kernels, entry = executable.kernel_cycles(reset=True)
+    assert len(kernels) == len(schedule.kernels) and entry >= sum(kernels) > 0
+
+
+def test_threads_calling_at_different_batch_sizes_share_one_program():
+    """Each call takes the lock with its batch size, grows the arena under it and runs there:
+    threads at sizes 1..129 at once all get their own size's results."""
+    def fn(x, w):
+        h = ff.tanh(x * w)
+        return (h * h).sum(axis=1) + h.sum(axis=1)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 64), f32(64)])
+    sizes = [1, 129, 7, 64, 2, 100, 3, 129]
+    inputs = [(f32(n, 64), f32(64)) for n in sizes]
+    wants = [per_size(graph, n, list(args))[0] for n, args in zip(sizes, inputs)]
+    failures = []
+
+    def worker(k):
+        for _ in range(20):
+            call = executable.call_objects if k % 2 else (lambda args: executable(*args))
+            (got,) = call(inputs[k])
+            if not np.allclose(got, wants[k], rtol=3e-5, atol=1e-5):
+                failures.append(sizes[k])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(sizes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures

@@ -18,9 +18,10 @@ is the lock and the native call alone (docs/bind.md).
 A symbolic program (types holding the batch size B, #18: one program for every size)
 takes B in one more argument slot, the last: each call reads B from the arguments' batch
 axes (all the same size, within 1..max_batch, or a TypeError naming the argument), grows
-the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Such a
-program runs with the GIL released (its work grows with B) and has no native fast path
-(call_objects declines: the checks in Python, ~1-2 us, are made per call).
+the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Its
+native fast path (call_objects) reads B from the first batch argument and checks the
+arguments natively against a call table made for that size (one per recent size); it
+holds the GIL at the sizes whose FLOPs are within HOLD_GIL_MAX_FLOPS (gil_batch).
 
 Donation (in-place parameter updates): `donated` maps a result position to
 an argument position whose array receives that result; `LLVMBackend.safe_donations`
@@ -43,7 +44,6 @@ from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
-from ...ir.specialize import specialize
 from ...ir.symbolic import Sym, bytes_at, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
@@ -428,9 +428,11 @@ class LLVMExecutable:
             if calls is None:
                 if not batch or not fastcall.available():
                     return None
-                calls = self._tables[batch] = self._call_table(batch)
-                if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
-                    del self._tables[next(iter(self._tables))]
+                calls = self._call_table(batch)
+                with self._lock:  # another thread may be adding one too
+                    self._tables[batch] = calls
+                    if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
+                        self._tables.pop(next(iter(self._tables)))
         else:
             calls = self._calls
             if calls is None:
@@ -527,12 +529,18 @@ def _flops(graph) -> int:
 
 def _gil_batch(graph) -> int:
     """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
-    (0: none): they are linear in B, so two sizes give the line."""
-    at_1, at_2 = (_flops(specialize(graph, {"B": batch})) for batch in (1, 2))
-    if at_1 > HOLD_GIL_MAX_FLOPS:
-        return 0
-    slope = at_2 - at_1
-    return (HOLD_GIL_MAX_FLOPS - at_1) // slope + 1 if slope > 0 else 1 << 62
+    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
+    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
+    totals = [0, 0]  # at B = 1 and 2
+    for node in graph.nodes:
+        for k, at in enumerate(({"B": 1}, {"B": 2})):
+            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                                      substitute(node.type, at), attrs).flops
+        if totals[0] > HOLD_GIL_MAX_FLOPS:
+            return 0
+    slope = totals[1] - totals[0]
+    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
 
 
 def _generated_result_code(outputs, results):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 from llvmlite import ir
 
 from ...ir import TensorType
@@ -56,7 +57,7 @@ class StandaloneGemm:
             slot.value = blas if blas is not None else blas_address(name)
         ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
         self._error = gemm_error(self._jit.address(GEMM_ERROR_SYMBOL))
-        scalar = ctypes.c_float if dtype == "f32" else ctypes.c_double
+        scalar = np.ctypeslib.as_ctypes_type(DTYPES[dtype])
         extra = [ctypes.c_int64] if self.symbolic else []
         self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, scalar, scalar, *extra)(self._jit.address("gemm"))
 
@@ -75,6 +76,7 @@ class StandaloneGemm:
     def run(self, addresses: list, alpha: float = 1.0, beta: float = 0.0, batch: int | None = None) -> None:
         """The call on the addresses of a, b, c and d, unchecked; then GemmTooLarge if the
         program refused a BLAS call."""
+        alpha, beta = (DTYPES[self.dtype].type(x).item() for x in (alpha, beta))  # ints for an integer GEMM
         self._call(*addresses, alpha, beta, *([batch] if self.symbolic else []))
         raise_gemm_error(self._error, batch)
 
