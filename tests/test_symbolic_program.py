@@ -186,3 +186,19 @@ def test_the_numpy_backend_keeps_a_program_per_size():
         symbolic(*w.placeholder_inputs(n))
     assert symbolic.signatures == 2
     assert symbolic.stats().per_size == "the numpy backend builds a program per batch size"
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "deep", "two_tower"])
+def test_the_symbolic_schedule_has_the_per_size_kernels(name):
+    """Simplify on the symbolic graph leaves what it leaves per size but for 1 / B, which
+    stays a scalar division: the same kernels (xor's MSE keeps one more: the product of
+    two splats, one of them 1 / B, is not folded)."""
+    w = zoo.get(name)
+    symbolic = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3), batch_dim=0)
+    fixed = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3))
+    params, x, y = w.example_inputs()
+    state = symbolic.init(params)
+    one, per_size = symbolic.lower(params, state, x, y), fixed.lower(params, state, x, y)
+    assert one.per_size is None
+    assert len(one.schedule.kernels) == len(per_size.schedule.kernels)
+    assert [k.kind for k in one.schedule.kernels] == [k.kind for k in per_size.schedule.kernels]
