@@ -529,3 +529,14 @@ def test_threads_calling_at_different_batch_sizes_share_one_program():
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def test_the_kernel_benchmark_runs_and_checks_its_programs_agree(capsys):
+    """benchmarks/symbolic_kernels.py (timings are not asserted: only that it runs, checks both
+    programs' results equal and prints a row per case and size)."""
+    from benchmarks import symbolic_kernels
+
+    assert symbolic_kernels.main(["--sizes", "2,7", "--calls", "2", "--rounds", "2"]) == 0
+    table = capsys.readouterr().out
+    for name in symbolic_kernels.CASES:
+        assert f"| {name} | 2 |" in table and f"| {name} | 7 |" in table
