@@ -21,15 +21,17 @@ import ffcompile as ff
 from ffcompile.codegen.llvm import backend, elementwise
 from ffcompile.codegen.llvm.cache import CACHE_DIR_VARIABLE
 from ffcompile.codegen.llvm.export import export
+from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
 from ffcompile.codegen.llvm.lower import arena_from_json, layout
 from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge
-from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
-from ffcompile.ir import lang
+from ffcompile.ir import Builder, TensorType, lang, verify
 from ffcompile.ir import ops as O
 from ffcompile.ir.specialize import specialize
 from ffcompile.ir.symbolic import Envelope, bytes_at
 from ffcompile.passes.cost import flops_of
-from ffcompile.passes.schedule import KernelKind
+from ffcompile.passes.fuse import fuse
+from ffcompile.passes.schedule import KernelKind, verify_schedule
+from ffcompile.symbolic_batch import BATCH
 
 TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
 RNG = np.random.default_rng(18)
@@ -540,3 +542,20 @@ def test_the_kernel_benchmark_runs_and_checks_its_programs_agree(capsys):
     table = capsys.readouterr().out
     for name in symbolic_kernels.CASES:
         assert f"| {name} | 2 |" in table and f"| {name} | 7 |" in table
+
+
+def test_a_constant_array_holding_the_batch_size():
+    """A constant [B, 3, 2*B] (as a shape computed at trace time would be): copied from its
+    global, then the elements that are sizes stored at run time; and one of B-row floats."""
+    builder = Builder("sizes")
+    x = builder.add_input(TensorType((BATCH, 4), "f32"), "x")
+    sizes = builder.emit(O.Constant, [], {"value": (BATCH, 3, BATCH * 2), "type": TensorType((3,), "i64")})
+    scale = builder.emit(O.Constant, [], {"value": ((1.5, BATCH),), "type": TensorType((1, 2), "f32")})
+    graph = verify(builder.finish([sizes, builder.emit(O.Mul, [sizes, sizes]), scale, x]))
+    schedule = verify_schedule(fuse(graph))
+    assert sum(kernel.kind == KernelKind.SOURCE for kernel in schedule.kernels) == 2
+    executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule))
+    for batch in SIZES:
+        x_at = f32(batch, 4)
+        for got, want in zip(executable(x_at), per_size(graph, batch, [x_at]), strict=True):
+            np.testing.assert_array_equal(got, want)
