@@ -40,6 +40,7 @@ from types import ModuleType
 
 from llvmlite import ir
 
+from ...ir.symbolic import Sym
 from .cgutils import for_range, size_value
 from .elementwise import (
     CONTRACT,
@@ -214,13 +215,12 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
         if route == RUNTIME:
             emit_runtime_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue, max_batch, native_max_work(),
+                              lambda bb: _small(bb, pa, pb, pc, m, n, k, trans_a, trans_b, scale),
                               lambda bb: _blas(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale))
         elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
-        elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
-            _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
         elif route == SMALL:
-            emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
             emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == LOOPS:
@@ -291,12 +291,19 @@ def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
 def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
     """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
     block's rows of A are contiguous), split across the thread pool in chunks of at least
-    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code."""
-    blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
+    the blocks counted at run time, the last one smallgemm's with run-time rows)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
-    if blocks < 2 * grain:
-        emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
-        return
+    rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
+    if isinstance(m, Sym):
+        blocks = rest = None
+        units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
+    else:
+        blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+        if blocks < 2 * grain:
+            emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
+            return
+        units = blocks + (1 if rest else 0)
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
 
@@ -307,15 +314,31 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
     def body(bb, values, start, end):
-        stop = bb.select(bb.icmp_signed("<", end, ir.Constant(I64, blocks)), end, ir.Constant(I64, blocks))
+        full = ir.Constant(I64, blocks) if blocks is not None else bb.udiv(size_value(bb, m), rows_per_block)
+        stop = bb.select(bb.icmp_signed("<", end, full), end, full)
         count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
         with for_range(bb, count, "rowblock") as i:
-            block_at(bb, values, bb.mul(bb.add(start, i), ir.Constant(I64, SPLIT_SMALL_ROWS)), SPLIT_SMALL_ROWS)
-        if rest:
-            with bb.if_then(bb.icmp_signed(">", end, ir.Constant(I64, blocks))):
+            block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
+        if blocks is None:  # the rest, 0 to SPLIT_SMALL_ROWS - 1 rows, known at run time
+            left = bb.urem(size_value(bb, m), rows_per_block)
+            last = bb.and_(bb.icmp_signed(">", end, full), bb.icmp_signed(">", left, ir.Constant(I64, 0)))
+            with bb.if_then(last):
+                block_at(bb, values, bb.mul(full, rows_per_block), left)
+        elif rest:
+            with bb.if_then(bb.icmp_signed(">", end, full)):
                 block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
 
-    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], blocks + (1 if rest else 0), grain, body)
+    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
+
+
+def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """smallgemm's product, split by blocks of rows across the pool where A's rows are
+    contiguous (sizes: ints, or a Sym m or k)."""
+    if not trans_a and not symbolic(n, k):
+        _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
+    else:
+        emit_small_gemm(b, pa, pb, pc, *(d if isinstance(d, int) else size_value(b, d) for d in (m, n, k)),
+                        trans_a, trans_b, scale)
 
 
 def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:

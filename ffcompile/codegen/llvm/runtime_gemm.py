@@ -4,9 +4,8 @@ With a symbolic batch size B, m = B for x @ W and dy @ W.T, and k = B for the we
 gradient x.T @ dy. blas.gemm_route cannot pick a kernel from such sizes, so the program
 picks one at run time from the run-time sizes, as gemm_route would for them:
 
-- m in skinny.py's range (the served batches of 1-8): a switch on m to the skinny kernel
-  built for that m (its rows are unrolled: a kernel with a run-time row loop would keep
-  its accumulators in memory, and B is streamed once whatever m is);
+- m in skinny.py's range (the served batches of 1-8): the skinny kernel with a run-time m
+  (one kernel for every m: skinny.py);
 - else, at most native_max_work() multiply-adds with smallgemm's packed operands within
   its stack buffer: smallgemm with run-time m or k (its row blocks and k loop are loops
   with run-time trip counts);
@@ -29,7 +28,7 @@ from ...ir.symbolic import Sym
 from .cgutils import size_value
 from .elementwise import I64
 from .skinny import SKINNY_MAX_ROWS, emit_skinny_gemm, skinny_fits
-from .smallgemm import PACK_MAX_BYTES, as_i64, emit_small_gemm, product, small_gemm_bytes
+from .smallgemm import PACK_MAX_BYTES, as_i64, product, small_gemm_bytes
 
 GEMM_ERROR_SYMBOL = "ffc_gemm_error"  # i64: 0, or the size past BLAS's integers a GEMM met
 BLAS_INT_MAX = 2 ** 31 - 1  # SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER
@@ -67,23 +66,28 @@ def gemm_error_slot(module: ir.Module) -> ir.GlobalVariable:
     return slot
 
 
-def raise_gemm_error(address: int, batch: int) -> None:
-    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is at `address` refused a BLAS
-    call during its last run (at batch size `batch`), and clear it."""
-    slot = ctypes.c_int64.from_address(address)
-    size, slot.value = slot.value, 0
-    if size:
+def gemm_error(address: int) -> ctypes.c_int64:
+    """The GEMM_ERROR_SYMBOL of a loaded program, from its address (read it once per program)."""
+    return ctypes.c_int64.from_address(address)
+
+
+def raise_gemm_error(slot: ctypes.c_int64, batch: int) -> None:
+    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is `slot` (gemm_error) refused a
+    BLAS call during its last run (at batch size `batch`), and clear it."""
+    if slot.value:
+        size, slot.value = slot.value, 0
         raise GemmTooLarge(f"llvm backend: at batch size {batch}, a matmul has a dimension of {size}, above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes; the program stopped "
                            f"before calling it (give max_batch= to have this checked at compile time)")
 
 
 def emit_runtime_gemm(b: ir.IRBuilder, pa, pb, pc, m, n, k, trans_a: bool, trans_b: bool, scale, epilogue,
-                      max_batch: int | None, native_max: int, emit_blas) -> None:
+                      max_batch: int | None, native_max: int, emit_small, emit_blas) -> None:
     """C = op(A) op(B) for float pointers, sizes ints or Syms (in the function `b` builds, whose
     trailing `batch` parameter gives B), the kernel chosen at run time (module doc). scale
     and epilogue as blas.emit_gemm's; the epilogue runs in the skinny kernel's chunks, or over
-    all of C after another kernel. emit_blas(b): the BLAS call."""
+    all of C after another kernel. emit_small(b), emit_blas(b): smallgemm's product (split
+across the pool where it can be) and the BLAS call, with these sizes."""
     ty = pc.type.pointee
     itemsize = 4 if isinstance(ty, ir.FloatType) else 8
     mv, nv, kv = (d if isinstance(d, int) else size_value(b, d) for d in (m, n, k))  # ints stay ints
@@ -101,26 +105,18 @@ def emit_runtime_gemm(b: ir.IRBuilder, pa, pb, pc, m, n, k, trans_a: bool, trans
             return
         with b.if_else(fits) as (small, other):
             with small:
-                after(lambda: emit_small_gemm(b, pa, pb, pc, mv, nv, kv, trans_a, trans_b, scale))
+                after(lambda: emit_small(b))
             with other:
                 after(lambda: _checked_blas(b, (mv, nv, kv), (m, n, k), max_batch, emit_blas))
 
     if not rows:
         small_or_blas()
         return
-    default = b.append_basic_block("gemm.rows.other")
-    end = b.append_basic_block("gemm.end")
-    switch = b.switch(mv, default)
-    for r in rows:
-        case = b.append_basic_block(f"gemm.rows{r}")
-        switch.add_case(ir.Constant(I64, r), case)
-        b.position_at_end(case)
-        emit_skinny_gemm(b, pa, pb, pc, r, n, k, trans_a, trans_b, scale, epilogue)
-        b.branch(end)
-    b.position_at_end(default)
-    small_or_blas()
-    b.branch(end)
-    b.position_at_end(end)
+    with b.if_else(b.icmp_signed("<=", mv, ir.Constant(I64, rows[-1]))) as (streamed, other):
+        with streamed:
+            emit_skinny_gemm(b, pa, pb, pc, mv, n, k, trans_a, trans_b, scale, epilogue)
+        with other:
+            small_or_blas()
 
 
 def _small_fits(b, mv, nv, kv, m, n, k, trans_a, trans_b, itemsize, native_max) -> ir.Value | None:

@@ -111,13 +111,19 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k, trans_a: bool, tr
 
 def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit) -> None:
     """Call emit(i0, j0, rows, cols) over mr x nr tiles of an m x n C, then its edge tiles
-    (m an int, or an i64 value: then the edge rows are a switch on m % mr)."""
+    (m an int, or an i64 value: row_blocks)."""
     def row_block(i0: ir.Value, rows: int) -> None:
         with for_range(b, ir.Constant(I64, n // nr), "panel") as panel:
             emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr)
         if n % nr:
             emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr)
 
+    row_blocks(b, m, mr, row_block)
+
+
+def row_blocks(b: ir.IRBuilder, m, mr: int, row_block) -> None:
+    """Call row_block(i0, rows) over blocks of mr rows of m (i0 an i64 value, rows an int), the
+    last one shorter; m an int, or an i64 value: then the short block is a switch on m % mr."""
     if isinstance(m, int):
         with for_range(b, ir.Constant(I64, m // mr), "rowblock") as block:
             row_block(b.mul(block, ir.Constant(I64, mr), flags=["nsw"]), mr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 from llvmlite import ir
 
 from ...ir import TensorType
@@ -16,7 +17,7 @@ from ...ir.symbolic import substitute
 from ...ir.types import DTYPES
 from .blas import BLAS_FUNCTIONS, blas_address, blas_slot, blas_symbol, default_blas_threads, emit_gemm
 from .elementwise import I64, MEMORY_TYPES, Array
-from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error_slot, raise_gemm_error, symbolic
+from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error, gemm_error_slot, raise_gemm_error, symbolic
 from .target import jit
 from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
 
@@ -55,8 +56,8 @@ class StandaloneGemm:
             slot = ctypes.c_void_p.from_address(self._jit.address(blas_symbol(name)))
             slot.value = blas if blas is not None else blas_address(name)
         ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
-        self._error = self._jit.address(GEMM_ERROR_SYMBOL)
-        scalar = ctypes.c_float if dtype == "f32" else ctypes.c_double
+        self._error = gemm_error(self._jit.address(GEMM_ERROR_SYMBOL))
+        scalar = np.ctypeslib.as_ctypes_type(DTYPES[dtype])
         extra = [ctypes.c_int64] if self.symbolic else []
         self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, scalar, scalar, *extra)(self._jit.address("gemm"))
 
@@ -70,8 +71,12 @@ class StandaloneGemm:
         assert (batch is not None) == self.symbolic
         for x, shape in zip((a, b, c), self.shapes(batch)):
             assert x.flags.c_contiguous and x.shape == tuple(shape) and x.dtype == DTYPES[self.dtype]
-        extra = [batch] if self.symbolic else []
-        d_address = d.ctypes.data if d is not None else None
-        self._call(a.ctypes.data, b.ctypes.data, c.ctypes.data, d_address, alpha, beta, *extra)
+        self.run([x.ctypes.data if x is not None else None for x in (a, b, c, d)], alpha, beta, batch)
+
+    def run(self, addresses: list, alpha: float = 1.0, beta: float = 0.0, batch: int | None = None) -> None:
+        """The call on the addresses of a, b, c and d, unchecked; then GemmTooLarge if the
+        program refused a BLAS call."""
+        alpha, beta = (DTYPES[self.dtype].type(x).item() for x in (alpha, beta))  # ints for an integer GEMM
+        self._call(*addresses, alpha, beta, *([batch] if self.symbolic else []))
         raise_gemm_error(self._error, batch)
 

@@ -1,0 +1,264 @@
+"""GEMMs with a run-time batch size (codegen/llvm/runtime_gemm.py, #18) against NumPy.
+
+One function per product, its sizes holding B (m = B: x @ W and dy @ W.T; k = B: the weight
+gradient x.T @ dy; n = B), run at B in 1, 2, 7, 8, 9, 64, 129: the skinny switch (B <= 8),
+smallgemm with run-time m or k, and BLAS with run-time sizes, in every transpose, f32 and
+f64, at both vector widths (the narrower forced), scaled (alpha, beta) and with a fused
+column epilogue. The route taken at run time is proven by counting BLAS calls through the
+slot; the 32-bit limit is a compile-time error at max_batch, and without a bound a Python
+exception raised after the program refused the call.
+"""
+import ctypes
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from llvmlite import ir
+from symbolic_programs import per_size, symbolic_graph, symbolic_plan, symbolic_schedule
+from test_llvm_skinny import vector_width  # noqa: F401 - the fixture: both vector widths
+from test_llvm_smallgemm import RTOL, assert_gemm_close
+
+import ffcompile as ff
+from ffcompile.codegen.llvm import backend, blas
+from ffcompile.codegen.llvm.cgutils import batch_size, for_range
+from ffcompile.codegen.llvm.elementwise import I64, ColumnEpilogue
+from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge, skinny_rows
+from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
+from ffcompile.ir.symbolic import Sym
+
+B = Sym("B")
+SIZES = (1, 2, 7, 8, 9, 64, 129)
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+NP = {"f32": np.float32, "f64": np.float64}
+NP_INT = {"i32": np.int32, "i64": np.int64}
+# (m, n, k): a layer x @ W whose B <= 8 is skinny (n k >= 32 kB), one too small to stream (smallgemm
+# at every B), the weight gradient (k = B), and B columns; mnist's and deep's layer shapes.
+SHAPES = [(B, 300, 129), (B, 10, 37), (100, 40, B), (23, B, 19)]
+
+
+@pytest.fixture
+def one_blas_thread(monkeypatch):
+    """BLAS at one thread (the default): products split across the pool, native_max_work 256^3."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", 1)
+
+
+def operands(gemm, batch, dtype, seed=0):
+    rng = np.random.default_rng(seed + batch)
+    shape_a, shape_b, shape_c = gemm.shapes(batch)
+    return (rng.standard_normal(shape_a).astype(dtype), rng.standard_normal(shape_b).astype(dtype),
+            rng.standard_normal(shape_c).astype(dtype))
+
+
+def ops(gemm, a, b):
+    return (a.T if gemm.trans_a else a), (b.T if gemm.trans_b else b)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m, n, k", SHAPES, ids=["rows", "small-rows", "inner", "columns"])
+def test_one_function_matches_numpy_at_every_batch_size(m, n, k, trans_a, trans_b, dtype, vector_width,
+                                                       one_blas_thread):
+    gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b)
+    for batch in SIZES:
+        a, b, c = operands(gemm, batch, NP[dtype])
+        c[...] = np.nan  # an unscaled product never reads C
+        gemm(a, b, c, batch=batch)
+        assert_gemm_close(c, *ops(gemm, a, b), NP[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m, n, k", SHAPES[:1] + SHAPES[2:3], ids=["rows", "inner"])
+def test_the_accumulate_form_in_every_branch(m, n, k, trans_a, trans_b, dtype, one_blas_thread):
+    """C = alpha op(A) op(B) + beta C (accumulate.py's optimizer updates) at every size."""
+    gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b, scaled=True)
+    for batch in SIZES:
+        a, b, old = operands(gemm, batch, NP[dtype])
+        c = old.copy()
+        gemm(a, b, c, 0.5, -2.0, batch=batch)
+        wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
+        exact = 0.5 * wide_a @ wide_b - 2.0 * old
+        bound = RTOL[NP[dtype]] * (0.5 * np.abs(wide_a) @ np.abs(wide_b) + 2.0 * np.abs(old))
+        assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
+
+
+@pytest.mark.parametrize("dtype", ["i32", "i64"])
+def test_integer_products_loop_with_run_time_trip_counts(dtype):
+    """Integers (which BLAS has not) take the loop nest, its counts and strides at run time."""
+    for m, n, k, trans_a, trans_b in ((B, 7, 5, False, False), (6, 3, B, True, False), (B, 4, 3, True, True)):
+        assert blas.gemm_route(m, n, k, dtype, trans_a, trans_b) == blas.LOOPS
+        gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b)
+        for batch in SIZES:
+            rng = np.random.default_rng(batch)
+            a, b = (rng.integers(-50, 50, shape).astype(NP_INT[dtype]) for shape in gemm.shapes(batch)[:2])
+            c = np.full(gemm.shapes(batch)[2], -1, NP_INT[dtype])
+            gemm(a, b, c, batch=batch)
+            np.testing.assert_array_equal(c, np.matmul(*ops(gemm, a, b)), err_msg=f"at batch size {batch}")
+
+
+class CountingBlas:
+    """A BLAS slot value that counts the calls, then makes them with the real function."""
+
+    def __init__(self, name: str):
+        signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)
+        real = signature(blas.blas_address(name))
+        self.calls = 0
+
+        def call(*args):
+            self.calls += 1
+            real(*args)
+
+        self.callback = signature(call)
+        self.address = ctypes.cast(self.callback, ctypes.c_void_p).value
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_results_do_not_depend_on_the_thread_count(trans_b, one_blas_thread):
+    """A unit of C (a skinny column unit, a smallgemm block of rows) is computed by the same code
+    in any chunk. (Not so a BLAS product split by rows, fixed or symbolic: OpenBLAS's sums
+    depend on the rows a call gets.)"""
+    n, k = 400, 100  # skinny up to 8 rows; up to 419 rows smallgemm, split from 4 blocks of 48 rows
+    assert 419 * n * k <= blas.native_max_work() < 420 * n * k
+    counter = CountingBlas("sgemm")
+    gemm = StandaloneGemm(B, n, k, "f32", False, trans_b, blas=counter.address)
+    saved = ff.get_num_threads()
+    try:
+        for batch in (1, 5, 8, 100, 200, 419):
+            a, b, _ = operands(gemm, batch, np.float32)
+            results = []
+            for threads in (1, 2, 3):
+                ff.set_num_threads(threads)
+                c = np.zeros(gemm.shapes(batch)[2], np.float32)
+                gemm(a, b, c, batch=batch)
+                results.append(c)
+            for c in results[1:]:
+                np.testing.assert_array_equal(c, results[0], err_msg=f"at batch size {batch}")
+            assert_gemm_close(results[0], *ops(gemm, a, b), np.float32)
+    finally:
+        ff.set_num_threads(saved)
+    assert counter.calls == 0
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_the_route_changes_at_run_time_between_8_and_9_rows(trans_b, one_blas_thread):
+    """B = 8 streams the weights (skinny), B = 9 calls BLAS: the product is past native_max_work()
+    at 9 rows; a smaller one takes smallgemm from 9 rows on, and BLAS only past native_max_work()."""
+    n, k = 4096, 512
+    assert 8 * n * k <= blas.native_max_work() < 9 * n * k and skinny_rows(B, n, k, False, trans_b, 4, None) == \
+        list(range(1, 9))
+    counter = CountingBlas("sgemm")
+    gemm = StandaloneGemm(B, n, k, "f32", False, trans_b, blas=counter.address)
+    calls = {}
+    for batch in (1, 8, 9, 12):
+        a, b, c = operands(gemm, batch, np.float32)
+        before = counter.calls
+        gemm(a, b, c, batch=batch)
+        calls[batch] = counter.calls - before
+        assert_gemm_close(c, *ops(gemm, a, b), np.float32)
+    assert calls[1] == calls[8] == 0 and calls[9] >= 1 and calls[12] >= 1
+
+    n, k = 512, 64  # past native_max_work() from 513 rows
+    gemm = StandaloneGemm(B, n, k, "f32", False, trans_b, blas=counter.address)
+    for batch, expected in ((8, False), (9, False), (512, False), (513, True)):
+        a, b, c = operands(gemm, batch, np.float32)
+        before = counter.calls
+        gemm(a, b, c, batch=batch)
+        assert (counter.calls > before) == expected, f"at batch size {batch}"
+        assert_gemm_close(c, *ops(gemm, a, b), np.float32)
+
+
+def bias_relu_epilogue(args):
+    """C[i, j] = max(C[i, j] + d[j], 0) for the rows of C (B of them) and the chunk's columns."""
+    pc, pd = args[2], args[3]
+    n = 300
+
+    def emit(b, loaded, j0, j1):
+        c, d = loaded
+        with for_range(b, batch_size(b), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
+            column = b.add(j0, j)
+            at = b.gep(c, [b.add(b.mul(i, ir.Constant(I64, n)), column)])
+            total = b.fadd(b.load(at), b.load(b.gep(d, [column])))
+            b.store(b.select(b.fcmp_ordered(">", total, ir.Constant(total.type, 0.0)), total,
+                             ir.Constant(total.type, 0.0)), at)
+
+    return ColumnEpilogue([pc, pd], emit)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_a_fused_column_epilogue_runs_after_every_branch(trans_b, one_blas_thread):
+    """In the skinny kernel's chunks at B <= 8, after smallgemm or BLAS above."""
+    gemm = StandaloneGemm(B, 300, 129, "f32", False, trans_b, epilogue=bias_relu_epilogue)
+    bias = np.random.default_rng(1).standard_normal(300).astype(np.float32)
+    for batch in SIZES + (1000,):
+        a, b, c = operands(gemm, batch, np.float32)
+        gemm(a, b, c, batch=batch, d=bias)
+        product = np.matmul(*(x.astype(np.float64) for x in ops(gemm, a, b)))
+        np.testing.assert_allclose(c, np.maximum(product + bias, 0), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"at batch size {batch}")
+
+
+def test_past_the_blas_integers_at_max_batch_is_a_compile_error():
+    assert blas.gemm_route(B, 10, 10, "f32", False, False, max_batch=blas.BLAS_INT_MAX) == blas.RUNTIME
+    with pytest.raises(GemmTooLarge, match=r"dimension of 2147483648 at max_batch=1073741824"):
+        blas.gemm_route(Sym("B", 2), 10, 10, "f32", False, False, max_batch=2 ** 30)
+    assert blas.gemm_route(Sym("B", 2), 10, 10, "i32", False, False, max_batch=2 ** 30) == blas.LOOPS
+
+
+def test_the_compile_error_names_the_matmul_and_its_line():
+    x, w = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    schedule = symbolic_schedule(lambda x, w: x @ w, (0, None), x, w)
+    with pytest.raises(GemmTooLarge) as error:
+        backend.LLVMExecutable(schedule, symbolic_plan(schedule, max_batch=2 ** 31))
+    message = str(error.value)
+    assert "f32[B,4] @ f32[4,5]" in message and "test_llvm_runtime_gemm.py" in message and "2147483648" in message
+
+
+UNBOUNDED = """
+import numpy as np
+from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge
+from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
+from ffcompile.ir.symbolic import Sym
+
+gemm = StandaloneGemm(Sym("B", 2 ** 20), 10, 10, "f32", False, False)
+tiny = [np.zeros(16, np.float32) for _ in range(3)]
+try:  # 2**31 rows: refused before BLAS, which would read and write far past these arrays
+    gemm.run([x.ctypes.data for x in tiny] + [None], batch=2 ** 11)
+except GemmTooLarge as error:
+    print("refused:", error)
+a, b = np.ones((2 ** 20, 10), np.float32), np.ones((10, 10), np.float32)
+c = np.zeros((2 ** 20, 10), np.float32)
+gemm(a, b, c, batch=1)  # the next call runs: the error was cleared
+print("then", c.min(), c.max())
+"""
+
+
+def test_without_a_bound_a_size_past_the_blas_integers_is_a_python_exception():
+    """Run in a child: had the program called BLAS, it would have crashed."""
+    result = subprocess.run([sys.executable, "-c", UNBOUNDED], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "refused: llvm backend: at batch size 2048, a matmul has a dimension of 2147483648" in result.stdout
+    assert "then 10.0 10.0" in result.stdout
+
+
+def test_a_whole_symbolic_program_with_runtime_gemms():
+    """x @ W + b and its weight gradient through lower.py: one program, every size."""
+    rng = np.random.default_rng(0)
+    w, bias = rng.standard_normal((784, 512)).astype(np.float32), rng.standard_normal(512).astype(np.float32)
+
+    def layer(x, w, b, dy):
+        return x @ w + b, x.T @ dy
+
+    def make(batch):
+        return (rng.standard_normal((batch, 784)).astype(np.float32), w, bias,
+                rng.standard_normal((batch, 512)).astype(np.float32))
+
+    schedule = symbolic_schedule(layer, (0, None, None, 0), *make(3))
+    executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule))
+    graph = symbolic_graph(layer, (0, None, None, 0), *make(3))
+    assert executable.blas == ("sgemm",)
+    for batch in SIZES:
+        args = make(batch)
+        for got, want in zip(executable(*args), per_size(graph, batch, args), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3, err_msg=f"at batch size {batch}")
