@@ -26,9 +26,10 @@ from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge
 from ffcompile.ir import Builder, TensorType, lang, verify
 from ffcompile.ir import ops as O
 from ffcompile.ir.specialize import specialize
-from ffcompile.ir.symbolic import Envelope, bytes_at
+from ffcompile.ir.symbolic import BatchRange, Envelope, bytes_at
 from ffcompile.passes.cost import flops_of
 from ffcompile.passes.fuse import fuse
+from ffcompile.passes.memory import plan_memory
 from ffcompile.passes.schedule import KernelKind, verify_schedule
 from ffcompile.symbolic_batch import BATCH
 
@@ -558,3 +559,26 @@ def test_a_constant_array_holding_the_batch_size():
         x_at = f32(batch, 4)
         for got, want in zip(executable(x_at), per_size(graph, batch, [x_at]), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_gemm_product_past_a_plan_made_without_its_scratch():
+    """A donated result computed from a GEMM (w = tanh(w + x.T @ dy), k = B) needs the product
+    apart from w; with a plan made without the backend's scratch, lower puts it past the
+    arena at every B (an Affine past the Envelope's parts) and the arena grows by it."""
+    def fn(w, x, dy):
+        return ff.tanh(w + x.T @ dy)
+
+    make = lambda n: [f32(300, 64), f32(n, 300), f32(n, 64)]  # noqa: E731
+    example = make(3)
+    schedule = symbolic_schedule(fn, (None, 0, 0), *example)
+    graph = symbolic_graph(fn, (None, 0, 0), *example)
+    plan = plan_memory(schedule, batch=BatchRange())
+    executable = backend.build(schedule, plan, donate={0: 0})
+    assert executable.donated == {0: 0} and layout(schedule, plan, {schedule.root(schedule.graph.outputs[0]): 0}).scratch
+    for batch in (1, 7, 129, 700):
+        args = make(batch)
+        want = per_size(graph, batch, args)[0]
+        (got,) = executable(*args)
+        assert got is args[0]
+        np.testing.assert_allclose(got, want, rtol=3e-5, atol=1e-4)
+        assert executable._arena.nbytes >= bytes_at(plan.arena_bytes, batch) + 300 * 64 * 4
