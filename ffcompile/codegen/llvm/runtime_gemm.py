@@ -66,14 +66,10 @@ def gemm_error_slot(module: ir.Module) -> ir.GlobalVariable:
     return slot
 
 
-def gemm_error(address: int) -> ctypes.c_int64:
-    """The GEMM_ERROR_SYMBOL of a loaded program, from its address (read it once per program)."""
-    return ctypes.c_int64.from_address(address)
-
-
-def raise_gemm_error(slot: ctypes.c_int64, batch: int) -> None:
-    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is `slot` (gemm_error) refused a
-    BLAS call during its last run (at batch size `batch`), and clear it."""
+def raise_gemm_error(address: int, batch: int) -> None:
+    """Raise GemmTooLarge if the program whose GEMM_ERROR_SYMBOL is at `address` refused a BLAS
+    call during its last run (at batch size `batch`), and clear it."""
+    slot = ctypes.c_int64.from_address(address)  # ~0.2 us, made per call: a view kept could outlive the program
     if slot.value:
         size, slot.value = slot.value, 0
         raise GemmTooLarge(f"llvm backend: at batch size {batch}, a matmul has a dimension of {size}, above "

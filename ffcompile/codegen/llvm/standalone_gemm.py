@@ -17,7 +17,7 @@ from ...ir.symbolic import substitute
 from ...ir.types import DTYPES
 from .blas import BLAS_FUNCTIONS, blas_address, blas_slot, blas_symbol, default_blas_threads, emit_gemm
 from .elementwise import I64, MEMORY_TYPES, Array
-from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error, gemm_error_slot, raise_gemm_error, symbolic
+from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error_slot, raise_gemm_error, symbolic
 from .target import jit
 from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
 
@@ -56,7 +56,7 @@ class StandaloneGemm:
             slot = ctypes.c_void_p.from_address(self._jit.address(blas_symbol(name)))
             slot.value = blas if blas is not None else blas_address(name)
         ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
-        self._error = gemm_error(self._jit.address(GEMM_ERROR_SYMBOL))
+        self._error = self._jit.address(GEMM_ERROR_SYMBOL)
         scalar = np.ctypeslib.as_ctypes_type(DTYPES[dtype])
         extra = [ctypes.c_int64] if self.symbolic else []
         self._call = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, scalar, scalar, *extra)(self._jit.address("gemm"))
