@@ -3,6 +3,7 @@
 run by the interpreter); the runtime reads B from the arguments, checks it, grows the arena
 and binds. Schedules come from tests/symbolic_programs.py (the graph stages on a symbolic
 trace, the symbolic memory plan)."""
+import ctypes
 import dataclasses
 import json
 import os
@@ -440,17 +441,17 @@ def test_a_gemm_refused_at_run_time_raises_after_the_call_and_is_cleared(tmp_pat
     GemmTooLarge (here set by hand: the sizes that reach it need 8 GB arrays). The library
     exports it as name_gemm_error()."""
     executable, _, schedule = program(gemms, (0, None, None, 0), gemm_args)
-    assert executable._gemm_error is not None
+    assert executable._gemm_error  # the address of the program's ffc_gemm_error
     args = gemm_args(5)
-    executable._gemm_error.value = 2 ** 31
+    ctypes.c_int64.from_address(executable._gemm_error).value = 2 ** 31
     with pytest.raises(GemmTooLarge, match="at batch size 5, a matmul has a dimension of 2147483648"):
         executable(*args)
     assert executable.call_objects(tuple(args)) is not None  # cleared
-    executable._gemm_error.value = 2 ** 31
+    ctypes.c_int64.from_address(executable._gemm_error).value = 2 ** 31
     with pytest.raises(GemmTooLarge):
         executable.call_objects(tuple(args))
     bounded, _, _ = program(gemms, (0, None, None, 0), gemm_args, max_batch=1000)
-    assert bounded._gemm_error is None  # checked at compile time, at max_batch
+    assert not bounded._gemm_error  # checked at compile time, at max_batch
     library = export(schedule, executable._lower_arguments[1], tmp_path, "g", ["x", "w", "b", "dy"])
     assert "int64_t g_gemm_error(void);" in library.header_path.read_text()
 

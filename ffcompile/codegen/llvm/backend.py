@@ -55,7 +55,7 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
-from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error, raise_gemm_error
+from .runtime_gemm import GEMM_ERROR_SYMBOL, raise_gemm_error
 from .threadpool import POOL_SLOT, parallel_for_address
 from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_scratch, is_symbolic, layout, lower
 from .object_check import Symbol
@@ -186,7 +186,7 @@ class LLVMExecutable:
         if pool:
             ctypes.c_void_p.from_address(pool).value = parallel_for_address()
         # a symbolic GEMM past BLAS's integers at the call's B stops and leaves its size here
-        self._gemm_error = gemm_error(self._jit.address(GEMM_ERROR_SYMBOL)) if program.get("gemm_error") else None
+        self._gemm_error = self._jit.address(GEMM_ERROR_SYMBOL) if program.get("gemm_error") else 0
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
@@ -454,7 +454,7 @@ class LLVMExecutable:
         """The errors a run left (a collective's, a GEMM's too large at this batch size), raised."""
         if self._collectives:
             COLLECTIVES.raise_error()
-        if self._gemm_error is not None:
+        if self._gemm_error:
             raise_gemm_error(self._gemm_error, batch)
 
     def _fast_batch(self, args: tuple) -> int:
@@ -508,7 +508,7 @@ class LLVMExecutable:
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error is not None
+        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error
         if self.symbolic:
             entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
