@@ -98,9 +98,7 @@ class Executable:
         self.run_flat = self._run_and_check if self.checks else (
             program.call if not self.closures else self._run_with_closures)
         self.unflatten = unflattener(out_tree)  # flat results -> the function's result tree
-        # optional (codegen/backend.py); a program for every batch size is checked here (its B
-        # read from the arguments, then the types at B): the native checks know no symbolic axis
-        self._call_objects = None if batch is not None else getattr(program, "call_objects", None)
+        self._call_objects = getattr(program, "call_objects", None)  # optional (codegen/backend.py)
         self._closure_tuple = tuple(self.closures)
         self._donated_inputs = sorted(set(program.donated.values()))  # written over: must be writeable
 
