@@ -202,3 +202,14 @@ def test_the_symbolic_schedule_has_the_per_size_kernels(name):
     assert one.per_size is None
     assert len(one.schedule.kernels) == len(per_size.schedule.kernels)
     assert [k.kind for k in one.schedule.kernels] == [k.kind for k in per_size.schedule.kernels]
+
+
+def test_the_report_draws_the_one_plan_at_the_reference_size(tmp_path):
+    w = zoo.get("digits")
+    lowered = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), max_batch=100).lower(
+        *w.placeholder_inputs(8))
+    at = lowered.memory.at(100)
+    assert at.batch is None and at.arena_bytes == bytes_at(lowered.memory.arena_bytes, 100)
+    assert_no_overlap(at)
+    page = open(lowered.report(tmp_path / "r.html"), encoding="utf-8").read()
+    assert "Arena" in page and f"{at.arena_bytes:,} B" in page
