@@ -213,3 +213,15 @@ def test_the_report_draws_the_one_plan_at_the_reference_size(tmp_path):
     assert_no_overlap(at)
     page = open(lowered.report(tmp_path / "r.html"), encoding="utf-8").read()
     assert "Arena" in page and f"{at.arena_bytes:,} B" in page
+
+
+def test_wide_at_small_sizes():
+    """wide (1024-4096-4096-1024) at B = 1, 2, 7 only: its per-size programs are the slow part."""
+    w = zoo.get("wide")
+    params = w.init(0)
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
+    fixed = ff.compile(ff.value_and_grad(w.loss))
+    for n in (1, 2, 7):
+        _, x, y = w.example_inputs(seed=n, batch_size=n)
+        _close(symbolic(params, x, y), fixed(params, x, y))
+    _one_program(symbolic)
