@@ -55,7 +55,7 @@ from .elementwise import (
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
 from .packed_gemm import emit_packed_gemm, packed_beats_blas
-from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, symbolic
+from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -213,7 +213,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == RUNTIME:
+        if route in (RUNTIME, RUNTIME_NATIVE):
             emit_runtime_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue, max_batch, native_max_work(),
                               lambda bb: _small(bb, pa, pb, pc, m, n, k, trans_a, trans_b, scale),
                               lambda bb: _blas(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale))
@@ -240,8 +240,9 @@ def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
 
 SKINNY, SMALL, PACKED, LOOPS, BLAS = "skinny", "smallgemm", "packed", "loops", "blas"
 RUNTIME = "runtime"  # symbolic sizes: skinny, smallgemm or BLAS, chosen by the program at run time (runtime_gemm.py)
+RUNTIME_NATIVE = "runtime-native"  # the same where no size in 1..max_batch needs BLAS
 BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
-FUSING_ROUTES = (SKINNY, RUNTIME)  # the routes that take a ColumnEpilogue
+FUSING_ROUTES = (SKINNY, RUNTIME, RUNTIME_NATIVE)  # the routes that take a ColumnEpilogue
 
 
 def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
@@ -254,8 +255,9 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
     dimension past BLAS_INT_MAX (it would be passed wrapped).
 
     Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
-    product is then RUNTIME's, an integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX
-    is within max_batch (without a bound, the program checks before it calls BLAS)."""
+    product is then RUNTIME's (RUNTIME_NATIVE's where no size up to max_batch needs BLAS), an
+    integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX is within max_batch (without a
+    bound, the program checks before it calls BLAS)."""
     if symbolic(m, n, k):
         return _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     if m * n == 0:
@@ -280,6 +282,9 @@ def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
         return None
     if dtype not in BLAS_FUNCTIONS:
         return LOOPS
+    itemsize = 4 if dtype == "f32" else 8
+    if not runtime_kernels(m, n, k, trans_a, trans_b, itemsize, max_batch, native_max_work())[2]:
+        return RUNTIME_NATIVE
     sizes = [largest(d, max_batch) for d in (m, n, k)]
     if None not in sizes and max(sizes) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension of {max(sizes)} "
@@ -292,11 +297,11 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
     """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
     block's rows of A are contiguous), split across the thread pool in chunks of at least
     SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
-    the blocks counted at run time, the last one smallgemm's with run-time rows)."""
+    the blocks counted at run time, each one smallgemm's code with run-time rows)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
     rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
     if isinstance(m, Sym):
-        blocks = rest = None
+        blocks = None
         units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
     else:
         blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
@@ -314,17 +319,19 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
     def body(bb, values, start, end):
-        full = ir.Constant(I64, blocks) if blocks is not None else bb.udiv(size_value(bb, m), rows_per_block)
+        if blocks is None:  # every block's rows known at run time (the last one fewer): one code for all
+            rows = size_value(bb, m)
+            with for_range(bb, bb.sub(end, start), "rowblock") as i:
+                first = bb.mul(bb.add(start, i), rows_per_block)
+                left = bb.sub(rows, first)
+                block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
+            return
+        full = ir.Constant(I64, blocks)
         stop = bb.select(bb.icmp_signed("<", end, full), end, full)
         count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
         with for_range(bb, count, "rowblock") as i:
             block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
-        if blocks is None:  # the rest, 0 to SPLIT_SMALL_ROWS - 1 rows, known at run time
-            left = bb.urem(size_value(bb, m), rows_per_block)
-            last = bb.and_(bb.icmp_signed(">", end, full), bb.icmp_signed(">", left, ir.Constant(I64, 0)))
-            with bb.if_then(last):
-                block_at(bb, values, bb.mul(full, rows_per_block), left)
-        elif rest:
+        if rest:
             with bb.if_then(bb.icmp_signed(">", end, full)):
                 block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
 
