@@ -310,3 +310,12 @@ def test_a_zoo_gradient_is_one_program_with_runtime_gemms(model):
         for g, w in zip(ff.tree.tree_flatten(got)[0], ff.tree.tree_flatten(fixed)[0], strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"at batch size {batch}")
     assert cf.signatures == 1 and "i64 %\"batch\"" in cf.last_lowered.llvm_ir
+
+
+def test_the_benchmark_runs_and_prints_its_ratios(capsys):
+    from benchmarks import symbolic_gemm
+
+    rows = symbolic_gemm.main(["--layers", "64x128", "--batches", "1,9", "--rounds", "1", "--calls", "2"])
+    out = capsys.readouterr().out
+    assert len(rows) == 6 and all(ratio > 0 for *_, ratio in rows)
+    assert "| x @ W 64x128 | 9 | smallgemm |" in out and "symbolic / fixed: geometric mean" in out
