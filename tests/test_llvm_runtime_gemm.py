@@ -112,6 +112,29 @@ def test_kernels_are_built_for_the_sizes_that_need_them(one_blas_thread):
         assert_gemm_close(c, *ops(gemm, a, b), np.float32)
 
 
+@pytest.mark.parametrize("blas_threads", [1, 2])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_blocks_of_the_reference_size_take_the_packed_gemm(monkeypatch, trans_b, blas_threads):
+    """Where the reference size's product takes the packed GEMM (forced here: it does on 512-bit
+    hosts), C's rows go in blocks of 128 (the default reference) to packed_gemm's kernel built
+    for 128 rows, the rest to BLAS (split across the pool at one BLAS thread), scaled too."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", blas_threads)
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
+    counter = CountingBlas("sgemm")
+    gemm = StandaloneGemm(B, 520, 260, "f32", False, trans_b, scaled=True, blas=counter.address)
+    assert blas.gemm_route(128, 520, 260, "f32", False, trans_b) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
+    for batch, blas_calls in ((128, False), (256, False), (129, True), (300, True), (127, True), (9, True), (1, False)):
+        a, b, old = operands(gemm, batch, np.float32)
+        c, before = old.copy(), counter.calls
+        gemm(a, b, c, 0.5, 2.0, batch=batch)
+        assert (counter.calls > before) == blas_calls, f"at batch size {batch}"
+        wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
+        exact = 0.5 * wide_a @ wide_b + 2.0 * old
+        bound = RTOL[np.float32] * (0.5 * np.abs(wide_a) @ np.abs(wide_b) + 2.0 * np.abs(old))
+        assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
+
+
 @pytest.mark.parametrize("dtype", ["i32", "i64"])
 def test_integer_products_loop_with_run_time_trip_counts(dtype):
     """Integers (which BLAS has not) take the loop nest, its counts and strides at run time."""
