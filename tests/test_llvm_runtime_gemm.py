@@ -135,6 +135,25 @@ def test_blocks_of_the_reference_size_take_the_packed_gemm(monkeypatch, trans_b,
         assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_weight_gradient_adds_packed_blocks_of_the_reference_size(monkeypatch, scaled, one_blas_thread):
+    """k = B (x.T @ dy), the packed route forced: BLAS writes C from the first B % 128 rows of k
+    (none at 128 and 256: C = beta C, zeros for the unscaled product, without reading the NaNs
+    there), then blocks of 128 rows of k add the packed GEMM's products."""
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
+    gemm = StandaloneGemm(260, 520, B, "f32", True, False, scaled=scaled)
+    assert blas.gemm_route(260, 520, 128, "f32", True, False) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
+    for batch in (128, 256, 129, 300, 127, 1):
+        a, b, old = operands(gemm, batch, np.float32)
+        c = old.copy() if scaled else np.full_like(old, np.nan)
+        gemm(a, b, c, 0.5, 2.0, batch=batch)
+        wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
+        alpha, beta = (0.5, 2.0) if scaled else (1.0, 0.0)
+        exact = alpha * wide_a @ wide_b + (beta * old if scaled else 0)
+        bound = RTOL[np.float32] * (alpha * np.abs(wide_a) @ np.abs(wide_b) + beta * np.abs(old))
+        assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
+
+
 @pytest.mark.parametrize("dtype", ["i32", "i64"])
 def test_integer_products_loop_with_run_time_trip_counts(dtype):
     """Integers (which BLAS has not) take the loop nest, its counts and strides at run time."""

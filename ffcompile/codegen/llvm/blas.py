@@ -236,6 +236,10 @@ def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_
     in blocks of the reference size's rows, each packed_gemm's kernel built for that concrete
     shape (a run of blocks at the reference size and its multiples, the same code as the fixed
     program's), the rest of the rows by BLAS; else the BLAS product."""
+    depth = _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch)
+    if depth is not None:
+        _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth)
+        return
     rows = _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch)
     if rows is None:
         _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
@@ -260,6 +264,37 @@ def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_
         else:
             _blas_call(b, BLAS_FUNCTIONS[dtype], b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
                        b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), left, n, k, False, trans_b, scale)
+
+
+def _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth: int) -> None:
+    """The weight gradient x.T @ dy (k = B; A and B held k x m, k x n: a block of k's rows is
+    contiguous in both): the first k % depth rows by one BLAS call, which writes C (with the
+    product's beta), then blocks of `depth` rows added by the packed GEMM built for that
+    concrete shape (beta 1)."""
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    size, block = size_value(b, k), ir.Constant(I64, depth)
+    left = b.urem(size, block)
+    # k = 0 rows with beta 0 still writes C: C = beta C, zeros where beta is 0 (the BLAS standard)
+    _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, left, True, False, (alpha, beta))
+    with for_range(b, b.udiv(size, block), "packed.depth") as i:
+        first = b.add(left, b.mul(i, block, flags=["nsw"]), flags=["nsw"])
+        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, m))], inbounds=True),
+                         b.gep(pb, [b.mul(first, ir.Constant(I64, n))], inbounds=True), pc, m, n, depth, True, False,
+                         (alpha, ir.Constant(ty, 1.0)))
+
+
+def _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """The rows of k per packed block of a symbolic k (A transposed, B not: a block of k's
+    rows contiguous in both): the reference batch size's, where gemm_route takes the packed
+    GEMM at that size; else None."""
+    if not isinstance(k, Sym) or symbolic(m, n) or not trans_a or trans_b:
+        return None
+    depth = k.coef * BatchRange(max_batch).reference
+    try:
+        return depth if gemm_route(m, n, depth, dtype, trans_a, trans_b) == PACKED else None
+    except GemmTooLarge:
+        return None
 
 
 def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
