@@ -290,11 +290,7 @@ def _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
     GEMM at that size; else None."""
     if not isinstance(k, Sym) or symbolic(m, n) or not trans_a or trans_b:
         return None
-    depth = k.coef * BatchRange(max_batch).reference
-    try:
-        return depth if gemm_route(m, n, depth, dtype, trans_a, trans_b) == PACKED else None
-    except GemmTooLarge:
-        return None
+    return _reference_packed(k, (m, n, k), dtype, trans_a, trans_b, max_batch)
 
 
 def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
@@ -302,9 +298,16 @@ def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
     reference batch size's, where gemm_route takes the packed GEMM at that size; else None."""
     if not isinstance(m, Sym) or symbolic(n, k) or trans_a:
         return None
-    rows = m.coef * BatchRange(max_batch).reference
+    return _reference_packed(m, (m, n, k), dtype, trans_a, trans_b, max_batch)
+
+
+def _reference_packed(size: Sym, shape: tuple, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """`size` (the symbolic m or k of `shape`) at the reference batch size, if the product of
+    that size takes the packed GEMM; else None."""
+    extent = size.coef * BatchRange(max_batch).reference
     try:
-        return rows if gemm_route(rows, n, k, dtype, trans_a, trans_b) == PACKED else None
+        at = [extent if isinstance(d, Sym) else d for d in shape]
+        return extent if gemm_route(*at, dtype, trans_a, trans_b) == PACKED else None
     except GemmTooLarge:
         return None
 
