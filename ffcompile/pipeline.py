@@ -21,6 +21,7 @@ says why).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from .passes.remat import RematPlan, remat
 from .passes.remat_symbolic import remat_symbolic
 from .passes.schedule import Schedule, verify_schedule
 from .passes.simplify import simplify
-from .runtime import Executable, check_arguments
+from .runtime import Executable, batch_size_of, check_arguments
 from .trace import Traced
 from .tree import tree_flatten
 
@@ -332,6 +333,9 @@ class Lowered:
         leaves = check_arguments([*tree_flatten(args)[0], *self.traced.closures], names, self.optimized.input_types,
                                  batch=self.batch)
         program = self.backend.build(schedule, self.memory, self.donation.donated, profile=True)
+        if self.batch is not None:  # kernels described, and their FLOPs counted, at the size of args
+            size, _ = batch_size_of(leaves, names, self.optimized.input_types, self.batch)
+            schedule = dataclasses.replace(schedule, graph=specialize(schedule.graph, {"B": size}))
         return profile_kernels(program, schedule, leaves, steps)
 
     def compile(self) -> Executable:

@@ -21,15 +21,18 @@ import ffcompile as ff
 from ffcompile.codegen.llvm import backend, elementwise
 from ffcompile.codegen.llvm.cache import CACHE_DIR_VARIABLE
 from ffcompile.codegen.llvm.export import export
+from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
 from ffcompile.codegen.llvm.lower import arena_from_json, layout
 from ffcompile.codegen.llvm.runtime_gemm import GemmTooLarge
-from ffcompile.codegen.llvm.layout import LAYOUT_LOWERINGS
-from ffcompile.ir import lang
+from ffcompile.ir import Builder, TensorType, lang, verify
 from ffcompile.ir import ops as O
 from ffcompile.ir.specialize import specialize
-from ffcompile.ir.symbolic import Envelope, bytes_at
+from ffcompile.ir.symbolic import BatchRange, Envelope, bytes_at
 from ffcompile.passes.cost import flops_of
-from ffcompile.passes.schedule import KernelKind
+from ffcompile.passes.fuse import fuse
+from ffcompile.passes.memory import plan_memory
+from ffcompile.passes.schedule import KernelKind, verify_schedule
+from ffcompile.symbolic_batch import BATCH
 
 TOLERANCE = {"float32": (3e-5, 1e-5), "float64": (1e-11, 1e-12)}
 RNG = np.random.default_rng(18)
@@ -438,7 +441,7 @@ def test_a_gemm_refused_at_run_time_raises_after_the_call_and_is_cleared(tmp_pat
     GemmTooLarge (here set by hand: the sizes that reach it need 8 GB arrays). The library
     exports it as name_gemm_error()."""
     executable, _, schedule = program(gemms, (0, None, None, 0), gemm_args)
-    assert executable._gemm_error
+    assert executable._gemm_error  # the address of the program's ffc_gemm_error
     args = gemm_args(5)
     ctypes.c_int64.from_address(executable._gemm_error).value = 2 ** 31
     with pytest.raises(GemmTooLarge, match="at batch size 5, a matmul has a dimension of 2147483648"):
@@ -529,3 +532,54 @@ def test_threads_calling_at_different_batch_sizes_share_one_program():
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def test_the_kernel_benchmark_runs_and_checks_its_programs_agree(capsys):
+    """benchmarks/symbolic_kernels.py (timings are not asserted: only that it runs, checks both
+    programs' results equal and prints a row per case and size)."""
+    from benchmarks import symbolic_kernels
+
+    assert symbolic_kernels.main(["--sizes", "2,7", "--calls", "2", "--rounds", "2"]) == 0
+    table = capsys.readouterr().out
+    for name in symbolic_kernels.CASES:
+        assert f"| {name} | 2 |" in table and f"| {name} | 7 |" in table
+
+
+def test_a_constant_array_holding_the_batch_size():
+    """A constant [B, 3, 2*B] (as a shape computed at trace time would be): copied from its
+    global, then the elements that are sizes stored at run time; and one of B-row floats."""
+    builder = Builder("sizes")
+    x = builder.add_input(TensorType((BATCH, 4), "f32"), "x")
+    sizes = builder.emit(O.Constant, [], {"value": (BATCH, 3, BATCH * 2), "type": TensorType((3,), "i64")})
+    scale = builder.emit(O.Constant, [], {"value": ((1.5, BATCH),), "type": TensorType((1, 2), "f32")})
+    graph = verify(builder.finish([sizes, builder.emit(O.Mul, [sizes, sizes]), scale, x]))
+    schedule = verify_schedule(fuse(graph))
+    assert sum(kernel.kind == KernelKind.SOURCE for kernel in schedule.kernels) == 2
+    executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule))
+    for batch in SIZES:
+        x_at = f32(batch, 4)
+        for got, want in zip(executable(x_at), per_size(graph, batch, [x_at]), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_gemm_product_past_a_plan_made_without_its_scratch():
+    """A donated result computed from a GEMM (w = tanh(w + x.T @ dy), k = B) needs the product
+    apart from w; with a plan made without the backend's scratch, lower puts it past the
+    arena at every B (an Affine past the Envelope's parts) and the arena grows by it."""
+    def fn(w, x, dy):
+        return ff.tanh(w + x.T @ dy)
+
+    make = lambda n: [f32(300, 64), f32(n, 300), f32(n, 64)]  # noqa: E731
+    example = make(3)
+    schedule = symbolic_schedule(fn, (None, 0, 0), *example)
+    graph = symbolic_graph(fn, (None, 0, 0), *example)
+    plan = plan_memory(schedule, batch=BatchRange())
+    executable = backend.build(schedule, plan, donate={0: 0})
+    assert executable.donated == {0: 0} and layout(schedule, plan, {schedule.root(schedule.graph.outputs[0]): 0}).scratch
+    for batch in (1, 7, 129, 700):
+        args = make(batch)
+        want = per_size(graph, batch, args)[0]
+        (got,) = executable(*args)
+        assert got is args[0]
+        np.testing.assert_allclose(got, want, rtol=3e-5, atol=1e-4)
+        assert executable._arena.nbytes >= bytes_at(plan.arena_bytes, batch) + 300 * 64 * 4

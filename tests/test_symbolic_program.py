@@ -186,3 +186,42 @@ def test_the_numpy_backend_keeps_a_program_per_size():
         symbolic(*w.placeholder_inputs(n))
     assert symbolic.signatures == 2
     assert symbolic.stats().per_size == "the numpy backend builds a program per batch size"
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "deep", "two_tower"])
+def test_the_symbolic_schedule_has_the_per_size_kernels(name):
+    """Simplify on the symbolic graph leaves what it leaves per size but for 1 / B, which
+    stays a scalar division: the same kernels (xor's MSE keeps one more: the product of
+    two splats, one of them 1 / B, is not folded)."""
+    w = zoo.get(name)
+    symbolic = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3), batch_dim=0)
+    fixed = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3))
+    params, x, y = w.example_inputs()
+    state = symbolic.init(params)
+    one, per_size = symbolic.lower(params, state, x, y), fixed.lower(params, state, x, y)
+    assert one.per_size is None
+    assert len(one.schedule.kernels) == len(per_size.schedule.kernels)
+    assert [k.kind for k in one.schedule.kernels] == [k.kind for k in per_size.schedule.kernels]
+
+
+def test_the_report_draws_the_one_plan_at_the_reference_size(tmp_path):
+    w = zoo.get("digits")
+    lowered = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), max_batch=100).lower(
+        *w.placeholder_inputs(8))
+    at = lowered.memory.at(100)
+    assert at.batch is None and at.arena_bytes == bytes_at(lowered.memory.arena_bytes, 100)
+    assert_no_overlap(at)
+    page = open(lowered.report(tmp_path / "r.html"), encoding="utf-8").read()
+    assert "Arena" in page and f"{at.arena_bytes:,} B" in page
+
+
+def test_wide_at_small_sizes():
+    """wide (1024-4096-4096-1024) at B = 1, 2, 7 only: its per-size programs are the slow part."""
+    w = zoo.get("wide")
+    params = w.init(0)
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
+    fixed = ff.compile(ff.value_and_grad(w.loss))
+    for n in (1, 2, 7):
+        _, x, y = w.example_inputs(seed=n, batch_size=n)
+        _close(symbolic(params, x, y), fixed(params, x, y))
+    _one_program(symbolic)

@@ -23,6 +23,7 @@ most of several of them (`Envelope`): one plan for every B (memory_symbolic.py).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Callable, Mapping
 
 from ..ir import TensorType
 from ..ir import ops as O
-from ..ir.symbolic import Affine, BatchRange, Envelope, Sym, bytes_at
+from ..ir.symbolic import Affine, BatchRange, Envelope, Sym, bytes_at, substitute
 from .memory_symbolic import envelope, place_in_order, timeline as symbolic_timeline
 from .schedule import KernelKind, Schedule
 
@@ -91,6 +92,18 @@ class MemoryPlan:
         if self.batch is not None:
             arena, bound = arena.at(self.batch.reference), bound.at(self.batch.reference)
         return arena / bound if bound else 1.0
+
+    def at(self, batch: int) -> "MemoryPlan":
+        """A symbolic plan at one batch size, in ints (buffer types too): what the program
+        uses at that size, as a per-size plan reads (a report draws it)."""
+        if self.batch is None:
+            return self
+        buffers = tuple(dataclasses.replace(b, type=substitute(b.type, {"B": batch}),
+                                            offset=None if b.offset is None else b.offset.at(batch))
+                        for b in self.buffers)
+        return MemoryPlan(self.schedule, buffers, self.arena_bytes.at(batch), self.lower_bound.at(batch),
+                          tuple(live.at(batch) for live in self.timeline),
+                          tuple((k, offset.at(batch), size.at(batch)) for k, offset, size in self.scratch))
 
     def __str__(self) -> str:
         batch = "" if self.batch is None else f" batch=[{self.batch}]"

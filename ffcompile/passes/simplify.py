@@ -31,7 +31,8 @@ rather than returned as it is.
   * transpose(transpose x) -> one transpose (or x); reshape(reshape x) -> one
     reshape; reshape, broadcast, transpose and convert that change nothing
     -> x; broadcast(broadcast x) -> one broadcast; broadcast(reshape x) ->
-    broadcast(x) when the reshape only prepended unit axes.
+    broadcast(x) when the reshape only prepended unit axes; reshape(broadcast s) ->
+    broadcast(s) for a 0-d s.
   * stop_gradient x -> x: it only matters to autodiff, which has already run.
   * select(c, a, b) -> a or b for a constant predicate; select(p, a, a) -> a.
 
@@ -217,6 +218,9 @@ def _reshape(node, b):
         return x
     if inner.op is O.Reshape:
         return L.reshape(Value(b, inner.inputs[0]), node.type.shape).id
+    if inner.op is O.Broadcast and b.nodes[inner.inputs[0]].type.rank == 0:
+        # a scalar stretched to any shape: a splat whose value only B knows (1 / B) included
+        return _as_type(b, inner.inputs[0], node.type)
     return None
 
 
