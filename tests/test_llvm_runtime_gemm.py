@@ -32,9 +32,11 @@ SIZES = (1, 2, 7, 8, 9, 64, 129)
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 NP = {"f32": np.float32, "f64": np.float64}
 NP_INT = {"i32": np.int32, "i64": np.int64}
-# (m, n, k): a layer x @ W whose B <= 8 is skinny (n k >= 32 kB), one too small to stream (smallgemm
-# at every B), the weight gradient (k = B), and B columns; mnist's and deep's layer shapes.
-SHAPES = [(B, 300, 129), (B, 10, 37), (100, 40, B), (23, B, 19)]
+# (m, n, k): a layer x @ W whose B <= 8 streams its weights (n k >= STREAM_MIN_BYTES), then BLAS
+# (past native_max_work() from 118 rows); one that takes smallgemm up to 433 rows; one too
+# small for either (smallgemm at every B); the weight gradient (k = B); and B columns.
+SHAPES = [(B, 1100, 129), (B, 300, 129), (B, 10, 37), (100, 40, B), (23, B, 19)]
+SHAPE_IDS = ["streamed-rows", "rows", "tiny-rows", "inner", "columns"]
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def ops(gemm, a, b):
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
-@pytest.mark.parametrize("m, n, k", SHAPES, ids=["rows", "small-rows", "inner", "columns"])
+@pytest.mark.parametrize("m, n, k", SHAPES, ids=SHAPE_IDS)
 def test_one_function_matches_numpy_at_every_batch_size(m, n, k, trans_a, trans_b, dtype, vector_width,
                                                        one_blas_thread):
     gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b)
@@ -70,7 +72,7 @@ def test_one_function_matches_numpy_at_every_batch_size(m, n, k, trans_a, trans_
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
-@pytest.mark.parametrize("m, n, k", SHAPES[:1] + SHAPES[2:3], ids=["rows", "inner"])
+@pytest.mark.parametrize("m, n, k", SHAPES[:2] + SHAPES[3:4], ids=["streamed-rows", "rows", "inner"])
 def test_the_accumulate_form_in_every_branch(m, n, k, trans_a, trans_b, dtype, one_blas_thread):
     """C = alpha op(A) op(B) + beta C (accumulate.py's optimizer updates) at every size."""
     gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b, scaled=True)
@@ -81,6 +83,74 @@ def test_the_accumulate_form_in_every_branch(m, n, k, trans_a, trans_b, dtype, o
         wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
         exact = 0.5 * wide_a @ wide_b - 2.0 * old
         bound = RTOL[NP[dtype]] * (0.5 * np.abs(wide_a) @ np.abs(wide_b) + 2.0 * np.abs(old))
+        assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
+
+
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+def test_a_serving_bound_builds_the_fast_skinny_kernel_alone(trans_a, trans_b, vector_width, one_blas_thread):
+    """max_batch <= 8: the reference size is a skinny one, so are all sizes: the skinny kernel
+    with rows in groups of 8 and nothing else (no smallgemm, no BLAS call), at every size."""
+    gemm = StandaloneGemm(B, 300, 129, "f32", trans_a, trans_b, max_batch=8)
+    assert gemm.llvm_ir.count("ffc_sgemm") == 1 and "tile.k" not in gemm.llvm_ir  # the slot's definition only
+    for batch in range(1, 9):
+        a, b, c = operands(gemm, batch, np.float32)
+        gemm(a, b, c, batch=batch)
+        assert_gemm_close(c, *ops(gemm, a, b), np.float32)
+
+
+def test_kernels_are_built_for_the_sizes_that_need_them(one_blas_thread):
+    """Decided at the reference size: no BLAS call where max_batch's size takes smallgemm;
+    no smallgemm where the reference size takes BLAS; the skinny kernel only for weights of
+    STREAM_MIN_BYTES and up unless the reference size is a skinny one."""
+    bounded = StandaloneGemm(B, 300, 129, "f32", False, False, max_batch=64)
+    assert bounded.llvm_ir.count("ffc_sgemm") == 1 and "tile.k" in bounded.llvm_ir and "skinny" not in bounded.llvm_ir
+    large = StandaloneGemm(B, 4096, 512, "f32", False, False)
+    assert large.llvm_ir.count("ffc_sgemm") > 1 and "tile.k" not in large.llvm_ir and "skinny" in large.llvm_ir
+    for gemm, batch in ((bounded, 64), (bounded, 3), (large, 3), (large, 200)):
+        a, b, c = operands(gemm, batch, np.float32)
+        gemm(a, b, c, batch=batch)
+        assert_gemm_close(c, *ops(gemm, a, b), np.float32)
+
+
+@pytest.mark.parametrize("blas_threads", [1, 2])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_blocks_of_the_reference_size_take_the_packed_gemm(monkeypatch, trans_b, blas_threads):
+    """Where the reference size's product takes the packed GEMM (forced here: it does on 512-bit
+    hosts), C's rows go in blocks of 128 (the default reference) to packed_gemm's kernel built
+    for 128 rows, the rest to BLAS (split across the pool at one BLAS thread), scaled too."""
+    monkeypatch.setattr(blas, "_threads_chosen", True)
+    monkeypatch.setattr(blas, "_blas_threads", blas_threads)
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
+    counter = CountingBlas("sgemm")
+    gemm = StandaloneGemm(B, 520, 260, "f32", False, trans_b, scaled=True, blas=counter.address)
+    assert blas.gemm_route(128, 520, 260, "f32", False, trans_b) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
+    for batch, blas_calls in ((128, False), (256, False), (129, True), (300, True), (127, True), (9, True), (1, False)):
+        a, b, old = operands(gemm, batch, np.float32)
+        c, before = old.copy(), counter.calls
+        gemm(a, b, c, 0.5, 2.0, batch=batch)
+        assert (counter.calls > before) == blas_calls, f"at batch size {batch}"
+        wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
+        exact = 0.5 * wide_a @ wide_b + 2.0 * old
+        bound = RTOL[np.float32] * (0.5 * np.abs(wide_a) @ np.abs(wide_b) + 2.0 * np.abs(old))
+        assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_weight_gradient_adds_packed_blocks_of_the_reference_size(monkeypatch, scaled, one_blas_thread):
+    """k = B (x.T @ dy), the packed route forced: BLAS writes C from the first B % 128 rows of k
+    (none at 128 and 256: C = beta C, zeros for the unscaled product, without reading the NaNs
+    there), then blocks of 128 rows of k add the packed GEMM's products."""
+    monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
+    gemm = StandaloneGemm(260, 520, B, "f32", True, False, scaled=scaled)
+    assert blas.gemm_route(260, 520, 128, "f32", True, False) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
+    for batch in (128, 256, 129, 300, 127, 1):
+        a, b, old = operands(gemm, batch, np.float32)
+        c = old.copy() if scaled else np.full_like(old, np.nan)
+        gemm(a, b, c, 0.5, 2.0, batch=batch)
+        wide_a, wide_b = (x.astype(np.float64) for x in ops(gemm, a, b))
+        alpha, beta = (0.5, 2.0) if scaled else (1.0, 0.0)
+        exact = alpha * wide_a @ wide_b + (beta * old if scaled else 0)
+        bound = RTOL[np.float32] * (alpha * np.abs(wide_a) @ np.abs(wide_b) + beta * np.abs(old))
         assert (np.abs(c - exact) <= bound).all(), f"at batch size {batch}"
 
 
@@ -169,10 +239,13 @@ def test_the_route_changes_at_run_time_between_8_and_9_rows(trans_b, one_blas_th
         assert_gemm_close(c, *ops(gemm, a, b), np.float32)
 
 
+N_EPILOGUE = 1100  # skinny at 1-8 rows (n k >= STREAM_MIN_BYTES), then BLAS
+
+
 def bias_relu_epilogue(args):
     """C[i, j] = max(C[i, j] + d[j], 0) for the rows of C (B of them) and the chunk's columns."""
     pc, pd = args[2], args[3]
-    n = 300
+    n = N_EPILOGUE
 
     def emit(b, loaded, j0, j1):
         c, d = loaded
@@ -189,8 +262,8 @@ def bias_relu_epilogue(args):
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_a_fused_column_epilogue_runs_after_every_branch(trans_b, one_blas_thread):
     """In the skinny kernel's chunks at B <= 8, after smallgemm or BLAS above."""
-    gemm = StandaloneGemm(B, 300, 129, "f32", False, trans_b, epilogue=bias_relu_epilogue)
-    bias = np.random.default_rng(1).standard_normal(300).astype(np.float32)
+    gemm = StandaloneGemm(B, N_EPILOGUE, 129, "f32", False, trans_b, epilogue=bias_relu_epilogue)
+    bias = np.random.default_rng(1).standard_normal(N_EPILOGUE).astype(np.float32)
     for batch in SIZES + (1000,):
         a, b, c = operands(gemm, batch, np.float32)
         gemm(a, b, c, batch=batch, d=bias)
@@ -262,3 +335,29 @@ def test_a_whole_symbolic_program_with_runtime_gemms():
         args = make(batch)
         for got, want in zip(executable(*args), per_size(graph, batch, args), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3, err_msg=f"at batch size {batch}")
+
+
+@pytest.mark.parametrize("model", ["digits", "mnist"])
+def test_a_zoo_gradient_is_one_program_with_runtime_gemms(model):
+    """Through ff.compile: the symbolic gradient builds (a GEMM emitter raising would fall back to a
+    program per size), at B = 1, 9 and 64, and agrees with the fixed-size program."""
+    from ffcompile import zoo
+
+    workload = zoo.get(model)
+    cf = ff.compile(ff.value_and_grad(workload.loss), backend="llvm", batch_dim=(None, 0, 0))
+    for batch in (1, 9, 64):
+        params, x, y = workload.example_inputs(batch_size=batch)
+        fixed = ff.compile(ff.value_and_grad(workload.loss), backend="llvm")(params, x, y)
+        got = cf(params, x, y)
+        for g, w in zip(ff.tree.tree_flatten(got)[0], ff.tree.tree_flatten(fixed)[0], strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"at batch size {batch}")
+    assert cf.signatures == 1 and "i64 %\"batch\"" in cf.last_lowered.llvm_ir
+
+
+def test_the_benchmark_runs_and_prints_its_ratios(capsys):
+    from benchmarks import symbolic_gemm
+
+    rows = symbolic_gemm.main(["--layers", "64x128", "--batches", "1,9", "--rounds", "1", "--calls", "2"])
+    out = capsys.readouterr().out
+    assert len(rows) == 6 and all(ratio > 0 for *_, ratio in rows)
+    assert "| x @ W 64x128 | 9 | smallgemm |" in out and "symbolic / fixed: geometric mean" in out

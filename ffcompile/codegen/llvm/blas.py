@@ -40,7 +40,7 @@ from types import ModuleType
 
 from llvmlite import ir
 
-from ...ir.symbolic import Sym
+from ...ir.symbolic import BatchRange, Sym
 from .cgutils import for_range, size_value
 from .elementwise import (
     CONTRACT,
@@ -55,7 +55,7 @@ from .elementwise import (
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
 from .packed_gemm import emit_packed_gemm, packed_beats_blas
-from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, symbolic
+from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
 from .threadpool import emit_parallel_for
@@ -213,10 +213,11 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == RUNTIME:
+        if route in (RUNTIME, RUNTIME_NATIVE):
             emit_runtime_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue, max_batch, native_max_work(),
                               lambda bb: _small(bb, pa, pb, pc, m, n, k, trans_a, trans_b, scale),
-                              lambda bb: _blas(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale))
+                              lambda bb: _blas_or_packed(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale,
+                                                         max_batch))
         elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
         elif route == SMALL:
@@ -227,6 +228,88 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
             _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+
+
+def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_batch) -> None:
+    """A symbolic product past smallgemm: where a fixed program of the reference batch size
+    would take the packed GEMM (packed_beats_blas: 1.5-2x the BLAS route on AVX-512), C's rows
+    in blocks of the reference size's rows, each packed_gemm's kernel built for that concrete
+    shape (a run of blocks at the reference size and its multiples, the same code as the fixed
+    program's), the rest of the rows by BLAS; else the BLAS product."""
+    depth = _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch)
+    if depth is not None:
+        _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth)
+        return
+    rows = _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch)
+    if rows is None:
+        _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        return
+    block = ir.Constant(I64, rows)
+    size = size_value(b, m)
+    blocks = b.udiv(size, block)
+    with for_range(b, blocks, "packed.rows") as i:
+        first = b.mul(i, block, flags=["nsw"])
+        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
+                         b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), rows, n, k, False, trans_b, scale)
+
+    def packed(bb):  # the rows the blocks computed
+        whole = bb.udiv(size_value(bb, m), block)
+        return bb.mul(whole, block, flags=["nsw"])
+
+    first = packed(b)
+    left = b.sub(size, first)
+    with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
+        if _blas_threads == 1:  # the pool owns the cores: it splits the rest
+            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, False, trans_b, scale, skipped=packed)
+        else:
+            _blas_call(b, BLAS_FUNCTIONS[dtype], b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
+                       b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), left, n, k, False, trans_b, scale)
+
+
+def _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth: int) -> None:
+    """The weight gradient x.T @ dy (k = B; A and B held k x m, k x n: a block of k's rows is
+    contiguous in both): the first k % depth rows by one BLAS call, which writes C (with the
+    product's beta), then blocks of `depth` rows added by the packed GEMM built for that
+    concrete shape (beta 1)."""
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    size, block = size_value(b, k), ir.Constant(I64, depth)
+    left = b.urem(size, block)
+    # k = 0 rows with beta 0 still writes C: C = beta C, zeros where beta is 0 (the BLAS standard)
+    _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, left, True, False, (alpha, beta))
+    with for_range(b, b.udiv(size, block), "packed.depth") as i:
+        first = b.add(left, b.mul(i, block, flags=["nsw"]), flags=["nsw"])
+        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, m))], inbounds=True),
+                         b.gep(pb, [b.mul(first, ir.Constant(I64, n))], inbounds=True), pc, m, n, depth, True, False,
+                         (alpha, ir.Constant(ty, 1.0)))
+
+
+def _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """The rows of k per packed block of a symbolic k (A transposed, B not: a block of k's
+    rows contiguous in both): the reference batch size's, where gemm_route takes the packed
+    GEMM at that size; else None."""
+    if not isinstance(k, Sym) or symbolic(m, n) or not trans_a or trans_b:
+        return None
+    return _reference_packed(k, (m, n, k), dtype, trans_a, trans_b, max_batch)
+
+
+def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """The rows of C per packed block of a symbolic m (A untransposed, its rows contiguous): the
+    reference batch size's, where gemm_route takes the packed GEMM at that size; else None."""
+    if not isinstance(m, Sym) or symbolic(n, k) or trans_a:
+        return None
+    return _reference_packed(m, (m, n, k), dtype, trans_a, trans_b, max_batch)
+
+
+def _reference_packed(size: Sym, shape: tuple, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """`size` (the symbolic m or k of `shape`) at the reference batch size, if the product of
+    that size takes the packed GEMM; else None."""
+    extent = size.coef * BatchRange(max_batch).reference
+    try:
+        at = [extent if isinstance(d, Sym) else d for d in shape]
+        return extent if gemm_route(*at, dtype, trans_a, trans_b) == PACKED else None
+    except GemmTooLarge:
+        return None
 
 
 def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
@@ -240,8 +323,9 @@ def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
 
 SKINNY, SMALL, PACKED, LOOPS, BLAS = "skinny", "smallgemm", "packed", "loops", "blas"
 RUNTIME = "runtime"  # symbolic sizes: skinny, smallgemm or BLAS, chosen by the program at run time (runtime_gemm.py)
+RUNTIME_NATIVE = "runtime-native"  # the same where no size in 1..max_batch needs BLAS
 BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
-FUSING_ROUTES = (SKINNY, RUNTIME)  # the routes that take a ColumnEpilogue
+FUSING_ROUTES = (SKINNY, RUNTIME, RUNTIME_NATIVE)  # the routes that take a ColumnEpilogue
 
 
 def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
@@ -254,8 +338,9 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
     dimension past BLAS_INT_MAX (it would be passed wrapped).
 
     Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
-    product is then RUNTIME's, an integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX
-    is within max_batch (without a bound, the program checks before it calls BLAS)."""
+    product is then RUNTIME's (RUNTIME_NATIVE's where no size up to max_batch needs BLAS), an
+    integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX is within max_batch (without a
+    bound, the program checks before it calls BLAS)."""
     if symbolic(m, n, k):
         return _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     if m * n == 0:
@@ -280,6 +365,9 @@ def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
         return None
     if dtype not in BLAS_FUNCTIONS:
         return LOOPS
+    itemsize = 4 if dtype == "f32" else 8
+    if not runtime_kernels(m, n, k, trans_a, trans_b, itemsize, max_batch, native_max_work())[2]:
+        return RUNTIME_NATIVE
     sizes = [largest(d, max_batch) for d in (m, n, k)]
     if None not in sizes and max(sizes) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension of {max(sizes)} "
@@ -292,11 +380,11 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
     """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
     block's rows of A are contiguous), split across the thread pool in chunks of at least
     SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
-    the blocks counted at run time, the last one smallgemm's with run-time rows)."""
+    the blocks counted at run time, each one smallgemm's code with run-time rows)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
     rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
     if isinstance(m, Sym):
-        blocks = rest = None
+        blocks = None
         units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
     else:
         blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
@@ -314,17 +402,19 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
     def body(bb, values, start, end):
-        full = ir.Constant(I64, blocks) if blocks is not None else bb.udiv(size_value(bb, m), rows_per_block)
+        if blocks is None:  # every block's rows known at run time (the last one fewer): one code for all
+            rows = size_value(bb, m)
+            with for_range(bb, bb.sub(end, start), "rowblock") as i:
+                first = bb.mul(bb.add(start, i), rows_per_block)
+                left = bb.sub(rows, first)
+                block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
+            return
+        full = ir.Constant(I64, blocks)
         stop = bb.select(bb.icmp_signed("<", end, full), end, full)
         count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
         with for_range(bb, count, "rowblock") as i:
             block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
-        if blocks is None:  # the rest, 0 to SPLIT_SMALL_ROWS - 1 rows, known at run time
-            left = bb.urem(size_value(bb, m), rows_per_block)
-            last = bb.and_(bb.icmp_signed(">", end, full), bb.icmp_signed(">", left, ir.Constant(I64, 0)))
-            with bb.if_then(last):
-                block_at(bb, values, bb.mul(full, rows_per_block), left)
-        elif rest:
+        if rest:
             with bb.if_then(bb.icmp_signed(">", end, full)):
                 block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
 
@@ -341,9 +431,10 @@ def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
                         trans_a, trans_b, scale)
 
 
-def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, skipped=None) -> None:
     """The BLAS call, over blocks of SPLIT_ROWS rows of C split across the thread pool
-    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread."""
+    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread.
+    skipped(builder): the i64 count of C's first rows left out (computed in each function), or None."""
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
 
@@ -352,6 +443,9 @@ def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> N
         rows, columns, inner = (size_value(bb, d) for d in (m, n, k))
         first = bb.mul(start, ir.Constant(I64, SPLIT_ROWS))
         last = bb.mul(end, ir.Constant(I64, SPLIT_ROWS))
+        if skipped is not None:
+            base = skipped(bb)
+            first, last = bb.add(first, base), bb.add(last, base)
         last = bb.select(bb.icmp_signed("<", last, rows), last, rows)
         a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, inner)], inbounds=True)
         c_rows = bb.gep(pc_, [bb.mul(first, columns)], inbounds=True)
@@ -360,6 +454,8 @@ def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> N
 
     if symbolic(m, n, k):  # units and grain at run time (a run-time count: threadpool.emit_parallel_for)
         rows, work = size_value(b, m), product(b, SPLIT_ROWS, *(size_value(b, d) for d in (n, k)))
+        if skipped is not None:
+            rows = b.sub(rows, skipped(b))
         units = b.udiv(b.add(rows, ir.Constant(I64, SPLIT_ROWS - 1)), ir.Constant(I64, SPLIT_ROWS))
         grain = b.udiv(b.add(work, ir.Constant(I64, SPLIT_MIN_WORK - 1)), work)
     else:

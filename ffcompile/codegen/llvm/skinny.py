@@ -24,9 +24,12 @@ same code in any chunk, so results are bit-identical whatever the thread count.
 m may be an i64 value known at run time (a symbolic batch size, runtime_gemm.py; at most
 SKINNY_MAX_ROWS): one kernel for every m, where a kernel per m (rows unrolled) built 8 times
 the code (a symbolic mnist layer 0.5-1.4 s to compile). The streamed kernel's accumulators
-are in its stack block anyway: its rows run in groups of ROW_GROUP (smallgemm.row_blocks:
-a loop, then a switch on the rest), each group's A elements splat in registers, a pass over
-the block's columns per group; each C element sums in the same order as with m unrolled.
+are in its stack block anyway: its rows run in groups (smallgemm.row_blocks: a loop, then a
+switch on the rest), each group's A elements splat in registers, a pass over the block's
+columns per group; each C element sums in the same order as with m unrolled. Measured
+(mnist's 784x512, one thread, against the kernel built for that m): groups of 8, m = 1, 4,
+8 1.06x, 1.16x, 1.01x; groups of 4 (10 rows of code, not 36: runtime_gemm takes them where
+the reference batch size is not a skinny one) 1.06x, 1.19x, 1.4x (two passes).
 Only the column passes are built per row count: the parallel function, the zeroing and
 storing of the accumulators are one code for every m (a symbolic x @ W builds in 0.2-0.4 s
 against 0.5-1.4 s for eight whole kernels). The dot tiles run in row groups of MR,
@@ -45,11 +48,6 @@ from .threadpool import emit_parallel_for
 SKINNY_MAX_ROWS = 8  # rows of C up to which a product streams B (above: smallgemm or BLAS)
 SKINNY_MIN_BYTES = 32 * 1024  # B bytes below which smallgemm's tiles (all in L1) are as fast
 K_BLOCK = 4  # rows of B per pass over C: K_BLOCK multiply-adds per accumulator load and store
-# Rows of C per pass over a block of B when m is known at run time (their A splats in registers).
-# Measured (mnist's 784x512, one thread, against the kernel built for that m): groups of 4
-# made m = 8 1.4x slower (two passes), m = 4 1.2x; groups of 8, 1.01x and 1.16x, for 0.14 s
-# more build time per kernel (the switch over the rest holds 1 + ... + 7 rows of code).
-ROW_GROUP = 8
 BLOCK_VECTORS = 16  # vectors of C's columns accumulated at a time, in an L1-resident stack block
 DOT_ACCUMULATORS = 12  # vector accumulators of a dot tile: rows x columns
 PARALLEL_MIN_BYTES = 64 * 1024  # B bytes per chunk below which waking a thread costs more
@@ -64,11 +62,12 @@ def skinny_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: 
 
 
 def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k: int, trans_a: bool, trans_b: bool,
-                     scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
+                     scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None,
+                     row_group: int = SKINNY_MAX_ROWS) -> None:
     """C = op(A) op(B) (with scale = (alpha, beta): alpha op(A) op(B) + beta C) for float
-    pointers pa, pb, pc, row-major, C m x n (m an int, or an i64 value: module doc); then the
-    epilogue, in the same function, on the columns each chunk computed (still in cache: at
-    most 8 rows of them)."""
+    pointers pa, pb, pc, row-major, C m x n (m an int, or an i64 value: module doc, its rows
+    in groups of row_group); then the epilogue, in the same function, on the columns each
+    chunk computed (still in cache: at most 8 rows of them)."""
     ty = pc.type.pointee
     itemsize = _bytes(ty)
     vw = vector_bytes() // itemsize
@@ -85,7 +84,8 @@ def emit_skinny_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k: int, trans_a: bo
             _dot_columns(bb, pa_, pb_, pc_, m_, n, k, trans_a, columns, start, end,
                          (alpha_, beta_) if scale else None, vw)
         else:
-            _streamed_columns(bb, pa_, pb_, pc_, m_, n, k, trans_a, vw, start, end, alpha_, beta_, scale is not None)
+            _streamed_columns(bb, pa_, pb_, pc_, m_, n, k, trans_a, vw, start, end, alpha_, beta_, scale is not None,
+                              row_group)
         if epilogue is not None:
             last = bb.mul(end, ir.Constant(I64, columns), flags=["nsw"])
             last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, n)), last, ir.Constant(I64, n))
@@ -116,7 +116,7 @@ def _splat(b, x, vty):
                             ir.Constant(vty, ir.Undefined), lanes)
 
 
-def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, beta, scaled_form):
+def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, beta, scaled_form, row_group):
     """C[:, units start..end) for B k x n: unit u is columns [u vw, u vw + vw) (the last
     one narrower when vw does not divide n), BLOCK_VECTORS units at a time. m: an int (rows
     unrolled), or an i64 value (a run-time row loop)."""
@@ -181,7 +181,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
             if isinstance(m, int):
                 group(ir.Constant(I64, 0), m)
             else:
-                row_blocks(b, m, ROW_GROUP, group)
+                row_blocks(b, m, row_group, group)
 
         blocks, rest = divmod(k, K_BLOCK)
         if blocks:
@@ -225,7 +225,7 @@ def _dot_columns(b, pa, pb, pc, m, n, k, trans_a, columns, start, end, scale, vw
     count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
 
     def row_groups(j0, cols):
-        row_blocks(b, m, MR, lambda i0, rows: tile.emit(i0, j0, rows, cols))
+        row_blocks(b, m, MR, lambda i0, rows, live=None: tile.emit(i0, j0, rows, cols, live), padded=True)
 
     with for_range(b, count, "tile") as t:
         row_groups(b.mul(b.add(start, t, flags=["nsw"]), ir.Constant(I64, columns), flags=["nsw"]), columns)

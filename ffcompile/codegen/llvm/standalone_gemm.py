@@ -50,6 +50,7 @@ class StandaloneGemm:
             blas_slot(module, name)
         pool_slot(module)
         gemm_error_slot(module)
+        self.llvm_ir = str(module)
         self._jit = jit(module)
         default_blas_threads()
         for name in BLAS_FUNCTIONS.values():
