@@ -188,11 +188,10 @@ def test_the_numpy_backend_keeps_a_program_per_size():
     assert symbolic.stats().per_size == "the numpy backend builds a program per batch size"
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist", "deep", "two_tower"])
+@pytest.mark.parametrize("name", ["xor", "digits", "mnist", "deep", "two_tower"])
 def test_the_symbolic_schedule_has_the_per_size_kernels(name):
     """Simplify on the symbolic graph leaves what it leaves per size but for 1 / B, which
-    stays a scalar division: the same kernels (xor's MSE keeps one more: the product of
-    two splats, one of them 1 / B, is not folded)."""
+    stays a scalar division (and the scalar products with it): the same kernels."""
     w = zoo.get(name)
     symbolic = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3), batch_dim=0)
     fixed = ff.compile_train_step(w.loss, ff.optim.Adam(1e-3))

@@ -32,7 +32,8 @@ rather than returned as it is.
     reshape; reshape, broadcast, transpose and convert that change nothing
     -> x; broadcast(broadcast x) -> one broadcast; broadcast(reshape x) ->
     broadcast(x) when the reshape only prepended unit axes; reshape(broadcast s) ->
-    broadcast(s) for a 0-d s.
+    broadcast(s) for a 0-d s; an elementwise op whose operands are all 0-d values, as
+    they are or broadcast -> the op on the 0-d values, broadcast.
   * stop_gradient x -> x: it only matters to autodiff, which has already run.
   * select(c, a, b) -> a or b for a constant predicate; select(p, a, a) -> a.
 
@@ -271,6 +272,24 @@ def _select(node, b):
     return None
 
 
+def _scalar_operands(node, b):
+    """op(broadcast a, c) -> broadcast(op(a, c)) for 0-d a and c (c broadcast or not): an
+    elementwise op on stretched scalars computed once (a splat whose value only B knows,
+    1 / B, included)."""
+    if not _foldable(node) or O.ELEMENTWISE not in node.op.traits or node.type.rank == 0:
+        return None
+    scalars = []
+    for j in node.inputs:  # each a 0-d value, or one broadcast (a shaped result needs one)
+        inner = b.nodes[j]
+        if inner.type.rank == 0:
+            scalars.append(j)
+        elif inner.op is O.Broadcast and b.nodes[inner.inputs[0]].type.rank == 0:
+            scalars.append(inner.inputs[0])
+        else:
+            return None
+    return _as_type(b, b.emit(node.op, scalars, node.attr_dict, role=node.role), node.type)
+
+
 ALGEBRA = PatternTable("algebra", [
     Rule("add_zero", (O.Add,), _drop_neutral(0)),
     Rule("sub_zero", (O.Sub,), _sub_zero),
@@ -285,6 +304,7 @@ ALGEBRA = PatternTable("algebra", [
     Rule("convert_noop", (O.Convert,), _convert_noop),
     Rule("pow", (O.Pow,), _pow),
     Rule("select", (O.Select,), _select),
+    Rule("scalar_operands", (), _scalar_operands),
 ])
 
 
