@@ -4,6 +4,9 @@ The first call with a new signature (pytree structure, shapes, dtypes) traces
 the function and runs the pipeline (pipeline.py) to a Program; later calls
 with the same signature go straight to it. Called on traced Values (inside
 another trace), a compiled function is the identity: it traces inline.
+With batch_dim=, a backend that builds one program for every batch size gets
+one Lowered per symbolic signature, which every batch size's call reaches
+(symbolic_batch.py says when a signature falls back to a program per size).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .ir.specialize import specialize
 from .calling import CallingConvention
 from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
-from .symbolic_batch import BatchSpec
+from .symbolic_batch import SYMBOLIC_REFUSALS, BatchSpec, per_size_reason
 from .trace import signature, trace, user_traceback
 from .tree import TreeDef, leaf_extractor, tree_flatten, tree_leaves_like, tree_unflatten
 
@@ -70,7 +73,8 @@ class CompiledFunction:
         # batch_dim: one trace for every batch size (symbolic_batch.py), kept per symbolic signature
         self.batch = batch_dim if isinstance(batch_dim, BatchSpec) or batch_dim is None else BatchSpec(
             batch_dim, max_batch)
-        self._symbolic: dict = {}
+        self._symbolic: dict = {}  # symbolic signature -> its trace
+        self._one_program: dict = {}  # symbolic signature -> the Lowered of every batch size, or why not
         self.trace_count = 0  # how many times fn was traced (once per signature, or per symbolic one)
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
@@ -123,11 +127,35 @@ class CompiledFunction:
             if key not in self._symbolic:
                 self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
             symbolic = self._symbolic[key].graph
+            lowered = self._lower_symbolic(key, names, in_tree)
+            if lowered is not None:
+                self.last_lowered = lowered
+                return lowered
             traced = dataclasses.replace(self._symbolic[key], graph=specialize(symbolic, {"B": size}))
         options = Options(get_backend(self.backend_name), **self._options)
-        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {}, symbolic)
+        lowered = Lowered(traced, names, options, self.donate(in_tree) if self.donate else {}, symbolic,
+                          self._one_program.get(key) if self.batch is not None else None)
         self.last_lowered = lowered
         return lowered
+
+    def _lower_symbolic(self, key, names, in_tree) -> Lowered | None:
+        """The one Lowered of every batch size of this symbolic signature, made on its first
+        call; None (with the reason kept for the per-size Lowered) where it cannot be."""
+        found = self._one_program.get(key)
+        if isinstance(found, Lowered):
+            return found
+        if found is None:
+            options = Options(get_backend(self.backend_name), **self._options, batch=self.batch.range)
+            found = per_size_reason(options)
+            if found is None:
+                try:
+                    found = Lowered(self._symbolic[key], names, options, self.donate(in_tree) if self.donate else {},
+                                    self._symbolic[key].graph)
+                    found.compile()  # code generation too: where it refuses a symbolic size, per size
+                except SYMBOLIC_REFUSALS as exc:  # the graph needs a concrete size somewhere
+                    found = f"{type(exc).__name__}: {exc}"
+            self._one_program[key] = found
+        return found if isinstance(found, Lowered) else None
 
     def _trace(self, fn, in_tree, types, names, weak):
         traced, captured = trace(fn, in_tree, types, names, weak=weak)
@@ -145,8 +173,9 @@ class CompiledFunction:
 
     @property
     def signatures(self) -> int:
-        """How many argument signatures (with batch_dim: batch sizes) have a program."""
-        return len(self._cache)
+        """How many programs the calls so far have (per argument signature; with batch_dim:
+        one for every batch size, or one per size where that falls back, Stats.per_size)."""
+        return len({id(executable) for _, executable in self._cache.values()})
 
     def stats(self) -> Stats:
         """Stats of the signature compiled most recently."""
@@ -250,7 +279,7 @@ class CompiledFunction:
         if entry is None:
             with _collector_paused():
                 lowered = self._lower(args, variant)
-                entry = self._cache[key] = (lowered, lowered.compile())
+                entry = self._cache[key] = (lowered, lowered.compile())  # a symbolic one's: shared by every size
         self.last_lowered = entry[0]
         if entry[1].accepts(leaves):
             self._recent = (variant, in_tree, entry)

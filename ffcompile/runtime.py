@@ -3,6 +3,8 @@
 Arguments are checked against the traced input types before the backend
 runs (shape, dtype; anything NumPy can view as an array is accepted and
 made contiguous), so bad input is a clear Python error, never a crash.
+A program for every batch size (batch_dim=, BatchRange) has input types holding
+B: a call binds B from its arguments and checks them against the types at B.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from .codegen.arguments import Binding
 from .ir import TensorType
+from .ir.symbolic import BatchRange, Sym, is_symbolic, substitute
 from .tree import TreeDef, tree_flatten, tree_unflatten, unflattener
 
 
@@ -26,20 +29,46 @@ def as_array(leaf, name: str) -> np.ndarray:
         raise ArgumentError(f"argument {name}: cannot convert {type(leaf).__name__} to an array") from exc
 
 
-def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = True) -> list[np.ndarray]:
+def check_arguments(leaves, names, types: list[TensorType], contiguous: bool = True,
+                    batch: BatchRange | None = None) -> list[np.ndarray]:
     """The leaves as arrays of the compiled types (C-contiguous copies where needed, unless
-    contiguous=False), or an ArgumentError naming the argument."""
+    contiguous=False), or an ArgumentError naming the argument. batch: types may hold B,
+    bound by the arguments to one size in that range."""
     if len(leaves) != len(types):
         raise ArgumentError(f"expected {len(types)} array arguments, got {len(leaves)}")
+    leaves = [as_array(leaf, name) for leaf, name in zip(leaves, names)]
+    shown = types
+    if batch is not None:
+        size, source = batch_size_of(leaves, names, types, batch)
+        types = types_at(types, size)
+        shown = [f"{t} (B = {size}, from {source})" if is_symbolic(t.shape) else t for t in shown]
     arrays = []
-    for leaf, name, expected in zip(leaves, names, types):
-        array = as_array(leaf, name)
+    for array, name, expected, spelled in zip(leaves, names, types, shown):
         got = f"{array.dtype}{list(array.shape)}"
         if array.shape != expected.shape or array.dtype != expected.np_dtype:
-            raise ArgumentError(f"argument {name}: expected {expected}, got {got}")
+            raise ArgumentError(f"argument {name}: expected {spelled}, got {got}")
         # ascontiguousarray would make a 0-d array 1-d
         arrays.append(np.require(array, requirements="C") if contiguous else array)
     return arrays
+
+
+def batch_size_of(arrays, names, types: list[TensorType], batch: BatchRange) -> tuple[int, str]:
+    """(B, the argument it is read from): the first argument whose type holds B sets it,
+    which must be in 1..max_batch."""
+    for array, name, t in zip(arrays, names, types):
+        for axis, d in enumerate(t.shape):
+            if isinstance(d, Sym) and len(array.shape) == t.rank:
+                size, rest = divmod(array.shape[axis], d.coef)
+                top = batch.max_batch
+                if rest or size < 1 or (top is not None and size > top):
+                    raise ArgumentError(f"argument {name}: axis {axis} has {array.shape[axis]} for {d} in {t}: "
+                                        f"B must be in 1..{'' if top is None else top}")
+                return size, name
+    raise ArgumentError("no argument has the symbolic batch axis: no batch size to read")
+
+
+def types_at(types: list[TensorType], size: int) -> list[TensorType]:
+    return [substitute(t, {"B": size}) for t in types]
 
 
 class Executable:
@@ -48,15 +77,22 @@ class Executable:
     closures: arrays the function closed over that are the program's last inputs
     (trace.Traced.closures), passed after the caller's leaves at every call."""
 
-    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=(), checks=()):
-        """checks: messages of the runtime checks whose flags are the program's last results."""
+    def __init__(self, program, input_types, out_tree: TreeDef, names: list[str], closures=(), checks=(),
+                 batch: BatchRange | None = None):
+        """checks: messages of the runtime checks whose flags are the program's last results.
+        batch: the program serves every batch size in this range (input types hold B)."""
         self.program = program
+        self.batch = batch
         self.checks = tuple(checks)
         self.out_tree = out_tree
         self.closures = list(closures)
         self.names = list(names) + [f"closure{k}" for k in range(len(self.closures))]
         self.input_types = list(input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
+        # of a symbolic program: (leaf, axis, coef) that binds B, and _fast_types per size seen
+        self._batch_axis = next(((k, axis, d.coef) for k, t in enumerate(self.input_types)
+                                 for axis, d in enumerate(t.shape) if isinstance(d, Sym)), None)
+        self._fast_types_at: dict[int, list] = {}
         self._explicit = len(self.input_types) - len(self.closures)
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
         self.run_flat = self._run_and_check if self.checks else (
@@ -90,12 +126,29 @@ class Executable:
         compiled types: they run unchecked."""
         if len(leaves) != self._explicit:
             return False
+        fast_types = self._fast_types if self.batch is None else self._fast_types_of(leaves)
+        if fast_types is None:
+            return False
         for leaf, (dtype, shape) in zip([*leaves, *self.closures] if self.closures else leaves,
-                                        self._fast_types):
+                                        fast_types):
             if not (isinstance(leaf, np.ndarray) and leaf.dtype == dtype and leaf.shape == shape
                     and leaf.flags.c_contiguous):
                 return False
         return True
+
+    def _fast_types_of(self, leaves) -> list | None:
+        """_fast_types at the batch size the leaves bring (None when it is out of range)."""
+        k, axis, coef = self._batch_axis
+        leaf = ([*leaves, *self.closures] if self.closures else leaves)[k]
+        if not isinstance(leaf, np.ndarray) or leaf.ndim <= axis:
+            return None
+        size, rest = divmod(leaf.shape[axis], coef)
+        if rest or size < 1 or (self.batch.max_batch is not None and size > self.batch.max_batch):
+            return None
+        found = self._fast_types_at.get(size)
+        if found is None:
+            found = self._fast_types_at[size] = [(t.np_dtype, t.shape) for t in types_at(self.input_types, size)]
+        return found
 
     def run_objects(self, leaves: tuple) -> list[np.ndarray] | None:
         """run_flat's results if every leaf runs unchecked (as accepts says), else None without
@@ -122,7 +175,7 @@ class Executable:
         """check_arguments over the leaves and the closed-over arrays after them."""
         if len(leaves) != self._explicit:
             raise ArgumentError(f"expected {self._explicit} array arguments, got {len(leaves)}")
-        return check_arguments([*leaves, *self.closures], self.names, self.input_types, contiguous)
+        return check_arguments([*leaves, *self.closures], self.names, self.input_types, contiguous, self.batch)
 
     def bind_flat(self, leaves) -> tuple[Binding, list[np.ndarray]]:
         """The program tied to these leaves (docs/bind.md), checked as a call checks them, and

@@ -37,10 +37,11 @@ _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_
 _BUILTINS = {"slice", "complex", "frozenset", "set", "range"}
 
 
-def description(graph_text: str, donate: Mapping[int, int], remat, backend_name: str) -> str:
-    """What the stages' artifacts depend on, as text (the cache key's description)."""
+def description(graph_text: str, donate: Mapping[int, int], remat, backend_name: str, batch=None) -> str:
+    """What the stages' artifacts depend on, as text (the cache key's description); batch: the
+    batch sizes one symbolic program serves (its plan holds them all, remat plans at its reference)."""
     return "\n".join([_FORMAT, f"backend {backend_name}", f"donate {sorted(donate.items())}",
-                      f"remat {remat!r}", f"source {_stage_source_fingerprint()}", graph_text])
+                      f"remat {remat!r}", f"batch {batch!r}", f"source {_stage_source_fingerprint()}", graph_text])
 
 
 def cache_of(backend):

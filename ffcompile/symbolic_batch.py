@@ -11,12 +11,16 @@ size builds, so the results are those of the per-size program, bit for bit.
 """
 from __future__ import annotations
 
-from .ir import TensorType
-from .ir.symbolic import Sym
+from .codegen.backend import BackendError
+from .ir import ShapeError, TensorType
+from .ir.symbolic import DEFAULT_REFERENCE_BATCH, BatchRange, Sym
 from .runtime import ArgumentError
 from .tree import tree_flatten
 
 BATCH = Sym("B")
+# The size an unbounded program's size-dependent choices are made for (a bounded one's is
+# max_batch): BatchRange.reference, which the memory plan carries to code generation.
+REFERENCE_BATCH = DEFAULT_REFERENCE_BATCH
 
 
 class BatchSpec:
@@ -78,6 +82,10 @@ class BatchSpec:
             raise ArgumentError(f"batch size {size} ({sizes[size]}) is outside max_batch's range 1..{self.max_batch}")
         return size
 
+    @property
+    def range(self) -> BatchRange:
+        return BatchRange(self.max_batch)
+
     @staticmethod
     def symbolic(types: list[TensorType], axes: list[int | None]) -> list[TensorType]:
         """The types with every batch axis made the symbol B."""
@@ -87,3 +95,18 @@ class BatchSpec:
 
 def _is_axis(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What a symbolic graph's stages or code generation raise where they need a concrete size:
+# that signature then gets a program per batch size, with the message as the reason.
+SYMBOLIC_REFUSALS = (ShapeError, BackendError, NotImplementedError)
+
+
+def per_size_reason(options) -> str | None:
+    """Why a compile with these pipeline options (pipeline.Options) cannot build one program
+    for every batch size, or None when it can."""
+    if not options.optimize:
+        return "optimize=False runs the traced graph op by op at each batch size"
+    if not getattr(options.backend, "symbolic_batch", False):
+        return f"the {options.backend.name} backend builds a program per batch size"
+    return None

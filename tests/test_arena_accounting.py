@@ -11,6 +11,7 @@ from remat_models import ISSUE_MODELS
 import ffcompile as ff
 from ffcompile.codegen.llvm import backend as llvm_backend
 from ffcompile.codegen.registry import BACKENDS
+from ffcompile.ir.symbolic import bytes_at
 from ffcompile.pipeline import arena_of, memory_plan
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.remat import RematInfeasible, remat
@@ -101,3 +102,28 @@ def test_adam_gemm_scratch_is_planned():
     memory = memory_plan(BACKENDS["llvm"], schedule)
     assert memory.scratch  # the products' buffers, in the plan
     assert llvm_backend.build(schedule, memory, donate).arena_bytes == memory.arena_bytes
+
+
+@pytest.mark.parametrize("name", ["res2", "gelu_ce"])
+def test_one_program_for_every_batch_size_allocates_its_plan_at_each_size(name):
+    """batch_dim= on LLVM, every strategy and budget: one program whose arena is the plan's
+    (an Envelope of B), the budget met at the reference size (max_batch), and a call at
+    B = 1, 2, 7, 64 (ascending: each grows the arena) allocating exactly the plan's bytes at B."""
+    loss, (params, *batch) = ISSUE_MODELS[name](np.float64, width=8, batch=4)
+    for strategy, budget in PLANS:
+        cf = ff.compile(ff.value_and_grad(loss), batch_dim=(None,) + (0,) * len(batch), max_batch=64,
+                        remat=strategy, memory_budget=budget, backend="llvm")
+        try:
+            lowered = cf.lower(params, *batch)
+        except RematInfeasible:
+            assert strategy == "optimal" and budget < 1.0
+            continue
+        memory, program, plan = lowered.memory, lowered.program, lowered.plan
+        assert lowered.per_size is None and program.arena_bytes == memory.arena_bytes
+        assert bytes_at(memory.arena_bytes, 64) == plan.peak_bytes, (strategy, budget)
+        if plan.budget is not None:
+            assert plan.peak_bytes <= plan.budget
+        for n in (1, 2, 7, 64):
+            cf(params, *(np.resize(a, (n, *a.shape[1:])) for a in batch))
+            assert cf.last_lowered is lowered
+            assert program._arena.nbytes == max(bytes_at(memory.arena_bytes, n), 1), (strategy, budget, n)

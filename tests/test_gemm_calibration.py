@@ -17,6 +17,7 @@ import ffcompile as ff
 from ffcompile import calibrate as calibrate_cli
 from ffcompile.codegen.llvm import backend, blas, calibrate, gemm_calibration, packed_gemm, target
 from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, ROUTE_VARIABLE
+from ffcompile.ir.symbolic import BatchRange
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import plan_memory
 
@@ -135,14 +136,14 @@ def test_an_unmeasured_class_keeps_blas(measured_routes):
     assert blas.gemm_route(64, 64, 64, "f32", False, False) == blas.SMALL  # below the range: as before
 
 
-def test_a_product_with_a_run_time_size_measures_nothing(measured_routes):
-    """The packed GEMM takes known sizes only: a symbolic program's B x 784 @ 784 x 512 is not
-    a candidate (issue 18's run-time batch)."""
+def test_a_product_with_a_run_time_size_is_measured_at_the_reference_size(measured_routes):
+    """A symbolic program's B x 784 @ 784 x 512 runs blocks of the reference batch size
+    (max_batch) by the packed GEMM where that size takes it (#18): that size's class is measured."""
     measured, _ = measured_routes
     x, w = np.ones((1024, 784), np.float32), np.ones((784, 512), np.float32)
-    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None)).lower(x, w).symbolic
-    calibrate.calibrate_schedule(fuse(symbolic))
-    assert measured == []
+    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None), max_batch=1024).lower(x, w).symbolic
+    calibrate.calibrate_schedule(fuse(symbolic), BatchRange(1024))
+    assert measured == [gemm_calibration.representative(1024, 512, 784) + ("f32",)]
 
 
 def test_each_representative_is_in_its_own_class():

@@ -28,9 +28,31 @@ def private_object_cache(tmp_path, monkeypatch):
 # Generic driver: reads every input from DIR/inK.bin, runs STEPS calls, after each copies
 # result R over input I for each "R:I" argument (a training step's new parameters), prints
 # result 0's first float per step and writes every output slot to DIR/outK.bin.
-DRIVER = r"""
+# DIR/inK.bin into a new array, an array into DIR/outK.bin (the drivers' files)
+C_FILES = r"""
 #include <stdio.h>
 #include <stdlib.h>
+
+static void *load(const char *dir, int k, size_t bytes) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/in%d.bin", dir, k);
+    void *data = malloc(bytes ? bytes : 1);
+    FILE *f = fopen(path, "rb");
+    if (!f || fread(data, 1, bytes, f) != bytes) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
+    fclose(f);
+    return data;
+}
+
+static void save(const char *dir, int k, const void *data, size_t bytes) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/out%d.bin", dir, k);
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, bytes, f);
+    fclose(f);
+}
+"""
+
+DRIVER = C_FILES + r"""
 #include <string.h>
 #include "@name@.h"
 
@@ -50,15 +72,6 @@ static void naive_sgemm(const char *ta, const char *tb, const int *m, const int 
         }
 }
 
-static void *load(const char *dir, int k, size_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/in%d.bin", dir, k);
-    void *data = malloc(bytes ? bytes : 1);
-    FILE *f = fopen(path, "rb");
-    if (!f || fread(data, 1, bytes, f) != bytes) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
-    fclose(f);
-    return data;
-}
 
 int main(int argc, char **argv) {
     const size_t in_bytes[] = @P@_INPUT_BYTES, out_bytes[] = @P@_OUTPUT_BYTES;
@@ -78,13 +91,7 @@ int main(int argc, char **argv) {
             memcpy(args[1 + i], args[1 + @P@_NUM_INPUTS + result_output[r]], in_bytes[i]);
         }
     }
-    for (int k = 0; k < @P@_NUM_OUTPUTS; k++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/out%d.bin", argv[1], k);
-        FILE *f = fopen(path, "wb");
-        fwrite(args[1 + @P@_NUM_INPUTS + k], 1, out_bytes[k], f);
-        fclose(f);
-    }
+    for (int k = 0; k < @P@_NUM_OUTPUTS; k++) save(argv[1], k, args[1 + @P@_NUM_INPUTS + k], out_bytes[k]);
     return 0;
 }
 """

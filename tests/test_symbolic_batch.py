@@ -1,7 +1,9 @@
 """batch_dim= (docs/symbolic_batch.md): one trace for every batch size. The symbolic graph
-prints and parses back (`f32[B,784]`); specialized to a size it gives bit for bit the
-results of the per-size program, forward, gradients and training steps, on both
-backends; shapes that need a concrete batch size fail at trace time, naming the op."""
+prints and parses back (`f32[B,784]`); on the NumPy backend, specialized to a size, it
+gives bit for bit the results of the per-size program; on LLVM the one program for
+every size gives them within float tolerance (test_symbolic_program.py has more);
+forward, gradients and training steps; shapes that need a concrete batch size fail at
+trace time, naming the op."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,7 +12,7 @@ import ffcompile as ff
 from ffcompile import ArgumentError, ShapeError, zoo
 from ffcompile.ir import Graph, IRParseError, TensorType, VerifyError, parse_ir, verify
 from ffcompile.ir.specialize import specialize
-from ffcompile.ir.symbolic import Sym
+from ffcompile.ir.symbolic import Sym, bytes_at
 from ffcompile.ir.types import parse_type
 from ffcompile.tree import tree_flatten, tree_map
 
@@ -25,6 +27,16 @@ def _leaves(tree):
 def _same(a, b) -> bool:
     a, b = _leaves(a), _leaves(b)
     return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
+
+
+def _agree(a, b, backend) -> bool:
+    """Bit for bit on NumPy (a program per size); on LLVM, whose one program serves every
+    size (its reductions and GEMMs split rows by the run-time size), within float tolerance."""
+    if backend == "numpy":
+        return _same(a, b)
+    a, b = _leaves(a), _leaves(b)
+    return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype
+                                    and np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(a, b))
 
 
 # ---- the IR
@@ -177,17 +189,17 @@ def test_any_size_specializes_to_the_per_size_graph(n, cols):
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist", "deep", "two_tower"])
-def test_gradients_bitwise_at_every_size(backend, name):
+def test_gradients_at_every_size(backend, name):
     w = zoo.get(name)
     params = w.init(0)
     symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
     for n in SIZES:
         _, x, y = w.example_inputs(batch_size=n)
-        assert _same(symbolic(params, x, y), ff.compile(ff.value_and_grad(w.loss))(params, x, y)), n
+        assert _agree(symbolic(params, x, y), ff.compile(ff.value_and_grad(w.loss))(params, x, y), backend), n
     assert symbolic.trace_count == 1
 
 
-def test_forward_bitwise_and_batch_reductions(backend):
+def test_forward_and_batch_reductions(backend):
     def f(x, w):
         h = ff.relu(x @ w)
         return h, h.mean(axis=0), h.sum() / x.shape[0], (h.T @ h).max()
@@ -196,7 +208,7 @@ def test_forward_bitwise_and_batch_reductions(backend):
     symbolic = ff.compile(f, batch_dim=(0, None))
     for n in SIZES:
         x = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)
-        assert _same(symbolic(x, w), ff.compile(f)(x, w)), n
+        assert _agree(symbolic(x, w), ff.compile(f)(x, w), backend), n
     assert symbolic.trace_count == 1
 
 
@@ -208,7 +220,7 @@ def test_batch_on_another_axis(backend):
     symbolic = ff.compile(f, batch_dim=(1, None))
     for n in (1, 5, 9):
         xt = np.linspace(0, 1, 4 * n).reshape(4, n)
-        assert _same(symbolic(xt, w), ff.compile(f)(xt, w))
+        assert _agree(symbolic(xt, w), ff.compile(f)(xt, w), backend)
     assert "f64[4,B]" in symbolic.last_lowered.symbolic_ir
 
 
@@ -241,7 +253,7 @@ def test_modules_and_losses_over_the_batch(backend, model, loss):
     symbolic = ff.compile(ff.value_and_grad(f), batch_dim=(None, 0, 0))
     for n in (1, 3, 9):
         x, y = make_x(rng, n), rng.integers(0, 3, n).astype(np.int32)
-        assert _same(symbolic(params, x, y), ff.compile(ff.value_and_grad(f))(params, x, y)), n
+        assert _agree(symbolic(params, x, y), ff.compile(ff.value_and_grad(f))(params, x, y), backend), n
     assert symbolic.trace_count == 1
 
 
@@ -259,15 +271,15 @@ def test_random_samples_and_dropout_over_the_batch(backend):
     symbolic = ff.compile(f, batch_dim=(None, None, 0))
     for n in (1, 5, 64):
         x = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
-        assert _same(symbolic(R.key(3), params, x), ff.compile(f)(R.key(3), params, x)), n
+        assert _agree(symbolic(R.key(3), params, x), ff.compile(f)(R.key(3), params, x), backend), n
     assert symbolic.trace_count == 1
 
 
 @pytest.mark.parametrize("optimizer", [ff.optim.SGD(0.1, momentum=0.9), ff.optim.Adam(1e-3)],
                          ids=["momentum", "adam"])
-def test_training_steps_bitwise_with_a_ragged_epoch(backend, optimizer):
+def test_training_steps_with_a_ragged_epoch(backend, optimizer):
     """An epoch of digits whose last batch is smaller: one trace; the parameters after every
-    step are those of the per-size steps, bit for bit."""
+    step are those of the per-size steps (bit for bit on NumPy); one program on LLVM."""
     w = zoo.get("digits")
     symbolic = ff.compile_train_step(w.loss, optimizer, batch_dim=0, max_batch=64)
     params_a = w.init(0)
@@ -279,8 +291,9 @@ def test_training_steps_bitwise_with_a_ragged_epoch(backend, optimizer):
         loss_a = symbolic(params_a, state_a, x, y)
         step = fixed.setdefault(n, ff.compile_train_step(w.loss, optimizer))
         loss_b = step(params_b, state_b, x, y)
-        assert np.array_equal(loss_a, loss_b) and _same(params_a, params_b) and _same(state_a, state_b), n
-    assert symbolic.compiled.trace_count == 1 and symbolic.compiled.signatures == 4
+        assert _agree((loss_a, params_a, state_a), (loss_b, params_b, state_b), backend), n
+    assert symbolic.compiled.trace_count == 1
+    assert symbolic.compiled.signatures == (4 if backend == "numpy" else 1)
 
 
 def test_bind_at_a_batch_size(backend):
@@ -306,10 +319,10 @@ def test_planned_arena_is_the_allocated_one_at_every_size(backend):
     for n in (1, 7, 64, 129):
         lowered = symbolic.lower(*w.placeholder_inputs(n))
         program = lowered.program
-        assert program.arena_bytes == lowered.memory.arena_bytes
+        assert program.arena_bytes == lowered.memory.arena_bytes  # LLVM: one Envelope of B for every n
         if hasattr(program, "arena"):  # the NumPy program's one allocation
             assert program.arena.nbytes == lowered.memory.arena_bytes
-        arenas[n] = lowered.memory.arena_bytes
+        arenas[n] = bytes_at(lowered.memory.arena_bytes, n)
     assert arenas[1] < arenas[7] < arenas[64] < arenas[129]
 
 
@@ -431,7 +444,7 @@ def test_onnx_symbolic_batch_dimension_is_batch_dim(backend):
     symbolic = ff.compile(model, batch_dim=model.batch_dim)
     for n in SIZES:
         x = np.random.default_rng(n).standard_normal((n, 5)).astype(np.float32)
-        assert _same(symbolic(model.params, x), ff.compile(model)(model.params, x)), n
+        assert _agree(symbolic(model.params, x), ff.compile(model)(model.params, x), backend), n
     assert symbolic.trace_count == 1
     with pytest.raises(ff.onnx.OnnxError, match="no input of the model has a symbolic dimension"):
         ff.onnx.load(_onnx_mlp(batch=4)).batch_dim
@@ -468,13 +481,16 @@ def test_a_byte_budget_holds_at_every_size():
     assert symbolic.trace_count == 1
 
 
-def test_export_writes_the_program_of_the_size_given(tmp_path):
-    symbolic = ff.compile(lambda x, w: ff.tanh(x @ w).sum(axis=1), batch_dim=(0, None), backend="llvm")
+def test_export_writes_the_one_program_taking_the_batch_size(tmp_path):
+    symbolic = ff.compile(lambda x, w: ff.tanh(x @ w).sum(axis=1), batch_dim=(0, None), backend="llvm",
+                          max_batch=100)
     w = np.ones((3, 2), np.float32)
     for n in (5, 9):
-        library = symbolic.export(tmp_path / f"libm{n}.so", np.ones((n, 3), np.float32), w)
-        assert f"{{{n}, 3}}" in library.header_path.read_text()
+        header = symbolic.export(tmp_path / f"libm{n}.so", np.ones((n, 3), np.float32), w).header_path.read_text()
+        assert "void m{}_entry(void **args, int64_t batch);".format(n) in header
+        assert f"#define M{n}_MAX_BATCH 100" in header and f"M{n}_INPUT0_SHAPE(batch)" in header
     assert symbolic.trace_count == 1
+    assert symbolic.lower(np.ones((5, 3), np.float32), w) is symbolic.lower(np.ones((9, 3), np.float32), w)
 
 
 # ---- every public function whose arguments share a leading axis, with that axis symbolic

@@ -52,6 +52,10 @@ class Program(Protocol):
 
 class Backend(Protocol):
     name: str
+    # Optional, False when absent: build takes a symbolic schedule and plan (types holding B,
+    # MemoryPlan.batch set) and returns one Program for every batch size in plan.batch,
+    # whose inputs and outputs take their shapes from the batch size of each call.
+    symbolic_batch: bool
 
     def lowers(self, op) -> bool:
         """True if the backend generates code for this primitive op (the registry test asks)."""

@@ -295,3 +295,26 @@ def bytes_at(value, batch: int) -> int:
     if isinstance(value, Sym):
         return value.coef * batch
     return int(value)
+
+
+# The size a symbolic program's size-dependent choices are made for when nothing bounds
+# the batch: the middle of the zoo's training batches (64 to 256), where a training loop
+# spends its steps (remat budgets, short-loop hints and parallel splits are sized for it).
+DEFAULT_REFERENCE_BATCH = 128
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes one symbolic program serves, 1..max_batch (None: unbounded), and the
+    size its size-dependent choices are made for: max_batch when given (the size the
+    program must hold, and in a training loop every batch's size but a ragged last one),
+    else DEFAULT_REFERENCE_BATCH. Correct at every size in range; fastest at the reference."""
+
+    max_batch: int | None = None
+
+    @property
+    def reference(self) -> int:
+        return DEFAULT_REFERENCE_BATCH if self.max_batch is None else self.max_batch
+
+    def __str__(self) -> str:
+        return f"B in 1..{'inf' if self.max_batch is None else self.max_batch}, reference {self.reference}"

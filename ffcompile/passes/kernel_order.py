@@ -16,6 +16,7 @@ reads sooner and starts none earlier than it has to.
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ir.symbolic import is_symbolic
 from .schedule import Kernel, KernelKind
 
 
@@ -36,7 +37,9 @@ def sinks_first_ready(graph: Graph, kernels: list[Kernel], root) -> list[Kernel]
     helper = []
     for k, values in enumerate(reads):
         direct = all(v not in producer for v in values)
-        scalar = all(graph.nodes[v].type.size <= 1 for v in kernels[k].outputs)
+        # a B-shaped output is no scalar (it has B elements, one at B == 1 alone)
+        scalar = all(not is_symbolic(graph.nodes[v].type.shape) and graph.nodes[v].type.size <= 1
+                     for v in kernels[k].outputs)
         helper.append(direct or (scalar and all(v not in producer or helper[producer[v]] for v in values)))
     sink = [False] * len(kernels)
     for k in range(len(kernels) - 1, -1, -1):  # readers come later: their status is known

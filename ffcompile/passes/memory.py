@@ -16,10 +16,14 @@ at the best-fitting gap among the blocks live at the same time (TFLite's
 offset aligned to 64 bytes. The plan reports the arena size, the liveness
 lower bound (the most bytes live at any one kernel step, which no placement
 can beat) and the live bytes at every step.
+A symbolic schedule (types with the batch size B, planned for a BatchRange) gets
+sizes and offsets linear in B (`Affine`), an arena and a lower bound that are the
+most of several of them (`Envelope`): one plan for every B (memory_symbolic.py).
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 from dataclasses import dataclass
@@ -27,6 +31,8 @@ from typing import Callable, Mapping
 
 from ..ir import TensorType
 from ..ir import ops as O
+from ..ir.symbolic import Affine, BatchRange, Envelope, Sym, bytes_at, substitute
+from .memory_symbolic import envelope, place_in_order, timeline as symbolic_timeline
 from .schedule import KernelKind, Schedule
 
 ALIGNMENT = 64  # a cache line; also enough for AVX-512 aligned loads
@@ -35,7 +41,12 @@ ALIGNMENT = 64  # a cache line; also enough for AVX-512 aligned loads
 READ_AFTER_WRITE = {O.Select: (0, 1)}
 
 
-def aligned(nbytes: int) -> int:
+def aligned(nbytes):
+    """nbytes rounded up to ALIGNMENT; a symbolic count (a Sym or an Affine) coefficient by
+    coefficient, an Affine aligned at every batch size (a row of 40 bytes takes 64 per row)."""
+    if isinstance(nbytes, (Sym, Affine)):
+        nbytes = Affine.of(nbytes)
+        return Affine(aligned(nbytes.const), aligned(nbytes.per_batch))
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
 
 
@@ -45,12 +56,12 @@ class Buffer:
     type: TensorType
     first: int  # the kernel step that writes it
     last: int  # the last kernel step that reads it (== first if none does)
-    offset: int | None  # byte offset in the arena; None: the graph output's own array
+    offset: int | Affine | None  # byte offset in the arena (Affine in a symbolic plan); None: the output's array
     reuses: int | None = None  # the value whose storage it takes over in place
 
     @property
-    def size(self) -> int:
-        """Bytes it occupies in the arena (aligned)."""
+    def size(self) -> int | Affine:
+        """Bytes it occupies in the arena (aligned; an Affine when its type holds B)."""
         return aligned(self.type.nbytes)
 
     def __str__(self) -> str:
@@ -63,20 +74,41 @@ class Buffer:
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """A symbolic plan (batch set) holds Affine offsets, sizes and timeline, and Envelopes
+    for arena_bytes and lower_bound: `bytes_at(plan.arena_bytes, B)` is the arena at B."""
+
     schedule: Schedule
     buffers: tuple[Buffer, ...]  # one per kernel output, in the order kernels write them
-    arena_bytes: int
-    lower_bound: int  # max over kernel steps of live (aligned) arena bytes: no placement does better
-    timeline: tuple[int, ...]  # live arena bytes at each kernel step
-    scratch: tuple[tuple[int, int, int], ...] = ()  # (kernel step, offset, size): kernel temporaries
+    arena_bytes: int | Envelope
+    lower_bound: int | Envelope  # max over kernel steps of live (aligned) arena bytes: no placement does better
+    timeline: tuple[int | Affine, ...]  # live arena bytes at each kernel step
+    scratch: tuple[tuple[int, int | Affine, int | Affine], ...] = ()  # (kernel step, offset, size): temporaries
+    batch: BatchRange | None = None  # the batch sizes a symbolic plan serves; None: a concrete plan
 
     @property
     def ratio(self) -> float:
-        return self.arena_bytes / self.lower_bound if self.lower_bound else 1.0
+        """arena / lower bound (of a symbolic plan: at its reference batch size)."""
+        arena, bound = self.arena_bytes, self.lower_bound
+        if self.batch is not None:
+            arena, bound = arena.at(self.batch.reference), bound.at(self.batch.reference)
+        return arena / bound if bound else 1.0
+
+    def at(self, batch: int) -> "MemoryPlan":
+        """A symbolic plan at one batch size, in ints (buffer types too): what the program
+        uses at that size, as a per-size plan reads (a report draws it)."""
+        if self.batch is None:
+            return self
+        buffers = tuple(dataclasses.replace(b, type=substitute(b.type, {"B": batch}),
+                                            offset=None if b.offset is None else b.offset.at(batch))
+                        for b in self.buffers)
+        return MemoryPlan(self.schedule, buffers, self.arena_bytes.at(batch), self.lower_bound.at(batch),
+                          tuple(live.at(batch) for live in self.timeline),
+                          tuple((k, offset.at(batch), size.at(batch)) for k, offset, size in self.scratch))
 
     def __str__(self) -> str:
+        batch = "" if self.batch is None else f" batch=[{self.batch}]"
         header = (f"memory @{self.schedule.graph.name} arena={self.arena_bytes} "
-                  f"lower_bound={self.lower_bound} ratio={self.ratio:.3f} {{")
+                  f"lower_bound={self.lower_bound} ratio={self.ratio:.3f}{batch} {{")
         lines = [header] + [f"  {b}" for b in self.buffers]
         lines += [f"  scratch kernel {k} {{offset={off}, size={size}, live=[{k}, {k}]}}"
                   for k, off, size in self.scratch]
@@ -85,11 +117,12 @@ class MemoryPlan:
 
 
 def plan_memory(schedule: Schedule, kernel_scratch: Callable[[frozenset[int]], Mapping[int, int]] | None = None,
-                donated: frozenset[int] = frozenset()) -> MemoryPlan:
+                donated: frozenset[int] = frozenset(), batch: BatchRange | None = None) -> MemoryPlan:
     """Plan the arena. kernel_scratch(protected)[k]: bytes of temporaries kernel k needs
     while it runs (a backend hook: NumPy evaluates a kernel node by node), given the
     values whose storage is shared with a value still read (written in place over a
-    dying input, or over a donated argument: `donated` lists those output roots)."""
+    dying input, or over a donated argument: `donated` lists those output roots).
+    batch: plan a symbolic schedule for every batch size in this range (Affine offsets)."""
     graph = schedule.graph
     outputs = {schedule.root(j) for j in graph.outputs}
     first = {v: k for k, kernel in enumerate(schedule.kernels) for v in kernel.outputs}
@@ -110,28 +143,42 @@ def plan_memory(schedule: Schedule, kernel_scratch: Callable[[frozenset[int]], M
     for v, b in block_of.items():
         if v in outputs:
             continue
-        size = aligned(graph.nodes[v].type.nbytes)
+        size = _size(graph.nodes[v].type.nbytes, batch)
         lo, hi, _ = span.get(b, (first[v], last[v], size))
         span[b] = (min(lo, first[v]), max(hi, last[v]), size)
     # Scratch blocks get negative keys: kernel k's is -(k + 1), live at step k only.
     for k, nbytes in scratch.items():
-        if nbytes > 0:
-            span[-(k + 1)] = (k, k, aligned(nbytes))
-    offsets = _place(span)
-    # Live bytes per step as a running sum of open (+size) and close (-size) events: adding
-    # each block over its lifetime was quadratic in a deep chain, where activations live long.
-    change = [0] * (len(schedule.kernels) + 1)
-    for lo, hi, size in span.values():
-        change[lo] += size
-        change[hi + 1] -= size
-    timeline = list(itertools.accumulate(change[:-1]))
+        size = _size(nbytes, batch)
+        if size != _size(0, batch):
+            span[-(k + 1)] = (k, k, size)
+    steps = len(schedule.kernels)
+    if batch is None:
+        offsets = _place(span)
+        # Live bytes per step as a running sum of open (+size) and close (-size) events: adding
+        # each block over its lifetime was quadratic in a deep chain, where activations live long.
+        change = [0] * (steps + 1)
+        for lo, hi, size in span.values():
+            change[lo] += size
+            change[hi + 1] -= size
+        timeline = tuple(itertools.accumulate(change[:-1]))
+        arena = max((offsets[b] + size for b, (_, _, size) in span.items()), default=0)
+        bound = max(timeline, default=0)
+    else:
+        offsets = _place_symbolic(span, batch)
+        timeline = symbolic_timeline(span, steps)
+        arena = envelope([offsets[b] + size for b, (_, _, size) in span.items()], batch)
+        bound = envelope(timeline, batch)
     buffers = tuple(Buffer(v, graph.nodes[v].type, first[v], last[v],
                            None if v in outputs else offsets[block_of[v]], reuses.get(v))
                     for v in first)
-    arena = max((offsets[b] + size for b, (_, _, size) in span.items()), default=0)
     scratch_blocks = tuple((-b - 1, offsets[b], size) for b, (_, _, size) in sorted(span.items(), reverse=True)
                            if b < 0)
-    return MemoryPlan(schedule, buffers, arena, max(timeline, default=0), tuple(timeline), scratch_blocks)
+    return MemoryPlan(schedule, buffers, arena, bound, timeline, scratch_blocks, batch)
+
+
+def _size(nbytes, batch: BatchRange | None):
+    """A block's aligned size: an int in a concrete plan, an Affine in a symbolic one."""
+    return aligned(nbytes) if batch is None else Affine.of(aligned(nbytes))
 
 
 def _in_place(schedule: Schedule, first, last, outputs) -> dict[int, int]:
@@ -203,6 +250,25 @@ def _place(span: dict[int, tuple[int, int, int]]) -> dict[int, int]:
     return best
 
 
+def _place_symbolic(span: dict[int, tuple[int, int, Affine]], batch: BatchRange) -> dict[int, Affine]:
+    """Offsets linear in B: the greedy orders over sizes at the reference batch size, each
+    placement apart at every size in range; the smallest arena at the reference wins."""
+    at_reference = {b: (lo, hi, size.at(batch.reference)) for b, (lo, hi, size) in span.items()}
+    orders = [sorted(span, key=lambda b: (order(*at_reference[b]), b)) for order in _ORDERS]
+    # and the blocks whose size is fixed first, each group greedy by size: a weight's
+    # gradient then sits below the activations instead of wherever a B-sized gap was
+    orders.append(sorted(span, key=lambda b: (span[b][2].per_batch > 0, -at_reference[b][2], b)))
+    if len(span) > _LARGE:
+        orders = orders[1:2]
+    best, best_end = {}, None
+    for order in orders:
+        offsets = place_in_order(span, order, batch)
+        end = max((offsets[b].at(batch.reference) + size for b, (_, _, size) in at_reference.items()), default=0)
+        if best_end is None or end < best_end:
+            best, best_end = offsets, end
+    return best
+
+
 def _place_in_order(span: dict[int, tuple[int, int, int]], order: list[int]) -> dict[int, int]:
     """Each block, in turn, at the smallest gap free for its whole lifetime (else on top)."""
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
@@ -267,27 +333,44 @@ def _release(holes: list[list[int]], start: int, end: int, top: int) -> int:
     return top
 
 
-def assert_no_overlap(plan: MemoryPlan) -> None:
-    """Raise AssertionError if two arena buffers live at the same step share bytes.
+def assert_no_overlap(plan: MemoryPlan, sizes=(1, 2, 7, 64, 129)) -> None:
+    """Raise AssertionError if two arena buffers live at the same step share bytes (a
+    symbolic plan: at each of sizes in its range, its reference size and max_batch).
 
     The one exception is an in-place pair: the reuser starts exactly where the
     buffer it overwrites dies, at the same offset."""
-    arena = [b for b in plan.buffers if b.offset is not None]
-    for b in arena:
-        assert b.offset % ALIGNMENT == 0, f"%{b.value}: offset {b.offset} is not {ALIGNMENT}-aligned"
-        assert b.offset + b.size <= plan.arena_bytes, f"%{b.value} ends past the arena ({plan.arena_bytes})"
-    for i, a in enumerate(arena):
-        for b in arena[i + 1:]:
+    if plan.batch is None:
+        return _assert_no_overlap_at(plan, None)
+    top = plan.batch.max_batch
+    for size in sorted({*sizes, plan.batch.reference, top or 1}):
+        if top is None or size <= top:
+            _assert_no_overlap_at(plan, size)
+
+
+def _assert_no_overlap_at(plan: MemoryPlan, batch: int | None) -> None:
+    def at(value):
+        return value if batch is None else bytes_at(value, batch)
+
+    where = "" if batch is None else f" at B={batch}"
+    arena_bytes = at(plan.arena_bytes)
+    arena = [(b, at(b.offset), at(b.size)) for b in plan.buffers if b.offset is not None]
+    for b, offset, size in arena:
+        assert offset % ALIGNMENT == 0, f"%{b.value}: offset {offset}{where} is not {ALIGNMENT}-aligned"
+        assert offset + size <= arena_bytes, f"%{b.value} ends past the arena ({arena_bytes}){where}"
+    for i, (a, a_offset, a_size) in enumerate(arena):
+        for b, b_offset, b_size in arena[i + 1:]:
             live_together = a.first <= b.last and b.first <= a.last
-            share_bytes = a.offset < b.offset + b.size and b.offset < a.offset + a.size
+            share_bytes = a_offset < b_offset + b_size and b_offset < a_offset + a_size
             if not (live_together and share_bytes):
                 continue
             in_place = ((b.reuses == a.value and a.last == b.first) or
-                        (a.reuses == b.value and b.last == a.first)) and a.offset == b.offset
-            assert in_place, (f"%{a.value} [{a.first}, {a.last}] at {a.offset} and %{b.value} "
-                              f"[{b.first}, {b.last}] at {b.offset} overlap in time and in the arena")
+                        (a.reuses == b.value and b.last == a.first)) and a_offset == b_offset
+            assert in_place, (f"%{a.value} [{a.first}, {a.last}] at {a_offset} and %{b.value} "
+                              f"[{b.first}, {b.last}] at {b_offset} overlap in time and in the arena{where}")
     for k, offset, size in plan.scratch:
-        assert offset % ALIGNMENT == 0 and offset + size <= plan.arena_bytes, f"scratch of kernel {k} misplaced"
-        for b in arena:
-            clash = b.first <= k <= b.last and b.offset < offset + size and offset < b.offset + b.size
-            assert not clash, f"scratch of kernel {k} at {offset} overlaps %{b.value} live at [{b.first}, {b.last}]"
+        offset, size = at(offset), at(size)
+        assert offset % ALIGNMENT == 0 and offset + size <= arena_bytes, f"scratch of kernel {k} misplaced{where}"
+        for b, b_offset, b_size in arena:
+            clash = b.first <= k <= b.last and b_offset < offset + size and offset < b_offset + b_size
+            assert not clash, (f"scratch of kernel {k} at {offset} overlaps %{b.value} live at "
+                               f"[{b.first}, {b.last}]{where}")

@@ -31,7 +31,9 @@ rather than returned as it is.
   * transpose(transpose x) -> one transpose (or x); reshape(reshape x) -> one
     reshape; reshape, broadcast, transpose and convert that change nothing
     -> x; broadcast(broadcast x) -> one broadcast; broadcast(reshape x) ->
-    broadcast(x) when the reshape only prepended unit axes.
+    broadcast(x) when the reshape only prepended unit axes; reshape(broadcast s) ->
+    broadcast(s) for a 0-d s; an elementwise op whose operands are all 0-d values, as
+    they are or broadcast -> the op on the 0-d values, broadcast.
   * stop_gradient x -> x: it only matters to autodiff, which has already run.
   * select(c, a, b) -> a or b for a constant predicate; select(p, a, a) -> a.
 
@@ -50,6 +52,7 @@ from ..ir import Builder, Graph, Node, TensorType
 from ..ir import lang as L
 from ..ir import ops as O
 from ..ir.lang import Value
+from ..ir.symbolic import is_symbolic, symbol_names
 from .dce import dce
 from .rewrite import PatternTable, Rule, rewrite
 
@@ -71,10 +74,17 @@ def splat_value(nodes, i: int):
         return None
     while node.op in _VIEWS:
         node = nodes[node.inputs[0]]
-    if node.op is not O.Constant or node.type.size > FOLD_LIMIT:
+    if node.op is not O.Constant or not _literal(node):
         return None
     array = O.Constant.reference(node.attr_dict)
     return array.reshape(-1)[0] if _all_equal(array) else None
+
+
+def _literal(node: Node) -> bool:
+    """Whether node's value may become a literal: at most FOLD_LIMIT elements, and no
+    symbolic size in its type or attributes (a B-shaped array, or a constant holding B,
+    is known only at call time: folded per size, it would fix the program to that size)."""
+    return not is_symbolic(node.type.shape) and node.type.size <= FOLD_LIMIT and not symbol_names(node.attrs)
 
 
 def _all_equal(array: np.ndarray) -> bool:
@@ -91,7 +101,7 @@ def _is(nodes, i: int, value) -> bool:
 def _constant_array(nodes, i: int) -> np.ndarray | None:
     """Node i's value if it is known and small: a constant, an iota or a splat."""
     node = nodes[i]
-    if node.type.size > FOLD_LIMIT:
+    if not _literal(node):
         return None
     if node.op in (O.Constant, O.Iota):
         return node.op.reference(node.attr_dict)
@@ -130,7 +140,7 @@ def _fold_splat(node: Node, builder: Builder) -> int | None:
 
 
 def _fold_constant(node: Node, builder: Builder) -> int | None:
-    if not _foldable(node) or _is_canonical_splat(builder.nodes, node) or node.type.size > FOLD_LIMIT:
+    if not _foldable(node) or _is_canonical_splat(builder.nodes, node) or not _literal(node):
         return None
     arrays = [_constant_array(builder.nodes, j) for j in node.inputs]
     if any(a is None for a in arrays):
@@ -209,6 +219,9 @@ def _reshape(node, b):
         return x
     if inner.op is O.Reshape:
         return L.reshape(Value(b, inner.inputs[0]), node.type.shape).id
+    if inner.op is O.Broadcast and b.nodes[inner.inputs[0]].type.rank == 0:
+        # a scalar stretched to any shape: a splat whose value only B knows (1 / B) included
+        return _as_type(b, inner.inputs[0], node.type)
     return None
 
 
@@ -259,6 +272,24 @@ def _select(node, b):
     return None
 
 
+def _scalar_operands(node, b):
+    """op(broadcast a, c) -> broadcast(op(a, c)) for 0-d a and c (c broadcast or not): an
+    elementwise op on stretched scalars computed once (a splat whose value only B knows,
+    1 / B, included)."""
+    if not _foldable(node) or O.ELEMENTWISE not in node.op.traits or node.type.rank == 0:
+        return None
+    scalars = []
+    for j in node.inputs:  # each a 0-d value, or one broadcast (a shaped result needs one)
+        inner = b.nodes[j]
+        if inner.type.rank == 0:
+            scalars.append(j)
+        elif inner.op is O.Broadcast and b.nodes[inner.inputs[0]].type.rank == 0:
+            scalars.append(inner.inputs[0])
+        else:
+            return None
+    return _as_type(b, b.emit(node.op, scalars, node.attr_dict, role=node.role), node.type)
+
+
 ALGEBRA = PatternTable("algebra", [
     Rule("add_zero", (O.Add,), _drop_neutral(0)),
     Rule("sub_zero", (O.Sub,), _sub_zero),
@@ -273,6 +304,7 @@ ALGEBRA = PatternTable("algebra", [
     Rule("convert_noop", (O.Convert,), _convert_noop),
     Rule("pow", (O.Pow,), _pow),
     Rule("select", (O.Select,), _select),
+    Rule("scalar_operands", (), _scalar_operands),
 ])
 
 
@@ -283,7 +315,7 @@ _COMMUTATIVE = (O.Add, O.Mul, O.Eq)
 
 
 def _cse_key(node: Node):
-    if node.op is O.Constant:  # by bits: 0.0 == -0.0 and nan != nan in Python
+    if node.op is O.Constant and not symbol_names(node.attrs):  # by bits: 0.0 == -0.0 and nan != nan in Python
         return (O.Constant, node.type, O.Constant.reference(node.attr_dict).tobytes())
     if node.op in _COMMUTATIVE:
         node = dataclasses.replace(node, inputs=tuple(sorted(node.inputs)))

@@ -31,8 +31,11 @@ def write_report(lowered, path, frontier=None, profile=None) -> str:
         extra.append(("profile", str(profile)))
     if frontier is not None:
         extra.append(("frontier", "".join(f"// {label}\n{plan}" for label, _, plan in frontier)))
+    memory = lowered.memory
+    if memory is not None and memory.batch is not None:  # one plan for every size: drawn at the reference
+        memory = memory.at(memory.batch.reference)
     html = render_report(lowered_stages(lowered, extra), lowered.optimized, lowered.schedule,
-                         lowered.memory, lowered.plan, frontier, profile)
+                         memory, lowered.plan, frontier, profile)
     with open(path, "w", encoding="utf-8") as f:
         f.write(html)
     return str(path)

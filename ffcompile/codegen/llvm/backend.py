@@ -15,6 +15,14 @@ argument block). ctypes releases the GIL during the native call.
 `bind` packs a private argument block once for fixed arrays, so a bound run
 is the lock and the native call alone (docs/bind.md).
 
+A symbolic program (types holding the batch size B, #18: one program for every size)
+takes B in one more argument slot, the last: each call reads B from the arguments' batch
+axes (all the same size, within 1..max_batch, or a TypeError naming the argument), grows
+the arena to the plan's size at B if it is smaller, and allocates the outputs at B. Its
+native fast path (call_objects) reads B from the first batch argument and checks the
+arguments natively against a call table made for that size (one per recent size); it
+holds the GIL at the sizes whose FLOPs are within HOLD_GIL_MAX_FLOPS (gil_batch).
+
 Donation (in-place parameter updates): `donated` maps a result position to
 an argument position whose array receives that result; `LLVMBackend.safe_donations`
 says which requested ones are safe (`passes/donation.py`).
@@ -36,6 +44,7 @@ from ...passes.cost import flops_of
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
+from ...ir.symbolic import Sym, bytes_at, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
 from . import fastcall, target
@@ -46,8 +55,9 @@ from .cache import ObjectCache, default_cache
 from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
+from .runtime_gemm import GEMM_ERROR_SYMBOL, raise_gemm_error
 from .threadpool import POOL_SLOT, parallel_for_address
-from .lower import ENTRY, PROFILE, gemm_routes, gemm_scratch, layout, lower
+from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_routes, gemm_scratch, is_symbolic, layout, lower
 from .calibrate import calibrate_schedule
 from .object_check import Symbol
 
@@ -57,6 +67,9 @@ _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
 # lock that then keeps two threads off the one arena, cost ~0.2 us, a third of a bound
 # xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
 HOLD_GIL_MAX_FLOPS = 20_000
+# Native call tables a symbolic program keeps (one per batch size): a training loop's two
+# sizes, a server's few common ones; another size builds one (~10 us) in place of the oldest.
+CALL_TABLES = 8
 
 
 def _interface_address(array: np.ndarray) -> int:
@@ -86,35 +99,41 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
                         profile: bool) -> str:
     """Everything lower() builds a program's IR from, as text: the disk cache's key. The
     schedule (nodes with their types and attributes, kernels, views, literals, anchors), the
-    inputs, the plan's offsets, donation, profiling, the GEMM size limit of the BLAS
-    thread setting and each GEMM's route (measured per host: the packed GEMM's block sizes
-    too); the host and the code generator's source join it in ObjectCache.key."""
+    inputs, the plan's offsets (and a symbolic plan's max_batch), donation, profiling, the GEMM
+    size limit of the BLAS thread setting and each GEMM's route (measured per host: the packed
+    GEMM's block sizes too); the host and the code generator's source join it in ObjectCache.key."""
     graph = schedule.graph
     return "\n".join([
         print_schedule(schedule, locs=False),
         "inputs " + " ".join(f"%{i}:{t}" for i, t in zip(graph.inputs, graph.input_types)),
         "anchors " + " ".join(str(kernel.anchor) for kernel in schedule.kernels),
         "plan " + " ".join(f"%{b.value}@{b.offset}" for b in plan.buffers)
-        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}",
+        + f" arena={plan.arena_bytes} scratch={list(plan.scratch)}"
+        + ("" if plan.batch is None else f" batch={plan.batch.max_batch}"),  # GEMM routes depend on it
         f"donated {sorted(donated_roots.items())} profile {profile} native_max_work {native_max_work()}"
         f" vector_bytes {target.vector_bytes()}",
-        "gemms " + " ".join(gemm_routes(schedule)),
+        "gemms " + " ".join(gemm_routes(schedule, plan.batch)),
     ])
+
+
+_FOUND_IN_IR = ("parallel", "gemm_error")  # metadata known once the IR is built, not from the layout
 
 
 def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
                      profile: bool) -> tuple[Symbol, ...] | None:
     """The symbols the object code of lower(schedule, plan, donated, profile) defines, if a
     cache entry's metadata is that program's own (else None: the entry is not used)."""
-    parallel = metadata.get("parallel", False)
-    if {k: v for k, v in metadata.items() if k != "parallel"} != layout(schedule, plan, donated).metadata() \
-            or parallel not in (False, True):
+    parallel, gemm_error = metadata.get("parallel", False), metadata.get("gemm_error", False)
+    if {k: v for k, v in metadata.items() if k not in _FOUND_IN_IR} != layout(schedule, plan, donated).metadata() \
+            or parallel not in (False, True) or gemm_error not in (False, True):
         return None
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
     if metadata.get("collectives"):
         symbols.append(Symbol(COLLECTIVE_SYMBOL, False, 8))
     if parallel:  # known only once the IR is built (emit_parallel_for decides per kernel)
         symbols.append(Symbol(POOL_SLOT, False, 8))
+    if gemm_error:  # likewise (a symbolic GEMM that may reach BLAS past its integers)
+        symbols.append(Symbol(GEMM_ERROR_SYMBOL, False, 8))
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     return tuple(symbols)
@@ -144,7 +163,8 @@ class LLVMExecutable:
                  profile: bool = False):
         """donated: result position -> argument position it is written over (safe ones:
         LLVMBackend.safe_donations). profile: count the cycles each kernel takes
-        (kernel_cycles), for ffcompile.profile."""
+        (kernel_cycles), for ffcompile.profile. A symbolic schedule's plan says the batch
+        sizes it serves (plan.batch: 1..max_batch)."""
         if plan.schedule is not schedule:
             raise ValueError("llvm backend: the memory plan was made for another schedule")
         start = time.perf_counter()
@@ -155,7 +175,10 @@ class LLVMExecutable:
         self._llvm_ir = None
         program = self._load_or_compile(default_cache())
         self.blas = tuple(program["blas"])  # the BLAS functions the code calls
-        self.arena_bytes = program["arena_bytes"]  # what it allocates: the plan's arena, plus any GEMM scratch
+        # what it allocates: the plan's arena, plus any GEMM scratch (an Envelope: at the call's B)
+        self.arena_bytes = arena_from_json(program["arena_bytes"])
+        self.symbolic = is_symbolic(schedule)
+        self.max_batch = plan.batch.max_batch if plan.batch is not None else None
         if self.blas:
             default_blas_threads()
         for name in self.blas:
@@ -164,13 +187,19 @@ class LLVMExecutable:
         pool = self._jit.address(POOL_SLOT)  # 0: no parallel kernel
         if pool:
             ctypes.c_void_p.from_address(pool).value = parallel_for_address()
+        # a symbolic GEMM past BLAS's integers at the call's B stops and leaves its size here
+        self._gemm_error = self._jit.address(GEMM_ERROR_SYMBOL) if program.get("gemm_error") else 0
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
-        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
-        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks)
-        self.holds_gil = flops <= HOLD_GIL_MAX_FLOPS and not self._collectives
-        self._entry = (_ENTRY_HOLDING_GIL if self.holds_gil else _ENTRY_TYPE)(self._jit.address(ENTRY))
+        # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks);
+        # a symbolic program holds it at the batch sizes up to gil_batch, its calls and bindings
+        # taking the lock all the same (a run at a larger size releases the GIL)
+        self.gil_batch = 0 if self._collectives else _gil_batch(graph) if self.symbolic else None
+        self.holds_gil = not self.symbolic and not self._collectives and _flops(graph) <= HOLD_GIL_MAX_FLOPS
+        address = self._jit.address(ENTRY)
+        self._entries = (_ENTRY_TYPE(address), _ENTRY_HOLDING_GIL(address))
+        self._entry = self._entries[self.holds_gil]
         self._cycles = None
         if profile:
             counters = self._jit.address(PROFILE)
@@ -205,20 +234,28 @@ class LLVMExecutable:
             self._results.append((where, k, copy or root in seen, None if shape == own_shape else shape))
             seen.add(root)
         self._new_outputs, self._collect = _generated_result_code(self._outputs, self._results)
-        self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs)))()
-        self._arena = allocate_arena(max(self.arena_bytes, 1), "llvm", graph.name)
+        self._slots = (ctypes.c_void_p * (1 + len(self._inputs) + len(self._outputs) + self.symbolic))()
+        # a symbolic program's arena starts at its size at B = 1 and grows with the calls' B
+        self._arena = allocate_arena(max(bytes_at(self.arena_bytes, 1), 1), "llvm", graph.name)
+        self._arena_batch = 1  # the largest batch size the arena was sized for
         self._slots[0] = data_address(self._arena)
         self._lock = threading.Lock()
         _live_executables.add(self)
-        self._disjoint_addresses = None  # argument addresses of the last call without overlap
+        self._disjoint_addresses = None  # (batch size, argument addresses) of the last call without overlap
+        self._last_shapes = (None, None)  # (batch size, input shapes at it): _shapes_at
         # The native checked call (fastcall.py), made at the first call_objects: a first call
         # takes the checked path anyway, and a process that calls once never compiles it.
         self._calls: fastcall.CallTable | None = None
+        # a symbolic program's: one per batch size lately called (at most CALL_TABLES), and where
+        # a call's batch size is read first: (argument, axis, multiple of B it holds)
+        self._tables: dict[int, fastcall.CallTable] = {}
+        self._batch_axis = next(((k, axis, d.coef) for k, (_, shape, _) in enumerate(self._inputs)
+                                 for axis, d in enumerate(shape) if isinstance(d, Sym)), None)
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
         stored); return the program's metadata (NativeProgram's outputs, arena_bytes, blas)."""
-        calibrate_schedule(self._lower_arguments[0])  # the routes the key holds, measured if not yet
+        calibrate_schedule(self._lower_arguments[0], self._lower_arguments[1].batch)  # the routes the key holds, measured if not yet
         key = cache and cache.key(program_description(*self._lower_arguments), target.host_key())
         found = key and cache.load(key, lambda metadata: program_symbols(metadata, *self._lower_arguments))
         self.from_cache = bool(found)  # loaded from the disk cache: no IR built
@@ -233,11 +270,16 @@ class LLVMExecutable:
         built = time.perf_counter() - start
         self._jit = target.jit(self._llvm_ir)  # keeps the machine code alive
         self.phases = (("build IR", built), *self._jit.seconds)  # where `lower` went (cf.stats())
-        metadata = {"outputs": list(program.outputs), "arena_bytes": program.arena_bytes, "blas": list(program.blas)}
+        metadata = {"outputs": list(program.outputs), "arena_bytes": arena_json(program.arena_bytes),
+                    "blas": list(program.blas)}
         if program.collectives:  # as lower.Layout.metadata has it
             metadata["collectives"] = True
+        if program.batch:
+            metadata["batch"] = True
         if POOL_SLOT in program.module.globals:  # a kernel splits across the pool: the object defines its slot
             metadata["parallel"] = True
+        if GEMM_ERROR_SYMBOL in program.module.globals:
+            metadata["gemm_error"] = True
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata
@@ -264,43 +306,88 @@ class LLVMExecutable:
     def asm(self) -> str:
         return target.assembly(self.llvm_ir)
 
-    def _conform(self, k: int, arg) -> np.ndarray:
-        """Argument k as a C-contiguous, aligned array of the compiled type, or a TypeError."""
+    def _conform(self, k: int, arg, batch: int = 0) -> np.ndarray:
+        """Argument k as a C-contiguous, aligned array of the compiled type (a symbolic
+        program's at the call's batch size), or a TypeError."""
         dtype, shape, _ = self._inputs[k]
         array = np.asarray(arg)
-        if array.dtype != dtype or array.shape != shape:
-            raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}, "
+        if array.dtype != dtype or array.shape != (self._shapes_at(batch)[k] if self.symbolic else shape):
+            at = f" at batch size {batch}" if self.symbolic else ""
+            raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}{at}, "
                             f"got {array.dtype}{list(array.shape)}")
         return np.require(array, requirements="CA")
 
-    def _arguments(self, args, typed: bool = False) -> tuple[list[np.ndarray], list[int]]:
-        """The arrays the program runs on and their addresses: args, or copies of those that
-        are not C-contiguous and aligned, or are donated but read-only or overlap another.
-        typed: args are known C-contiguous arrays of the compiled types (Executable.accepts)."""
+    def batch_of(self, args) -> int:
+        """A symbolic program's batch size in a call's arguments: the one all their batch axes
+        give, within 1..max_batch; else a TypeError naming the argument."""
+        batch, first = None, None
+        for k, ((_, shape, _), arg) in enumerate(zip(self._inputs, args)):
+            have = np.shape(arg)
+            for axis, d in enumerate(shape):
+                if not isinstance(d, Sym):
+                    continue
+                if len(have) != len(shape):
+                    raise TypeError(f"{self.name}: argument {k}: expected {self._input_types[k]}, "
+                                    f"got an array of shape {list(have)}")
+                size, extra = divmod(have[axis], d.coef)
+                if extra or size < 1:
+                    raise TypeError(f"{self.name}: argument {k}: axis {axis} of {self._input_types[k]} is "
+                                    f"{d} (a positive multiple of {d.coef}), got {have[axis]} in {list(have)}")
+                if batch is None:
+                    batch, first = size, k
+                elif size != batch:
+                    raise TypeError(f"{self.name}: argument {k}: batch size {size} ({list(have)}) disagrees "
+                                    f"with argument {first}'s {batch}")
+        if batch is None:
+            raise TypeError(f"{self.name}: no argument has the batch axis: no batch size to run at")
+        if self.max_batch is not None and batch > self.max_batch:
+            raise TypeError(f"{self.name}: argument {first}: batch size {batch} is past max_batch {self.max_batch}")
+        return batch
+
+    def _shapes_at(self, batch: int) -> list[tuple[int, ...]]:
+        """The input shapes at a batch size (the last ones asked for are kept)."""
+        last = self._last_shapes  # one read: another thread may replace it
+        if last[0] != batch:
+            last = self._last_shapes = (batch, [substitute(shape, {"B": batch}) for _, shape, _ in self._inputs])
+        return last[1]
+
+    def _arguments(self, args, typed: bool = False) -> tuple[list[np.ndarray], list[int], int]:
+        """The arrays the program runs on, their addresses and the batch size (0 if not
+        symbolic): args, or copies of those that are not C-contiguous and aligned, or are
+        donated but read-only or overlap another. typed: args are known C-contiguous arrays
+        of the compiled types (Executable.accepts; a symbolic program checks shapes anyway)."""
         if len(args) != len(self._inputs):
             raise TypeError(f"{self.name}: expected {len(self._inputs)} arguments, got {len(args)}")
+        batch = self.batch_of(args) if self.symbolic else 0
+        shapes = self._shapes_at(batch) if self.symbolic else None
         arrays = list(args)  # referenced until the call returns
         addresses = []
         for k, (array, (dtype, shape, strides)) in enumerate(zip(args, self._inputs)):
-            if not typed and not (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
-                                  and array.strides == strides):
-                array = arrays[k] = self._conform(k, array)
+            if shapes is not None:
+                ok = type(array) is np.ndarray and array.dtype is dtype and array.shape == shapes[k] \
+                    and array.flags.c_contiguous
+            else:
+                ok = typed or (type(array) is np.ndarray and array.dtype is dtype and array.shape == shape
+                               and array.strides == strides)
+            if not ok:
+                array = arrays[k] = self._conform(k, array, batch)
             address = data_address(array)
             if address % dtype.itemsize:
-                array = arrays[k] = self._conform(k, array.copy())
+                array = arrays[k] = self._conform(k, array.copy(), batch)
                 address = data_address(array)
             addresses.append(address)
         if self._donated_inputs:
-            # Every argument's size is fixed, so addresses found disjoint last time still are.
-            disjoint = addresses == self._disjoint_addresses
+            # Every argument's size is fixed (at one batch size), so addresses found disjoint
+            # last time still are.
+            disjoint = (batch, addresses) == self._disjoint_addresses
             overlapping = () if disjoint else overlapping_arguments(arrays, addresses)
             if not overlapping and not disjoint:
-                self._disjoint_addresses = addresses.copy()
+                self._disjoint_addresses = (batch, addresses.copy())
             for k in self._donated_inputs:
                 if k in overlapping or not arrays[k].flags.writeable:
                     arrays[k] = arrays[k].copy()
                     addresses[k] = data_address(arrays[k])
-        return arrays, addresses
+        return arrays, addresses, batch
 
     def __call__(self, *args) -> tuple[np.ndarray, ...]:
         return tuple(self.call(args, typed=False))
@@ -308,40 +395,95 @@ class LLVMExecutable:
     def call(self, args, typed: bool = True) -> list[np.ndarray]:
         """Run on args (see _arguments for typed); the results are distinct, fresh arrays
         but for donated ones, which are the arguments' arrays."""
-        arrays, addresses = self._arguments(args, typed)
-        outs = self._new_outputs()
+        arrays, addresses, batch = self._arguments(args, typed)
+        outs = self._new_outputs(batch)
         addresses += [data_address(out) for out in outs]
         slots = self._slots
         with self._lock:
+            entry = self._entry
+            if self.symbolic:
+                addresses.append(batch)
+                self._grow_arena(batch)
+                entry = self._entries[batch <= self.gil_batch]
             slots[1:] = addresses
-            self._entry(slots)
-            if self._collectives:
-                COLLECTIVES.raise_error()
-        return self._collect(arrays, outs)
+            entry(slots)
+            self._raise_errors(batch)
+        return self._collect(arrays, outs, batch)
+
+    def _grow_arena(self, batch: int) -> None:
+        """A symbolic program's arena at least its size at `batch` (the caller holds the lock;
+        bindings keep the arena they were packed with). Sizes do not shrink as B grows (no
+        Affine of a plan has a negative slope), so an arena that held a larger B holds this one."""
+        if batch <= self._arena_batch:
+            return
+        need = bytes_at(self.arena_bytes, batch)
+        if need > self._arena.nbytes:
+            self._arena = allocate_arena(need, "llvm", self.name)
+            self._slots[0] = data_address(self._arena)
+        self._arena_batch = batch
 
     def call_objects(self, args: tuple) -> list[np.ndarray] | None:
         """call(args) if every argument passes the native checks (fastcall.py: arrays of the
         compiled types, C-contiguous, aligned, donated ones writeable and apart), else None
-        without running: then call() checks, copies or raises."""
-        calls = self._calls
-        if calls is None:
-            if not fastcall.available():
-                return None
-            calls = self._calls = self._call_table()
-        outs = self._new_outputs()
+        without running: then call() checks, copies or raises. A symbolic program reads the
+        batch size from its first batch argument here and checks the arguments at that
+        size natively (a call table per batch size)."""
+        batch = 0
+        if self.symbolic:
+            batch = self._fast_batch(args)
+            calls = self._tables.get(batch) if batch else None
+            if calls is None:
+                if not batch or not fastcall.available():
+                    return None
+                calls = self._call_table(batch)
+                with self._lock:  # another thread may be adding one too
+                    self._tables[batch] = calls
+                    if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
+                        self._tables.pop(next(iter(self._tables)))
+        else:
+            calls = self._calls
+            if calls is None:
+                if not fastcall.available():
+                    return None
+                calls = self._calls = self._call_table()
+        outs = self._new_outputs(batch)
         items = args + outs
         with self._lock:
+            if batch:
+                self._grow_arena(batch)
+                self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
-            if self._collectives:
-                COLLECTIVES.raise_error()
-        return self._collect(args, outs)
+            self._raise_errors(batch)
+        return self._collect(args, outs, batch)
 
-    def _call_table(self) -> fastcall.CallTable:
+    def _raise_errors(self, batch: int) -> None:
+        """The errors a run left (a collective's, a GEMM's too large at this batch size), raised."""
+        if self._collectives:
+            COLLECTIVES.raise_error()
+        if self._gemm_error:
+            raise_gemm_error(self._gemm_error, batch)
+
+    def _fast_batch(self, args: tuple) -> int:
+        """The batch size the first batch argument gives, if it is an ndarray and the size is in
+        range; else 0 (the checked path says what is wrong). The native checks do the rest."""
+        k, axis, coef = self._batch_axis
+        array = args[k] if k < len(args) else None
+        if type(array) is not np.ndarray or array.ndim <= axis:
+            return 0
+        batch, extra = divmod(array.shape[axis], coef)
+        if extra or batch < 1 or (self.max_batch is not None and batch > self.max_batch):
+            return 0
+        return batch
+
+    def _call_table(self, batch: int = 0) -> fastcall.CallTable:
+        """The native checks' table (of a symbolic program: at one batch size)."""
         donated_inputs = set(self._donated_inputs)
-        items = [(dtype, shape, k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
-        return fastcall.CallTable(items + [(dtype, shape, False) for dtype, shape in self._outputs],
-                                  len(self._inputs), self._slots, self._jit.address(ENTRY), self.holds_gil)
+        at = {"B": batch}
+        items = [(dtype, substitute(shape, at), k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
+        return fastcall.CallTable(items + [(dtype, substitute(shape, at), False) for dtype, shape in self._outputs],
+                                  len(self._inputs), self._slots, self._jit.address(ENTRY),
+                                  self.holds_gil or bool(batch) and batch <= self.gil_batch)
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -358,45 +500,77 @@ class LLVMExecutable:
         argument block packed once, so a run is the native call alone. Runs share the arena,
         and take the lock, with every other call of this executable (a program small enough
         to run holding the GIL needs no lock: the GIL keeps the others out)."""
-        arrays, addresses = self._arguments(args)
-        outs = [np.empty(shape, dtype) for dtype, shape in self._outputs]
+        arrays, addresses, batch = self._arguments(args)
+        outs = list(self._new_outputs(batch))
+        with self._lock:
+            if self.symbolic:
+                self._grow_arena(batch)
+            arena = self._arena  # kept alive by the binding, should a later call grow the arena
         block = (ctypes.c_void_p * len(self._slots))(
-            self._slots[0], *addresses, *[data_address(out) for out in outs])
+            data_address(arena), *addresses, *[data_address(out) for out in outs], *([batch] if self.symbolic else []))
         results, after = [], []
         for where, k, copy, shape in self._results:
             array = outs[k] if where == "out" else arrays[k]
-            view = array if shape is None else array.reshape(shape)
+            view = array if shape is None else array.reshape(substitute(shape, {"B": batch}))
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock, collectives = self._entry, self._lock, self._collectives
+        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error
+        if self.symbolic:
+            entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
-            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs))
+            return Binding(functools.partial(entry, block), arrays, results, after, (self, block, outs, arena))
 
         def run():
             with lock:
                 entry(block)
-                if collectives:
-                    COLLECTIVES.raise_error()
+                if checked:
+                    self._raise_errors(batch)
 
-        return Binding(run, arrays, results, after, (self, block, outs))
+        return Binding(run, arrays, results, after, (self, block, outs, arena))
+
+
+def _flops(graph) -> int:
+    return sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+
+
+def _gil_batch(graph) -> int:
+    """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
+    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
+    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
+    totals = [0, 0]  # at B = 1 and 2
+    for node in graph.nodes:
+        for k, at in enumerate(({"B": 1}, {"B": 2})):
+            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                                      substitute(node.type, at), attrs).flops
+        if totals[0] > HOLD_GIL_MAX_FLOPS:
+            return 0
+    slope = totals[1] - totals[0]
+    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
 
 
 def _generated_result_code(outputs, results):
-    """(new_outputs() -> fresh output arrays, collect(args, outs) -> the results), generated
-    for one program: a call's per-result work is straight-line code, no loop over tuples.
-    A result is an output array, or an argument (donated; or returned as it is: copied),
-    reshaped where the graph's result has another shape than its buffer."""
+    """(new_outputs(batch) -> fresh output arrays, collect(args, outs, batch) -> the results),
+    generated for one program: a call's per-result work is straight-line code, no loop over
+    tuples. A result is an output array, or an argument (donated; or returned as it is:
+    copied), reshaped where the graph's result has another shape than its buffer. A
+    symbolic shape's sizes are expressions of the call's batch size."""
     namespace = {"empty": np.empty, **{f"d{k}": dtype for k, (dtype, _) in enumerate(outputs)}}
-    new = "".join(f"empty({shape!r}, d{k}), " for k, (_, shape) in enumerate(outputs))
+    new = "".join(f"empty({_shape_code(shape)}, d{k}), " for k, (_, shape) in enumerate(outputs))
     terms = []
     for where, k, copy, shape in results:
         term = f"{'outs' if where == 'out' else 'args'}[{k}]" + (".copy()" if copy else "")
-        terms.append(term if shape is None else f"{term}.reshape({shape!r})")
-    source = (f"def new_outputs():\n    return ({new})\n"
-              f"def collect(args, outs):\n    return [{', '.join(terms)}]\n")
+        terms.append(term if shape is None else f"{term}.reshape({_shape_code(shape)})")
+    source = (f"def new_outputs(batch):\n    return ({new})\n"
+              f"def collect(args, outs, batch):\n    return [{', '.join(terms)}]\n")
     exec(compile(source, "<ffcompile.llvm results>", "exec"), namespace)
     return namespace["new_outputs"], namespace["collect"]
+
+
+def _shape_code(shape) -> str:
+    """A shape as Python source: a Sym's size is `coef * batch`."""
+    return "(" + "".join(f"{d.coef} * batch, " if isinstance(d, Sym) else f"{d}, " for d in shape) + ")"
 
 
 def build(schedule: Schedule, plan: MemoryPlan, donate: dict[int, int] | None = None,
@@ -409,6 +583,7 @@ class LLVMBackend:
     """The default backend: the schedule as one native function (codegen/backend.py)."""
 
     name = "llvm"
+    symbolic_batch = True  # one program for every batch size (codegen/backend.py)
 
     def lowers(self, op) -> bool:
         # Per-op tables, plus the ops a kernel kind handles whole: matmul (GEMM), constant
@@ -433,7 +608,7 @@ class LLVMBackend:
     def export(self, schedule: Schedule, plan: MemoryPlan, out_dir, name: str, input_names):
         from .export import export  # links with the system C compiler: loaded on use
 
-        calibrate_schedule(schedule)
+        calibrate_schedule(schedule, plan.batch)
         return export(schedule, plan, out_dir, name, input_names)
 
 

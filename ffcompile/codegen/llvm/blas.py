@@ -40,7 +40,8 @@ from types import ModuleType
 
 from llvmlite import ir
 
-from .cgutils import for_range
+from ...ir.symbolic import BatchRange, Sym
+from .cgutils import for_range, size_value
 from .elementwise import (
     CONTRACT,
     I8,
@@ -54,8 +55,9 @@ from .elementwise import (
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
 from .packed_gemm import emit_packed_gemm, packed_beats_blas
+from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
-from .smallgemm import emit_small_gemm, small_gemm_fits
+from .smallgemm import emit_small_gemm, product, small_gemm_fits
 from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
@@ -193,11 +195,14 @@ def _gemm_pointer(b: ir.IRBuilder, name: str, fty: ir.FunctionType) -> ir.Value:
 
 
 def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, trans_b: bool,
-              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
+              scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None,
+              max_batch: int | None = None) -> None:
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
     scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
-    An epilogue (only for a 2-D SKINNY or PACKED product) runs in that kernel's function."""
+    An epilogue (only for a 2-D SKINNY, RUNTIME or PACKED product) runs in that kernel's function.
+    Types may hold Sym sizes (a symbolic batch size B in 1..max_batch, None: unbounded): the
+    function `b` builds then has a trailing `batch` parameter, and the route is RUNTIME's."""
     shape = out.type.shape
     m, n = shape[-2], shape[-1]
     k = a.type.shape[-2] if trans_a else a.type.shape[-1]
@@ -206,44 +211,145 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     b_step = [s * k * n for s in broadcast_strides(b_.type.shape[:-2], batch)]
     c_step = [s * m * n for s in broadcast_strides(batch, batch)]
     dtype = out.type.dtype
-    route = gemm_route(m, n, k, dtype, trans_a, trans_b)
+    route = gemm_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    assert epilogue is None or (route in (SKINNY, PACKED) and not batch), "a 2-D skinny or packed product fuses"
+    assert epilogue is None or (route in (*FUSING_ROUTES, PACKED) and not batch), "a 2-D skinny or packed product fuses"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
         pa = b.gep(a.ptr, [point.offset(b, tuple(a_step))], inbounds=True) if batch else a.ptr
         pb = b.gep(b_.ptr, [point.offset(b, tuple(b_step))], inbounds=True) if batch else b_.ptr
         pc = b.gep(out.ptr, [point.offset(b, tuple(c_step))], inbounds=True) if batch else out.ptr
-        if route == SKINNY:
+        if route in (RUNTIME, RUNTIME_NATIVE):
+            emit_runtime_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue, max_batch, native_max_work(),
+                              lambda bb: _small(bb, pa, pb, pc, m, n, k, trans_a, trans_b, scale),
+                              lambda bb: _blas_or_packed(bb, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale,
+                                                         max_batch))
+        elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
-        elif route == SMALL and not trans_a:  # A's rows contiguous: blocks of them split
-            _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
         elif route == SMALL:
-            emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
             emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue=epilogue)
         elif route == LOOPS:
             _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
-        elif _blas_threads == 1:  # the pool owns the cores: it splits the product
-            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         else:
-            _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+            _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+
+
+def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_batch) -> None:
+    """A symbolic product past smallgemm: where a fixed program of the reference batch size
+    would take the packed GEMM (packed_beats_blas: 1.5-2x the BLAS route on AVX-512), C's rows
+    in blocks of the reference size's rows, each packed_gemm's kernel built for that concrete
+    shape (a run of blocks at the reference size and its multiples, the same code as the fixed
+    program's), the rest of the rows by BLAS; else the BLAS product."""
+    depth = _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch)
+    if depth is not None:
+        _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth)
+        return
+    rows = _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch)
+    if rows is None:
+        _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        return
+    block = ir.Constant(I64, rows)
+    size = size_value(b, m)
+    blocks = b.udiv(size, block)
+    with for_range(b, blocks, "packed.rows") as i:
+        first = b.mul(i, block, flags=["nsw"])
+        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
+                         b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), rows, n, k, False, trans_b, scale)
+
+    def packed(bb):  # the rows the blocks computed
+        whole = bb.udiv(size_value(bb, m), block)
+        return bb.mul(whole, block, flags=["nsw"])
+
+    first = packed(b)
+    left = b.sub(size, first)
+    with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
+        if _blas_threads == 1:  # the pool owns the cores: it splits the rest
+            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, False, trans_b, scale, skipped=packed)
+        else:
+            _blas_call(b, BLAS_FUNCTIONS[dtype], b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
+                       b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), left, n, k, False, trans_b, scale)
+
+
+def _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth: int) -> None:
+    """The weight gradient x.T @ dy (k = B; A and B held k x m, k x n: a block of k's rows is
+    contiguous in both): the first k % depth rows by one BLAS call, which writes C (with the
+    product's beta), then blocks of `depth` rows added by the packed GEMM built for that
+    concrete shape (beta 1)."""
+    ty = pc.type.pointee
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    size, block = size_value(b, k), ir.Constant(I64, depth)
+    left = b.urem(size, block)
+    # k = 0 rows with beta 0 still writes C: C = beta C, zeros where beta is 0 (the BLAS standard)
+    _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, left, True, False, (alpha, beta))
+    with for_range(b, b.udiv(size, block), "packed.depth") as i:
+        first = b.add(left, b.mul(i, block, flags=["nsw"]), flags=["nsw"])
+        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, m))], inbounds=True),
+                         b.gep(pb, [b.mul(first, ir.Constant(I64, n))], inbounds=True), pc, m, n, depth, True, False,
+                         (alpha, ir.Constant(ty, 1.0)))
+
+
+def _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """The rows of k per packed block of a symbolic k (A transposed, B not: a block of k's
+    rows contiguous in both): the reference batch size's, where gemm_route takes the packed
+    GEMM at that size; else None."""
+    if not isinstance(k, Sym) or symbolic(m, n) or not trans_a or trans_b:
+        return None
+    return _reference_packed(k, (m, n, k), dtype, trans_a, trans_b, max_batch)
+
+
+def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """The rows of C per packed block of a symbolic m (A untransposed, its rows contiguous): the
+    reference batch size's, where gemm_route takes the packed GEMM at that size; else None."""
+    if not isinstance(m, Sym) or symbolic(n, k) or trans_a:
+        return None
+    return _reference_packed(m, (m, n, k), dtype, trans_a, trans_b, max_batch)
+
+
+def _reference_packed(size: Sym, shape: tuple, dtype, trans_a, trans_b, max_batch) -> int | None:
+    """`size` (the symbolic m or k of `shape`) at the reference batch size, if the product of
+    that size takes the packed GEMM; else None."""
+    extent = size.coef * BatchRange(max_batch).reference
+    try:
+        at = [extent if isinstance(d, Sym) else d for d in shape]
+        return extent if gemm_route(*at, dtype, trans_a, trans_b) == PACKED else None
+    except GemmTooLarge:
+        return None
+
+
+def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """The BLAS product (sizes: ints or Syms), split by rows across the pool
+    when BLAS runs at one thread (the pool owns the cores)."""
+    if _blas_threads == 1:
+        _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+    else:
+        _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, trans_a, trans_b, scale)
 
 
 SKINNY, SMALL, PACKED, LOOPS, BLAS = "skinny", "smallgemm", "packed", "loops", "blas"
-# SciPy's cython_blas takes every dimension as a 32-bit Fortran INTEGER (an LP64 BLAS).
-BLAS_INT_MAX = 2 ** 31 - 1
+RUNTIME = "runtime"  # symbolic sizes: skinny, smallgemm or BLAS, chosen by the program at run time (runtime_gemm.py)
+RUNTIME_NATIVE = "runtime-native"  # the same where no size in 1..max_batch needs BLAS
+BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
+FUSING_ROUTES = (SKINNY, RUNTIME, RUNTIME_NATIVE)  # the routes that take a ColumnEpilogue
 
 
-def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> str | None:
+def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
     """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
     nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
     beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
-    dimension past BLAS_INT_MAX (it would be passed wrapped)."""
+    dimension past BLAS_INT_MAX (it would be passed wrapped).
+
+    Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
+    product is then RUNTIME's (RUNTIME_NATIVE's where no size up to max_batch needs BLAS), an
+    integer one LOOPS; GemmTooLarge when a size past BLAS_INT_MAX is within max_batch (without a
+    bound, the program checks before it calls BLAS)."""
+    if symbolic(m, n, k):
+        return _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     if m * n == 0:
         return None
     work = m * n * k
@@ -261,19 +367,38 @@ def gemm_route(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool)
     return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
 
 
-class GemmTooLarge(ValueError):
-    """A matrix product too large for the BLAS interface's integers."""
+def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
+    if 0 in (m, n):  # a Sym is never 0
+        return None
+    if dtype not in BLAS_FUNCTIONS:
+        return LOOPS
+    itemsize = 4 if dtype == "f32" else 8
+    if not runtime_kernels(m, n, k, trans_a, trans_b, itemsize, max_batch, native_max_work())[2]:
+        return RUNTIME_NATIVE
+    sizes = [largest(d, max_batch) for d in (m, n, k)]
+    if None not in sizes and max(sizes) > BLAS_INT_MAX:
+        raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension of {max(sizes)} "
+                           f"at max_batch={max_batch}, above {BLAS_INT_MAX}, the largest the BLAS (32-bit "
+                           f"integers) takes")
+    return RUNTIME
 
 
 def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
     """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
     block's rows of A are contiguous), split across the thread pool in chunks of at least
-    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code."""
-    blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
+    the blocks counted at run time, each one smallgemm's code with run-time rows)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
-    if blocks < 2 * grain:
-        emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
-        return
+    rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
+    if isinstance(m, Sym):
+        blocks = None
+        units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
+    else:
+        blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
+        if blocks < 2 * grain:
+            emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
+            return
+        units = blocks + (1 if rest else 0)
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
 
@@ -284,40 +409,69 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
     def body(bb, values, start, end):
-        stop = bb.select(bb.icmp_signed("<", end, ir.Constant(I64, blocks)), end, ir.Constant(I64, blocks))
+        if blocks is None:  # every block's rows known at run time (the last one fewer): one code for all
+            rows = size_value(bb, m)
+            with for_range(bb, bb.sub(end, start), "rowblock") as i:
+                first = bb.mul(bb.add(start, i), rows_per_block)
+                left = bb.sub(rows, first)
+                block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
+            return
+        full = ir.Constant(I64, blocks)
+        stop = bb.select(bb.icmp_signed("<", end, full), end, full)
         count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
         with for_range(bb, count, "rowblock") as i:
-            block_at(bb, values, bb.mul(bb.add(start, i), ir.Constant(I64, SPLIT_SMALL_ROWS)), SPLIT_SMALL_ROWS)
+            block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
         if rest:
-            with bb.if_then(bb.icmp_signed(">", end, ir.Constant(I64, blocks))):
+            with bb.if_then(bb.icmp_signed(">", end, full)):
                 block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
 
-    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], blocks + (1 if rest else 0), grain, body)
+    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
-def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
+    """smallgemm's product, split by blocks of rows across the pool where A's rows are
+    contiguous (sizes: ints, or a Sym m or k)."""
+    if not trans_a and not symbolic(n, k):
+        _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
+    else:
+        emit_small_gemm(b, pa, pb, pc, *(d if isinstance(d, int) else size_value(b, d) for d in (m, n, k)),
+                        trans_a, trans_b, scale)
+
+
+def _split_blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, skipped=None) -> None:
     """The BLAS call, over blocks of SPLIT_ROWS rows of C split across the thread pool
-    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread."""
+    (chunks of at least SPLIT_MIN_WORK multiply-adds), each block a call on its thread.
+    skipped(builder): the i64 count of C's first rows left out (computed in each function), or None."""
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    units = -(-m // SPLIT_ROWS)
 
     def body(bb, values, start, end):
         pa_, pb_, pc_, alpha_, beta_ = values
+        rows, columns, inner = (size_value(bb, d) for d in (m, n, k))
         first = bb.mul(start, ir.Constant(I64, SPLIT_ROWS))
         last = bb.mul(end, ir.Constant(I64, SPLIT_ROWS))
-        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
-        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
-        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        if skipped is not None:
+            base = skipped(bb)
+            first, last = bb.add(first, base), bb.add(last, base)
+        last = bb.select(bb.icmp_signed("<", last, rows), last, rows)
+        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, inner)], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, columns)], inbounds=True)
         _blas_call(bb, name, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, (alpha_, beta_),
                    lda=m if trans_a else k)
 
-    grain = -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
+    if symbolic(m, n, k):  # units and grain at run time (a run-time count: threadpool.emit_parallel_for)
+        rows, work = size_value(b, m), product(b, SPLIT_ROWS, *(size_value(b, d) for d in (n, k)))
+        if skipped is not None:
+            rows = b.sub(rows, skipped(b))
+        units = b.udiv(b.add(rows, ir.Constant(I64, SPLIT_ROWS - 1)), ir.Constant(I64, SPLIT_ROWS))
+        grain = b.udiv(b.add(work, ir.Constant(I64, SPLIT_MIN_WORK - 1)), work)
+    else:
+        units, grain = -(-m // SPLIT_ROWS), -(-SPLIT_MIN_WORK // (SPLIT_ROWS * n * k))
     emit_parallel_for(b, "blas", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
 def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int | None = None) -> None:
-    """The BLAS call for C = op(A) op(B) (m rows of C: an int, or an i64 value); lda: A's
+    """The BLAS call for C = op(A) op(B) (sizes: ints, Syms, or i64 values); lda: A's
     leading dimension when A is part of a larger matrix."""
     ty = pc.type.pointee
     ptr = ty.as_pointer()
@@ -333,42 +487,48 @@ def _blas_call(b, name, pa, pb, pc, m, n, k, trans_a, trans_b, scale, lda: int |
     def flag(transposed: bool):
         return by_pointer(ir.Constant(I8, ord("T" if transposed else "N")))
 
-    def i32(v):
-        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v, I32))
+    def i32(v):  # the size checked against BLAS_INT_MAX before (gemm_route, runtime_gemm)
+        return by_pointer(ir.Constant(I32, v) if isinstance(v, int) else b.trunc(v if isinstance(v, ir.Value) else size_value(b, v), I32))
+
+    def leading(v):  # at least 1, as BLAS requires of an empty matrix's (a run-time size is >= 1)
+        return max(1, v) if isinstance(v, int) else v
 
     lda = lda or (m if trans_a else k)
     ldb = k if trans_b else n
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
     b.call(_gemm_pointer(b, name, fty), [
         flag(trans_b), flag(trans_a), i32(n), i32(m), i32(k), by_pointer(alpha),
-        pb, i32(max(1, ldb)), pa, i32(max(1, lda)), by_pointer(beta), pc, i32(max(1, n))])
+        pb, i32(leading(ldb)), pa, i32(leading(lda)), by_pointer(beta), pc, i32(leading(n))])
 
 
 def _native_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
     """C[i, :] = 0; C[i, :] += A[i, p] * B[p, :] for p in order (the order BLAS sums in).
-    Floats come here only with k == 0, where alpha * A @ B + beta * C is beta * C."""
+    Floats come here only with k == 0, where alpha * A @ B + beta * C is beta * C. Sizes: ints
+    or Syms (run-time trip counts and strides)."""
     assert scale is None or k == 0, "a scaled float GEMM with k > 0 goes to smallgemm or BLAS"
+    m, n, k = (size_value(b, d) for d in (m, n, k))
     ty = pc.type.pointee
     mul = (lambda x, y: b.fmul(x, y, flags=CONTRACT)) if is_float(ty) else b.mul
     add = (lambda x, y: b.fadd(x, y, flags=CONTRACT)) if is_float(ty) else b.add
     zero = ir.Constant(ty, 0.0 if is_float(ty) else 0)
-    a_i, a_p = (1, m) if trans_a else (k, 1)
-    b_p, b_j = (1, k) if trans_b else (n, 1)
+    one = ir.Constant(I64, 1)
+    a_i, a_p = (one, m) if trans_a else (k, one)
+    b_p, b_j = (one, k) if trans_b else (n, one)
 
     def at(ptr, *terms):
         """&ptr[sum(index * stride)]"""
         offset = None
         for index, stride in terms:
-            term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+            term = index if stride is one else b.mul(index, stride, flags=["nsw"])
             offset = term if offset is None else b.add(offset, term, flags=["nsw"])
         return b.gep(ptr, [offset], inbounds=True)
 
-    with for_range(b, ir.Constant(I64, m), "row") as i:
-        with for_range(b, ir.Constant(I64, n), "col") as j:
-            c = at(pc, (i, n), (j, 1))
+    with for_range(b, m, "row") as i:
+        with for_range(b, n, "col") as j:
+            c = at(pc, (i, n), (j, one))
             b.store(zero if scale is None else mul(scale[1], b.load(c)), c)
-        with for_range(b, ir.Constant(I64, k), "inner") as p:
+        with for_range(b, k, "inner") as p:
             a_ip = b.load(at(pa, (i, a_i), (p, a_p)))
-            with for_range(b, ir.Constant(I64, n), "col") as j:
-                c = at(pc, (i, n), (j, 1))
+            with for_range(b, n, "col") as j:
+                c = at(pc, (i, n), (j, one))
                 b.store(add(b.load(c), mul(a_ip, b.load(at(pb, (p, b_p), (j, b_j))))), c)

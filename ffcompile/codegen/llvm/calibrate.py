@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ...ir.symbolic import BatchRange, substitute
 from ...passes.schedule import KernelKind, Schedule
 from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route
 from .gemm_calibration import forced_route, measured, record, representative, route_forced
@@ -66,17 +67,18 @@ def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> 
     return found
 
 
-def calibrate_schedule(schedule: Schedule) -> None:
+def calibrate_schedule(schedule: Schedule, batch: BatchRange | None = None) -> None:
     """Measure the classes of the schedule's products that are not measured yet (none when
-    FFCOMPILE_GEMM_ROUTE forces the route)."""
+    FFCOMPILE_GEMM_ROUTE forces the route). A product with the symbolic batch size B is
+    measured at B's reference size: blas.py runs blocks of that size by the packed GEMM
+    where a product of that size takes it."""
     if forced_route() is not None:
         return
     nodes = schedule.graph.nodes
     for kernel in schedule.kernels:
         if kernel.kind != KernelKind.GEMM or nodes[kernel.anchor].type.dtype not in BLAS_FUNCTIONS:
             continue
-        m, n, k = gemm_dims(nodes, kernel)
+        m, n, k = substitute(gemm_dims(nodes, kernel), {"B": (batch or BatchRange()).reference})
         dtype = nodes[kernel.anchor].type.dtype
-        concrete = all(isinstance(d, int) for d in (m, n, k))  # the packed GEMM needs known sizes
-        if concrete and either_route(m, n, k, dtype, kernel.trans_a, kernel.trans_b):
+        if either_route(m, n, k, dtype, kernel.trans_a, kernel.trans_b):
             calibrate_class(m, n, k, dtype)

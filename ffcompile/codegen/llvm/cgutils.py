@@ -5,6 +5,8 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
+from ...ir.symbolic import Affine, Sym
+
 
 @contextmanager
 def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i"):
@@ -69,3 +71,32 @@ def compiled_compact(function: ir.Function) -> None:
     keeps it apart, since inlined into a caller without the attribute it is optimized in full."""
     function.attributes.add("optsize")
     function.attributes.add("noinline")
+
+
+def batch_size(b: ir.IRBuilder) -> ir.Value:
+    """The i64 batch size of a symbolic program, in the function `b` is building: its trailing
+    parameter named `batch` (every function touching a B-dependent type takes one, #18)."""
+    fn = b.function
+    if not fn.args or fn.args[-1].name != "batch":
+        raise AssertionError(f"{fn.name} has no trailing `batch` parameter but emits a symbolic size")
+    return fn.args[-1]
+
+
+def size_value(b: ir.IRBuilder, d) -> ir.Value:
+    """The i64 value of a dimension: a constant for an int, `coef * batch` for a Sym."""
+    i64 = ir.IntType(64)
+    if not isinstance(d, Sym):
+        return ir.Constant(i64, int(d))
+    batch = batch_size(b)
+    return batch if d.coef == 1 else b.mul(batch, ir.Constant(i64, d.coef), flags=["nsw"])
+
+
+def affine_value(b: ir.IRBuilder, a) -> ir.Value:
+    """The i64 value of an int, a Sym or an Affine (`const + per_batch * batch`: an offset in a
+    symbolic program)."""
+    a = Affine.of(a)
+    if not a.per_batch:
+        return ir.Constant(ir.IntType(64), a.const)
+    batch = batch_size(b)
+    scaled = batch if a.per_batch == 1 else b.mul(batch, ir.Constant(ir.IntType(64), a.per_batch), flags=["nsw"])
+    return b.add(scaled, ir.Constant(ir.IntType(64), a.const), flags=["nsw"]) if a.const else scaled

@@ -20,7 +20,9 @@ import numpy as np
 from llvmlite import ir
 
 from ...ir.collectives import Pending
+from ...ir.symbolic import Affine
 from ...ir.types import DTYPES
+from .cgutils import size_value
 from .elementwise import I8, I64, Array
 from .layout import copy_strided
 
@@ -42,12 +44,12 @@ def collective_slot(module: ir.Module) -> ir.GlobalVariable:
 def emit_collective_call(b: ir.IRBuilder, phase: int, group: int, out: Array) -> None:
     fn = b.bitcast(b.load(collective_slot(b.module)), _CALL_TYPE.as_pointer())
     b.call(fn, [ir.Constant(I64, phase), ir.Constant(I64, group), b.bitcast(out.ptr, I8.as_pointer()),
-                ir.Constant(I64, out.type.size), ir.Constant(I64, _DTYPE_CODES[out.type.dtype])])
+                size_value(b, out.type.size), ir.Constant(I64, _DTYPE_CODES[out.type.dtype])])
 
 
 def emit_all_reduce_start(b: ir.IRBuilder, node, out: Array, operands: list[Array]) -> None:
     """Copy the operands, flattened, one after another into out; start the reduction there."""
-    start = 0
+    start = Affine(0)  # elements; B-sized operands and others may be mixed
     for x in operands:
         copy_strided(b, (x.type.size,), out, (1,), x.ptr, (1,), dst_offset=start)
         start += x.type.size

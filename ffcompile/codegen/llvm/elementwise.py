@@ -28,7 +28,8 @@ from llvmlite import ir
 from ...ir import Node, TensorType
 from ...ir import ops as O
 from . import mathlib
-from .cgutils import for_range
+from ...ir.symbolic import Sym
+from .cgutils import for_range, size_value
 from .threadpool import emit_parallel_for
 
 CONTRACT = ("contract",)
@@ -46,6 +47,14 @@ def constant(value, dtype: str) -> ir.Constant:
     """A scalar literal in register type."""
     ty = REGISTER_TYPES[dtype]
     return ir.Constant(ty, float(value) if is_float(ty) else int(value))
+
+
+def scalar(b: ir.IRBuilder, value, dtype: str) -> ir.Value:
+    """A constant's scalar in register type: a literal, or for a size known at call time
+    (a Sym: a mean's count) its value converted as NumPy converts the int to `dtype`."""
+    if isinstance(value, Sym):
+        return convert(b, size_value(b, value), dtype)
+    return constant(value, dtype)
 
 
 def intrinsic(b: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
@@ -299,7 +308,7 @@ class Point:
         for group, index in zip(self.groups, self.indices):
             stride = strides[group[-1]]
             if stride:
-                term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+                term = index if stride == 1 else b.mul(index, size_value(b, stride), flags=["nsw"])
                 total = term if total is None else b.add(total, term, flags=["nsw"])
         return ir.Constant(I64, 0) if total is None else total
 
@@ -318,8 +327,10 @@ def loop_nest(b: ir.IRBuilder, space: tuple[int, ...], groups: list[tuple[int, .
     with ExitStack() as stack:
         for group in groups:
             count = math.prod(space[d] for d in group)
-            index = stack.enter_context(for_range(b, ir.Constant(I64, count), name=f"i{len(point.groups)}"))
-            if count < SHORT_LOOP:
+            index = stack.enter_context(for_range(b, size_value(b, count), name=f"i{len(point.groups)}"))
+            # A loop over the batch (a Sym count, known at call time) never gets the hint: it
+            # saves compile time on short loops, and a batch is not short at the sizes that matter.
+            if not isinstance(count, Sym) and count < SHORT_LOOP:
                 short.append(index)
             point.indices.append(index)
             point.groups.append(group)
@@ -467,7 +478,8 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
     groups = loop_groups(space, range(rank), strides, emitter.iota_axes(per_point, phase))
     points = math.prod(space)
     outer = math.prod(space[d] for d in groups[0]) if groups else 1
-    if points < 2 * PARALLEL_MIN_POINTS or outer < 2:
+    symbolic = isinstance(points, Sym)
+    if (not symbolic and points < 2 * PARALLEL_MIN_POINTS) or (not isinstance(outer, Sym) and outer < 2):
         with loop_nest(emitter.b, space, groups) as point:
             emitter.at_point(per_point, phase, point, outputs)
         return
@@ -482,8 +494,17 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
             with loop_nest(b, space, groups[1:], first) as point:
                 local.at_point(per_point, phase, point, outputs)
 
-    grain = -(-PARALLEL_MIN_POINTS // (points // outer))
-    emit_parallel_for(emitter.b, "map", values, outer, grain, chunk)
+    emit_parallel_for(emitter.b, "map", values, size_value(emitter.b, outer),
+                      _grain(emitter.b, points // outer), chunk)
+
+
+def _grain(b: ir.IRBuilder, inner) -> ir.Value | int:
+    """Outer iterations per chunk so that a chunk has PARALLEL_MIN_POINTS points, `inner` each:
+    for a symbolic inner size, computed at run time (the parallel split is decided there)."""
+    if not isinstance(inner, Sym):
+        return -(-PARALLEL_MIN_POINTS // inner)
+    inner = size_value(b, inner)
+    return b.udiv(b.add(ir.Constant(I64, PARALLEL_MIN_POINTS - 1), inner), inner)
 
 
 @dataclass(frozen=True)
@@ -507,7 +528,7 @@ def column_epilogue(emitter: BodyEmitter, body, space: tuple[int, int], outputs)
         if not per_point:
             return
         local = rebuild(b, loaded)
-        i0, i1 = rows or (ir.Constant(I64, 0), ir.Constant(I64, space[0]))
+        i0, i1 = rows or (ir.Constant(I64, 0), size_value(b, space[0]))
         with for_range(b, b.sub(i1, i0), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
             point = Point(2, [(0,), (1,)], [b.add(i0, i, flags=["nsw"]), b.add(j0, j, flags=["nsw"])])
             local.at_point(per_point, phase, point, outputs)

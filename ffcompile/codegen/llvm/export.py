@@ -19,7 +19,10 @@ GEMMs above the native-loop size call BLAS through a pointer the caller
 sets once (any sgemm/dgemm with the Fortran convention, every argument by
 pointer, e.g. the BLAS's own `sgemm_`): the library links no BLAS. Its
 slots start null, so NAME_USES_SGEMM / NAME_USES_DGEMM say which must be set
-before the first call. Kernels ffcompile splits across its thread pool
+before the first call. A symbolic program (one for every batch size, #18) takes the
+batch size as a last parameter, `void name_entry(void **args, int64_t batch)`, and its
+size macros are functions of it (NAME_ARENA_BYTES(batch), NAME_INPUT0_SHAPE(batch), ...);
+NAME_MAX_BATCH bounds it (0: unbounded). Kernels ffcompile splits across its thread pool
 (threadpool.py) run whole on the caller's thread in a library. The code is compiled for the exporting host's CPU
 (its vector features): run it on the same kind of machine.
 """
@@ -34,12 +37,14 @@ from pathlib import Path
 
 from llvmlite import ir
 
+from ...ir.symbolic import Affine, Envelope, Sym
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule
 from . import target
 from .blas import BLAS_FUNCTIONS, blas_slot
+from .runtime_gemm import GEMM_ERROR_SYMBOL
 from .threadpool import POOL_SLOT
-from .elementwise import I8
+from .elementwise import I8, I64
 from .lower import ENTRY, lower
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
@@ -68,29 +73,54 @@ def export(schedule: Schedule, plan: MemoryPlan, out_dir: str | os.PathLike, nam
     if program.collectives:
         raise ExportError("export: the program has all_reduce collectives, which call back into this Python "
                           "process's communicator: a standalone library cannot run them")
-    _add_c_interface(program.module, name)
+    _add_c_interface(program.module, name, 1 + len(schedule.graph.inputs) + len(program.outputs)
+                     if program.batch else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     object_path, library_path, header_path = out / f"{name}.o", out / f"lib{name}.so", out / f"{name}.h"
     object_path.write_bytes(target.object_code(program.module))
-    header_path.write_text(_header(schedule, program, name, input_names))
+    header_path.write_text(_header(schedule, program, name, input_names,
+                                   plan.batch.max_batch if plan.batch is not None else None))
     _link(object_path, library_path)
     return ExportedLibrary(object_path, library_path, header_path, program.blas)
 
 
-def _add_c_interface(module: ir.Module, name: str) -> None:
+def _add_c_interface(module: ir.Module, name: str, batch_slot: int | None) -> None:
     """`name_entry` calls the (now internal) entry; setters fill the (now internal) BLAS slots,
-    so the library exports only its prefixed names and two libraries can be linked together."""
+    so the library exports only its prefixed names and two libraries can be linked together.
+    A symbolic program's `name_entry(args, batch)` passes the entry a copy of the caller's
+    args with the batch size in one more slot, batch_slot (the caller's array is as before)."""
     pointer = I8.as_pointer()
     entry = module.get_global(ENTRY)
     entry.linkage = "internal"
-    wrapper = ir.Function(module, entry.function_type, f"{name}_entry")
+    params = [pointer.as_pointer()] + ([I64] if batch_slot is not None else [])
+    wrapper = ir.Function(module, ir.FunctionType(ir.VoidType(), params), f"{name}_entry")
     b = ir.IRBuilder(wrapper.append_basic_block("entry"))
-    b.call(entry, list(wrapper.args))
+    if batch_slot is None:
+        b.call(entry, list(wrapper.args))
+    else:
+        args, batch = wrapper.args
+        slots = b.alloca(ir.ArrayType(pointer, batch_slot + 1))
+
+        def slot(k):
+            return b.gep(slots, [ir.Constant(I64, 0), ir.Constant(I64, k)], inbounds=True)
+
+        for k in range(batch_slot):
+            b.store(b.load(b.gep(args, [ir.Constant(I64, k)], inbounds=True)), slot(k))
+        b.store(b.inttoptr(batch, pointer), slot(batch_slot))
+        b.call(entry, [slot(0)])
     b.ret_void()
     pool = module.globals.get(POOL_SLOT)
     if pool is not None:  # stays null: a library's parallel kernels run on the caller's thread
         pool.linkage = "internal"
+    error = module.globals.get(GEMM_ERROR_SYMBOL)
+    if error is not None:  # a GEMM that refused BLAS at the call's batch size: read and cleared here
+        error.linkage = "internal"
+        reader = ir.Function(module, ir.FunctionType(I64, []), f"{name}_gemm_error")
+        b = ir.IRBuilder(reader.append_basic_block("entry"))
+        size = b.load(error)
+        b.store(ir.Constant(I64, 0), error)
+        b.ret(size)
     for function in BLAS_FUNCTIONS.values():
         slot = blas_slot(module, function)
         slot.linkage = "internal"
@@ -111,7 +141,27 @@ def _link(object_path: Path, library_path: Path) -> None:
         raise ExportError(f"export: {cc} failed to link {library_path.name}:\n{result.stderr}")
 
 
-def _header(schedule: Schedule, program, name: str, input_names: list[str] | None) -> str:
+def _c_size(value) -> str:
+    """A byte or element count as C: an int, or an expression of the macro parameter `batch`
+    (a Sym, an Affine, an Envelope: the most of its Affines)."""
+    if isinstance(value, Envelope):
+        terms = [_c_size(part) for part in value.parts] or ["0"]
+        expression = terms[0]
+        for term in terms[1:]:
+            expression = f"(({expression}) > ({term}) ? ({expression}) : ({term}))"
+        return expression
+    if isinstance(value, Sym):
+        value = Affine.of(value)
+    if isinstance(value, Affine):
+        if not value.per_batch:
+            return str(value.const)
+        scaled = f"{value.per_batch} * (int64_t)(batch)"
+        return f"({value.const} + {scaled})" if value.const else f"({scaled})"
+    return str(value)
+
+
+def _header(schedule: Schedule, program, name: str, input_names: list[str] | None,
+            max_batch: int | None = None) -> str:
     graph = schedule.graph
     nodes = graph.nodes
     names = input_names or [nodes[i].attr("name") for i in graph.inputs]
@@ -134,9 +184,14 @@ def _header(schedule: Schedule, program, name: str, input_names: list[str] | Non
             raise ExportError(f"export: result {r} of {graph.name} is neither computed nor an input")
     P = name.upper()
     guard = f"FFCOMPILE_{P}_H"
+    at = "(batch)" if program.batch else ""  # a symbolic program's sizes are macros of the batch size
     lines = [f"/* {name}: exported by ffcompile from graph {graph.name}. */",
-             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", "",
-             f"#define {P}_ARENA_BYTES {program.arena_bytes}",
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""]
+    if program.batch:
+        lines += [f"/* one program for every batch size 1..{P}_MAX_BATCH (0: unbounded): the size macros",
+                  f"   take it, and {name}_entry takes it last */",
+                  f"#define {P}_MAX_BATCH {max_batch or 0}"]
+    lines += [f"#define {P}_ARENA_BYTES{at} {_c_size(program.arena_bytes)}",
              f"#define {P}_ALIGNMENT {ALIGNMENT} /* of the arena (arrays: their element size) */",
              f"#define {P}_NUM_INPUTS {len(graph.inputs)}",
              f"#define {P}_NUM_OUTPUTS {len(outputs)}",
@@ -150,20 +205,24 @@ def _header(schedule: Schedule, program, name: str, input_names: list[str] | Non
         lines += ["", f"/* {kind.lower()} {k}: {what}: {t} */",
                   f"#define {P}_{kind}{k}_TYPE {C_TYPES[t.dtype]}",
                   f"#define {P}_{kind}{k}_NDIM {len(t.shape)}",
-                  f"#define {P}_{kind}{k}_SHAPE {{{', '.join(map(str, t.shape)) or '1'}}}",
-                  f"#define {P}_{kind}{k}_COUNT {t.size}",
-                  f"#define {P}_{kind}{k}_BYTES {t.nbytes}"]
+                  f"#define {P}_{kind}{k}_SHAPE{at} {{{', '.join(map(_c_size, t.shape)) or '1'}}}",
+                  f"#define {P}_{kind}{k}_COUNT{at} {_c_size(t.size)}",
+                  f"#define {P}_{kind}{k}_BYTES{at} {_c_size(t.nbytes)}"]
     lines.append("")
     for kind in ("INPUT", "OUTPUT"):
-        sizes = ", ".join(str(t.nbytes) for other, _, t, _ in slots if other == kind)
-        lines.append(f"#define {P}_{kind}_BYTES {{{sizes or '0'}}}")
+        sizes = ", ".join(_c_size(t.nbytes) for other, _, t, _ in slots if other == kind)
+        lines.append(f"#define {P}_{kind}_BYTES{at} {{{sizes or '0'}}}")
     lines += [f"#define {P}_RESULT_OUTPUT {{{', '.join(map(str, result_output)) or '0'}}}",
               f"#define {P}_RESULT_INPUT {{{', '.join(map(str, result_input)) or '0'}}}",
               "", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
               f"/* args = [arena, input 0 .. {P}_NUM_INPUTS-1, output 0 .. {P}_NUM_OUTPUTS-1],",
               "   each C-contiguous and aligned to its element size; one call at a time per arena. */",
-              f"void {name}_entry(void **args);",
+              f"void {name}_entry(void **args{', int64_t batch' if program.batch else ''});",
               "/* sgemm_/dgemm_ with the Fortran convention (every argument by pointer). */"]
     lines += [f"void {name}_set_{function}(void *fn);" for function in BLAS_FUNCTIONS.values()]
+    if GEMM_ERROR_SYMBOL in program.module.globals:
+        lines += [f"/* after a call: 0, or the matrix dimension past the BLAS's 32-bit integers that a GEMM met",
+                  "   at that batch size (the call then stopped short of it: its results are not valid); cleared */",
+                  f"int64_t {name}_gemm_error(void);"]
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
     return "\n".join(lines)

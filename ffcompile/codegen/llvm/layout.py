@@ -11,25 +11,37 @@ from llvmlite import ir
 
 from ...ir import Node
 from ...ir import ops as O
+from ...ir.attributes import flat_scalars
+from ...ir.symbolic import Affine, Sym
+from .cgutils import affine_value
 from .elementwise import (
     I64,
     MEMORY_TYPES,
     Array,
-    constant,
     contiguous_strides,
     loop_groups,
     loop_nest,
+    scalar,
+    store,
 )
 
 
 def copy_strided(b: ir.IRBuilder, shape, dst: Array, dst_strides, src: ir.Value, src_strides,
-                 dst_offset: int = 0, src_offset: int = 0) -> None:
-    """dst[dst_offset + i . dst_strides] = src[src_offset + i . src_strides] for every index i of shape."""
+                 dst_offset=0, src_offset=0) -> None:
+    """dst[dst_offset + i . dst_strides] = src[src_offset + i . src_strides] for every index i of
+    shape. Sizes, strides and offsets may be symbolic (a Sym, an offset an Affine in elements):
+    their values are computed at run time from the batch size."""
     groups = loop_groups(tuple(shape), range(len(shape)), [tuple(dst_strides), tuple(src_strides)])
+    src_at, dst_at = affine_value(b, src_offset), affine_value(b, dst_offset)  # before the loops
     with loop_nest(b, tuple(shape), groups) as point:
-        s = b.add(point.offset(b, tuple(src_strides)), ir.Constant(I64, src_offset))
-        d = b.add(point.offset(b, tuple(dst_strides)), ir.Constant(I64, dst_offset))
+        s = b.add(point.offset(b, tuple(src_strides)), src_at)
+        d = b.add(point.offset(b, tuple(dst_strides)), dst_at)
         b.store(b.load(b.gep(src, [s], inbounds=True)), b.gep(dst.ptr, [d], inbounds=True))
+
+
+def _dot(index, strides) -> Affine:
+    """sum(index_k * stride_k), in elements, as an Affine (a stride may be a multiple of B)."""
+    return sum((Affine.of(i * s) for i, s in zip(index, strides)), Affine(0))
 
 
 def _fill_zero(b: ir.IRBuilder, out: Array) -> None:
@@ -46,7 +58,7 @@ def _transpose(b, node, out, operands, out_strides):
 
 def _concat(b, node, out, operands, out_strides):
     axis, start = node.attr("axis"), 0
-    for x in operands:
+    for x in operands:  # along B, every size is a multiple of B (a trace refuses B + 1), so start is too
         copy_strided(b, x.type.shape, out, out_strides, x.ptr, contiguous_strides(x.type.shape),
                      dst_offset=start * out_strides[axis])
         start += x.type.shape[axis]
@@ -55,7 +67,7 @@ def _concat(b, node, out, operands, out_strides):
 def _slice(b, node, out, operands, out_strides):
     (x,) = operands
     in_strides = contiguous_strides(x.type.shape)
-    offset = sum(lo * s for lo, s in zip(node.attr("starts"), in_strides))
+    offset = _dot(node.attr("starts"), in_strides)
     copy_strided(b, out.type.shape, out, out_strides, x.ptr,
                  [s * step for s, step in zip(in_strides, node.attr("steps"))], src_offset=offset)
 
@@ -67,7 +79,7 @@ def _pad(b, node, out, operands, out_strides):
     _fill_zero(b, out)
     copy_strided(b, x.type.shape, out, [s * (it + 1) for s, (_, _, it) in zip(out_strides, config)],
                  x.ptr, contiguous_strides(x.type.shape),
-                 dst_offset=sum(lo * s for s, (lo, _, _) in zip(out_strides, config)))
+                 dst_offset=_dot([lo for lo, _, _ in config], out_strides))
 
 
 LAYOUT_LOWERINGS = {O.Transpose: _transpose, O.Concat: _concat, O.Slice: _slice, O.Pad: _pad}
@@ -86,16 +98,23 @@ def emit_copy(b: ir.IRBuilder, out: Array, source: Array) -> None:
 
 
 def emit_constant(b: ir.IRBuilder, node: Node, out: Array) -> None:
-    """Copy the constant's data from an internal global into its buffer."""
+    """Copy the constant's data from an internal global into its buffer; an element that is a
+    size known at call time (a Sym, as in a reshape's target shape) is stored after the copy."""
+    dtype = node.type.dtype
     if node.type.rank == 0:
-        value = constant(node.attr("value"), node.type.dtype)
-        b.store(b.zext(value, MEMORY_TYPES["bool"]) if node.type.dtype == "bool" else value, out.ptr)
+        store(b, scalar(b, node.attr("value"), dtype), out.ptr, dtype)
         return
-    ty = MEMORY_TYPES[node.type.dtype]
+    ty = MEMORY_TYPES[dtype]
     cast = float if node.type.is_float else int
-    flat = [cast(v) for v in np.asarray(node.attr("value"), dtype=node.type.np_dtype).ravel().tolist()]
+    values = flat_scalars(node.attr("value"))
+    known = np.asarray([0 if isinstance(v, Sym) else v for v in values], dtype=node.type.np_dtype)
+    flat = [cast(v) for v in known.tolist()]
     data = ir.GlobalVariable(b.module, ir.ArrayType(ty, len(flat)), b.module.get_unique_name("const"))
     data.linkage = "internal"
     data.global_constant = True
     data.initializer = ir.Constant(ir.ArrayType(ty, len(flat)), [ir.Constant(ty, v) for v in flat])
     emit_copy(b, out, Array(b.bitcast(data, ty.as_pointer()), node.type))
+    for k, v in enumerate(values):
+        if isinstance(v, Sym):
+            store(b, scalar(b, v, dtype), b.gep(out.ptr, [ir.Constant(I64, k)], inbounds=True), dtype)
+

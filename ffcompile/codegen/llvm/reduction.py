@@ -24,6 +24,7 @@ import math
 from llvmlite import ir
 
 from ...ir import ops as O
+from ...ir.symbolic import Sym
 from .elementwise import (
     REGISTER_TYPES,
     Array,
@@ -128,8 +129,8 @@ def _accumulator(emitter: BodyEmitter, anchor_id: int, anchor) -> Array | None:
     """The result buffer, or a stack array when the result is not a kernel output (None if too big)."""
     if anchor_id in emitter.arrays:
         return emitter.arrays[anchor_id]
-    if anchor.type.nbytes > _SCRATCH_LIMIT:
-        return None
+    if isinstance(anchor.type.nbytes, Sym) or anchor.type.nbytes > _SCRATCH_LIMIT:
+        return None  # a result over the batch has no size fixed at compile time for the stack
     ty = REGISTER_TYPES[anchor.type.dtype]
     array = _entry_alloca(emitter.b, ir.ArrayType(ty, anchor.type.size))
     return Array(emitter.b.bitcast(array, ty.as_pointer()), anchor.type)

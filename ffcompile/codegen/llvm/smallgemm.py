@@ -1,7 +1,9 @@
 """A register-tiled float GEMM in LLVM IR, for products too small to pay for a BLAS call.
 
 Shapes are compile-time constants, so every tile and remainder is fixed when
-the IR is emitted. C is cut into MR x NR tiles (NR = PANEL_VECTORS vectors of
+the IR is emitted; but m and k may be i64 values known at run time (a symbolic batch
+size, runtime_gemm.py): then the row blocks and the k loop run a run-time number of
+times, and the last rows are a switch over the MR - 1 possible remainders. C is cut into MR x NR tiles (NR = PANEL_VECTORS vectors of
 target.vector_bytes() each: 512-bit with AVX-512, whose full-width FMA units, as on
 Zen 5, double the rate: digits step 94 -> 63 us); a tile's accumulators are phis of the k loop (k
 innermost), so they live in registers: per k step, the tile reads one row of
@@ -18,6 +20,8 @@ dot-product tile: one vector accumulator per C element, summed across lanes at
 the end; for short k, and when A is transposed too, B is packed instead.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 from llvmlite import ir
 
@@ -39,17 +43,47 @@ def small_gemm_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsi
     return max(pack_a * m * k, pack_b * k * n) * itemsize <= PACK_MAX_BYTES
 
 
+def small_gemm_bytes(b: ir.IRBuilder, m, n: int, k, trans_a: bool, trans_b: bool, itemsize: int) -> ir.Value | None:
+    """The stack bytes emit_small_gemm packs for run-time m or k (i64 values), or None if it packs nothing."""
+    _, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vector_bytes() // itemsize)
+    sizes = [product(b, rows, cols, itemsize) for packed, rows, cols in ((pack_a, m, k), (pack_b, k, n)) if packed]
+    if not sizes:
+        return None
+    return sizes[0] if len(sizes) == 1 else b.select(b.icmp_signed(">", sizes[0], sizes[1]), *sizes)
+
+
+def as_i64(x) -> ir.Value:
+    """An int as an i64 constant; an i64 value as it is."""
+    return x if isinstance(x, ir.Value) else ir.Constant(I64, x)
+
+
+def product(b: ir.IRBuilder, *factors) -> ir.Value:
+    """The i64 product of ints and i64 values (the ints folded first)."""
+    const, values = 1, []
+    for f in factors:
+        if isinstance(f, ir.Value):
+            values.append(f)
+        else:
+            const *= f
+    total = values[0] if values else ir.Constant(I64, const)
+    for v in values[1:]:
+        total = b.mul(total, v, flags=["nsw"])
+    return total if const == 1 or not values else b.mul(total, ir.Constant(I64, const), flags=["nsw"])
+
+
 def _plan(m, n, k, trans_a, trans_b, vw) -> tuple[bool, bool, bool]:
-    """(dot-product tiles?, pack A?, pack B?) for vectors of vw elements."""
-    if trans_b and not trans_a and k >= DOT_MIN_K * vw:
+    """(dot-product tiles?, pack A?, pack B?) for vectors of vw elements (a run-time k: no dot
+    tiles, whose k loop is unrolled by vectors)."""
+    if trans_b and not trans_a and isinstance(k, int) and k >= DOT_MIN_K * vw:
         return True, False, False
     return False, trans_a and n > PACK_A_MIN_PANELS * vw * PANEL_VECTORS, trans_b
 
 
-def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
+def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k, trans_a: bool, trans_b: bool,
                     scale: tuple[ir.Value, ir.Value] | None = None) -> None:
     """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1);
-    with scale = (alpha, beta): C = alpha * op(A) op(B) + beta * C."""
+    with scale = (alpha, beta): C = alpha * op(A) op(B) + beta * C. m and k: ints, or i64
+    values (>= 1) known at run time."""
     ty = pc.type.pointee
     vw = vector_bytes() // float_bytes(ty)
     dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
@@ -68,8 +102,8 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a
     a_i, a_p = (1, m) if trans_a else (k, 1)
     tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p, scale)
 
-    def emit(i0, j0, rows, cols):
-        tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []))
+    def emit(i0, j0, rows, cols, live):
+        tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []), live)
 
     _tile_loops(b, m, n, MR, vw * PANEL_VECTORS, emit)
     if saved is not None:
@@ -77,18 +111,60 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a
         b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=restore), [saved])
 
 
-def _tile_loops(b: ir.IRBuilder, m: int, n: int, mr: int, nr: int, emit) -> None:
-    """Call emit(i0, j0, rows, cols) over mr x nr tiles of an m x n C, then its edge tiles."""
-    def row_block(i0: ir.Value, rows: int) -> None:
+def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit) -> None:
+    """Call emit(i0, j0, rows, cols, live) over mr x nr tiles of an m x n C, then its edge tiles
+    (m an int, or an i64 value: row_blocks, padded)."""
+    def row_block(i0: ir.Value, rows: int, live=None) -> None:
         with for_range(b, ir.Constant(I64, n // nr), "panel") as panel:
-            emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr)
+            emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr, live)
         if n % nr:
-            emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr)
+            emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr, live)
 
-    with for_range(b, ir.Constant(I64, m // mr), "rowblock") as block:
-        row_block(b.mul(block, ir.Constant(I64, mr), flags=["nsw"]), mr)
-    if m % mr:
-        row_block(ir.Constant(I64, m // mr * mr), m % mr)
+    row_blocks(b, m, mr, row_block, padded=True)
+
+
+def row_blocks(b: ir.IRBuilder, m, mr: int, row_block, padded: bool = False) -> None:
+    """Call row_block(i0, rows) over blocks of mr rows of m (i0 an i64 value, rows an int), the
+    last one shorter. m an int, or an i64 value: then the short block is a switch on m % mr,
+    or, padded, row_block(i0, mr, live) with `live` (an i64 value) of its mr rows real: one
+    block's code where a switch builds 1 + ... + (mr - 1) rows of it (smallgemm's tiles: a
+    third of the code, the whole GEMM's build time about halved)."""
+    if isinstance(m, int):
+        with for_range(b, ir.Constant(I64, m // mr), "rowblock") as block:
+            row_block(b.mul(block, ir.Constant(I64, mr), flags=["nsw"]), mr)
+        if m % mr:
+            row_block(ir.Constant(I64, m // mr * mr), m % mr)
+        return
+    mr_ = ir.Constant(I64, mr)
+    with for_range(b, b.udiv(m, mr_), "rowblock") as block:
+        row_block(b.mul(block, mr_, flags=["nsw"]), mr)
+    first = b.mul(b.udiv(m, mr_), mr_, flags=["nsw"])
+    if padded:
+        live = b.urem(m, mr_)
+        with b.if_then(b.icmp_signed(">", live, ir.Constant(I64, 0))):
+            row_block(first, mr, live)
+        return
+    end = b.append_basic_block("rowblock.edge.end")
+    switch = b.switch(b.urem(m, mr_), end)
+    for rows in range(1, mr):
+        case = b.append_basic_block(f"rowblock.edge{rows}")
+        switch.add_case(ir.Constant(I64, rows), case)
+        b.position_at_end(case)
+        row_block(first, rows)
+        b.branch(end)
+    b.position_at_end(end)
+
+
+def padded_rows(b: ir.IRBuilder, i0: ir.Value, rows: int, live: ir.Value | None):
+    """(row indices, stored) of a tile of `rows` rows at i0 of which the first `live` are real
+    (None: all): rows past them read row i0 (computed, never stored); `with stored(r):` wraps
+    row r's stores (a branch on live for the padded rows)."""
+    at = [i0 if r == 0 else b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
+    if live is None:
+        return at, lambda r: nullcontext()
+    real = [None] + [b.icmp_signed("<", ir.Constant(I64, r), live) for r in range(1, rows)]
+    return ([i if r == 0 else b.select(real[r], i, i0) for r, i in enumerate(at)],
+            lambda r: nullcontext() if r == 0 else b.if_then(real[r]))
 
 
 def float_bytes(ty: ir.Type) -> int:
@@ -112,15 +188,17 @@ def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int |
     return b.fadd(b.fmul(alpha, total, flags=CONTRACT), b.fmul(beta, old, flags=CONTRACT), flags=CONTRACT)
 
 
-def _packed_transpose(b: ir.IRBuilder, ptr, rows: int, cols: int):
-    """A stack copy of an operand held cols x rows, laid out rows x cols (row-major)."""
+def _packed_transpose(b: ir.IRBuilder, ptr, rows, cols):
+    """A stack copy of an operand held cols x rows, laid out rows x cols (row-major); rows and
+    cols ints or i64 values."""
     ty = ptr.type.pointee
-    buffer = b.alloca(ty, size=ir.Constant(I64, rows * cols), name="packed")
+    buffer = b.alloca(ty, size=product(b, rows, cols), name="packed")
+    rows, cols = as_i64(rows), as_i64(cols)
     # Source order (contiguous reads): the other order vectorized into gathers that O3 unrolled
     # whole (512x10: 320 gathers, 87 of the mnist step's 150 ms of machine code emission).
-    with for_range(b, ir.Constant(I64, cols), "pack_col") as c, for_range(b, ir.Constant(I64, rows), "pack_row") as r:
-        src = b.gep(ptr, [b.add(b.mul(c, ir.Constant(I64, rows), flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
-        dst = b.gep(buffer, [b.add(b.mul(r, ir.Constant(I64, cols), flags=["nsw"]), c, flags=["nsw"])], inbounds=True)
+    with for_range(b, cols, "pack_col") as c, for_range(b, rows, "pack_row") as r:
+        src = b.gep(ptr, [b.add(b.mul(c, rows, flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
+        dst = b.gep(buffer, [b.add(b.mul(r, cols, flags=["nsw"]), c, flags=["nsw"])], inbounds=True)
         b.store(b.load(src), dst)
     return buffer
 
@@ -133,11 +211,11 @@ class _Tile:
         self.n, self.k, self.a_i, self.a_p, self.scale = n, k, a_i, a_p, scale
 
     def _at(self, ptr, *terms):
-        """&ptr[sum(index * stride)]"""
+        """&ptr[sum(index * stride)] (a stride: an int or an i64 value)"""
         b = self.b
         offset = None
         for index, stride in terms:
-            term = index if stride == 1 else b.mul(index, ir.Constant(I64, stride), flags=["nsw"])
+            term = index if isinstance(stride, int) and stride == 1 else b.mul(index, as_i64(stride), flags=["nsw"])
             offset = term if offset is None else b.add(offset, term, flags=["nsw"])
         return b.gep(ptr, [offset], inbounds=True)
 
@@ -145,7 +223,8 @@ class _Tile:
         vty = ir.VectorType(self.ty, width)
         return self.b.bitcast(self._at(ptr, (row, row_stride), (col, 1)), vty.as_pointer())
 
-    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, widths: list[int]) -> None:
+    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, widths: list[int], live: ir.Value | None = None) -> None:
+        """The tile; with `live` (an i64 value >= 1), only its first `live` rows are C's (padded_rows)."""
         b, ty = self.b, self.ty
         align = float_bytes(ty)
         cols = []  # (column index, width) of each vector of a tile row
@@ -153,7 +232,7 @@ class _Tile:
         for width in widths:
             cols.append((j0 if offset == 0 else b.add(j0, ir.Constant(I64, offset), flags=["nsw"]), width))
             offset += width
-        rows_at = [i0 if r == 0 else b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
+        rows_at, stored = padded_rows(b, i0, rows, live)
 
         def k_step(p, accs):
             """accs (row-major over rows_at x cols) += A[rows, p] * B[p, cols]"""
@@ -167,11 +246,12 @@ class _Tile:
             return new
 
         zeros = [ir.Constant(ir.VectorType(ty, width), [0.0] * width) for _ in rows_at for _, width in cols]
-        totals = iter(accumulate_loop(b, self.k, zeros, k_step, "tile.k"))
-        for i in rows_at:
-            for (col, width), total in zip(cols, totals):
-                at = self._vector_at(self.pc, i, self.n, col, width)
-                b.store(_scaled(b, total, at, self.scale, align), at, align=align)
+        totals = accumulate_loop(b, self.k, zeros, k_step, "tile.k")
+        for r, i in enumerate(rows_at):
+            with stored(r):
+                for (col, width), total in zip(cols, totals[r * len(cols):(r + 1) * len(cols)]):
+                    at = self._vector_at(self.pc, i, self.n, col, width)
+                    b.store(_scaled(b, total, at, self.scale, align), at, align=align)
 
 
 class DotTile:
@@ -219,9 +299,10 @@ class DotTile:
         total = b.extract_element(v, ir.Constant(I64, 0))
         return total if odd is None else b.fadd(total, odd)
 
-    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, cols: int) -> None:
+    def emit(self, i0: ir.Value, j0: ir.Value, rows: int, cols: int, live: ir.Value | None = None) -> None:
+        """The tile; with `live` (an i64 value >= 1), only its first `live` rows are C's (padded_rows)."""
         b, ty, vw = self.b, self.ty, self.vw
-        a_rows = [b.add(i0, ir.Constant(I64, r), flags=["nsw"]) for r in range(rows)]
+        a_rows, stored = padded_rows(b, i0, rows, live)
         b_rows = [b.add(j0, ir.Constant(I64, c), flags=["nsw"]) for c in range(cols)]
         sums = [[None] * cols for _ in range(rows)]
         steps, tail = divmod(self.k, vw)
@@ -238,8 +319,9 @@ class DotTile:
             rest = self._products(a_rows, b_rows, ir.Constant(I64, steps * vw), tail)
             sums = [[self._lane_sum(v) if total is None else b.fadd(total, self._lane_sum(v))
                      for total, v in zip(total_row, row)] for total_row, row in zip(sums, rest)]
-        for i, row in zip(a_rows, sums):
-            for j, total in zip(b_rows, row):
-                at = b.add(b.mul(i, ir.Constant(I64, self.n), flags=["nsw"]), j, flags=["nsw"])
-                ptr = b.gep(self.pc, [at], inbounds=True)
-                b.store(_scaled(b, total, ptr, self.scale), ptr)
+        for r, (i, row) in enumerate(zip(a_rows, sums)):
+            with stored(r):
+                for j, total in zip(b_rows, row):
+                    at = b.add(b.mul(i, ir.Constant(I64, self.n), flags=["nsw"]), j, flags=["nsw"])
+                    ptr = b.gep(self.pc, [at], inbounds=True)
+                    b.store(_scaled(b, total, ptr, self.scale), ptr)
