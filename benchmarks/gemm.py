@@ -47,7 +47,7 @@ def _compiled(route: str, fn, args, fused: bool = True):
 
     saved = lower._fuses_epilogue
     if not fused:
-        lower._fuses_epilogue = lambda *_: False
+        lower._fuses_epilogue = lambda *_, **__: False
     try:
         with route_forced(route):
             compiled = ff.compile(fn, backend="llvm")

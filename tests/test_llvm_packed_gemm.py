@@ -31,7 +31,7 @@ def misaligned(x):
 def check(m, n, k, trans_a, trans_b, dtype, vbytes, scaled=False, shift=False):
     np_dtype = DTYPES[dtype]
     a, b = operands(m, n, k, trans_a, trans_b, np_dtype)
-    gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b, scaled=scaled, vbytes=vbytes)
+    gemm = StandaloneGemm(m, n, k, dtype, trans_a, trans_b, scaled=scaled, vbytes=vbytes, route="packed")
     if shift:
         a, b = misaligned(a), misaligned(b)
     old = np.random.default_rng(1).standard_normal((m, n)).astype(np_dtype)
@@ -77,7 +77,7 @@ def test_host_block_sizes_odd_shapes(threads, thread_count, trans_a, trans_b, dt
 
 def test_same_bits_on_any_thread_count(threads):
     a, b = operands(347, 257, 389, False, True, np.float32)
-    gemm = StandaloneGemm(347, 257, 389, "f32", False, True)
+    gemm = StandaloneGemm(347, 257, 389, "f32", False, True, route="packed")
     results = []
     for count in (1, 2, 3):
         threads(count)
