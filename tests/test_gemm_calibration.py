@@ -213,3 +213,19 @@ exit:
     env["FFCOMPILE_VECTOR_BITS"] = "512"
     out = subprocess.run([sys.executable, "-c", code], input=loop, capture_output=True, text=True, env=env)
     assert "only 256" in out.stderr
+
+
+def test_a_symbolic_programs_key_holds_its_reference_size_route(monkeypatch):
+    """A symbolic product runs blocks of the reference batch size by the packed GEMM where
+    that size takes it (blas._blas_or_packed): a route measured per host, so the key holds it."""
+    x, w = np.ones((1024, 784), np.float32), np.ones((784, 512), np.float32)
+    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None), max_batch=1024).lower(x, w).symbolic
+    schedule = fuse(symbolic)
+    plan = plan_memory(schedule, batch=BatchRange(1024))
+
+    def description(route):
+        monkeypatch.setenv(ROUTE_VARIABLE, route)
+        return backend.program_description(schedule, plan, {}, False)
+
+    packed, forced_blas = description("packed"), description("blas")
+    assert "@packed" in packed and "@blas" in forced_blas

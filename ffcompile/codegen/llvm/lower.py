@@ -175,15 +175,16 @@ def gemm_routes(schedule: Schedule, batch: BatchRange | None = None) -> list[str
     for kernel in schedule.kernels:
         if kernel.kind == KernelKind.GEMM:
             route, dims = _gemm_route(nodes, kernel, batch), gemm_dims(nodes, kernel)
+            packed = route == PACKED
             if symbol_names(dims):
                 dims = substitute(dims, {"B": (batch or BatchRange()).reference})
                 try:
-                    route += "@" + str(gemm_route(*dims, nodes[kernel.anchor].type.dtype, kernel.trans_a,
-                                                  kernel.trans_b))
+                    at = gemm_route(*dims, nodes[kernel.anchor].type.dtype, kernel.trans_a, kernel.trans_b)
                 except GemmTooLarge:
-                    route += "@-"
+                    at = "-"
+                route, packed = f"{route}@{at}", at == PACKED
             itemsize = nodes[kernel.anchor].type.np_dtype.itemsize
-            blocks = default_block_sizes(*dims, itemsize) if route.endswith(PACKED) else ""
+            blocks = default_block_sizes(*dims, itemsize) if packed else ""
             routes.append(f"{route}{blocks}")
     return routes
 
