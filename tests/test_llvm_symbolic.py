@@ -417,6 +417,15 @@ def test_a_symbolic_program_holds_the_gil_up_to_the_batch_size_its_flops_allow()
     assert executable._tables[executable.gil_batch].call is not executable._tables[executable.gil_batch + 1].call
 
 
+def test_a_program_whose_flops_grow_as_b_squared_holds_the_gil_only_while_they_are_small():
+    """x @ x.T makes B x B: its FLOPs are not a line through B = 1 and 2 (which put the
+    limit at B = 167, 1.1 MFLOPs run holding the GIL, 56x HOLD_GIL_MAX_FLOPS)."""
+    executable, graph, _ = program(lambda x: x @ x.T, 0, lambda n: [f32(n, 20)])
+    flops = [sum(flops_of(g, i) for i in range(len(g.nodes)))
+             for g in (specialize(graph, {"B": b}) for b in (executable.gil_batch, executable.gil_batch + 1))]
+    assert executable.gil_batch > 1 and flops[0] <= backend.HOLD_GIL_MAX_FLOPS < flops[1]
+
+
 # ------------------------------------------------------------------------------------ GEMMs (i18-gemm's emitters)
 
 def gemm_args(n):

@@ -529,18 +529,35 @@ def _flops(graph) -> int:
 
 def _gil_batch(graph) -> int:
     """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
-    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
-    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
-    totals = [0, 0]  # at B = 1 and 2
+    (0: none). They are a polynomial in B with no negative coefficient (linear, or B squared
+    for a B x B product): the line through B = 1 and 2 is at or below them past 2, so where it
+    reaches the limit is the answer if the FLOPs there are within it, else a bound to bisect below."""
+    first = _flops_at(graph, 1)
+    if first > HOLD_GIL_MAX_FLOPS:
+        return 0
+    slope = _flops_at(graph, 2) - first
+    if slope <= 0:
+        return 1 << 62
+    low, high = 1, (HOLD_GIL_MAX_FLOPS - first) // slope + 1
+    if _flops_at(graph, high) <= HOLD_GIL_MAX_FLOPS:
+        return high
+    while high - low > 1:  # FLOPs(low) within the limit, FLOPs(high) past it
+        middle = (low + high) // 2
+        low, high = (middle, high) if _flops_at(graph, middle) <= HOLD_GIL_MAX_FLOPS else (low, middle)
+    return low
+
+
+def _flops_at(graph, batch: int) -> int:
+    """The FLOPs of a symbolic graph at a batch size, summed node by node over the types at
+    that size (no graph is built), stopping once past HOLD_GIL_MAX_FLOPS."""
+    at, total = {"B": batch}, 0
     for node in graph.nodes:
-        for k, at in enumerate(({"B": 1}, {"B": 2})):
-            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
-            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
-                                      substitute(node.type, at), attrs).flops
-        if totals[0] > HOLD_GIL_MAX_FLOPS:
-            return 0
-    slope = totals[1] - totals[0]
-    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
+        attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+        total += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                              substitute(node.type, at), attrs).flops
+        if total > HOLD_GIL_MAX_FLOPS:
+            break
+    return total
 
 
 def _generated_result_code(outputs, results):
