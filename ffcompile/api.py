@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import gc
 import os
+import threading
 from contextlib import contextmanager
 from typing import Callable, Mapping, NamedTuple
 
@@ -75,6 +76,7 @@ class CompiledFunction:
             batch_dim, max_batch)
         self._symbolic: dict = {}  # symbolic signature -> its trace
         self._one_program: dict = {}  # symbolic signature -> the Lowered of every batch size, or why not
+        self._symbolic_lock = threading.RLock()  # held while a symbolic signature is traced and built
         self.trace_count = 0  # how many times fn was traced (once per signature, or per symbolic one)
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
         self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
@@ -124,10 +126,11 @@ class CompiledFunction:
             size = self.batch.size(types, names, axes)
             symbolic_types = self.batch.symbolic(types, axes)
             key = (variant, in_tree, tuple(symbolic_types), tuple(weak))  # weak: a trace's dtypes depend on it
-            if key not in self._symbolic:
-                self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
+            with self._symbolic_lock:  # threads first calling at several sizes: one trace, one program
+                if key not in self._symbolic:
+                    self._symbolic[key] = self._trace(fn, in_tree, symbolic_types, names, weak)
+                lowered = self._lower_symbolic(key, names, in_tree)
             symbolic = self._symbolic[key].graph
-            lowered = self._lower_symbolic(key, names, in_tree)
             if lowered is not None:
                 self.last_lowered = lowered
                 return lowered

@@ -403,6 +403,29 @@ def test_the_native_checked_call_runs_a_symbolic_program_at_each_batch_size():
         executable.call((x, f32(6, 8), f32(8)), typed=False)
 
 
+def test_calls_cycling_over_more_sizes_than_it_keeps_tables_for_rewrite_them_in_place():
+    """A server's requests at many sizes: past CALL_TABLES sizes, a call rewrites the oldest
+    table for its size (no new table: a new one cost ~50 us a call), and every answer and
+    every check holds at each size, the GIL choice too."""
+    def fn(x, w):
+        return (ff.tanh(x * w),)
+
+    executable, graph, _ = program(fn, (0, None), lambda n: [f32(n, 16), f32(16)])
+    sizes = list(range(1, 3 * backend.CALL_TABLES)) + [executable.gil_batch, executable.gil_batch + 1]
+    tables = set()
+    for _ in range(2):
+        for batch in sizes:
+            args = (f32(batch, 16), f32(16))
+            got = executable.call_objects(args)
+            assert got is not None
+            np.testing.assert_allclose(got[0], per_size(graph, batch, list(args))[0], rtol=3e-5, atol=1e-6)
+            assert executable.call_objects((f32(batch + 1, 16)[:batch], f32(15))) is None  # checked at this size
+            table = executable._tables[batch]
+            tables.add(id(table))
+            assert table.call is (table._holding if batch <= executable.gil_batch else table._releasing)
+    assert len(executable._tables) == backend.CALL_TABLES and len(tables) == backend.CALL_TABLES
+
+
 def test_a_symbolic_program_holds_the_gil_up_to_the_batch_size_its_flops_allow():
     def fn(x, w):
         return ff.tanh(x * w)
@@ -415,6 +438,15 @@ def test_a_symbolic_program_holds_the_gil_up_to_the_batch_size_its_flops_allow()
     small, large = (f32(executable.gil_batch, 16), f32(16)), (f32(executable.gil_batch + 1, 16), f32(16))
     executable.call_objects(small), executable.call_objects(large)
     assert executable._tables[executable.gil_batch].call is not executable._tables[executable.gil_batch + 1].call
+
+
+def test_a_program_whose_flops_grow_as_b_squared_holds_the_gil_only_while_they_are_small():
+    """x @ x.T makes B x B: its FLOPs are not a line through B = 1 and 2 (which put the
+    limit at B = 167, 1.1 MFLOPs run holding the GIL, 56x HOLD_GIL_MAX_FLOPS)."""
+    executable, graph, _ = program(lambda x: x @ x.T, 0, lambda n: [f32(n, 20)])
+    flops = [sum(flops_of(g, i) for i in range(len(g.nodes)))
+             for g in (specialize(graph, {"B": b}) for b in (executable.gil_batch, executable.gil_batch + 1))]
+    assert executable.gil_batch > 1 and flops[0] <= backend.HOLD_GIL_MAX_FLOPS < flops[1]
 
 
 # ------------------------------------------------------------------------------------ GEMMs (i18-gemm's emitters)

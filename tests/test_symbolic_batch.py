@@ -339,6 +339,13 @@ def test_planned_arena_is_the_allocated_one_at_every_size(backend):
     (lambda x: x.sum() if 10 in x.shape else x.mean(), ["B == 10 needs a concrete value"]),
     (lambda x: x.sum() * (1 / x.shape[0]), ["1 / B", "divide the traced value by it instead"]),
     (lambda x: x.sum() * (5 % x.shape[0]), ["5 % B needs a concrete value"]),
+    # with a float or a power, not Python's bare "unsupported operand type(s)" TypeError
+    (lambda x: x.sum() / (x.shape[0] * 1.0), ["the product B * 1.0 needs a concrete value"]),
+    (lambda x: x.sum() / (np.float32(2) * x.shape[0]), ["the product B * 2.0 needs a concrete value"]),
+    (lambda x: x.sum() * (x.shape[0] - 1.0), ["B - 1.0 needs a concrete value"]),
+    (lambda x: x.sum() * (0.5 + x.shape[0]), ["the sum B + 0.5 needs a concrete value"]),
+    (lambda x: x.sum() / x.shape[0] ** 0.5, ["B ** 0.5 needs a concrete value"]),
+    (lambda x: x.sum() * divmod(x.shape[0], 2)[1], ["B // 2 needs a concrete value"]),
     (lambda x: (x + np.ones((5, 4), np.float32)).sum(), ["add", "do not broadcast", "f32[B,4]", "f32[5,4]"]),
     (lambda x: ff.concatenate([x, np.ones((1, 4), np.float32)], axis=0).sum(), ["the sum B + 1"]),
 ])
@@ -347,6 +354,18 @@ def test_shapes_that_need_a_concrete_size_fail_at_trace_time(fn, pieces):
         ff.compile(fn, batch_dim=0, backend="numpy")(np.ones((5, 4), np.float32))
     for piece in pieces:
         assert piece in str(info.value)
+
+
+def test_size_arithmetic_that_holds_at_every_batch_size():
+    """abs, round and ** 1 of B are B; a NumPy integer multiplies it as an int does."""
+    def f(x):
+        n = x.shape[0]
+        return x.reshape(abs(n) * np.int64(2), 2) * 1.0, x.reshape(round(n) ** 1, 4).sum(axis=0)
+
+    symbolic = ff.compile(f, batch_dim=0, backend="numpy")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert _same(symbolic(x), ff.compile(f, backend="numpy")(x))
+    assert "f32[2*B,2]" in symbolic.lower(x).symbolic_ir
 
 
 def test_spec_with_none_points_to_batch_dim():

@@ -5,6 +5,8 @@ within float tolerance (the NumPy backend keeps a program per size, bit for bit:
 test_symbolic_batch.py), gradients and training steps too; the arena it allocates at B
 is the plan's at B; `cf.signatures == 1` after calls at all those sizes. Where a signature
 cannot be one program it falls back to a program per size, and says why."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -224,3 +226,28 @@ def test_wide_at_small_sizes():
         _, x, y = w.example_inputs(seed=n, batch_size=n)
         _close(symbolic(params, x, y), fixed(params, x, y))
     _one_program(symbolic)
+
+
+def test_threads_first_calling_at_different_sizes_build_one_program():
+    """A server's first requests, of several sizes at once: one thread builds the symbolic
+    signature's program, the others wait for it (each built its own: 2 programs here)."""
+    w = zoo.get("digits")
+    params = w.init(0)
+    symbolic = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0))
+    start, results = threading.Barrier(3), {}
+
+    def call(n):
+        _, x, y = w.example_inputs(seed=n, batch_size=n)
+        start.wait()
+        results[n] = (symbolic(params, x, y), x, y)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in (5, 7, 64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _one_program(symbolic)
+    assert symbolic.trace_count == 1
+    fixed = ff.compile(ff.value_and_grad(w.loss))
+    for got, x, y in results.values():
+        _close(got, fixed(params, x, y), rtol=1e-4)

@@ -66,8 +66,19 @@ class Sym:
     def __hash__(self):
         return hash((Sym, self.name, self.coef))
 
+    def _operand(self, other, what: str):
+        """other as the arithmetic takes it: any integer (NumPy's too) as an int; a float (or
+        another number) needs the size, a ShapeError saying so (`what` spells the operation
+        with {}), rather than Python's bare TypeError; anything else (a traced value) as it is."""
+        if isinstance(other, numbers.Integral) and not isinstance(other, bool):
+            return int(other)
+        if isinstance(other, numbers.Number) and not isinstance(other, bool):
+            raise self._concrete(what.format(other))
+        return other
+
     # ---- the arithmetic shape rules use
     def __mul__(self, other):
+        other = self._operand(other, f"the product {self} * {{}}")
         if isinstance(other, int) and not isinstance(other, bool) and other >= 0:
             return Sym(self.name, self.coef * other) if other else 0
         if not _is_size(other):
@@ -77,6 +88,7 @@ class Sym:
     __rmul__ = __mul__
 
     def __add__(self, other):
+        other = self._operand(other, f"the sum {self} + {{}}")
         if not _is_size(other):
             return NotImplemented
         if isinstance(other, Sym) and other.name == self.name:
@@ -88,6 +100,7 @@ class Sym:
     __radd__ = __add__
 
     def __floordiv__(self, other):
+        other = self._operand(other, f"{self} // {{}}")
         if not _is_size(other):
             return NotImplemented
         if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
@@ -97,6 +110,7 @@ class Sym:
         raise self._concrete(f"{self} // {other}")
 
     def __mod__(self, other):
+        other = self._operand(other, f"{self} % {{}}")
         if not _is_size(other):
             return NotImplemented
         if isinstance(other, Sym) and other.name == self.name and self.coef % other.coef == 0:
@@ -106,11 +120,13 @@ class Sym:
         raise self._concrete(f"{self} % {other}")
 
     def __rfloordiv__(self, other):
+        other = self._operand(other, f"{{}} // {self}")
         if not _is_size(other):
             return NotImplemented
         raise self._concrete(f"{other} // {self}")
 
     def __rmod__(self, other):
+        other = self._operand(other, f"{{}} % {self}")
         if not _is_size(other):
             return NotImplemented
         raise self._concrete(f"{other} % {self}")
@@ -129,6 +145,7 @@ class Sym:
         raise self._concrete(f"-{self}")
 
     def __sub__(self, other):
+        other = self._operand(other, f"{self} - {{}}")
         if not _is_size(other):
             return NotImplemented
         if other == 0:
@@ -136,9 +153,42 @@ class Sym:
         raise self._concrete(f"{self} - {other}")
 
     def __rsub__(self, other):
+        other = self._operand(other, f"{{}} - {self}")
         if not _is_size(other):
             return NotImplemented
         raise self._concrete(f"{other} - {self}")
+
+    def __pow__(self, other):
+        other = self._operand(other, f"{self} ** {{}}")
+        if isinstance(other, int) and other == 1:
+            return self
+        if not _is_size(other):
+            return NotImplemented
+        raise self._concrete(f"{self} ** {other}")
+
+    def __rpow__(self, other):
+        other = self._operand(other, f"{{}} ** {self}")
+        if not _is_size(other):
+            return NotImplemented
+        raise self._concrete(f"{other} ** {self}")
+
+    def __divmod__(self, other):
+        return self // other, self % other
+
+    def __rdivmod__(self, other):
+        return other // self, other % self
+
+    # B >= 1 is a whole number: these are B itself
+    def __abs__(self):
+        return self
+
+    def __pos__(self):
+        return self
+
+    def __round__(self, ndigits=None):
+        if ndigits is None or ndigits >= 0:
+            return self
+        raise self._concrete(f"round({self}, {ndigits})")
 
     # A comparison with an int is monotone in B >= 1: it is decided when the smallest value,
     # coef, answers as the values past the int do (B < 1 is False, B >= 1 True), else it needs the size.

@@ -68,7 +68,7 @@ _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
 # xor step (~1,000 FLOPs); this bounds how long other threads wait (~10 us at worst).
 HOLD_GIL_MAX_FLOPS = 20_000
 # Native call tables a symbolic program keeps (one per batch size): a training loop's two
-# sizes, a server's few common ones; another size builds one (~10 us) in place of the oldest.
+# sizes, a server's few common ones; another size rewrites the oldest in place (a few us).
 CALL_TABLES = 8
 
 
@@ -431,15 +431,8 @@ class LLVMExecutable:
         batch = 0
         if self.symbolic:
             batch = self._fast_batch(args)
-            calls = self._tables.get(batch) if batch else None
-            if calls is None:
-                if not batch or not fastcall.available():
-                    return None
-                calls = self._call_table(batch)
-                with self._lock:  # another thread may be adding one too
-                    self._tables[batch] = calls
-                    if len(self._tables) > CALL_TABLES:  # the oldest size goes (dicts keep insertion order)
-                        self._tables.pop(next(iter(self._tables)))
+            if not batch or not fastcall.available():
+                return None
         else:
             calls = self._calls
             if calls is None:
@@ -448,8 +441,9 @@ class LLVMExecutable:
                 calls = self._calls = self._call_table()
         outs = self._new_outputs(batch)
         items = args + outs
-        with self._lock:
+        with self._lock:  # a table is made or rewritten under it: no other call reads it then
             if batch:
+                calls = self._tables.get(batch) or self._size_table(batch)
                 self._grow_arena(batch)
                 self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
@@ -478,12 +472,27 @@ class LLVMExecutable:
 
     def _call_table(self, batch: int = 0) -> fastcall.CallTable:
         """The native checks' table (of a symbolic program: at one batch size)."""
-        donated_inputs = set(self._donated_inputs)
-        at = {"B": batch}
-        items = [(dtype, substitute(shape, at), k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)]
-        return fastcall.CallTable(items + [(dtype, substitute(shape, at), False) for dtype, shape in self._outputs],
-                                  len(self._inputs), self._slots, self._jit.address(ENTRY),
-                                  self.holds_gil or bool(batch) and batch <= self.gil_batch)
+        return fastcall.CallTable(self._table_items(batch), len(self._inputs), self._slots, self._jit.address(ENTRY),
+                                  self._holds_gil_at(batch))
+
+    def _size_table(self, batch: int) -> fastcall.CallTable:
+        """A symbolic program's table at a batch size it keeps none for (under the lock): a new
+        one while fewer than CALL_TABLES are kept, else the oldest rewritten for this size."""
+        if len(self._tables) < CALL_TABLES:
+            calls = self._call_table(batch)
+        else:
+            calls = self._tables.pop(next(iter(self._tables)))  # dicts keep insertion order
+            calls.refill(self._table_items(batch), self._holds_gil_at(batch))
+        self._tables[batch] = calls
+        return calls
+
+    def _table_items(self, batch: int) -> list:
+        donated_inputs, at = set(self._donated_inputs), {"B": batch}
+        return [(dtype, substitute(shape, at), k in donated_inputs) for k, (dtype, shape, _) in enumerate(self._inputs)] \
+            + [(dtype, substitute(shape, at), False) for dtype, shape in self._outputs]
+
+    def _holds_gil_at(self, batch: int) -> bool:
+        return self.holds_gil or bool(batch) and batch <= self.gil_batch
 
     def kernel_cycles(self, reset: bool = False) -> tuple[list[int], int]:
         """Time-stamp-counter cycles spent in each kernel, and in the whole native entry, over
@@ -536,18 +545,35 @@ def _flops(graph) -> int:
 
 def _gil_batch(graph) -> int:
     """The largest batch size at which a symbolic program's FLOPs are within HOLD_GIL_MAX_FLOPS
-    (0: none). They are linear in B, so the sizes 1 and 2 give the line: summed node by node
-    over the types at each size (no graph is built), stopping once B = 1 is past the limit."""
-    totals = [0, 0]  # at B = 1 and 2
+    (0: none). They are a polynomial in B with no negative coefficient (linear, or B squared
+    for a B x B product): the line through B = 1 and 2 is at or below them past 2, so where it
+    reaches the limit is the answer if the FLOPs there are within it, else a bound to bisect below."""
+    first = _flops_at(graph, 1)
+    if first > HOLD_GIL_MAX_FLOPS:
+        return 0
+    slope = _flops_at(graph, 2) - first
+    if slope <= 0:
+        return 1 << 62
+    low, high = 1, (HOLD_GIL_MAX_FLOPS - first) // slope + 1
+    if _flops_at(graph, high) <= HOLD_GIL_MAX_FLOPS:
+        return high
+    while high - low > 1:  # FLOPs(low) within the limit, FLOPs(high) past it
+        middle = (low + high) // 2
+        low, high = (middle, high) if _flops_at(graph, middle) <= HOLD_GIL_MAX_FLOPS else (low, middle)
+    return low
+
+
+def _flops_at(graph, batch: int) -> int:
+    """The FLOPs of a symbolic graph at a batch size, summed node by node over the types at
+    that size (no graph is built), stopping once past HOLD_GIL_MAX_FLOPS."""
+    at, total = {"B": batch}, 0
     for node in graph.nodes:
-        for k, at in enumerate(({"B": 1}, {"B": 2})):
-            attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
-            totals[k] += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
-                                      substitute(node.type, at), attrs).flops
-        if totals[0] > HOLD_GIL_MAX_FLOPS:
-            return 0
-    slope = totals[1] - totals[0]
-    return (HOLD_GIL_MAX_FLOPS - totals[0]) // slope + 1 if slope > 0 else 1 << 62
+        attrs = {name: substitute(value, at) for name, value in node.attr_dict.items()}
+        total += node.op.cost([substitute(graph.nodes[j].type, at) for j in node.inputs],
+                              substitute(node.type, at), attrs).flops
+        if total > HOLD_GIL_MAX_FLOPS:
+            break
+    return total
 
 
 def _generated_result_code(outputs, results):

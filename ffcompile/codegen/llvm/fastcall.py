@@ -231,21 +231,37 @@ class CallTable:
                  holds_gil: bool = False):
         """items: (dtype, shape, donated) of each argument, then of each result array;
         holds_gil: the program runs holding the GIL."""
-        self._jit, releasing, holding = _object_entry()
-        self.call = holding if holds_gil else releasing
-        records, dims = [], []
-        for dtype, shape, donated in items:
-            mask = C_CONTIGUOUS | ALIGNED | (WRITEABLE if donated else 0)
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            records += [id(dtype), mask, len(shape), len(dims), nbytes, int(donated)]
-            dims += shape
+        self._jit, self._releasing, self._holding = _object_entry()
+        records, dims = _records(items)
         self._records = (ctypes.c_int64 * max(len(records), 1))(*records)
         self._dims = (ctypes.c_int64 * max(len(dims), 1))(*dims)
+        self.call = self._holding if holds_gil else self._releasing
         self._block = block  # referenced: the table points into it
         self._dtypes = [dtype for dtype, _, _ in items]  # their ids are in the records
         self.table = (ctypes.c_void_p * 7)(ctypes.addressof(self._records), ctypes.addressof(self._dims),
                                            ctypes.addressof(block), entry, id(np.ndarray), len(items), inputs)
         self.address = ctypes.addressof(self.table)
+
+    def refill(self, items: list[tuple[np.dtype, tuple[int, ...], bool]], holds_gil: bool = False) -> None:
+        """The table of items of the same dtypes, ranks and donation at other sizes (a symbolic
+        program's at another batch size), rewritten in place: a few us, where a new table
+        costs ~50. Not while a call reads it (the executable's lock keeps them apart)."""
+        records, dims = _records(items)
+        assert len(records) == len(self._records) and len(dims) == len(self._dims) or not dims
+        self._records[:len(records)] = records
+        self._dims[:len(dims)] = dims
+        self.call = self._holding if holds_gil else self._releasing
+
+
+def _records(items) -> tuple[list[int], list[int]]:
+    """A CallTable's records (dtype, flags, rank, first dim, bytes, donated per item) and dims."""
+    records, dims = [], []
+    for dtype, shape, donated in items:
+        mask = C_CONTIGUOUS | ALIGNED | (WRITEABLE if donated else 0)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        records += [id(dtype), mask, len(shape), len(dims), nbytes, int(donated)]
+        dims += shape
+    return records, dims
 
 
 def items_address(items: tuple) -> int:
