@@ -66,25 +66,6 @@ def test_forward_reductions_over_the_batch_and_the_batch_size_as_a_value():
     assert "value=B" in symbolic.last_lowered.optimized_ir
 
 
-@pytest.mark.parametrize("optimizer", [ff.optim.SGD(0.1, momentum=0.9), ff.optim.Adam(1e-3)],
-                         ids=["momentum", "adam"])
-def test_training_steps_with_a_ragged_epoch(optimizer):
-    w = zoo.get("digits")
-    symbolic = ff.compile_train_step(w.loss, optimizer, batch_dim=0, max_batch=64)
-    params_a = w.init(0)
-    params_b = tree_map(np.copy, params_a)
-    state_a, state_b = symbolic.init(params_a), symbolic.init(params_b)
-    fixed = {}
-    for k, n in enumerate((64, 64, 7, 1, 64, 2)):
-        _, x, y = w.example_inputs(seed=k, batch_size=n)
-        loss_a = symbolic(params_a, state_a, x, y)
-        step = fixed.setdefault(n, ff.compile_train_step(w.loss, optimizer))
-        loss_b = step(params_b, state_b, x, y)
-        _close((loss_a, params_a, state_a), (loss_b, params_b, state_b), rtol=1e-4, atol=1e-6)
-    _one_program(symbolic.compiled)
-    assert symbolic.compiled.trace_count == 1
-
-
 def test_bind_at_several_sizes_shares_one_program():
     w = zoo.get("mnist")
     params = w.init(0)
