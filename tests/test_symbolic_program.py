@@ -224,3 +224,14 @@ def test_wide_at_small_sizes():
         _, x, y = w.example_inputs(seed=n, batch_size=n)
         _close(symbolic(params, x, y), fixed(params, x, y))
     _one_program(symbolic)
+
+
+def test_the_reference_size_is_max_batch_else_the_default():
+    from ffcompile.symbolic_batch import REFERENCE_BATCH
+
+    assert BatchRange(None).reference == REFERENCE_BATCH == 128 and BatchRange(64).reference == 64
+    w = zoo.get("xor")
+    for max_batch, shown in ((None, "B in 1..inf, reference 128"), (32, "B in 1..32, reference 32")):
+        cf = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), max_batch=max_batch)
+        lowered = cf.lower(*w.placeholder_inputs(3))
+        assert lowered.memory.batch == BatchRange(max_batch) and shown in str(lowered.stats())
