@@ -232,3 +232,14 @@ def test_threads_first_calling_at_different_sizes_build_one_program():
     fixed = ff.compile(ff.value_and_grad(w.loss))
     for got, x, y in results.values():
         _close(got, fixed(params, x, y), rtol=1e-4)
+
+
+def test_the_reference_size_is_max_batch_else_the_default():
+    from ffcompile.symbolic_batch import REFERENCE_BATCH
+
+    assert BatchRange(None).reference == REFERENCE_BATCH == 128 and BatchRange(64).reference == 64
+    w = zoo.get("xor")
+    for max_batch, shown in ((None, "B in 1..inf, reference 128"), (32, "B in 1..32, reference 32")):
+        cf = ff.compile(ff.value_and_grad(w.loss), batch_dim=(None, 0, 0), max_batch=max_batch)
+        lowered = cf.lower(*w.placeholder_inputs(3))
+        assert lowered.memory.batch == BatchRange(max_batch) and shown in str(lowered.stats())
