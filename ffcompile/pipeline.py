@@ -41,7 +41,7 @@ from .passes.decompose import decompose
 from .passes.fuse import fuse
 from .passes.manager import Run, Stage, StageRecord, StageRunner, graph_stage
 from .passes.memory import MemoryPlan, plan_memory
-from .passes.cost import flops_of
+from .passes.cost import graph_flops
 from .passes.remat import RematPlan, remat
 from .passes.remat_symbolic import remat_symbolic
 from .passes.schedule import Schedule, verify_schedule
@@ -377,7 +377,7 @@ class Stats:
         graph = lowered.optimized
         if lowered.batch is not None:  # FLOPs of one program for every size: at the reference size
             graph = specialize(graph, {"B": lowered.batch.reference})
-        flops = sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+        flops = graph_flops(graph)
         plan = lowered.memory
         return Stats(tuple(lowered.records), lowered.traced.seconds,
                      None if lowered.schedule is None else len(lowered.schedule.kernels),

@@ -11,6 +11,11 @@ def flops_of(graph: Graph, i: int) -> int:
     return node.op.cost([graph.nodes[j].type for j in node.inputs], node.type, node.attr_dict).flops
 
 
+def graph_flops(graph: Graph) -> int:
+    """The FLOPs of every node of the graph."""
+    return sum(flops_of(graph, i) for i in range(len(graph.nodes)))
+
+
 def arena_peak(graph: Graph) -> int:
     """The real peak: the arena the memory planner gives the fused program."""
     return plan_memory(fuse(graph)).arena_bytes

@@ -40,7 +40,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ...passes.cost import flops_of
+from ...passes.cost import graph_flops
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
@@ -192,11 +192,12 @@ class LLVMExecutable:
         self._collectives = program.get("collectives", False)
         if self._collectives:
             ctypes.c_void_p.from_address(self._jit.address(COLLECTIVE_SYMBOL)).value = COLLECTIVES.address
+        self._may_fail = bool(self._collectives or self._gemm_error)  # a run may leave an error (_raise_errors)
         # then the GIL keeps other runs off the arena (not with collectives: they wait on other ranks);
         # a symbolic program holds it at the batch sizes up to gil_batch, its calls and bindings
         # taking the lock all the same (a run at a larger size releases the GIL)
         self.gil_batch = 0 if self._collectives else _gil_batch(graph) if self.symbolic else None
-        self.holds_gil = not self.symbolic and not self._collectives and _flops(graph) <= HOLD_GIL_MAX_FLOPS
+        self.holds_gil = not self.symbolic and not self._collectives and graph_flops(graph) <= HOLD_GIL_MAX_FLOPS
         address = self._jit.address(ENTRY)
         self._entries = (_ENTRY_TYPE(address), _ENTRY_HOLDING_GIL(address))
         self._entry = self._entries[self.holds_gil]
@@ -407,7 +408,8 @@ class LLVMExecutable:
                 entry = self._entries[batch <= self.gil_batch]
             slots[1:] = addresses
             entry(slots)
-            self._raise_errors(batch)
+            if self._may_fail:
+                self._raise_errors(batch)
         return self._collect(arrays, outs, batch)
 
     def _grow_arena(self, batch: int) -> None:
@@ -448,7 +450,8 @@ class LLVMExecutable:
                 self._slots[-1] = batch
             if calls.call(fastcall.items_address(items), calls.address):
                 return None
-            self._raise_errors(batch)
+            if self._may_fail:
+                self._raise_errors(batch)
         return self._collect(args, outs, batch)
 
     def _raise_errors(self, batch: int) -> None:
@@ -524,7 +527,7 @@ class LLVMExecutable:
             if copy:  # its own array, refreshed from the program's after every run
                 after.append((view.copy(), view))
             results.append(after[-1][0] if copy else view)
-        entry, lock, checked = self._entry, self._lock, self._collectives or self._gemm_error
+        entry, lock, checked = self._entry, self._lock, self._may_fail
         if self.symbolic:
             entry = self._entries[batch <= self.gil_batch]
         if self.holds_gil:
@@ -537,10 +540,6 @@ class LLVMExecutable:
                     self._raise_errors(batch)
 
         return Binding(run, arrays, results, after, (self, block, outs, arena))
-
-
-def _flops(graph) -> int:
-    return sum(flops_of(graph, i) for i in range(len(graph.nodes)))
 
 
 def _gil_batch(graph) -> int:
