@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codegen.arguments import Binding
+from .codegen.arguments import Binding, overlapping_arguments
 from .ir import TensorType
 from .ir.symbolic import BatchRange, Sym, is_symbolic, substitute
 from .tree import TreeDef, tree_flatten, tree_unflatten, unflattener
@@ -155,7 +155,7 @@ class Executable:
         running: the ordinary call's fast path. The program checks them natively if it can."""
         native = self._call_objects
         if native is None:
-            if not self.accepts(leaves) or not all(leaves[k].flags.writeable for k in self._donated_inputs):
+            if not self.accepts(leaves) or self._donated_inputs and not self._donatable(leaves):
                 return None
             return self.run_flat(list(leaves))
         if len(leaves) != self._explicit:
@@ -164,6 +164,15 @@ class Executable:
         if results is None or not self.checks:
             return results
         return self.without_check_flags(results)
+
+    def _donatable(self, leaves) -> bool:
+        """Whether the donated leaves are writeable and share memory with no other leaf, as the
+        native call's check requires (fastcall.py): else the full path copies them."""
+        if not all(leaves[k].flags.writeable for k in self._donated_inputs):
+            return False
+        arrays = [*leaves, *self.closures]
+        shared = overlapping_arguments(arrays, [a.__array_interface__["data"][0] for a in arrays])
+        return not shared.intersection(self._donated_inputs)
 
     def call_flat(self, leaves) -> list[np.ndarray]:
         """Run on flat leaves; a C-contiguous array of the compiled type passes unchecked."""

@@ -28,6 +28,7 @@ import inspect
 import numpy as np
 
 from .api import USER_ERRORS, CompiledFunction
+from .codegen.arguments import overlapping_arguments
 from .distributed import DataParallel
 from .ir import Role
 from .ir.lang import Value, convert
@@ -156,6 +157,7 @@ class TrainStep:
         if not all(isinstance(a, np.ndarray) and a.flags.carray for a in leaves[:state]):
             _check_donatable(params, "params")
             _check_donatable(opt_state, "opt_state")
+        _check_unshared(leaves[:state], params, opt_state)
         return leaves, run(leaves), state
 
     def bind(self, params, opt_state, *batch) -> BoundCall:
@@ -176,10 +178,11 @@ class TrainStep:
             raise user_traceback(exc) from None
         _check_donatable(params, "params")
         _check_donatable(opt_state, "opt_state")
+        state = _state_leaves(in_tree)
+        _check_unshared(leaves[:state], params, opt_state)
         if self.data_parallel is not None:
             self.data_parallel.agree(executable, lambda: self.lower(params, opt_state, *batch))
         binding, given = executable.bind_flat(leaves)
-        state = _state_leaves(in_tree)
         # New state the program could not write over the old arrays is copied there, as __call__ does.
         after = [(old, new) for old, new in zip(given[:state], binding.results[1:1 + state]) if new is not old]
         return BoundCall(binding, given, binding.results[0], after, self._refresher(hyperparameters, opt_state),
@@ -241,6 +244,20 @@ def _check_donatable(tree, name: str) -> None:
                 f"C-contiguous numpy array, got {type(leaf).__name__}"
                 + (f" with flags c_contiguous={leaf.flags.c_contiguous}, writeable={leaf.flags.writeable}"
                    if isinstance(leaf, np.ndarray) else ""))
+
+
+def _check_unshared(state: list[np.ndarray], params, opt_state) -> None:
+    """Refuse params and optimizer state that share memory (say the same array passed as two
+    parameters, meant as tied weights): the step writes each one's update in place, so the
+    shared memory would hold whichever was written last. Tied weights are one parameter used
+    twice in the loss. The arrays are C-contiguous here, so address ranges tell overlap."""
+    shared = overlapping_arguments(state, [a.__array_interface__["data"][0] for a in state])
+    if shared:
+        paths = tree_paths(params, "params") + tree_paths(opt_state, "opt_state")
+        names = ", ".join(paths[k] for k in sorted(shared))
+        raise ArgumentError(f"{names} share memory: a training step updates each parameter and optimizer state "
+                            f"array in place, so each needs its own (pass a copy; for tied weights, use one "
+                            f"parameter twice in the loss)")
 
 
 def compile_train_step(loss_fn, optimizer, backend=None, data_parallel=None, **compile_options) -> TrainStep:
