@@ -11,6 +11,10 @@ size builds, so the results are those of the per-size program, bit for bit.
 """
 from __future__ import annotations
 
+import operator
+
+import numpy as np
+
 from .codegen.backend import BackendError
 from .ir import ShapeError, TensorType
 from .ir.symbolic import DEFAULT_REFERENCE_BATCH, BatchRange, Sym
@@ -30,15 +34,15 @@ class BatchSpec:
     params, optimizer state and hyperparameters); batch_dim speaks of those after."""
 
     def __init__(self, batch_dim, max_batch: int | None = None, first: int = 0):
-        if isinstance(batch_dim, bool) or not (_is_axis(batch_dim) or (
+        if not (_is_axis(batch_dim) or (
                 isinstance(batch_dim, (tuple, list)) and all(d is None or _is_axis(d) for d in batch_dim))):
             raise ValueError(f"batch_dim must be an axis (a non-negative int) or a tuple of one axis "
                              f"or None per positional argument, got {batch_dim!r}")
-        if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool)
-                                      or max_batch < 1):
+        if max_batch is not None and (_integer(max_batch) is None or max_batch < 1):
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-        self.batch_dim = tuple(batch_dim) if isinstance(batch_dim, (tuple, list)) else batch_dim
-        self.max_batch = max_batch
+        self.batch_dim = (tuple(None if d is None else _integer(d) for d in batch_dim)
+                          if isinstance(batch_dim, (tuple, list)) else _integer(batch_dim))
+        self.max_batch = None if max_batch is None else _integer(max_batch)
         self.first = first
 
     def axes(self, args: tuple, positions: list[int | None], positional: int) -> list[int | None]:
@@ -93,8 +97,19 @@ class BatchSpec:
                 for t, axis in zip(types, axes)]
 
 
+def _integer(value) -> int | None:
+    """value as a Python int if it is an integer, NumPy's included (a size read off an array);
+    None for anything else, bools too."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _is_axis(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _integer(value) is not None and value >= 0
 
 
 # What a symbolic graph's stages or code generation raise where they need a concrete size:

@@ -391,7 +391,21 @@ def test_call_errors():
         ff.compile(lambda x: x, max_batch=4)
     with pytest.raises(ValueError, match="batch_dim must be an axis"):
         ff.compile(lambda x: x, batch_dim=-1)
+    for bad in (True, 2.0, "8", 0, np.int64(-3)):
+        with pytest.raises(ValueError, match="max_batch must be a positive int"):
+            ff.compile(lambda x: x, batch_dim=0, max_batch=bad)
+    with pytest.raises(ValueError, match="batch_dim must be an axis"):
+        ff.compile(lambda x: x, batch_dim=(np.float64(0),))
     assert f(np.ones(8), np.ones(8)) == 8.0
+
+
+def test_numpy_integers_are_sizes_and_axes():
+    """A bound or axis read off an array (np.int64) works as the int it equals."""
+    g = ff.compile(lambda x, y: (x * y).sum(), batch_dim=(np.int64(0), np.int32(0)), max_batch=np.int64(8),
+                   backend="numpy")
+    assert g(np.ones(8), np.ones(8)) == 8.0
+    with pytest.raises(ArgumentError, match=r"batch size 9 \(x\) is outside max_batch's range 1..8"):
+        g(np.ones(9), np.ones(9))
 
 
 def test_a_pytree_of_batch_arrays_shares_one_batch_size():
