@@ -12,7 +12,7 @@ import numpy as np
 
 from .codegen.arguments import Binding, overlapping_arguments
 from .ir import TensorType
-from .ir.symbolic import BatchRange, Sym, is_symbolic, substitute
+from .ir.symbolic import BatchRange, Sym, first_batch_axis, is_symbolic, substitute
 from .tree import TreeDef, tree_flatten, tree_unflatten, unflattener
 
 
@@ -58,9 +58,9 @@ def batch_size_of(arrays, names, types: list[TensorType], batch: BatchRange) -> 
     for array, name, t in zip(arrays, names, types):
         for axis, d in enumerate(t.shape):
             if isinstance(d, Sym) and len(array.shape) == t.rank:
-                size, rest = divmod(array.shape[axis], d.coef)
-                top = batch.max_batch
-                if rest or size < 1 or (top is not None and size > top):
+                size = batch.size_of(array.shape[axis], d.coef)
+                if not size:
+                    top = batch.max_batch
                     raise ArgumentError(f"argument {name}: axis {axis} has {array.shape[axis]} for {d} in {t}: "
                                         f"B must be in 1..{'' if top is None else top}")
                 return size, name
@@ -90,8 +90,7 @@ class Executable:
         self.input_types = list(input_types)
         self._fast_types = [(t.np_dtype, t.shape) for t in self.input_types]
         # of a symbolic program: (leaf, axis, coef) that binds B, and _fast_types per size seen
-        self._batch_axis = next(((k, axis, d.coef) for k, t in enumerate(self.input_types)
-                                 for axis, d in enumerate(t.shape) if isinstance(d, Sym)), None)
+        self._batch_axis = first_batch_axis([t.shape for t in self.input_types])
         self._fast_types_at: dict[int, list] = {}
         self._explicit = len(self.input_types) - len(self.closures)
         # on C-contiguous arrays of the compiled types (accepts or check_arguments said so)
@@ -142,8 +141,8 @@ class Executable:
         leaf = ([*leaves, *self.closures] if self.closures else leaves)[k]
         if not isinstance(leaf, np.ndarray) or leaf.ndim <= axis:
             return None
-        size, rest = divmod(leaf.shape[axis], coef)
-        if rest or size < 1 or (self.batch.max_batch is not None and size > self.batch.max_batch):
+        size = self.batch.size_of(leaf.shape[axis], coef)
+        if not size:
             return None
         found = self._fast_types_at.get(size)
         if found is None:

@@ -368,3 +368,16 @@ class BatchRange:
 
     def __str__(self) -> str:
         return f"B in 1..{'inf' if self.max_batch is None else self.max_batch}, reference {self.reference}"
+
+    def size_of(self, length: int, coef: int) -> int:
+        """The batch size an axis of `length` gives, where its type says coef * B: 0 if it
+        gives none in range (not a positive multiple of coef, or past max_batch)."""
+        size, rest = divmod(length, coef)
+        return 0 if rest or size < 1 or (self.max_batch is not None and size > self.max_batch) else size
+
+
+def first_batch_axis(shapes) -> tuple[int, int, int] | None:
+    """(argument, axis, coef) of the first axis of shapes sized coef * B, where a call's batch
+    size is read first; None if no shape holds B."""
+    return next(((k, axis, d.coef) for k, shape in enumerate(shapes)
+                 for axis, d in enumerate(shape) if isinstance(d, Sym)), None)

@@ -44,7 +44,7 @@ from ...passes.cost import graph_flops
 from ...passes.donation import fused_loop_donations, safe_donations
 from ...passes.memory import MemoryPlan
 from ...passes.schedule import Schedule, print_schedule
-from ...ir.symbolic import Sym, bytes_at, substitute
+from ...ir.symbolic import Sym, bytes_at, first_batch_axis, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
 from . import fastcall, target
@@ -178,6 +178,7 @@ class LLVMExecutable:
         # what it allocates: the plan's arena, plus any GEMM scratch (an Envelope: at the call's B)
         self.arena_bytes = arena_from_json(program["arena_bytes"])
         self.symbolic = is_symbolic(schedule)
+        self._batch_range = plan.batch  # a symbolic program's
         self.max_batch = plan.batch.max_batch if plan.batch is not None else None
         if self.blas:
             default_blas_threads()
@@ -250,8 +251,7 @@ class LLVMExecutable:
         # a symbolic program's: one per batch size lately called (at most CALL_TABLES), and where
         # a call's batch size is read first: (argument, axis, multiple of B it holds)
         self._tables: dict[int, fastcall.CallTable] = {}
-        self._batch_axis = next(((k, axis, d.coef) for k, (_, shape, _) in enumerate(self._inputs)
-                                 for axis, d in enumerate(shape) if isinstance(d, Sym)), None)
+        self._batch_axis = first_batch_axis([shape for _, shape, _ in self._inputs])
 
     def _load_or_compile(self, cache: ObjectCache | None) -> dict:
         """Set self._jit, from the disk cache's entry for this program or compiled (and then
@@ -468,10 +468,7 @@ class LLVMExecutable:
         array = args[k] if k < len(args) else None
         if type(array) is not np.ndarray or array.ndim <= axis:
             return 0
-        batch, extra = divmod(array.shape[axis], coef)
-        if extra or batch < 1 or (self.max_batch is not None and batch > self.max_batch):
-            return 0
-        return batch
+        return self._batch_range.size_of(array.shape[axis], coef)
 
     def _call_table(self, batch: int = 0) -> fastcall.CallTable:
         """The native checks' table (of a symbolic program: at one batch size)."""
