@@ -29,7 +29,7 @@ from .pipeline import Lowered, Options, RematOptions, Stats
 from .runtime import ArgumentError, BoundCall, Executable
 from .symbolic_batch import SYMBOLIC_REFUSALS, BatchSpec, per_size_reason
 from .trace import signature, trace, user_traceback
-from .tree import TreeDef, leaf_extractor, tree_flatten, tree_leaves_like, tree_unflatten
+from .tree import TreeDef, leaf_extractor, tree_flatten, tree_unflatten
 
 __all__ = ["BACKENDS", "CompiledFunction", "Prepared", "compile"]
 
@@ -79,9 +79,8 @@ class CompiledFunction:
         self._symbolic_lock = threading.RLock()  # held while a symbolic signature is traced and built
         self.trace_count = 0  # how many times fn was traced (once per signature, or per symbolic one)
         self.last_lowered: Lowered | None = None  # the signature called (or lowered) most recently
-        self._recent = None  # (in_tree, cache entry) of the last call that passed unchecked
-        # (leaf extractor, in_tree, lowered, executable) of that call, without keyword or static arguments
-        self._fast = None
+        # (variant, in_tree, leaf extractor, lowered, executable) of the last call that passed unchecked
+        self._recent = None
         self._extractors: dict[TreeDef, Callable] = {}  # per argument structure, generated once
         functools.update_wrapper(self, fn, updated=())
 
@@ -237,10 +236,10 @@ class CompiledFunction:
         """(leaves, flat results, executable, in_tree) of a call with the last call's structure whose
         arrays all pass unchecked (no keyword arguments: they are resolved on the full path);
         None, with nothing run, for anything else."""
-        fast = self._fast
-        if fast is None:
+        recent = self._recent
+        if recent is None or recent[0] is not None:  # variant None: no static argument to split off
             return None
-        extract, in_tree, lowered, executable = fast
+        _, in_tree, extract, lowered, executable = recent
         leaves = extract(args)
         if leaves is None:
             return None
@@ -264,8 +263,8 @@ class CompiledFunction:
         recent = self._recent
         if recent is None or recent[0] != variant:
             return None
-        _, in_tree, (lowered, executable) = recent
-        leaves = tree_leaves_like(args, in_tree)
+        _, in_tree, extract, lowered, executable = recent
+        leaves = extract(args)
         if leaves is None or not executable.accepts(leaves):
             return None
         self.last_lowered = lowered
@@ -285,13 +284,10 @@ class CompiledFunction:
                 entry = self._cache[key] = (lowered, lowered.compile())  # a symbolic one's: shared by every size
         self.last_lowered = entry[0]
         if entry[1].accepts(leaves):
-            self._recent = (variant, in_tree, entry)
-            self._fast = None
-            if variant is None and not self.convention.statics:
-                extract = self._extractors.get(in_tree)
-                if extract is None:
-                    extract = self._extractors[in_tree] = leaf_extractor(in_tree)
-                self._fast = (extract, in_tree, *entry)
+            extract = self._extractors.get(in_tree)
+            if extract is None:
+                extract = self._extractors[in_tree] = leaf_extractor(in_tree)
+            self._recent = (variant, in_tree, extract, *entry)
         return entry[1]
 
 
