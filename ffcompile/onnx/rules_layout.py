@@ -7,7 +7,9 @@ import numpy as np
 
 from ..ir import lang as L
 from ..ir.lang import Value
+from ..ir.symbolic import broadcast_shapes
 from .rules import rule
+from .symbolic_shapes import SymInts, ints
 
 
 # --------------------------------------------------------------------------- layout
@@ -17,9 +19,14 @@ def _shape_list(n, shape, what) -> list[int]:
     return [int(d) for d in n.static(shape, what).reshape(-1)]
 
 
+def _dims(n, shape, what) -> list:
+    """A shape input's entries: ints, and Syms where it holds the batch size of batch_dim=."""
+    return shape.dims() if isinstance(shape, SymInts) else _shape_list(n, shape, what)
+
+
 @rule("Reshape", attrs=("allowzero",), static=(1,))
 def _reshape(n, x, shape):
-    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    x, dims = n.value(x), _dims(n, shape, "the target shape")
     if not n.attr("allowzero", 0):
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return L.reshape(x, dims)
@@ -70,9 +77,9 @@ def _unsqueeze(n, x, axes=None):
 
 @rule("Expand", static=(1,))
 def _expand(n, x, shape):
-    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    x, dims = n.value(x), _dims(n, shape, "the target shape")
     try:
-        out = np.broadcast_shapes(x.shape, tuple(dims))
+        out = broadcast_shapes(x.shape, tuple(dims))
     except ValueError:
         raise n.error(f"cannot expand {x.type} to {dims}") from None
     return L.broadcast_to(x, out)
@@ -162,15 +169,16 @@ def _gather(n, data, indices):
 # --------------------------------------------------------------------------- shapes and constants
 
 
-# Rules run only for nodes with a traced input: Shape and Size read its static type.
+# Rules run only for nodes with a traced input: Shape and Size read its static type
+# (a SymInts where it holds the batch size of batch_dim=).
 @rule("Shape", attrs=("start", "end"))
 def _shape(n, x):
-    return np.array(x.shape, dtype=np.int64)[slice(n.attr("start", 0), n.attr("end"))]
+    return ints(x.shape[slice(n.attr("start", 0), n.attr("end"))])
 
 
 @rule("Size")
 def _size(n, x):
-    return np.array(x.size, dtype=np.int64)
+    return ints(x.size)
 
 
 @rule("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
@@ -180,5 +188,7 @@ def _constant(n):
 
 @rule("ConstantOfShape", attrs=("value",), static=(0,))
 def _constant_of_shape(n, shape):
-    fill = n.attr("value", np.zeros(1, np.float32))
-    return np.full(_shape_list(n, shape, "the shape"), fill.reshape(-1)[0], dtype=fill.dtype)
+    fill = n.attr("value", np.zeros(1, np.float32)).reshape(())
+    if isinstance(shape, SymInts):  # B rows: a traced broadcast, as no array holds them
+        return L.broadcast_to(n.value(fill), _dims(n, shape, "the shape"))
+    return np.full(_shape_list(n, shape, "the shape"), fill, dtype=fill.dtype)
