@@ -42,38 +42,37 @@ class SymInts:
 
 
 def ints(values, dtype=np.int64):
-    """A constant of `dtype` from nested ints and Syms: a SymInts if it holds a Sym, else an array."""
-    array = np.empty(np.shape(values), dtype=object)  # filled entry by entry: a Sym is no sequence
-    for index, value in np.ndenumerate(_nested(values)):
-        array[index] = int(value) if not isinstance(value, (Sym, bool, np.bool_)) else value
+    """A constant of `dtype` from entries that may be Syms (an object array, a shape tuple or
+    one size): a SymInts if it holds a Sym, else a plain array."""
+    array = _values(values)
     if any(isinstance(v, Sym) for v in array.flat):
         return SymInts(array, np.dtype(dtype))
     return np.array(array.tolist(), dtype=dtype)
 
 
-def _nested(values) -> np.ndarray:
-    if isinstance(values, SymInts):
-        return values.values
-    if isinstance(values, np.ndarray) and values.dtype != object:
-        return np.array(values.tolist(), dtype=object)
-    array = np.empty(np.shape(values) if not isinstance(values, Sym) else (), dtype=object)
-    if array.ndim == 0:
-        array[()] = values
-    else:
-        array[...] = values
-    return array
-
-
 def _values(x) -> np.ndarray:
-    """Entries of a SymInts or a constant as an object array of Python ints, Syms and bools."""
+    """Entries of a SymInts, a constant, a shape tuple or one size as an object array of
+    Python ints, Syms and bools (filled entry by entry: NumPy would ask a Sym for its int)."""
     if isinstance(x, SymInts):
         return x.values
-    return np.array(np.asarray(x).tolist(), dtype=object) if np.ndim(x) else _scalar(x)
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return x
+    if isinstance(x, (list, tuple)):
+        array = np.empty(len(x), dtype=object)
+        for i, v in enumerate(x):
+            array[i] = v if isinstance(v, Sym) else int(v)
+        return array
+    if isinstance(x, Sym):
+        array = np.empty((), dtype=object)
+        array[()] = x
+        return array
+    x = np.asarray(x)
+    return np.array(x.tolist(), dtype=object) if x.ndim else _scalar(x)
 
 
-def _scalar(x) -> np.ndarray:
+def _scalar(x: np.ndarray) -> np.ndarray:
     array = np.empty((), dtype=object)
-    array[()] = np.asarray(x).item()
+    array[()] = x.item()
     return array
 
 

@@ -1,0 +1,307 @@
+"""ONNX import with a symbolic batch size: an exporter's shape arithmetic on `Shape` of a
+batch_dim= value folds at import (ffcompile/onnx/symbolic_shapes.py), so a torch export's
+`x.view(x.size(0), -1)` is one trace and (LLVM) one program for every batch size, with
+onnxruntime's results and the per-size compile's gradients. Arithmetic that depends on the
+size, and a shape holding B anywhere but a Reshape's, Expand's or ConstantOfShape's shape
+input, are OnnxErrors naming the node."""
+import numpy as np
+import pytest
+
+import ffcompile as ff
+from ffcompile.codegen.registry import get_backend
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from ffcompile.ir.symbolic import Sym  # noqa: E402
+from ffcompile.onnx.symbolic_shapes import SymInts, ints  # noqa: E402
+
+SIZES = (1, 3, 8, 64)
+
+
+def _inputs(n: int) -> np.ndarray:
+    return np.random.default_rng(n).standard_normal((n, 4, 7)).astype(np.float32)
+
+
+def _onnxruntime(proto_or_path, x) -> np.ndarray:
+    source = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _signatures_as_designed(cf, backend, sizes) -> None:
+    """docs/symbolic_batch.md: one trace; one program where the backend builds one for every
+    size (LLVM), else one per size (NumPy)."""
+    assert cf.trace_count == 1
+    one_program = getattr(get_backend(backend), "symbolic_batch", False)  # optional: False when absent
+    assert cf.signatures == (1 if one_program else len(sizes)), cf.stats()
+    assert (cf.stats().per_size is None) == one_program
+
+
+def _check_against_onnxruntime(source, backend, sizes=SIZES):
+    model = ff.onnx.load(source)
+    cf = ff.compile(model, batch_dim=model.batch_dim)
+    fixed = ff.compile(model)  # without batch_dim: shapes concrete, folded by ONNX's evaluator
+    for n in sizes:
+        x = _inputs(n)
+        expected = _onnxruntime(source, x)
+        for got in (cf(model.params, x), fixed(model.params, x)):
+            assert got.shape == expected.shape and got.dtype == expected.dtype, n
+            np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6, err_msg=f"B={n}")
+    _signatures_as_designed(cf, backend, sizes)
+    return model, cf
+
+
+# --------------------------------------------------------------------------- torch exports
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (the oracles extra)")
+
+
+class ViewFlatten(torch.nn.Module):
+    """The classifier's flatten: `x.view(x.size(0), -1)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = torch.nn.Linear(28, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x.view(x.size(0), -1))))
+
+
+class ReshapeBatch(torch.nn.Module):
+    """`x.reshape(x.shape[0], 4, -1)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(7, 5)
+
+    def forward(self, x):
+        return torch.tanh(self.l1(x.reshape(x.shape[0], 4, -1))).sum(1)
+
+
+class ShapeConstants(torch.nn.Module):
+    """Constants of the batch's shape: `x.new_zeros(x.shape[0], 3)` and an `expand` to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(28, 3)
+
+    def forward(self, x):
+        scale = x.new_zeros(x.shape[0], 3) + 2.0
+        offset = torch.arange(3, dtype=torch.float32).reshape(1, 3).expand(x.shape[0], 3)
+        return self.l1(torch.flatten(x, 1)) * scale + offset
+
+
+MODULES = (ViewFlatten, ReshapeBatch, ShapeConstants)
+EXPORTERS = ("torchscript", "dynamo")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(module class, exporter) -> the ONNX file, exported once for the module's tests."""
+    files = {}
+
+    def export(cls, exporter):
+        if (cls, exporter) not in files:
+            if exporter == "dynamo":
+                pytest.importorskip("onnxscript", reason="the onnx extra is not installed (the dynamo exporter needs onnxscript)")
+            torch.manual_seed(0)
+            module, x = cls().eval(), torch.from_numpy(_inputs(2))
+            path = tmp_path_factory.mktemp("onnx") / f"{cls.__name__}_{exporter}.onnx"
+            if exporter == "dynamo":
+                torch.onnx.export(module, (x,), str(path), dynamo=True, verbose=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+            else:
+                torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                                  dynamic_axes={"x": {0: "batch"}})
+            files[cls, exporter] = path
+        return files[cls, exporter]
+
+    return export
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_torch_exports_are_one_trace_with_onnxruntimes_results(cls, exporter, exported, backend):
+    path = exported(cls, exporter)
+    model, cf = _check_against_onnxruntime(path, backend)
+    assert model.batch_dim == (None, 0)
+    assert "i64" not in cf.last_lowered.symbolic_ir and "f32[B," in cf.last_lowered.symbolic_ir  # shapes folded
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_torch_exports_gradients_equal_the_per_size_compiles(cls, exporter, exported, backend):
+    model = ff.onnx.load(exported(cls, exporter))
+
+    def loss(params, x):
+        return (model(params, x) ** 2).sum()
+
+    symbolic = ff.compile(ff.grad(loss), batch_dim=(None, 0))
+    for n in SIZES:
+        x = _inputs(n)
+        fixed = ff.compile(ff.grad(loss))(model.params, x)
+        got = symbolic(model.params, x)
+        assert set(got) == set(model.params)
+        for name in got:
+            np.testing.assert_allclose(got[name], fixed[name], rtol=2e-5, atol=2e-5, err_msg=f"{name} B={n}")
+    _signatures_as_designed(symbolic, backend, SIZES)
+
+
+def test_the_view_flatten_traces_to_one_reshape_to_b_rows(exported):
+    model = ff.onnx.load(exported(ViewFlatten, "torchscript"))
+    lowered = ff.compile(model, batch_dim=model.batch_dim, backend="numpy").lower(model.params, _inputs(3))
+    reshapes = [line for line in lowered.symbolic_ir.splitlines() if "= reshape" in line]
+    assert len(reshapes) == 1 and "f32[B,28] = reshape" in reshapes[0], lowered.symbolic_ir
+
+
+# --------------------------------------------------------------------------- folding rules, by hand
+
+
+def _const(name: str, values, dtype=np.int64):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(values, dtype=dtype), name))
+
+
+def _graph_model(nodes, inits=(), opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in inits])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _batch(shape="s", out="b"):
+    """b = [shape[0]] (Shape -> Gather -> Unsqueeze, as the TorchScript exporter writes it)."""
+    return [_const("zero", 0), helper.make_node("Gather", [shape, "zero"], ["b0"], axis=0),
+            _const("axis0", [0]), helper.make_node("Unsqueeze", ["b0", "axis0"], [out])]
+
+
+SHAPE = helper.make_node("Shape", ["x"], ["s"])
+FLAT = [_const("c28", [28]), helper.make_node("Concat", ["b", "c28"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"])]
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((28, 3)).astype(np.float32)
+
+CASES = {
+    "gather_unsqueeze_concat": [SHAPE, *_batch(), *FLAT],
+    "shape_start_end": [helper.make_node("Shape", ["x"], ["b"], start=0, end=1), *FLAT],
+    "slice": [SHAPE, _const("lo", [0]), _const("hi", [1]), helper.make_node("Slice", ["s", "lo", "hi"], ["b"]), *FLAT],
+    "squeeze_unsqueeze": [SHAPE, _const("lo", [0]), _const("hi", [1]),
+                          helper.make_node("Slice", ["s", "lo", "hi"], ["b1"]),
+                          _const("axis0", [0]), helper.make_node("Squeeze", ["b1", "axis0"], ["b0"]),
+                          helper.make_node("Unsqueeze", ["b0", "axis0"], ["b"]), *FLAT],
+    "cast_identity": [SHAPE, *_batch(out="b32"), helper.make_node("Cast", ["b32"], ["i32"], to=TensorProto.INT32),
+                      helper.make_node("Identity", ["i32"], ["i"]),
+                      helper.make_node("Cast", ["i"], ["b"], to=TensorProto.INT64), *FLAT],
+    "mul_then_div": [SHAPE, *_batch(out="b1"), _const("four", [4]), helper.make_node("Mul", ["b1", "four"], ["b4"]),
+                     _const("c7", [7]), helper.make_node("Concat", ["b4", "c7"], ["t4"], axis=0),
+                     helper.make_node("Reshape", ["x", "t4"], ["x4"]),
+                     helper.make_node("Div", ["b4", "four"], ["b"]), _const("c28", [28]),
+                     helper.make_node("Concat", ["b", "c28"], ["t"], axis=0), helper.make_node("Reshape", ["x4", "t"], ["y"])],
+    "add_sub": [SHAPE, *_batch(out="b1"), _const("nought", [0]), helper.make_node("Add", ["b1", "nought"], ["b2"]),
+                helper.make_node("Add", ["b2", "b2"], ["twice"]), helper.make_node("Sub", ["twice", "b1"], ["b3"]),
+                helper.make_node("Sub", ["b3", "nought"], ["b"]), *FLAT],
+    "reduce_prod_size": [SHAPE, helper.make_node("ReduceProd", ["s"], ["p"], keepdims=1),
+                         helper.make_node("Reshape", ["x", "p"], ["flat"]),
+                         helper.make_node("Size", ["x"], ["n"]), _const("c28", 28),
+                         helper.make_node("Div", ["n", "c28"], ["b0"]), _const("axis0", [0]),
+                         helper.make_node("Unsqueeze", ["b0", "axis0"], ["b"]), _const("c28u", [28]),
+                         helper.make_node("Concat", ["b", "c28u"], ["t"], axis=0),
+                         helper.make_node("Reshape", ["flat", "t"], ["y"])],
+    "max_min": [SHAPE, _const("ones", [1, 1, 1]), helper.make_node("Max", ["s", "ones"], ["m"]),
+                _const("twice", [2, 1, 1]), helper.make_node("Mul", ["s", "twice"], ["s2"]),
+                helper.make_node("Min", ["m", "s2"], ["t"]),  # min(B, 2*B) is B at every size
+                helper.make_node("Reshape", ["x", "t"], ["y"])],
+    "reshape_of_a_shape_zero_and_minus_one": [SHAPE, _const("flat", [-1]), helper.make_node("Reshape", ["s", "flat"], ["f"]),
+                                              helper.make_node("Reshape", ["x", "f"], ["y0"]),
+                                              _const("keep", [0, 0, -1]), helper.make_node("Reshape", ["y0", "keep"], ["y1"]),
+                                              _const("c0m", [0, -1]), helper.make_node("Reshape", ["y1", "c0m"], ["y"])],
+    # the TorchScript exporter's expand(x.shape[0], 3): Where(shape == -1, 1, shape)
+    "expand_where_equal": [SHAPE, *_batch(), _const("c3", [3]), helper.make_node("Concat", ["b", "c3"], ["bs"], axis=0),
+                           _const("flat", [-1]), helper.make_node("Reshape", ["bs", "flat"], ["r"]),
+                           helper.make_node("Shape", ["r"], ["rs"]),
+                           helper.make_node("ConstantOfShape", ["rs"], ["ones"], value=numpy_helper.from_array(np.array([1], np.int64))),
+                           _const("minus", -1), helper.make_node("Mul", ["ones", "minus"], ["m1"]),
+                           helper.make_node("Equal", ["r", "m1"], ["eq"]), helper.make_node("Where", ["eq", "ones", "r"], ["shape"]),
+                           _const("row", [[0.5, -1.0, 2.0]], np.float32), helper.make_node("Expand", ["row", "shape"], ["e"]),
+                           helper.make_node("Flatten", ["x"], ["fx"], axis=1), helper.make_node("MatMul", ["fx", "w"], ["h"]),
+                           helper.make_node("Add", ["h", "e"], ["y"])],
+    "constant_of_shape": [SHAPE, *_batch(), _const("c28", [28]), helper.make_node("Concat", ["b", "c28"], ["t"], axis=0),
+                          helper.make_node("ConstantOfShape", ["t"], ["twos"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
+                          helper.make_node("Reshape", ["x", "t"], ["fx"]), helper.make_node("Mul", ["fx", "twos"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_folding_rules_on_a_symbolic_shape(case, backend):
+    nodes = CASES[case]
+    uses_w = any("w" in node.input for node in nodes)
+    model, cf = _check_against_onnxruntime(_graph_model(nodes, [("w", W)] if uses_w else []), backend, sizes=(1, 3, 8))
+    assert "i64" not in cf.last_lowered.symbolic_ir  # the shape arithmetic folded away
+
+
+def test_symints_hold_syms_and_plain_arrays_do_not():
+    held = ints([Sym("B"), 4])
+    assert isinstance(held, SymInts) and held.dims() == [Sym("B"), 4] and held.dtype == np.int64
+    plain = ints((3, 4), np.int32)
+    assert isinstance(plain, np.ndarray) and plain.dtype == np.int32 and plain.tolist() == [3, 4]
+    assert str(held) == "int64[2] [B, 4]"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refused(nodes, match: str, backend="numpy"):
+    model = ff.onnx.load(_graph_model(nodes))
+    with pytest.raises(ff.onnx.OnnxError, match=match):
+        ff.compile(model, batch_dim=model.batch_dim, backend=backend)(model.params, _inputs(3))
+    fixed = ff.compile(model, backend=backend)  # without batch_dim the same graph has concrete sizes
+    return fixed, model
+
+
+def test_a_division_not_exact_for_every_size_is_refused():
+    nodes = [SHAPE, *_batch(out="b1"), _const("three", [3]), helper.make_node("Div", ["b1", "three"], ["b"], name="div"),
+             _const("c84", [84]), helper.make_node("Concat", ["b", "c84"], ["t"], axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    fixed, model = _refused(nodes, r"ONNX node 'div' \(Div\): on the symbolic shape inputs "
+                                   r"\(int64\[1\] \[B\], int64\[1\]\): B // 3 needs a concrete value")
+    assert fixed(model.params, _inputs(3)).shape == (1, 84)  # at a fixed size it folds as before
+
+
+def test_an_op_without_a_symbolic_fold_names_the_node_and_its_input():
+    nodes = [SHAPE, helper.make_node("Neg", ["s"], ["negative"], name="neg"),
+             helper.make_node("Abs", ["negative"], ["t"]), helper.make_node("Reshape", ["x", "t"], ["y"])]
+    fixed, model = _refused(nodes, r"ONNX node 'neg' \(Neg\): input 0 \('s'\) holds the symbolic batch size "
+                                   r"\(int64\[3\] \[B, 4, 7\]\).*Gather.*Reshape \(input 1\)")
+    assert fixed(model.params, _inputs(3)).shape == (3, 4, 7)
+
+
+def test_a_symbolic_shape_at_a_traced_ops_operand_is_refused():
+    nodes = [SHAPE, *_batch(), _const("lo", [0]), helper.make_node("Slice", ["x", "lo", "b"], ["y"], name="cut")]
+    fixed, model = _refused(nodes, r"ONNX node 'cut' \(Slice\): input 2 \('b'\) holds the symbolic batch size")
+    assert fixed(model.params, _inputs(3)).shape == (3, 4, 7)
+
+
+@pytest.mark.parametrize("nodes, match", [
+    ([SHAPE, *_batch(out="b1"), _const("three", [3]), helper.make_node("Equal", ["b1", "three"], ["eq"], name="eq"),
+      helper.make_node("Where", ["eq", "b1", "b1"], ["b"]), *FLAT], r"'eq' \(Equal\): .*B == 3 needs a concrete value"),
+    ([SHAPE, *_batch(out="b1"), helper.make_node("Concat", ["b1", "b1"], ["bb"], axis=0),
+      helper.make_node("ReduceProd", ["bb"], ["b"], keepdims=1, name="prod"), *FLAT],
+     r"'prod' \(ReduceProd\): .*the product B \* B needs a concrete value"),
+    ([SHAPE, *_batch(out="b1"), _const("one", [1]), helper.make_node("Max", ["b1", "one"], ["b2"]),
+      _const("two", [2]), helper.make_node("Max", ["b2", "two"], ["b"], name="max2"), *FLAT],
+     r"'max2' \(Max\): .*needs a concrete value"),
+    ([SHAPE, *_batch(out="b1"), _const("one", [1]), helper.make_node("Sub", ["b1", "one"], ["b"], name="less"), *FLAT],
+     r"'less' \(Sub\): .*B - 1 needs a concrete value"),
+], ids=["equal_to_a_size", "product_of_b_and_b", "max_with_two", "b_minus_one"])
+def test_arithmetic_that_depends_on_the_size_is_refused(nodes, match):
+    _refused(nodes, match)
+
+
+def test_a_shape_as_the_models_output_is_refused():
+    graph = helper.make_graph([SHAPE], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7])],
+                              [helper.make_tensor_value_info("s", TensorProto.INT64, [3])])
+    model = ff.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(ff.onnx.OnnxError, match=r"the output 's' is a shape holding the symbolic batch size"):
+        ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, _inputs(3))
