@@ -230,6 +230,11 @@ CASES = {
     "constant_of_shape": [SHAPE, *_batch(), _const("c28", [28]), helper.make_node("Concat", ["b", "c28"], ["t"], axis=0),
                           helper.make_node("ConstantOfShape", ["t"], ["twos"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
                           helper.make_node("Reshape", ["x", "t"], ["fx"]), helper.make_node("Mul", ["fx", "twos"], ["y"])],
+    "expand_and_size_of_a_shape": [SHAPE, *_batch(out="b1"), _const("two", [2]), helper.make_node("Expand", ["b1", "two"], ["bb"]),
+                                   _const("one", [1]), helper.make_node("Slice", ["bb", "one", "two"], ["b2"]),
+                                   helper.make_node("Size", ["bb"], ["size"]), helper.make_node("Sub", ["size", "one"], ["unit"]),
+                                   helper.make_node("Mul", ["b2", "unit"], ["b"]), *FLAT],
+    "reduce_prod_of_a_traced_value": [helper.make_node("ReduceProd", ["x"], ["y"], axes=[2], keepdims=0)],
 }
 
 
@@ -305,3 +310,8 @@ def test_a_shape_as_the_models_output_is_refused():
     model = ff.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(ff.onnx.OnnxError, match=r"the output 's' is a shape holding the symbolic batch size"):
         ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, _inputs(3))
+
+
+def test_reduce_prod_over_the_symbolic_batch_axis_is_refused():
+    _refused([helper.make_node("ReduceProd", ["x"], ["y"], axes=[0], name="prod")],
+             r"ONNX node 'prod' \(ReduceProd\): an index or a count needs a concrete value")
