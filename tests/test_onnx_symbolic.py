@@ -93,7 +93,18 @@ class ShapeConstants(torch.nn.Module):
         return self.l1(torch.flatten(x, 1)) * scale + offset
 
 
-MODULES = (ViewFlatten, ReshapeBatch, ShapeConstants)
+class BatchMean(torch.nn.Module):
+    """The batch size as a float: `... / x.shape[0]` (a Cast of the shape to float32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(7, 5)
+
+    def forward(self, x):
+        return torch.tanh(self.l1(x)).sum(0) / x.shape[0]
+
+
+MODULES = (ViewFlatten, ReshapeBatch, ShapeConstants, BatchMean)
 EXPORTERS = ("torchscript", "dynamo")
 
 

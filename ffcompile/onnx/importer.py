@@ -106,12 +106,12 @@ def _convert(proto, opset: int, builder, args) -> list:
     present = [a for a in args if a is not None]
     node = Node(proto, opset, builder)
     symbolic = any(isinstance(a, SymInts) for a in present)
-    if symbolic:  # shape arithmetic on the batch size of batch_dim=: folded, or a rule's shape
-        if folds(node, args):
-            return _outputs(node, fold_symbolic(node, _trim(args)))
-    elif all(not isinstance(a, Value) for a in present):
+    if not symbolic and all(not isinstance(a, Value) for a in present):
         return _fold(proto, opset, args)
     with scope(builder, proto.name or proto.output[0]):
+        # shape arithmetic on the batch size of batch_dim=: folded, or a rule's shape input
+        if symbolic and folds(node, args):
+            return _outputs(node, fold_symbolic(node, _trim(args)))
         try:
             out = RULES[proto.op_type].fn(node, *_trim(args))
         except ShapeError as exc:  # a symbolic batch size (batch_dim=) where a concrete one is needed

@@ -7,8 +7,9 @@ Shape → Gather → Unsqueeze → Concat → Reshape). `Shape` of such a value 
 nodes exporters put between a Shape and its consumer fold on it here (`FOLDS`), with
 the exact arithmetic `Sym` has (B * 4, B + 0, 4*B / 4; B / 3 or B == 3 depend on the
 size and are refused); the consumers in `SHAPE_INPUTS` (Reshape, Expand,
-ConstantOfShape) take its entries as dimensions. Any other use is an OnnxError naming
-the node and the input. A result with no Sym left (the fixed dims of a Gather) is a
+ConstantOfShape) take its entries as dimensions, and a Cast to a float makes it a traced
+constant holding B (`x / x.shape[0]`). Any other use is an OnnxError naming the node
+and the input. A result with no Sym left (the fixed dims of a Gather) is a
 plain NumPy array again, folded as every constant is.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import ShapeError
+from ..ir import lang as L
 from ..ir.lang import Value
+from ..ir.types import dtype_name
 from ..ir.symbolic import Sym
 from .dtypes import TO_NUMPY
 
@@ -157,10 +160,21 @@ def _size(n, x):
 @fold("Cast")
 def _cast(n, x):
     to = TO_NUMPY.get(n.attr("to"))
-    if to not in (np.dtype(np.int64), np.dtype(np.int32)):
-        raise n.error(f"casts {x} to {to or n.attr('to')}: the batch size stays exact only as "
-                      "int64 or int32; compile without batch_dim for this model")
-    return SymInts(x.values, to)
+    if to in (np.dtype(np.int64), np.dtype(np.int32)):
+        return SymInts(x.values, to)
+    if to is not None and to.kind == "f":  # `x / x.shape[0]`: a traced constant holding B
+        return _traced(n, x.values, dtype_name(to))
+    raise n.error(f"casts {x} to {to or n.attr('to')}: the batch size is an int64, int32 or "
+                  "float value only; compile without batch_dim for this model")
+
+
+def _traced(n, values: np.ndarray, dtype: str) -> Value:
+    """An array of ints and Syms as a traced value: each entry a constant (B one filled in
+    per size, as `x.shape[0]` is in a traced function), joined to its shape."""
+    entries = [L.reshape(L.lift(n.builder, v if isinstance(v, Sym) else float(v), dtype), (1,))
+               for v in values.flat]
+    joined = entries[0] if len(entries) == 1 else L.concatenate(entries, 0)
+    return L.reshape(joined, values.shape)
 
 
 @fold("Gather")
