@@ -116,7 +116,8 @@ def exported(tmp_path_factory):
     def export(cls, exporter):
         if (cls, exporter) not in files:
             if exporter == "dynamo":
-                pytest.importorskip("onnxscript", reason="the onnx extra is not installed (the dynamo exporter needs onnxscript)")
+                pytest.importorskip("onnxscript", reason="the onnx extra is not installed (the dynamo "
+                                                         "exporter needs onnxscript)")
             torch.manual_seed(0)
             module, x = cls().eval(), torch.from_numpy(_inputs(2))
             path = tmp_path_factory.mktemp("onnx") / f"{cls.__name__}_{exporter}.onnx"
@@ -174,6 +175,11 @@ def _const(name: str, values, dtype=np.int64):
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(values, dtype=dtype), name))
 
 
+def _node(op_type: str, inputs: str, output: str, **attrs):
+    """helper.make_node with the inputs spelled "a b c"."""
+    return helper.make_node(op_type, inputs.split(), [output], **attrs)
+
+
 def _graph_model(nodes, inits=(), opset=17):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
@@ -181,71 +187,65 @@ def _graph_model(nodes, inits=(), opset=17):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _batch(shape="s", out="b"):
-    """b = [shape[0]] (Shape -> Gather -> Unsqueeze, as the TorchScript exporter writes it)."""
-    return [_const("zero", 0), helper.make_node("Gather", [shape, "zero"], ["b0"], axis=0),
-            _const("axis0", [0]), helper.make_node("Unsqueeze", ["b0", "axis0"], [out])]
+def _batch(out="b"):
+    """out = [s[0]] (Shape -> Gather -> Unsqueeze, as the TorchScript exporter writes it)."""
+    return [_const("zero", 0), _node("Gather", "s zero", "b0", axis=0),
+            _const("axis0", [0]), _node("Unsqueeze", "b0 axis0", out)]
 
 
-SHAPE = helper.make_node("Shape", ["x"], ["s"])
-FLAT = [_const("c28", [28]), helper.make_node("Concat", ["b", "c28"], ["t"], axis=0),
-        helper.make_node("Reshape", ["x", "t"], ["y"])]
+SHAPE = _node("Shape", "x", "s")
+FLAT = [_const("c28", [28]), _node("Concat", "b c28", "t", axis=0), _node("Reshape", "x t", "y")]  # y = x.view(b, 28)
+W = np.random.default_rng(0).standard_normal((28, 3)).astype(np.float32)
 
-RNG = np.random.default_rng(0)
-W = RNG.standard_normal((28, 3)).astype(np.float32)
+
+def _tensor(values, dtype):
+    return numpy_helper.from_array(np.array(values, dtype))
+
 
 CASES = {
     "gather_unsqueeze_concat": [SHAPE, *_batch(), *FLAT],
-    "shape_start_end": [helper.make_node("Shape", ["x"], ["b"], start=0, end=1), *FLAT],
-    "slice": [SHAPE, _const("lo", [0]), _const("hi", [1]), helper.make_node("Slice", ["s", "lo", "hi"], ["b"]), *FLAT],
-    "squeeze_unsqueeze": [SHAPE, _const("lo", [0]), _const("hi", [1]),
-                          helper.make_node("Slice", ["s", "lo", "hi"], ["b1"]),
-                          _const("axis0", [0]), helper.make_node("Squeeze", ["b1", "axis0"], ["b0"]),
-                          helper.make_node("Unsqueeze", ["b0", "axis0"], ["b"]), *FLAT],
-    "cast_identity": [SHAPE, *_batch(out="b32"), helper.make_node("Cast", ["b32"], ["i32"], to=TensorProto.INT32),
-                      helper.make_node("Identity", ["i32"], ["i"]),
-                      helper.make_node("Cast", ["i"], ["b"], to=TensorProto.INT64), *FLAT],
-    "mul_then_div": [SHAPE, *_batch(out="b1"), _const("four", [4]), helper.make_node("Mul", ["b1", "four"], ["b4"]),
-                     _const("c7", [7]), helper.make_node("Concat", ["b4", "c7"], ["t4"], axis=0),
-                     helper.make_node("Reshape", ["x", "t4"], ["x4"]),
-                     helper.make_node("Div", ["b4", "four"], ["b"]), _const("c28", [28]),
-                     helper.make_node("Concat", ["b", "c28"], ["t"], axis=0), helper.make_node("Reshape", ["x4", "t"], ["y"])],
-    "add_sub": [SHAPE, *_batch(out="b1"), _const("nought", [0]), helper.make_node("Add", ["b1", "nought"], ["b2"]),
-                helper.make_node("Add", ["b2", "b2"], ["twice"]), helper.make_node("Sub", ["twice", "b1"], ["b3"]),
-                helper.make_node("Sub", ["b3", "nought"], ["b"]), *FLAT],
-    "reduce_prod_size": [SHAPE, helper.make_node("ReduceProd", ["s"], ["p"], keepdims=1),
-                         helper.make_node("Reshape", ["x", "p"], ["flat"]),
-                         helper.make_node("Size", ["x"], ["n"]), _const("c28", 28),
-                         helper.make_node("Div", ["n", "c28"], ["b0"]), _const("axis0", [0]),
-                         helper.make_node("Unsqueeze", ["b0", "axis0"], ["b"]), _const("c28u", [28]),
-                         helper.make_node("Concat", ["b", "c28u"], ["t"], axis=0),
-                         helper.make_node("Reshape", ["flat", "t"], ["y"])],
-    "max_min": [SHAPE, _const("ones", [1, 1, 1]), helper.make_node("Max", ["s", "ones"], ["m"]),
-                _const("twice", [2, 1, 1]), helper.make_node("Mul", ["s", "twice"], ["s2"]),
-                helper.make_node("Min", ["m", "s2"], ["t"]),  # min(B, 2*B) is B at every size
-                helper.make_node("Reshape", ["x", "t"], ["y"])],
-    "reshape_of_a_shape_zero_and_minus_one": [SHAPE, _const("flat", [-1]), helper.make_node("Reshape", ["s", "flat"], ["f"]),
-                                              helper.make_node("Reshape", ["x", "f"], ["y0"]),
-                                              _const("keep", [0, 0, -1]), helper.make_node("Reshape", ["y0", "keep"], ["y1"]),
-                                              _const("c0m", [0, -1]), helper.make_node("Reshape", ["y1", "c0m"], ["y"])],
+    "shape_start_end": [_node("Shape", "x", "b", start=0, end=1), *FLAT],
+    "slice": [SHAPE, _const("lo", [0]), _const("hi", [1]), _node("Slice", "s lo hi", "b"), *FLAT],
+    "squeeze_unsqueeze": [SHAPE, _const("lo", [0]), _const("hi", [1]), _node("Slice", "s lo hi", "b1"),
+                          _const("axis0", [0]), _node("Squeeze", "b1 axis0", "b0"),
+                          _node("Unsqueeze", "b0 axis0", "b"), *FLAT],
+    "cast_identity": [SHAPE, *_batch(out="b64"), _node("Cast", "b64", "b32", to=TensorProto.INT32),
+                      _node("Identity", "b32", "i"), _node("Cast", "i", "b", to=TensorProto.INT64), *FLAT],
+    "mul_then_div": [SHAPE, *_batch(out="b1"), _const("four", [4]), _node("Mul", "b1 four", "b4"),
+                     _const("c7", [7]), _node("Concat", "b4 c7", "t4", axis=0), _node("Reshape", "x t4", "x4"),
+                     _node("Div", "b4 four", "b"), _const("c28", [28]), _node("Concat", "b c28", "t", axis=0),
+                     _node("Reshape", "x4 t", "y")],
+    "add_sub": [SHAPE, *_batch(out="b1"), _const("nought", [0]), _node("Add", "b1 nought", "b2"),
+                _node("Add", "b2 b2", "twice"), _node("Sub", "twice b1", "b3"), _node("Sub", "b3 nought", "b"), *FLAT],
+    "reduce_prod_size": [SHAPE, _node("ReduceProd", "s", "p", keepdims=1), _node("Reshape", "x p", "flat"),
+                         _node("Size", "x", "n"), _const("c28", 28), _node("Div", "n c28", "b0"),
+                         _const("axis0", [0]), _node("Unsqueeze", "b0 axis0", "b"), _const("c28u", [28]),
+                         _node("Concat", "b c28u", "t", axis=0), _node("Reshape", "flat t", "y")],
+    "max_min": [SHAPE, _const("ones", [1, 1, 1]), _node("Max", "s ones", "m"),
+                _const("twice", [2, 1, 1]), _node("Mul", "s twice", "s2"),
+                _node("Min", "m s2", "t"),  # min(B, 2*B) is B at every size
+                _node("Reshape", "x t", "y")],
+    "reshape_of_a_shape_zero_and_minus_one": [SHAPE, _const("flat", [-1]), _node("Reshape", "s flat", "f"),
+                                              _node("Reshape", "x f", "y0"),
+                                              _const("keep", [0, 0, -1]), _node("Reshape", "y0 keep", "y1"),
+                                              _const("c0m", [0, -1]), _node("Reshape", "y1 c0m", "y")],
     # the TorchScript exporter's expand(x.shape[0], 3): Where(shape == -1, 1, shape)
-    "expand_where_equal": [SHAPE, *_batch(), _const("c3", [3]), helper.make_node("Concat", ["b", "c3"], ["bs"], axis=0),
-                           _const("flat", [-1]), helper.make_node("Reshape", ["bs", "flat"], ["r"]),
-                           helper.make_node("Shape", ["r"], ["rs"]),
-                           helper.make_node("ConstantOfShape", ["rs"], ["ones"], value=numpy_helper.from_array(np.array([1], np.int64))),
-                           _const("minus", -1), helper.make_node("Mul", ["ones", "minus"], ["m1"]),
-                           helper.make_node("Equal", ["r", "m1"], ["eq"]), helper.make_node("Where", ["eq", "ones", "r"], ["shape"]),
-                           _const("row", [[0.5, -1.0, 2.0]], np.float32), helper.make_node("Expand", ["row", "shape"], ["e"]),
-                           helper.make_node("Flatten", ["x"], ["fx"], axis=1), helper.make_node("MatMul", ["fx", "w"], ["h"]),
-                           helper.make_node("Add", ["h", "e"], ["y"])],
-    "constant_of_shape": [SHAPE, *_batch(), _const("c28", [28]), helper.make_node("Concat", ["b", "c28"], ["t"], axis=0),
-                          helper.make_node("ConstantOfShape", ["t"], ["twos"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
-                          helper.make_node("Reshape", ["x", "t"], ["fx"]), helper.make_node("Mul", ["fx", "twos"], ["y"])],
-    "expand_and_size_of_a_shape": [SHAPE, *_batch(out="b1"), _const("two", [2]), helper.make_node("Expand", ["b1", "two"], ["bb"]),
-                                   _const("one", [1]), helper.make_node("Slice", ["bb", "one", "two"], ["b2"]),
-                                   helper.make_node("Size", ["bb"], ["size"]), helper.make_node("Sub", ["size", "one"], ["unit"]),
-                                   helper.make_node("Mul", ["b2", "unit"], ["b"]), *FLAT],
-    "reduce_prod_of_a_traced_value": [helper.make_node("ReduceProd", ["x"], ["y"], axes=[2], keepdims=0)],
+    "expand_where_equal": [SHAPE, *_batch(), _const("c3", [3]), _node("Concat", "b c3", "bs", axis=0),
+                           _const("flat", [-1]), _node("Reshape", "bs flat", "r"), _node("Shape", "r", "rs"),
+                           _node("ConstantOfShape", "rs", "ones", value=_tensor([1], np.int64)),
+                           _const("minus", -1), _node("Mul", "ones minus", "m1"), _node("Equal", "r m1", "eq"),
+                           _node("Where", "eq ones r", "shape"), _const("row", [[0.5, -1.0, 2.0]], np.float32),
+                           _node("Expand", "row shape", "e"), _node("Flatten", "x", "fx", axis=1),
+                           _node("MatMul", "fx w", "h"), _node("Add", "h e", "y")],
+    "constant_of_shape": [SHAPE, *_batch(), _const("c28", [28]), _node("Concat", "b c28", "t", axis=0),
+                          _node("ConstantOfShape", "t", "twos", value=_tensor([2.0], np.float32)),
+                          _node("Reshape", "x t", "fx"), _node("Mul", "fx twos", "y")],
+    "expand_and_size_of_a_shape": [SHAPE, *_batch(out="b1"), _const("two", [2]), _node("Expand", "b1 two", "bb"),
+                                   _const("one", [1]), _node("Slice", "bb one two", "b2"), _node("Size", "bb", "size"),
+                                   _node("Sub", "size one", "unit"), _node("Mul", "b2 unit", "b"), *FLAT],
+    "float_of_the_batch_size": [SHAPE, *_batch(), _node("Cast", "b", "bf", to=TensorProto.FLOAT),
+                                _node("ReduceSum", "x axis0", "total", keepdims=0), _node("Div", "total bf", "y")],
+    "reduce_prod_of_a_traced_value": [_node("ReduceProd", "x", "y", axes=[2], keepdims=0)],
 }
 
 
@@ -277,38 +277,37 @@ def _refused(nodes, match: str, backend="numpy"):
 
 
 def test_a_division_not_exact_for_every_size_is_refused():
-    nodes = [SHAPE, *_batch(out="b1"), _const("three", [3]), helper.make_node("Div", ["b1", "three"], ["b"], name="div"),
-             _const("c84", [84]), helper.make_node("Concat", ["b", "c84"], ["t"], axis=0),
-             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    nodes = [SHAPE, *_batch(out="b1"), _const("three", [3]), _node("Div", "b1 three", "b", name="div"),
+             _const("c84", [84]), _node("Concat", "b c84", "t", axis=0), _node("Reshape", "x t", "y")]
     fixed, model = _refused(nodes, r"ONNX node 'div' \(Div\): on the symbolic shape inputs "
                                    r"\(int64\[1\] \[B\], int64\[1\]\): B // 3 needs a concrete value")
     assert fixed(model.params, _inputs(3)).shape == (1, 84)  # at a fixed size it folds as before
 
 
 def test_an_op_without_a_symbolic_fold_names_the_node_and_its_input():
-    nodes = [SHAPE, helper.make_node("Neg", ["s"], ["negative"], name="neg"),
-             helper.make_node("Abs", ["negative"], ["t"]), helper.make_node("Reshape", ["x", "t"], ["y"])]
+    nodes = [SHAPE, _node("Neg", "s", "negative", name="neg"), _node("Abs", "negative", "t"),
+             _node("Reshape", "x t", "y")]
     fixed, model = _refused(nodes, r"ONNX node 'neg' \(Neg\): input 0 \('s'\) holds the symbolic batch size "
                                    r"\(int64\[3\] \[B, 4, 7\]\).*Gather.*Reshape \(input 1\)")
     assert fixed(model.params, _inputs(3)).shape == (3, 4, 7)
 
 
 def test_a_symbolic_shape_at_a_traced_ops_operand_is_refused():
-    nodes = [SHAPE, *_batch(), _const("lo", [0]), helper.make_node("Slice", ["x", "lo", "b"], ["y"], name="cut")]
+    nodes = [SHAPE, *_batch(), _const("lo", [0]), _node("Slice", "x lo b", "y", name="cut")]
     fixed, model = _refused(nodes, r"ONNX node 'cut' \(Slice\): input 2 \('b'\) holds the symbolic batch size")
     assert fixed(model.params, _inputs(3)).shape == (3, 4, 7)
 
 
 @pytest.mark.parametrize("nodes, match", [
-    ([SHAPE, *_batch(out="b1"), _const("three", [3]), helper.make_node("Equal", ["b1", "three"], ["eq"], name="eq"),
-      helper.make_node("Where", ["eq", "b1", "b1"], ["b"]), *FLAT], r"'eq' \(Equal\): .*B == 3 needs a concrete value"),
-    ([SHAPE, *_batch(out="b1"), helper.make_node("Concat", ["b1", "b1"], ["bb"], axis=0),
-      helper.make_node("ReduceProd", ["bb"], ["b"], keepdims=1, name="prod"), *FLAT],
+    ([SHAPE, *_batch(out="b1"), _const("three", [3]), _node("Equal", "b1 three", "eq", name="eq"),
+      _node("Where", "eq b1 b1", "b"), *FLAT], r"'eq' \(Equal\): .*B == 3 needs a concrete value"),
+    ([SHAPE, *_batch(out="b1"), _node("Concat", "b1 b1", "bb", axis=0),
+      _node("ReduceProd", "bb", "b", keepdims=1, name="prod"), *FLAT],
      r"'prod' \(ReduceProd\): .*the product B \* B needs a concrete value"),
-    ([SHAPE, *_batch(out="b1"), _const("one", [1]), helper.make_node("Max", ["b1", "one"], ["b2"]),
-      _const("two", [2]), helper.make_node("Max", ["b2", "two"], ["b"], name="max2"), *FLAT],
-     r"'max2' \(Max\): .*needs a concrete value"),
-    ([SHAPE, *_batch(out="b1"), _const("one", [1]), helper.make_node("Sub", ["b1", "one"], ["b"], name="less"), *FLAT],
+    ([SHAPE, *_batch(out="b1"), _const("one", [1]), _node("Max", "b1 one", "b2"),
+      _const("two", [2]), _node("Max", "b2 two", "b", name="max2"), *FLAT],
+     r"'max2' \(Max\): .*B < 2 needs a concrete value"),
+    ([SHAPE, *_batch(out="b1"), _const("one", [1]), _node("Sub", "b1 one", "b", name="less"), *FLAT],
      r"'less' \(Sub\): .*B - 1 needs a concrete value"),
 ], ids=["equal_to_a_size", "product_of_b_and_b", "max_with_two", "b_minus_one"])
 def test_arithmetic_that_depends_on_the_size_is_refused(nodes, match):
@@ -324,5 +323,5 @@ def test_a_shape_as_the_models_output_is_refused():
 
 
 def test_reduce_prod_over_the_symbolic_batch_axis_is_refused():
-    _refused([helper.make_node("ReduceProd", ["x"], ["y"], axes=[0], name="prod")],
+    _refused([_node("ReduceProd", "x", "y", axes=[0], name="prod")],
              r"ONNX node 'prod' \(ReduceProd\): an index or a count needs a concrete value")

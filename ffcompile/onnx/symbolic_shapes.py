@@ -21,8 +21,8 @@ import numpy as np
 from ..ir import ShapeError
 from ..ir import lang as L
 from ..ir.lang import Value
-from ..ir.types import dtype_name
 from ..ir.symbolic import Sym
+from ..ir.types import dtype_name
 from .dtypes import TO_NUMPY
 
 
@@ -66,16 +66,14 @@ def _values(x) -> np.ndarray:
             array[i] = v if isinstance(v, Sym) else int(v)
         return array
     if isinstance(x, Sym):
-        array = np.empty((), dtype=object)
-        array[()] = x
-        return array
+        return _scalar(x)
     x = np.asarray(x)
-    return np.array(x.tolist(), dtype=object) if x.ndim else _scalar(x)
+    return np.array(x.tolist(), dtype=object) if x.ndim else _scalar(x.item())
 
 
-def _scalar(x: np.ndarray) -> np.ndarray:
+def _scalar(value) -> np.ndarray:
     array = np.empty((), dtype=object)
-    array[()] = x.item()
+    array[()] = value
     return array
 
 
