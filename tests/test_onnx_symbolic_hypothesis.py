@@ -89,11 +89,10 @@ def _run(op_type, attrs, value, extra, fold):
     proto = helper.make_node(op_type, names, ["out"], name="step", **attrs)
     if fold:
         return fold_symbolic(Node(proto, OPSET, None), args)
-    model = helper.make_model(
-        helper.make_graph([proto], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype),
-                                                                       np.shape(a)) for n, a in zip(names, args)],
-                          [helper.make_empty_tensor_value_info("out")]),
-        opset_imports=[helper.make_opsetid("", OPSET)])
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype), np.shape(a))
+              for n, a in zip(names, args)]
+    graph = helper.make_graph([proto], "g", inputs, [helper.make_empty_tensor_value_info("out")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     return np.asarray(ReferenceEvaluator(model).run(None, dict(zip(names, args)))[0])
 
 
