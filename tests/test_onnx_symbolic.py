@@ -246,6 +246,11 @@ CASES = {
     "float_of_the_batch_size": [SHAPE, *_batch(), _node("Cast", "b", "bf", to=TensorProto.FLOAT),
                                 _node("ReduceSum", "x axis0", "total", keepdims=0), _node("Div", "total bf", "y")],
     "reduce_prod_of_a_traced_value": [_node("ReduceProd", "x", "y", axes=[2], keepdims=0)],
+    # torch.arange(x.shape[0]): an iota of B entries
+    "range_of_the_batch_size": [SHAPE, _const("zero", 0), _node("Gather", "s zero", "b0", axis=0), _const("one", 1),
+                                _node("Range", "zero b0 one", "rows"), _node("Cast", "rows", "f", to=TensorProto.FLOAT),
+                                _const("axes12", [1, 2]), _node("Unsqueeze", "f axes12", "column"),
+                                _node("Mul", "x column", "y")],
 }
 
 
@@ -254,7 +259,8 @@ def test_folding_rules_on_a_symbolic_shape(case, backend):
     nodes = CASES[case]
     uses_w = any("w" in node.input for node in nodes)
     model, cf = _check_against_onnxruntime(_graph_model(nodes, [("w", W)] if uses_w else []), backend, sizes=(1, 3, 8))
-    assert "i64" not in cf.last_lowered.symbolic_ir  # the shape arithmetic folded away
+    integers = [line for line in cf.last_lowered.symbolic_ir.splitlines() if ":i64" in line]
+    assert all("= iota" in line for line in integers), integers  # the shape arithmetic folded away
 
 
 def test_symints_hold_syms_and_plain_arrays_do_not():
@@ -322,6 +328,23 @@ def test_a_shape_as_the_models_output_is_refused():
         ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, _inputs(3))
 
 
+def test_a_range_whose_length_depends_on_the_size_is_refused():
+    nodes = [SHAPE, _const("zero", 0), _node("Gather", "s zero", "b0", axis=0), _const("one", 1),
+             _node("Range", "one b0 one", "rows", name="range"), _node("Cast", "rows", "y", to=TensorProto.FLOAT)]
+    fixed, model = _refused(nodes, r"ONNX node 'range' \(Range\): B - 1 needs a concrete value")
+    assert fixed(model.params, _inputs(3)).tolist() == [1.0, 2.0]
+
+
 def test_reduce_prod_over_the_symbolic_batch_axis_is_refused():
     _refused([_node("ReduceProd", "x", "y", axes=[0], name="prod")],
              r"ONNX node 'prod' \(ReduceProd\): an index or a count needs a concrete value")
+
+
+def test_a_range_with_a_run_time_bound_is_refused_with_or_without_batch_dim():
+    nodes = [_node("ReduceMax", "x", "top", keepdims=0), _node("Cast", "top", "limit", to=TensorProto.INT64),
+             _const("zero", 0), _const("one", 1), _node("Range", "zero limit one", "rows", name="range"),
+             _node("Cast", "rows", "y", to=TensorProto.FLOAT)]
+    model = ff.onnx.load(_graph_model(nodes))
+    for batch_dim in (model.batch_dim, None):
+        with pytest.raises(ff.onnx.OnnxError, match=r"'range' \(Range\): limit must be a constant"):
+            ff.compile(model, batch_dim=batch_dim, backend="numpy")(model.params, _inputs(3))

@@ -8,6 +8,7 @@ import numpy as np
 from ..ir import lang as L
 from ..ir.lang import Value
 from ..ir.symbolic import broadcast_shapes
+from ..ir.types import dtype_name
 from .rules import rule
 from .symbolic_shapes import SymInts, ints
 
@@ -192,3 +193,17 @@ def _constant_of_shape(n, shape):
     if isinstance(shape, SymInts):  # B rows: a traced broadcast, as no array holds them
         return L.broadcast_to(n.value(fill), _dims(n, shape, "the shape"))
     return np.full(_shape_list(n, shape, "the shape"), fill, dtype=fill.dtype)
+
+
+@rule("Range", static=(0, 1, 2))
+def _range(n, start, limit, delta):
+    """Only a limit holding B reaches here (all-constant Ranges fold; a traced bound is refused
+    by n.static): `torch.arange(x.shape[0])` is an iota of B entries, where B - start is a
+    multiple of delta at every size."""
+    start, delta = n.static(start, "start").item(), n.static(delta, "delta").item()
+    if not isinstance(limit, SymInts):
+        n.static(limit, "limit")
+    (bound,) = limit.dims()
+    entries = L.iota(n.builder, ((bound - start) // delta,), 0, dtype_name(limit.dtype))
+    return entries if (start, delta) == (0, 1) else entries * delta + start
+

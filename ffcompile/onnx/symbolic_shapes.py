@@ -7,7 +7,7 @@ Shape → Gather → Unsqueeze → Concat → Reshape). `Shape` of such a value 
 nodes exporters put between a Shape and its consumer fold on it here (`FOLDS`), with
 the exact arithmetic `Sym` has (B * 4, B + 0, 4*B / 4; B / 3 or B == 3 depend on the
 size and are refused); the consumers in `SHAPE_INPUTS` (Reshape, Expand,
-ConstantOfShape) take its entries as dimensions, and a Cast to a float makes it a traced
+ConstantOfShape, Range's limit) take its entries as dimensions, and a Cast to a float makes it a traced
 constant holding B (`x / x.shape[0]`). Any other use is an OnnxError naming the node
 and the input. A result with no Sym left (the fixed dims of a Gather) is a
 plain NumPy array again, folded as every constant is.
@@ -86,7 +86,7 @@ def describe(x) -> str:
 
 
 # The consumers that take a SymInts' entries as dimensions: op type -> input positions.
-SHAPE_INPUTS = {"Reshape": {1}, "Expand": {1}, "ConstantOfShape": {0}}
+SHAPE_INPUTS = {"Reshape": {1}, "Expand": {1}, "ConstantOfShape": {0}, "Range": {1}}
 
 FOLDS: dict = {}
 
