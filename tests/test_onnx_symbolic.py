@@ -246,6 +246,9 @@ CASES = {
     "float_of_the_batch_size": [SHAPE, *_batch(), _node("Cast", "b", "bf", to=TensorProto.FLOAT),
                                 _node("ReduceSum", "x axis0", "total", keepdims=0), _node("Div", "total bf", "y")],
     "reduce_prod_of_a_traced_value": [_node("ReduceProd", "x", "y", axes=[2], keepdims=0)],
+    # torch's x[:, None] on a [B] value: a Slice of all of the batch axis
+    "slice_all_of_the_batch_axis": [_const("lo", [0]), _const("end", [2 ** 63 - 1]), _const("axis0", [0]),
+                                    _node("Slice", "x lo end axis0", "y")],
     # torch.arange(x.shape[0]): an iota of B entries
     "range_of_the_batch_size": [SHAPE, _const("zero", 0), _node("Gather", "s zero", "b0", axis=0), _const("one", 1),
                                 _node("Range", "zero b0 one", "rows"), _node("Cast", "rows", "f", to=TensorProto.FLOAT),
@@ -333,6 +336,13 @@ def test_a_range_whose_length_depends_on_the_size_is_refused():
              _node("Range", "one b0 one", "rows", name="range"), _node("Cast", "rows", "y", to=TensorProto.FLOAT)]
     fixed, model = _refused(nodes, r"ONNX node 'range' \(Range\): B - 1 needs a concrete value")
     assert fixed(model.params, _inputs(3)).tolist() == [1.0, 2.0]
+
+
+def test_a_slice_of_part_of_the_batch_axis_is_refused():
+    nodes = [_const("lo", [1]), _const("end", [2 ** 63 - 1]), _const("axis0", [0]),
+             _node("Slice", "x lo end axis0", "y", name="rows")]
+    fixed, model = _refused(nodes, r"ONNX node 'rows' \(Slice\): an index or a count needs a concrete value")
+    assert fixed(model.params, _inputs(3)).shape == (2, 4, 7)
 
 
 def test_reduce_prod_over_the_symbolic_batch_axis_is_refused():

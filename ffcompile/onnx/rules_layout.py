@@ -7,7 +7,7 @@ import numpy as np
 
 from ..ir import lang as L
 from ..ir.lang import Value
-from ..ir.symbolic import broadcast_shapes
+from ..ir.symbolic import Sym, broadcast_shapes
 from ..ir.types import dtype_name
 from .rules import rule
 from .symbolic_shapes import SymInts, ints
@@ -109,6 +109,11 @@ def take(n, x: Value, indices, axis: int) -> Value:
     return L.reshape(joined, x.shape[:axis] + indices.shape + x.shape[axis + 1:])
 
 
+# A slice end that keeps every row of a batch axis: exporters write INT64_MAX (older ones
+# INT32_MAX); a batch of 2**31 rows is past what a program's int32 counters take.
+TO_THE_END = 2 ** 31 - 1
+
+
 @rule("Slice", attrs=("starts", "ends", "axes"), static=(1, 2, 3, 4))
 def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
     x = n.value(x)
@@ -124,6 +129,8 @@ def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
     for a, s, e, step in zip(axes, starts, ends, steps):
         if step == 0:
             raise n.error("slice steps must not be 0")
+        if isinstance(x.shape[a], Sym) and (s, step) == (0, 1) and e >= TO_THE_END:
+            continue  # all of the batch axis (torch's x[:, None]): nothing to cut at any size
         if step < 0:
             reversed_axes.append((a, range(*slice(s, e, step).indices(x.shape[a]))))
             continue

@@ -157,7 +157,16 @@ def _size(n, x):
 
 @fold("Cast")
 def _cast(n, x):
-    to = TO_NUMPY.get(n.attr("to"))
+    return _cast_to(n, x, TO_NUMPY.get(n.attr("to")))
+
+
+@fold("CastLike")
+def _cast_like(n, x, like):
+    """Only the target's dtype matters (torch's dynamo exporter casts constants like B)."""
+    return _cast_to(n, x, _dtype(like)) if isinstance(x, SymInts) else np.asarray(x).astype(_dtype(like))
+
+
+def _cast_to(n, x: SymInts, to: np.dtype | None):
     if to in (np.dtype(np.int64), np.dtype(np.int32)):
         return SymInts(x.values, to)
     if to is not None and to.kind == "f":  # `x / x.shape[0]`: a traced constant holding B
