@@ -213,4 +213,3 @@ def _range(n, start, limit, delta):
     (bound,) = limit.dims()
     entries = L.iota(n.builder, ((bound - start) // delta,), 0, dtype_name(limit.dtype))
     return entries if (start, delta) == (0, 1) else entries * delta + start
-
