@@ -14,12 +14,15 @@ import io
 import warnings
 
 
-def from_torch(module, *example_inputs):
+def from_torch(module, *example_inputs, batch_dim=None):
     """(fn, params): fn(params, *inputs) traces like any ffcompile function.
 
     params maps module.state_dict() keys to NumPy arrays laid out as torch lays
     them out. The module is exported in eval mode for the example inputs'
-    shapes and dtypes (float64 modules stay float64)."""
+    shapes and dtypes (float64 modules stay float64). `batch_dim` (an axis for every
+    input, or one per input, None for none) exports that axis as torch.export's
+    dynamic dimension, so `ff.compile(fn, batch_dim=(None, *axes))` traces fn once for
+    every batch size, its shape arithmetic (`x.view(x.size(0), -1)`) folded at import."""
     import numpy as np
     import torch
 
@@ -32,7 +35,7 @@ def from_torch(module, *example_inputs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, tuple(example_inputs), buffer, dynamo=True, optimize=False,
-                              verbose=False)
+                              verbose=False, dynamic_shapes=_dynamic_shapes(example_inputs, batch_dim))
     finally:
         module.train(was_training)
     import onnx
@@ -48,3 +51,21 @@ def from_torch(module, *example_inputs):
 
     fn.__name__ = type(module).__name__
     return fn, params
+
+
+def _dynamic_shapes(example_inputs, batch_dim):
+    """torch.export's dynamic_shapes for the batch axes `batch_dim` names (None: all static)."""
+    if batch_dim is None:
+        return None
+    import torch
+
+    axes = (batch_dim,) * len(example_inputs) if isinstance(batch_dim, int) else tuple(batch_dim)
+    if len(axes) != len(example_inputs):
+        raise TypeError(f"batch_dim gives {len(axes)} axes for {len(example_inputs)} example inputs")
+    batch = torch.export.Dim("batch")
+    for axis, x in zip(axes, example_inputs):
+        if axis is not None and x.shape[axis] < 2:  # torch.export specializes a size of 0 or 1
+            raise ValueError(f"the example inputs' batch axis must have size 2 or more to be "
+                             f"exported as dynamic, got an input of shape {tuple(x.shape)}")
+    return tuple(None if axis is None else {axis: batch} for axis in axes)
+

@@ -483,15 +483,18 @@ def test_onnx_symbolic_batch_dimension_is_batch_dim(backend):
         ff.onnx.load(_onnx_mlp(batch=4)).batch_dim
 
 
-def test_onnx_shape_of_a_symbolic_value_names_the_node():
+def test_onnx_shape_of_a_symbolic_value_names_the_node_that_needs_the_size():
+    """A shape holding B folds (tests/test_onnx_symbolic.py); a bool of it is refused by name."""
     onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'ffcompile[onnx]')")
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("Shape", ["x"], ["s"], name="the_shape"), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Cast", ["s"], ["f"], to=TensorProto.BOOL, name="the_cast"),
+             helper.make_node("Where", ["f", "x", "x"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
     model = ff.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    with pytest.raises(ff.onnx.OnnxError, match=r"ONNX node 'the_shape' \(Shape\): .*symbolic batch size B"):
+    with pytest.raises(ff.onnx.OnnxError, match=r"ONNX node 'the_cast' \(Cast\): casts int64\[2\] \[B, 2\] to bool"):
         ff.compile(model, batch_dim=model.batch_dim, backend="numpy")({}, np.ones((3, 2), np.float32))
 
 

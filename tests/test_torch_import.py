@@ -82,3 +82,45 @@ def test_outputs_and_gradients_equal_torch(name, dtype):
     for key, p in module.named_parameters():
         np.testing.assert_allclose(grads[0][key], p.grad.numpy(), **TOLERANCE[dtype], err_msg=key)
     np.testing.assert_allclose(grads[1], float_input.grad.numpy(), **TOLERANCE[dtype])
+
+
+class Classifier(torch.nn.Module):
+    """A classifier's flatten, a batch-shaped constant, the batch size as a float and an
+    arange over the batch: shape arithmetic on x.size(0) that batch_dim= folds at import."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(28, 3)
+
+    def forward(self, x):
+        logits = self.fc(x.view(x.size(0), -1)) + x.new_ones(x.shape[0], 3)
+        return logits - logits.sum(0) / x.shape[0] + torch.arange(x.shape[0]).float()[:, None]
+
+
+@pytest.mark.parametrize("name", ["classifier", "residual"])
+def test_batch_dim_exports_one_trace_for_every_batch_size(name, backend):
+    torch.manual_seed(0)
+    module = Classifier() if name == "classifier" else Residual().eval()
+    examples = {"classifier": lambda n: (torch.randn(n, 4, 7),),
+                "residual": lambda n: (torch.randint(0, 11, (n, 3)), torch.randn(n, 3, 8))}[name]
+    fn, params = ff.from_torch(module, *examples(2), batch_dim=0)
+    axes = (None,) + (0,) * len(examples(2))
+    symbolic = ff.compile(fn, batch_dim=axes)
+    gradients = ff.compile(ff.grad(lambda p, *xs: (fn(p, *xs) ** 2).sum()), batch_dim=axes)
+    for n in (1, 3, 8):
+        inputs = examples(n)
+        out = symbolic(params, *(x.numpy() for x in inputs))
+        np.testing.assert_allclose(out, module(*inputs).detach().numpy(), **TOLERANCE[torch.float32])
+        module.zero_grad()
+        (module(*inputs) ** 2).sum().backward()
+        grads = gradients(params, *(x.numpy() for x in inputs))
+        for key, p in module.named_parameters():
+            np.testing.assert_allclose(grads[key], p.grad.numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{key} B={n}")
+    assert symbolic.trace_count == 1 and gradients.trace_count == 1
+
+
+def test_batch_dim_needs_an_example_batch_of_two_or_more():
+    with pytest.raises(ValueError, match=r"batch axis must have size 2 or more .* shape \(1, 4, 7\)"):
+        ff.from_torch(Classifier(), torch.randn(1, 4, 7), batch_dim=0)
+    with pytest.raises(TypeError, match="batch_dim gives 2 axes for 1 example inputs"):
+        ff.from_torch(Classifier(), torch.randn(2, 4, 7), batch_dim=(0, 0))

@@ -24,6 +24,7 @@ from ..trace import scope
 from .dtypes import SUPPORTED, TO_NUMPY, type_name
 from .errors import OnnxError, node_error
 from .rules import Node
+from .symbolic_shapes import SymInts, fold_symbolic, folds
 from .table import RULES
 
 MIN_OPSET = 11
@@ -88,11 +89,14 @@ class OnnxModel:
             args = [env[name] if name else None for name in proto.input]
             results = _convert(proto, self.opset, builder, args)
             env.update((name, r) for name, r in zip(proto.output, results) if name)
-        outs = [_as_value(builder, env[name]) for name in self.output_names]
+        outs = [_as_value(builder, env[name], name) for name in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def _as_value(builder, x):
+def _as_value(builder, x, name: str):
+    if isinstance(x, SymInts):
+        raise OnnxError(f"the output {name!r} is a shape holding the symbolic batch size ({x}); "
+                        "compile without batch_dim for this model")
     if isinstance(x, Value) or builder is None:
         return x
     return lift(builder, np.asarray(x), None)
@@ -100,18 +104,26 @@ def _as_value(builder, x):
 
 def _convert(proto, opset: int, builder, args) -> list:
     present = [a for a in args if a is not None]
-    if all(not isinstance(a, Value) for a in present):
-        return _fold(proto, opset, args)
     node = Node(proto, opset, builder)
+    symbolic = any(isinstance(a, SymInts) for a in present)
+    if not symbolic and all(not isinstance(a, Value) for a in present):
+        return _fold(proto, opset, args)
     with scope(builder, proto.name or proto.output[0]):
+        # shape arithmetic on the batch size of batch_dim=: folded, or a rule's shape input
+        if symbolic and folds(node, args):
+            return _outputs(node, fold_symbolic(node, _trim(args)))
         try:
             out = RULES[proto.op_type].fn(node, *_trim(args))
         except ShapeError as exc:  # a symbolic batch size (batch_dim=) where a concrete one is needed
-            if not any(is_symbolic(a.shape) for a in present if isinstance(a, Value)):
+            if not symbolic and not any(is_symbolic(a.shape) for a in present if isinstance(a, Value)):
                 raise
             raise node.error(f"{exc}") from None
+    return _outputs(node, out)
+
+
+def _outputs(node, out) -> list:
     outs = list(out) if isinstance(out, tuple) else [out]
-    wanted = len(proto.output)
+    wanted = len(node.proto.output)
     if len(outs) < wanted:
         raise node.error(f"only the first {len(outs)} outputs are supported, the node asks for {wanted}")
     return outs[:wanted]

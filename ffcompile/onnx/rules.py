@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from ..ir import lang as L
 from ..ir.lang import Value
 from .errors import node_error
+from .symbolic_shapes import SymInts
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Node:
         return node_error(self.proto, message)
 
     def static(self, x, what: str) -> np.ndarray:
+        if isinstance(x, SymInts):
+            raise self.error(f"{what} holds the symbolic batch size ({x}): it must be known at "
+                             "import; compile without batch_dim for this model")
         if isinstance(x, Value):
             raise self.error(f"{what} must be a constant (an initializer of integer type, a "
                              "Constant or a folded Shape computation), not a value computed at "

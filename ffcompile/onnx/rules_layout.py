@@ -7,7 +7,10 @@ import numpy as np
 
 from ..ir import lang as L
 from ..ir.lang import Value
+from ..ir.symbolic import Sym, broadcast_shapes
+from ..ir.types import dtype_name
 from .rules import rule
+from .symbolic_shapes import SymInts, ints
 
 
 # --------------------------------------------------------------------------- layout
@@ -17,9 +20,14 @@ def _shape_list(n, shape, what) -> list[int]:
     return [int(d) for d in n.static(shape, what).reshape(-1)]
 
 
+def _dims(n, shape, what) -> list:
+    """A shape input's entries: ints, and Syms where it holds the batch size of batch_dim=."""
+    return shape.dims() if isinstance(shape, SymInts) else _shape_list(n, shape, what)
+
+
 @rule("Reshape", attrs=("allowzero",), static=(1,))
 def _reshape(n, x, shape):
-    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    x, dims = n.value(x), _dims(n, shape, "the target shape")
     if not n.attr("allowzero", 0):
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return L.reshape(x, dims)
@@ -70,9 +78,9 @@ def _unsqueeze(n, x, axes=None):
 
 @rule("Expand", static=(1,))
 def _expand(n, x, shape):
-    x, dims = n.value(x), _shape_list(n, shape, "the target shape")
+    x, dims = n.value(x), _dims(n, shape, "the target shape")
     try:
-        out = np.broadcast_shapes(x.shape, tuple(dims))
+        out = broadcast_shapes(x.shape, tuple(dims))
     except ValueError:
         raise n.error(f"cannot expand {x.type} to {dims}") from None
     return L.broadcast_to(x, out)
@@ -101,6 +109,11 @@ def take(n, x: Value, indices, axis: int) -> Value:
     return L.reshape(joined, x.shape[:axis] + indices.shape + x.shape[axis + 1:])
 
 
+# A slice end that keeps every row of a batch axis: exporters write INT64_MAX (older ones
+# INT32_MAX); a batch of 2**31 rows is past what a program's int32 counters take.
+TO_THE_END = 2 ** 31 - 1
+
+
 @rule("Slice", attrs=("starts", "ends", "axes"), static=(1, 2, 3, 4))
 def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
     x = n.value(x)
@@ -116,6 +129,8 @@ def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
     for a, s, e, step in zip(axes, starts, ends, steps):
         if step == 0:
             raise n.error("slice steps must not be 0")
+        if isinstance(x.shape[a], Sym) and (s, step) == (0, 1) and e >= TO_THE_END:
+            continue  # all of the batch axis (torch's x[:, None]): nothing to cut at any size
         if step < 0:
             reversed_axes.append((a, range(*slice(s, e, step).indices(x.shape[a]))))
             continue
@@ -162,15 +177,16 @@ def _gather(n, data, indices):
 # --------------------------------------------------------------------------- shapes and constants
 
 
-# Rules run only for nodes with a traced input: Shape and Size read its static type.
+# Rules run only for nodes with a traced input: Shape and Size read its static type
+# (a SymInts where it holds the batch size of batch_dim=).
 @rule("Shape", attrs=("start", "end"))
 def _shape(n, x):
-    return np.array(x.shape, dtype=np.int64)[slice(n.attr("start", 0), n.attr("end"))]
+    return ints(x.shape[slice(n.attr("start", 0), n.attr("end"))])
 
 
 @rule("Size")
 def _size(n, x):
-    return np.array(x.size, dtype=np.int64)
+    return ints(x.size)
 
 
 @rule("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
@@ -180,5 +196,20 @@ def _constant(n):
 
 @rule("ConstantOfShape", attrs=("value",), static=(0,))
 def _constant_of_shape(n, shape):
-    fill = n.attr("value", np.zeros(1, np.float32))
-    return np.full(_shape_list(n, shape, "the shape"), fill.reshape(-1)[0], dtype=fill.dtype)
+    fill = n.attr("value", np.zeros(1, np.float32)).reshape(())
+    if isinstance(shape, SymInts):  # B rows: a traced broadcast, as no array holds them
+        return L.broadcast_to(n.value(fill), _dims(n, shape, "the shape"))
+    return np.full(_shape_list(n, shape, "the shape"), fill, dtype=fill.dtype)
+
+
+@rule("Range", static=(0, 1, 2))
+def _range(n, start, limit, delta):
+    """Only a limit holding B reaches here (all-constant Ranges fold; a traced bound is refused
+    by n.static): `torch.arange(x.shape[0])` is an iota of B entries, where B - start is a
+    multiple of delta at every size."""
+    start, delta = n.static(start, "start").item(), n.static(delta, "delta").item()
+    if not isinstance(limit, SymInts):
+        n.static(limit, "limit")
+    (bound,) = limit.dims()
+    entries = L.iota(n.builder, ((bound - start) // delta,), 0, dtype_name(limit.dtype))
+    return entries if (start, delta) == (0, 1) else entries * delta + start

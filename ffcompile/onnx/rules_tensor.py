@@ -1,7 +1,9 @@
 """ONNX rules: contractions, normalizations and reductions."""
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import numpy as np
 
@@ -111,7 +113,7 @@ def _identity(value: float, dtype: np.dtype):
         return np.bool_(value > 0)
     if np.isinf(value):
         return dtype.type(np.iinfo(dtype).max if value > 0 else np.iinfo(dtype).min)
-    return dtype.type(0)
+    return dtype.type(0 if np.isnan(value) else value)
 
 
 def _reduction(fn, empty: float):
@@ -132,6 +134,16 @@ def _reduction(fn, empty: float):
     return convert
 
 
+def _product(x, axes, keepdims):
+    """ReduceProd as the product of the slices along each axis: no primitive needed, and its
+    gradient comes through mul; it costs one multiply per entry (an axis of size B needs the
+    size at trace time: a ShapeError naming the node)."""
+    for a in axes:
+        x = functools.reduce(operator.mul, [L.getitem(x, (slice(None),) * a + (slice(i, i + 1),))
+                                            for i in range(x.shape[a])])
+    return x if keepdims else L.reshape(x, [d for i, d in enumerate(x.shape) if i not in axes])
+
+
 _REDUCE_ATTRS = ("axes", "keepdims", "noop_with_empty_axes")
 for _op, _fn, _empty in [
     ("ReduceSum", L.reduce_sum, 0.0),
@@ -140,5 +152,6 @@ for _op, _fn, _empty in [
     ("ReduceMean", lambda x, a, k: L.mean(x, a, k), np.nan),
     ("ReduceLogSumExp", lambda x, a, k: F.logsumexp(x, a, k), -np.inf),
     ("ReduceSumSquare", lambda x, a, k: L.reduce_sum(x * x, a, k), 0.0),
+    ("ReduceProd", _product, 1.0),
 ]:
     rule(_op, attrs=_REDUCE_ATTRS, static=(1,))(_reduction(_fn, _empty))
