@@ -65,3 +65,14 @@ def test_only_a_loop_writing_a_new_element_each_iteration_is_parallel(shape, par
     assert ("llvm.loop.parallel_accesses" in text) == parallel
     assert ("llvm.access.group" in text) == parallel
     target.parse(text, target.host_target_machine())  # the verifier takes the metadata
+
+
+def test_smallgemm_loops_tiled_by_hand_are_not_unrolled_again():
+    """A 128x64 @ 64x64 product's register-tiled kernel: 168 instructions after O3 with its tile
+    loops marked `unroll.disable`, 532 when LLVM unrolled them (digits' step compiled 281 -> 207
+    ms; its step time unchanged within noise)."""
+    x, w = np.ones((128, 64), np.float32), np.ones((64, 64), np.float32)
+    lowered = ff.compile(lambda x, w: x @ w, backend="llvm").lower(x, w)
+    (gemm,) = re.findall(r"define internal .*@\"?(kernel\d+\.gemm)\"?\(", lowered.llvm_ir)
+    body = _function(_optimized(lowered.llvm_ir), re.escape(gemm))
+    assert sum(1 for line in body.splitlines() if line.startswith("  ")) < 300

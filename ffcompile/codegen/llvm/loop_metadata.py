@@ -51,11 +51,11 @@ def accesses_in(b: ir.IRBuilder, group: ir.values.MDValue | None):
 
 
 def mark_loop(module: ir.Module, index: ir.PhiInstr, vectorize: bool = True,
-              parallel: ir.values.MDValue | None = None) -> None:
+              parallel: ir.values.MDValue | None = None, unroll: bool = True) -> None:
     """Attach llvm.loop metadata to the back edge of the (emitted) loop of `index`: with
     vectorize=False, vectorize.enable false and interleave.count 1; with an access group
-    `parallel`, parallel_accesses over it."""
-    hints = []
+    `parallel`, parallel_accesses over it; with unroll=False, unroll.disable."""
+    hints = [] if unroll else [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])]
     if not vectorize:
         hints += [module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), ir.Constant(I1, 0)]),
                   module.add_metadata([ir.MetaDataString(module, "llvm.loop.interleave.count"), ir.Constant(I32, 1)])]

@@ -115,7 +115,7 @@ def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit) -> None:
     """Call emit(i0, j0, rows, cols, live) over mr x nr tiles of an m x n C, then its edge tiles
     (m an int, or an i64 value: row_blocks, padded)."""
     def row_block(i0: ir.Value, rows: int, live=None) -> None:
-        with for_range(b, ir.Constant(I64, n // nr), "panel") as panel:
+        with for_range(b, ir.Constant(I64, n // nr), "panel", unroll=False) as panel:
             emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr, live)
         if n % nr:
             emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr, live)
@@ -130,13 +130,13 @@ def row_blocks(b: ir.IRBuilder, m, mr: int, row_block, padded: bool = False) -> 
     block's code where a switch builds 1 + ... + (mr - 1) rows of it (smallgemm's tiles: a
     third of the code, the whole GEMM's build time about halved)."""
     if isinstance(m, int):
-        with for_range(b, ir.Constant(I64, m // mr), "rowblock") as block:
+        with for_range(b, ir.Constant(I64, m // mr), "rowblock", unroll=False) as block:
             row_block(b.mul(block, ir.Constant(I64, mr), flags=["nsw"]), mr)
         if m % mr:
             row_block(ir.Constant(I64, m // mr * mr), m % mr)
         return
     mr_ = ir.Constant(I64, mr)
-    with for_range(b, b.udiv(m, mr_), "rowblock") as block:
+    with for_range(b, b.udiv(m, mr_), "rowblock", unroll=False) as block:
         row_block(b.mul(block, mr_, flags=["nsw"]), mr)
     first = b.mul(b.udiv(m, mr_), mr_, flags=["nsw"])
     if padded:
@@ -246,7 +246,7 @@ class _Tile:
             return new
 
         zeros = [ir.Constant(ir.VectorType(ty, width), [0.0] * width) for _ in rows_at for _, width in cols]
-        totals = accumulate_loop(b, self.k, zeros, k_step, "tile.k")
+        totals = accumulate_loop(b, self.k, zeros, k_step, "tile.k", unroll=False)
         for r, i in enumerate(rows_at):
             with stored(r):
                 for (col, width), total in zip(cols, totals[r * len(cols):(r + 1) * len(cols)]):
@@ -313,7 +313,7 @@ class DotTile:
                 return [v for row in self._products(a_rows, b_rows, p, vw, tile) for v in row]
 
             zero = ir.Constant(ir.VectorType(ty, vw), [0.0] * vw)
-            totals = accumulate_loop(b, steps, [zero] * (rows * cols), k_step, "dot.k")
+            totals = accumulate_loop(b, steps, [zero] * (rows * cols), k_step, "dot.k", unroll=False)
             sums = [[self._lane_sum(v) for v in totals[r * cols:(r + 1) * cols]] for r in range(rows)]
         if tail:
             rest = self._products(a_rows, b_rows, ir.Constant(I64, steps * vw), tail)
