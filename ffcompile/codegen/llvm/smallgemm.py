@@ -21,6 +21,8 @@ the end; for short k, and when A is transposed too, B is packed instead.
 """
 from __future__ import annotations
 
+import functools
+
 from contextlib import nullcontext
 
 from llvmlite import ir
@@ -171,11 +173,15 @@ def float_bytes(ty: ir.Type) -> int:
     return {ir.FloatType: 4, ir.DoubleType: 8}[type(ty)]
 
 
+@functools.cache  # built (and formatted) once: a constant's lanes are one Python object each
+def _lane_zero_mask(count: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count)
+
+
 def splat_vector(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
     """A vector of vty with x in every lane."""
-    lanes = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
     return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I64, 0)),
-                            ir.Constant(vty, ir.Undefined), lanes)
+                            ir.Constant(vty, ir.Undefined), _lane_zero_mask(vty.count))
 
 
 def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int | None = None) -> ir.Value:
@@ -240,12 +246,14 @@ class _Tile:
             new = []
             for r, i in enumerate(rows_at):
                 a_ip = b.load(self._at(self.pa, (i, self.a_i), (p, self.a_p)))
+                splats = {}  # one per vector width of the row (the emitted IR is as O3 leaves it)
                 for acc, b_row in zip(accs[r * len(cols):(r + 1) * len(cols)], b_rows):
-                    splat = splat_vector(b, a_ip, b_row.type)
-                    new.append(b.fadd(acc, b.fmul(splat, b_row, flags=CONTRACT), flags=CONTRACT))
+                    if b_row.type not in splats:
+                        splats[b_row.type] = splat_vector(b, a_ip, b_row.type)
+                    new.append(b.fadd(acc, b.fmul(splats[b_row.type], b_row, flags=CONTRACT), flags=CONTRACT))
             return new
 
-        zeros = [ir.Constant(ir.VectorType(ty, width), [0.0] * width) for _ in rows_at for _, width in cols]
+        zeros = [ir.Constant(ir.VectorType(ty, width), None) for _ in rows_at for _, width in cols]  # zeroinitializer
         totals = accumulate_loop(b, self.k, zeros, k_step, "tile.k", unroll=False)
         for r, i in enumerate(rows_at):
             with stored(r):
@@ -312,7 +320,7 @@ class DotTile:
                 tile = [accs[r * cols:(r + 1) * cols] for r in range(rows)]
                 return [v for row in self._products(a_rows, b_rows, p, vw, tile) for v in row]
 
-            zero = ir.Constant(ir.VectorType(ty, vw), [0.0] * vw)
+            zero = ir.Constant(ir.VectorType(ty, vw), None)  # zeroinitializer
             totals = accumulate_loop(b, steps, [zero] * (rows * cols), k_step, "dot.k", unroll=False)
             sums = [[self._lane_sum(v) for v in totals[r * cols:(r + 1) * cols]] for r in range(rows)]
         if tail:
