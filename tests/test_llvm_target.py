@@ -100,15 +100,6 @@ def _row_plus_bias_module() -> ir.Module:
     return module
 
 
-def test_vectorized_loops_get_no_vector_epilogue():
-    """target.LLVM_OPTIONS: a remainder runs in the scalar loop, without a second, narrower
-    vector copy of the loop to compile."""
-    module = target.parse(_row_plus_bias_module(), target.host_target_machine())
-    target.optimize(module, target.host_target_machine())
-    text = str(module)
-    assert "vector.body" in text and "vec.epilog" not in text
-
-
 def test_loop_strength_reduction_is_off():
     """target.LLVM_OPTIONS: turned back on for a moment, LSR rewrites the loop's addressing
     (different machine code); off, as the target leaves it, it does not."""
