@@ -84,3 +84,29 @@ def test_loop_is_vectorized_with_host_features():
     asm = target.assembly(axpb_module(ir.FloatType()))
     assert "axpb:" in asm
     assert WIDE_VECTOR_OP.search(asm), "no packed ymm/zmm arithmetic in:\n" + asm
+
+
+def _row_plus_bias_module() -> ir.Module:
+    """`void f(float* x, float* bias, float* y, i64 m, i64 n)`: y[i, j] = x[i, j] + bias[j]."""
+    module = ir.Module("rows")
+    f32p, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, f32p, f32p, i64, i64]), "f")
+    x, bias, y, m, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    with for_range(b, m, "i") as i, for_range(b, n, "j") as j:
+        at = b.add(b.mul(i, n), j)
+        b.store(b.fadd(b.load(b.gep(x, [at])), b.load(b.gep(bias, [j]))), b.gep(y, [at]))
+    b.ret_void()
+    return module
+
+
+def test_loop_strength_reduction_is_off():
+    """target.LLVM_OPTIONS: turned back on for a moment, LSR rewrites the loop's addressing
+    (different machine code); off, as the target leaves it, it does not."""
+    off = target.assembly(_row_plus_bias_module())
+    llvm.set_option("", "-disable-lsr=false")
+    try:
+        on = target.assembly(_row_plus_bias_module())
+    finally:
+        llvm.set_option("", "-disable-lsr")
+    assert on != off and target.assembly(_row_plus_bias_module()) == off

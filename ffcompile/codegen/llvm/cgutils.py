@@ -6,14 +6,16 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from ...ir.symbolic import Affine, Sym
+from .loop_metadata import mark_loop
 
 
 @contextmanager
-def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i"):
+def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i", unroll: bool = True):
     """Emit `for i in range(count)`: the with-body is the loop body, `i` is yielded.
 
     The index is a phi (no stack slot), and its increment is `nsw`, so the loop
     vectorizer sees a canonical counted loop. The builder ends after the loop.
+    unroll=False: LLVM must not unroll it (loops tiled by hand: smallgemm.py).
     """
     ty = count.type
     entry = builder.block
@@ -32,15 +34,17 @@ def for_range(builder: ir.IRBuilder, count: ir.Value, name: str = "i"):
     following = builder.add(index, ir.Constant(ty, 1), name=f"{name}.next", flags=["nsw"])
     index.add_incoming(following, builder.block)
     builder.branch(header)
+    if not unroll:
+        mark_loop(builder.module, index, unroll=False)
 
     builder.position_at_end(end)
 
 
-def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name: str) -> list:
+def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name: str, unroll: bool = True) -> list:
     """`accs = initial; for i in range(count): accs = step(i, accs)` for a count >= 1 (an int, or an
     i64 value known to be >= 1 at run time), as a loop whose index and accumulators are phis (registers, not
     stack slots), tested at the bottom. Returns the accumulators' final values; the
-    builder ends after the loop."""
+    builder ends after the loop. unroll=False: as for_range's."""
     i64 = ir.IntType(64)
     entry = builder.block
     body = builder.append_basic_block(f"{name}.body")
@@ -60,6 +64,8 @@ def accumulate_loop(builder: ir.IRBuilder, count: int, initial: list, step, name
     index.add_incoming(following, latch)
     limit = count if isinstance(count, ir.Value) else ir.Constant(i64, count)
     builder.cbranch(builder.icmp_signed("<", following, limit), body, end)
+    if not unroll:
+        mark_loop(builder.module, index, unroll=False)
     builder.position_at_end(end)
     return final
 

@@ -30,6 +30,7 @@ from ...ir import ops as O
 from . import mathlib
 from ...ir.symbolic import Sym
 from .cgutils import for_range, size_value
+from .loop_metadata import access_group, accesses_in, mark_loop
 from .threadpool import emit_parallel_for
 
 CONTRACT = ("contract",)
@@ -320,10 +321,13 @@ class Point:
 
 
 @contextmanager
-def loop_nest(b: ir.IRBuilder, space: tuple[int, ...], groups: list[tuple[int, ...]], outer: Point | None = None):
-    """Nested counted loops over `groups`; yields the Point (including `outer`'s loops)."""
+def loop_nest(b: ir.IRBuilder, space: tuple[int, ...], groups: list[tuple[int, ...]], outer: Point | None = None,
+              parallel: bool = False):
+    """Nested counted loops over `groups`; yields the Point (including `outer`'s loops).
+    parallel: the innermost loop's iterations touch memory independently (loop_metadata.py)."""
     point = Point(len(space), list(outer.groups) if outer else [], list(outer.indices) if outer else [])
     short = []
+    accesses = access_group(b.module) if parallel and groups else None
     with ExitStack() as stack:
         for group in groups:
             count = math.prod(space[d] for d in group)
@@ -334,9 +338,19 @@ def loop_nest(b: ir.IRBuilder, space: tuple[int, ...], groups: list[tuple[int, .
                 short.append(index)
             point.indices.append(index)
             point.groups.append(group)
-        yield point
-    for index in short:
-        _do_not_vectorize(b.module, index)
+        with accesses_in(b, accesses):
+            yield point
+    for index in point.indices[len(point.indices) - len(groups):]:
+        mark_loop(b.module, index, vectorize=index not in short,
+                  parallel=accesses if index is point.indices[-1] else None)
+
+
+def independent(emitter: "BodyEmitter", phase: Phase, outputs, groups) -> bool:
+    """Whether the innermost loop of `groups` writes each output at a new element every
+    iteration (no output broadcast along it), so its iterations are independent."""
+    rank = len(phase.shape)
+    return bool(groups) and all(phase.strides(emitter.arrays[i].type.shape, rank)[groups[-1][-1]]
+                                for i in outputs)
 
 
 # Points of a loop nest below which splitting it across the thread pool costs more than it
@@ -346,19 +360,6 @@ PARALLEL_MIN_POINTS = 1 << 16
 # Loops shorter than this fill no vector: LLVM is told not to try (on the huge body of a
 # long fused chain over a few elements, the loop vectorizer alone took 10 s of 12).
 SHORT_LOOP = 8
-
-
-def _do_not_vectorize(module: ir.Module, index: ir.PhiInstr) -> None:
-    """Attach llvm.loop metadata (vectorize.enable false, interleave.count 1) to the back edge
-    of the loop of `index`."""
-    hints = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), ir.Constant(I1, 0)]),
-             module.add_metadata([ir.MetaDataString(module, "llvm.loop.interleave.count"), ir.Constant(I32, 1)])]
-    # A loop ID is a node whose first operand is itself: made with a unique placeholder
-    # (llvmlite shares equal nodes), which is then replaced.
-    loop_id = module.add_metadata([ir.MetaDataString(module, f"ffc.loop.{len(module.metadata)}"), *hints])
-    loop_id.operands = (loop_id, *hints)
-    latch = index.incomings[1][1]
-    latch.terminator.set_metadata("llvm.loop", loop_id)
 
 
 def load(b: ir.IRBuilder, ptr: ir.Value, dtype: str) -> ir.Value:
@@ -479,8 +480,9 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
     points = math.prod(space)
     outer = math.prod(space[d] for d in groups[0]) if groups else 1
     symbolic = isinstance(points, Sym)
+    parallel = independent(emitter, phase, outputs, groups)
     if (not symbolic and points < 2 * PARALLEL_MIN_POINTS) or (not isinstance(outer, Sym) and outer < 2):
-        with loop_nest(emitter.b, space, groups) as point:
+        with loop_nest(emitter.b, space, groups, parallel=parallel) as point:
             emitter.at_point(per_point, phase, point, outputs)
         return
     # Split across the thread pool by the outermost loop: every point is computed alike in any
@@ -489,10 +491,12 @@ def emit_map(emitter: BodyEmitter, body, space: tuple[int, ...], outputs) -> Non
 
     def chunk(b, loaded, start, end):
         local = rebuild(b, loaded)
-        with for_range(b, b.sub(end, start), "chunk") as i:
+        accesses = access_group(b.module) if parallel and len(groups) == 1 else None  # the chunk loop is innermost
+        with for_range(b, b.sub(end, start), "chunk") as i, accesses_in(b, accesses):
             first = Point(rank, [groups[0]], [b.add(start, i, flags=["nsw"])])
-            with loop_nest(b, space, groups[1:], first) as point:
+            with loop_nest(b, space, groups[1:], first, parallel=parallel) as point:
                 local.at_point(per_point, phase, point, outputs)
+        mark_loop(b.module, i, parallel=accesses)
 
     emit_parallel_for(emitter.b, "map", values, size_value(emitter.b, outer),
                       _grain(emitter.b, points // outer), chunk)
@@ -529,8 +533,11 @@ def column_epilogue(emitter: BodyEmitter, body, space: tuple[int, int], outputs)
             return
         local = rebuild(b, loaded)
         i0, i1 = rows or (ir.Constant(I64, 0), size_value(b, space[0]))
-        with for_range(b, b.sub(i1, i0), "row") as i, for_range(b, b.sub(j1, j0), "col") as j:
+        accesses = access_group(b.module) if independent(local, phase, outputs, [(0,), (1,)]) else None
+        with for_range(b, b.sub(i1, i0), "row") as i, for_range(b, b.sub(j1, j0), "col") as j, \
+                accesses_in(b, accesses):
             point = Point(2, [(0,), (1,)], [b.add(i0, i, flags=["nsw"]), b.add(j0, j, flags=["nsw"])])
             local.at_point(per_point, phase, point, outputs)
+        mark_loop(b.module, j, parallel=accesses)
 
     return ColumnEpilogue(values, emit)

@@ -41,7 +41,7 @@ from llvmlite import ir
 
 from .cgutils import for_range
 from .elementwise import CONTRACT, I64, ColumnEpilogue
-from .smallgemm import MR, PACK_MAX_BYTES, DotTile, as_i64, product, row_blocks
+from .smallgemm import MR, PACK_MAX_BYTES, DotTile, as_i64, product, row_blocks, splat_vector
 from .target import vector_bytes
 from .threadpool import emit_parallel_for
 
@@ -110,12 +110,6 @@ def _index(b, *terms):
     return total
 
 
-def _splat(b, x, vty):
-    lanes = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
-    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I64, 0)),
-                            ir.Constant(vty, ir.Undefined), lanes)
-
-
 def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, beta, scaled_form, row_group):
     """C[:, units start..end) for B k x n: unit u is columns [u vw, u vw + vw) (the last
     one narrower when vw does not divide n), BLOCK_VECTORS units at a time. m: an int (rows
@@ -155,11 +149,11 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
             return vector(pc, _index(b, (i, n), (column, 1)), width)
 
         with for_range(b, count, "zero") as u:
-            each_row(lambda i: b.store(ir.Constant(vty, [0.0] * width), local_at(i, u), align=vw * _bytes(ty)))
+            each_row(lambda i: b.store(ir.Constant(vty, None), local_at(i, u), align=vw * _bytes(ty)))
 
         def a_vector(i, p):
             """alpha A[i, p] (A[i, p] in the unscaled form) in every lane."""
-            return _splat(b, b.fmul(alpha, b.load(a_at(i, p))) if scaled_form else b.load(a_at(i, p)), vty)
+            return splat_vector(b, b.fmul(alpha, b.load(a_at(i, p))) if scaled_form else b.load(a_at(i, p)), vty)
 
         def rows_of_b(p0, rows):
             """local += alpha A[:, p0:p0+rows] B[p0:p0+rows, these columns]"""
@@ -193,7 +187,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
         def store(i, u):
             total, at = b.load(local_at(i, u), align=vw * _bytes(ty)), c_at(i, u)
             if scaled_form:
-                old = b.fmul(_splat(b, beta, vty), b.load(at, align=1), flags=CONTRACT)
+                old = b.fmul(splat_vector(b, beta, vty), b.load(at, align=1), flags=CONTRACT)
                 total = b.fadd(total, old, flags=CONTRACT)
             b.store(total, at, align=1)
 

@@ -22,10 +22,23 @@ from llvmlite import ir
 _COMPILE_LOCK = threading.Lock()
 
 
+# LLVM options, set once when the target is first initialized. They are process-wide and
+# permanent: a process has one LLVM, so code another library builds with llvmlite in the same
+# process (numba's) is compiled with them too. Loop Strength Reduction was the costliest pass
+# of machine-code emission (84 ms of a 594 ms mnist step module; 5 of 13 ms of a GEMM
+# epilogue loop) and bought no speed (2026-12-05, AVX-512 host; benchmarks/README.md,
+# "Latency", has the numbers). Not set: -enable-epilogue-vectorization=false (another ~8% of
+# a compile) changes which vector width sums a reduction's remainder, so a symbolic-batch
+# program's sums stop being bitwise those of the program built for one size.
+LLVM_OPTIONS = ("-disable-lsr",)
+
+
 @functools.cache
 def _initialize() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    for option in LLVM_OPTIONS:
+        llvm.set_option("", option)
 
 
 VECTOR_BITS_VARIABLE = "FFCOMPILE_VECTOR_BITS"  # "256": code for an AVX2 host (read once a process)
