@@ -100,13 +100,18 @@ def _row_plus_bias_module() -> ir.Module:
     return module
 
 
-def test_loop_strength_reduction_is_off():
-    """target.LLVM_OPTIONS: turned back on for a moment, LSR rewrites the loop's addressing
-    (different machine code); off, as the target leaves it, it does not."""
+def test_loop_strength_reduction_is_off_in_our_compiles_only(monkeypatch):
+    """target.LLVM_OPTIONS: LSR off while ffcompile compiles (turned on for one compile, it
+    rewrites the loop's addressing: other machine code), and back to LLVM's default after, for
+    whatever else in the process compiles with llvmlite (numba)."""
     off = target.assembly(_row_plus_bias_module())
-    llvm.set_option("", "-disable-lsr=false")
-    try:
-        on = target.assembly(_row_plus_bias_module())
-    finally:
-        llvm.set_option("", "-disable-lsr")
+    monkeypatch.setitem(target.LLVM_OPTIONS, "disable-lsr", ("false", "false"))
+    on = target.assembly(_row_plus_bias_module())
+    monkeypatch.undo()
     assert on != off and target.assembly(_row_plus_bias_module()) == off
+    # another llvmlite user, after ours: LLVM's default (LSR on)
+    tm = target.host_target_machine()
+    module = llvm.parse_assembly(str(_row_plus_bias_module()))
+    module.triple, module.data_layout = tm.triple, str(tm.target_data)
+    target.optimize(module, tm)
+    assert tm.emit_assembly(module) == on

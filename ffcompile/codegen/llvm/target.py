@@ -7,6 +7,7 @@ baseline x86-64 and never emits AVX.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -22,23 +23,34 @@ from llvmlite import ir
 _COMPILE_LOCK = threading.Lock()
 
 
-# LLVM options, set once when the target is first initialized. They are process-wide and
-# permanent: a process has one LLVM, so code another library builds with llvmlite in the same
-# process (numba's) is compiled with them too. Loop Strength Reduction was the costliest pass
-# of machine-code emission (84 ms of a 594 ms mnist step module; 5 of 13 ms of a GEMM
-# epilogue loop) and bought no speed (2026-12-05, AVX-512 host; benchmarks/README.md,
-# "Latency", has the numbers). Not set: -enable-epilogue-vectorization=false (another ~8% of
-# a compile) changes which vector width sums a reduction's remainder, so a symbolic-batch
-# program's sums stop being bitwise those of the program built for one size.
-LLVM_OPTIONS = ("-disable-lsr",)
+# LLVM options for ffcompile's own compiles. LLVM's options are process-wide (one LLVM a
+# process), so they are set only while ffcompile compiles, under _COMPILE_LOCK, and put back
+# after (`_own_options`): code another library builds with llvmlite in this process (numba's)
+# keeps LLVM's defaults. Loop Strength Reduction was the costliest pass of machine-code
+# emission (84 ms of a 594 ms mnist step module; 5 of 13 ms of a GEMM epilogue loop) and
+# bought no speed (2026-12-05, AVX-512 host; benchmarks/README.md, "Latency", has the
+# numbers). Not set: -enable-epilogue-vectorization=false (another ~8% of a compile) changes
+# which vector width sums a reduction's remainder, so a symbolic-batch program's sums stop
+# being bitwise those of the program built for one size.
+LLVM_OPTIONS = {"disable-lsr": ("true", "false")}  # option: (ours, LLVM's default)
 
 
 @functools.cache
 def _initialize() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    for option in LLVM_OPTIONS:
-        llvm.set_option("", option)
+
+
+@contextlib.contextmanager
+def _own_options():
+    """LLVM_OPTIONS set for the with-body, LLVM's defaults after it (caller holds _COMPILE_LOCK)."""
+    for option, (ours, _) in LLVM_OPTIONS.items():
+        llvm.set_option("", f"-{option}={ours}")
+    try:
+        yield
+    finally:
+        for option, (_, default) in LLVM_OPTIONS.items():
+            llvm.set_option("", f"-{option}={default}")
 
 
 VECTOR_BITS_VARIABLE = "FFCOMPILE_VECTOR_BITS"  # "256": code for an AVX2 host (read once a process)
@@ -168,7 +180,7 @@ def _emit(module: ir.Module | str, emit, passes: bool = True, phases: list | Non
     should run), emitted by the host target machine; each phase's seconds appended to phases."""
     tm = host_target_machine()
     times = [time.perf_counter()]
-    with _COMPILE_LOCK:
+    with _COMPILE_LOCK, _own_options():
         mod = parse(module, tm)
         times.append(time.perf_counter())
         if passes:
