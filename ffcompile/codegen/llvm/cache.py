@@ -214,6 +214,19 @@ def runtime_module(name: str, functions: tuple[str, ...], build_object, data: tu
     return load_object(code)
 
 
+def host_runtime_entries(directory: str | os.PathLike) -> list[Path]:
+    """The entries in a cache directory that hold the host's runtime modules (runtime_module:
+    the thread pool, the fast call's checker, the packed GEMM functions), by their metadata:
+    what any program on this host uses, as opposed to one program's code."""
+    found = []
+    for path in sorted(Path(directory).glob("*.o.ffc")):
+        data = path.read_bytes()
+        entry = _entry(data, data[_HEADER.size:_HEADER.size + _KEY_BYTES].decode(errors="replace"))
+        if entry is not None and entry[0] == {"kind": RUNTIME_MODULE_KIND}:
+            found.append(path)
+    return found
+
+
 def _trusted(status: os.stat_result, what: str) -> bool:
     """Whether a file or directory belongs to this user and no one else may write it; if
     not, a warning (once per path): its code would run as this user."""
