@@ -17,6 +17,7 @@ import threading
 
 from llvmlite import ir
 
+from . import fastcall
 from .cache import runtime_module
 from .packed_gemm import SLOT_SUFFIX, GemmVariant, define_library_function, program_variants
 from .target import JitModule, object_code
@@ -48,6 +49,20 @@ def address(symbol: str) -> int:
             ctypes.c_void_p.from_address(jit.address(POOL_SLOT)).value = parallel_for_address()
             _loaded[symbol] = jit
     return jit.address(symbol)
+
+
+def build_host_runtime(vbytes: int) -> int:
+    """Load every variant of one vector width (f32 and f64, every transpose), building (and
+    caching) those not in the disk cache, with the thread pool and the fast call's checker:
+    `python -m ffcompile.calibrate` does it ahead of a program's first compile. Returns how
+    many variants were built."""
+    before = builds
+    fastcall.load()
+    for dtype in ("f32", "f64"):
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                address(GemmVariant(dtype, trans_a, trans_b, vbytes).symbol)
+    return builds - before
 
 
 def _build(variant: GemmVariant) -> bytes:
