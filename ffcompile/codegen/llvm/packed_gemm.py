@@ -1,4 +1,16 @@
-"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range.
+"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range: one
+shape-generic function per (dtype, transposes, vector width), built once per host.
+
+Every size is a run-time argument: m, n, k, the leading dimensions lda, ldb, ldc, alpha
+and beta (and whether they apply), the block sizes MC, KC, NC (the caller computes them
+with block_sizes, the one formula; MR and NR are the vector width's constants), and an
+optional epilogue callback with its context. So one function serves every product of its
+kind, in every program: gemm_library.py builds it the first time a process needs it and
+keeps its machine code in the disk cache as a runtime module of the host (like the thread
+pool), and a program calls it through a slot filled after load (library_slot). The
+program keeps the block sizes as constants of its call (and in its cache key), and emits
+the fused epilogue as a small callback of its own (epilogue_callback). An export defines
+the functions its program calls inside itself.
 
 C (m x n) is cut into blocks of MC rows x NC columns, split across the thread
 pool panel by panel (a chunk's blocks share column panels). For each of its
@@ -30,6 +42,15 @@ packing loops and vectorized them into gathers and scatters, 2/3 of its compile 
 Side by side with those scalar packs under O3 (one process, the disk cache off; one thread,
 thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0.66 s and its
 step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
+
+Shape-generic, against one function per shape with its sizes as constants (benchmarks.latency,
+CPU ms, a loaded 2-core Zen 5 at load 2.7-3.9, the host's runtime modules and GEMM calibration
+kept; before, the pool was built in each cold run, ~50-90 ms of it): the mnist step's cold
+compile 792 -> 289 ms (its module's O3 and machine code ~560 -> ~190 ms), wide's 1282 -> 446
+ms; a variant costs ~0.1-0.25 s to build, once per host. GFLOP/s
+unchanged within the noise (benchmarks.gemm --cpu-time, f32, one thread, main and this code
+alternately, twice each: 1024x512x784 252-260 vs 256, 128x512x784 233 vs 225-230,
+128x4096x1024 207-210 vs 210-217).
 """
 from __future__ import annotations
 
@@ -54,6 +75,11 @@ DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
 MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
+FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
+SLOT_SUFFIX = ".slot"  # a program's global holding a variant's address
+DTYPE_OF_ITEMSIZE = {4: "f32", 8: "f64"}
+I8P = ir.IntType(8).as_pointer()
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I64, I64])  # ctx, j0, j1, i0, i1
 
 
 @functools.cache
@@ -173,13 +199,6 @@ class GemmVariant:
         ptr = ty.as_pointer()
         return ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, *[I64] * 6, ty, ty, *[I64] * 4,
                                                EPILOGUE_TYPE.as_pointer(), I8P])
-
-
-FUNCTION_PREFIX = "ffc_packed_gemm_"
-SLOT_SUFFIX = ".slot"
-DTYPE_OF_ITEMSIZE = {4: "f32", 8: "f64"}
-I8P = ir.IntType(8).as_pointer()
-EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I64, I64])  # ctx, j0, j1, i0, i1
 
 
 def library_slot(module: ir.Module, variant: GemmVariant) -> ir.GlobalVariable:
