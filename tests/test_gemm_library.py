@@ -138,3 +138,27 @@ def test_variant_names_round_trip_and_foreign_names_are_refused():
         assert GemmVariant.of_symbol(name) is None
     with pytest.raises(ValueError, match="no packed GEMM variant"):
         gemm_library.address("ffc_packed_gemm_f32_nn_128")
+
+
+def test_an_avx2_hosts_code_calls_the_256_bit_variant(tmp_path):
+    """FFCOMPILE_VECTOR_BITS=256 (an AVX2 host's code, in a child process): a program's packed
+    products call the 256-bit variants, whose code uses no 512-bit register, and are right;
+    its cache entry is another than the 512-bit one's (the host key differs)."""
+    code = """
+import numpy as np
+import ffcompile as ff
+from ffcompile.codegen.llvm import gemm_library, target
+from ffcompile.codegen.llvm.packed_gemm import GemmVariant
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((300, 290)).astype(np.float32), rng.standard_normal((280, 290)).astype(np.float32)
+lowered = ff.compile(lambda x, w: x @ w.T, backend="llvm").lower(x, w)
+assert "ffc_packed_gemm_f32_nt_256.slot" in lowered.llvm_ir, "the 256-bit variant"
+np.testing.assert_allclose(lowered.program(x, w)[0], x @ w.T, rtol=1e-4, atol=1e-3)
+assert "zmm" not in target.assembly(gemm_library.library_module(GemmVariant("f32", False, True, 32)))
+print("ok")
+"""
+    env = {**os.environ, "FFCOMPILE_VECTOR_BITS": "256", "FFCOMPILE_GEMM_ROUTE": "packed",
+           CACHE_DIR_VARIABLE: str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
