@@ -192,10 +192,13 @@ class GemmVariant:
             return None
         return cls(parts[0], parts[1][0] == "t", parts[1][1] == "t", int(parts[2]) // 8)
 
+    def element(self) -> ir.Type:
+        return ir.FloatType() if self.dtype == "f32" else ir.DoubleType()
+
     def function_type(self) -> ir.FunctionType:
         """void (T* a, T* b, T* c, i64 m, n, k, lda, ldb, ldc, T alpha, T beta, i64 scaled,
         i64 mc, kc, nc, epilogue callback, i8* its context)."""
-        ty = ir.FloatType() if self.dtype == "f32" else ir.DoubleType()
+        ty = self.element()
         ptr = ty.as_pointer()
         return ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, *[I64] * 6, ty, ty, *[I64] * 4,
                                                EPILOGUE_TYPE.as_pointer(), I8P])
@@ -269,8 +272,7 @@ def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Funct
     work = b.mul(b.mul(mc, nc), k)
     grain = _ceil_div(b, ir.Constant(I64, MIN_CHUNK_WORK), work)
     grain = b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
-    kernel = _Kernel(variant, MR_BY_VECTOR_BYTES[variant.vbytes], SLIVER_VECTORS * variant.vbytes // (
-        4 if variant.dtype == "f32" else 8))
+    kernel = _Kernel(variant)
     # C is not noalias: the epilogue callback reads and writes it through its own pointers
     emit_parallel_for(b, "packed_gemm", list(fn.args), blocks, grain, kernel.emit_blocks, may_alias=(fn.args[2],))
     b.ret_void()
@@ -285,10 +287,11 @@ class _Kernel:
     """The body of one chunk of blocks of C: MR and NR (the micro-tile) constants of the
     variant's vector width, every size and block size a run-time value."""
 
-    def __init__(self, variant: GemmVariant, mr: int, nr: int):
-        self.ty = ir.FloatType() if variant.dtype == "f32" else ir.DoubleType()
+    def __init__(self, variant: GemmVariant):
+        self.ty = variant.element()
         self.trans_a, self.trans_b = variant.trans_a, variant.trans_b
-        self.mr, self.nr, self.vw = mr, nr, variant.vbytes // float_bytes(self.ty)
+        self.vw = variant.vbytes // float_bytes(self.ty)
+        self.mr, self.nr = MR_BY_VECTOR_BYTES[variant.vbytes], SLIVER_VECTORS * self.vw
 
     def const(self, v: int) -> ir.Constant:
         return ir.Constant(I64, v)
