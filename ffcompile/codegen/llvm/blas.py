@@ -242,7 +242,11 @@ def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_
     would take the packed GEMM (packed_beats_blas: 1.5-2x the BLAS route on AVX-512), the
     packed GEMM's shape-generic function with the run-time sizes and the block sizes of the
     reference size's product (what the disk cache's key holds: lower.gemm_routes); else the
-    BLAS product."""
+    BLAS product. Against the blocks of the reference size's rows by a per-shape packed GEMM
+    and the rest of the rows by BLAS, it had before (benchmarks.symbolic_gemm, packed route
+    forced, mnist's 784x512 and 512x512 layers, symbolic / fixed time, one run each, load ~1.3):
+    B = 129 and 300 1.41-1.74 -> 0.89-1.05 (the weight gradient at 129: 1.21-1.32, its second
+    k step of depth 1), B = 1024 1.07-1.25 -> 0.89-1.19, B = 128 unchanged (1.00)."""
     blocks = _reference_blocks((m, n, k), dtype, trans_a, trans_b, max_batch)
     if blocks is None:
         _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
