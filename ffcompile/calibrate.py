@@ -1,5 +1,11 @@
-"""`python -m ffcompile.calibrate`: measure, ahead of time, where ffcompile's packed GEMM beats the
-BLAS call on this host, and print the table (codegen/llvm/gemm_calibration.py).
+"""`python -m ffcompile.calibrate`: build this host's runtime and measure, ahead of time, where
+ffcompile's packed GEMM beats the BLAS call on this host, and print the table
+(codegen/llvm/gemm_calibration.py).
+
+The host's runtime is what every program on it calls and the disk cache keeps once per host:
+the thread pool, the fast call's checker, and the packed GEMM's shape-generic functions of
+the host's vector width (codegen/llvm/gemm_library.py; about 0.1-0.2 s each to build, 8 of
+them). Built here, a program's first compile on this host only compiles the program.
 
     python -m ffcompile.calibrate                     # the classes not measured yet, f32 and f64
     python -m ffcompile.calibrate --force --threads 1 # measure again, for 1 pool thread
@@ -22,6 +28,7 @@ def main(argv=None) -> None:
 
     import ffcompile as ff
     from ffcompile.codegen.llvm.calibrate import calibrate_class
+    from ffcompile.codegen.llvm.gemm_library import build_host_runtime
     from ffcompile.codegen.llvm.packed_gemm import vector_bytes
     from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name
 
@@ -29,6 +36,8 @@ def main(argv=None) -> None:
         ff.set_num_threads(args.threads)
     print(f"# {calibration_path() or 'the disk cache is off: kept in this process only'}")
     print(f"# {ff.get_num_threads()} threads, vectors of {8 * vector_bytes()} bits")
+    built = build_host_runtime(vector_bytes())
+    print(f"# host runtime: {built} packed GEMM functions built (the rest of 8 loaded)", flush=True)
     print("# class: shape | packed GFLOP/s | blas GFLOP/s | packed over blas | route")
     for dtype in args.dtype.split(","):
         for shape in REPRESENTATIVE.values():

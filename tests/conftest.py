@@ -57,9 +57,9 @@ def packed_route(monkeypatch):
     monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
     emitted = []
 
-    def emit(b, pa, pb, pc, m, n, k, *rest, epilogue=None):
+    def emit(b, pa, pb, pc, m, n, k, *rest, epilogue=None, **blocks):
         emitted.append((m, n, k, epilogue is not None))
-        packed_gemm.emit_packed_gemm(b, pa, pb, pc, m, n, k, *rest, epilogue=epilogue)
+        packed_gemm.emit_packed_gemm(b, pa, pb, pc, m, n, k, *rest, epilogue=epilogue, **blocks)
 
     monkeypatch.setattr(blas, "emit_packed_gemm", emit)
     return emitted

@@ -172,13 +172,20 @@ def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
     assert description("packed") not in (packed, forced_blas)
 
 
-def test_the_command_prints_every_class(measured_routes, capsys):
+def test_the_command_builds_the_host_runtime_and_prints_every_class(measured_routes, capsys, monkeypatch):
+    """The host's packed GEMM functions built (and cached) first: none the second time."""
+    from ffcompile.codegen.llvm import gemm_library
+
+    monkeypatch.setattr(gemm_library, "_loaded", {})
     measured, _ = measured_routes
     calibrate_cli.main(["--dtype", "f64"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(measured) == len(REPRESENTATIVE) and len(lines) == 3 + len(REPRESENTATIVE)
-    assert lines[3].startswith("f64 thin band0: 128x512x784 |") and lines[3].endswith("| 2.00x | packed")
+    assert len(measured) == len(REPRESENTATIVE) and len(lines) == 4 + len(REPRESENTATIVE)
+    assert lines[2] == "# host runtime: 8 packed GEMM functions built (the rest of 8 loaded)"
+    assert lines[4].startswith("f64 thin band0: 128x512x784 |") and lines[4].endswith("| 2.00x | packed")
+    monkeypatch.setattr(gemm_library, "_loaded", {})  # a new process: loaded from the disk cache
     calibrate_cli.main(["--dtype", "f64"])
+    assert capsys.readouterr().out.splitlines()[2] == "# host runtime: 0 packed GEMM functions built (the rest of 8 loaded)"
     assert len(measured) == len(REPRESENTATIVE)  # measured before: printed from the records
     calibrate_cli.main(["--dtype", "f64", "--force"])
     assert len(measured) == 2 * len(REPRESENTATIVE)

@@ -151,9 +151,10 @@ def test_empty_variable_turns_the_cache_off(monkeypatch):
     assert not executable.from_cache and np.isfinite(run(executable, inputs)[0])
 
 
-def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
-    """Its object defines the pool's slot besides the entry and BLAS slots (the mnist step's
-    large GEMMs and loops split): the entry records that, and the check expects it."""
+def test_a_program_calling_the_packed_gemm_hits(cache_dir):
+    """Its object defines the slots of the packed GEMM functions it calls besides the entry and
+    BLAS slots (the mnist step's large GEMMs, the packed route forced in the suite): the entry
+    records them, the check expects them, and the loaded program's slots are filled."""
     workload = zoo.get("mnist")
     params, x, y = workload.example_inputs(0)
 
@@ -163,11 +164,26 @@ def test_a_program_splitting_kernels_across_the_thread_pool_hits(cache_dir):
         return step.lower(params, state, x, y).program, ((params, state, step.hyperparameters(state)), x, y)
 
     cold, inputs = build()
-    assert not cold.from_cache and "ffc_parallel_for" in cold.llvm_ir
+    assert not cold.from_cache and "ffc_packed_gemm_f32_" in cold.llvm_ir
     warm, _ = build()
     assert warm.from_cache
     for a, b in zip(run(cold, inputs), run(warm, inputs), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_program_splitting_a_loop_across_the_thread_pool_hits(cache_dir):
+    """Its object defines the pool's slot besides the entry and BLAS slots (a large elementwise
+    loop splits): the entry records that, and the check expects it."""
+    x = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+
+    def build():
+        return ff.compile(lambda v: ff.tanh(v) * 2.0, backend="llvm").lower(x).program
+
+    cold = build()
+    assert not cold.from_cache and "ffc_parallel_for" in cold.llvm_ir
+    warm = build()
+    assert warm.from_cache
+    np.testing.assert_array_equal(cold(x)[0], warm(x)[0])
 
 
 RUNTIME_MODULES = {  # (module, what breaks building its IR, what loads it and checks it)

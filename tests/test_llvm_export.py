@@ -216,3 +216,31 @@ def test_kernels_split_across_the_thread_pool_run_whole_in_a_library(tmp_path):
     _, py_results, executable = run_in_python(schedule, plan, [x, w, z], 1, [])
     for c_result, py_result in zip(read_outputs(tmp_path, executable), py_results):
         np.testing.assert_array_equal(c_result, py_result)
+
+
+@needs_cc
+def test_a_packed_gemm_with_its_epilogue_is_defined_inside_the_library(tmp_path):
+    """The packed GEMM (the route the suite forces) is a runtime function programs call through
+    a slot (gemm_library.py): the export defines the variants it calls inside itself, so the
+    library is self-contained (no BLAS setter needed, no undefined ffc_ symbol) and a C driver
+    gets Python's bits (both run the same kernel, on one thread in the library)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 300)).astype(np.float32)
+    w = rng.standard_normal((310, 300)).astype(np.float32)  # used transposed
+    b = rng.standard_normal(310).astype(np.float32)
+    lowered = ff.compile(lambda x, w, b: ff.tanh(x @ w.T + b), backend="llvm").lower(x, w, b)
+    assert "ffc_packed_gemm_f32_nt_" in lowered.llvm_ir and "packed_gemm.epilogue" in lowered.llvm_ir
+    schedule = lowered.schedule
+    plan = plan_memory(schedule)
+    library = export(schedule, plan, tmp_path, "packed", lowered.names)
+    assert library.blas == ()
+    nm = shutil.which("nm")
+    if nm is not None:
+        undefined = subprocess.run([nm, "-u", str(library.library_path)], check=True, capture_output=True,
+                                   text=True).stdout
+        assert "ffc_" not in undefined
+    run_in_c(build_driver(library, "packed", tmp_path), tmp_path, [x, w, b], 1, [])
+    _, py_results, executable = run_in_python(schedule, plan, [x, w, b], 1, [])
+    [c_result] = read_outputs(tmp_path, executable)
+    np.testing.assert_array_equal(c_result, py_results[0])
+    np.testing.assert_allclose(c_result, np.tanh(x.astype(np.float64) @ w.T + b), rtol=1e-4, atol=1e-4)

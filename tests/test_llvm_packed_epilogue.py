@@ -73,8 +73,8 @@ def test_many_blocks_and_k_steps(packed_route, threads, monkeypatch, trans_a, tr
 def test_fused_epilogue_is_in_the_packed_function_and_bitwise_alike_at_any_thread_count(packed_route, threads):
     args = layer_inputs(300, 520, 290, False, False, np.float32)
     fn = ff.compile(dense(False, False), backend="llvm")
-    packed_function = fn.lower(*args).llvm_ir.split('define internal void @"packed_gemm"')[1].split("\ndefine")[0]
-    assert "row.header" in packed_function  # the epilogue's loop over a block's rows (column_epilogue)
+    callback = fn.lower(*args).llvm_ir.split('define internal void @"packed_gemm.epilogue"')[1].split("\ndefine")[0]
+    assert "row.header" in callback  # the epilogue's loop over a block's rows (column_epilogue), the GEMM's callback
     results = []
     for count in (1, 2, 3):
         threads(count)
@@ -135,6 +135,6 @@ def test_the_update_after_an_accumulated_product_is_fused(packed_route, threads,
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
     assert packed_route == ([(m, n, k, True)] if m > 8 else [])
-    kernel_ir = executable.llvm_ir.split('define internal void @"packed_gemm"' if m > 8 else
+    kernel_ir = executable.llvm_ir.split('define internal void @"packed_gemm.epilogue"' if m > 8 else
                                          'define internal void @"skinny"')[1].split("\ndefine")[0]
-    assert "row.header" in kernel_ir  # the epilogue's loop, in the GEMM's own function
+    assert "row.header" in kernel_ir  # the epilogue's loop, in the GEMM's own function (packed: its callback)

@@ -105,7 +105,8 @@ def test_kernels_are_built_for_the_sizes_that_need_them(one_blas_thread):
     bounded = StandaloneGemm(B, 300, 129, "f32", False, False, max_batch=64)
     assert bounded.llvm_ir.count("ffc_sgemm") == 1 and "tile.k" in bounded.llvm_ir and "skinny" not in bounded.llvm_ir
     large = StandaloneGemm(B, 4096, 512, "f32", False, False)
-    assert large.llvm_ir.count("ffc_sgemm") > 1 and "tile.k" not in large.llvm_ir and "skinny" in large.llvm_ir
+    past_small = large.llvm_ir.count("ffc_sgemm") > 1 or "ffc_packed_gemm" in large.llvm_ir  # BLAS, or packed
+    assert past_small and "tile.k" not in large.llvm_ir and "skinny" in large.llvm_ir
     for gemm, batch in ((bounded, 64), (bounded, 3), (large, 3), (large, 200)):
         a, b, c = operands(gemm, batch, np.float32)
         gemm(a, b, c, batch=batch)
@@ -114,17 +115,19 @@ def test_kernels_are_built_for_the_sizes_that_need_them(one_blas_thread):
 
 @pytest.mark.parametrize("blas_threads", [1, 2])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_blocks_of_the_reference_size_take_the_packed_gemm(monkeypatch, trans_b, blas_threads):
+def test_sizes_past_smallgemm_take_the_generic_packed_gemm(monkeypatch, trans_b, blas_threads):
     """Where the reference size's product takes the packed GEMM (forced here: it does on 512-bit
-    hosts), C's rows go in blocks of 128 (the default reference) to packed_gemm's kernel built
-    for 128 rows, the rest to BLAS (split across the pool at one BLAS thread), scaled too."""
+    hosts), every run-time size past smallgemm's range calls the packed GEMM's shape-generic
+    function with the run-time rows (block sizes of the reference size's product), never
+    BLAS, at any BLAS thread count, scaled too."""
     monkeypatch.setattr(blas, "_threads_chosen", True)
     monkeypatch.setattr(blas, "_blas_threads", blas_threads)
     monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
     counter = CountingBlas("sgemm")
     gemm = StandaloneGemm(B, 520, 260, "f32", False, trans_b, scaled=True, blas=counter.address)
     assert blas.gemm_route(128, 520, 260, "f32", False, trans_b) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
-    for batch, blas_calls in ((128, False), (256, False), (129, True), (300, True), (127, True), (9, True), (1, False)):
+    for batch, blas_calls in ((128, False), (256, False), (129, False), (300, False), (127, False), (9, False),
+                              (1, False)):
         a, b, old = operands(gemm, batch, np.float32)
         c, before = old.copy(), counter.calls
         gemm(a, b, c, 0.5, 2.0, batch=batch)
@@ -136,10 +139,10 @@ def test_blocks_of_the_reference_size_take_the_packed_gemm(monkeypatch, trans_b,
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_the_weight_gradient_adds_packed_blocks_of_the_reference_size(monkeypatch, scaled, one_blas_thread):
-    """k = B (x.T @ dy), the packed route forced: BLAS writes C from the first B % 128 rows of k
-    (none at 128 and 256: C = beta C, zeros for the unscaled product, without reading the NaNs
-    there), then blocks of 128 rows of k add the packed GEMM's products."""
+def test_the_weight_gradient_takes_the_generic_packed_gemm(monkeypatch, scaled, one_blas_thread):
+    """k = B (x.T @ dy), the packed route forced: the packed GEMM's shape-generic function with
+    the run-time k (several k steps past the reference's KC), the unscaled product never
+    reading the NaNs in C."""
     monkeypatch.setattr(blas, "packed_beats_blas", lambda *args: True)
     gemm = StandaloneGemm(260, 520, B, "f32", True, False, scaled=scaled)
     assert blas.gemm_route(260, 520, 128, "f32", True, False) == blas.PACKED and "packed_gemm" in gemm.llvm_ir
@@ -212,9 +215,11 @@ def test_results_do_not_depend_on_the_thread_count(trans_b, one_blas_thread):
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_the_route_changes_at_run_time_between_8_and_9_rows(trans_b, one_blas_thread):
+def test_the_route_changes_at_run_time_between_8_and_9_rows(trans_b, one_blas_thread, blas_route):
     """B = 8 streams the weights (skinny), B = 9 calls BLAS: the product is past native_max_work()
-    at 9 rows; a smaller one takes smallgemm from 9 rows on, and BLAS only past native_max_work()."""
+    at 9 rows; a smaller one takes smallgemm from 9 rows on, and BLAS only past native_max_work()
+    (the BLAS route forced: where the packed GEMM takes the reference size's product, it takes
+    every size past smallgemm, test_sizes_past_smallgemm_take_the_generic_packed_gemm)."""
     n, k = 4096, 512
     assert 8 * n * k <= blas.native_max_work() < 9 * n * k and skinny_rows(B, n, k, False, trans_b, 4, None) == \
         list(range(1, 9))
@@ -330,7 +335,8 @@ def test_a_whole_symbolic_program_with_runtime_gemms():
     schedule = symbolic_schedule(layer, (0, None, None, 0), *make(3))
     executable = backend.LLVMExecutable(schedule, symbolic_plan(schedule))
     graph = symbolic_graph(layer, (0, None, None, 0), *make(3))
-    assert executable.blas == ("sgemm",)
+    # sizes past smallgemm: BLAS, or the packed GEMM where it takes the reference size's products
+    assert executable.blas == (() if blas.gemm_route(128, 512, 784, "f32", False, False) == blas.PACKED else ("sgemm",))
     for batch in SIZES:
         args = make(batch)
         for got, want in zip(executable(*args), per_size(graph, batch, args), strict=True):

@@ -47,7 +47,7 @@ from ...passes.schedule import Schedule, print_schedule
 from ...ir.symbolic import Sym, bytes_at, first_batch_axis, substitute
 from ..arena import allocate_arena
 from ..arguments import Binding, overlapping_arguments
-from . import fastcall, target
+from . import fastcall, gemm_library, target
 from .blas import BLAS_FUNCTIONS, blas_address, blas_symbol, default_blas_threads, native_max_work
 from .collective import COLLECTIVE_SYMBOL, COLLECTIVES
 from ...ir import ops as O
@@ -56,6 +56,7 @@ from .elementwise import ELEMENTWISE_LOWERINGS, contiguous_strides
 from .layout import LAYOUT_LOWERINGS
 from .reduction import REDUCTION_LOWERINGS
 from .runtime_gemm import GEMM_ERROR_SYMBOL, raise_gemm_error
+from .packed_gemm import SLOT_SUFFIX, GemmVariant, program_variants
 from .threadpool import POOL_SLOT, parallel_for_address
 from .lower import ENTRY, PROFILE, arena_from_json, arena_json, gemm_routes, gemm_scratch, is_symbolic, layout, lower
 from .calibrate import calibrate_schedule
@@ -116,7 +117,7 @@ def program_description(schedule: Schedule, plan: MemoryPlan, donated_roots: dic
     ])
 
 
-_FOUND_IN_IR = ("parallel", "gemm_error")  # metadata known once the IR is built, not from the layout
+_FOUND_IN_IR = ("parallel", "gemm_error", "packed")  # metadata known once the IR is built, not from the layout
 
 
 def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donated: dict[int, int],
@@ -124,8 +125,10 @@ def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donate
     """The symbols the object code of lower(schedule, plan, donated, profile) defines, if a
     cache entry's metadata is that program's own (else None: the entry is not used)."""
     parallel, gemm_error = metadata.get("parallel", False), metadata.get("gemm_error", False)
+    packed = metadata.get("packed", [])
     if {k: v for k, v in metadata.items() if k not in _FOUND_IN_IR} != layout(schedule, plan, donated).metadata() \
-            or parallel not in (False, True) or gemm_error not in (False, True):
+            or parallel not in (False, True) or gemm_error not in (False, True) \
+            or not isinstance(packed, list) or not all(isinstance(v, str) and GemmVariant.of_symbol(v) for v in packed):
         return None
     symbols = [Symbol(ENTRY, function=True)] + [Symbol(blas_symbol(name), False, 8) for name in BLAS_FUNCTIONS.values()]
     if metadata.get("collectives"):
@@ -134,6 +137,7 @@ def program_symbols(metadata: dict, schedule: Schedule, plan: MemoryPlan, donate
         symbols.append(Symbol(POOL_SLOT, False, 8))
     if gemm_error:  # likewise (a symbolic GEMM that may reach BLAS past its integers)
         symbols.append(Symbol(GEMM_ERROR_SYMBOL, False, 8))
+    symbols += [Symbol(variant + SLOT_SUFFIX, False, 8) for variant in packed]  # the packed GEMMs it calls
     if profile:
         symbols.append(Symbol(PROFILE, False, 8 * (len(schedule.kernels) + 1)))
     return tuple(symbols)
@@ -185,6 +189,7 @@ class LLVMExecutable:
         for name in self.blas:
             slot = self._jit.address(blas_symbol(name))
             ctypes.c_void_p.from_address(slot).value = blas_address(name)
+        gemm_library.fill_slots(self._jit, program.get("packed", ()))
         pool = self._jit.address(POOL_SLOT)  # 0: no parallel kernel
         if pool:
             ctypes.c_void_p.from_address(pool).value = parallel_for_address()
@@ -281,6 +286,8 @@ class LLVMExecutable:
             metadata["parallel"] = True
         if GEMM_ERROR_SYMBOL in program.module.globals:
             metadata["gemm_error"] = True
+        if program_variants(program.module):  # the packed GEMM functions it calls (gemm_library.py)
+            metadata["packed"] = program_variants(program.module)
         if cache is not None and self._jit.object_code:
             cache.store(key, metadata, self._jit.object_code)
         return metadata

@@ -54,7 +54,7 @@ from .elementwise import (
     loop_nest,
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
-from .packed_gemm import emit_packed_gemm, packed_beats_blas
+from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas
 from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
@@ -239,84 +239,37 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
 
 def _blas_or_packed(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale, max_batch) -> None:
     """A symbolic product past smallgemm: where a fixed program of the reference batch size
-    would take the packed GEMM (packed_beats_blas: 1.5-2x the BLAS route on AVX-512), C's rows
-    in blocks of the reference size's rows, each packed_gemm's kernel built for that concrete
-    shape (a run of blocks at the reference size and its multiples, the same code as the fixed
-    program's), the rest of the rows by BLAS; else the BLAS product."""
-    depth = _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch)
-    if depth is not None:
-        _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth)
-        return
-    rows = _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch)
-    if rows is None:
+    would take the packed GEMM (packed_beats_blas: 1.5-2x the BLAS route on AVX-512), the
+    packed GEMM's shape-generic function with the run-time sizes and the block sizes of the
+    reference size's product (what the disk cache's key holds: lower.gemm_routes); else the
+    BLAS product. Against the blocks of the reference size's rows by a per-shape packed GEMM
+    and the rest of the rows by BLAS, it had before (benchmarks.symbolic_gemm, packed route
+    forced, mnist's 784x512 and 512x512 layers, symbolic / fixed time, one run each, load ~1.3):
+    B = 129 and 300 1.41-1.74 -> 0.89-1.05 (the weight gradient at 129: 1.21-1.32, its second
+    k step of depth 1), B = 1024 1.07-1.25 -> 0.89-1.19, B = 128 unchanged (1.00)."""
+    blocks = _reference_blocks((m, n, k), dtype, trans_a, trans_b, max_batch)
+    if blocks is None:
         _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         return
-    block = ir.Constant(I64, rows)
-    size = size_value(b, m)
-    blocks = b.udiv(size, block)
-    with for_range(b, blocks, "packed.rows") as i:
-        first = b.mul(i, block, flags=["nsw"])
-        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
-                         b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), rows, n, k, False, trans_b, scale)
-
-    def packed(bb):  # the rows the blocks computed
-        whole = bb.udiv(size_value(bb, m), block)
-        return bb.mul(whole, block, flags=["nsw"])
-
-    first = packed(b)
-    left = b.sub(size, first)
-    with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
-        if _blas_threads == 1:  # the pool owns the cores: it splits the rest
-            _split_blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, k, False, trans_b, scale, skipped=packed)
-        else:
-            _blas_call(b, BLAS_FUNCTIONS[dtype], b.gep(pa, [b.mul(first, ir.Constant(I64, k))], inbounds=True), pb,
-                       b.gep(pc, [b.mul(first, ir.Constant(I64, n))], inbounds=True), left, n, k, False, trans_b, scale)
+    emit_packed_gemm(b, pa, pb, pc, *(size_value(b, d) for d in (m, n, k)), trans_a, trans_b, scale, blocks=blocks)
 
 
-def _packed_depth_blocks(b, dtype, pa, pb, pc, m, n, k, scale, depth: int) -> None:
-    """The weight gradient x.T @ dy (k = B; A and B held k x m, k x n: a block of k's rows is
-    contiguous in both): the first k % depth rows by one BLAS call, which writes C (with the
-    product's beta), then blocks of `depth` rows added by the packed GEMM built for that
-    concrete shape (beta 1)."""
-    ty = pc.type.pointee
-    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    size, block = size_value(b, k), ir.Constant(I64, depth)
-    left = b.urem(size, block)
-    # k = 0 rows with beta 0 still writes C: C = beta C, zeros where beta is 0 (the BLAS standard)
-    _blas_call(b, BLAS_FUNCTIONS[dtype], pa, pb, pc, m, n, left, True, False, (alpha, beta))
-    with for_range(b, b.udiv(size, block), "packed.depth") as i:
-        first = b.add(left, b.mul(i, block, flags=["nsw"]), flags=["nsw"])
-        emit_packed_gemm(b, b.gep(pa, [b.mul(first, ir.Constant(I64, m))], inbounds=True),
-                         b.gep(pb, [b.mul(first, ir.Constant(I64, n))], inbounds=True), pc, m, n, depth, True, False,
-                         (alpha, ir.Constant(ty, 1.0)))
+def runtime_takes_packed(m, n, k, dtype, trans_a, trans_b, max_batch) -> bool:
+    """Whether a RUNTIME product past smallgemm takes the packed GEMM, not BLAS (_blas_or_packed)."""
+    return _reference_blocks((m, n, k), dtype, trans_a, trans_b, max_batch) is not None
 
 
-def _packed_depth(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
-    """The rows of k per packed block of a symbolic k (A transposed, B not: a block of k's
-    rows contiguous in both): the reference batch size's, where gemm_route takes the packed
-    GEMM at that size; else None."""
-    if not isinstance(k, Sym) or symbolic(m, n) or not trans_a or trans_b:
-        return None
-    return _reference_packed(k, (m, n, k), dtype, trans_a, trans_b, max_batch)
-
-
-def _packed_rows(m, n, k, dtype, trans_a, trans_b, max_batch) -> int | None:
-    """The rows of C per packed block of a symbolic m (A untransposed, its rows contiguous): the
-    reference batch size's, where gemm_route takes the packed GEMM at that size; else None."""
-    if not isinstance(m, Sym) or symbolic(n, k) or trans_a:
-        return None
-    return _reference_packed(m, (m, n, k), dtype, trans_a, trans_b, max_batch)
-
-
-def _reference_packed(size: Sym, shape: tuple, dtype, trans_a, trans_b, max_batch) -> int | None:
-    """`size` (the symbolic m or k of `shape`) at the reference batch size, if the product of
-    that size takes the packed GEMM; else None."""
-    extent = size.coef * BatchRange(max_batch).reference
+def _reference_blocks(shape: tuple, dtype, trans_a, trans_b, max_batch) -> tuple[int, int, int] | None:
+    """The packed GEMM's (MC, KC, NC) for `shape` (Sym sizes) at the reference batch size, if
+    the product of that size takes the packed GEMM; else None."""
+    reference = BatchRange(max_batch).reference
+    at = [d.coef * reference if isinstance(d, Sym) else d for d in shape]
     try:
-        at = [extent if isinstance(d, Sym) else d for d in shape]
-        return extent if gemm_route(*at, dtype, trans_a, trans_b) == PACKED else None
+        if gemm_route(*at, dtype, trans_a, trans_b) != PACKED:
+            return None
     except GemmTooLarge:
         return None
+    return default_block_sizes(*at, 4 if dtype == "f32" else 8)[2:]
 
 
 def _blas(b, dtype, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:

@@ -191,21 +191,40 @@ def _defines(object_code: bytes, symbols: tuple[Symbol, ...]) -> bool:
     return True
 
 
-def runtime_module(name: str, functions: tuple[str, ...], build_object) -> JitModule:
-    """One of the runtime's own fixed modules (the thread pool, the fast call's checker),
-    defining exactly these functions: its object code from the disk cache (keyed, and
-    checked, like a program's), else build_object() (IR, O3 and codegen: ~50-90 ms of CPU
-    for the pool) and stored."""
+RUNTIME_MODULE_KIND = "runtime module"  # the metadata of the host's runtime modules' entries
+
+
+def runtime_module(name: str, functions: tuple[str, ...], build_object, data: tuple[str, ...] = ()) -> JitModule:
+    """One of the runtime's own fixed modules (the thread pool, the fast call's checker, a
+    packed GEMM function), defining exactly these functions and 8-byte `data` globals: its
+    object code from the disk cache (keyed, and checked, like a program's), else
+    build_object() (IR, O3 and codegen: ~50-90 ms of CPU for the pool) and stored. Its
+    entry's metadata says it is one (benchmarks/latency.py keeps these for a "cold" compile)."""
     cache = default_cache()
     key = cache and cache.key(f"runtime module {name}", host_key())
-    symbols = tuple(Symbol(function, function=True) for function in functions)
-    found = key and cache.load(key, lambda metadata: symbols if metadata == {} else None)
+    symbols = tuple(Symbol(function, function=True) for function in functions) + tuple(
+        Symbol(global_, False, 8) for global_ in data)
+    metadata = {"kind": RUNTIME_MODULE_KIND}
+    found = key and cache.load(key, lambda stored: symbols if stored == metadata else None)
     if found:
         return load_object(found[1])
     code = build_object()
     if cache is not None:
-        cache.store(key, {}, code)
+        cache.store(key, metadata, code)
     return load_object(code)
+
+
+def host_runtime_entries(directory: str | os.PathLike) -> list[Path]:
+    """The entries in a cache directory that hold the host's runtime modules (runtime_module:
+    the thread pool, the fast call's checker, the packed GEMM functions), by their metadata:
+    what any program on this host uses, as opposed to one program's code."""
+    found = []
+    for path in sorted(Path(directory).glob("*.o.ffc")):
+        data = path.read_bytes()
+        entry = _entry(data, data[_HEADER.size:_HEADER.size + _KEY_BYTES].decode(errors="replace"))
+        if entry is not None and entry[0] == {"kind": RUNTIME_MODULE_KIND}:
+            found.append(path)
+    return found
 
 
 def _trusted(status: os.stat_result, what: str) -> bool:

@@ -40,7 +40,7 @@ from llvmlite import ir
 from ...ir.symbolic import Affine, Envelope, Sym
 from ...passes.memory import ALIGNMENT, MemoryPlan
 from ...passes.schedule import Schedule
-from . import target
+from . import gemm_library, target
 from .blas import BLAS_FUNCTIONS, blas_slot
 from .runtime_gemm import GEMM_ERROR_SYMBOL
 from .threadpool import POOL_SLOT
@@ -70,6 +70,7 @@ def export(schedule: Schedule, plan: MemoryPlan, out_dir: str | os.PathLike, nam
     if plan.schedule is not schedule:
         raise ExportError("export: the memory plan was made for another schedule")
     program = lower(schedule, plan)
+    gemm_library.define_in(program.module)  # the packed GEMMs it calls: the library's own copies
     if program.collectives:
         raise ExportError("export: the program has all_reduce collectives, which call back into this Python "
                           "process's communicator: a standalone library cannot run them")

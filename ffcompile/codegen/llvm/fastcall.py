@@ -223,6 +223,11 @@ def _object_entry():
     return jit, _CALL(address), _CALL_HOLDING_GIL(address)
 
 
+def load() -> None:
+    """Load (or build and cache) the checked call's module now, ahead of a first call."""
+    _object_entry()
+
+
 class CallTable:
     """What call_objects reads for one executable: a record per argument and result (its
     dtype, the flags it must have, shape, size, donated?), its argument block and entry."""

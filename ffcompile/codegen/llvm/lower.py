@@ -32,8 +32,8 @@ from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
-from .blas import BLAS_FUNCTIONS, BLAS_ROUTES, FUSING_ROUTES, PACKED, SKINNY, GemmTooLarge, blas_slot, blas_symbol, \
-    emit_gemm, gemm_route
+from .blas import BLAS_FUNCTIONS, BLAS_ROUTES, FUSING_ROUTES, PACKED, RUNTIME, SKINNY, GemmTooLarge, blas_slot, \
+    blas_symbol, emit_gemm, gemm_route, runtime_takes_packed
 from .cgutils import affine_value
 from .elementwise import I8, I64, MEMORY_TYPES, Array, BodyEmitter, column_epilogue, constant, emit_map, scalar
 from .layout import emit_constant, emit_copy, emit_layout
@@ -152,7 +152,10 @@ def layout(schedule: Schedule, plan: MemoryPlan, donated: dict[int, int] | None 
             source[kernel.anchor] = ("arena", scratch)
             arena_bytes = _furthest(arena_bytes, scratch, nodes[kernel.anchor].type.nbytes)
             scratch_anchors.add(kernel.anchor)
-        if _gemm_route(nodes, kernel, plan.batch) in BLAS_ROUTES:
+        route = _gemm_route(nodes, kernel, plan.batch)
+        if route in BLAS_ROUTES and not (route == RUNTIME and runtime_takes_packed(
+                *gemm_dims(nodes, kernel), nodes[kernel.anchor].type.dtype, kernel.trans_a, kernel.trans_b,
+                plan.batch.max_batch if plan.batch is not None else None)):
             blas.add(BLAS_FUNCTIONS[nodes[kernel.anchor].type.dtype])
     used = tuple(name for name in BLAS_FUNCTIONS.values() if name in blas)
     collectives = any(kernel.kind == KernelKind.COLLECTIVE for kernel in schedule.kernels)

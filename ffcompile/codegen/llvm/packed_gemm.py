@@ -1,4 +1,16 @@
-"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range.
+"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range: one
+shape-generic function per (dtype, transposes, vector width), built once per host.
+
+Every size is a run-time argument: m, n, k, the leading dimensions lda, ldb, ldc, alpha
+and beta (and whether they apply), the block sizes MC, KC, NC (the caller computes them
+with block_sizes, the one formula; MR and NR are the vector width's constants), and an
+optional epilogue callback with its context. So one function serves every product of its
+kind, in every program: gemm_library.py builds it the first time a process needs it and
+keeps its machine code in the disk cache as a runtime module of the host (like the thread
+pool), and a program calls it through a slot filled after load (library_slot). The
+program keeps the block sizes as constants of its call (and in its cache key), and emits
+the fused epilogue as a small callback of its own (epilogue_callback). An export defines
+the functions its program calls inside itself.
 
 C (m x n) is cut into blocks of MC rows x NC columns, split across the thread
 pool panel by panel (a chunk's blocks share column panels). For each of its
@@ -30,16 +42,28 @@ packing loops and vectorized them into gathers and scatters, 2/3 of its compile 
 Side by side with those scalar packs under O3 (one process, the disk cache off; one thread,
 thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0.66 s and its
 step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
+
+Shape-generic, against one function per shape with its sizes as constants (benchmarks.latency,
+CPU ms, a loaded 2-core Zen 5 at load 2.7-3.9, the host's runtime modules and GEMM calibration
+kept; before, the pool was built in each cold run, ~50-90 ms of it): the mnist step's cold
+compile 792 -> 289 ms (its module's O3 and machine code ~560 -> ~190 ms), wide's 1282 -> 446
+ms; a variant costs ~0.1-0.25 s to build, once per host. GFLOP/s
+unchanged within the noise (benchmarks.gemm --cpu-time, f32, one thread, main and this code
+alternately, twice each: 1024x512x784 252-260 vs 256, 128x512x784 233 vs 225-230,
+128x4096x1024 207-210 vs 210-217). Training steps, the packed route forced in both (benchmarks.mlp
+--steps 40 --rounds 3, main and this code alternately, twice, load 1.3-1.6), median ms: mnist
+1.13, 1.85 -> 1.03, 1.81; wide 105.9, 103.3 -> 90.8, 91.2.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from llvmlite import ir
 
 from .cgutils import accumulate_loop, compiled_compact, for_range
-from .elementwise import CONTRACT, I64, ColumnEpilogue
+from .elementwise import CONTRACT, I32, I64, ColumnEpilogue
 from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
@@ -53,6 +77,11 @@ DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
 MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
+FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
+SLOT_SUFFIX = ".slot"  # a program's global holding a variant's address
+DTYPE_OF_ITEMSIZE = {4: "f32", 8: "f64"}
+I8P = ir.IntType(8).as_pointer()
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I64, I64])  # ctx, j0, j1, i0, i1
 
 
 @functools.cache
@@ -108,105 +137,225 @@ def route_key(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -
     return class_key(m, n, k, itemsize, get_num_threads(), blas_threads, vector_bytes())
 
 
-def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
+def emit_packed_gemm(b: ir.IRBuilder, pa, pb, pc, m, n, k, trans_a: bool, trans_b: bool,
                      scale: tuple[ir.Value, ir.Value] | None = None, vbytes: int | None = None,
-                     epilogue: ColumnEpilogue | None = None) -> None:
+                     epilogue: ColumnEpilogue | None = None, blocks: tuple[int, int, int] | None = None) -> None:
     """C = op(A) op(B) (C row-major m x n, k >= 1); with scale = (alpha, beta):
-    C = alpha op(A) op(B) + beta C. vbytes: the vector width (default: the host's). An
-    epilogue runs on each block of C as soon as its last k step is stored (still in L2),
-    in the chunk that computed it: the caller makes sure it writes over neither operand
-    (lower._fuses_epilogue), which other chunks may still be reading."""
+    C = alpha op(A) op(B) + beta C, by a call of the shape-generic library function of this
+    dtype, transposes and vector width (vbytes, default the host's) through its slot
+    (gemm_library.py). Sizes are ints or i64 values (then `blocks`, (MC, KC, NC), must be
+    given: block_sizes at a size the caller chooses). An epilogue runs on each block of C as
+    soon as its last k step is stored (still in L2), in the chunk that computed it, through a
+    callback of the program's own (epilogue_callback): the caller makes sure it writes over
+    neither operand (lower._fuses_epilogue), which other chunks may still be reading."""
     ty = pc.type.pointee
     itemsize = float_bytes(ty)
     vbytes = vbytes or vector_bytes()
-    mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
-    kernel = _Kernel(ty, m, n, k, trans_a, trans_b, scale is not None, mr, nr, mc, kc, nc, vbytes // itemsize)
-    kernel.epilogue = epilogue
+    if blocks is None:
+        blocks = block_sizes(m, n, k, itemsize, vbytes)[2:]
+    variant = GemmVariant(DTYPE_OF_ITEMSIZE[itemsize], trans_a, trans_b, vbytes)
+    sizes = [d if isinstance(d, ir.Value) else ir.Constant(I64, d) for d in (m, n, k)]
+    leading = _leading_dimensions(*sizes, trans_a, trans_b)
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
-    blocks = -(-m // mc) * -(-n // nc)
-    grain = max(1, -(-MIN_CHUNK_WORK // (mc * nc * k)))
-    extra = epilogue.values if epilogue is not None else []
-    emit_parallel_for(b, "packed_gemm", [pa, pb, pc, alpha, beta, *extra], blocks, grain, kernel.emit_blocks)
+    callback, context = (epilogue_callback(b, epilogue) if epilogue is not None
+                         else (ir.Constant(EPILOGUE_TYPE.as_pointer(), None), ir.Constant(I8P, None)))
+    function = b.bitcast(b.load(library_slot(b.module, variant)), variant.function_type().as_pointer())
+    b.call(function, [pa, pb, pc, *sizes, *leading, alpha, beta, ir.Constant(I64, int(scale is not None)),
+                      *(ir.Constant(I64, v) for v in blocks), callback, context])
+
+
+def _leading_dimensions(m, n, k, trans_a: bool, trans_b: bool) -> list:
+    """lda, ldb, ldc of operands held whole (C-contiguous, as the transposes say)."""
+    return [m if trans_a else k, k if trans_b else n, n]
+
+
+@dataclass(frozen=True)
+class GemmVariant:
+    """One shape-generic packed GEMM function: dtype, transposes, vector width (bytes)."""
+
+    dtype: str
+    trans_a: bool
+    trans_b: bool
+    vbytes: int
+
+    @property
+    def symbol(self) -> str:
+        """The library function's name (ffc_packed_gemm_f32_nt_512): its slot in a program is
+        the same name with SLOT_SUFFIX."""
+        transposes = "".join("t" if t else "n" for t in (self.trans_a, self.trans_b))
+        return f"{FUNCTION_PREFIX}{self.dtype}_{transposes}_{8 * self.vbytes}"
+
+    @classmethod
+    def of_symbol(cls, symbol: str) -> "GemmVariant | None":
+        """The variant named `symbol`, or None if it names none."""
+        parts = symbol[len(FUNCTION_PREFIX):].split("_") if symbol.startswith(FUNCTION_PREFIX) else []
+        if len(parts) != 3 or parts[0] not in ("f32", "f64") or parts[1] not in ("nn", "nt", "tn", "tt") \
+                or parts[2] not in ("256", "512"):
+            return None
+        return cls(parts[0], parts[1][0] == "t", parts[1][1] == "t", int(parts[2]) // 8)
+
+    def element(self) -> ir.Type:
+        return ir.FloatType() if self.dtype == "f32" else ir.DoubleType()
+
+    def function_type(self) -> ir.FunctionType:
+        """void (T* a, T* b, T* c, i64 m, n, k, lda, ldb, ldc, T alpha, T beta, i64 scaled,
+        i64 mc, kc, nc, epilogue callback, i8* its context)."""
+        ty = self.element()
+        ptr = ty.as_pointer()
+        return ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, *[I64] * 6, ty, ty, *[I64] * 4,
+                                               EPILOGUE_TYPE.as_pointer(), I8P])
+
+
+def library_slot(module: ir.Module, variant: GemmVariant) -> ir.GlobalVariable:
+    """The module global a program calls `variant` through (filled after load by the backend;
+    in an export, set to the function defined in the module: gemm_library.define_in)."""
+    name = variant.symbol + SLOT_SUFFIX
+    slot = module.globals.get(name)
+    if slot is None:
+        slot = ir.GlobalVariable(module, I8P, name)
+        slot.initializer = ir.Constant(I8P, None)
+    return slot
+
+
+def program_variants(module: ir.Module) -> list[str]:
+    """The library functions a program's module calls (the symbols of its slots)."""
+    return sorted(name[:-len(SLOT_SUFFIX)] for name in module.globals
+                  if name.startswith(FUNCTION_PREFIX) and name.endswith(SLOT_SUFFIX))
+
+
+def epilogue_callback(b: ir.IRBuilder, epilogue: ColumnEpilogue) -> tuple[ir.Value, ir.Value]:
+    """(callback, ctx) for the library function: `void packed_gemm.epilogue.callback(i8* ctx,
+    i64 j0, i64 j1, i64 i0, i64 i1)` loads the epilogue's values from the stack struct ctx
+    points to and calls `packed_gemm.epilogue(values..., j0, j1, i0, i1)`, its distinct
+    pointers `noalias` (pointers to one buffer are one value: the kernels' convention), which
+    runs the epilogue on that block of C, compiled in full (vectorized)."""
+    distinct = list({id(v): v for v in epilogue.values}.values())
+    fields = ir.LiteralStructType([v.type for v in distinct])
+    with b.goto_entry_block():
+        context = b.alloca(fields, name="packed_gemm.epilogue.ctx")
+    for k, value in enumerate(distinct):
+        b.store(value, _field(b, context, k))
+    module = b.module
+    inner = ir.Function(module, ir.FunctionType(ir.VoidType(), [v.type for v in distinct] + [I64] * 4),
+                        module.get_unique_name("packed_gemm.epilogue"))
+    inner.linkage = "internal"
+    for arg, value in zip(inner.args, distinct):
+        if isinstance(value.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    *params, c0, c1, r0, r1 = inner.args
+    of = {id(v): arg for v, arg in zip(distinct, params)}
+    ib = ir.IRBuilder(inner.append_basic_block("entry"))
+    epilogue.emit(ib, [of[id(v)] for v in epilogue.values], c0, c1, rows=(r0, r1))
+    ib.ret_void()
+    callback = ir.Function(module, EPILOGUE_TYPE, module.get_unique_name("packed_gemm.epilogue.callback"))
+    callback.linkage = "internal"
+    cb = ir.IRBuilder(callback.append_basic_block("entry"))
+    ctx = cb.bitcast(callback.args[0], fields.as_pointer())
+    cb.call(inner, [cb.load(_field(cb, ctx, k)) for k in range(len(distinct))] + list(callback.args[1:]))
+    cb.ret_void()
+    return callback, b.bitcast(context, I8P)
+
+
+def _field(b: ir.IRBuilder, struct, k: int):
+    return b.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
+
+
+def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Function:
+    """Define `variant`'s function in `module` (external linkage): the units of C's blocks over
+    the thread pool (emit_parallel_for, with run-time counts), each chunk _Kernel's code."""
+    fn = ir.Function(module, variant.function_type(), variant.symbol)
+    names = ("a", "b", "c", "m", "n", "k", "lda", "ldb", "ldc", "alpha", "beta", "scaled", "mc", "kc", "nc",
+             "epilogue", "ctx")
+    for arg, name in zip(fn.args, names):
+        arg.name = name
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n, k, mc, nc = fn.args[3], fn.args[4], fn.args[5], fn.args[12], fn.args[14]
+    blocks = b.mul(_ceil_div(b, m, mc), _ceil_div(b, n, nc))
+    work = b.mul(b.mul(mc, nc), k)
+    grain = _ceil_div(b, ir.Constant(I64, MIN_CHUNK_WORK), work)
+    grain = b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
+    kernel = _Kernel(variant)
+    # C is not noalias: the epilogue callback reads and writes it through its own pointers
+    emit_parallel_for(b, "packed_gemm", list(fn.args), blocks, grain, kernel.emit_blocks, may_alias=(fn.args[2],))
+    b.ret_void()
+    return fn
+
+
+def _ceil_div(b: ir.IRBuilder, x, y):
+    return b.sdiv(b.add(x, b.sub(y, ir.Constant(I64, 1))), y)
 
 
 class _Kernel:
-    """The body of one chunk of blocks of C; every size but the chunk's bounds is a constant."""
+    """The body of one chunk of blocks of C: MR and NR (the micro-tile) constants of the
+    variant's vector width, every size and block size a run-time value."""
 
-    def __init__(self, ty, m, n, k, trans_a, trans_b, scaled, mr, nr, mc, kc, nc, vw):
-        self.ty, self.m, self.n, self.k = ty, m, n, k
-        self.trans_a, self.trans_b, self.scaled = trans_a, trans_b, scaled
-        self.mr, self.nr, self.mc, self.kc, self.nc, self.vw = mr, nr, mc, kc, nc, vw
-        self.epilogue: ColumnEpilogue | None = None
+    def __init__(self, variant: GemmVariant):
+        self.ty = variant.element()
+        self.trans_a, self.trans_b = variant.trans_a, variant.trans_b
+        self.vw = variant.vbytes // float_bytes(self.ty)
+        self.mr, self.nr = MR_BY_VECTOR_BYTES[variant.vbytes], SLIVER_VECTORS * self.vw
 
     def const(self, v: int) -> ir.Constant:
         return ir.Constant(I64, v)
 
-    def min(self, b, x, limit: int):
-        """min(x, limit) for an i64 x."""
-        return b.select(b.icmp_signed("<", x, self.const(limit)), x, self.const(limit))
+    def min(self, b, x, limit):
+        """min(x, limit) for i64 values (or an int limit)."""
+        limit = limit if isinstance(limit, ir.Value) else self.const(limit)
+        return b.select(b.icmp_signed("<", x, limit), x, limit)
 
     def emit_blocks(self, b: ir.IRBuilder, values, start, end) -> None:
-        pa, pb, pc, alpha, beta = values[:5]
+        (pa, pb, pc, m, n, k, lda, ldb, ldc, alpha, beta, scaled, mc, kc, nc, epilogue, ctx) = values
         self.b, self.pa, self.pb, self.pc, self.alpha, self.beta = b, pa, pb, pc, alpha, beta
+        self.m, self.n, self.k, self.lda, self.ldb, self.ldc = m, n, k, lda, ldb, ldc
+        self.scaled = b.icmp_signed("!=", scaled, self.const(0))
         compiled_compact(b.function)
         with b.goto_entry_block():
-            self.a_pack = b.alloca(self.ty, size=self.const(self.mc * self.kc), name="a_pack")
-            self.b_pack = b.alloca(self.ty, size=self.const(self.kc * self.nc), name="b_pack")
+            self.a_pack = b.alloca(self.ty, size=b.mul(mc, kc), name="a_pack")
+            self.b_pack = b.alloca(self.ty, size=b.mul(kc, nc), name="b_pack")
             self.tile = b.alloca(self.ty, size=self.const(self.mr * self.nr), name="edge_tile")
             for buffer in (self.a_pack, self.b_pack, self.tile):
                 buffer.align = 64
-        row_blocks = -(-self.m // self.mc)
-        last = self.min(b, end, row_blocks * -(-self.n // self.nc))
-        first_panel = b.sdiv(start, self.const(row_blocks))
-        panels = b.sub(b.sdiv(b.add(last, self.const(row_blocks - 1)), self.const(row_blocks)), first_panel)
+        one = self.const(1)
+        row_blocks = _ceil_div(b, m, mc)
+        last = self.min(b, end, b.mul(row_blocks, _ceil_div(b, n, nc)))
+        first_panel = b.sdiv(start, row_blocks)
+        panels = b.sub(b.sdiv(b.add(last, b.sub(row_blocks, one)), row_blocks), first_panel)
         panels = b.select(b.icmp_signed("<", start, last), panels, self.const(0))
-        k_steps = -(-self.k // self.kc)
+        k_steps = _ceil_div(b, k, kc)
+        last_step = b.sub(k_steps, one)
+        has_epilogue = b.icmp_unsigned("!=", epilogue, ir.Constant(epilogue.type, None))
         with for_range(b, panels, "jc") as j:
             jcb = b.add(first_panel, j)
-            jc = b.mul(jcb, self.const(self.nc))
-            ncols = self.min(b, b.sub(self.const(self.n), jc), self.nc)
-            panel_start = b.mul(jcb, self.const(row_blocks))  # the unit of its first row block
+            jc = b.mul(jcb, nc)
+            ncols = self.min(b, b.sub(n, jc), nc)
+            panel_start = b.mul(jcb, row_blocks)  # the unit of its first row block
             low = b.sub(b.select(b.icmp_signed(">", start, panel_start), start, panel_start), panel_start)
-            panel_end = b.add(panel_start, self.const(row_blocks))
+            panel_end = b.add(panel_start, row_blocks)
             high = b.sub(b.select(b.icmp_signed("<", last, panel_end), last, panel_end), panel_start)
-            with for_range(b, self.const(k_steps), "pc") as pcb:
-                p0 = b.mul(pcb, self.const(self.kc))
-                depth = self.min(b, b.sub(self.const(self.k), p0), self.kc)
+            with for_range(b, k_steps, "pc") as pcb:
+                p0 = b.mul(pcb, kc)
+                depth = self.min(b, b.sub(k, p0), kc)
                 self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)),
                            lanes_inner=not self.trans_b)
                 first = b.icmp_signed("==", pcb, self.const(0))
                 with for_range(b, b.sub(high, low), "ic") as i:
-                    ic = b.mul(b.add(low, i), self.const(self.mc))
-                    nrows = self.min(b, b.sub(self.const(self.m), ic), self.mc)
+                    ic = b.mul(b.add(low, i), mc)
+                    nrows = self.min(b, b.sub(m, ic), mc)
                     self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
                                lanes_inner=self.trans_a)
                     self._macro(ic, jc, nrows, ncols, depth, first)
-                    if self.epilogue is not None:  # the block of C is final after the last k step
-                        with b.if_then(b.icmp_signed("==", pcb, self.const(k_steps - 1))):
-                            self._epilogue(values[5:], jc, b.add(jc, ncols), ic, b.add(ic, nrows))
-
-    def _epilogue(self, values, j0, j1, i0, i1) -> None:
-        """Call the fused epilogue on rows [i0, i1) and columns [j0, j1) of C: a function of its
-        own, compiled in full, since in this compact one LLVM would not vectorize its loops."""
-        module = self.b.module
-        types = [v.type for v in values] + [I64] * 4
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), module.get_unique_name("packed_gemm.epilogue"))
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
-        eb = ir.IRBuilder(fn.append_basic_block("entry"))
-        *loaded, c0, c1, r0, r1 = fn.args
-        self.epilogue.emit(eb, list(loaded), c0, c1, rows=(r0, r1))
-        eb.ret_void()
-        self.b.call(fn, [*values, j0, j1, i0, i1])
+                    # the block of C is final after the last k step
+                    with b.if_then(b.and_(has_epilogue, b.icmp_signed("==", pcb, last_step))):
+                        b.call(epilogue, [ctx, jc, b.add(jc, ncols), ic, b.add(ic, nrows)])
 
     def _a_at(self, i, p):
         b = self.b
-        at = b.add(b.mul(p, self.const(self.m)), i) if self.trans_a else b.add(b.mul(i, self.const(self.k)), p)
+        at = b.add(b.mul(p, self.lda), i) if self.trans_a else b.add(b.mul(i, self.lda), p)
         return b.gep(self.pa, [at], inbounds=True)
 
     def _b_at(self, p, j):
         b = self.b
-        at = b.add(b.mul(j, self.const(self.k)), p) if self.trans_b else b.add(b.mul(p, self.const(self.n)), j)
+        at = b.add(b.mul(j, self.ldb), p) if self.trans_b else b.add(b.mul(p, self.ldb), j)
         return b.gep(self.pb, [at], inbounds=True)
 
     def _pack(self, pack, extent, width: int, depth, source, lanes_inner: bool) -> None:
@@ -325,28 +474,27 @@ class _Kernel:
 
     def _update(self, total, ptr, first, align=None):
         """What C at ptr becomes: the first k step alpha * total + beta * C (total alone without
-        a scale, C unread), later ones C + alpha * total."""
+        a scale, C unread: it may hold anything), later ones C + alpha * total (alpha is 1
+        without a scale: the same bits as C + total)."""
         b = self.b
         vector = isinstance(total.type, ir.VectorType)
         alpha, beta = ((splat_vector(b, s, total.type) if vector else s) for s in (self.alpha, self.beta))
         one = ir.Constant(total.type, [1.0] * total.type.count) if vector else ir.Constant(self.ty, 1.0)
-        scaled = b.fmul(alpha, total, flags=CONTRACT) if self.scaled else total
-        if not self.scaled:
-            with b.if_then(b.not_(first)):
-                b.store(b.fadd(b.load(ptr, align=align), total, flags=CONTRACT), ptr, align=align)
-            with b.if_then(first):
+        with b.if_else(b.and_(first, b.not_(self.scaled))) as (plain, update):
+            with plain:
                 b.store(total, ptr, align=align)
-            return
-        factor = b.select(first, beta, one)
-        b.store(b.fadd(scaled, b.fmul(factor, b.load(ptr, align=align), flags=CONTRACT), flags=CONTRACT),
-                ptr, align=align)
+            with update:
+                factor = b.select(first, beta, one)
+                b.store(b.fadd(b.fmul(alpha, total, flags=CONTRACT),
+                               b.fmul(factor, b.load(ptr, align=align), flags=CONTRACT), flags=CONTRACT),
+                        ptr, align=align)
 
     def _store_tile(self, accs, i0, j0, first) -> None:
         b, vw = self.b, self.vw
         vty = ir.VectorType(self.ty, vw)
         per_row = self.nr // vw
         for r in range(self.mr):
-            row = b.add(b.mul(b.add(i0, self.const(r)), self.const(self.n)), j0)
+            row = b.add(b.mul(b.add(i0, self.const(r)), self.ldc), j0)
             for v in range(per_row):
                 ptr = b.bitcast(b.gep(self.pc, [b.add(row, self.const(v * vw))], inbounds=True), vty.as_pointer())
                 self._update(accs[r * per_row + v], ptr, first, align=float_bytes(self.ty))
@@ -359,5 +507,5 @@ class _Kernel:
             b.store(acc, b.bitcast(b.gep(self.tile, [self.const(index * vw)], inbounds=True), vty.as_pointer()))
         with for_range(b, rows, "edge_row") as r, for_range(b, cols, "edge_col") as c:
             total = b.load(b.gep(self.tile, [b.add(b.mul(r, self.const(self.nr)), c)], inbounds=True))
-            at = b.add(b.mul(b.add(i0, r), self.const(self.n)), b.add(j0, c))
+            at = b.add(b.mul(b.add(i0, r), self.ldc), b.add(j0, c))
             self._update(total, b.gep(self.pc, [at], inbounds=True), first)

@@ -11,7 +11,9 @@ picks one at run time from the run-time sizes, as gemm_route would for them:
   with run-time trip counts);
 - else the BLAS call, every size an i32 computed at run time.
 
-The packed GEMM (packed_gemm.py) takes concrete shapes only. A symbolic size past BLAS's
+Where the reference batch size's product takes the packed GEMM (packed_gemm.py), its
+shape-generic function takes the BLAS branch's place, with the run-time sizes and the block
+sizes of the reference size's product (blas._blas_or_packed). A symbolic size past BLAS's
 32-bit integers is refused at compile time at max_batch when B has a bound (blas.py);
 without one, the BLAS branch checks the sizes first and, past the limit, stores the size
 in the module's GEMM_ERROR_SYMBOL instead of calling: the runtime reads it after the entry

@@ -20,7 +20,8 @@ from ...ir.types import DTYPES
 from .blas import BLAS_FUNCTIONS, blas_address, blas_slot, blas_symbol, default_blas_threads, emit_gemm
 from .elementwise import I64, MEMORY_TYPES, Array
 from .gemm_calibration import route_forced
-from .packed_gemm import emit_packed_gemm
+from . import gemm_library
+from .packed_gemm import emit_packed_gemm, program_variants
 from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error_slot, raise_gemm_error, symbolic
 from .target import jit
 from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
@@ -69,6 +70,7 @@ class StandaloneGemm:
             slot = ctypes.c_void_p.from_address(self._jit.address(blas_symbol(name)))
             slot.value = blas if blas is not None else blas_address(name)
         ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
+        gemm_library.fill_slots(self._jit, program_variants(module))
         self._error = self._jit.address(GEMM_ERROR_SYMBOL)
         scalar = np.ctypeslib.as_ctypes_type(DTYPES[dtype])
         extra = [ctypes.c_int64] if self.symbolic else []

@@ -66,13 +66,15 @@ def pool_slot(module: ir.Module) -> ir.GlobalVariable:
     return slot
 
 
-def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n, grain, emit_body) -> None:
+def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n, grain, emit_body,
+                      may_alias: tuple = ()) -> None:
     """emit_body(builder, values, start, end) over units [0, n), split across the pool when
     n >= 2 * grain. n and grain are ints or i64 values (a symbolic program's sizes known at
     call time: then the test is made at run time). The body is its own function,
     `void name(...values, i64 start, i64 end)`, each distinct pointer among `values` a
     `noalias` parameter (pointers to one buffer must be the same value: the kernel functions'
-    convention), so LLVM vectorizes it as it would the kernel; in a function with a trailing
+    convention; but those in may_alias, which the body reaches otherwise too), so LLVM
+    vectorizes it as it would the kernel; in a function with a trailing
     `batch` parameter (a symbolic program's, cgutils.batch_size) it gets one too, after `end`.
     The pool calls it through `void name.chunk(i8* ctx, i64 start, i64 end)`, which loads
     `values` (computed in the caller) from a stack struct that ctx points to."""
@@ -95,7 +97,7 @@ def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n, gra
                         module.get_unique_name(name))
     inner.linkage = "internal"
     for arg, value in zip(inner.args, distinct):
-        if isinstance(value.type, ir.PointerType):
+        if isinstance(value.type, ir.PointerType) and not any(value is other for other in may_alias):
             arg.add_attribute("noalias")
     start, end = inner.args[len(distinct):len(distinct) + 2]
     start.name, end.name = "start", "end"
