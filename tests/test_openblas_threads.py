@@ -92,3 +92,23 @@ def test_cython_blas_pointers_compute_what_the_bundled_openblas_does(scipy_openb
     blas.blas_address.cache_clear()
     np.testing.assert_array_equal(bundled, through_cython)
     np.testing.assert_allclose(bundled, a @ b, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)
+
+
+@pytest.mark.parametrize("variable", [None, "2"])
+def test_loading_scipy_openblas_starts_no_worker_unless_the_user_asks(scipy_openblas, variable):
+    """A new OpenBLAS worker spins ~0.1 s of a core before it sleeps; ffcompile uses one BLAS
+    thread, so it loads SciPy's OpenBLAS with none (OPENBLAS_NUM_THREADS=1 for the load only,
+    the process's environment left as it was). A user's own setting is kept (2: one worker)."""
+    script = (
+        "import os, json, numpy\n"
+        "threads = lambda: len(os.listdir('/proc/self/task'))\n"
+        "before = threads()\n"
+        "from ffcompile.codegen.llvm import openblas\n"
+        "assert openblas.bundled_scipy_openblas() is not None\n"
+        "print(json.dumps([threads() - before, os.environ.get('OPENBLAS_NUM_THREADS')]))")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")}
+    if variable is not None:
+        env["OPENBLAS_NUM_THREADS"] = variable
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    started, left = json.loads(out.stdout.splitlines()[-1])
+    assert (started, left) == ((0, None) if variable is None else (1, variable))

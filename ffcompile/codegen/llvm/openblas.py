@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,20 @@ def bundled_scipy_openblas() -> ctypes.CDLL | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     found = sorted(Path(spec.submodule_search_locations[0]).parent.glob("scipy.libs/libscipy_openblas-*.so"))
-    return ctypes.CDLL(str(found[0])) if len(found) == 1 else None
+    if len(found) != 1:
+        return None
+    # OpenBLAS starts its worker threads as it loads, and each new worker spins about 0.1 s of
+    # a core before it sleeps (a cold first call's CPU time: 0.31 s, 0.20 s without). blas.py
+    # sets it to DEFAULT_BLAS_THREADS (1) anyway, so it is loaded with that many unless the
+    # user chose (its variable read at load; a later set_blas_threads(n) starts workers then).
+    chosen = "OPENBLAS_NUM_THREADS" in os.environ
+    if not chosen:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        return ctypes.CDLL(str(found[0]))
+    finally:
+        if not chosen:
+            del os.environ["OPENBLAS_NUM_THREADS"]
 
 
 def bundled_gemm_address(name: str) -> int | None:
