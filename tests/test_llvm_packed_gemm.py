@@ -65,6 +65,22 @@ def test_tiny_caches_do_cut_every_dimension(monkeypatch):
     assert 97 > mc > mr and 64 > nc >= nr and 130 > kc
 
 
+@pytest.mark.parametrize("l1_bytes, l2_bytes", [(48 << 10, 4 << 20), (48 << 10, 32 << 20), (48 << 10, 256 << 20),
+                                                (8 << 20, 1 << 20)])
+@pytest.mark.parametrize("vbytes", [32, 64])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_both_packs_fit_the_stack_bound_whatever_the_caches(monkeypatch, l1_bytes, l2_bytes, vbytes, itemsize):
+    """The packs are stack buffers of MC x KC + KC x NC elements in the threads' chunks: a host
+    reporting a large L1 or L2 (a VM's made-up cache sizes) must not size the blocks past
+    STACK_BYTES (a 64 MiB L2 made a 12000 x 384 @ 384 x 64 product ask 8.8 MiB of an 8 MiB
+    stack: a segfault)."""
+    monkeypatch.setattr(packed_gemm, "cache_bytes", {1: l1_bytes, 2: l2_bytes}.get)
+    for m, n, k in [(100_000, 4096, 4096), (100_000, 1, 100_000), (64, 100_000, 100_000)]:
+        mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
+        assert (mc * kc + kc * nc) * itemsize <= packed_gemm.STACK_BYTES, (m, n, k, mc, kc, nc)
+        assert mc >= mr and nc >= nr and mc % mr == 0 and nc % nr == 0
+
+
 @pytest.mark.parametrize("vbytes", [32, 64])
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)

@@ -26,7 +26,8 @@ after its last k step, while the block (MC x NC, sized for L2) is still in cache
 
 Block sizes come from the host's caches (sysfs; a common default otherwise):
 a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
-and the packs live on the stack (STACK_BYTES at most), which bounds NC. A product
+and the packs live on the stack (STACK_BYTES at most), which bounds NC (and MC, KC
+where a host reports huge caches). A product
 of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
 pool (each thread packs only its panels of B: splitting rows alone made each
 thread pack all of B, which cost as much as the product at m = 128). The vector
@@ -105,8 +106,11 @@ def _round_up(x: int, step: int) -> int:
 def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int, int, int, int, int]:
     """(MR, NR, MC, KC, NC) for this product and vector width."""
     mr, nr = MR_BY_VECTOR_BYTES[vbytes], SLIVER_VECTORS * vbytes // itemsize
-    kc = min(k, max(16, cache_bytes(1) // 2 // (nr * itemsize) // 8 * 8))
-    mc = min(_round_up(m, mr), max(mr, cache_bytes(2) // 4 // (kc * itemsize) // mr * mr))
+    # The stack bounds KC and MC too: a host reporting a huge L1 or L2 (a VM's made-up
+    # cache sizes) must leave room for an MR x KC block and a KC x NR sliver.
+    stack = STACK_BYTES // itemsize
+    kc = min(k, max(16, min(cache_bytes(1) // 2 // (nr * itemsize), stack // (mr + nr)) // 8 * 8))
+    mc = min(_round_up(m, mr), max(mr, min(cache_bytes(2) // 4 // (kc * itemsize), stack // kc - nr) // mr * mr))
     nc = min(_round_up(n, nr), max(nr, (STACK_BYTES // itemsize - mc * kc) // kc // nr * nr))
     panels = -(-MIN_UNITS // -(-m // mc))  # column panels that make MIN_UNITS blocks of C
     nc = min(nc, max(MIN_PANEL_SLIVERS * nr, _round_up(-(-n // panels), nr)))
