@@ -38,6 +38,8 @@ def bundled_scipy_openblas() -> ctypes.CDLL | None:
     # a core before it sleeps (a cold first call's CPU time: 0.31 s, 0.20 s without). blas.py
     # sets it to DEFAULT_BLAS_THREADS (1) anyway, so it is loaded with that many unless the
     # user chose (its variable read at load; a later set_blas_threads(n) starts workers then).
+    # The variable is in the process's environment for the load: a subprocess another thread
+    # starts in that instant inherits it.
     chosen = "OPENBLAS_NUM_THREADS" in os.environ
     if not chosen:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
