@@ -6,13 +6,19 @@ small products into many blocks in every dimension, so edge slivers, several k s
 several blocks a chunk all occur; the host's own caches give its real block sizes.
 Operands one element off alignment check the kernel assumes no alignment of its arguments.
 """
+import ctypes
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from llvmlite import ir
 from test_llvm_backend import build
 from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product, train_on_both_backends
 
 import ffcompile as ff
-from ffcompile.codegen.llvm import packed_gemm
+from ffcompile.codegen.llvm import gemm_library, packed_gemm, target, threadpool
 from ffcompile.codegen.llvm.packed_gemm import block_sizes
 from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 
@@ -79,6 +85,76 @@ def test_both_packs_fit_the_stack_bound_whatever_the_caches(monkeypatch, l1_byte
         mr, nr, mc, kc, nc = block_sizes(m, n, k, itemsize, vbytes)
         assert (mc * kc + kc * nc) * itemsize <= packed_gemm.STACK_BYTES, (m, n, k, mc, kc, nc)
         assert mc >= mr and nc >= nr and mc % mr == 0 and nc % nr == 0
+
+
+def test_a_thread_with_a_small_stack_runs_a_large_product():
+    """The packs (~1 MiB a chunk) are on the heap: a caller thread of 256 KiB of stack ran out
+    of it and the process died (SIGSEGV) while they were on the stack. In a child process."""
+    script = (
+        "import threading, numpy as np, ffcompile as ff\n"
+        "f = ff.compile(lambda a, b: ff.relu(a @ b))\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.standard_normal((512, 784)).astype(np.float32)\n"
+        "b = rng.standard_normal((784, 4096)).astype(np.float32)\n"
+        "out = {}\n"
+        "threading.stack_size(256 * 1024)\n"
+        "t = threading.Thread(target=lambda: out.update(r=f(a, b))); t.start(); t.join()\n"
+        "assert f.lower(a, b).program.blas == ()\n"
+        "np.testing.assert_allclose(out['r'], np.maximum(a @ b, 0), rtol=1e-4, atol=1e-3)\n"
+        "print('ok')\n")
+    env = {**os.environ, "FFCOMPILE_GEMM_ROUTE": "packed", "FFCOMPILE_CACHE_DIR": ""}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
+    """Where aligned_alloc returns null, the chunk packs on its stack instead: the same bits.
+    The library function is built here with an aligned_alloc of its own that always fails."""
+    def refusing(module, name, returns, parameters):
+        found = module.globals.get(name)
+        if found is not None:
+            return found
+        function = ir.Function(module, ir.FunctionType(returns, parameters), name)
+        if name == "aligned_alloc":
+            function.linkage = "internal"
+            ir.IRBuilder(function.append_basic_block("entry")).ret(ir.Constant(returns, None))
+        return function
+
+    variant = packed_gemm.GemmVariant(dtype, False, True, target.vector_bytes())
+    assert 'declare i8* @"aligned_alloc"' in str(gemm_library.library_module(variant))
+    normal = _library_call(variant)
+    monkeypatch.setattr(packed_gemm, "_libc", refusing)
+    assert 'define internal i8* @"aligned_alloc"' in str(gemm_library.library_module(variant))
+    refused = _library_call(variant)
+    m, n, k = 97, 130, 300
+    np_dtype = DTYPES[dtype]
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((m, k)).astype(np_dtype), rng.standard_normal((n, k)).astype(np_dtype)
+    results = []
+    for call in (normal, refused):
+        c = np.full((m, n), np.nan, np_dtype)
+        call(a, b, c, block_sizes(m, n, k, np_dtype().itemsize, target.vector_bytes())[2:])
+        results.append(c)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], a @ b.T, rtol=RTOL[np_dtype], atol=1e-3)
+
+
+def _library_call(variant):
+    """variant's library function compiled here (not from the cache), as a Python callable
+    (a, b^T-held b, c, (MC, KC, NC)) without scale or epilogue."""
+    jit = target.jit(gemm_library.library_module(variant))
+    ctypes.c_void_p.from_address(jit.address(threadpool.POOL_SLOT)).value = threadpool.parallel_for_address()
+    real = ctypes.c_float if variant.dtype == "f32" else ctypes.c_double
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 6, real, real,
+                          *[ctypes.c_int64] * 4, ctypes.c_void_p, ctypes.c_void_p)(jit.address(variant.symbol))
+
+    def call(a, b, c, blocks):
+        (m, k), n = a.shape, b.shape[0]
+        fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k, k, k, n, 1.0, 0.0, 0, *blocks, None, None)
+        return jit  # referenced until the call returns
+
+    return call
 
 
 @pytest.mark.parametrize("vbytes", [32, 64])

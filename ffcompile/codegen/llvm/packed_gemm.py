@@ -26,8 +26,9 @@ after its last k step, while the block (MC x NC, sized for L2) is still in cache
 
 Block sizes come from the host's caches (sysfs; a common default otherwise):
 a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
-and the packs live on the stack (STACK_BYTES at most), which bounds NC (and MC, KC
-where a host reports huge caches). A product
+and both packs of a chunk take STACK_BYTES at most (one heap block per chunk, on the stack
+only if the allocation fails: _Kernel._packs), which bounds NC (and MC, KC where a host
+reports huge caches). A product
 of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
 pool (each thread packs only its panels of B: splitting rows alone made each
 thread pack all of B, which cost as much as the product at m = 128). The vector
@@ -72,11 +73,12 @@ from .threadpool import emit_parallel_for, get_num_threads
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
-STACK_BYTES = 1 << 20  # both packs of one chunk (worker threads have glibc's 8 MiB stacks)
+STACK_BYTES = 1 << 20  # both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB)
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
 MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
+PACK_ALIGN = 64  # bytes: the packs' alignment (the micro-kernel's aligned vector loads of B's pack)
 MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
 FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
 SLOT_SUFFIX = ".slot"  # a program's global holding a variant's address
@@ -285,6 +287,12 @@ def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Funct
     return fn
 
 
+def _libc(module: ir.Module, name: str, returns: ir.Type, parameters: list) -> ir.Function:
+    """The C library's function `name`, declared in module once."""
+    found = module.globals.get(name)
+    return found if found is not None else ir.Function(module, ir.FunctionType(returns, parameters), name)
+
+
 def _ceil_div(b: ir.IRBuilder, x, y):
     return b.sdiv(b.add(x, b.sub(y, ir.Constant(I64, 1))), y)
 
@@ -314,11 +322,9 @@ class _Kernel:
         self.scaled = b.icmp_signed("!=", scaled, self.const(0))
         compiled_compact(b.function)
         with b.goto_entry_block():
-            self.a_pack = b.alloca(self.ty, size=b.mul(mc, kc), name="a_pack")
-            self.b_pack = b.alloca(self.ty, size=b.mul(kc, nc), name="b_pack")
             self.tile = b.alloca(self.ty, size=self.const(self.mr * self.nr), name="edge_tile")
-            for buffer in (self.a_pack, self.b_pack, self.tile):
-                buffer.align = 64
+            self.tile.align = 64
+        heap = self._packs(mc, kc, nc)
         one = self.const(1)
         row_blocks = _ceil_div(b, m, mc)
         last = self.min(b, end, b.mul(row_blocks, _ceil_div(b, n, nc)))
@@ -351,6 +357,31 @@ class _Kernel:
                     # the block of C is final after the last k step
                     with b.if_then(b.and_(has_epilogue, b.icmp_signed("==", pcb, last_step))):
                         b.call(epilogue, [ctx, jc, b.add(jc, ncols), ic, b.add(ic, nrows)])
+        b.call(_libc(b.module, "free", ir.VoidType(), [I8P]), [heap])
+
+    def _packs(self, mc, kc, nc):
+        """Set a_pack (MC x KC) and b_pack (KC x NC), 64-byte aligned, in one heap block (that
+        block returned, for `free`): about 1 MiB, which on the stack overflowed the thread of a
+        caller with a small one (threading.stack_size(512 KiB) segfaulted). glibc serves the
+        same size again from the thread's arena, so after a first call it costs ~0.1 us a
+        chunk. Where the allocation fails, the packs go on the stack (heap null, free a no-op)."""
+        b, itemsize = self.b, float_bytes(self.ty)
+        lanes = self.const(PACK_ALIGN // itemsize)
+        a_elements = b.mul(_ceil_div(b, b.mul(mc, kc), lanes), lanes)  # b_pack starts aligned too
+        size = b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize))
+        size = b.mul(_ceil_div(b, size, self.const(PACK_ALIGN)), self.const(PACK_ALIGN))  # aligned_alloc's rule
+        heap = b.call(_libc(b.module, "aligned_alloc", I8P, [I64, I64]), [self.const(PACK_ALIGN), size])
+        found = b.block
+        with b.if_then(b.icmp_unsigned("==", heap, ir.Constant(I8P, None))):
+            stack = b.alloca(ir.IntType(8), size=size, name="packs.stack")
+            stack.align = PACK_ALIGN
+            fallback = b.block
+        packs = b.phi(I8P, name="packs")
+        packs.add_incoming(heap, found)
+        packs.add_incoming(stack, fallback)
+        self.a_pack = b.bitcast(packs, self.ty.as_pointer())
+        self.b_pack = b.gep(self.a_pack, [a_elements], inbounds=True)
+        return heap
 
     def _a_at(self, i, p):
         b = self.b
