@@ -28,7 +28,8 @@ _COMPILE_LOCK = threading.Lock()
 # to LLVM's defaults after (`_own_options`): code another library builds with llvmlite in this
 # process (numba's) gets the defaults, but for a compile of its own that another thread runs
 # during one of ours (it does not take our lock: it then runs without LSR, which only costs
-# speed), and an option that library set itself is reset to LLVM's default by ours. Loop Strength Reduction was the costliest pass of machine-code
+# speed), and an option that library set itself is reset to LLVM's default by ours. Loop
+# Strength Reduction was the costliest pass of machine-code
 # emission (84 ms of a 594 ms mnist step module; 5 of 13 ms of a GEMM epilogue loop) and
 # bought no speed (2026-12-05, AVX-512 host; benchmarks/README.md, "Latency", has the
 # numbers). Not set: -enable-epilogue-vectorization=false (another ~8% of a compile) changes
