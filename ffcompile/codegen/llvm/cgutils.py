@@ -106,3 +106,58 @@ def affine_value(b: ir.IRBuilder, a) -> ir.Value:
     batch = batch_size(b)
     scaled = batch if a.per_batch == 1 else b.mul(batch, ir.Constant(ir.IntType(64), a.per_batch), flags=["nsw"])
     return b.add(scaled, ir.Constant(ir.IntType(64), a.const), flags=["nsw"]) if a.const else scaled
+
+
+def emit_closure(b: ir.IRBuilder, name: str, thunk_name: str, values: list[ir.Value], extras: tuple[str, ...],
+                 emit_body, may_alias: tuple = ()) -> tuple[ir.Function, ir.Value]:
+    """(thunk, ctx): code over `values` (computed in b's function) that native code calls back
+    as `void thunk(i8* ctx, i64 extra...)`, ctx (an i8*) pointing at a struct of the values on
+    b's stack. The thunk loads them and calls `void name(...values, i64 extra..., [i64 batch])`,
+    whose body is emit_body(builder, values as its parameters, *extras): a function of its own,
+    each distinct pointer among `values` a `noalias` parameter (pointers to one buffer must be
+    the same value: the kernel functions' convention; but those in may_alias, which the body
+    reaches otherwise too), so LLVM vectorizes it as it would the kernel. In a function with a
+    trailing `batch` parameter (a symbolic program's, batch_size) it gets one too, after the
+    extras. The thread pool's chunks (threadpool.emit_parallel_for) and the packed GEMM's
+    epilogue callbacks are made so."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    caller = b.function
+    batch = caller.args[-1] if caller.args and caller.args[-1].name == "batch" else None
+    distinct = list({id(v): v for v in values if v is not batch}.values())
+    stored = distinct + ([batch] if batch is not None else [])
+    fields = ir.LiteralStructType([v.type for v in stored])
+    with b.goto_entry_block():
+        context = b.alloca(fields, name=f"{name}.ctx")
+
+    def field(builder, ptr, k):
+        return builder.gep(ptr, [ir.Constant(i32, 0), ir.Constant(i32, k)], inbounds=True)
+
+    for k, value in enumerate(stored):
+        b.store(value, field(b, context, k))
+    module = b.module
+    inner = ir.Function(module, ir.FunctionType(ir.VoidType(), [v.type for v in distinct] + [i64] * len(extras)
+                                                + ([i64] if batch is not None else [])),
+                        module.get_unique_name(name))
+    inner.linkage = "internal"
+    for arg, value in zip(inner.args, distinct):
+        if isinstance(value.type, ir.PointerType) and not any(value is other for other in may_alias):
+            arg.add_attribute("noalias")
+    extra_args = inner.args[len(distinct):len(distinct) + len(extras)]
+    for arg, extra in zip(extra_args, extras):
+        arg.name = extra
+    inner_of = {id(v): arg for v, arg in zip(distinct, inner.args)}
+    if batch is not None:
+        inner.args[-1].name = "batch"
+        inner_of[id(batch)] = inner.args[-1]
+    ib = ir.IRBuilder(inner.append_basic_block("entry"))
+    emit_body(ib, [inner_of[id(v)] for v in values], *extra_args)
+    ib.ret_void()
+    thunk = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [i64] * len(extras)),
+                        module.get_unique_name(thunk_name))
+    thunk.linkage = "internal"
+    tb = ir.IRBuilder(thunk.append_basic_block("entry"))
+    ctx = tb.bitcast(thunk.args[0], fields.as_pointer())
+    loaded = [tb.load(field(tb, ctx, k)) for k in range(len(stored))]
+    tb.call(inner, loaded[:len(distinct)] + list(thunk.args[1:]) + loaded[len(distinct):])
+    tb.ret_void()
+    return thunk, b.bitcast(context, ir.IntType(8).as_pointer())

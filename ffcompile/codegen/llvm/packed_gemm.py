@@ -64,8 +64,8 @@ from pathlib import Path
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, compiled_compact, for_range
-from .elementwise import CONTRACT, I32, I64, ColumnEpilogue
+from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range
+from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
@@ -231,39 +231,14 @@ def program_variants(module: ir.Module) -> list[str]:
 
 def epilogue_callback(b: ir.IRBuilder, epilogue: ColumnEpilogue) -> tuple[ir.Value, ir.Value]:
     """(callback, ctx) for the library function: `void packed_gemm.epilogue.callback(i8* ctx,
-    i64 j0, i64 j1, i64 i0, i64 i1)` loads the epilogue's values from the stack struct ctx
-    points to and calls `packed_gemm.epilogue(values..., j0, j1, i0, i1)`, its distinct
-    pointers `noalias` (pointers to one buffer are one value: the kernels' convention), which
+    i64 j0, i64 j1, i64 i0, i64 i1)` calls `packed_gemm.epilogue(values..., j0, j1, i0, i1)`
+    on the epilogue's values (cgutils.emit_closure: its distinct pointers `noalias`), which
     runs the epilogue on that block of C, compiled in full (vectorized)."""
-    distinct = list({id(v): v for v in epilogue.values}.values())
-    fields = ir.LiteralStructType([v.type for v in distinct])
-    with b.goto_entry_block():
-        context = b.alloca(fields, name="packed_gemm.epilogue.ctx")
-    for k, value in enumerate(distinct):
-        b.store(value, _field(b, context, k))
-    module = b.module
-    inner = ir.Function(module, ir.FunctionType(ir.VoidType(), [v.type for v in distinct] + [I64] * 4),
-                        module.get_unique_name("packed_gemm.epilogue"))
-    inner.linkage = "internal"
-    for arg, value in zip(inner.args, distinct):
-        if isinstance(value.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    *params, c0, c1, r0, r1 = inner.args
-    of = {id(v): arg for v, arg in zip(distinct, params)}
-    ib = ir.IRBuilder(inner.append_basic_block("entry"))
-    epilogue.emit(ib, [of[id(v)] for v in epilogue.values], c0, c1, rows=(r0, r1))
-    ib.ret_void()
-    callback = ir.Function(module, EPILOGUE_TYPE, module.get_unique_name("packed_gemm.epilogue.callback"))
-    callback.linkage = "internal"
-    cb = ir.IRBuilder(callback.append_basic_block("entry"))
-    ctx = cb.bitcast(callback.args[0], fields.as_pointer())
-    cb.call(inner, [cb.load(_field(cb, ctx, k)) for k in range(len(distinct))] + list(callback.args[1:]))
-    cb.ret_void()
-    return callback, b.bitcast(context, I8P)
+    def body(ib, params, j0, j1, i0, i1):
+        epilogue.emit(ib, params, j0, j1, rows=(i0, i1))
 
-
-def _field(b: ir.IRBuilder, struct, k: int):
-    return b.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
+    return emit_closure(b, "packed_gemm.epilogue", "packed_gemm.epilogue.callback", epilogue.values,
+                        ("j0", "j1", "i0", "i1"), body)
 
 
 def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Function:

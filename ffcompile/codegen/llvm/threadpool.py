@@ -36,6 +36,7 @@ import threading
 from llvmlite import ir
 
 from .cache import runtime_module
+from .cgutils import emit_closure
 from .target import object_code
 
 POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
@@ -71,54 +72,14 @@ def emit_parallel_for(b: ir.IRBuilder, name: str, values: list[ir.Value], n, gra
     """emit_body(builder, values, start, end) over units [0, n), split across the pool when
     n >= 2 * grain. n and grain are ints or i64 values (a symbolic program's sizes known at
     call time: then the test is made at run time). The body is its own function,
-    `void name(...values, i64 start, i64 end)`, each distinct pointer among `values` a
-    `noalias` parameter (pointers to one buffer must be the same value: the kernel functions'
-    convention; but those in may_alias, which the body reaches otherwise too), so LLVM
-    vectorizes it as it would the kernel; in a function with a trailing
-    `batch` parameter (a symbolic program's, cgutils.batch_size) it gets one too, after `end`.
-    The pool calls it through `void name.chunk(i8* ctx, i64 start, i64 end)`, which loads
-    `values` (computed in the caller) from a stack struct that ctx points to."""
-    caller = b.function
-    batch = caller.args[-1] if caller.args and caller.args[-1].name == "batch" else None
-    distinct = list({id(v): v for v in values if v is not batch}.values())
-    fields = ir.LiteralStructType([v.type for v in distinct] + ([I64] if batch is not None else []))
-    with b.goto_entry_block():
-        context = b.alloca(fields, name=f"{name}.ctx")
-
-    def field(builder, ptr, k):
-        return builder.gep(ptr, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
-
-    stored = distinct + ([batch] if batch is not None else [])
-    for k, value in enumerate(stored):
-        b.store(value, field(b, context, k))
-    module = b.module
-    inner = ir.Function(module, ir.FunctionType(VOID, [v.type for v in distinct] + [I64, I64]
-                                                + ([I64] if batch is not None else [])),
-                        module.get_unique_name(name))
-    inner.linkage = "internal"
-    for arg, value in zip(inner.args, distinct):
-        if isinstance(value.type, ir.PointerType) and not any(value is other for other in may_alias):
-            arg.add_attribute("noalias")
-    start, end = inner.args[len(distinct):len(distinct) + 2]
-    start.name, end.name = "start", "end"
-    inner_of = {id(v): arg for v, arg in zip(distinct, inner.args)}
-    if batch is not None:
-        inner.args[-1].name = "batch"
-        inner_of[id(batch)] = inner.args[-1]
-    ib = ir.IRBuilder(inner.append_basic_block("entry"))
-    emit_body(ib, [inner_of[id(v)] for v in values], start, end)
-    ib.ret_void()
-    body = ir.Function(module, BODY_TYPE, module.get_unique_name(f"{name}.chunk"))
-    body.linkage = "internal"
-    bb = ir.IRBuilder(body.append_basic_block("entry"))
-    ctx = bb.bitcast(body.args[0], fields.as_pointer())
-    loaded = [bb.load(field(bb, ctx, k)) for k in range(len(stored))]
-    bb.call(inner, loaded[:len(distinct)] + list(body.args[1:]) + loaded[len(distinct):])
-    bb.ret_void()
+    `void name(...values, i64 start, i64 end)` (cgutils.emit_closure: its pointers `noalias`
+    but those in may_alias; a trailing `batch` parameter where the caller has one), which the
+    pool calls through `void name.chunk(i8* ctx, i64 start, i64 end)`."""
+    body, pointer = emit_closure(b, name, f"{name}.chunk", values, ("start", "end"), emit_body, may_alias)
 
     count = n if isinstance(n, ir.Value) else ir.Constant(I64, n)
     grain = grain if isinstance(grain, ir.Value) else ir.Constant(I64, grain)
-    zero, pointer = ir.Constant(I64, 0), b.bitcast(context, I8P)
+    zero = ir.Constant(I64, 0)
     if isinstance(count, ir.Constant) and isinstance(grain, ir.Constant) and count.constant < 2 * grain.constant:
         b.call(body, [pointer, zero, count])
         return
