@@ -170,7 +170,7 @@ class Executable:
         if not all(leaves[k].flags.writeable for k in self._donated_inputs):
             return False
         arrays = [*leaves, *self.closures]
-        shared = overlapping_arguments(arrays, [a.__array_interface__["data"][0] for a in arrays])
+        shared = overlapping_arguments(arrays)
         return not shared.intersection(self._donated_inputs)
 
     def call_flat(self, leaves) -> list[np.ndarray]:

@@ -251,7 +251,7 @@ def _check_unshared(state: list[np.ndarray], params, opt_state) -> None:
     parameters, meant as tied weights): the step writes each one's update in place, so the
     shared memory would hold whichever was written last. Tied weights are one parameter used
     twice in the loss. The arrays are C-contiguous here, so address ranges tell overlap."""
-    shared = overlapping_arguments(state, [a.__array_interface__["data"][0] for a in state])
+    shared = overlapping_arguments(state)
     if shared:
         paths = tree_paths(params, "params") + tree_paths(opt_state, "opt_state")
         names = ", ".join(paths[k] for k in sorted(shared))

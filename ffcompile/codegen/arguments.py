@@ -7,11 +7,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 
-def overlapping_arguments(arrays, addresses) -> set[int]:
+def overlapping_arguments(arrays, addresses=None) -> set[int]:
     """Arguments that may share memory with another one: a donated one must then be
     copied before it is written. Sorted by address, arguments chain into clusters of
     overlapping ranges; every member of a cluster of two or more is reported (a
-    superset, never a miss), in n log n rather than n^2 comparisons."""
+    superset, never a miss), in n log n rather than n^2 comparisons. addresses: the
+    arrays' data addresses, if the caller has them (else read here)."""
+    if addresses is None:
+        addresses = [a.__array_interface__["data"][0] for a in arrays]
     spans = sorted((a, a + arrays[k].nbytes, k) for k, a in enumerate(addresses) if arrays[k].nbytes)
     found, cluster, reach = set(), [], -1
     for start, end, k in spans:

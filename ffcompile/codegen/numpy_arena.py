@@ -374,8 +374,7 @@ class _Emitter:
 
         def run(*arrays):
             # A donated array that shares memory with another argument is not written over.
-            shared = overlapping_arguments(arrays, [a.__array_interface__["data"][0] for a in arrays]) \
-                if donated else ()
+            shared = overlapping_arguments(arrays) if donated else ()
             results = [arrays[donated[k]] if k in donated and donated[k] not in shared
                        else np.empty(t.shape, t.np_dtype) for k, t in enumerate(out_types)]
             with lock:
