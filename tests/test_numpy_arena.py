@@ -40,6 +40,21 @@ def test_random_graphs_match_the_op_by_op_reference_bitwise(case):
         np.testing.assert_array_equal(got, expected)
 
 
+SUM_ROWS = (lambda x: ff.sum(x, axis=0, keepdims=True) @ x.T, "np.copyto")  # gemv
+SELF_PRODUCT = (lambda x: (x + 1.0) @ (x + 1.0).T, "np.copyto")  # syrk: one buffer on both sides
+SQUARE_PRODUCT = (lambda x: (x * 2.0) @ x.T, "np.transpose(v0, (1, 0))")  # gemm's flag: no copy
+
+
+@pytest.mark.parametrize("fn, transpose", [SUM_ROWS, SELF_PRODUCT, SQUARE_PRODUCT])
+def test_a_transpose_is_a_gemm_flag_only_where_numpy_sums_as_over_its_copy(fn, transpose):
+    """np.matmul rounds a transposed view by another kernel (gemv, syrk) than its copy, as
+    the reference holds it, except in gemm: the arena copies the transpose but there."""
+    x = np.random.default_rng(0).normal(size=(3, 3))
+    compiled = ff.compile(fn, backend="numpy")
+    np.testing.assert_array_equal(compiled(x), ff.compile(fn, backend="numpy", optimize=False)(x))
+    assert transpose in compiled.lower(x).source
+
+
 def digits_step():
     workload = zoo.get("digits")
     params, x, y = workload.example_inputs(0)
