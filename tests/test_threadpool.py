@@ -161,3 +161,26 @@ def test_a_child_forked_while_another_thread_sets_the_thread_count_can_set_it():
     result = fork_while("ff.set_num_threads(1 + n % 3)",
                         "ff.set_num_threads(2); ok = np.array_equal(np.asarray(f(a, b)), expected)", forks=5)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+@pytest.mark.parametrize("n, threads, chunks", [(3, 2, 2), (5, 2, 4), (12, 2, 4), (5, 3, 3), (2, 3, 2), (7, 3, 6)])
+def test_chunks_are_a_whole_number_per_thread_where_there_are_more_than_threads(restore_threads, n, threads,
+                                                                                chunks):
+    """[0, n) in grains of 1 is cut into min(n, CHUNKS_PER_THREAD x threads) chunks, rounded down
+    to a multiple of the thread count when above it (3 chunks on 2 threads took as long as 4)."""
+    import ctypes
+    import threading
+
+    body_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+    seen, lock = [], threading.Lock()
+
+    def body(ctx, start, end):
+        with lock:
+            seen.append((start, end))
+
+    ff.set_num_threads(threads)
+    parallel_for = ctypes.CFUNCTYPE(None, body_type, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        threadpool.parallel_for_address())
+    callback = body_type(body)
+    parallel_for(callback, None, n, 1)
+    assert sorted(seen) == [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]

@@ -58,6 +58,7 @@ from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_bla
 from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
+from .smallgemm_split import emit_split_small_gemm
 from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
@@ -336,22 +337,14 @@ def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
     return RUNTIME
 
 
-def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
-    """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
-    block's rows of A are contiguous), split across the thread pool in chunks of at least
-    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
-    the blocks counted at run time, each one smallgemm's code with run-time rows)."""
+def _split_symbolic_small_gemm(b, pa, pb, pc, m: Sym, n: int, k: int, trans_b, scale) -> None:
+    """smallgemm's product of B-dependent rows over blocks of SPLIT_SMALL_ROWS rows of C (A
+    untransposed, so a block's rows of A are contiguous), split across the thread pool in
+    chunks of at least SPLIT_MIN_WORK multiply-adds: the blocks counted at run time, each one
+    smallgemm's code with run-time rows (fixed sizes: smallgemm_split.py)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
     rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
-    if isinstance(m, Sym):
-        blocks = None
-        units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
-    else:
-        blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
-        if blocks < 2 * grain:
-            emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
-            return
-        units = blocks + (1 if rest else 0)
+    units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
 
@@ -361,31 +354,23 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
-    def body(bb, values, start, end):
-        if blocks is None:  # every block's rows known at run time (the last one fewer): one code for all
-            rows = size_value(bb, m)
-            with for_range(bb, bb.sub(end, start), "rowblock") as i:
-                first = bb.mul(bb.add(start, i), rows_per_block)
-                left = bb.sub(rows, first)
-                block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
-            return
-        full = ir.Constant(I64, blocks)
-        stop = bb.select(bb.icmp_signed("<", end, full), end, full)
-        count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
-        with for_range(bb, count, "rowblock") as i:
-            block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
-        if rest:
-            with bb.if_then(bb.icmp_signed(">", end, full)):
-                block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
+    def body(bb, values, start, end):  # every block's rows known at run time (the last one fewer): one code for all
+        rows = size_value(bb, m)
+        with for_range(bb, bb.sub(end, start), "rowblock") as i:
+            first = bb.mul(bb.add(start, i), rows_per_block)
+            left = bb.sub(rows, first)
+            block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
 
     emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
 def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
-    """smallgemm's product, split by blocks of rows across the pool where A's rows are
-    contiguous (sizes: ints, or a Sym m or k)."""
-    if not trans_a and not symbolic(n, k):
-        _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
+    """smallgemm's product, split across the pool: fixed sizes by tiles of C (smallgemm_split.py),
+    a Sym m by blocks of rows where A's rows are contiguous (sizes: ints, or a Sym m or k)."""
+    if not symbolic(m, n, k):
+        emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+    elif not trans_a and not symbolic(n, k):
+        _split_symbolic_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
     else:
         emit_small_gemm(b, pa, pb, pc, *(d if isinstance(d, int) else size_value(b, d) for d in (m, n, k)),
                         trans_a, trans_b, scale)

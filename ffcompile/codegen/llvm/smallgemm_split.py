@@ -1,0 +1,65 @@
+"""smallgemm's product of fixed sizes split across the thread pool, by tiles of C.
+
+A unit of work is one panel (tile_shape's columns of C, all its rows) where C has enough of
+them to split, else one row of tiles (its rows, all columns). Units are tiles, so a chunk
+computes each element of C with the code the whole product would (the same bits at any thread
+count). The pool's chunks hold at least SMALL_SPLIT_MIN_WORK multiply-adds. A transposed A
+that smallgemm packs is packed once, before the split, not in every chunk (B untransposed: with
+both transposed, every chunk packs both, as the whole product did).
+
+Why: the deep step's products (64x256x256, its dX = dY W^T and dW = X^T dY with k = 64) ran on
+one core: 7.5 ms a step at 256 bits against 4.1 ms for NumPy's OpenBLAS on two. Panels before
+rows: a 64-row C has 11 row tiles of 6 (two chunks of 36 and 28 rows) but 16 panels of 16
+columns; and inside the deep step (profile, 512 bits, per product) 64x256x256 split by rows took
+35 us against 23 by panels, dW 58 against 26 (each thread's part of W stays in its core's
+cache from one step to the next).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .elementwise import I64
+from .smallgemm import emit_small_gemm, float_bytes, packed_transpose, packs_a, stack_scope, tile_shape
+from .threadpool import emit_parallel_for
+
+SMALL_SPLIT_MIN_WORK = 2 ** 20  # multiply-adds a chunk: ~10-20 us on one core, against ~1 us to hand it over
+
+
+def split_units(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> tuple[bool, int, int]:
+    """(by rows?, units, grain): how emit_split_small_gemm cuts the product."""
+    rows, cols = tile_shape(m, n, k, trans_a, trans_b, itemsize)
+    col_units, col_grain = -(-n // cols), -(-SMALL_SPLIT_MIN_WORK // (m * cols * k))
+    if col_units >= 2 * col_grain:
+        return False, col_units, col_grain
+    return True, -(-m // rows), -(-SMALL_SPLIT_MIN_WORK // (rows * n * k))
+
+
+def emit_split_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
+                          scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """emit_small_gemm's product (ints m, n, k), across the pool where it has 2 grains of units."""
+    ty = pc.type.pointee
+    if trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, float_bytes(ty)):
+        with stack_scope(b):
+            emit_split_small_gemm(b, packed_transpose(b, pa, m, k), pb, pc, m, n, k, False, trans_b, scale)
+        return
+    by_rows, units, grain = split_units(m, n, k, trans_a, trans_b, float_bytes(ty))
+    if units < 2 * grain:
+        emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        return
+    rows_per_unit = ir.Constant(I64, tile_shape(m, n, k, trans_a, trans_b, float_bytes(ty))[0])
+    alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+
+    def body(bb, values, start, end):
+        pa_, pb_, pc_, alpha_, beta_ = values
+        scale_ = (alpha_, beta_) if scale else None
+        if not by_rows:
+            emit_small_gemm(bb, pa_, pb_, pc_, m, n, k, trans_a, trans_b, scale_, panels=(start, end))
+            return
+        first, last = bb.mul(start, rows_per_unit), bb.mul(end, rows_per_unit)
+        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
+        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+        emit_small_gemm(bb, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, scale_,
+                        lda=m if trans_a else None)
+
+    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
