@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_llvm_smallgemm import assert_gemm_close, operands
+from test_llvm_packed_epilogue import TOLERANCE, dense, layer_inputs
+from test_llvm_smallgemm import TRANSPOSES, assert_gemm_close, operands
 
 import ffcompile as ff
 from ffcompile.codegen.llvm import blas, smallgemm
@@ -33,6 +34,13 @@ CASES = [
 ]
 
 
+def splits(m, n, k, trans_a, trans_b, itemsize) -> bool | None:
+    """Whether emit_split_small_gemm cuts the product by rows (True), panels (False), or not (None)."""
+    packed_a = trans_a and not trans_b and smallgemm.packs_a(m, n, k, trans_a, trans_b, itemsize)
+    rows, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize)
+    return rows if units >= 2 * grain else None
+
+
 @pytest.fixture
 def restore_threads():
     before = ff.get_num_threads()
@@ -47,9 +55,7 @@ def test_split_product_is_bitwise_the_same_at_any_thread_count(restore_threads, 
     name = "f32" if dtype == np.float32 else "f64"
     itemsize = np.dtype(dtype).itemsize
     assert blas.gemm_route(m, n, k, name, trans_a, trans_b) == blas.SMALL
-    packed_a = trans_a and not trans_b and smallgemm.packs_a(m, n, k, trans_a, trans_b, itemsize)
-    rows, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize)
-    assert rows == by_rows and units >= 2 * grain, "the case splits, along the axis it names"
+    assert splits(m, n, k, trans_a, trans_b, itemsize) == by_rows, "the case splits, along the axis it names"
     gemm = StandaloneGemm(m, n, k, name, trans_a, trans_b, scaled=scaled)
     assert "ffc_parallel_for" in gemm.llvm_ir
     a, b = operands(m, n, k, trans_a, trans_b, dtype)
@@ -69,6 +75,36 @@ def test_split_product_is_bitwise_the_same_at_any_thread_count(restore_threads, 
     exact = alpha * (op_a.astype(np.float64) @ op_b.astype(np.float64)) + beta * c0
     bound = 1e-5 * (abs(alpha) * np.abs(op_a.astype(np.float64)) @ np.abs(op_b) + abs(beta * c0)) + 1e-6
     assert (np.abs(results[0] - exact) <= bound).all()
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+def test_a_layers_epilogue_runs_in_the_chunks(restore_threads, monkeypatch, trans_a, trans_b, dtype):
+    """A dense layer's bias, GELU, residual and second result run inside the split product's
+    function, on the part of C each chunk computed: the NumPy backend's results, the same bits
+    at 1, 2 and 3 threads."""
+    m, n, k = (64, 250, 256) if dtype == np.float32 else (96, 120, 256)
+    assert blas.gemm_route(m, n, k, "f32" if dtype == np.float32 else "f64", trans_a, trans_b) == blas.SMALL
+    assert splits(m, n, k, trans_a, trans_b, np.dtype(dtype).itemsize) is False
+    fused = []
+    split = blas.emit_split_small_gemm
+
+    def recording(*args, **kwargs):
+        fused.append(kwargs.get("epilogue", args[10] if len(args) > 10 else None) is not None)
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(blas, "emit_split_small_gemm", recording)
+    args = layer_inputs(m, n, k, trans_a, trans_b, dtype)
+    fn = ff.compile(dense(trans_a, trans_b), backend="llvm")
+    results = []
+    for threads in (1, 2, 3):
+        ff.set_num_threads(threads)
+        results.append([np.asarray(v).copy() for v in fn(*args)])
+    assert fused == [True]
+    assert all(np.array_equal(g, w) for r in results[1:] for g, w in zip(r, results[0], strict=True))
+    want = [np.asarray(v) for v in ff.compile(dense(trans_a, trans_b), backend="numpy")(*args)]
+    for g, w in zip(results[0], want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * np.abs(w).max())
+
 
 def test_dot_tiles_fit_the_registers_of_each_width():
     """A dot tile's accumulators, plus one operand's vectors and one of the other's for a k step,

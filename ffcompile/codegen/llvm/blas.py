@@ -54,7 +54,8 @@ from .elementwise import (
     loop_nest,
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
-from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas
+from .gemm_calibration import WORK_BANDS, fastest, forced_route, measured
+from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas, route_key
 from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
@@ -201,7 +202,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
     scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
-    An epilogue (only for a 2-D SKINNY, RUNTIME or PACKED product) runs in that kernel's function.
+    An epilogue (only for a 2-D SKINNY, RUNTIME, PACKED or SMALL product) runs in that kernel's function.
     Types may hold Sym sizes (a symbolic batch size B in 1..max_batch, None: unbounded): the
     function `b` builds then has a trailing `batch` parameter, and the route is RUNTIME's."""
     shape = out.type.shape
@@ -214,7 +215,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     dtype = out.type.dtype
     route = gemm_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    assert epilogue is None or (route in (*FUSING_ROUTES, PACKED) and not batch), "a 2-D skinny or packed product fuses"
+    assert epilogue is None or (route in (*FUSING_ROUTES, PACKED, SMALL) and not batch), \
+        "a 2-D skinny, packed or fixed-size smallgemm product fuses"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
@@ -228,6 +230,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
                                                          max_batch))
         elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
+        elif route == SMALL and epilogue is not None:
+            emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
         elif route == SMALL:
             _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
@@ -266,7 +270,7 @@ def _reference_blocks(shape: tuple, dtype, trans_a, trans_b, max_batch) -> tuple
     reference = BatchRange(max_batch).reference
     at = [d.coef * reference if isinstance(d, Sym) else d for d in shape]
     try:
-        if gemm_route(*at, dtype, trans_a, trans_b) != PACKED:
+        if gemm_route(*at, dtype, trans_a, trans_b, measured_small=False) != PACKED:
             return None
     except GemmTooLarge:
         return None
@@ -289,13 +293,15 @@ BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
 FUSING_ROUTES = (SKINNY, RUNTIME, RUNTIME_NATIVE)  # the routes that take a ColumnEpilogue
 
 
-def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
+def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None,
+               measured_small: bool = True) -> str | None:
     """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
-    nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
-    beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
+    nest is for integers, and k == 0. Above native_max_work(), smallgemm where it competes and was
+    measured faster than both (small_competes; unless measured_small is False), else packed_gemm's
+    kernel where it beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped).
 
     Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
@@ -315,10 +321,31 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
         return SMALL
     if dtype not in BLAS_FUNCTIONS or k == 0:
         return LOOPS
+    if measured_small and small_competes(m, n, k, dtype, trans_a, trans_b) and _small_measured_fastest(m, n, k, itemsize):
+        return SMALL
     if max(m, n, k) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes")
     return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
+
+
+def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> bool:
+    """Whether smallgemm is measured against the packed GEMM and BLAS for a product above
+    native_max_work(): a float product in the calibration's lowest work band, A untransposed (a
+    transposed A is packed before the tiles: 512x512x128 at 256 bits ran at half the packed
+    GEMM's rate), that smallgemm's stack buffers hold."""
+    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[0]
+            and small_gemm_fits(m, n, k, trans_a, trans_b, 4 if dtype == "f32" else 8))
+
+
+def _small_measured_fastest(m: int, n: int, k: int, itemsize: int) -> bool:
+    """smallgemm for this product: as forced (FFCOMPILE_GEMM_ROUTE=small), else as its class was
+    measured on this host (gemm_calibration.py; unmeasured: not)."""
+    forced = forced_route()
+    if forced is not None:
+        return forced == "small"
+    found = measured(route_key(m, n, k, itemsize, _blas_threads))
+    return found is not None and fastest(found) == "small"
 
 
 def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .elementwise import I64
+from .elementwise import I64, ColumnEpilogue
 from .smallgemm import emit_small_gemm, float_bytes, packed_transpose, packs_a, stack_scope, tile_shape
 from .threadpool import emit_parallel_for
 
@@ -35,31 +35,45 @@ def split_units(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: 
 
 
 def emit_split_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
-                          scale: tuple[ir.Value, ir.Value] | None = None) -> None:
-    """emit_small_gemm's product (ints m, n, k), across the pool where it has 2 grains of units."""
+                          scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
+    """emit_small_gemm's product (ints m, n, k), across the pool where it has 2 grains of units;
+    then the epilogue on the part of C each chunk computed, in the chunk (still in its core's cache)."""
     ty = pc.type.pointee
     if trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, float_bytes(ty)):
         with stack_scope(b):
-            emit_split_small_gemm(b, packed_transpose(b, pa, m, k), pb, pc, m, n, k, False, trans_b, scale)
+            emit_split_small_gemm(b, packed_transpose(b, pa, m, k), pb, pc, m, n, k, False, trans_b, scale, epilogue)
         return
     by_rows, units, grain = split_units(m, n, k, trans_a, trans_b, float_bytes(ty))
     if units < 2 * grain:
         emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+        if epilogue is not None:
+            epilogue.emit(b, epilogue.values, ir.Constant(I64, 0), ir.Constant(I64, n))
         return
-    rows_per_unit = ir.Constant(I64, tile_shape(m, n, k, trans_a, trans_b, float_bytes(ty))[0])
+    rows, cols = tile_shape(m, n, k, trans_a, trans_b, float_bytes(ty))
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
+    head = [pa, pb, pc, alpha, beta]
 
     def body(bb, values, start, end):
-        pa_, pb_, pc_, alpha_, beta_ = values
+        pa_, pb_, pc_, alpha_, beta_ = values[:len(head)]
         scale_ = (alpha_, beta_) if scale else None
+        size = n if not by_rows else m
+        first = bb.mul(start, ir.Constant(I64, cols if not by_rows else rows))
+        last = bb.mul(end, ir.Constant(I64, cols if not by_rows else rows))
+        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, size)), last, ir.Constant(I64, size))
         if not by_rows:
             emit_small_gemm(bb, pa_, pb_, pc_, m, n, k, trans_a, trans_b, scale_, panels=(start, end))
+        else:
+            a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
+            c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
+            emit_small_gemm(bb, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, scale_,
+                            lda=m if trans_a else None)
+        if epilogue is None:
             return
-        first, last = bb.mul(start, rows_per_unit), bb.mul(end, rows_per_unit)
-        last = bb.select(bb.icmp_signed("<", last, ir.Constant(I64, m)), last, ir.Constant(I64, m))
-        a_rows = bb.gep(pa_, [first if trans_a else bb.mul(first, ir.Constant(I64, k))], inbounds=True)
-        c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
-        emit_small_gemm(bb, a_rows, pb_, c_rows, bb.sub(last, first), n, k, trans_a, trans_b, scale_,
-                        lda=m if trans_a else None)
+        loaded = values[len(head):]
+        if by_rows:
+            epilogue.emit(bb, loaded, ir.Constant(I64, 0), ir.Constant(I64, n), rows=(first, last))
+        else:
+            epilogue.emit(bb, loaded, first, last)
 
-    emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
+    extra = epilogue.values if epilogue is not None else []
+    emit_parallel_for(b, "smallgemm", [*head, *extra], units, grain, body)
