@@ -29,6 +29,7 @@ CASES = [
     (130, 200, 300, True, True, np.float32, False),  # both transposed: A and B packed in each chunk
     (600, 10, 2000, False, False, np.float32, True),
     (128, 10, 512, False, False, np.float32, True),  # mnist's last layer
+    (300, 3, 2048, False, True, np.float32, True),  # dot-product tiles, by rows (run-time row counts)
     (500, 10, 1000, True, False, np.float32, True),
     (64, 256, 256, False, True, np.float64, False),
     (97, 200, 256, True, False, np.float64, False),
