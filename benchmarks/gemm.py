@@ -5,7 +5,8 @@
 
 Each shape (m x n x k, C = A @ B with A m x k) runs as one compiled `x @ y` per route:
 `packed` forces packed_gemm.py, `blas` forces the BLAS call (split over the thread pool,
-SciPy's OpenBLAS at one thread per chunk, as programs run it); the route this host's
+SciPy's OpenBLAS at one thread per chunk, as programs run it), `small` smallgemm split over the
+pool (only in the calibration's lowest work band, A untransposed: blas.small_competes); the route this host's
 calibration picks (gemm_calibration.py, measured now if not yet) is marked `*`.
 `scipy1` calls sgemm/dgemm from Python (OpenBLAS at the one thread programs give it),
 `numpy` np.matmul (NumPy's own OpenBLAS, at --threads), `jax` a jitted jnp.dot (XLA's own GEMM) when JAX is installed. Timing:
@@ -40,7 +41,7 @@ def _layer(x, w, bias):
 
 def _compiled(route: str, fn, args, fused: bool = True):
     """`fn` compiled with the route of products above smallgemm's range forced to `route`
-    ("packed", "blas"); fused=False keeps its epilogue out of the GEMM (a loop after it)."""
+    ("packed", "blas", "small"); fused=False keeps its epilogue out of the GEMM (a loop after it)."""
     import ffcompile as ff
     from ffcompile.codegen.llvm import lower
     from ffcompile.codegen.llvm.gemm_calibration import route_forced
@@ -63,6 +64,7 @@ def contenders(m, n, k, dtype, epilogue: bool = False, with_jax: bool = True):
 
     from ffcompile.codegen.llvm import blas
     from ffcompile.codegen.llvm.calibrate import calibrate_class, either_route
+    from ffcompile.codegen.llvm.gemm_calibration import fastest
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -73,10 +75,11 @@ def contenders(m, n, k, dtype, epilogue: bool = False, with_jax: bool = True):
     chosen = None
     if either_route(m, n, k, name):  # the route this host's calibration picks
         record = calibrate_class(m, n, k, name)
-        chosen = "packed" if record["packed_seconds"] < record["blas_seconds"] else "blas"
+        chosen = fastest(record)
     blas.default_blas_threads()
     out = {}
-    for route in ("packed", "blas"):
+    competes = blas.small_competes(m, n, k, name, False, False)
+    for route in ("packed", "blas", "small") if competes else ("packed", "blas"):
         out[route + ("*" if route == chosen else "")] = _compiled(route, fn, args)
     if epilogue:
         out["packed-apart"] = _compiled("packed", fn, args, fused=False)

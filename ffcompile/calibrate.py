@@ -1,5 +1,6 @@
 """`python -m ffcompile.calibrate`: build this host's runtime and measure, ahead of time, where
-ffcompile's packed GEMM beats the BLAS call on this host, and print the table
+ffcompile's packed GEMM beats the BLAS call on this host (and smallgemm both, in the lowest
+band), and print the table
 (codegen/llvm/gemm_calibration.py).
 
 The host's runtime is what every program on it calls and the disk cache keeps once per host:
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     from ffcompile.codegen.llvm.calibrate import calibrate_class
     from ffcompile.codegen.llvm.gemm_library import build_host_runtime
     from ffcompile.codegen.llvm.packed_gemm import vector_bytes
-    from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name
+    from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name, fastest
 
     if args.threads:
         ff.set_num_threads(args.threads)
@@ -38,14 +39,15 @@ def main(argv=None) -> None:
     print(f"# {ff.get_num_threads()} threads, vectors of {8 * vector_bytes()} bits")
     built = build_host_runtime(vector_bytes())
     print(f"# host runtime: {built} packed GEMM functions built (the rest of 8 loaded)", flush=True)
-    print("# class: shape | packed GFLOP/s | blas GFLOP/s | packed over blas | route")
+    print("# class: shape | packed GFLOP/s | blas GFLOP/s | small GFLOP/s | packed over blas | route")
     for dtype in args.dtype.split(","):
         for shape in REPRESENTATIVE.values():
             found = calibrate_class(*shape, dtype, force=args.force)
             m, n, k = found["shape"]
             packed, blas = (2 * m * n * k / found[f"{route}_seconds"] / 1e9 for route in ("packed", "blas"))
-            print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {packed / blas:4.2f}x | "
-                  f"{'packed' if packed > blas else 'blas'}", flush=True)
+            small = "-" if found["small_seconds"] is None else f"{2 * m * n * k / found['small_seconds'] / 1e9:6.1f}"
+            print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {small} | "
+                  f"{packed / blas:4.2f}x | {fastest(found)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,16 @@ def test_symbolic_batch_benchmark_counts_traces_and_programs(capsys):
     out = capsys.readouterr().out
     assert "| digits | 64 |" in out and "symbolic / fixed" in out
     assert "| per size | 2 | 2 |" in out and "| batch_dim=0 | 1 | 2 |" in out
+
+
+def test_step_batches_prints_a_line_per_batch(capsys):
+    """benchmarks.step_batches (the bimodal-step diagnosis): a median, the CPU/wall ratio and
+    each CPU's busy jiffies per batch."""
+    from benchmarks import step_batches
+
+    step_batches.main(["--model", "xor", "--batches", "2", "--steps", "3", "--pause", "0"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# xor:") and len(lines) == 3
+    for line in lines[1:]:
+        median, ratio, busy = line.split(" | ")
+        assert float(median) > 0 and float(ratio) >= 0 and busy.startswith("[")

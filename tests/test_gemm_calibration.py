@@ -71,7 +71,8 @@ def test_the_record_is_kept_on_disk_for_the_next_process(measured_routes, tmp_pa
     assert json.loads(path.read_text())["host"] == gemm_calibration.host_key()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other host", "other code", "other format", "bad record"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other host", "other code", "other format", "bad record",
+                                    "format 1 record"])
 def test_a_damaged_file_is_ignored_and_measured_again(measured_routes, damage):
     measured, _ = measured_routes
     product_program()
@@ -82,7 +83,9 @@ def test_a_damaged_file_is_ignored_and_measured_again(measured_routes, damage):
             "other host": json.dumps({**data, "host": "another cpu"}),
             "other code": json.dumps({**data, "code": "an older code generator"}),
             "other format": json.dumps({**data, "format": 0}),
-            "bad record": json.dumps({**data, "records": {key: {**data["records"][key], "blas_seconds": "fast"}}})}
+            "bad record": json.dumps({**data, "records": {key: {**data["records"][key], "blas_seconds": "fast"}}}),
+            "format 1 record": json.dumps({**data, "records": {key: {
+                name: value for name, value in data["records"][key].items() if name != "small_seconds"}}})}
     path.write_text(text[damage])
     gemm_calibration.forget()
     executable, a, b = product_program()
@@ -152,9 +155,41 @@ def test_each_representative_is_in_its_own_class():
         assert calibrate.either_route(*shape, "f32") and calibrate.either_route(*shape, "f64")
 
 
-def test_the_real_measurement_times_both_routes():
-    packed_seconds, blas_seconds = calibrate.time_routes(*REPRESENTATIVE[(True, 0)], "f32")
-    assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1
+def test_the_real_measurement_times_every_route_that_competes():
+    """smallgemm competes in the lowest band only (the class of mnist's layers), A untransposed."""
+    packed_seconds, blas_seconds, small_seconds = calibrate.time_routes(*REPRESENTATIVE[(True, 0)], "f32")
+    assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1 and 0 < small_seconds < 1
+    assert blas.small_competes(*REPRESENTATIVE[(False, 0)], "f64", False, True)
+    assert not blas.small_competes(*REPRESENTATIVE[(True, 0)], "f32", True, False)
+    assert not any(blas.small_competes(*shape, "f32", False, False) for (_, band), shape in REPRESENTATIVE.items() if band)
+
+
+MNIST_LAYER = (128, 512, 784)  # the lowest band, above smallgemm's own range
+
+
+@pytest.mark.parametrize("seconds, route", [((2.0, 3.0, 1.0), blas.SMALL), ((1.0, 3.0, 2.0), blas.PACKED),
+                                            ((3.0, 1.0, 2.0), blas.BLAS)])
+def test_smallgemm_takes_a_product_of_the_lowest_band_where_measured_fastest(measured_routes, seconds, route):
+    """In the lowest band smallgemm (split across the pool) is the third contender: a program's
+    product takes the fastest of the three; a transposed A never smallgemm's."""
+    measured, fake = measured_routes
+    fake[0] = seconds
+    m, n, k = MNIST_LAYER
+    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
+    executable = build(lowered_graph(lambda x, y: x @ y, a, b))[0]
+    assert measured == [(*REPRESENTATIVE[(True, 0)], "f32")]
+    assert blas.gemm_route(m, n, k, "f32", False, False) == route
+    assert blas.gemm_route(m, n, k, "f32", False, True) == route  # B transposed: the same class
+    assert blas.gemm_route(m, n, k, "f32", True, False) in (blas.PACKED, blas.BLAS)
+    assert executable.blas == (("sgemm",) if route == blas.BLAS else ())
+    np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full((m, n), float(k), np.float32))
+
+
+def test_the_small_route_forced_takes_smallgemm_where_it_competes(monkeypatch):
+    monkeypatch.setenv(ROUTE_VARIABLE, "small")
+    assert blas.gemm_route(*MNIST_LAYER, "f32", False, False) == blas.SMALL
+    assert blas.gemm_route(*SHAPE, "f32", False, False) == blas.BLAS  # a higher band: BLAS
+    assert blas.gemm_route(*MNIST_LAYER, "f32", True, False) == blas.BLAS  # A transposed: BLAS
 
 
 def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):

@@ -161,3 +161,48 @@ def test_a_child_forked_while_another_thread_sets_the_thread_count_can_set_it():
     result = fork_while("ff.set_num_threads(1 + n % 3)",
                         "ff.set_num_threads(2); ok = np.array_equal(np.asarray(f(a, b)), expected)", forks=5)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
+
+
+@pytest.mark.parametrize("n, threads, chunks", [(3, 2, 2), (5, 2, 4), (12, 2, 4), (5, 3, 3), (2, 3, 2), (7, 3, 6)])
+def test_chunks_are_a_whole_number_per_thread_where_there_are_more_than_threads(restore_threads, n, threads,
+                                                                                chunks):
+    """[0, n) in grains of 1 is cut into min(n, CHUNKS_PER_THREAD x threads) chunks, rounded down
+    to a multiple of the thread count when above it (3 chunks on 2 threads took as long as 4)."""
+    import ctypes
+    import threading
+
+    body_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+    seen, lock = [], threading.Lock()
+
+    def body(ctx, start, end):
+        with lock:
+            seen.append((start, end))
+
+    ff.set_num_threads(threads)
+    parallel_for = ctypes.CFUNCTYPE(None, body_type, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        threadpool.parallel_for_address())
+    callback = body_type(body)
+    parallel_for(callback, None, n, 1)
+    assert sorted(seen) == [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]
+
+
+def _pool_function_ir(name: str) -> str:
+    module = str(threadpool._PoolModule().m)
+    start = module.index(f'@"{name}"(')
+    return module[start:module.index("\n}\n", start)]
+
+
+def test_a_new_job_takes_the_ticket_before_its_fields_are_written():
+    """A worker that read the last job's ticket, then this job's chunk count, must fail to claim:
+    the ticket changes first (stored after the fields, the claim succeeded on them, a chunk was
+    counted twice and the caller waited forever)."""
+    stored = [line.split("@")[-1].split()[0] for line in _pool_function_ir("ffc_pool_parallel_for").splitlines()
+              if "store atomic" in line]
+    assert stored.index('"pool.ticket"') < min(stored.index(f'"pool.{name}"') for name in ("n", "chunks", "finished"))
+
+
+def test_a_spinning_thread_yields_the_core_after_a_while():
+    """The worker waiting for work and the caller waiting for chunks call sched_yield once they
+    have spun YIELD_AFTER_CYCLES: with another process on one of 2 cores, both share the other."""
+    for name in ("pool.worker", "ffc_pool_parallel_for"):
+        assert "call i32 @\"sched_yield\"()" in _pool_function_ir(name), name

@@ -54,10 +54,12 @@ from .elementwise import (
     loop_nest,
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
-from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas
+from .gemm_calibration import WORK_BANDS, fastest, forced_route, measured
+from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas, route_key
 from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
 from .smallgemm import emit_small_gemm, product, small_gemm_fits
+from .smallgemm_split import emit_split_small_gemm
 from .threadpool import emit_parallel_for
 
 # m * n * k at or below which generated code beats the BLAS call, by the BLAS thread count
@@ -200,7 +202,7 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     """out = op(a) @ op(b_); `a`/`b_` are the memory of the operands
     (transposed in memory where trans_a/trans_b says so). With scale = (alpha, beta), float
     scalars: out = alpha * op(a) @ op(b_) + beta * out, BLAS's own form (accumulate.py).
-    An epilogue (only for a 2-D SKINNY, RUNTIME or PACKED product) runs in that kernel's function.
+    An epilogue (only for a 2-D SKINNY, RUNTIME, PACKED or SMALL product) runs in that kernel's function.
     Types may hold Sym sizes (a symbolic batch size B in 1..max_batch, None: unbounded): the
     function `b` builds then has a trailing `batch` parameter, and the route is RUNTIME's."""
     shape = out.type.shape
@@ -213,7 +215,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
     dtype = out.type.dtype
     route = gemm_route(m, n, k, dtype, trans_a, trans_b, max_batch)
     groups = [(d,) for d in range(len(batch)) if batch[d] != 1]
-    assert epilogue is None or (route in (*FUSING_ROUTES, PACKED) and not batch), "a 2-D skinny or packed product fuses"
+    assert epilogue is None or (route in (*FUSING_ROUTES, PACKED, SMALL) and not batch), \
+        "a 2-D skinny, packed or fixed-size smallgemm product fuses"
     if route is None:
         return
     with loop_nest(b, batch, groups) as point:
@@ -227,6 +230,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
                                                          max_batch))
         elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
+        elif route == SMALL and epilogue is not None:
+            emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
         elif route == SMALL:
             _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
@@ -265,7 +270,7 @@ def _reference_blocks(shape: tuple, dtype, trans_a, trans_b, max_batch) -> tuple
     reference = BatchRange(max_batch).reference
     at = [d.coef * reference if isinstance(d, Sym) else d for d in shape]
     try:
-        if gemm_route(*at, dtype, trans_a, trans_b) != PACKED:
+        if gemm_route(*at, dtype, trans_a, trans_b, measured_small=False) != PACKED:
             return None
     except GemmTooLarge:
         return None
@@ -288,13 +293,15 @@ BLAS_ROUTES = (BLAS, RUNTIME)  # the routes that may call BLAS
 FUSING_ROUTES = (SKINNY, RUNTIME, RUNTIME_NATIVE)  # the routes that take a ColumnEpilogue
 
 
-def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None) -> str | None:
+def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int | None = None,
+               measured_small: bool = True) -> str | None:
     """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
     smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
-    nest is for integers, and k == 0. Above native_max_work(), packed_gemm's kernel where it
-    beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
+    nest is for integers, and k == 0. Above native_max_work(), smallgemm where it competes and was
+    measured faster than both (small_competes; unless measured_small is False), else packed_gemm's
+    kernel where it beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped).
 
     Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
@@ -314,10 +321,31 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
         return SMALL
     if dtype not in BLAS_FUNCTIONS or k == 0:
         return LOOPS
+    if measured_small and small_competes(m, n, k, dtype, trans_a, trans_b) and _small_measured_fastest(m, n, k, itemsize):
+        return SMALL
     if max(m, n, k) > BLAS_INT_MAX:
         raise GemmTooLarge(f"a {dtype} product of ({m} x {k}) @ ({k} x {n}) has a dimension above "
                            f"{BLAS_INT_MAX}, the largest the BLAS (32-bit integers) takes")
     return PACKED if not native and packed_beats_blas(m, n, k, itemsize, _blas_threads) else BLAS
+
+
+def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> bool:
+    """Whether smallgemm is measured against the packed GEMM and BLAS for a product above
+    native_max_work(): a float product in the calibration's lowest work band, A untransposed (a
+    transposed A is packed before the tiles: 512x512x128 at 256 bits ran at half the packed
+    GEMM's rate), that smallgemm's stack buffers hold."""
+    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[0]
+            and small_gemm_fits(m, n, k, trans_a, trans_b, 4 if dtype == "f32" else 8))
+
+
+def _small_measured_fastest(m: int, n: int, k: int, itemsize: int) -> bool:
+    """smallgemm for this product: as forced (FFCOMPILE_GEMM_ROUTE=small), else as its class was
+    measured on this host (gemm_calibration.py; unmeasured: not)."""
+    forced = forced_route()
+    if forced is not None:
+        return forced == "small"
+    found = measured(route_key(m, n, k, itemsize, _blas_threads))
+    return found is not None and fastest(found) == "small"
 
 
 def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
@@ -336,22 +364,14 @@ def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:
     return RUNTIME
 
 
-def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
-    """smallgemm's product over blocks of SPLIT_SMALL_ROWS rows of C (A untransposed, so a
-    block's rows of A are contiguous), split across the thread pool in chunks of at least
-    SPLIT_MIN_WORK multiply-adds; the last, shorter block has its own static code (m a Sym:
-    the blocks counted at run time, each one smallgemm's code with run-time rows)."""
+def _split_symbolic_small_gemm(b, pa, pb, pc, m: Sym, n: int, k: int, trans_b, scale) -> None:
+    """smallgemm's product of B-dependent rows over blocks of SPLIT_SMALL_ROWS rows of C (A
+    untransposed, so a block's rows of A are contiguous), split across the thread pool in
+    chunks of at least SPLIT_MIN_WORK multiply-adds: the blocks counted at run time, each one
+    smallgemm's code with run-time rows (fixed sizes: smallgemm_split.py)."""
     grain = -(-SPLIT_MIN_WORK // (SPLIT_SMALL_ROWS * n * k))
     rows_per_block = ir.Constant(I64, SPLIT_SMALL_ROWS)
-    if isinstance(m, Sym):
-        blocks = None
-        units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
-    else:
-        blocks, rest = divmod(m, SPLIT_SMALL_ROWS)
-        if blocks < 2 * grain:
-            emit_small_gemm(b, pa, pb, pc, m, n, k, False, trans_b, scale)
-            return
-        units = blocks + (1 if rest else 0)
+    units = b.udiv(b.add(size_value(b, m), ir.Constant(I64, SPLIT_SMALL_ROWS - 1)), rows_per_block)
     ty = pc.type.pointee
     alpha, beta = scale or (ir.Constant(ty, 1.0), ir.Constant(ty, 0.0))
 
@@ -361,31 +381,23 @@ def _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale) -> None:
         c_rows = bb.gep(pc_, [bb.mul(first, ir.Constant(I64, n))], inbounds=True)
         emit_small_gemm(bb, a_rows, pb_, c_rows, rows, n, k, False, trans_b, (alpha_, beta_) if scale else None)
 
-    def body(bb, values, start, end):
-        if blocks is None:  # every block's rows known at run time (the last one fewer): one code for all
-            rows = size_value(bb, m)
-            with for_range(bb, bb.sub(end, start), "rowblock") as i:
-                first = bb.mul(bb.add(start, i), rows_per_block)
-                left = bb.sub(rows, first)
-                block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
-            return
-        full = ir.Constant(I64, blocks)
-        stop = bb.select(bb.icmp_signed("<", end, full), end, full)
-        count = bb.select(bb.icmp_signed("<", start, stop), bb.sub(stop, start), ir.Constant(I64, 0))
-        with for_range(bb, count, "rowblock") as i:
-            block_at(bb, values, bb.mul(bb.add(start, i), rows_per_block), SPLIT_SMALL_ROWS)
-        if rest:
-            with bb.if_then(bb.icmp_signed(">", end, full)):
-                block_at(bb, values, ir.Constant(I64, blocks * SPLIT_SMALL_ROWS), rest)
+    def body(bb, values, start, end):  # every block's rows known at run time (the last one fewer): one code for all
+        rows = size_value(bb, m)
+        with for_range(bb, bb.sub(end, start), "rowblock") as i:
+            first = bb.mul(bb.add(start, i), rows_per_block)
+            left = bb.sub(rows, first)
+            block_at(bb, values, first, bb.select(bb.icmp_signed("<", left, rows_per_block), left, rows_per_block))
 
     emit_parallel_for(b, "smallgemm", [pa, pb, pc, alpha, beta], units, grain, body)
 
 
 def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
-    """smallgemm's product, split by blocks of rows across the pool where A's rows are
-    contiguous (sizes: ints, or a Sym m or k)."""
-    if not trans_a and not symbolic(n, k):
-        _split_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
+    """smallgemm's product, split across the pool: fixed sizes by tiles of C (smallgemm_split.py),
+    a Sym m by blocks of rows where A's rows are contiguous (sizes: ints, or a Sym m or k)."""
+    if not symbolic(m, n, k):
+        emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
+    elif not trans_a and not symbolic(n, k):
+        _split_symbolic_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
     else:
         emit_small_gemm(b, pa, pb, pc, *(d if isinstance(d, int) else size_value(b, d) for d in (m, n, k)),
                         trans_a, trans_b, scale)

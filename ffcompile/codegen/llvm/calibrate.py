@@ -1,8 +1,9 @@
-"""Measure the packed GEMM against the BLAS call on this host (gemm_calibration.py keeps the result).
+"""Measure the packed GEMM against the BLAS call (and smallgemm, where it competes) on this host
+(gemm_calibration.py keeps the result).
 
 When a program is built (backend.py), every product of it that could take either route
 and whose shape class is not measured yet under the current thread counts and vector
-width gets its class measured: the class's representative shape through both routes
+width gets its class measured: the class's representative shape through every route
 (standalone_gemm.py), alternating, ROUNDS rounds of ROUND_SECONDS each a route; the
 fastest call of each. About 0.2-0.4 s per class, once per host: the
 record outlives the process in the disk cache's directory. `python -m ffcompile.calibrate`
@@ -16,7 +17,7 @@ import numpy as np
 
 from ...ir.symbolic import BatchRange, substitute
 from ...passes.schedule import KernelKind, Schedule
-from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route
+from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route, small_competes
 from .gemm_calibration import forced_route, measured, record, representative, route_forced
 from .lower import gemm_dims
 from .packed_gemm import route_key
@@ -35,25 +36,27 @@ def either_route(m: int, n: int, k: int, dtype: str, trans_a: bool = False, tran
         return gemm_route(m, n, k, dtype, trans_a, trans_b) == PACKED
 
 
-def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float]:
-    """(packed, blas) seconds of an (m x k) @ (k x n) product: the fastest call of each, over
-    ROUNDS rounds that alternate the routes, each ROUND_SECONDS of calls a route (on a
-    loaded machine some calls run while another process has a core; the fastest did not)."""
+def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float, float | None]:
+    """(packed, blas, small) seconds of an (m x k) @ (k x n) product (small None where smallgemm
+    does not compete): the fastest call of each, over ROUNDS rounds that take the routes in turn
+    (each round starting one further), each ROUND_SECONDS of calls a route (on a loaded machine
+    some calls run while another process has a core; the fastest did not)."""
     rng = np.random.default_rng(0)
     np_dtype = np.float32 if dtype == "f32" else np.float64
     a, b = (rng.standard_normal(shape).astype(np_dtype) for shape in ((m, k), (k, n)))
     c = np.empty((m, n), np_dtype)
-    gemms = [StandaloneGemm(m, n, k, dtype, False, False, route=route) for route in ("packed", "blas")]
-    best = [float("inf")] * 2
+    routes = ("packed", "blas", "small") if small_competes(m, n, k, dtype, False, False) else ("packed", "blas")
+    gemms = [StandaloneGemm(m, n, k, dtype, False, False, route=route) for route in routes]
+    best = [float("inf")] * len(routes)
     for r in range(ROUNDS):
-        for which in (r % 2, 1 - r % 2):
+        for which in ((r + i) % len(routes) for i in range(len(routes))):
             gemm = gemms[which]
             gemm(a, b, c)  # warm: caches, the pool's workers
             end = time.perf_counter() + ROUND_SECONDS
             while (start := time.perf_counter()) < end:
                 gemm(a, b, c)
                 best[which] = min(best[which], time.perf_counter() - start)
-    return best[0], best[1]
+    return best[0], best[1], best[2] if len(routes) == 3 else None
 
 
 def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> dict:

@@ -1,18 +1,25 @@
-"""Which of the packed GEMM and the BLAS call is faster on this host: the crossover as measured.
+"""Which of the packed GEMM, the BLAS call and smallgemm is faster on this host: the crossover as measured.
 
 A product above smallgemm's range falls in a shape class: its float type, whether it is
 thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
 gradient summed over one) and its work band (m * n * k below 2^26, 2^29, or above). Each
 class has one representative shape; calibrate.py times both routes on it, as programs run
 them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
-moment, and records the seconds here. The record is a small JSON file in the disk cache's
+moment, and records the seconds here; in the lowest band, smallgemm's too (split across the
+pool, it took mnist's 128x512x512 in 249 us at 256 bits where the packed GEMM took 310, but
+310 against 176 at 512: which wins depends on the host's width and kernels, so it is measured). The record is a small JSON file in the disk cache's
 directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
 with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
 foreign or outdated file is ignored (and rewritten by the next measurement);
 with the disk cache off the records live in this process only.
 
-FFCOMPILE_GEMM_ROUTE=packed|blas forces the choice (the test suite's conftest does, so no
-test depends on a measured value); `route_forced` does for one thread, for a block.
+FFCOMPILE_GEMM_ROUTE=packed|blas|small forces the choice (small: smallgemm where it may
+compete, else BLAS; the test suite's conftest forces packed, so no test depends on a measured
+value); `route_forced` does for one thread, for a block.
+
+A measurement is the fastest call of each route over alternating rounds (calibrate.py), so
+another process taking a core during some calls does not decide it; a record made on a busy
+machine can still pick the slower of two close routes: `python -m ffcompile.calibrate --force`.
 """
 from __future__ import annotations
 
@@ -28,8 +35,8 @@ from .cache import code_generator_fingerprint, default_cache
 from .target import host_key
 
 ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
-ROUTES = ("packed", "blas")
-FORMAT = 1  # the file's layout version: another one is ignored
+ROUTES = ("packed", "blas", "small")
+FORMAT = 2  # the file's layout version: another one is ignored (2: small_seconds)
 THIN_MAX = 256
 WORK_BANDS = (2 ** 26, 2 ** 29)  # upper bounds of the lower bands
 REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class
@@ -99,10 +106,12 @@ def calibration_path() -> Path | None:
 
 
 def _valid(record) -> bool:
-    return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds"}
+    return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds", "small_seconds"}
             and isinstance(record["shape"], list) and len(record["shape"]) == 3
             and all(isinstance(x, int) and x > 0 for x in record["shape"])
-            and all(isinstance(record[s], float) and record[s] > 0 for s in ("packed_seconds", "blas_seconds")))
+            and all(isinstance(record[s], float) and record[s] > 0 for s in ("packed_seconds", "blas_seconds"))
+            and (record["small_seconds"] is None
+                 or isinstance(record["small_seconds"], float) and record["small_seconds"] > 0))
 
 
 def _read(path: Path) -> dict[str, dict]:
@@ -125,19 +134,28 @@ def _table(path: Path | None) -> dict[str, dict]:
 
 
 def measured(key: str) -> dict | None:
-    """The record of class `key` ({"shape", "packed_seconds", "blas_seconds"}), if measured."""
+    """The record of class `key` ({"shape", "packed_seconds", "blas_seconds", "small_seconds"}), if
+    measured (small_seconds None: smallgemm does not compete in the class)."""
     with _lock:
         return _table(calibration_path()).get(key)
 
 
-def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float) -> None:
+def fastest(found: dict) -> str:
+    """The route a record measured fastest: 'small', 'packed' or 'blas'."""
+    seconds = {route: found[f"{route}_seconds"] for route in ROUTES if found[f"{route}_seconds"] is not None}
+    return min(seconds, key=seconds.get)
+
+
+def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float,
+           small_seconds: float | None = None) -> None:
     """Keep a measurement, and write the file (a temporary file renamed over it: a reader sees
     the old or the new one whole; a directory that cannot be written costs only the reuse)."""
     with _lock:
         path = calibration_path()
         table = _table(path)
         table[key] = {"shape": list(shape), "packed_seconds": float(packed_seconds),
-                      "blas_seconds": float(blas_seconds)}
+                      "blas_seconds": float(blas_seconds),
+                      "small_seconds": None if small_seconds is None else float(small_seconds)}
         if path is None:
             return
         text = json.dumps({"format": FORMAT, "host": host_key(), "code": code_generator_fingerprint(),

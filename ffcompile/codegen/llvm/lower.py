@@ -32,8 +32,8 @@ from ...passes.memory import MemoryPlan, aligned
 from ...passes.schedule import KernelKind, Schedule
 from .accumulate import match_accumulate
 from .collective import WAIT, collective_slot, emit_all_reduce_start, emit_collective_call
-from .blas import BLAS_FUNCTIONS, BLAS_ROUTES, FUSING_ROUTES, PACKED, RUNTIME, SKINNY, GemmTooLarge, blas_slot, \
-    blas_symbol, emit_gemm, gemm_route, runtime_takes_packed
+from .blas import BLAS_FUNCTIONS, BLAS_ROUTES, FUSING_ROUTES, PACKED, RUNTIME, SKINNY, SMALL, GemmTooLarge, \
+    blas_slot, blas_symbol, emit_gemm, gemm_route, runtime_takes_packed
 from .cgutils import affine_value
 from .elementwise import I8, I64, MEMORY_TYPES, Array, BodyEmitter, column_epilogue, constant, emit_map, scalar
 from .layout import emit_constant, emit_copy, emit_layout
@@ -507,12 +507,13 @@ def _lower_gemm(emitter: BodyEmitter, kernel, same_storage, batch_range: BatchRa
 def _fuses_epilogue(nodes, kernel, epilogue, same_storage, batch_range: BatchRange | None = None,
                     scaled: bool = False) -> bool:
     """Whether the epilogue runs inside the GEMM's function, per chunk of columns (a 2-D skinny
-    product, skinny.py, or a run-time route's: runtime_gemm.py) or per block of C (a 2-D packed
-    one, packed_gemm.py), when it writes over neither operand (a chunk still reading an operand
+    product, skinny.py, or a run-time route's: runtime_gemm.py), per chunk of panels or rows (a
+    fixed-size smallgemm one, smallgemm_split.py) or per block of C (a 2-D packed one,
+    packed_gemm.py), when it writes over neither operand (a chunk still reading an operand
     would see another chunk's results). After an accumulate-form product (scaled: alpha, beta),
-    only on the skinny and packed routes, whose kernels fuse both."""
+    only on the skinny, smallgemm and packed routes, whose kernels fuse both."""
     matmul = nodes[kernel.anchor]
-    fusing = (SKINNY, PACKED) if scaled else (*FUSING_ROUTES, PACKED)
+    fusing = (SKINNY, PACKED, SMALL) if scaled else (*FUSING_ROUTES, PACKED, SMALL)
     if matmul.type.rank != 2 or _gemm_route(nodes, kernel, batch_range) not in fusing:
         return False
     transposed = (kernel.trans_a, kernel.trans_b)

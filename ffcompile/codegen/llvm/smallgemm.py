@@ -27,7 +27,7 @@ step time unchanged within noise).
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from llvmlite import ir
 
@@ -37,7 +37,11 @@ from .target import vector_bytes
 
 MR = 6  # rows of C per tile: 12 accumulators; the best of 4, 6, 8 x 2, 3 (deep step, 1 thread: 5.4 -> 4.6 ms)
 PANEL_VECTORS = 2  # vectors per tile row: MR * PANEL_VECTORS accumulators
-DOT_COLUMNS = 4  # columns of C per dot-product tile: MR * DOT_COLUMNS vector accumulators
+# (rows, columns) of C per dot-product tile, by vector bytes: rows x columns vector accumulators
+# plus the A and B vectors of a k step must fit the registers (32 zmm with AVX-512, 16 ymm with
+# AVX2). 6 x 4 at 256 bits spilled: 64x256x256 with B transposed, 1 thread, 114-187 us; 4 x 3:
+# 69-72 us (3 x 4: 102, 2 x 4: 74, 4 x 2: 74).
+DOT_TILES = {64: (6, 4), 32: (4, 3)}
 DOT_MIN_K = 4  # k (in vectors) below which the lane sums cost more than packing B
 PACK_A_MIN_PANELS = 2  # panels of C above which a transposed A is packed (see module doc)
 PACK_MAX_BYTES = 256 * 1024  # stack for a packed operand; larger products take another path
@@ -85,46 +89,79 @@ def _plan(m, n, k, trans_a, trans_b, vw) -> tuple[bool, bool, bool]:
     return False, trans_a and n > PACK_A_MIN_PANELS * vw * PANEL_VECTORS, trans_b
 
 
+def tile_shape(m, n: int, k, trans_a: bool, trans_b: bool, itemsize: int) -> tuple[int, int]:
+    """(rows, columns) of C per tile of emit_small_gemm's product (the columns: a panel)."""
+    vw = vector_bytes() // itemsize
+    if _plan(m, n, k, trans_a, trans_b, vw)[0]:
+        return DOT_TILES[vector_bytes()]
+    return MR, vw * PANEL_VECTORS
+
+
 def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k, trans_a: bool, trans_b: bool,
-                    scale: tuple[ir.Value, ir.Value] | None = None) -> None:
+                    scale: tuple[ir.Value, ir.Value] | None = None, lda=None,
+                    panels: tuple[ir.Value, ir.Value] | None = None) -> None:
     """C = op(A) op(B) for float pointers pa, pb, pc (row-major, C is m x n, k >= 1);
     with scale = (alpha, beta): C = alpha * op(A) op(B) + beta * C. m and k: ints, or i64
-    values (>= 1) known at run time."""
+    values (>= 1) known at run time. lda: a transposed A's row stride when its m columns are
+    part of a wider matrix (default m). panels = (start, end), i64 values: only C's columns
+    of panels start to end - 1 (tile_shape's columns each; the last one may be narrower)."""
     ty = pc.type.pointee
     vw = vector_bytes() // float_bytes(ty)
     dot, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vw)
     if dot:
-        _tile_loops(b, m, n, MR, DOT_COLUMNS, DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit)
+        _tile_loops(b, m, n, *DOT_TILES[vector_bytes()], DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit, panels)
         return
-    # Packed copies are freed right after the product, so a graph of many GEMMs
-    # (or a batch loop) needs stack for one buffer at a time.
-    bytes_ptr, saved = I8.as_pointer(), None
-    if pack_a or pack_b:
-        saved = b.call(b.module.declare_intrinsic("llvm.stacksave", fnty=ir.FunctionType(bytes_ptr, [])), [])
-    if pack_a:
-        pa, trans_a = _packed_transpose(b, pa, m, k), False
-    if pack_b:
-        pb = _packed_transpose(b, pb, k, n)
-    a_i, a_p = (1, m) if trans_a else (k, 1)
-    tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p, scale)
+    with stack_scope(b) if pack_a or pack_b else nullcontext():
+        if pack_a:
+            pa, trans_a = packed_transpose(b, pa, m, k, lda), False
+        if pack_b:
+            pb = packed_transpose(b, pb, k, n)
+        a_i, a_p = (1, lda or m) if trans_a else (k, 1)
+        tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p, scale)
 
-    def emit(i0, j0, rows, cols, live):
-        tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []), live)
+        def emit(i0, j0, rows, cols, live):
+            tile.emit(i0, j0, rows, [vw] * (cols // vw) + ([cols % vw] if cols % vw else []), live)
 
-    _tile_loops(b, m, n, MR, vw * PANEL_VECTORS, emit)
-    if saved is not None:
-        restore = ir.FunctionType(ir.VoidType(), [bytes_ptr])
-        b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=restore), [saved])
+        _tile_loops(b, m, n, MR, vw * PANEL_VECTORS, emit, panels)
 
 
-def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit) -> None:
+def packs_a(m, n: int, k, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
+    """Whether emit_small_gemm packs a transposed A (row-major) before its tiles."""
+    return _plan(m, n, k, trans_a, trans_b, vector_bytes() // itemsize)[1]
+
+
+@contextmanager
+def stack_scope(b: ir.IRBuilder):
+    """Stack allocations made inside are freed at its end: packed copies live for one product, so a
+    graph of many GEMMs (or a batch loop) needs stack for one buffer at a time."""
+    bytes_ptr = I8.as_pointer()
+    saved = b.call(b.module.declare_intrinsic("llvm.stacksave", fnty=ir.FunctionType(bytes_ptr, [])), [])
+    yield
+    restore = ir.FunctionType(ir.VoidType(), [bytes_ptr])
+    b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=restore), [saved])
+
+
+def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit, panels=None) -> None:
     """Call emit(i0, j0, rows, cols, live) over mr x nr tiles of an m x n C, then its edge tiles
-    (m an int, or an i64 value: row_blocks, padded)."""
+    (m an int, or an i64 value: row_blocks, padded); panels = (start, end): only those of C's
+    n / nr panels (the narrower last one counted)."""
+    full = ir.Constant(I64, n // nr)
+    if panels is None:
+        first, count, edge = ir.Constant(I64, 0), full, bool(n % nr)
+    else:
+        first, end = panels
+        stop = b.select(b.icmp_signed("<", end, full), end, full)
+        count = b.select(b.icmp_signed("<", first, stop), b.sub(stop, first), ir.Constant(I64, 0))
+        edge = b.icmp_signed(">", end, full) if n % nr else False
+
     def row_block(i0: ir.Value, rows: int, live=None) -> None:
-        with for_range(b, ir.Constant(I64, n // nr), "panel", unroll=False) as panel:
-            emit(i0, b.mul(panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr, live)
-        if n % nr:
+        with for_range(b, count, "panel", unroll=False) as panel:
+            emit(i0, b.mul(b.add(first, panel) if panels else panel, ir.Constant(I64, nr), flags=["nsw"]), rows, nr, live)
+        if edge is True:
             emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr, live)
+        elif edge is not False:
+            with b.if_then(edge):
+                emit(i0, ir.Constant(I64, n // nr * nr), rows, n % nr, live)
 
     row_blocks(b, m, mr, row_block, padded=True)
 
@@ -198,16 +235,16 @@ def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int |
     return b.fadd(b.fmul(alpha, total, flags=CONTRACT), b.fmul(beta, old, flags=CONTRACT), flags=CONTRACT)
 
 
-def _packed_transpose(b: ir.IRBuilder, ptr, rows, cols):
-    """A stack copy of an operand held cols x rows, laid out rows x cols (row-major); rows and
-    cols ints or i64 values."""
+def packed_transpose(b: ir.IRBuilder, ptr, rows, cols, stride=None):
+    """A stack copy of an operand held cols x rows (row stride `stride`, default rows), laid out
+    rows x cols (row-major); rows, cols and stride ints or i64 values."""
     ty = ptr.type.pointee
     buffer = b.alloca(ty, size=product(b, rows, cols), name="packed")
-    rows, cols = as_i64(rows), as_i64(cols)
+    rows, cols, stride = as_i64(rows), as_i64(cols), as_i64(stride or rows)
     # Source order (contiguous reads): the other order vectorized into gathers that O3 unrolled
     # whole (512x10: 320 gathers, 87 of the mnist step's 150 ms of machine code emission).
     with for_range(b, cols, "pack_col") as c, for_range(b, rows, "pack_row") as r:
-        src = b.gep(ptr, [b.add(b.mul(c, rows, flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
+        src = b.gep(ptr, [b.add(b.mul(c, stride, flags=["nsw"]), r, flags=["nsw"])], inbounds=True)
         dst = b.gep(buffer, [b.add(b.mul(r, cols, flags=["nsw"]), c, flags=["nsw"])], inbounds=True)
         b.store(b.load(src), dst)
     return buffer

@@ -33,7 +33,8 @@ class StandaloneGemm:
     makes the ColumnEpilogue emit_gemm fuses, from the function's arguments (the pointers a,
     b, c, an extra pointer `d`, alpha, beta[, batch]). route: None, emit_gemm's own choice;
     "packed", the packed kernel (vbytes: its vector width, default the host's); "blas", the
-    BLAS route forced (a product above smallgemm's range calls BLAS as a program would)."""
+    BLAS route forced (a product above smallgemm's range calls BLAS as a program would); "small",
+    smallgemm where it competes above its range (blas.small_competes), else BLAS."""
 
     def __init__(self, m, n, k, dtype: str, trans_a: bool, trans_b: bool, scaled: bool = False,
                  max_batch: int | None = None, epilogue=None, blas: int | None = None,
@@ -55,7 +56,7 @@ class StandaloneGemm:
         if route == "packed":
             emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, vbytes)
         else:
-            assert route in (None, "blas") and vbytes is None, (route, vbytes)
+            assert route in (None, "blas", "small") and vbytes is None, (route, vbytes)
             with route_forced(route) if route else contextlib.nullcontext():
                 emit_gemm(b, *arrays, trans_a, trans_b, scale, epilogue(fn.args) if epilogue else None, max_batch)
         b.ret_void()

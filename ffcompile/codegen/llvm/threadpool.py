@@ -6,7 +6,8 @@ A kernel that splits its work (`emit_parallel_for`: units of work, at least `gra
 
 through the module global POOL_SLOT, which the backend fills after loading the program
 (null in an exported library: the body then runs on the caller's thread, whole).
-[0, n) is cut into at most `threads` contiguous chunks of at least `grain` items; the
+[0, n) is cut into at most CHUNKS_PER_THREAD x `threads` contiguous chunks of at least `grain`
+items (a multiple of `threads` where there are more: none waits for a last odd one); the
 caller runs chunk 0, worker w chunk w + 1, and the call returns when all are done. The
 chunks are a pure function of (n, grain, threads), and a kernel's body computes each
 item the same way whichever chunk holds it, so results do not depend on the thread count.
@@ -15,7 +16,8 @@ The pool itself is LLVM IR over pthreads (libc's mutex, condition variables, cre
 join: what every glibc process has; no OpenMP runtime, whose workers spin for 0.2 s on
 their own schedule), compiled once per process. Workers spin for SPIN_CYCLES (the next
 kernel of the same call, or the next call of a serving loop, finds them awake) before
-sleeping on a condition variable, so an idle pool costs no cores. They spin on plain
+sleeping on a condition variable, so an idle pool costs no cores; after the first ~5 us
+each turn of a spin yields the core (YIELD_AFTER_CYCLES). They spin on plain
 loads, without x86's `pause`: a virtual machine may trap pause loops (measured here: 59 ns
 a pause, and 2000-pause spins made a 2-thread GEMV 8x slower than one thread). One job
 runs at a time: a parallel_for that finds the pool busy (another Python thread's program,
@@ -44,6 +46,11 @@ POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_stop", "f
 THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
 MAX_THREADS = 256
 SPIN_CYCLES = 200_000  # ~50-100 us at 2-4 GHz
+# Spinning past this many cycles (~5 us) calls sched_yield each time round: when another process
+# holds one of 2 cores, the caller and a worker share the other, and a spinning thread kept the
+# one with work off it (deep step at 256 bits, a busy loop on one core: 7.9-9.0 ms, against 6.5-6.9
+# at 1 thread; with the yield 6.7-7.4; without the busy loop 3.7-3.9 either way).
+YIELD_AFTER_CYCLES = 20_000
 CHUNKS_PER_THREAD = 2  # chunks per thread (of at least `grain` items each): a preempted thread's are taken over
 
 I8P = ir.IntType(8).as_pointer()
@@ -184,7 +191,12 @@ class _PoolModule:
             elapsed = b.sub(b.call(self.clock, []), start)
             return b.and_(b.not_(condition(b)), b.icmp_unsigned("<", elapsed, ir.Constant(I64, SPIN_CYCLES)))
 
-        self._while(b, spinning, lambda b: None, name)
+        def give_way(b):  # past YIELD_AFTER_CYCLES, to a thread of ours waiting for this core
+            late = b.icmp_unsigned(">", b.sub(b.call(self.clock, []), start), ir.Constant(I64, YIELD_AFTER_CYCLES))
+            with b.if_then(late):
+                self._call(b, "sched_yield")
+
+        self._while(b, spinning, give_way, name)
 
     def _acquire_busy(self, b):
         """Take the pool for this job (spinning and yielding meanwhile: start/stop only)."""
@@ -266,20 +278,30 @@ class _PoolModule:
             serial(b)
         workers = self._load(b, "workers")
         chunks = b.udiv(n, grain)
-        most = b.mul(b.add(workers, ir.Constant(I64, 1)), ir.Constant(I64, CHUNKS_PER_THREAD))
+        threads = b.add(workers, ir.Constant(I64, 1))
+        most = b.mul(threads, ir.Constant(I64, CHUNKS_PER_THREAD))
         chunks = b.select(b.icmp_unsigned("<", most, chunks), most, chunks)
+        # A whole number of chunks per thread where there are more chunks than threads: 3 equal
+        # chunks on 2 threads took as long as 4 (smallgemm's 64x256x256 with B transposed, 256 bits:
+        # 48.6 us, against 38.4 us in 2 or 4).
+        spare = b.urem(chunks, threads)
+        chunks = b.select(b.icmp_unsigned(">", chunks, threads), b.sub(chunks, spare), chunks)
         with b.if_then(b.or_(b.icmp_unsigned("<=", chunks, ir.Constant(I64, 1)),
                              b.icmp_unsigned("==", workers, ir.Constant(I64, 0)))):
             self._store(b, "busy", 0)
             serial(b)
         self._lock(b)
+        # The new ticket first: a worker still claiming from the last job may have read its ticket
+        # and not yet the job's fields. Stored after them, the ticket let its compare-and-swap
+        # succeed on this job's fields (a larger chunk count): a chunk counted twice, `finished`
+        # past `chunks`, and the caller waiting forever (seen with another process on a core).
+        gen = b.and_(b.add(self._load(b, "gen"), ir.Constant(I64, 1)), ir.Constant(I64, 0xFFFFFFFF))
+        self._store(b, "ticket", b.shl(gen, ir.Constant(I64, 32)))
         b.store(body, self.state["fn"])
         b.store(ctx, self.state["ctx"])
         self._store(b, "n", n)
         self._store(b, "chunks", chunks)
         self._store(b, "finished", 0)
-        gen = b.and_(b.add(self._load(b, "gen"), ir.Constant(I64, 1)), ir.Constant(I64, 0xFFFFFFFF))
-        self._store(b, "ticket", b.shl(gen, ir.Constant(I64, 32)))
         self._store(b, "gen", gen)
         self._call(b, "pthread_cond_broadcast", self._bytes(b, "work"))
         self._unlock(b)
