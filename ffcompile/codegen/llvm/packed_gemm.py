@@ -337,23 +337,27 @@ class _Kernel:
     def _packs(self, mc, kc, nc):
         """Set a_pack (MC x KC) and b_pack (KC x NC), 64-byte aligned, in one heap block (that
         block returned, for `free`): about 1 MiB, which on the stack overflowed the thread of a
-        caller with a small one (threading.stack_size(512 KiB) segfaulted). glibc serves the
-        same size again from the thread's arena, so after a first call it costs ~0.1 us a
-        chunk. Where the allocation fails, the packs go on the stack (heap null, free a no-op)."""
+        caller with a small one (threading.stack_size(512 KiB) segfaulted). malloc, aligned
+        here: glibc serves the same size again from the thread's arena, so after a first call
+        it costs ~0.1 us a chunk and no page faults. aligned_alloc did not: each call's block
+        landed higher in a worker's arena, 255-510 fresh pages faulted in and zeroed a call (a
+        2-thread 1024 x 4096 x 256 product, 256-bit). Where the allocation fails, the packs go
+        on the stack (heap null, free a no-op)."""
         b, itemsize = self.b, float_bytes(self.ty)
         lanes = self.const(PACK_ALIGN // itemsize)
         a_elements = b.mul(_ceil_div(b, b.mul(mc, kc), lanes), lanes)  # b_pack starts aligned too
-        size = b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize))
-        size = b.mul(_ceil_div(b, size, self.const(PACK_ALIGN)), self.const(PACK_ALIGN))  # aligned_alloc's rule
-        heap = b.call(_libc(b.module, "aligned_alloc", I8P, [I64, I64]), [self.const(PACK_ALIGN), size])
+        size = b.add(b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize)), self.const(PACK_ALIGN - 1))
+        heap = b.call(_libc(b.module, "malloc", I8P, [I64]), [size])
         found = b.block
         with b.if_then(b.icmp_unsigned("==", heap, ir.Constant(I8P, None))):
             stack = b.alloca(ir.IntType(8), size=size, name="packs.stack")
-            stack.align = PACK_ALIGN
             fallback = b.block
-        packs = b.phi(I8P, name="packs")
-        packs.add_incoming(heap, found)
-        packs.add_incoming(stack, fallback)
+        start = b.phi(I8P, name="packs.start")
+        start.add_incoming(heap, found)
+        start.add_incoming(stack, fallback)
+        address = b.ptrtoint(start, I64)
+        offset = b.and_(b.sub(self.const(0), address), self.const(PACK_ALIGN - 1))
+        packs = b.gep(start, [offset], inbounds=True)
         self.a_pack = b.bitcast(packs, self.ty.as_pointer())
         self.b_pack = b.gep(self.a_pack, [a_elements], inbounds=True)
         return heap
