@@ -302,6 +302,23 @@ def test_gemm_benchmark_prints_every_contender(capsys, monkeypatch, threads):
     assert "1 threads" in header and "CPU time" in header and "numpy" in row and "jax" not in row
 
 
+def test_packed_kernel_benchmark_prints_the_micro_kernel_and_each_block_size(capsys, monkeypatch, threads):
+    """benchmarks/packed_kernel.py: the micro-kernel alone against a core's peak, and a product
+    (B transposed, odd sizes) at given and the host's block sizes, checked against NumPy."""
+    from benchmarks import packed_kernel
+
+    monkeypatch.setenv("FFCOMPILE_CACHE_DIR", "")
+    packed_kernel.main(["--micro", "--kc", "16", "--mc", "12", "--vector-bits", "256"])
+    assert "micro-kernel 256 bit, compact, KC 16, MC 12:" in capsys.readouterr().out
+    packed_kernel.main(["--shapes", "70x90x50nt", "--blocks", "24,16,64", "--blocks", "host", "--threads", "1",
+                        "--calls", "1", "--rounds", "1"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    host = ",".join(map(str, block_sizes(70, 90, 50, 4, target.vector_bytes())[2:]))
+    assert row.startswith("70x90x50nt") and "MC,KC,NC 24,16,64 " in row and f"MC,KC,NC {host} " in row
+    with pytest.raises(SystemExit):  # MC of 20 rows: not whole slivers at either width
+        packed_kernel.main(["--shapes", "70x90x50nt", "--blocks", "20,16,64", "--threads", "1"])
+
+
 def test_peak_benchmark_measures_the_clock_and_each_vector_width(monkeypatch):
     """benchmarks/peak.py on this host (fewer rounds): a clock, and FMA units per width the
     host has (AVX2: 256 bits; AVX-512: both). No value is asserted but that they are ones."""
