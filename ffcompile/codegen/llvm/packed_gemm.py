@@ -31,7 +31,9 @@ only if the allocation fails: _Kernel._packs), which bounds NC (and MC, KC where
 reports huge caches). A product
 of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
 pool (each thread packs only its panels of B: splitting rows alone made each
-thread pack all of B, which cost as much as the product at m = 128). The vector
+thread pack all of B, which cost as much as the product at m = 128). The blocks are
+of even sizes, and a few more of them are made where that evens out the threads' work
+(_imbalance: the pool's split of the blocks, computed). The vector
 width is the host's (target.vector_bytes) unless given: tests force the narrower
 one, and LLVM legalizes the wider one on any host. Each block of C is computed
 by the same code in any chunk: results do not depend on the thread count.
@@ -69,7 +71,7 @@ from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
-from .threadpool import emit_parallel_for, get_num_threads
+from .threadpool import CHUNKS_PER_THREAD, emit_parallel_for, get_num_threads
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
@@ -80,6 +82,7 @@ MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each 
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 PACK_ALIGN = 64  # bytes: the packs' alignment (the micro-kernel's aligned vector loads of B's pack)
 MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
+BALANCE_STEPS = 4  # row block and panel counts tried, from the caches' (block_sizes: an even split)
 FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
 SLOT_SUFFIX = ".slot"  # a program's global holding a variant's address
 DTYPE_OF_ITEMSIZE = {4: "f32", 8: "f64"}
@@ -114,9 +117,40 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     kc = min(k, max(16, min(cache_bytes(1) // 2 // (nr * itemsize), stack // (mr + nr)) // 8 * 8))
     mc = min(_round_up(m, mr), max(mr, min(cache_bytes(2) // 4 // (kc * itemsize), stack // kc - nr) // mr * mr))
     nc = min(_round_up(n, nr), max(nr, (STACK_BYTES // itemsize - mc * kc) // kc // nr * nr))
-    panels = -(-MIN_UNITS // -(-m // mc))  # column panels that make MIN_UNITS blocks of C
-    nc = min(nc, max(MIN_PANEL_SLIVERS * nr, _round_up(-(-n // panels), nr)))
+    # Blocks of even sizes, so many that each thread of the pool gets as much work: a last row
+    # block of 64 rows beside 252-row ones (m = 4096), a last panel of 256 columns beside
+    # 768-column ones, left one of two threads idle for a tenth of a product. Of up to
+    # BALANCE_STEPS - 1 more row blocks and panels than the caches ask for, the best balanced
+    # (within 1%), then the fewest panels (each repacks A once more), then rows.
+    rows = -(-m // mc)
+    panels = max(-(-n // nc), -(-MIN_UNITS // rows))  # MIN_UNITS blocks of C at least
+    threads = get_num_threads()
+    choices = {}
+    for r in range(rows, min(rows + BALANCE_STEPS, -(-m // mr) + 1)):
+        for p in range(panels, max(panels + 1, min(panels + BALANCE_STEPS, n // (MIN_PANEL_SLIVERS * nr) + 1))):
+            sizes = _round_up(-(-m // r), mr), min(nc, max(MIN_PANEL_SLIVERS * nr, _round_up(-(-n // p), nr)))
+            choices[sizes] = (_imbalance(m, n, *sizes, threads), -(-n // sizes[1]), -(-m // sizes[0]))
+    best = min(imbalance for imbalance, _, _ in choices.values())
+    mc, nc = min((v[1:], sizes) for sizes, v in choices.items() if v[0] <= best + 0.01)[1]
     return mr, nr, mc, kc, nc
+
+
+def _imbalance(m: int, n: int, mc: int, nc: int, threads: int) -> float:
+    """The busiest thread's elements of C over an even share (1.0: balanced) when the pool
+    (threadpool) splits the blocks of C, panel by panel, into CHUNKS_PER_THREAD contiguous
+    chunks a thread, each claimed by whichever thread is free first."""
+    rows, panels = -(-m // mc), -(-n // nc)
+    units = rows * panels
+    chunks = min(units, threads * CHUNKS_PER_THREAD)
+
+    def before(unit: int) -> int:  # elements of C in the blocks before `unit`
+        panel, row = divmod(unit, rows)
+        return min(panel * nc, n) * m + (min(nc, n - panel * nc) * min(row * mc, m) if panel < panels else 0)
+
+    busy = [0] * threads
+    for c in range(chunks):
+        busy[busy.index(min(busy))] += before(units * (c + 1) // chunks) - before(units * c // chunks)
+    return max(busy) * threads / (m * n)
 
 
 def default_block_sizes(m: int, n: int, k: int, itemsize: int) -> tuple[int, int, int, int, int]:
@@ -337,23 +371,27 @@ class _Kernel:
     def _packs(self, mc, kc, nc):
         """Set a_pack (MC x KC) and b_pack (KC x NC), 64-byte aligned, in one heap block (that
         block returned, for `free`): about 1 MiB, which on the stack overflowed the thread of a
-        caller with a small one (threading.stack_size(512 KiB) segfaulted). glibc serves the
-        same size again from the thread's arena, so after a first call it costs ~0.1 us a
-        chunk. Where the allocation fails, the packs go on the stack (heap null, free a no-op)."""
+        caller with a small one (threading.stack_size(512 KiB) segfaulted). malloc, aligned
+        here: glibc serves the same size again from the thread's arena, so after a first call
+        it costs ~0.1 us a chunk and no page faults. aligned_alloc did not: each call's block
+        landed higher in a worker's arena, 255-510 fresh pages faulted in and zeroed a call (a
+        2-thread 1024 x 4096 x 256 product, 256-bit). Where the allocation fails, the packs go
+        on the stack (heap null, free a no-op)."""
         b, itemsize = self.b, float_bytes(self.ty)
         lanes = self.const(PACK_ALIGN // itemsize)
         a_elements = b.mul(_ceil_div(b, b.mul(mc, kc), lanes), lanes)  # b_pack starts aligned too
-        size = b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize))
-        size = b.mul(_ceil_div(b, size, self.const(PACK_ALIGN)), self.const(PACK_ALIGN))  # aligned_alloc's rule
-        heap = b.call(_libc(b.module, "aligned_alloc", I8P, [I64, I64]), [self.const(PACK_ALIGN), size])
+        size = b.add(b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize)), self.const(PACK_ALIGN - 1))
+        heap = b.call(_libc(b.module, "malloc", I8P, [I64]), [size])
         found = b.block
         with b.if_then(b.icmp_unsigned("==", heap, ir.Constant(I8P, None))):
             stack = b.alloca(ir.IntType(8), size=size, name="packs.stack")
-            stack.align = PACK_ALIGN
             fallback = b.block
-        packs = b.phi(I8P, name="packs")
-        packs.add_incoming(heap, found)
-        packs.add_incoming(stack, fallback)
+        start = b.phi(I8P, name="packs.start")
+        start.add_incoming(heap, found)
+        start.add_incoming(stack, fallback)
+        address = b.ptrtoint(start, I64)
+        offset = b.and_(b.sub(self.const(0), address), self.const(PACK_ALIGN - 1))
+        packs = b.gep(start, [offset], inbounds=True)
         self.a_pack = b.bitcast(packs, self.ty.as_pointer())
         self.b_pack = b.gep(self.a_pack, [a_elements], inbounds=True)
         return heap
