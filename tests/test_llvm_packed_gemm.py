@@ -76,7 +76,7 @@ def _busiest_thread_share(m, n, mc, nc, threads):
     chunks (threadpool: [n * i / chunks, n * (i + 1) / chunks)), each chunk to the thread
     that is free first."""
     blocks = [min(mc, m - i) * min(nc, n - j) for j in range(0, n, nc) for i in range(0, m, mc)]
-    chunks = min(len(blocks), threads * threadpool.CHUNKS_PER_THREAD)
+    chunks = threadpool.chunk_count(len(blocks), 1, threads)
     busy = [0] * threads
     for c in range(chunks):
         busy[busy.index(min(busy))] += sum(blocks[len(blocks) * c // chunks:len(blocks) * (c + 1) // chunks])

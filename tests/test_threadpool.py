@@ -163,7 +163,7 @@ def test_a_child_forked_while_another_thread_sets_the_thread_count_can_set_it():
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
 
 
-@pytest.mark.parametrize("n, threads, chunks", [(3, 2, 2), (5, 2, 4), (12, 2, 4), (5, 3, 3), (2, 3, 2), (7, 3, 6)])
+@pytest.mark.parametrize("n, threads, chunks", [(3, 2, 2), (5, 2, 4), (12, 2, 4), (5, 3, 3), (2, 3, 2), (7, 3, 6), (40, 3, 6), (1, 2, 1)])
 def test_chunks_are_a_whole_number_per_thread_where_there_are_more_than_threads(restore_threads, n, threads,
                                                                                 chunks):
     """[0, n) in grains of 1 is cut into min(n, CHUNKS_PER_THREAD x threads) chunks, rounded down
@@ -184,6 +184,7 @@ def test_chunks_are_a_whole_number_per_thread_where_there_are_more_than_threads(
     callback = body_type(body)
     parallel_for(callback, None, n, 1)
     assert sorted(seen) == [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]
+    assert threadpool.chunk_count(n, 1, threads) == chunks  # the Python mirror packed_gemm balances
 
 
 def _pool_function_ir(name: str) -> str:

@@ -71,7 +71,7 @@ from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
-from .threadpool import CHUNKS_PER_THREAD, emit_parallel_for, get_num_threads
+from .threadpool import chunk_count, emit_parallel_for, get_num_threads
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
@@ -137,11 +137,11 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
 
 def _imbalance(m: int, n: int, mc: int, nc: int, threads: int) -> float:
     """The busiest thread's elements of C over an even share (1.0: balanced) when the pool
-    (threadpool) splits the blocks of C, panel by panel, into CHUNKS_PER_THREAD contiguous
-    chunks a thread, each claimed by whichever thread is free first."""
+    splits the blocks of C, panel by panel, into contiguous chunks (threadpool.chunk_count),
+    each claimed by whichever thread is free first."""
     rows, panels = -(-m // mc), -(-n // nc)
     units = rows * panels
-    chunks = min(units, threads * CHUNKS_PER_THREAD)
+    chunks = chunk_count(units, 1, threads)
 
     def before(unit: int) -> int:  # elements of C in the blocks before `unit`
         panel, row = divmod(unit, rows)

@@ -65,6 +65,14 @@ SEQ = "seq_cst"
 # ----------------------------------------------------------------- in generated programs
 
 
+def chunk_count(n: int, grain: int, threads: int) -> int:
+    """The chunks the pool cuts [0, n) into (ffc_pool_parallel_for's rule, in Python: the
+    packed GEMM's block sizes balance them): at most CHUNKS_PER_THREAD a thread of at least
+    `grain` items, a whole number a thread where there are more than threads."""
+    chunks = min(n // grain, threads * CHUNKS_PER_THREAD)
+    return chunks - chunks % threads if chunks > threads else chunks
+
+
 def pool_slot(module: ir.Module) -> ir.GlobalVariable:
     """The external global a program reads ffc_pool_parallel_for's address from."""
     slot = module.globals.get(POOL_SLOT)
