@@ -18,7 +18,7 @@ from test_llvm_backend import build
 from test_llvm_smallgemm import RTOL, TRANSPOSES, assert_gemm_close, operands, product, train_on_both_backends
 
 import ffcompile as ff
-from ffcompile.codegen.llvm import gemm_library, packed_gemm, target, threadpool
+from ffcompile.codegen.llvm import cgutils, gemm_library, packed_gemm, target, threadpool
 from ffcompile.codegen.llvm.packed_gemm import block_sizes
 from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 
@@ -189,7 +189,7 @@ def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
     variant = packed_gemm.GemmVariant(dtype, False, True, target.vector_bytes())
     assert 'declare i8* @"malloc"' in str(gemm_library.library_module(variant))
     normal = _library_call(variant)
-    monkeypatch.setattr(packed_gemm, "_libc", refusing)
+    monkeypatch.setattr(cgutils, "libc", refusing)  # scratch_scope's malloc
     assert 'define internal i8* @"malloc"' in str(gemm_library.library_module(variant))
     refused = _library_call(variant)
     m, n, k = 97, 130, 300

@@ -161,3 +161,45 @@ def emit_closure(b: ir.IRBuilder, name: str, thunk_name: str, values: list[ir.Va
     tb.call(inner, loaded[:len(distinct)] + list(thunk.args[1:]) + loaded[len(distinct):])
     tb.ret_void()
     return thunk, b.bitcast(context, ir.IntType(8).as_pointer())
+
+
+def libc(module: ir.Module, name: str, returns: ir.Type, parameters: list) -> ir.Function:
+    """The C library's function `name`, declared in module once."""
+    found = module.globals.get(name)
+    return found if found is not None else ir.Function(module, ir.FunctionType(returns, parameters), name)
+
+
+@contextmanager
+def scratch_scope(b: ir.IRBuilder):
+    """Temporary buffers for the with-body: it gets take(nbytes, align) -> an i8* to nbytes (an
+    i64 value) aligned to align, all freed at the scope's end. Call take at the scope's own
+    level (not in a branch inside it): the end frees what it returned.
+
+    From malloc, not the stack: a program runs on its caller's thread, whose stack may be small
+    (threading.stack_size(512 KiB) overflowed on the packed GEMM's packs and the process died).
+    glibc serves the same size again from the thread's arena, so a repeated call faults in no
+    page; aligned here, since aligned_alloc's blocks landed higher in a pool worker's arena at
+    each call (255-510 fresh pages zeroed a call: packed_gemm.py). On the stack only where
+    malloc fails (released at the end too)."""
+    i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+    saved = b.call(b.module.declare_intrinsic("llvm.stacksave", fnty=ir.FunctionType(i8p, [])), [])
+    taken = []
+
+    def take(nbytes: ir.Value, align: int) -> ir.Value:
+        size = b.add(nbytes, ir.Constant(i64, align - 1))
+        heap = b.call(libc(b.module, "malloc", i8p, [i64]), [size])
+        found = b.block
+        with b.if_then(b.icmp_unsigned("==", heap, ir.Constant(i8p, None))):
+            stack = b.alloca(ir.IntType(8), size=size, name="scratch.stack")
+            fallback = b.block
+        start = b.phi(i8p, name="scratch")
+        start.add_incoming(heap, found)
+        start.add_incoming(stack, fallback)
+        taken.append(heap)
+        offset = b.and_(b.sub(ir.Constant(i64, 0), b.ptrtoint(start, i64)), ir.Constant(i64, align - 1))
+        return b.gep(start, [offset], inbounds=True)
+
+    yield take
+    for heap in taken:  # free(NULL), where the stack served, does nothing
+        b.call(libc(b.module, "free", ir.VoidType(), [i8p]), [heap])
+    b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=ir.FunctionType(ir.VoidType(), [i8p])), [saved])

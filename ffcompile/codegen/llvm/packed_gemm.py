@@ -66,7 +66,7 @@ from pathlib import Path
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range
+from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import class_key, forced_route, measured
 from .smallgemm import float_bytes, splat_vector
@@ -296,12 +296,6 @@ def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Funct
     return fn
 
 
-def _libc(module: ir.Module, name: str, returns: ir.Type, parameters: list) -> ir.Function:
-    """The C library's function `name`, declared in module once."""
-    found = module.globals.get(name)
-    return found if found is not None else ir.Function(module, ir.FunctionType(returns, parameters), name)
-
-
 def _ceil_div(b: ir.IRBuilder, x, y):
     return b.sdiv(b.add(x, b.sub(y, ir.Constant(I64, 1))), y)
 
@@ -333,7 +327,13 @@ class _Kernel:
         with b.goto_entry_block():
             self.tile = b.alloca(self.ty, size=self.const(self.mr * self.nr), name="edge_tile")
             self.tile.align = 64
-        heap = self._packs(mc, kc, nc)
+        with scratch_scope(b) as take:
+            self._packs(take, mc, kc, nc)
+            self._panels(start, end, mc, kc, nc, epilogue, ctx)
+
+    def _panels(self, start, end, mc, kc, nc, epilogue, ctx) -> None:
+        """The chunk's blocks of C (units start to end - 1), panel by panel."""
+        b, m, n, k = self.b, self.m, self.n, self.k
         one = self.const(1)
         row_blocks = _ceil_div(b, m, mc)
         last = self.min(b, end, b.mul(row_blocks, _ceil_div(b, n, nc)))
@@ -366,35 +366,17 @@ class _Kernel:
                     # the block of C is final after the last k step
                     with b.if_then(b.and_(has_epilogue, b.icmp_signed("==", pcb, last_step))):
                         b.call(epilogue, [ctx, jc, b.add(jc, ncols), ic, b.add(ic, nrows)])
-        b.call(_libc(b.module, "free", ir.VoidType(), [I8P]), [heap])
 
-    def _packs(self, mc, kc, nc):
-        """Set a_pack (MC x KC) and b_pack (KC x NC), 64-byte aligned, in one heap block (that
-        block returned, for `free`): about 1 MiB, which on the stack overflowed the thread of a
-        caller with a small one (threading.stack_size(512 KiB) segfaulted). malloc, aligned
-        here: glibc serves the same size again from the thread's arena, so after a first call
-        it costs ~0.1 us a chunk and no page faults. aligned_alloc did not: each call's block
-        landed higher in a worker's arena, 255-510 fresh pages faulted in and zeroed a call (a
-        2-thread 1024 x 4096 x 256 product, 256-bit). Where the allocation fails, the packs go
-        on the stack (heap null, free a no-op)."""
+    def _packs(self, take, mc, kc, nc):
+        """Set a_pack (MC x KC) and b_pack (KC x NC), PACK_ALIGN-aligned, in one block of take's
+        (cgutils.scratch_scope): about 1 MiB a chunk, which on the stack overflowed the thread of
+        a caller with a small one (threading.stack_size(512 KiB) segfaulted)."""
         b, itemsize = self.b, float_bytes(self.ty)
         lanes = self.const(PACK_ALIGN // itemsize)
         a_elements = b.mul(_ceil_div(b, b.mul(mc, kc), lanes), lanes)  # b_pack starts aligned too
-        size = b.add(b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize)), self.const(PACK_ALIGN - 1))
-        heap = b.call(_libc(b.module, "malloc", I8P, [I64]), [size])
-        found = b.block
-        with b.if_then(b.icmp_unsigned("==", heap, ir.Constant(I8P, None))):
-            stack = b.alloca(ir.IntType(8), size=size, name="packs.stack")
-            fallback = b.block
-        start = b.phi(I8P, name="packs.start")
-        start.add_incoming(heap, found)
-        start.add_incoming(stack, fallback)
-        address = b.ptrtoint(start, I64)
-        offset = b.and_(b.sub(self.const(0), address), self.const(PACK_ALIGN - 1))
-        packs = b.gep(start, [offset], inbounds=True)
+        packs = take(b.mul(b.add(a_elements, b.mul(kc, nc)), self.const(itemsize)), PACK_ALIGN)
         self.a_pack = b.bitcast(packs, self.ty.as_pointer())
         self.b_pack = b.gep(self.a_pack, [a_elements], inbounds=True)
-        return heap
 
     def _a_at(self, i, p):
         b = self.b

@@ -37,11 +37,13 @@ DOT_ACCUMULATORS // MR columns a unit.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from llvmlite import ir
 
-from .cgutils import for_range
+from .cgutils import for_range, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
-from .smallgemm import MR, PACK_MAX_BYTES, DotTile, as_i64, product, row_blocks, splat_vector
+from .smallgemm import MR, PACK_MAX_BYTES, SCRATCH_ALIGN, DotTile, as_i64, product, row_blocks, splat_vector
 from .target import vector_bytes
 from .threadpool import emit_parallel_for
 
@@ -55,7 +57,7 @@ PARALLEL_MIN_BYTES = 64 * 1024  # B bytes per chunk below which waking a thread 
 
 def skinny_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
     """Whether a float product of these sizes is a skinny one (streams B); a transposed A
-    times a transposed B packs A's rows on the stack, at most PACK_MAX_BYTES."""
+    times a transposed B packs A's rows, at most PACK_MAX_BYTES."""
     packed = m * k * itemsize if trans_a and trans_b else 0
     return (1 <= m <= SKINNY_MAX_ROWS and k >= 1 and n * k * itemsize >= SKINNY_MIN_BYTES
             and packed <= PACK_MAX_BYTES)
@@ -211,9 +213,14 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
 def _dot_columns(b, pa, pb, pc, m, n, k, trans_a, columns, start, end, scale, vw):
     """C[:, tiles start..end) for B n x k: tile t is columns [t c, t c + c) for c = columns
     (the last one narrower when c does not divide n), row groups of at most MR."""
-    if trans_a:  # the dot tiles read A's rows contiguous: transpose the (m <= 8 rows) A once
-        pa = _packed_rows(b, pa, m, k)
-    tile = DotTile(b, pc.type.pointee, pa, pb, pc, n, k, vw, scale)
+    with scratch_scope(b) if trans_a else nullcontext() as take:
+        if trans_a:  # the dot tiles read A's rows contiguous: transpose the (m <= 8 rows) A once
+            pa = _packed_rows(b, take, pa, m, k)
+        _dot_tiles(b, DotTile(b, pc.type.pointee, pa, pb, pc, n, k, vw, scale), m, n, columns, start, end)
+
+
+def _dot_tiles(b, tile, m, n, columns, start, end):
+    """The dot tiles of C[:, tiles start..end) (_dot_columns)."""
     full, tail = divmod(n, columns)
     stop = b.select(b.icmp_signed("<", end, ir.Constant(I64, full)), end, ir.Constant(I64, full))
     count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
@@ -228,11 +235,11 @@ def _dot_columns(b, pa, pb, pc, m, n, k, trans_a, columns, start, end, scale, vw
             row_groups(ir.Constant(I64, full * columns), tail)
 
 
-def _packed_rows(b, pa, m, k):
-    """A stack copy of an operand held k x m, laid out m x k (m an int or an i64 value)."""
+def _packed_rows(b, take, pa, m, k):
+    """A copy of an operand held k x m, laid out m x k (m an int or an i64 value), in a buffer of
+    take's (cgutils.scratch_scope)."""
     ty = pa.type.pointee
-    with b.goto_entry_block():
-        buffer = b.alloca(ty, size=product(b, m, k), name="a.rows")
+    buffer = b.bitcast(take(product(b, m, k, _bytes(ty)), SCRATCH_ALIGN), ty.as_pointer())
 
     def row(p, i):
         value = b.load(b.gep(pa, [_index(b, (p, m), (i, 1))], inbounds=True))

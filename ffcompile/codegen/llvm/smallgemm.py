@@ -11,7 +11,7 @@ B as vectors and broadcasts MR scalars of A into fused multiply-adds. Edge
 tiles use fewer rows and narrower vectors (LLVM legalizes odd widths).
 
 op(A) is read element by element through strides. A transposed A is still
-packed row-major into a stack buffer (O(mk) work against O(mnk)) when C has
+packed row-major into a scratch buffer (O(mk) work against O(mnk)) when C has
 several panels: its column stride (a multiple of 512 bytes for 128-wide f64)
 maps the k elements a tile reads into a few L1 sets, which every panel
 re-reads (measured: 128x128x64 f64 went from 0.66x to 0.96x of the BLAS call).
@@ -27,11 +27,11 @@ step time unchanged within noise).
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, for_range
+from .cgutils import accumulate_loop, for_range, scratch_scope
 from .elementwise import CONTRACT, I8, I64
 from .target import vector_bytes
 
@@ -44,17 +44,18 @@ PANEL_VECTORS = 2  # vectors per tile row: MR * PANEL_VECTORS accumulators
 DOT_TILES = {64: (6, 4), 32: (4, 3)}
 DOT_MIN_K = 4  # k (in vectors) below which the lane sums cost more than packing B
 PACK_A_MIN_PANELS = 2  # panels of C above which a transposed A is packed (see module doc)
-PACK_MAX_BYTES = 256 * 1024  # stack for a packed operand; larger products take another path
+SCRATCH_ALIGN = 64  # bytes: a packed operand's alignment (a cache line)
+PACK_MAX_BYTES = 256 * 1024  # a packed operand's most bytes; larger products take another path
 
 
 def small_gemm_fits(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
-    """Whether the operands emit_small_gemm would pack fit in PACK_MAX_BYTES of stack."""
+    """Whether the operands emit_small_gemm would pack fit in PACK_MAX_BYTES."""
     _, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vector_bytes() // itemsize)
     return max(pack_a * m * k, pack_b * k * n) * itemsize <= PACK_MAX_BYTES
 
 
 def small_gemm_bytes(b: ir.IRBuilder, m, n: int, k, trans_a: bool, trans_b: bool, itemsize: int) -> ir.Value | None:
-    """The stack bytes emit_small_gemm packs for run-time m or k (i64 values), or None if it packs nothing."""
+    """The bytes emit_small_gemm packs for run-time m or k (i64 values), or None if it packs nothing."""
     _, pack_a, pack_b = _plan(m, n, k, trans_a, trans_b, vector_bytes() // itemsize)
     sizes = [product(b, rows, cols, itemsize) for packed, rows, cols in ((pack_a, m, k), (pack_b, k, n)) if packed]
     if not sizes:
@@ -111,11 +112,11 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k, trans_a: bool, tr
     if dot:
         _tile_loops(b, m, n, *DOT_TILES[vector_bytes()], DotTile(b, ty, pa, pb, pc, n, k, vw, scale).emit, panels)
         return
-    with stack_scope(b) if pack_a or pack_b else nullcontext():
+    with scratch_scope(b) if pack_a or pack_b else nullcontext() as take:
         if pack_a:
-            pa, trans_a = packed_transpose(b, pa, m, k, lda), False
+            pa, trans_a = packed_transpose(b, take, pa, m, k, lda), False
         if pack_b:
-            pb = packed_transpose(b, pb, k, n)
+            pb = packed_transpose(b, take, pb, k, n)
         a_i, a_p = (1, lda or m) if trans_a else (k, 1)
         tile = _Tile(b, ty, pa, pb, pc, n, k, a_i, a_p, scale)
 
@@ -128,17 +129,6 @@ def emit_small_gemm(b: ir.IRBuilder, pa, pb, pc, m, n: int, k, trans_a: bool, tr
 def packs_a(m, n: int, k, trans_a: bool, trans_b: bool, itemsize: int) -> bool:
     """Whether emit_small_gemm packs a transposed A (row-major) before its tiles."""
     return _plan(m, n, k, trans_a, trans_b, vector_bytes() // itemsize)[1]
-
-
-@contextmanager
-def stack_scope(b: ir.IRBuilder):
-    """Stack allocations made inside are freed at its end: packed copies live for one product, so a
-    graph of many GEMMs (or a batch loop) needs stack for one buffer at a time."""
-    bytes_ptr = I8.as_pointer()
-    saved = b.call(b.module.declare_intrinsic("llvm.stacksave", fnty=ir.FunctionType(bytes_ptr, [])), [])
-    yield
-    restore = ir.FunctionType(ir.VoidType(), [bytes_ptr])
-    b.call(b.module.declare_intrinsic("llvm.stackrestore", fnty=restore), [saved])
 
 
 def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit, panels=None) -> None:
@@ -235,11 +225,12 @@ def _scaled(b: ir.IRBuilder, total: ir.Value, ptr: ir.Value, scale, align: int |
     return b.fadd(b.fmul(alpha, total, flags=CONTRACT), b.fmul(beta, old, flags=CONTRACT), flags=CONTRACT)
 
 
-def packed_transpose(b: ir.IRBuilder, ptr, rows, cols, stride=None):
-    """A stack copy of an operand held cols x rows (row stride `stride`, default rows), laid out
-    rows x cols (row-major); rows, cols and stride ints or i64 values."""
+def packed_transpose(b: ir.IRBuilder, take, ptr, rows, cols, stride=None):
+    """A copy of an operand held cols x rows (row stride `stride`, default rows), laid out
+    rows x cols (row-major), in a buffer of take's (cgutils.scratch_scope); rows, cols and
+    stride ints or i64 values."""
     ty = ptr.type.pointee
-    buffer = b.alloca(ty, size=product(b, rows, cols), name="packed")
+    buffer = b.bitcast(take(product(b, rows, cols, float_bytes(ty)), SCRATCH_ALIGN), ty.as_pointer())
     rows, cols, stride = as_i64(rows), as_i64(cols), as_i64(stride or rows)
     # Source order (contiguous reads): the other order vectorized into gathers that O3 unrolled
     # whole (512x10: 320 gathers, 87 of the mnist step's 150 ms of machine code emission).

@@ -19,7 +19,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .elementwise import I64, ColumnEpilogue
-from .smallgemm import emit_small_gemm, float_bytes, packed_transpose, packs_a, stack_scope, tile_shape
+from .cgutils import scratch_scope
+from .smallgemm import emit_small_gemm, float_bytes, packed_transpose, packs_a, tile_shape
 from .threadpool import emit_parallel_for
 
 # Multiply-adds a chunk at least: ~4-8 us on one core, against ~1 us to hand a chunk to a spinning
@@ -43,8 +44,9 @@ def emit_split_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, t
     then the epilogue on the part of C each chunk computed, in the chunk (still in its core's cache)."""
     ty = pc.type.pointee
     if trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, float_bytes(ty)):
-        with stack_scope(b):
-            emit_split_small_gemm(b, packed_transpose(b, pa, m, k), pb, pc, m, n, k, False, trans_b, scale, epilogue)
+        with scratch_scope(b) as take:
+            emit_split_small_gemm(b, packed_transpose(b, take, pa, m, k), pb, pc, m, n, k, False, trans_b, scale,
+                                  epilogue)
         return
     by_rows, units, grain = split_units(m, n, k, trans_a, trans_b, float_bytes(ty))
     if units < 2 * grain:
