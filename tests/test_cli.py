@@ -186,9 +186,9 @@ def test_dump_llvm_ir_and_assembly(capsys):
     assert "ret" in dump(capsys, "xor", "--train", "--format", "asm")
 
 
-@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 19)])  # 19: the step counter is
-# one (the hyperparameters are 0-d inputs the updates read as they are); the label range
-# check of cross_entropy (lang.check) one
+@pytest.mark.parametrize("train, kernels", [(False, 3), (True, 20)])  # 20: the step counter is
+# one (the hyperparameters are 0-d inputs the updates read as they are), SGD's 1 - lr wd one
+# (the updates' beta: accumulate.py); the label range check of cross_entropy (lang.check) one
 def test_profile_prints_one_row_per_kernel(capsys, train, kernels):
     assert main(["profile", "digits", "--steps", "3"] + (["--train"] if train else [])) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -266,4 +266,6 @@ def test_the_hyperparameters_are_inputs_the_updates_read_as_they_are():
     schedule = step.lower(params, state, x, y).schedule
     ops = [schedule.graph.nodes[i].op.name for kernel in schedule.kernels for i in kernel.body]
     assert "slice" not in ops and "convert" not in ops
-    assert len(schedule.kernels) == 11  # the step counter's increment and the forward and backward's 10
+    # the step counter's increment, SGD's 1 - lr wd (the updates' beta: accumulate.py) and the
+    # forward and backward's 10
+    assert len(schedule.kernels) == 12

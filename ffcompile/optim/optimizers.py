@@ -201,9 +201,10 @@ class SGD(Optimizer):
 
     def _update(self, g, state, p, h, tree):
         lr, wd = h["lr"], h["weight_decay"]
+        if not self._velocity:  # p (1 - lr wd) - lr g: a GEMM's alpha and beta (codegen/llvm/accumulate.py)
+            keep = 1.0 - lr * wd
+            return [pi * keep - lr * gi for pi, gi in zip(p, g)], {}
         g = [gi + wd * pi for gi, pi in zip(g, p)]
-        if not self._velocity:
-            return [pi - lr * gi for pi, gi in zip(p, g)], {}
         m = h["momentum"]
         velocity = [m * v + gi for v, gi in zip(tree_flatten(state["velocity"])[0], g)]
         steps = [gi + m * v for gi, v in zip(g, velocity)] if self._nesterov else velocity
