@@ -201,8 +201,9 @@ def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
         monkeypatch.setenv(ROUTE_VARIABLE, route)
         return backend.program_description(schedule, plan, {}, False)
 
-    packed, forced_blas = description("packed"), description("blas")
+    packed, forced_blas, small = description("packed"), description("blas"), description("small")
     assert packed != forced_blas and "gemms blas" in forced_blas
+    assert "gemms smallgemm" in small and small not in (packed, forced_blas)  # the lowest band: smallgemm competes
     monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 2048, 2: 16384}.get)
     assert description("packed") not in (packed, forced_blas)
 
