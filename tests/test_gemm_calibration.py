@@ -17,7 +17,7 @@ import ffcompile as ff
 from ffcompile import calibrate as calibrate_cli
 from ffcompile.codegen.llvm import backend, blas, calibrate, gemm_calibration, packed_gemm, target
 from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, ROUTE_VARIABLE
-from ffcompile.ir.symbolic import BatchRange
+from ffcompile.ir.symbolic import BatchRange, Sym
 from ffcompile.passes.fuse import fuse
 from ffcompile.passes.memory import plan_memory
 
@@ -201,8 +201,9 @@ def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
         monkeypatch.setenv(ROUTE_VARIABLE, route)
         return backend.program_description(schedule, plan, {}, False)
 
-    packed, forced_blas = description("packed"), description("blas")
+    packed, forced_blas, small = description("packed"), description("blas"), description("small")
     assert packed != forced_blas and "gemms blas" in forced_blas
+    assert "gemms smallgemm" in small and small not in (packed, forced_blas)  # the lowest band: smallgemm competes
     monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 2048, 2: 16384}.get)
     assert description("packed") not in (packed, forced_blas)
 
@@ -271,3 +272,25 @@ def test_a_symbolic_programs_key_holds_its_reference_size_route(monkeypatch):
 
     packed, forced_blas = description("packed"), description("blas")
     assert "@packed" in packed and "@blas" in forced_blas
+
+
+def test_a_symbolic_programs_key_holds_the_packed_or_blas_choice_when_smallgemm_was_fastest(measured_routes):
+    """A symbolic product never runs smallgemm past its range (blas._reference_blocks asks without
+    the measured smallgemm), so its key holds the packed-or-BLAS choice of the reference size even
+    where smallgemm was measured fastest there (mnist's layer at 128: the lowest band). Keyed by
+    the route with smallgemm, two records that differ in packed against BLAS shared one key while
+    the programs differed."""
+    _, fake = measured_routes
+    max_batch = 128
+    x, w = np.ones((max_batch, 784), np.float32), np.ones((784, 512), np.float32)
+    symbolic = ff.compile(lambda x, w: x @ w, batch_dim=(0, None), max_batch=max_batch).lower(x, w).symbolic
+    schedule = fuse(symbolic)
+    plan = plan_memory(schedule, batch=BatchRange(max_batch))
+    descriptions, packed = [], []
+    for seconds in ((2.0, 3.0, 1.0), (3.0, 2.0, 1.0)):  # smallgemm fastest; packed, then BLAS, second
+        fake[0] = seconds
+        calibrate.calibrate_class(max_batch, 512, 784, "f32", force=True)
+        descriptions.append(backend.program_description(schedule, plan, {}, False))
+        packed.append(blas.runtime_takes_packed(Sym("B"), 512, 784, "f32", False, False, max_batch))
+    assert packed == [True, False]
+    assert descriptions[0] != descriptions[1]

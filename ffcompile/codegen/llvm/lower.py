@@ -181,8 +181,9 @@ def gemm_routes(schedule: Schedule, batch: BatchRange | None = None) -> list[str
             packed = route == PACKED
             if symbol_names(dims):
                 dims = substitute(dims, {"B": (batch or BatchRange()).reference})
-                try:
-                    at = gemm_route(*dims, nodes[kernel.anchor].type.dtype, kernel.trans_a, kernel.trans_b)
+                try:  # as blas._reference_blocks asks: a run-time product never takes smallgemm past its range
+                    at = gemm_route(*dims, nodes[kernel.anchor].type.dtype, kernel.trans_a, kernel.trans_b,
+                                    measured_small=False)
                 except GemmTooLarge:
                     at = "-"
                 route, packed = f"{route}@{at}", at == PACKED
