@@ -23,7 +23,7 @@ threadpoolctl for another BLAS), unless `set_blas_threads` chose a number before
 
 Below native_max_work() multiply-adds a call costs more than it computes: such
 float products run smallgemm's register-tiled kernel (unless an operand it would pack
-exceeds its stack buffer: then BLAS); integer ones (which BLAS has not) and k == 0 an
+exceeds PACK_MAX_BYTES: then BLAS); integer ones (which BLAS has not) and k == 0 an
 inner-product-free loop nest: C[i, :] += A[i, p] * B[p, :].
 """
 from __future__ import annotations
@@ -297,8 +297,8 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
                measured_small: bool = True) -> str | None:
     """How emit_gemm computes an (m x k) @ (k x n) product: SKINNY, SMALL, PACKED, LOOPS, BLAS, or
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
-    streams its B (skinny.py), across the thread pool. A float product whose packed operand would not fit
-    smallgemm's stack buffer goes to BLAS (1.35-1.5x faster than the loop nest); the loop
+    streams its B (skinny.py), across the thread pool. A float product whose packed operand would pass
+    smallgemm's PACK_MAX_BYTES goes to BLAS (1.35-1.5x faster than the loop nest); the loop
     nest is for integers, and k == 0. Above native_max_work(), smallgemm where it competes and was
     measured faster than both (small_competes; unless measured_small is False), else packed_gemm's
     kernel where it beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
@@ -333,7 +333,7 @@ def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: b
     """Whether smallgemm is measured against the packed GEMM and BLAS for a product above
     native_max_work(): a float product in the calibration's lowest work band, A untransposed (a
     transposed A is packed before the tiles: 512x512x128 at 256 bits ran at half the packed
-    GEMM's rate), that smallgemm's stack buffers hold."""
+    GEMM's rate), whose packed operands fit smallgemm's PACK_MAX_BYTES."""
     return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[0]
             and small_gemm_fits(m, n, k, trans_a, trans_b, 4 if dtype == "f32" else 8))
 

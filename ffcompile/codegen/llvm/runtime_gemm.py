@@ -7,7 +7,7 @@ picks one at run time from the run-time sizes, as gemm_route would for them:
 - m in skinny.py's range (the served batches of 1-8): the skinny kernel with a run-time m
   (one kernel for every m: skinny.py);
 - else, at most native_max_work() multiply-adds with smallgemm's packed operands within
-  its stack buffer: smallgemm with run-time m or k (its row blocks and k loop are loops
+  PACK_MAX_BYTES: smallgemm with run-time m or k (its row blocks and k loop are loops
   with run-time trip counts);
 - else the BLAS call, every size an i32 computed at run time.
 
@@ -165,7 +165,7 @@ def _never_small(m, n, k, trans_a, trans_b) -> bool:
 
 def _small_fits(b, mv, nv, kv, trans_a, trans_b, itemsize, native_max) -> ir.Value:
     """The run-time condition for smallgemm: at most native_max multiply-adds, packed operands
-    within its stack buffer."""
+    within PACK_MAX_BYTES."""
     work = product(b, mv, nv, kv)
     fits = b.icmp_signed("<=", work, ir.Constant(I64, native_max))
     packed = small_gemm_bytes(b, mv, nv, kv, trans_a, trans_b, itemsize)
