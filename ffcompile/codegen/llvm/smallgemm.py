@@ -32,7 +32,7 @@ from contextlib import nullcontext
 from llvmlite import ir
 
 from .cgutils import accumulate_loop, for_range, scratch_scope
-from .elementwise import CONTRACT, I8, I64
+from .elementwise import CONTRACT, I64
 from .target import vector_bytes
 
 MR = 6  # rows of C per tile: 12 accumulators; the best of 4, 6, 8 x 2, 3 (deep step, 1 thread: 5.4 -> 4.6 ms)
