@@ -230,10 +230,8 @@ def emit_gemm(b: ir.IRBuilder, a: Array, b_: Array, out: Array, trans_a: bool, t
                                                          max_batch))
         elif route == SKINNY:
             emit_skinny_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
-        elif route == SMALL and epilogue is not None:
+        elif route == SMALL:  # fixed sizes (a symbolic product's route is a run-time one)
             emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue)
-        elif route == SMALL:
-            _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         elif route == PACKED:
             emit_packed_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale, epilogue=epilogue)
         elif route == LOOPS:
@@ -392,11 +390,9 @@ def _split_symbolic_small_gemm(b, pa, pb, pc, m: Sym, n: int, k: int, trans_b, s
 
 
 def _small(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale) -> None:
-    """smallgemm's product, split across the pool: fixed sizes by tiles of C (smallgemm_split.py),
-    a Sym m by blocks of rows where A's rows are contiguous (sizes: ints, or a Sym m or k)."""
-    if not symbolic(m, n, k):
-        emit_split_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
-    elif not trans_a and not symbolic(n, k):
+    """smallgemm's product in a run-time route (a Sym m or k): split by blocks of rows across the
+    pool where A's rows are contiguous and only m holds B (fixed sizes: smallgemm_split.py)."""
+    if not trans_a and not symbolic(n, k):
         _split_symbolic_small_gemm(b, pa, pb, pc, m, n, k, trans_b, scale)
     else:
         emit_small_gemm(b, pa, pb, pc, *(d if isinstance(d, int) else size_value(b, d) for d in (m, n, k)),
