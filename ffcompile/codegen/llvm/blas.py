@@ -54,7 +54,7 @@ from .elementwise import (
     loop_nest,
 )
 from .openblas import bundled_gemm_address, bundled_set_threads
-from .gemm_calibration import WORK_BANDS, fastest, forced_route, measured
+from .gemm_calibration import WORK_BANDS, chosen_route
 from .packed_gemm import default_block_sizes, emit_packed_gemm, packed_beats_blas, route_key
 from .runtime_gemm import BLAS_INT_MAX, GemmTooLarge, emit_runtime_gemm, largest, runtime_kernels, symbolic
 from .skinny import emit_skinny_gemm, skinny_fits
@@ -339,11 +339,7 @@ def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: b
 def _small_measured_fastest(m: int, n: int, k: int, itemsize: int) -> bool:
     """smallgemm for this product: as forced (FFCOMPILE_GEMM_ROUTE=small), else as its class was
     measured on this host (gemm_calibration.py; unmeasured: not)."""
-    forced = forced_route()
-    if forced is not None:
-        return forced == "small"
-    found = measured(route_key(m, n, k, itemsize, _blas_threads))
-    return found is not None and fastest(found) == "small"
+    return chosen_route(route_key(m, n, k, itemsize, _blas_threads)) == "small"
 
 
 def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:

@@ -49,7 +49,7 @@ _override = threading.local()
 
 
 def forced_route() -> str | None:
-    """'packed' or 'blas' when forced (route_forced, else FFCOMPILE_GEMM_ROUTE), else None."""
+    """One of ROUTES when forced (route_forced, else FFCOMPILE_GEMM_ROUTE), else None."""
     route = getattr(_override, "route", None)
     if route is not None:
         return route
@@ -140,10 +140,20 @@ def measured(key: str) -> dict | None:
         return _table(calibration_path()).get(key)
 
 
-def fastest(found: dict) -> str:
-    """The route a record measured fastest: 'small', 'packed' or 'blas'."""
-    seconds = {route: found[f"{route}_seconds"] for route in ROUTES if found[f"{route}_seconds"] is not None}
+def fastest(found: dict, among: tuple[str, ...] = ROUTES) -> str:
+    """The route of `among` a record measured fastest (on a tie, the first in `among`)."""
+    seconds = {route: found[f"{route}_seconds"] for route in among if found[f"{route}_seconds"] is not None}
     return min(seconds, key=seconds.get)
+
+
+def chosen_route(key: str, among: tuple[str, ...] = ROUTES) -> str | None:
+    """The route forced (FFCOMPILE_GEMM_ROUTE, route_forced: it may be none of `among`), else
+    the fastest of `among` in class `key`'s record; None if the class is not measured."""
+    forced = forced_route()
+    if forced is not None:
+        return forced
+    found = measured(key)
+    return None if found is None else fastest(found, among)
 
 
 def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float,

@@ -68,7 +68,7 @@ from llvmlite import ir
 
 from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
-from .gemm_calibration import class_key, forced_route, measured
+from .gemm_calibration import chosen_route, class_key
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
 from .threadpool import chunk_count, emit_parallel_for, get_num_threads
@@ -164,11 +164,7 @@ def packed_beats_blas(m: int, n: int, k: int, itemsize: int, blas_threads: int |
     product's shape class at the pool's and the BLAS's thread counts and this vector width
     (gemm_calibration.py; calibrate.py measures a class a program needs when it is built). An
     unmeasured class keeps BLAS. The choice is part of the disk cache's key (lower.gemm_routes)."""
-    forced = forced_route()
-    if forced is not None:
-        return forced == "packed"
-    found = measured(route_key(m, n, k, itemsize, blas_threads))
-    return found is not None and found["packed_seconds"] < found["blas_seconds"]
+    return chosen_route(route_key(m, n, k, itemsize, blas_threads), ("blas", "packed")) == "packed"  # a tie: BLAS
 
 
 def route_key(m: int, n: int, k: int, itemsize: int, blas_threads: int | None) -> str:
