@@ -20,7 +20,9 @@ into slivers of MR rows, and runs the MR x NR micro-kernel over every pair of
 slivers: MR x NR/vw vector accumulators (registers) over kc broadcast-FMA steps,
 reading both packs contiguously whatever the operands' transposes. The first k step writes
 alpha * AB + beta * C (AB without a scale: C is not read, it may hold anything),
-later ones add. Edge tiles compute the full padded tile and copy its valid part. A fused
+later ones add. Each tile's rows of C are prefetched before its k loop (_prefetch_tile: a
+product of one k step read them from memory unhidden). Edge tiles compute the full padded
+tile and copy its valid part. A fused
 epilogue (bias, activation, ...: lower.py's column_epilogue) runs on each block of C right
 after its last k step, while the block (MC x NC, sized for L2) is still in cache.
 
@@ -464,9 +466,10 @@ class _Kernel:
         with for_range(b, col_slivers, "jr") as jr, for_range(b, row_slivers, "ir") as ir_:
             a = b.gep(self.a_pack, [b.mul(b.mul(ir_, self.const(self.mr)), depth)], inbounds=True)
             bs = b.gep(self.b_pack, [b.mul(b.mul(jr, self.const(self.nr)), depth)], inbounds=True)
-            accs = self._micro(a, bs, depth)
             i0 = b.add(ic, b.mul(ir_, self.const(self.mr)))
             j0 = b.add(jc, b.mul(jr, self.const(self.nr)))
+            self._prefetch_tile(i0, j0)
+            accs = self._micro(a, bs, depth)
             rows = self.min(b, b.sub(nrows, b.mul(ir_, self.const(self.mr))), self.mr)
             cols = self.min(b, b.sub(ncols, b.mul(jr, self.const(self.nr))), self.nr)
             full = b.and_(b.icmp_signed("==", rows, self.const(self.mr)), b.icmp_signed("==", cols, self.const(self.nr)))
@@ -475,6 +478,23 @@ class _Kernel:
                     self._store_tile(accs, i0, j0, first)
                 with edge:
                     self._store_edge(accs, i0, j0, rows, cols, first)
+
+    def _prefetch_tile(self, i0, j0) -> None:
+        """Ask for the tile's rows of C before the k loop, which hides their miss: walking down a
+        panel's tiles touches one cache line per row of C, a page apart, which no hardware
+        prefetcher follows, and a product of one k step (the weight gradients, beta the SGD
+        decay) reads each from memory. A prefetch never faults: rows past m are harmless."""
+        b, itemsize = self.b, float_bytes(self.ty)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        row_bytes = self.nr * itemsize
+        offsets = sorted({*range(0, row_bytes, 64), row_bytes - 1})  # every line the row spans
+        for r in range(self.mr):
+            row = b.bitcast(b.gep(self.pc, [b.add(b.mul(b.add(i0, self.const(r)), self.ldc), j0)]), i8p)
+            for offset in offsets:
+                b.call(fn, [b.gep(row, [self.const(offset)]), ir.Constant(i32, 1), ir.Constant(i32, 3),
+                            ir.Constant(i32, 1)])
 
     def _micro(self, a, bs, depth) -> list:
         """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps."""
