@@ -207,3 +207,62 @@ def test_a_spinning_thread_yields_the_core_after_a_while():
     have spun YIELD_AFTER_CYCLES: with another process on one of 2 cores, both share the other."""
     for name in ("pool.worker", "ffc_pool_parallel_for"):
         assert "call i32 @\"sched_yield\"()" in _pool_function_ir(name), name
+
+
+def test_worker_cpus_leave_the_first_to_the_caller_and_wrap(monkeypatch):
+    monkeypatch.delenv(threadpool.PIN_VARIABLE, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 2, 7})
+    assert threadpool.worker_cpus(1) == [4]
+    assert threadpool.worker_cpus(4) == [4, 7, 2, 4]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert threadpool.worker_cpus(2) == []  # one CPU: nothing to pin apart
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv(threadpool.PIN_VARIABLE, "0")
+    assert threadpool.worker_cpus(1) == []
+
+
+needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
+
+_AFFINITIES = """
+    import ctypes, os, numpy as np, ffcompile as ff
+    libc = ctypes.CDLL(None)
+    def tasks():
+        return set(os.listdir("/proc/self/task"))
+    cpus = sorted(os.sched_getaffinity(0))
+    before = tasks()
+    ff.set_num_threads(2)
+    workers = tasks() - before
+    print([sorted(os.sched_getaffinity(int(t))) for t in workers], sorted(os.sched_getaffinity(0)) == cpus)
+    f = ff.compile(lambda x, w: x @ w)
+    x, w = np.ones((256, 784), np.float32), np.ones((784, 512), np.float32)
+    os.sched_setaffinity(0, {cpus[1]})  # onto the worker's CPU, then free again: it stays there
+    os.sched_setaffinity(0, cpus)
+    assert libc.sched_getcpu() == cpus[1]
+    assert (f(x, w) == 784).all()
+    print(libc.sched_getcpu() != cpus[1], sorted(os.sched_getaffinity(0)) == cpus)
+    os.sched_setaffinity(0, {cpus[1]})  # pinned there by the user: it stays, and computes
+    assert (f(x, w) == 784).all() and os.sched_getaffinity(0) == {cpus[1]}
+    print("ok")
+"""
+
+
+@needs_two_cpus
+def test_workers_are_pinned_and_a_caller_on_a_workers_cpu_moves_off_it():
+    """The worker on the second CPU, the caller's mask untouched; a caller moved onto the
+    worker's CPU is off it after a parallel call, its mask as before; one the user pinned
+    there stays."""
+    result = run_python(_AFFINITIES)
+    assert result.returncode == 0, result.stderr
+    cpus = sorted(os.sched_getaffinity(0))
+    assert result.stdout.split("\n")[:3] == [f"[[{cpus[1]}]] True", "True True", "ok"]
+
+
+@needs_two_cpus
+def test_unpinned_workers_float_and_no_mask_changes():
+    """FFCOMPILE_PIN_THREADS=0: the worker may run on every CPU, and no caller's mask changes
+    (where the scheduler puts a floating thread is its business, not checked)."""
+    result = run_python(_AFFINITIES, {threadpool.PIN_VARIABLE: "0"})
+    assert result.returncode == 0, result.stderr
+    cpus = sorted(os.sched_getaffinity(0))
+    first, second, last = result.stdout.split("\n")[:3]
+    assert (first, second.split()[1], last) == (f"[{cpus}] True", "True", "ok")
