@@ -1,7 +1,9 @@
 """A bound training step timed in batches: per batch its median, the process's CPU time over
 wall time, and how busy each CPU was (all processes). A batch whose CPU/wall ratio falls to 1
-while every CPU is busy ran with another process on a core: the cause of mnist's bimodal step
-times at 256 bits (benchmarks/README.md, "256-bit steps").
+while every CPU is busy ran with another process on a core; one that falls to 1 while a CPU
+idles had the pool's two threads taking turns on one core, the cause of mnist's bimodal step
+times at 256 bits, which pinning the workers ended (benchmarks/README.md, "256-bit steps";
+docs/threads.md).
 
     python -m benchmarks.step_batches --model mnist --batches 12 --pause 0.25
     FFCOMPILE_VECTOR_BITS=256 python -m benchmarks.step_batches --model deep

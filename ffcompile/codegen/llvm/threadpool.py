@@ -43,7 +43,8 @@ from .cgutils import emit_closure
 from .target import object_code
 
 POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
-POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_stop", "ffc_pool_forget", "ffc_pool_workers")
+POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_pin", "ffc_pool_stop", "ffc_pool_forget",
+                  "ffc_pool_workers")
 THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
 PIN_VARIABLE = "FFCOMPILE_PIN_THREADS"  # "0": workers float over every CPU the process may use
 CPU_SET_WORDS = 16  # glibc's cpu_set_t: 1024 CPUs in 64-bit words
@@ -131,12 +132,9 @@ class _PoolModule:
         self.state["handles"] = self._global("handles", ir.ArrayType(I64, MAX_THREADS))
         # Set by _pin_workers: whether workers are pinned, the CPUs they are pinned to, and the
         # others (cpu_set_t bit masks), where a caller found on a worker's CPU moves (_escape).
-        # Exported: written only from Python, internal ones LLVM would fold to their zeros.
         self.state["pinned"] = self._global("pinned", I64)
         for name in ("worker_cpus", "free_cpus"):
             self.state[name] = self._global(name, ir.ArrayType(I64, CPU_SET_WORDS))
-        for name in ("pinned", "worker_cpus", "free_cpus"):
-            self.state[name].linkage = ""
         self.libc = {
             "pthread_mutex_init": ir.FunctionType(I32, [I8P, I8P]),
             "pthread_mutex_lock": ir.FunctionType(I32, [I8P]),
@@ -159,6 +157,7 @@ class _PoolModule:
         self._worker()
         self._parallel_for()
         self._start()
+        self._pin()
         self._stop()
         self._forget()
         self._workers()
@@ -413,6 +412,17 @@ class _PoolModule:
         self._store(b, "busy", 0)
         b.ret(count)
 
+    def _pin(self):
+        """void ffc_pool_pin(i64 pinned, i64* worker_cpus, i64* free_cpus): what _escape reads."""
+        fn, b = self._function("ffc_pool_pin", ir.FunctionType(VOID, [I64, I64.as_pointer(), I64.as_pointer()]))
+        pinned, workers, free = fn.args
+        for source, name in ((workers, "worker_cpus"), (free, "free_cpus")):
+            for w in range(CPU_SET_WORDS):
+                word = b.load(b.gep(source, [ir.Constant(I64, w)]))
+                b.store(word, b.gep(self.state[name], [ir.Constant(I64, 0), ir.Constant(I64, w)]))
+        b.store(pinned, self.state["pinned"])
+        b.ret_void()
+
     def _stop(self):
         """void ffc_pool_stop(): wake every worker with quit set and join them all."""
         fn, b = self._function("ffc_pool_stop", ir.FunctionType(VOID, []))
@@ -512,9 +522,9 @@ def _pin_workers(workers: int) -> None:
     left the caller waking on the worker's CPU. A refusal (a container's policy) leaves a
     worker floating."""
     cpus = worker_cpus(workers)
-    pinned = ctypes.c_int64.from_address(_library.address("pool.pinned"))
-    pinned.value = 0
+    words = ctypes.c_uint64 * CPU_SET_WORDS
     if not cpus:
+        _functions["ffc_pool_pin"](0, words(), words())
         return
     handles = (ctypes.c_uint64 * MAX_THREADS).from_address(_library.address("pool.handles"))
     set_affinity = ctypes.CDLL(None, use_errno=True).pthread_setaffinity_np
@@ -523,9 +533,7 @@ def _pin_workers(workers: int) -> None:
         mask = (ctypes.c_uint64 * CPU_SET_WORDS)(*_cpu_set([cpu]))
         set_affinity(handles[worker], ctypes.sizeof(mask), ctypes.addressof(mask))
     free = set(os.sched_getaffinity(0)) - set(cpus)
-    for name, words in (("worker_cpus", _cpu_set(cpus)), ("free_cpus", _cpu_set(free))):
-        (ctypes.c_uint64 * CPU_SET_WORDS).from_address(_library.address(f"pool.{name}"))[:] = words
-    pinned.value = int(bool(free))
+    _functions["ffc_pool_pin"](int(bool(free)), words(*_cpu_set(cpus)), words(*_cpu_set(free)))
 
 
 def _load() -> None:
@@ -534,6 +542,8 @@ def _load() -> None:
         return
     _library = runtime_module("thread pool", POOL_FUNCTIONS, lambda: object_code(_PoolModule().m))
     signatures = {"ffc_pool_start": ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64),
+                  "ffc_pool_pin": ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.POINTER(ctypes.c_uint64),
+                                                   ctypes.POINTER(ctypes.c_uint64)),
                   "ffc_pool_stop": ctypes.CFUNCTYPE(None),
                   "ffc_pool_forget": ctypes.CFUNCTYPE(None),
                   "ffc_pool_workers": ctypes.CFUNCTYPE(ctypes.c_int64)}
