@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from ffcompile.bench.harness import Options
+
 DEFAULT_SHAPES = ("128x512x784,128x512x512,1024x512x784,1024x512x512,128x256x256,1024x256x256,"
                   "128x4096x1024,128x4096x4096,1024x4096x1024,1024x1024x4096,512x512x512,300x257x299")
 
@@ -107,12 +109,17 @@ def contenders(m, n, k, dtype, epilogue: bool = False, with_jax: bool = True):
     return out
 
 
-def measure(fns: dict, calls: int, rounds: int, timer=time.perf_counter) -> dict[str, float]:
-    """name -> the best round's median seconds per call (by `timer`)."""
+def measure(fns: dict, calls: int, rounds: int, timer=time.perf_counter, settle: float = Options.settle
+            ) -> dict[str, float]:
+    """name -> the best round's median seconds per call (by `timer`). Each contender's calls
+    start `settle` seconds after the last one's: NumPy's OpenBLAS workers spin ~0.1 s after a
+    call (2^28 time-stamp cycles), holding a core from whatever runs next (the packed GEMM's
+    256x4096x4096 at 2 threads: 155 GFLOP/s in the two calls after NumPy's, 235 otherwise)."""
     best = {name: float("inf") for name in fns}
     names = list(fns)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle)
             fns[name]()
             times = []
             for _ in range(calls):
