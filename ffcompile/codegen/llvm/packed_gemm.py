@@ -31,7 +31,7 @@ a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
 and both packs of a chunk take STACK_BYTES at most (one heap block per chunk, on the stack
 only if the allocation fails: _Kernel._packs), which bounds NC (and MC, KC where a host
 reports huge caches). A product
-of few row blocks gets narrower panels, so that it makes MIN_UNITS blocks for the
+of few row blocks gets narrower panels, so that it makes a block for each thread of the
 pool (each thread packs only its panels of B: splitting rows alone made each
 thread pack all of B, which cost as much as the product at m = 128). The blocks are
 of even sizes, and a few more of them are made where that evens out the threads' work
@@ -80,11 +80,10 @@ MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold
 STACK_BYTES = 1 << 20  # both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB)
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
-MIN_UNITS = 8  # blocks of C (MC x NC) at least, if n allows: 2 chunks for each of 4 threads
 PACK_ROWS = 8  # k steps of a sliver copied before the next sliver's (_pack_rows; 4-16 measured alike)
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 PACK_ALIGN = 64  # bytes: the packs' alignment (the micro-kernel's aligned vector loads of B's pack)
-MIN_PANEL_SLIVERS = 4  # NC shrinks for MIN_UNITS to no fewer slivers (an A block is packed per panel)
+MIN_PANEL_SLIVERS = 4  # NC shrinks for a block a thread to no fewer slivers (an A block is packed per panel)
 BALANCE_STEPS = 4  # row block and panel counts tried, from the caches' (block_sizes: an even split)
 FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
 SLOT_SUFFIX = ".slot"  # a program's global holding a variant's address
@@ -126,8 +125,12 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     # BALANCE_STEPS - 1 more row blocks and panels than the caches ask for, the best balanced
     # (within 1%), then the fewest panels (each repacks A once more), then rows.
     rows = -(-m // mc)
-    panels = max(-(-n // nc), -(-MIN_UNITS // rows))  # MIN_UNITS blocks of C at least
     threads = get_num_threads()
+    # A block of C a thread at least: as many panels as that takes where rows are few. More,
+    # narrower panels (8 blocks at least, as before) repacked A once a panel: at 2 threads,
+    # mnist's 128x512x784 ran 7% slower at 512 bits with 4 panels of 128 than with 2 of 256,
+    # its 512x512x128 weight gradient 7%, 784x512x128 5% (2% at 256 bits).
+    panels = max(-(-n // nc), -(-threads // rows))
     choices = {}
     for r in range(rows, min(rows + BALANCE_STEPS, -(-m // mr) + 1)):
         for p in range(panels, max(panels + 1, min(panels + BALANCE_STEPS, n // (MIN_PANEL_SLIVERS * nr) + 1))):
