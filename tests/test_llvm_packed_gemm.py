@@ -65,6 +65,15 @@ def test_tiny_caches_make_many_blocks(monkeypatch, threads, m, n, k, trans_a, tr
     check(m, n, k, trans_a, trans_b, dtype, vbytes, scaled=(m + k) % 2 == 1)
 
 
+def test_a_product_built_at_one_thread_still_splits_across_the_cores(threads):
+    """Block sizes are constants of a program: one built at 1 thread has a block of C for each
+    core, so it splits when the count rises (a block for each thread now, 8 before, would have
+    left mnist's first layer one block)."""
+    threads(1)
+    mr, nr, mc, kc, nc = block_sizes(128, 512, 784, 4, 32)
+    assert -(-128 // mc) * -(-512 // nc) >= min(threadpool.default_threads(), 512 // (4 * nr))
+
+
 def test_tiny_caches_do_cut_every_dimension(monkeypatch):
     monkeypatch.setattr(packed_gemm, "cache_bytes", TINY_CACHES.get)
     mr, nr, mc, kc, nc = block_sizes(97, 64, 130, 8, 32)

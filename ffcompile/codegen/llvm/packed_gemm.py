@@ -73,7 +73,7 @@ from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import chosen_route, class_key
 from .smallgemm import float_bytes, splat_vector
 from .target import vector_bytes
-from .threadpool import chunk_count, emit_parallel_for, get_num_threads
+from .threadpool import chunk_count, default_threads, emit_parallel_for, get_num_threads
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
@@ -126,11 +126,12 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     # (within 1%), then the fewest panels (each repacks A once more), then rows.
     rows = -(-m // mc)
     threads = get_num_threads()
-    # A block of C a thread at least: as many panels as that takes where rows are few. More,
-    # narrower panels (8 blocks at least, as before) repacked A once a panel: at 2 threads,
-    # mnist's 128x512x784 ran 7% slower at 512 bits with 4 panels of 128 than with 2 of 256,
-    # its 512x512x128 weight gradient 7%, 784x512x128 5% (2% at 256 bits).
-    panels = max(-(-n // nc), -(-threads // rows))
+    # A block of C for each thread the pool may run (the count now, or the cores if more: a
+    # program built at 1 thread still splits at 2): as many panels as that takes where rows are
+    # few. More, narrower panels (8 blocks at least, as before) repacked A once a panel: at 2
+    # threads, mnist's 128x512x784 ran 7% slower at 512 bits with 4 panels of 128 than with 2
+    # of 256, its 512x512x128 weight gradient 7%, 784x512x128 5% (2% at 256 bits).
+    panels = max(-(-n // nc), -(-max(threads, default_threads()) // rows))
     choices = {}
     for r in range(rows, min(rows + BALANCE_STEPS, -(-m // mr) + 1)):
         for p in range(panels, max(panels + 1, min(panels + BALANCE_STEPS, n // (MIN_PANEL_SLIVERS * nr) + 1))):

@@ -43,8 +43,8 @@ from .cgutils import emit_closure
 from .target import object_code
 
 POOL_SLOT = "ffc_parallel_for"  # the module global a program calls the pool through
-POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_pin", "ffc_pool_stop", "ffc_pool_forget",
-                  "ffc_pool_workers")
+POOL_FUNCTIONS = ("ffc_pool_parallel_for", "ffc_pool_start", "ffc_pool_handles", "ffc_pool_pin", "ffc_pool_stop",
+                  "ffc_pool_forget", "ffc_pool_workers")
 THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
 PIN_VARIABLE = "FFCOMPILE_PIN_THREADS"  # "0": workers float over every CPU the process may use
 CPU_SET_WORDS = 16  # glibc's cpu_set_t: 1024 CPUs in 64-bit words
@@ -157,6 +157,7 @@ class _PoolModule:
         self._worker()
         self._parallel_for()
         self._start()
+        self._handles()
         self._pin()
         self._stop()
         self._forget()
@@ -308,7 +309,10 @@ class _PoolModule:
         b.position_at_end(move)
         own, allowed = b.alloca(I64, words), b.alloca(I64, words)
         pid, size = ir.Constant(I32, 0), ir.Constant(I64, 8 * CPU_SET_WORDS)
-        self._call(b, "sched_getaffinity", pid, size, own)
+        read = b.icmp_signed("==", self._call(b, "sched_getaffinity", pid, size, own), ir.Constant(I32, 0))
+        apply = fn.append_basic_block("apply")
+        b.cbranch(read, apply, done)  # more CPUs than a cpu_set_t holds: stay
+        b.position_at_end(apply)
         any_free = ir.Constant(I64, 0)
         for w in range(CPU_SET_WORDS):
             index = [ir.Constant(I64, w)]
@@ -412,6 +416,11 @@ class _PoolModule:
         self._store(b, "busy", 0)
         b.ret(count)
 
+    def _handles(self):
+        """i64* ffc_pool_handles(): the workers' pthread_t, for pinning them (_pin_workers)."""
+        fn, b = self._function("ffc_pool_handles", ir.FunctionType(I64.as_pointer(), []))
+        b.ret(b.gep(self.state["handles"], [ir.Constant(I64, 0), ir.Constant(I64, 0)]))
+
     def _pin(self):
         """void ffc_pool_pin(i64 pinned, i64* worker_cpus, i64* free_cpus): what _escape reads."""
         fn, b = self._function("ffc_pool_pin", ir.FunctionType(VOID, [I64, I64.as_pointer(), I64.as_pointer()]))
@@ -494,13 +503,17 @@ def default_threads() -> int:
 
 
 def worker_cpus(workers: int) -> list[int]:
-    """The CPU each worker is pinned to: the process's allowed CPUs in order, the first left
-    to the caller, wrapping round where there are more workers than CPUs; none (no pinning)
-    with fewer than 2 CPUs, or with FFCOMPILE_PIN_THREADS=0."""
+    """The CPU each worker is pinned to where the pool's threads (workers and the caller) are
+    at least the CPUs this process may use: those CPUs in order, the first left to the caller,
+    wrapping round past the last. None (workers float) with fewer threads: the pins would be
+    the same in every process (MPI ranks, a multiprocessing pool), stacking their workers on
+    the lowest CPUs while the others idled; with one CPU; with FFCOMPILE_PIN_THREADS=0."""
     if os.environ.get(PIN_VARIABLE, "").strip() == "0" or not hasattr(os, "sched_getaffinity"):
         return []
     cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[(w + 1) % len(cpus)] for w in range(workers)] if len(cpus) > 1 else []
+    if len(cpus) < 2 or workers + 1 < len(cpus):
+        return []
+    return [cpus[(w + 1) % len(cpus)] for w in range(workers)]
 
 
 def _cpu_set(cpus) -> list[int]:
@@ -526,14 +539,16 @@ def _pin_workers(workers: int) -> None:
     if not cpus:
         _functions["ffc_pool_pin"](0, words(), words())
         return
-    handles = (ctypes.c_uint64 * MAX_THREADS).from_address(_library.address("pool.handles"))
-    set_affinity = ctypes.CDLL(None, use_errno=True).pthread_setaffinity_np
+    handles = (ctypes.c_uint64 * MAX_THREADS).from_address(_functions["ffc_pool_handles"]())
+    set_affinity = ctypes.CDLL(None).pthread_setaffinity_np
     set_affinity.argtypes = [ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
+    refused = False
     for worker, cpu in enumerate(cpus):
-        mask = (ctypes.c_uint64 * CPU_SET_WORDS)(*_cpu_set([cpu]))
-        set_affinity(handles[worker], ctypes.sizeof(mask), ctypes.addressof(mask))
+        mask = words(*_cpu_set([cpu]))
+        refused |= set_affinity(handles[worker], ctypes.sizeof(mask), ctypes.addressof(mask)) != 0
     free = set(os.sched_getaffinity(0)) - set(cpus)
-    _functions["ffc_pool_pin"](int(bool(free)), words(*_cpu_set(cpus)), words(*_cpu_set(free)))
+    # Where a pin was refused, a caller has no worker's CPU to leave: no escapes.
+    _functions["ffc_pool_pin"](int(bool(free) and not refused), words(*_cpu_set(cpus)), words(*_cpu_set(free)))
 
 
 def _load() -> None:
@@ -542,6 +557,7 @@ def _load() -> None:
         return
     _library = runtime_module("thread pool", POOL_FUNCTIONS, lambda: object_code(_PoolModule().m))
     signatures = {"ffc_pool_start": ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64),
+                  "ffc_pool_handles": ctypes.CFUNCTYPE(ctypes.c_void_p),
                   "ffc_pool_pin": ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.POINTER(ctypes.c_uint64),
                                                    ctypes.POINTER(ctypes.c_uint64)),
                   "ffc_pool_stop": ctypes.CFUNCTYPE(None),
