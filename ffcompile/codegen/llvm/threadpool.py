@@ -24,8 +24,9 @@ runs at a time: a parallel_for that finds the pool busy (another Python thread's
 or a body calling back in) runs its body serially instead of waiting, so nothing deadlocks.
 
 Threads: FFCOMPILE_NUM_THREADS, else the cores this process may run on;
-`set_num_threads` changes it (1: no workers). Each worker is pinned to one of those CPUs, the
-first left to the caller (worker_cpus; FFCOMPILE_PIN_THREADS=0 leaves them floating). BLAS (blas.py) stays at one thread, run on
+`set_num_threads` changes it (1: no workers). Where the threads take every one of those
+CPUs, each worker is pinned to one, the first left to the caller (worker_cpus;
+FFCOMPILE_PIN_THREADS=0 leaves them floating). BLAS (blas.py) stays at one thread, run on
 the caller's thread while the workers sleep: the pool is the one owner of the cores.
 A forked child starts with no workers (a fork copies only the calling thread).
 """
