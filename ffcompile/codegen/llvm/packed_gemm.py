@@ -396,7 +396,6 @@ class _Kernel:
         of `width` rows (A) or columns (B), each depth x width, p-major. lanes_inner: w is the
         inner loop (the source contiguous along w), else p."""
         b = self.b
-        slivers = b.sdiv(b.add(extent, self.const(width - 1)), self.const(width))
         zero = ir.Constant(self.ty, 0.0)
 
         def copy(base, out, w, p):
@@ -423,6 +422,7 @@ class _Kernel:
                 base = b.mul(whole, self.const(width))
                 scalar(base, b.gep(pack, [b.mul(base, depth)], inbounds=True))
             return
+        slivers = b.sdiv(b.add(extent, self.const(width - 1)), self.const(width))
         with for_range(b, slivers, "sliver") as s:
             base = b.mul(s, self.const(width))
             out = b.gep(pack, [b.mul(base, depth)], inbounds=True)
@@ -512,13 +512,12 @@ class _Kernel:
         prefetcher follows, and a product of one k step (the weight gradients, beta the SGD
         decay) reads each from memory. A prefetch never faults: rows past m are harmless."""
         b, itemsize = self.b, float_bytes(self.ty)
-        i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
-        fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [I8P, i32, i32, i32]))
         row_bytes = self.nr * itemsize
         offsets = sorted({*range(0, row_bytes, 64), row_bytes - 1})  # every line the row spans
         for r in range(self.mr):
-            row = b.bitcast(b.gep(self.pc, [b.add(b.mul(b.add(i0, self.const(r)), self.ldc), j0)]), i8p)
+            row = b.bitcast(b.gep(self.pc, [b.add(b.mul(b.add(i0, self.const(r)), self.ldc), j0)]), I8P)
             for offset in offsets:
                 b.call(fn, [b.gep(row, [self.const(offset)]), ir.Constant(i32, 1), ir.Constant(i32, 3),
                             ir.Constant(i32, 1)])
