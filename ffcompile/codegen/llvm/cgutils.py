@@ -163,6 +163,13 @@ def emit_closure(b: ir.IRBuilder, name: str, thunk_name: str, values: list[ir.Va
     return thunk, b.bitcast(context, ir.IntType(8).as_pointer())
 
 
+def count_below(b: ir.IRBuilder, start: ir.Value, end: ir.Value, limit: ir.Value) -> ir.Value:
+    """How many of the i64 items start..end - 1 are below limit (0 where none are): a chunk's
+    share of the whole units, the partial last one left to its caller."""
+    stop = b.select(b.icmp_signed("<", end, limit), end, limit)
+    return b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(start.type, 0))
+
+
 def libc(module: ir.Module, name: str, returns: ir.Type, parameters: list) -> ir.Function:
     """The C library's function `name`, declared in module once."""
     found = module.globals.get(name)

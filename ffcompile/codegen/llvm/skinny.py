@@ -41,7 +41,7 @@ from contextlib import nullcontext
 
 from llvmlite import ir
 
-from .cgutils import for_range, scratch_scope
+from .cgutils import count_below, for_range, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .smallgemm import MR, PACK_MAX_BYTES, SCRATCH_ALIGN, DotTile, as_i64, product, row_blocks, splat_vector
 from .target import vector_bytes
@@ -196,8 +196,7 @@ def _streamed_columns(b, pa, pb, pc, m, n, k, trans_a, vw, start, end, alpha, be
         with for_range(b, count, "store") as u:
             each_row(lambda i: store(i, u))
 
-    stop = b.select(b.icmp_signed("<", end, ir.Constant(I64, full)), end, ir.Constant(I64, full))
-    count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
+    count = count_below(b, start, end, ir.Constant(I64, full))
     blocks = b.udiv(b.add(count, ir.Constant(I64, BLOCK_VECTORS - 1)), ir.Constant(I64, BLOCK_VECTORS))
     with for_range(b, blocks, "block") as j:
         done = b.mul(j, ir.Constant(I64, BLOCK_VECTORS), flags=["nsw"])
@@ -222,8 +221,7 @@ def _dot_columns(b, pa, pb, pc, m, n, k, trans_a, columns, start, end, scale, vw
 def _dot_tiles(b, tile, m, n, columns, start, end):
     """The dot tiles of C[:, tiles start..end) (_dot_columns)."""
     full, tail = divmod(n, columns)
-    stop = b.select(b.icmp_signed("<", end, ir.Constant(I64, full)), end, ir.Constant(I64, full))
-    count = b.select(b.icmp_signed("<", start, stop), b.sub(stop, start), ir.Constant(I64, 0))
+    count = count_below(b, start, end, ir.Constant(I64, full))
 
     def row_groups(j0, cols):
         row_blocks(b, m, MR, lambda i0, rows, live=None: tile.emit(i0, j0, rows, cols, live), padded=True)

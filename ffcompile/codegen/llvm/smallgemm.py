@@ -31,7 +31,7 @@ from contextlib import nullcontext
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, for_range, scratch_scope
+from .cgutils import accumulate_loop, count_below, for_range, scratch_scope
 from .elementwise import CONTRACT, I64
 from .target import vector_bytes
 
@@ -140,8 +140,7 @@ def _tile_loops(b: ir.IRBuilder, m, n: int, mr: int, nr: int, emit, panels=None)
         first, count, edge = ir.Constant(I64, 0), full, bool(n % nr)
     else:
         first, end = panels
-        stop = b.select(b.icmp_signed("<", end, full), end, full)
-        count = b.select(b.icmp_signed("<", first, stop), b.sub(stop, first), ir.Constant(I64, 0))
+        count = count_below(b, first, end, full)
         edge = b.icmp_signed(">", end, full) if n % nr else False
 
     def row_block(i0: ir.Value, rows: int, live=None) -> None:
