@@ -199,6 +199,7 @@ def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
     assert 'declare i8* @"malloc"' in str(gemm_library.library_module(variant))
     normal = _library_call(variant)
     monkeypatch.setattr(cgutils, "libc", refusing)  # scratch_scope's malloc
+    monkeypatch.setattr(packed_gemm, "libc", refusing)  # emit_prepack's: its chunks pack A themselves
     assert 'define internal i8* @"malloc"' in str(gemm_library.library_module(variant))
     refused = _library_call(variant)
     m, n, k = 97, 130, 300
@@ -214,9 +215,9 @@ def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
     np.testing.assert_allclose(results[0], a @ b.T, rtol=RTOL[np_dtype], atol=1e-3)
 
 
-def _library_call(variant):
+def _library_call(variant, trans_b=True):
     """variant's library function compiled here (not from the cache), as a Python callable
-    (a, b^T-held b, c, (MC, KC, NC)) without scale or epilogue."""
+    (a, b (held transposed if trans_b), c, (MC, KC, NC)) without scale or epilogue."""
     jit = target.jit(gemm_library.library_module(variant))
     ctypes.c_void_p.from_address(jit.address(threadpool.POOL_SLOT)).value = threadpool.parallel_for_address()
     real = ctypes.c_float if variant.dtype == "f32" else ctypes.c_double
@@ -224,8 +225,9 @@ def _library_call(variant):
                           *[ctypes.c_int64] * 4, ctypes.c_void_p, ctypes.c_void_p)(jit.address(variant.symbol))
 
     def call(a, b, c, blocks):
-        (m, k), n = a.shape, b.shape[0]
-        fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k, k, k, n, 1.0, 0.0, 0, *blocks, None, None)
+        (m, k), n = a.shape, c.shape[1]
+        fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k, k, k if trans_b else n, n, 1.0, 0.0, 0, *blocks,
+           None, None)
         return jit  # referenced until the call returns
 
     return call
@@ -357,6 +359,93 @@ def test_each_tile_of_c_is_prefetched_before_its_k_loop(dtype, vbytes):
     mr, nr = packed_gemm.MR_BY_VECTOR_BYTES[vbytes], packed_gemm.SLIVER_VECTORS * vbytes // itemsize
     lines = len({*range(0, nr * itemsize, 64), nr * itemsize - 1})
     calls = [line for line in text.splitlines() if 'call void @"llvm.prefetch.p0"' in line]
-    assert len(calls) == mr * lines and all("i32 1, i32 3, i32 1)" in call for call in calls)
+    writes = [call for call in calls if call.endswith("i32 1, i32 3, i32 1)")]
+    assert len(writes) == mr * lines  # the rest are B's pack's reads ahead
+    assert all(call.endswith("i32 0, i32 3, i32 1)") for call in calls if call not in writes)
     tile = text[text.index("\nir.body:"):]  # the macro-kernel's loop over row slivers
-    assert tile.index('call void @"llvm.prefetch.p0"') < tile.index("\nmicro.k")
+    assert tile.index("i32 1, i32 3, i32 1)") < tile.index("\nmicro.k")
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_b_packs_prefetch_their_source_ahead(trans_b):
+    """Both of B's packs ask for the source ahead of the rows they copy (B is read from memory
+    once a product, in runs too short for the hardware prefetchers); A's packs do not."""
+    variant = packed_gemm.GemmVariant("f32", False, trans_b, 32)
+    text = str(gemm_library.library_module(variant))
+    body = text[text.index('define internal void @"packed_gemm"'):]
+    body = body[:body.index("\n}\n")]
+    b_pack = body[:body.index("\nic.")]  # B's pack comes first in a k step, before the row blocks' loop
+    assert "i32 0, i32 3, i32 1)" in b_pack
+    assert "i32 0, i32 3, i32 1)" not in body[body.index("\nic."):]
+
+
+@pytest.mark.parametrize("vbytes", [32, 64])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_a_packed_once_gives_the_bits_of_a_packed_by_each_chunk(monkeypatch, threads, trans_b, dtype, vbytes):
+    """Where A is held untransposed and C has several panels, A is packed once for all of them
+    (emit_prepack); built without (PREPACK_BYTES 0), each chunk packs its own: the same bits,
+    both against NumPy. Tiny caches: several row blocks, k steps and panels, edge slivers."""
+    monkeypatch.setattr(packed_gemm, "cache_bytes", TINY_CACHES.get)
+    threads(2)
+    m, n, k = 97, 400, 300
+    variant = packed_gemm.GemmVariant(dtype, False, trans_b, vbytes)
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
+    blocks = block_sizes(m, n, k, itemsize, vbytes)[2:]
+    assert n > blocks[2] and m > blocks[0] and k > blocks[1]  # panels, row blocks, k steps
+    assert "packed_gemm.prepack" in str(gemm_library.library_module(variant))
+    once = _library_call(variant, trans_b)
+    monkeypatch.setattr(packed_gemm, "PREPACK_BYTES", 0)
+    each = _library_call(variant, trans_b)
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((m, k)).astype(DTYPES[dtype])
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(DTYPES[dtype])
+    results = []
+    for call in (once, each):
+        c = np.full((m, n), np.nan, DTYPES[dtype])
+        call(a, b, c, blocks)
+        results.append(c)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert_gemm_close(results[0], a, b.T if trans_b else b, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("rows", [8, 6, 3])
+def test_transposed_gives_the_columns(rows):
+    """_transposed's shuffles (8 rows of 8) and its lane-by-lane moves (fewer rows): column p of
+    rows is lane p of each, against NumPy's transpose."""
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    vector = ir.VectorType(f32, 8)
+    module = ir.Module("transposed")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32.as_pointer(), f32.as_pointer()]), "transposed")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    source, out = fn.args
+    loaded = [b.load(b.bitcast(b.gep(source, [ir.Constant(i64, 8 * r)]), vector.as_pointer()), align=4)
+              for r in range(rows)]
+    for p, column in enumerate(packed_gemm._transposed(b, loaded, 8)):
+        b.store(column, b.bitcast(b.gep(out, [ir.Constant(i64, rows * p)]), column.type.as_pointer()), align=4)
+    b.ret_void()
+    jit = target.jit(module)
+    x = np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)
+    y = np.full((8, rows), np.nan, np.float32)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(jit.address("transposed"))(x.ctypes.data, y.ctypes.data)
+    np.testing.assert_array_equal(y, x.T)
+    assert ("insertelement" in str(module)) == (rows != 8)
+
+
+def test_packed_columns_count_a_panel_each_chunk_packs():
+    """A panel whose row blocks two chunks share is packed by both: 2 panels of 2 row blocks in
+    the 4 chunks of 2 threads pack each panel twice; 4 panels, one a chunk, once."""
+    assert packed_gemm._packed_columns(256, 1024, 132, 512, 2) == 2 * 1024
+    assert packed_gemm._packed_columns(256, 1024, 132, 256, 2) == 1024
+    assert packed_gemm._packed_columns(256, 1000, 256, 256, 1) == 1000
+
+
+def test_blocks_keep_a_large_b_panel_in_one_chunk(monkeypatch):
+    """With B larger than L2, the blocks are chosen (as balanced) so that no two chunks pack one
+    panel; a B that fits L2 keeps the fewest panels."""
+    monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 48 << 10, 2: 1 << 20}.get)
+    monkeypatch.setattr(packed_gemm, "get_num_threads", lambda: 2)
+    mr, nr, mc, kc, nc = block_sizes(256, 1024, 4096, 4, 32)
+    assert packed_gemm._packed_columns(256, 1024, mc, nc, 2) == 1024 and -(-256 // mc) == 2
+    mr, nr, mc, kc, nc = block_sizes(256, 1024, 128, 4, 32)  # B: 512 KiB
+    assert -(-1024 // nc) == 2

@@ -49,6 +49,14 @@ Side by side with those scalar packs under O3 (one process, the disk cache off; 
 thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0.66 s and its
 step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
 
+Slivers of 8 lanes and more (B^T's; A's at 512 bits) are transposed 8 x 8 at a time by three
+rounds of shuffles (_transposed). B's packs prefetch their source ahead (PACK_AHEAD, TRANS_AHEAD). Where A is
+held untransposed and C has several panels, A is packed once for all of them before the
+blocks (emit_prepack). Together, at 2 threads against the code before them (one process,
+the builds alternately, 2026-12-05): the 256-bit m = 256 products of wide and mnist 1.2-2.6%
+faster, at 512 bits the B-transposed ones 1.7-2.3% and mnist's 128x512x784 2.5-3%; the
+weight gradients (A transposed) unchanged.
+
 Shape-generic, against one function per shape with its sizes as constants (benchmarks.latency,
 CPU ms, a loaded 2-core Zen 5 at load 2.7-3.9, the host's runtime modules and GEMM calibration
 kept; before, the pool was built in each cold run, ~50-90 ms of it): the mnist step's cold
@@ -68,7 +76,7 @@ from pathlib import Path
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, scratch_scope
+from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, libc, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import chosen_route, class_key
 from .smallgemm import float_bytes, splat_vector
@@ -80,9 +88,16 @@ MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold
 STACK_BYTES = 1 << 20  # both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB)
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
+# B's packs prefetch their source this far ahead: the row pack PACK_AHEAD rows (the next
+# PACK_ROWS), the transposed pack TRANS_AHEAD elements along each row. B (the weights) is read
+# from memory once a product, in short runs that the hardware prefetchers pick up late: 256-bit
+# m = 256 products 0.5-1.5% faster (2 threads, one process, the builds alternately).
+PACK_AHEAD = 8
+TRANS_AHEAD = 32
 PACK_ROWS = 8  # k steps of a sliver copied before the next sliver's (_pack_rows; 4-16 measured alike)
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 PACK_ALIGN = 64  # bytes: the packs' alignment (the micro-kernel's aligned vector loads of B's pack)
+PREPACK_BYTES = 16 << 20  # A packed once for all panels up to this size (_Kernel.emit_prepack)
 MIN_PANEL_SLIVERS = 4  # NC shrinks for a block a thread to no fewer slivers (an A block is packed per panel)
 BALANCE_STEPS = 4  # row block and panel counts tried, from the caches' (block_sizes: an even split)
 FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
@@ -123,7 +138,10 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     # block of 64 rows beside 252-row ones (m = 4096), a last panel of 256 columns beside
     # 768-column ones, left one of two threads idle for a tenth of a product. Of up to
     # BALANCE_STEPS - 1 more row blocks and panels than the caches ask for, the best balanced
-    # (within 1%), then the fewest panels (each repacks A once more), then rows.
+    # (within 1%), then, where B is larger than L2, the fewest of its columns packed (a panel
+    # two chunks share is packed by both from memory: 256x1024x4096 at 256 bits, 2 panels of 2
+    # row blocks in 4 chunks, ran 2.5% faster as 4 panels of 256), then the fewest panels (each
+    # reads A again, where it is not packed once for all: emit_prepack), then rows.
     rows = -(-m // mc)
     threads = get_num_threads()
     # A block of C for each thread the pool may run (the count now, or the cores if more: a
@@ -132,12 +150,14 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     # threads, mnist's 128x512x784 ran 7% slower at 512 bits with 4 panels of 128 than with 2
     # of 256, its 512x512x128 weight gradient 7%, 784x512x128 5% (2% at 256 bits).
     panels = max(-(-n // nc), -(-max(threads, default_threads()) // rows))
+    big_b = k * n * itemsize > cache_bytes(2)
     choices = {}
     for r in range(rows, min(rows + BALANCE_STEPS, -(-m // mr) + 1)):
         for p in range(panels, max(panels + 1, min(panels + BALANCE_STEPS, n // (MIN_PANEL_SLIVERS * nr) + 1))):
             sizes = _round_up(-(-m // r), mr), min(nc, max(MIN_PANEL_SLIVERS * nr, _round_up(-(-n // p), nr)))
-            choices[sizes] = (_imbalance(m, n, *sizes, threads), -(-n // sizes[1]), -(-m // sizes[0]))
-    best = min(imbalance for imbalance, _, _ in choices.values())
+            packed = _packed_columns(m, n, *sizes, threads) if big_b else n  # B in L2: packs are cheap
+            choices[sizes] = (_imbalance(m, n, *sizes, threads), packed, -(-n // sizes[1]), -(-m // sizes[0]))
+    best = min(v[0] for v in choices.values())
     mc, nc = min((v[1:], sizes) for sizes, v in choices.items() if v[0] <= best + 0.01)[1]
     return mr, nr, mc, kc, nc
 
@@ -158,6 +178,18 @@ def _imbalance(m: int, n: int, mc: int, nc: int, threads: int) -> float:
     for c in range(chunks):
         busy[busy.index(min(busy))] += before(units * (c + 1) // chunks) - before(units * c // chunks)
     return max(busy) * threads / (m * n)
+
+
+def _packed_columns(m: int, n: int, mc: int, nc: int, threads: int) -> int:
+    """B's columns packed (at each k step), summed over the pool's chunks (threadpool.chunk_count):
+    a chunk packs each panel it has blocks of, so a panel whose row blocks two chunks share
+    is packed twice."""
+    rows, panels = -(-m // mc), -(-n // nc)
+    units = rows * panels
+    chunks = chunk_count(units, 1, threads)
+    bounds = [units * c // chunks for c in range(chunks + 1)]
+    return sum(min(nc, n - panel * nc) for start, end in zip(bounds, bounds[1:])
+               for panel in range(start // rows, -(-end // rows)))
 
 
 def default_block_sizes(m: int, n: int, k: int, itemsize: int) -> tuple[int, int, int, int, int]:
@@ -293,14 +325,44 @@ def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Funct
     grain = _ceil_div(b, ir.Constant(I64, MIN_CHUNK_WORK), work)
     grain = b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
     kernel = _Kernel(variant)
+    packed_a = [kernel.emit_prepack(b, fn.args)] if not variant.trans_a else []
     # C is not noalias: the epilogue callback reads and writes it through its own pointers
-    emit_parallel_for(b, "packed_gemm", list(fn.args), blocks, grain, kernel.emit_blocks, may_alias=(fn.args[2],))
+    emit_parallel_for(b, "packed_gemm", [*fn.args, *packed_a], blocks, grain, kernel.emit_blocks,
+                      may_alias=(fn.args[2],))
+    for packed in packed_a:
+        b.call(libc(module, "free", ir.VoidType(), [I8P]), [b.bitcast(packed, I8P)])
     b.ret_void()
     return fn
 
 
 def _ceil_div(b: ir.IRBuilder, x, y):
     return b.sdiv(b.add(x, b.sub(y, ir.Constant(I64, 1))), y)
+
+
+def _transposed(b: ir.IRBuilder, rows: list, steps: int) -> list:
+    """The `steps` columns of rows (vectors of `steps` lanes): 8 rows of 8 by the three rounds of
+    two-vector shuffles (24; x86's unpack, shufps and 128-bit lane permutes), else lane by lane.
+    Lane by lane, LLVM turned an 8 x 8 block into ~60 shuffles and broadcast reloads."""
+    if len(rows) == steps == 8:
+        def pairs(vectors, masks):
+            return [b.shuffle_vector(vectors[i], vectors[i + step], ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+                    for i, step, mask in masks]
+        low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+        unpacked = pairs(rows, [(i, 1, mask) for i in range(0, 8, 2) for mask in (low, high)])
+        low, high = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        # unpacked: (r0 r1 lo, r0 r1 hi, r2 r3 lo, r2 r3 hi, ...): pair lo with lo, hi with hi
+        quads = pairs(unpacked, [(i + half, 2, mask) for i in (0, 4) for half in (0, 1) for mask in (low, high)])
+        # quads: rows 0-3 (or 4-7) of columns (0 4), (1 5), (2 6), (3 7)
+        low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        halves = pairs(quads, [(c, 4, mask) for c in range(4) for mask in (low, high)])
+        return [halves[2 * (p % 4) + p // 4] for p in range(8)]
+    columns = []
+    for p in range(steps):
+        column = ir.Constant(ir.VectorType(rows[0].type.element, len(rows)), ir.Undefined)
+        for w, row in enumerate(rows):
+            column = b.insert_element(column, b.extract_element(row, ir.Constant(I64, p)), ir.Constant(I64, w))
+        columns.append(column)
+    return columns
 
 
 class _Kernel:
@@ -321,8 +383,56 @@ class _Kernel:
         limit = limit if isinstance(limit, ir.Value) else self.const(limit)
         return b.select(b.icmp_signed("<", x, limit), x, limit)
 
+    def emit_prepack(self, b: ir.IRBuilder, args) -> ir.Value:
+        """All of A packed once, in parallel, for every panel (a chunk packs its row blocks again
+        for each panel: 256x4096x4096 at 256 bits, 8 panels, packed A 8 times, 2% of its time):
+        a T* to it, or null where one panel needs no more (n <= NC), it is larger than
+        PREPACK_BYTES or malloc fails, and each chunk packs its own. For A held untransposed
+        (define_library_function): its rows, contiguous along k, are transposed into slivers;
+        a transposed A packs by plain copies, where packing once measured no faster. The
+        layout: k step after k step (p0 * padded m elements before one), in each the row
+        blocks' slivers in order (a block ic * depth elements in). The same packed values
+        as a chunk's own: the same bits either way."""
+        pa, m, n, k, lda, mc, kc, nc = (args[i] for i in (0, 3, 4, 5, 6, 12, 13, 14))
+        nbytes = b.mul(b.mul(self._padded_rows(b, m), k), self.const(float_bytes(self.ty)))
+        worth = b.and_(b.and_(b.icmp_signed(">", n, nc), b.icmp_signed("==", b.srem(mc, self.const(self.mr)), self.const(0))),
+                       b.icmp_signed("<=", nbytes, self.const(PREPACK_BYTES)))
+        null = ir.Constant(self.ty.as_pointer(), None)
+        before = b.block
+        with b.if_then(worth):
+            heap = b.bitcast(b.call(libc(b.module, "malloc", I8P, [I64]), [nbytes]), self.ty.as_pointer())
+            with b.if_then(b.icmp_unsigned("!=", heap, null)):
+                units = b.mul(_ceil_div(b, m, mc), _ceil_div(b, k, kc))
+                emit_parallel_for(b, "packed_gemm.prepack", [pa, m, k, lda, mc, kc, heap], units, 1, self._prepack_units)
+            tried = b.block
+        packed = b.phi(self.ty.as_pointer(), name="packed_a")
+        packed.add_incoming(null, before)
+        packed.add_incoming(heap, tried)
+        return packed
+
+    def _padded_rows(self, b, m):
+        return b.mul(_ceil_div(b, m, self.const(self.mr)), self.const(self.mr))
+
+    def _packed_block(self, packed, ic, p0, depth):
+        """Where emit_prepack's layout holds the A block of rows from ic, k steps from p0."""
+        b = self.b
+        return b.gep(packed, [b.add(b.mul(p0, self._padded_rows(b, self.m)), b.mul(ic, depth))], inbounds=True)
+
+    def _prepack_units(self, b: ir.IRBuilder, values, start, end) -> None:
+        """emit_prepack's units start to end - 1: the A block of a row block at a k step each."""
+        pa, m, k, lda, mc, kc, packed = values
+        self.b, self.pa, self.m, self.k, self.lda = b, pa, m, k, lda
+        compiled_compact(b.function)
+        row_blocks = _ceil_div(b, m, mc)
+        with for_range(b, b.sub(end, start), "unit") as u:
+            step, block = (f(b.add(start, u), row_blocks) for f in (b.sdiv, b.srem))
+            ic, p0 = b.mul(block, mc), b.mul(step, kc)
+            depth = self.min(b, b.sub(k, p0), kc)
+            self._pack(self._packed_block(packed, ic, p0, depth), self.min(b, b.sub(m, ic), mc), self.mr, depth,
+                       lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)), lanes_inner=self.trans_a)
+
     def emit_blocks(self, b: ir.IRBuilder, values, start, end) -> None:
-        (pa, pb, pc, m, n, k, lda, ldb, ldc, alpha, beta, scaled, mc, kc, nc, epilogue, ctx) = values
+        (pa, pb, pc, m, n, k, lda, ldb, ldc, alpha, beta, scaled, mc, kc, nc, epilogue, ctx, *packed_a) = values
         self.b, self.pa, self.pb, self.pc, self.alpha, self.beta = b, pa, pb, pc, alpha, beta
         self.m, self.n, self.k, self.lda, self.ldb, self.ldc = m, n, k, lda, ldb, ldc
         self.scaled = b.icmp_signed("!=", scaled, self.const(0))
@@ -332,9 +442,9 @@ class _Kernel:
             self.tile.align = 64
         with scratch_scope(b) as take:
             self._packs(take, mc, kc, nc)
-            self._panels(start, end, mc, kc, nc, epilogue, ctx)
+            self._panels(start, end, mc, kc, nc, epilogue, ctx, packed_a)
 
-    def _panels(self, start, end, mc, kc, nc, epilogue, ctx) -> None:
+    def _panels(self, start, end, mc, kc, nc, epilogue, ctx, packed_a) -> None:
         """The chunk's blocks of C (units start to end - 1), panel by panel."""
         b, m, n, k = self.b, self.m, self.n, self.k
         one = self.const(1)
@@ -346,6 +456,7 @@ class _Kernel:
         k_steps = _ceil_div(b, k, kc)
         last_step = b.sub(k_steps, one)
         has_epilogue = b.icmp_unsigned("!=", epilogue, ir.Constant(epilogue.type, None))
+        prepacked = b.icmp_unsigned("!=", packed_a[0], ir.Constant(packed_a[0].type, None)) if packed_a else None
         with for_range(b, panels, "jc") as j:
             jcb = b.add(first_panel, j)
             jc = b.mul(jcb, nc)
@@ -358,17 +469,33 @@ class _Kernel:
                 p0 = b.mul(pcb, kc)
                 depth = self.min(b, b.sub(k, p0), kc)
                 self._pack(self.b_pack, ncols, self.nr, depth, lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j)),
-                           lanes_inner=not self.trans_b)
+                           lanes_inner=not self.trans_b,
+                           ahead=lambda j, p: self._b_at(b.add(p0, p), b.add(jc, j), inbounds=False))
                 first = b.icmp_signed("==", pcb, self.const(0))
                 with for_range(b, b.sub(high, low), "ic") as i:
                     ic = b.mul(b.add(low, i), mc)
                     nrows = self.min(b, b.sub(m, ic), mc)
-                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
-                               lanes_inner=self.trans_a)
-                    self._macro(ic, jc, nrows, ncols, depth, first)
+                    a_block = self._a_block(prepacked, packed_a, ic, nrows, p0, depth)
+                    self._macro(a_block, ic, jc, nrows, ncols, depth, first)
                     # the block of C is final after the last k step
                     with b.if_then(b.and_(has_epilogue, b.icmp_signed("==", pcb, last_step))):
                         b.call(epilogue, [ctx, jc, b.add(jc, ncols), ic, b.add(ic, nrows)])
+
+    def _a_block(self, prepacked, packed_a, ic, nrows, p0, depth):
+        """The packed A block of rows ic to ic + nrows - 1 at k steps from p0: where emit_prepack
+        put it, else packed here (into a_pack)."""
+        b = self.b
+
+        def pack():
+            self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
+                       lanes_inner=self.trans_a)
+
+        if prepacked is None:
+            pack()
+            return self.a_pack
+        with b.if_then(b.not_(prepacked)):
+            pack()
+        return b.select(prepacked, self._packed_block(packed_a[0], ic, p0, depth), self.a_pack)
 
     def _packs(self, take, mc, kc, nc):
         """Set a_pack (MC x KC) and b_pack (KC x NC), PACK_ALIGN-aligned, in one block of take's
@@ -386,15 +513,16 @@ class _Kernel:
         at = b.add(b.mul(p, self.lda), i) if self.trans_a else b.add(b.mul(i, self.lda), p)
         return b.gep(self.pa, [at], inbounds=True)
 
-    def _b_at(self, p, j):
+    def _b_at(self, p, j, inbounds: bool = True):
         b = self.b
         at = b.add(b.mul(j, self.ldb), p) if self.trans_b else b.add(b.mul(p, self.ldb), j)
-        return b.gep(self.pb, [at], inbounds=True)
+        return b.gep(self.pb, [at], inbounds=inbounds)
 
-    def _pack(self, pack, extent, width: int, depth, source, lanes_inner: bool) -> None:
+    def _pack(self, pack, extent, width: int, depth, source, lanes_inner: bool, ahead=None) -> None:
         """pack[s][p][w] = source(s * width + w, p), zero where s * width + w >= extent: slivers
         of `width` rows (A) or columns (B), each depth x width, p-major. lanes_inner: w is the
-        inner loop (the source contiguous along w), else p."""
+        inner loop (the source contiguous along w), else p. ahead: source's addresses for
+        prefetching (PACK_AHEAD, TRANS_AHEAD), which may run past the operand's end."""
         b = self.b
         zero = ir.Constant(self.ty, 0.0)
 
@@ -417,7 +545,7 @@ class _Kernel:
         # lanes, else (A's rows, B^T's columns) transposed in registers; edge slivers by copy.
         if lanes_inner:
             whole = b.sdiv(extent, self.const(width))
-            self._pack_rows(pack, whole, width, depth, source)
+            self._pack_rows(pack, whole, width, depth, source, ahead)
             with b.if_then(b.icmp_signed("<", b.mul(whole, self.const(width)), extent)):
                 base = b.mul(whole, self.const(width))
                 scalar(base, b.gep(pack, [b.mul(base, depth)], inbounds=True))
@@ -429,11 +557,12 @@ class _Kernel:
             with b.if_else(b.icmp_signed("<=", b.add(base, self.const(width)), extent)) as (whole, edge):
                 with whole:
                     self._pack_transposed(out, width, depth, lambda w, p: source(b.add(base, self.const(w)), p),
-                                          lambda w, p: copy(base, out, w, p))
+                                          lambda w, p: copy(base, out, w, p),
+                                          ahead and (lambda w, p: ahead(b.add(base, self.const(w)), p)))
                 with edge:
                     scalar(base, out)
 
-    def _pack_rows(self, pack, whole, width: int, depth, source) -> None:
+    def _pack_rows(self, pack, whole, width: int, depth, source, ahead) -> None:
         """pack[s][p][:] = the width values at source(s * width, p) for the first `whole` slivers,
         one vector each: PACK_ROWS steps of a sliver, then of the next (the last depth % PACK_ROWS
         steps likewise, one at a time). Each step's source is a row of B (A^T) that runs on
@@ -450,6 +579,10 @@ class _Kernel:
             base = b.mul(s, self.const(width))
             at = b.gep(pack, [b.add(b.mul(base, depth), b.mul(p, self.const(width)))], inbounds=True)
             b.store(b.load(b.bitcast(source(base, p), vty), align=align), b.bitcast(at, vty), align=align)
+            if ahead:
+                later = b.bitcast(ahead(base, b.add(p, self.const(PACK_AHEAD))), I8P)
+                for offset in range(0, width * align, 64):
+                    self._prefetch(b.gep(later, [self.const(offset)]), write=False)
 
         blocks = b.sdiv(depth, self.const(PACK_ROWS))
         with for_range(b, blocks, "pblock") as q, for_range(b, whole, "sliver") as s:
@@ -459,7 +592,7 @@ class _Kernel:
         with for_range(b, b.sub(depth, done), "ptail") as t, for_range(b, whole, "sliver") as s:
             step(s, b.add(done, t))
 
-    def _pack_transposed(self, out, width: int, depth, row_at, copy) -> None:
+    def _pack_transposed(self, out, width: int, depth, row_at, copy, ahead) -> None:
         """out[p][w] = *row_at(w, p) for a whole sliver whose rows are contiguous along p: blocks
         of TRANSPOSE_STEPS steps, per group of as many lanes one vector load per row, transposed
         by lane moves (LLVM makes them shuffles), one vector store per step; the last
@@ -474,10 +607,10 @@ class _Kernel:
             for first in range(0, width, group):
                 rows = [b.load(b.bitcast(row_at(w, p0), row_type.as_pointer()), align=align)
                         for w in range(first, min(first + group, width))]
-                for p in range(steps):
-                    column = ir.Constant(step_type, ir.Undefined)
-                    for w, row in enumerate(rows):
-                        column = b.insert_element(column, b.extract_element(row, ir.Constant(I64, p)), ir.Constant(I64, w))
+                if ahead:
+                    for w in range(first, min(first + group, width)):
+                        self._prefetch(b.bitcast(ahead(w, b.add(p0, self.const(TRANS_AHEAD))), I8P), write=False)
+                for p, column in enumerate(_transposed(b, rows, steps)):
                     at = b.gep(out, [b.add(b.mul(b.add(p0, self.const(p)), self.const(width)), self.const(first))],
                                inbounds=True)
                     b.store(column, b.bitcast(at, step_type.as_pointer()), align=align)
@@ -485,13 +618,13 @@ class _Kernel:
         with for_range(b, self.const(width), "lane") as w, for_range(b, b.sub(depth, done), "tail") as t:
             copy(w, b.add(done, t))
 
-    def _macro(self, ic, jc, nrows, ncols, depth, first) -> None:
-        """Every MR x NR micro-tile of the packed block pair."""
+    def _macro(self, a_block, ic, jc, nrows, ncols, depth, first) -> None:
+        """Every MR x NR micro-tile of the packed block pair (A's at a_block)."""
         b = self.b
         row_slivers = b.sdiv(b.add(nrows, self.const(self.mr - 1)), self.const(self.mr))
         col_slivers = b.sdiv(b.add(ncols, self.const(self.nr - 1)), self.const(self.nr))
         with for_range(b, col_slivers, "jr") as jr, for_range(b, row_slivers, "ir") as ir_:
-            a = b.gep(self.a_pack, [b.mul(b.mul(ir_, self.const(self.mr)), depth)], inbounds=True)
+            a = b.gep(a_block, [b.mul(b.mul(ir_, self.const(self.mr)), depth)], inbounds=True)
             bs = b.gep(self.b_pack, [b.mul(b.mul(jr, self.const(self.nr)), depth)], inbounds=True)
             i0 = b.add(ic, b.mul(ir_, self.const(self.mr)))
             j0 = b.add(jc, b.mul(jr, self.const(self.nr)))
@@ -512,15 +645,18 @@ class _Kernel:
         prefetcher follows, and a product of one k step (the weight gradients, beta the SGD
         decay) reads each from memory. A prefetch never faults: rows past m are harmless."""
         b, itemsize = self.b, float_bytes(self.ty)
-        i32 = ir.IntType(32)
-        fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [I8P, i32, i32, i32]))
         row_bytes = self.nr * itemsize
         offsets = sorted({*range(0, row_bytes, 64), row_bytes - 1})  # every line the row spans
         for r in range(self.mr):
             row = b.bitcast(b.gep(self.pc, [b.add(b.mul(b.add(i0, self.const(r)), self.ldc), j0)]), I8P)
             for offset in offsets:
-                b.call(fn, [b.gep(row, [self.const(offset)]), ir.Constant(i32, 1), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
+                self._prefetch(b.gep(row, [self.const(offset)]), write=True)
+
+    def _prefetch(self, address, write: bool) -> None:
+        """Ask for the cache line at `address` (an i8*: any address, a prefetch never faults)."""
+        b, i32 = self.b, ir.IntType(32)
+        fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [I8P, i32, i32, i32]))
+        b.call(fn, [address, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
     def _micro(self, a, bs, depth) -> list:
         """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps."""
