@@ -50,12 +50,14 @@ thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0
 step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
 
 Slivers of 8 lanes and more (B^T's; A's at 512 bits) are transposed 8 x 8 at a time by three
-rounds of shuffles (_transposed). B's packs prefetch their source ahead (PACK_AHEAD, TRANS_AHEAD). Where A is
-held untransposed and C has several panels, A is packed once for all of them before the
-blocks (emit_prepack). Together, at 2 threads against the code before them (one process,
-the builds alternately, 2026-12-05): the 256-bit m = 256 products of wide and mnist 1.2-2.6%
-faster, at 512 bits the B-transposed ones 1.7-2.3% and mnist's 128x512x784 2.5-3%; the
-weight gradients (A transposed) unchanged.
+rounds of shuffles (_transposed). B's packs prefetch their source ahead (PACK_AHEAD,
+TRANS_AHEAD). Where A is held untransposed and C has several panels, A is packed once for
+all of them before the blocks (emit_prepack). Together with the panel choice (block_sizes),
+at 2 threads against the code before them (one process, the builds alternately,
+2026-12-05): the 256-bit products of wide and mnist with 256 or 128 rows 0.4-2.6% faster, at
+512 bits the B-transposed ones 1.7-2.3% and mnist's 128x512x784 and 128x512x512 2.5-3%; the
+weight gradients (A transposed) within 1% (benchmarks/README.md, "256-bit steps, continued
+again").
 
 Shape-generic, against one function per shape with its sizes as constants (benchmarks.latency,
 CPU ms, a loaded 2-core Zen 5 at load 2.7-3.9, the host's runtime modules and GEMM calibration
@@ -395,15 +397,17 @@ class _Kernel:
         as a chunk's own: the same bits either way."""
         pa, m, n, k, lda, mc, kc, nc = (args[i] for i in (0, 3, 4, 5, 6, 12, 13, 14))
         nbytes = b.mul(b.mul(self._padded_rows(b, m), k), self.const(float_bytes(self.ty)))
-        worth = b.and_(b.and_(b.icmp_signed(">", n, nc), b.icmp_signed("==", b.srem(mc, self.const(self.mr)), self.const(0))),
-                       b.icmp_signed("<=", nbytes, self.const(PREPACK_BYTES)))
+        whole_slivers = b.icmp_signed("==", b.srem(mc, self.const(self.mr)), self.const(0))  # the layout's blocks
+        small = b.icmp_signed("<=", nbytes, self.const(PREPACK_BYTES))
+        worth = b.and_(b.and_(b.icmp_signed(">", n, nc), whole_slivers), small)
         null = ir.Constant(self.ty.as_pointer(), None)
         before = b.block
         with b.if_then(worth):
             heap = b.bitcast(b.call(libc(b.module, "malloc", I8P, [I64]), [nbytes]), self.ty.as_pointer())
             with b.if_then(b.icmp_unsigned("!=", heap, null)):
                 units = b.mul(_ceil_div(b, m, mc), _ceil_div(b, k, kc))
-                emit_parallel_for(b, "packed_gemm.prepack", [pa, m, k, lda, mc, kc, heap], units, 1, self._prepack_units)
+                emit_parallel_for(b, "packed_gemm.prepack", [pa, m, k, lda, mc, kc, heap], units, 1,
+                                  self._prepack_units)
             tried = b.block
         packed = b.phi(self.ty.as_pointer(), name="packed_a")
         packed.add_incoming(null, before)
