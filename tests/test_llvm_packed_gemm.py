@@ -199,7 +199,6 @@ def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
     assert 'declare i8* @"malloc"' in str(gemm_library.library_module(variant))
     normal = _library_call(variant)
     monkeypatch.setattr(cgutils, "libc", refusing)  # scratch_scope's malloc
-    monkeypatch.setattr(packed_gemm, "libc", refusing)  # emit_prepack's: its chunks pack A themselves
     assert 'define internal i8* @"malloc"' in str(gemm_library.library_module(variant))
     refused = _library_call(variant)
     m, n, k = 97, 130, 300
@@ -379,36 +378,6 @@ def test_b_packs_prefetch_their_source_ahead(trans_b):
     assert "i32 0, i32 3, i32 1)" not in body[body.index("\nic."):]
 
 
-@pytest.mark.parametrize("vbytes", [32, 64])
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-@pytest.mark.parametrize("trans_b", [False, True])
-def test_a_packed_once_gives_the_bits_of_a_packed_by_each_chunk(monkeypatch, threads, trans_b, dtype, vbytes):
-    """Where A is held untransposed and C has several panels, A is packed once for all of them
-    (emit_prepack); built without (PREPACK_BYTES 0), each chunk packs its own: the same bits,
-    both against NumPy. Tiny caches: several row blocks, k steps and panels, edge slivers."""
-    monkeypatch.setattr(packed_gemm, "cache_bytes", TINY_CACHES.get)
-    threads(2)
-    m, n, k = 97, 400, 300
-    variant = packed_gemm.GemmVariant(dtype, False, trans_b, vbytes)
-    itemsize = np.dtype(DTYPES[dtype]).itemsize
-    blocks = block_sizes(m, n, k, itemsize, vbytes)[2:]
-    assert n > blocks[2] and m > blocks[0] and k > blocks[1]  # panels, row blocks, k steps
-    assert "packed_gemm.prepack" in str(gemm_library.library_module(variant))
-    once = _library_call(variant, trans_b)
-    monkeypatch.setattr(packed_gemm, "PREPACK_BYTES", 0)
-    each = _library_call(variant, trans_b)
-    rng = np.random.default_rng(5)
-    a = rng.standard_normal((m, k)).astype(DTYPES[dtype])
-    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(DTYPES[dtype])
-    results = []
-    for call in (once, each):
-        c = np.full((m, n), np.nan, DTYPES[dtype])
-        call(a, b, c, blocks)
-        results.append(c)
-    np.testing.assert_array_equal(results[0], results[1])
-    assert_gemm_close(results[0], a, b.T if trans_b else b, DTYPES[dtype])
-
-
 @pytest.mark.parametrize("rows", [8, 6, 3])
 def test_transposed_gives_the_columns(rows):
     """_transposed's shuffles (8 rows of 8) and its lane-by-lane moves (fewer rows): column p of
@@ -449,3 +418,21 @@ def test_blocks_keep_a_large_b_panel_in_one_chunk(monkeypatch):
     assert packed_gemm._packed_columns(256, 1024, mc, nc, 2) == 1024 and -(-256 // mc) == 2
     mr, nr, mc, kc, nc = block_sizes(256, 1024, 128, 4, 32)  # B: 512 KiB
     assert -(-1024 // nc) == 2
+
+
+def test_gemm_step_ab_benchmark_compares_builds_inside_a_step(capsys, packed_route, threads):
+    """benchmarks/gemm_step_ab.py on mnist's step (every product through the packed GEMM): two
+    builds of this tree's library, one with B's pack prefetching nothing; the same bits."""
+    from benchmarks import gemm_step_ab
+
+    assert gemm_step_ab.parse_build("x=.:PACK_AHEAD=0,TRANS_AHEAD=4") == ("x", os.path.abspath("."),
+                                                                           {"PACK_AHEAD": 0, "TRANS_AHEAD": 4})
+    with pytest.raises(ValueError, match="NAME=TREE"):
+        gemm_step_ab.parse_build("no-tree")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    gemm_step_ab.main(["--model", "mnist", "--steps", "1", "--rounds", "2", f"now={root}",
+                       f"no-prefetch={root}:PACK_AHEAD=0,TRANS_AHEAD=0"])
+    header, now, other = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert header.startswith("# mnist's training step") and "ffc_packed_gemm_f32_nn_" in header
+    assert now.startswith("now: ") and "1.000x; the same bits as now" in now
+    assert other.startswith("no-prefetch: ") and "the same bits as now" in other

@@ -50,14 +50,12 @@ thread CPU time; a loaded 2-core Zen 5): the mnist step's cold compile 1.26 -> 0
 step 0.72x (2 threads, wall: 0.70x), wide's 2.17 -> 1.16 s and 0.83x (0.85x).
 
 Slivers of 8 lanes and more (B^T's; A's at 512 bits) are transposed 8 x 8 at a time by three
-rounds of shuffles (_transposed). B's packs prefetch their source ahead (PACK_AHEAD,
-TRANS_AHEAD). Where A is held untransposed and C has several panels, A is packed once for
-all of them before the blocks (emit_prepack). Together with the panel choice (block_sizes),
-at 2 threads against the code before them (one process, the builds alternately,
-2026-12-05): the 256-bit products of wide and mnist with 256 or 128 rows 0.4-2.6% faster, at
-512 bits the B-transposed ones 1.7-2.3% and mnist's 128x512x784 and 128x512x512 2.5-3%; the
-weight gradients (A transposed) within 1% (benchmarks/README.md, "256-bit steps, continued
-again").
+rounds of shuffles (_transposed), and B's packs prefetch their source ahead (PACK_AHEAD,
+TRANS_AHEAD). At 2 threads against the code before (one process, the builds alternately,
+2026-12-05): wide's and mnist's products with A untransposed 0-2.2% faster at 256 bits and
+0.9-2.3% at 512, the weight gradients within 0.8%; in the step (benchmarks.gemm_step_ab) wide
+0.4% faster at 256 bits and 2.1% at 512, mnist 1.3% at 512 (benchmarks/README.md, "256-bit
+steps, continued again", with what was tried and dropped: A packed once for all panels).
 
 Shape-generic, against one function per shape with its sizes as constants (benchmarks.latency,
 CPU ms, a loaded 2-core Zen 5 at load 2.7-3.9, the host's runtime modules and GEMM calibration
@@ -78,7 +76,7 @@ from pathlib import Path
 
 from llvmlite import ir
 
-from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, libc, scratch_scope
+from .cgutils import accumulate_loop, compiled_compact, emit_closure, for_range, scratch_scope
 from .elementwise import CONTRACT, I64, ColumnEpilogue
 from .gemm_calibration import chosen_route, class_key
 from .smallgemm import float_bytes, splat_vector
@@ -99,7 +97,6 @@ TRANS_AHEAD = 32
 PACK_ROWS = 8  # k steps of a sliver copied before the next sliver's (_pack_rows; 4-16 measured alike)
 TRANSPOSE_STEPS = 8  # k steps of a sliver transposed in registers at a time, in groups of as many lanes
 PACK_ALIGN = 64  # bytes: the packs' alignment (the micro-kernel's aligned vector loads of B's pack)
-PREPACK_BYTES = 16 << 20  # A packed once for all panels up to this size (_Kernel.emit_prepack)
 MIN_PANEL_SLIVERS = 4  # NC shrinks for a block a thread to no fewer slivers (an A block is packed per panel)
 BALANCE_STEPS = 4  # row block and panel counts tried, from the caches' (block_sizes: an even split)
 FUNCTION_PREFIX = "ffc_packed_gemm_"  # + dtype, transposes, bits: GemmVariant.symbol
@@ -143,7 +140,7 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
     # (within 1%), then, where B is larger than L2, the fewest of its columns packed (a panel
     # two chunks share is packed by both from memory: 256x1024x4096 at 256 bits, 2 panels of 2
     # row blocks in 4 chunks, ran 2.5% faster as 4 panels of 256), then the fewest panels (each
-    # reads A again, where it is not packed once for all: emit_prepack), then rows.
+    # repacks A once more), then rows.
     rows = -(-m // mc)
     threads = get_num_threads()
     # A block of C for each thread the pool may run (the count now, or the cores if more: a
@@ -327,12 +324,8 @@ def define_library_function(module: ir.Module, variant: GemmVariant) -> ir.Funct
     grain = _ceil_div(b, ir.Constant(I64, MIN_CHUNK_WORK), work)
     grain = b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
     kernel = _Kernel(variant)
-    packed_a = [kernel.emit_prepack(b, fn.args)] if not variant.trans_a else []
     # C is not noalias: the epilogue callback reads and writes it through its own pointers
-    emit_parallel_for(b, "packed_gemm", [*fn.args, *packed_a], blocks, grain, kernel.emit_blocks,
-                      may_alias=(fn.args[2],))
-    for packed in packed_a:
-        b.call(libc(module, "free", ir.VoidType(), [I8P]), [b.bitcast(packed, I8P)])
+    emit_parallel_for(b, "packed_gemm", list(fn.args), blocks, grain, kernel.emit_blocks, may_alias=(fn.args[2],))
     b.ret_void()
     return fn
 
@@ -385,58 +378,8 @@ class _Kernel:
         limit = limit if isinstance(limit, ir.Value) else self.const(limit)
         return b.select(b.icmp_signed("<", x, limit), x, limit)
 
-    def emit_prepack(self, b: ir.IRBuilder, args) -> ir.Value:
-        """All of A packed once, in parallel, for every panel (a chunk packs its row blocks again
-        for each panel: 256x4096x4096 at 256 bits, 8 panels, packed A 8 times, 2% of its time):
-        a T* to it, or null where one panel needs no more (n <= NC), it is larger than
-        PREPACK_BYTES or malloc fails, and each chunk packs its own. For A held untransposed
-        (define_library_function): its rows, contiguous along k, are transposed into slivers;
-        a transposed A packs by plain copies, where packing once measured no faster. The
-        layout: k step after k step (p0 * padded m elements before one), in each the row
-        blocks' slivers in order (a block ic * depth elements in). The same packed values
-        as a chunk's own: the same bits either way."""
-        pa, m, n, k, lda, mc, kc, nc = (args[i] for i in (0, 3, 4, 5, 6, 12, 13, 14))
-        nbytes = b.mul(b.mul(self._padded_rows(b, m), k), self.const(float_bytes(self.ty)))
-        whole_slivers = b.icmp_signed("==", b.srem(mc, self.const(self.mr)), self.const(0))  # the layout's blocks
-        small = b.icmp_signed("<=", nbytes, self.const(PREPACK_BYTES))
-        worth = b.and_(b.and_(b.icmp_signed(">", n, nc), whole_slivers), small)
-        null = ir.Constant(self.ty.as_pointer(), None)
-        before = b.block
-        with b.if_then(worth):
-            heap = b.bitcast(b.call(libc(b.module, "malloc", I8P, [I64]), [nbytes]), self.ty.as_pointer())
-            with b.if_then(b.icmp_unsigned("!=", heap, null)):
-                units = b.mul(_ceil_div(b, m, mc), _ceil_div(b, k, kc))
-                emit_parallel_for(b, "packed_gemm.prepack", [pa, m, k, lda, mc, kc, heap], units, 1,
-                                  self._prepack_units)
-            tried = b.block
-        packed = b.phi(self.ty.as_pointer(), name="packed_a")
-        packed.add_incoming(null, before)
-        packed.add_incoming(heap, tried)
-        return packed
-
-    def _padded_rows(self, b, m):
-        return b.mul(_ceil_div(b, m, self.const(self.mr)), self.const(self.mr))
-
-    def _packed_block(self, packed, ic, p0, depth):
-        """Where emit_prepack's layout holds the A block of rows from ic, k steps from p0."""
-        b = self.b
-        return b.gep(packed, [b.add(b.mul(p0, self._padded_rows(b, self.m)), b.mul(ic, depth))], inbounds=True)
-
-    def _prepack_units(self, b: ir.IRBuilder, values, start, end) -> None:
-        """emit_prepack's units start to end - 1: the A block of a row block at a k step each."""
-        pa, m, k, lda, mc, kc, packed = values
-        self.b, self.pa, self.m, self.k, self.lda = b, pa, m, k, lda
-        compiled_compact(b.function)
-        row_blocks = _ceil_div(b, m, mc)
-        with for_range(b, b.sub(end, start), "unit") as u:
-            step, block = (f(b.add(start, u), row_blocks) for f in (b.sdiv, b.srem))
-            ic, p0 = b.mul(block, mc), b.mul(step, kc)
-            depth = self.min(b, b.sub(k, p0), kc)
-            self._pack(self._packed_block(packed, ic, p0, depth), self.min(b, b.sub(m, ic), mc), self.mr, depth,
-                       lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)), lanes_inner=self.trans_a)
-
     def emit_blocks(self, b: ir.IRBuilder, values, start, end) -> None:
-        (pa, pb, pc, m, n, k, lda, ldb, ldc, alpha, beta, scaled, mc, kc, nc, epilogue, ctx, *packed_a) = values
+        (pa, pb, pc, m, n, k, lda, ldb, ldc, alpha, beta, scaled, mc, kc, nc, epilogue, ctx) = values
         self.b, self.pa, self.pb, self.pc, self.alpha, self.beta = b, pa, pb, pc, alpha, beta
         self.m, self.n, self.k, self.lda, self.ldb, self.ldc = m, n, k, lda, ldb, ldc
         self.scaled = b.icmp_signed("!=", scaled, self.const(0))
@@ -446,9 +389,9 @@ class _Kernel:
             self.tile.align = 64
         with scratch_scope(b) as take:
             self._packs(take, mc, kc, nc)
-            self._panels(start, end, mc, kc, nc, epilogue, ctx, packed_a)
+            self._panels(start, end, mc, kc, nc, epilogue, ctx)
 
-    def _panels(self, start, end, mc, kc, nc, epilogue, ctx, packed_a) -> None:
+    def _panels(self, start, end, mc, kc, nc, epilogue, ctx) -> None:
         """The chunk's blocks of C (units start to end - 1), panel by panel."""
         b, m, n, k = self.b, self.m, self.n, self.k
         one = self.const(1)
@@ -460,7 +403,6 @@ class _Kernel:
         k_steps = _ceil_div(b, k, kc)
         last_step = b.sub(k_steps, one)
         has_epilogue = b.icmp_unsigned("!=", epilogue, ir.Constant(epilogue.type, None))
-        prepacked = b.icmp_unsigned("!=", packed_a[0], ir.Constant(packed_a[0].type, None)) if packed_a else None
         with for_range(b, panels, "jc") as j:
             jcb = b.add(first_panel, j)
             jc = b.mul(jcb, nc)
@@ -479,27 +421,12 @@ class _Kernel:
                 with for_range(b, b.sub(high, low), "ic") as i:
                     ic = b.mul(b.add(low, i), mc)
                     nrows = self.min(b, b.sub(m, ic), mc)
-                    a_block = self._a_block(prepacked, packed_a, ic, nrows, p0, depth)
-                    self._macro(a_block, ic, jc, nrows, ncols, depth, first)
+                    self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
+                               lanes_inner=self.trans_a)
+                    self._macro(ic, jc, nrows, ncols, depth, first)
                     # the block of C is final after the last k step
                     with b.if_then(b.and_(has_epilogue, b.icmp_signed("==", pcb, last_step))):
                         b.call(epilogue, [ctx, jc, b.add(jc, ncols), ic, b.add(ic, nrows)])
-
-    def _a_block(self, prepacked, packed_a, ic, nrows, p0, depth):
-        """The packed A block of rows ic to ic + nrows - 1 at k steps from p0: where emit_prepack
-        put it, else packed here (into a_pack)."""
-        b = self.b
-
-        def pack():
-            self._pack(self.a_pack, nrows, self.mr, depth, lambda r, p: self._a_at(b.add(ic, r), b.add(p0, p)),
-                       lanes_inner=self.trans_a)
-
-        if prepacked is None:
-            pack()
-            return self.a_pack
-        with b.if_then(b.not_(prepacked)):
-            pack()
-        return b.select(prepacked, self._packed_block(packed_a[0], ic, p0, depth), self.a_pack)
 
     def _packs(self, take, mc, kc, nc):
         """Set a_pack (MC x KC) and b_pack (KC x NC), PACK_ALIGN-aligned, in one block of take's
@@ -622,13 +549,13 @@ class _Kernel:
         with for_range(b, self.const(width), "lane") as w, for_range(b, b.sub(depth, done), "tail") as t:
             copy(w, b.add(done, t))
 
-    def _macro(self, a_block, ic, jc, nrows, ncols, depth, first) -> None:
-        """Every MR x NR micro-tile of the packed block pair (A's at a_block)."""
+    def _macro(self, ic, jc, nrows, ncols, depth, first) -> None:
+        """Every MR x NR micro-tile of the packed block pair."""
         b = self.b
         row_slivers = b.sdiv(b.add(nrows, self.const(self.mr - 1)), self.const(self.mr))
         col_slivers = b.sdiv(b.add(ncols, self.const(self.nr - 1)), self.const(self.nr))
         with for_range(b, col_slivers, "jr") as jr, for_range(b, row_slivers, "ir") as ir_:
-            a = b.gep(a_block, [b.mul(b.mul(ir_, self.const(self.mr)), depth)], inbounds=True)
+            a = b.gep(self.a_pack, [b.mul(b.mul(ir_, self.const(self.mr)), depth)], inbounds=True)
             bs = b.gep(self.b_pack, [b.mul(b.mul(jr, self.const(self.nr)), depth)], inbounds=True)
             i0 = b.add(ic, b.mul(ir_, self.const(self.mr)))
             j0 = b.add(jc, b.mul(jr, self.const(self.nr)))
