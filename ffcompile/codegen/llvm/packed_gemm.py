@@ -526,7 +526,7 @@ class _Kernel:
     def _pack_transposed(self, out, width: int, depth, row_at, copy, ahead) -> None:
         """out[p][w] = *row_at(w, p) for a whole sliver whose rows are contiguous along p: blocks
         of TRANSPOSE_STEPS steps, per group of as many lanes one vector load per row, transposed
-        by lane moves (LLVM makes them shuffles), one vector store per step; the last
+        in registers (_transposed), one vector store per step; the last
         depth % TRANSPOSE_STEPS steps by copy(w, p)."""
         b, steps = self.b, TRANSPOSE_STEPS
         align = float_bytes(self.ty)
