@@ -7,9 +7,9 @@ One bound training step is compiled; a program calls the library through slots, 
 (packed_gemm.library_slot), so between rounds they are pointed at one build, then the next
 (what a round's load costs falls on every build alike). Printed: each build's median step and
 its ratio to the first build's; and whether one step from the same start gives the first
-build's parameters bit for bit. Products alone can gain what the step does not see: the
-packed GEMM's changes of 2026-12-05 made wide's 256-bit products 1-2.6% faster alone and its
-step 0.3% (benchmarks/README.md, "256-bit steps, continued again").
+build's parameters bit for bit. Products alone can gain what the step does not see: packing
+A once for all panels made wide's 256-bit 256x4096x4096 1% faster alone and its step 0.1-0.4%
+slower (benchmarks/README.md, "256-bit steps, continued again").
 
 A build is NAME=TREE[:CONSTANT=VALUE,...]: the library as the source tree TREE builds it (in a
 subprocess with TREE first on its path: another checkout's code), with constants of its
