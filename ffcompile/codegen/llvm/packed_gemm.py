@@ -166,16 +166,14 @@ def _imbalance(m: int, n: int, mc: int, nc: int, threads: int) -> float:
     splits the blocks of C, panel by panel, into contiguous chunks (threadpool.chunk_count),
     each claimed by whichever thread is free first."""
     rows, panels = -(-m // mc), -(-n // nc)
-    units = rows * panels
-    chunks = chunk_count(units, 1, threads)
 
     def before(unit: int) -> int:  # elements of C in the blocks before `unit`
         panel, row = divmod(unit, rows)
         return min(panel * nc, n) * m + (min(nc, n - panel * nc) * min(row * mc, m) if panel < panels else 0)
 
     busy = [0] * threads
-    for c in range(chunks):
-        busy[busy.index(min(busy))] += before(units * (c + 1) // chunks) - before(units * c // chunks)
+    for start, end in _chunks(rows * panels, threads):
+        busy[busy.index(min(busy))] += before(end) - before(start)
     return max(busy) * threads / (m * n)
 
 
@@ -184,11 +182,15 @@ def _packed_columns(m: int, n: int, mc: int, nc: int, threads: int) -> int:
     a chunk packs each panel it has blocks of, so a panel whose row blocks two chunks share
     is packed twice."""
     rows, panels = -(-m // mc), -(-n // nc)
-    units = rows * panels
-    chunks = chunk_count(units, 1, threads)
-    bounds = [units * c // chunks for c in range(chunks + 1)]
-    return sum(min(nc, n - panel * nc) for start, end in zip(bounds, bounds[1:])
+    return sum(min(nc, n - panel * nc) for start, end in _chunks(rows * panels, threads)
                for panel in range(start // rows, -(-end // rows)))
+
+
+def _chunks(units: int, threads: int) -> list[tuple[int, int]]:
+    """The units [start, end) of each chunk the pool cuts units into (threadpool.chunk_count,
+    grain 1: contiguous, none empty), in order."""
+    chunks = chunk_count(units, 1, threads)
+    return [(units * c // chunks, units * (c + 1) // chunks) for c in range(chunks)]
 
 
 def default_block_sizes(m: int, n: int, k: int, itemsize: int) -> tuple[int, int, int, int, int]:
