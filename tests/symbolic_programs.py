@@ -3,7 +3,6 @@ every batch size): a function traced with `batch_dim=`, decomposed and fused, it
 (offsets linear in B), and the per-size reference."""
 from __future__ import annotations
 
-import numpy as np
 
 import ffcompile as ff
 from ffcompile.ir.interpret import interpret

@@ -18,7 +18,7 @@ from test_gradients import apply_op, gradient_op_params
 import ffcompile as ff
 from ffcompile.ir import Role
 from ffcompile.ir.ops import OPS
-from ffcompile.tree import tree_flatten, tree_map
+from ffcompile.tree import tree_flatten
 
 
 def dot(xs, ys) -> float:

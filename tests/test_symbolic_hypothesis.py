@@ -10,7 +10,6 @@ run at every size of SIZES on fresh inputs of that size, forward and gradients, 
 a program compiled for that size on the NumPy backend.
 """
 import numpy as np
-import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from test_expressions_hypothesis import FF, Program, add_random_step, shapes

@@ -222,7 +222,7 @@ def _header(schedule: Schedule, program, name: str, input_names: list[str] | Non
               "/* sgemm_/dgemm_ with the Fortran convention (every argument by pointer). */"]
     lines += [f"void {name}_set_{function}(void *fn);" for function in BLAS_FUNCTIONS.values()]
     if GEMM_ERROR_SYMBOL in program.module.globals:
-        lines += [f"/* after a call: 0, or the matrix dimension past the BLAS's 32-bit integers that a GEMM met",
+        lines += ["/* after a call: 0, or the matrix dimension past the BLAS's 32-bit integers that a GEMM met",
                   "   at that batch size (the call then stopped short of it: its results are not valid); cleared */",
                   f"int64_t {name}_gemm_error(void);"]
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
