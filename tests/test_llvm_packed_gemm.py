@@ -8,6 +8,7 @@ Operands one element off alignment check the kernel assumes no alignment of its 
 """
 import ctypes
 import os
+import re
 import subprocess
 import sys
 
@@ -137,7 +138,7 @@ def test_both_packs_fit_the_stack_bound_whatever_the_caches(monkeypatch, l1_byte
 
 
 def test_a_thread_with_a_small_stack_runs_a_large_product():
-    """The packs (~1 MiB a chunk) are on the heap: a caller thread of 256 KiB of stack ran out
+    """The packs (up to 2 MiB a chunk) are on the heap: a caller thread of 256 KiB of stack ran out
     of it and the process died (SIGSEGV) while they were on the stack. In a child process."""
     script = (
         "import threading, numpy as np, ffcompile as ff\n"
@@ -212,6 +213,45 @@ def test_packs_go_on_the_stack_where_the_heap_refuses(monkeypatch, dtype):
         results.append(c)
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_allclose(results[0], a @ b.T, rtol=RTOL[np_dtype], atol=1e-3)
+
+
+@pytest.mark.parametrize("vbytes", [32, 64])
+def test_a_short_last_row_sliver_gives_the_padded_tiles_bits(monkeypatch, threads, vbytes):
+    """A row block's last sliver of SHORT_ROWS rows or fewer runs a tile of that many rows: for
+    every remainder (1 to MR - 1 rows, in a block of 3 slivers and more), the same bits as the
+    MR-row tile padded with zero rows, and NumPy's product."""
+    threads(2)
+    variant = packed_gemm.GemmVariant("f32", False, True, vbytes)
+    short = _library_call(variant)
+    assert len(re.findall(r"\nmicro\.k\.body(\.1)?:", str(gemm_library.library_module(variant)))) == 2  # 2 tiles
+    monkeypatch.setattr(packed_gemm, "SHORT_ROWS", 0)
+    padded = _library_call(variant)
+    mr, nr = packed_gemm.MR_BY_VECTOR_BYTES[vbytes], packed_gemm.SLIVER_VECTORS * vbytes // 4
+    rng = np.random.default_rng(5)
+    for m in range(3 * mr + 1, 4 * mr):
+        n, k = 2 * nr + 3, 70
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+        results = []
+        for call in (short, padded):
+            c = np.full((m, n), np.nan, np.float32)
+            call(a, b, c, (4 * mr, 32, 3 * nr))  # 3 k steps, one block (MC, NC: of whole slivers)
+            results.append(c)
+        np.testing.assert_array_equal(results[0], results[1])
+        assert_gemm_close(results[0], a, b.T, np.float32)
+
+
+def test_k_steps_are_of_even_depths():
+    """KC (a multiple of 8) splits k into as many steps as the caches ask (block_sizes at a k
+    they do not take in one) of even depths but for the rounding: mnist's k = 784 was 384, 384
+    and 16 at 256 bits, now 264, 264 and 256."""
+    for vbytes in (32, 64):
+        for itemsize in (4, 8):
+            deepest = block_sizes(256, 256, 1 << 20, itemsize, vbytes)[3]
+            for k in [1, 7, 17, 384, 385, 784, 1000, 4096, 10_001]:
+                kc = block_sizes(256, 256, k, itemsize, vbytes)[3]
+                steps = [min(kc, k - p) for p in range(0, k, kc)]
+                assert (kc % 8 == 0 or kc == k) and len(steps) == -(-k // deepest), (k, kc, deepest)
+                assert max(steps) - min(steps) < 8 * len(steps), (k, steps)  # even, but for KC % 8 == 0
 
 
 def _library_call(variant, trans_b=True):
@@ -418,6 +458,21 @@ def test_blocks_keep_a_large_b_panel_in_one_chunk(monkeypatch):
     assert packed_gemm._packed_columns(256, 1024, mc, nc, 2) == 1024 and -(-256 // mc) == 2
     mr, nr, mc, kc, nc = block_sizes(256, 1024, 128, 4, 32)  # B: 512 KiB
     assert -(-1024 // nc) == 2
+
+
+def test_wide_b_gets_panels_of_a_whole_chunk(monkeypatch):
+    """Every panel packs its row blocks of A again, so a wide B gets panels as wide as both packs
+    of a chunk allow (STACK_BYTES), one a chunk: wide's 256x4096 products on a 48 KiB L1, 1 MiB
+    L2 host (Zen 5) at 2 threads, 4 panels of 1024 columns at 256 bits and 2 of 2048 at 512, each
+    packed once; half of that with half the bytes."""
+    monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 48 << 10, 2: 1 << 20}.get)
+    monkeypatch.setattr(packed_gemm, "get_num_threads", lambda: 2)
+    for vbytes, nc in [(32, 1024), (64, 2048)]:
+        mr, nr, mc, kc, got = block_sizes(256, 4096, 4096, 4, vbytes)
+        assert got == nc and packed_gemm._packed_columns(256, 4096, mc, got, 2) == 4096, (vbytes, got)
+        assert (mc * kc + kc * got) * 4 <= packed_gemm.STACK_BYTES
+    monkeypatch.setattr(packed_gemm, "STACK_BYTES", packed_gemm.STACK_BYTES // 2)
+    assert [block_sizes(256, 4096, 4096, 4, vbytes)[4] for vbytes in (32, 64)] == [512, 1024]
 
 
 def test_gemm_step_ab_benchmark_compares_builds_inside_a_step(capsys, packed_route, threads):

@@ -21,8 +21,8 @@ slivers: MR x NR/vw vector accumulators (registers) over kc broadcast-FMA steps,
 reading both packs contiguously whatever the operands' transposes. The first k step writes
 alpha * AB + beta * C (AB without a scale: C is not read, it may hold anything),
 later ones add. Each tile's rows of C are prefetched before its k loop (_prefetch_tile: a
-product of one k step read them from memory unhidden). Edge tiles compute the full padded
-tile and copy its valid part. A fused
+product of one k step read them from memory unhidden). Edge tiles compute the padded tile (a
+last row sliver of SHORT_ROWS rows or fewer, one of that many rows) and copy its valid part. A fused
 epilogue (bias, activation, ...: lower.py's column_epilogue) runs on each block of C right
 after its last k step, while the block (MC x NC, sized for L2) is still in cache.
 
@@ -85,7 +85,15 @@ from .threadpool import chunk_count, default_threads, emit_parallel_for, get_num
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
-STACK_BYTES = 1 << 20  # both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB)
+# Both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB). 2 MiB, not 1:
+# panels of 1024 columns, not 512, where B is wide (every panel packs A's blocks again):
+# wide's 256-row products 0.3-2% faster at 256 bits, its step 0.6-1% (and 0.7% at 512 bits).
+STACK_BYTES = 2 << 20
+# A last row sliver of SHORT_ROWS rows or fewer runs a tile of that many rows, not MR padded:
+# its 2 x SHORT_ROWS accumulators still keep two FMAs a cycle busy at 4 cycles' latency. m = 128
+# at 256 bits leaves 2 rows of 6: mnist's 128-row products 1.5% faster; m = 100 and 260 at 512
+# bits 2%.
+SHORT_ROWS = 4
 MIN_CHUNK_WORK = 2 ** 21  # multiply-adds a thread's chunk at least (~50 us)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 512 << 10}
 # B's packs prefetch their source this far ahead: the row pack PACK_AHEAD rows (the next
@@ -158,6 +166,10 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
             choices[sizes] = (_imbalance(m, n, *sizes, threads), packed, -(-n // sizes[1]), -(-m // sizes[0]))
     best = min(v[0] for v in choices.values())
     mc, nc = min((v[1:], sizes) for sizes, v in choices.items() if v[0] <= best + 0.01)[1]
+    # k steps of even depths (the blocks above sized for the deepest): mnist's k = 784 as 384,
+    # 384 and 16 spent on the last a C pass and the packs' calls for 16 multiply-adds a tile
+    # (264, 264, 256: 128x512x784 2% faster)
+    kc = min(kc, _round_up(-(-k // -(-k // kc)), 8))
     return mr, nr, mc, kc, nc
 
 
@@ -432,8 +444,8 @@ class _Kernel:
 
     def _packs(self, take, mc, kc, nc):
         """Set a_pack (MC x KC) and b_pack (KC x NC), PACK_ALIGN-aligned, in one block of take's
-        (cgutils.scratch_scope): about 1 MiB a chunk, which on the stack overflowed the thread of
-        a caller with a small one (threading.stack_size(512 KiB) segfaulted)."""
+        (cgutils.scratch_scope): up to STACK_BYTES a chunk, which on the stack overflowed the thread
+        of a caller with a small one (threading.stack_size(512 KiB) segfaulted)."""
         b, itemsize = self.b, float_bytes(self.ty)
         lanes = self.const(PACK_ALIGN // itemsize)
         a_elements = b.mul(_ceil_div(b, b.mul(mc, kc), lanes), lanes)  # b_pack starts aligned too
@@ -562,15 +574,24 @@ class _Kernel:
             i0 = b.add(ic, b.mul(ir_, self.const(self.mr)))
             j0 = b.add(jc, b.mul(jr, self.const(self.nr)))
             self._prefetch_tile(i0, j0)
-            accs = self._micro(a, bs, depth)
             rows = self.min(b, b.sub(nrows, b.mul(ir_, self.const(self.mr))), self.mr)
             cols = self.min(b, b.sub(ncols, b.mul(jr, self.const(self.nr))), self.nr)
-            full = b.and_(b.icmp_signed("==", rows, self.const(self.mr)), b.icmp_signed("==", cols, self.const(self.nr)))
-            with b.if_else(full) as (whole, edge):
-                with whole:
-                    self._store_tile(accs, i0, j0, first)
-                with edge:
-                    self._store_edge(accs, i0, j0, rows, cols, first)
+            with b.if_else(b.icmp_signed("<=", rows, self.const(SHORT_ROWS))) as (few, many):
+                with few:
+                    self._store_edge(self._micro(a, bs, depth, SHORT_ROWS), i0, j0, rows, cols, first)
+                with many:
+                    self._tile(a, bs, depth, i0, j0, rows, cols, first)
+
+    def _tile(self, a, bs, depth, i0, j0, rows, cols, first) -> None:
+        """An MR-row tile: stored whole, or its rows x cols through the edge copy."""
+        b = self.b
+        accs = self._micro(a, bs, depth)
+        full = b.and_(b.icmp_signed("==", rows, self.const(self.mr)), b.icmp_signed("==", cols, self.const(self.nr)))
+        with b.if_else(full) as (whole, edge):
+            with whole:
+                self._store_tile(accs, i0, j0, first)
+            with edge:
+                self._store_edge(accs, i0, j0, rows, cols, first)
 
     def _prefetch_tile(self, i0, j0) -> None:
         """Ask for the tile's rows of C before the k loop, which hides their miss: walking down a
@@ -591,9 +612,11 @@ class _Kernel:
         fn = b.module.declare_intrinsic("llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [I8P, i32, i32, i32]))
         b.call(fn, [address, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
-    def _micro(self, a, bs, depth) -> list:
-        """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps."""
+    def _micro(self, a, bs, depth, rows: int | None = None) -> list:
+        """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps; of its
+        first `rows` rows only (the A sliver's others are not read), the others zero."""
         b, vw = self.b, self.vw
+        rows = rows or self.mr
         vty = ir.VectorType(self.ty, vw)
         align = vw * float_bytes(self.ty)
 
@@ -603,7 +626,7 @@ class _Kernel:
                       for v in range(self.nr // vw)]
             col = b.gep(a, [b.mul(p, self.const(self.mr))], inbounds=True)
             new = []
-            for r in range(self.mr):
+            for r in range(rows):
                 splat = splat_vector(b, b.load(b.gep(col, [self.const(r)], inbounds=True)), vty)
                 for v, bv in enumerate(b_vecs):
                     acc = accs[r * len(b_vecs) + v]
@@ -611,7 +634,8 @@ class _Kernel:
             return new
 
         zero = ir.Constant(vty, [0.0] * vw)
-        return accumulate_loop(b, depth, [zero] * (self.mr * self.nr // vw), step, "micro.k")
+        return accumulate_loop(b, depth, [zero] * (rows * self.nr // vw), step, "micro.k") + \
+            [zero] * ((self.mr - rows) * self.nr // vw)
 
     def _update(self, total, ptr, first, align=None):
         """What C at ptr becomes: the first k step alpha * total + beta * C (total alone without
