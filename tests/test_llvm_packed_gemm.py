@@ -240,18 +240,25 @@ def test_a_short_last_row_sliver_gives_the_padded_tiles_bits(monkeypatch, thread
         assert_gemm_close(results[0], a, b.T, np.float32)
 
 
-def test_k_steps_are_of_even_depths():
-    """KC (a multiple of 8) splits k into as many steps as the caches ask (block_sizes at a k
-    they do not take in one) of even depths but for the rounding: mnist's k = 784 was 384, 384
-    and 16 at 256 bits, now 264, 264 and 256."""
-    for vbytes in (32, 64):
-        for itemsize in (4, 8):
-            deepest = block_sizes(256, 256, 1 << 20, itemsize, vbytes)[3]
-            for k in [1, 7, 17, 384, 385, 784, 1000, 4096, 10_001]:
-                kc = block_sizes(256, 256, k, itemsize, vbytes)[3]
-                steps = [min(kc, k - p) for p in range(0, k, kc)]
-                assert (kc % 8 == 0 or kc == k) and len(steps) == -(-k // deepest), (k, kc, deepest)
-                assert max(steps) - min(steps) < 8 * len(steps), (k, steps)  # even, but for KC % 8 == 0
+@pytest.mark.parametrize("vbytes", [32, 64])
+def test_k_steps_are_of_even_depths(threads, vbytes):
+    """The library cuts k into as many steps as KC asks, of even depths (multiples of 8 but the
+    last): k = 784 with KC 384 was 384, 384 and 16 (a C pass and the packs' calls for 16
+    multiply-adds), now 264, 264 and 256, the bits KC 264 gives; KC 392 (two steps) other
+    bits. At run time, so a product whose k is a run-time size is cut for the k it has."""
+    threads(2)
+    call = _library_call(packed_gemm.GemmVariant("f32", False, True, vbytes))
+    mr, nr = packed_gemm.MR_BY_VECTOR_BYTES[vbytes], packed_gemm.SLIVER_VECTORS * vbytes // 4
+    m, n, k = 2 * mr, 2 * nr, 784
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    results = {}
+    for kc in (384, 264, 392):
+        results[kc] = np.full((m, n), np.nan, np.float32)
+        call(a, b, results[kc], (m, kc, n))
+    np.testing.assert_array_equal(results[384], results[264])
+    assert not np.array_equal(results[384], results[392])
+    assert_gemm_close(results[384], a, b.T, np.float32)
 
 
 def _library_call(variant, trans_b=True):
@@ -454,6 +461,7 @@ def test_blocks_keep_a_large_b_panel_in_one_chunk(monkeypatch):
     panel; a B that fits L2 keeps the fewest panels."""
     monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 48 << 10, 2: 1 << 20}.get)
     monkeypatch.setattr(packed_gemm, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(packed_gemm, "default_threads", lambda: 2)  # the host's cores count too
     mr, nr, mc, kc, nc = block_sizes(256, 1024, 4096, 4, 32)
     assert packed_gemm._packed_columns(256, 1024, mc, nc, 2) == 1024 and -(-256 // mc) == 2
     mr, nr, mc, kc, nc = block_sizes(256, 1024, 128, 4, 32)  # B: 512 KiB
@@ -467,6 +475,7 @@ def test_wide_b_gets_panels_of_a_whole_chunk(monkeypatch):
     packed once; half of that with half the bytes."""
     monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 48 << 10, 2: 1 << 20}.get)
     monkeypatch.setattr(packed_gemm, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(packed_gemm, "default_threads", lambda: 2)  # the host's cores count too
     for vbytes, nc in [(32, 1024), (64, 2048)]:
         mr, nr, mc, kc, got = block_sizes(256, 4096, 4096, 4, vbytes)
         assert got == nc and packed_gemm._packed_columns(256, 4096, mc, got, 2) == 4096, (vbytes, got)

@@ -3,6 +3,7 @@ or crashes: Python threads calling parallel programs at once, the thread count c
 under them, a forked child, interpreter exit with workers spinning. Those run in a
 subprocess under a timeout, so a hang fails the test instead of stopping the suite."""
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -267,3 +268,36 @@ def test_unpinned_workers_float_and_no_mask_changes():
     cpus = sorted(os.sched_getaffinity(0))
     first, second, last = result.stdout.split("\n")[:3]
     assert (first, second.split()[1], last) == (f"{[cpus] * (len(cpus) - 1)} True", "True", "ok")
+
+
+_WORKER_STACKS = """
+import ctypes
+import ffcompile as ff
+from ffcompile.codegen.llvm import threadpool
+ff.set_num_threads(3)
+threadpool._load()
+libc = ctypes.CDLL(None)
+handles = (ctypes.c_uint64 * threadpool.MAX_THREADS).from_address(threadpool._functions["ffc_pool_handles"]())
+for worker in range(2):
+    attributes, size = ctypes.create_string_buffer(64), ctypes.c_size_t()
+    assert libc.pthread_getattr_np(ctypes.c_uint64(handles[worker]), attributes) == 0
+    libc.pthread_attr_getstacksize(attributes, ctypes.byref(size))
+    print(size.value)
+"""
+
+
+@pytest.mark.skipif(resource.getrlimit(resource.RLIMIT_STACK)[1] != resource.RLIM_INFINITY,
+                    reason="the stack's hard limit is not unlimited: `ulimit -s unlimited` cannot be tried")
+def test_workers_have_their_own_stack_size_whatever_the_limit():
+    """Under `ulimit -s unlimited` glibc gives a new thread 2 MiB of stack, and a packed GEMM
+    chunk whose malloc fails packs on its stack (up to packed_gemm.STACK_BYTES, 2 MiB: a
+    segfault). The pool's workers are created with WORKER_STACK_BYTES."""
+    # the child lifts its limit and execs the check: glibc reads the limit at a process's start
+    result = run_python(f"""
+        import os, resource, sys
+        resource.setrlimit(resource.RLIMIT_STACK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        os.execv(sys.executable, [sys.executable, "-c", {_WORKER_STACKS!r}])
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(threadpool.WORKER_STACK_BYTES)] * 2
+

@@ -27,7 +27,8 @@ epilogue (bias, activation, ...: lower.py's column_epilogue) runs on each block 
 after its last k step, while the block (MC x NC, sized for L2) is still in cache.
 
 Block sizes come from the host's caches (sysfs; a common default otherwise):
-a B sliver (KC x NR) fills half of L1, an A block (MC x KC) a quarter of L2,
+a B sliver (KC x NR) fills half of L1 (k is then cut into steps of even depths, none
+deeper: _panels), an A block (MC x KC) a quarter of L2,
 and both packs of a chunk take STACK_BYTES at most (one heap block per chunk, on the stack
 only if the allocation fails: _Kernel._packs), which bounds NC (and MC, KC where a host
 reports huge caches). A product
@@ -85,7 +86,8 @@ from .threadpool import chunk_count, default_threads, emit_parallel_for, get_num
 
 SLIVER_VECTORS = 2  # vectors per micro-tile row (NR = 2 vw)
 MR_BY_VECTOR_BYTES = {32: 6, 64: 8}  # 12 of 16 ymm, 16 of 32 zmm registers hold the tile
-# Both packs of one chunk (on the heap; the stack if that fails: glibc's 8 MiB). 2 MiB, not 1:
+# Both packs of one chunk (on the heap; the stack if that fails: the pool's workers have 8 MiB,
+# threadpool.WORKER_STACK_BYTES). 2 MiB, not 1:
 # panels of 1024 columns, not 512, where B is wide (every panel packs A's blocks again):
 # wide's 256-row products 0.3-2% faster at 256 bits, its step 0.6-1% (and 0.7% at 512 bits).
 STACK_BYTES = 2 << 20
@@ -166,10 +168,6 @@ def block_sizes(m: int, n: int, k: int, itemsize: int, vbytes: int) -> tuple[int
             choices[sizes] = (_imbalance(m, n, *sizes, threads), packed, -(-n // sizes[1]), -(-m // sizes[0]))
     best = min(v[0] for v in choices.values())
     mc, nc = min((v[1:], sizes) for sizes, v in choices.items() if v[0] <= best + 0.01)[1]
-    # k steps of even depths (the blocks above sized for the deepest): mnist's k = 784 as 384,
-    # 384 and 16 spent on the last a C pass and the packs' calls for 16 multiply-adds a tile
-    # (264, 264, 256: 128x512x784 2% faster)
-    kc = min(kc, _round_up(-(-k // -(-k // kc)), 8))
     return mr, nr, mc, kc, nc
 
 
@@ -414,7 +412,13 @@ class _Kernel:
         first_panel = b.sdiv(start, row_blocks)
         panels = b.sub(b.sdiv(b.add(last, b.sub(row_blocks, one)), row_blocks), first_panel)
         panels = b.select(b.icmp_signed("<", start, last), panels, self.const(0))
+        # k steps of even depths, at most KC (the packs' size): mnist's k = 784 as 384, 384 and
+        # 16 spent on the last a C pass and the packs' calls for 16 multiply-adds a tile (264, 264
+        # and 256: 128x512x784 2% faster). Here, not in block_sizes: a product whose k is a
+        # run-time size (the batch of a weight gradient) was cut for its reference size.
         k_steps = _ceil_div(b, k, kc)
+        eight = self.const(8)
+        kc = self.min(b, b.mul(_ceil_div(b, _ceil_div(b, k, k_steps), eight), eight), kc)
         last_step = b.sub(k_steps, one)
         has_epilogue = b.icmp_unsigned("!=", epilogue, ir.Constant(epilogue.type, None))
         with for_range(b, panels, "jc") as j:

@@ -50,6 +50,9 @@ THREADS_VARIABLE = "FFCOMPILE_NUM_THREADS"
 PIN_VARIABLE = "FFCOMPILE_PIN_THREADS"  # "0": workers float over every CPU the process may use
 CPU_SET_WORDS = 16  # glibc's cpu_set_t: 1024 CPUs in 64-bit words
 MAX_THREADS = 256
+# Each worker's stack, whatever `ulimit -s` says (unlimited gives threads 2 MiB): a packed GEMM
+# chunk packs on its stack where malloc fails, up to packed_gemm.STACK_BYTES (2 MiB).
+WORKER_STACK_BYTES = 8 << 20
 SPIN_CYCLES = 200_000  # ~50-100 us at 2-4 GHz
 # Spinning past this many cycles (~5 us) calls sched_yield each time round: when another process
 # holds one of 2 cores, the caller and a worker share the other, and a spinning thread kept the
@@ -146,6 +149,9 @@ class _PoolModule:
             "pthread_create": ir.FunctionType(I32, [I64.as_pointer(), I8P, ir.FunctionType(I8P, [I8P]).as_pointer(),
                                                     I8P]),
             "pthread_join": ir.FunctionType(I32, [I64, I8P.as_pointer()]),
+            "pthread_attr_init": ir.FunctionType(I32, [I8P]),
+            "pthread_attr_setstacksize": ir.FunctionType(I32, [I8P, I64]),
+            "pthread_attr_destroy": ir.FunctionType(I32, [I8P]),
             "sched_yield": ir.FunctionType(I32, []),
             "sched_getcpu": ir.FunctionType(I32, []),
             "sched_getaffinity": ir.FunctionType(I32, [I32, I64, I64.as_pointer()]),
@@ -397,6 +403,11 @@ class _PoolModule:
             self._store(b, name, 0)
         created = b.alloca(I64)
         b.store(ir.Constant(I64, 0), created)
+        attributes = b.alloca(ir.ArrayType(ir.IntType(8), 64))  # a pthread_attr_t (56 bytes in glibc)
+        attributes.align = 16
+        attributes = b.bitcast(attributes, I8P)
+        self._call(b, "pthread_attr_init", attributes)
+        self._call(b, "pthread_attr_setstacksize", attributes, ir.Constant(I64, WORKER_STACK_BYTES))
         wanted = b.select(b.icmp_unsigned("<", fn.args[0], ir.Constant(I64, MAX_THREADS)), fn.args[0],
                           ir.Constant(I64, MAX_THREADS))
 
@@ -407,11 +418,12 @@ class _PoolModule:
         b.cbranch(b.icmp_unsigned("<", k, wanted), body, end)
         b.position_at_end(body)
         handle = b.gep(self.state["handles"], [ir.Constant(I64, 0), k])
-        rc = self._call(b, "pthread_create", handle, ir.Constant(I8P, None), self.worker, b.inttoptr(k, I8P))
+        rc = self._call(b, "pthread_create", handle, attributes, self.worker, b.inttoptr(k, I8P))
         ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
         b.store(b.add(k, b.zext(ok, I64)), created)  # counts the threads that exist
         b.cbranch(ok, head, end)
         b.position_at_end(end)
+        self._call(b, "pthread_attr_destroy", attributes)
         count = b.load(created)
         self._store(b, "workers", count)
         self._store(b, "busy", 0)
