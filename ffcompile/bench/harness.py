@@ -13,7 +13,9 @@ winner. The BLAS floor row times the step's GEMMs alone with numpy.matmul at
 their shapes, in the same rounds. Every round trains from the initial
 parameters, and a row is flagged when a timed step's loss was not finite
 (timing NaNs measures the wrong thing). Every result is compared with the
-reference contender's (first-step loss, or inference outputs).
+reference contender's (first-step loss, or inference outputs). Under the table, what
+else ran on the host during each workload's rounds (hostload.py: other processes' CPU
+time and the hypervisor's steal), so a run on a busy machine says so.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import zoo
+from . import hostload
 from .contenders import (
     BLAS_FLOOR,
     CONTENDERS,
@@ -68,6 +71,7 @@ class Cell:
     ratio: float | None = None  # median / the reference's median
     deviation: float | None = None  # max |value - reference value| / max |reference value|
     diverged: bool = False  # a timed step returned a non-finite loss or output
+    host: hostload.HostLoad | None = None  # what else ran while the cell's rounds were timed
 
     @property
     def ok(self) -> bool:
@@ -203,7 +207,10 @@ def run_cell(model, mode: str, contenders: list[Contender], options: Options) ->
             cell.peak_bytes = _peak_step_bytes(runner.run)
         else:
             cell.memory_note = contender.memory
-    _time_rounds(runners, cells, options)
+    with hostload.measured() as load:
+        _time_rounds(runners, cells, options)
+    for name in runners:
+        cells[name].host = load.result
     result = list(cells.values())
     _compare(result, options.reference)
     return result
@@ -294,13 +301,24 @@ def markdown(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def host_lines(cells: list[Cell]) -> str:
+    """What else ran on the host during each workload's and mode's timed rounds."""
+    seen = {(c.model, c.mode): c.host for c in cells if c.host is not None}
+    if not seen:
+        return ""
+    return (f"host during the timed rounds (/proc/stat: other processes' CPU time and the hypervisor's steal, "
+            f"shares of all {os.cpu_count()} CPUs' time): "
+            + "; ".join(f"{model}/{mode} {load}" for (model, mode), load in seen.items()))
+
+
 def _notes(cell: Cell) -> str:
     return "non-finite result in timed steps (fewer --steps per round avoids it)" if cell.diverged else ""
 
 
 CSV_FIELDS = ["model", "mode", "contender", "status", "median_ms", "min_ms", "round_median_min_ms",
               "round_median_max_ms", "ratio_to_reference", "compile_s", "peak_step_bytes",
-              "memory_note", "gemm_flops", "first_value", "deviation_from_reference", "notes"]
+              "memory_note", "gemm_flops", "first_value", "deviation_from_reference", "host_others",
+              "host_steal", "notes"]
 
 
 def write_csv(cells: list[Cell], path: str) -> None:
@@ -321,6 +339,8 @@ def write_csv(cells: list[Cell], path: str) -> None:
                 # A train step's loss; an inference's outputs are summarized by their sum.
                 "first_value": "" if c.value is None else f"{float(np.sum(c.value)):.9g}",
                 "deviation_from_reference": "" if c.deviation is None else f"{c.deviation:.3e}",
+                "host_others": "" if c.host is None else f"{c.host.others:.4f}",
+                "host_steal": "" if c.host is None else f"{c.host.steal:.4f}",
                 "notes": _notes(c),
             })
 
@@ -433,7 +453,7 @@ def run(models: list, contenders: list[Contender], modes: tuple[str, ...], optio
             for mode in modes:
                 print(f"running {getattr(model, 'name', model)}/{mode} ...", file=sys.stderr)
                 cells += run_cell(model, mode, contenders, options)
-        print(header(options) + "\n\n" + markdown(cells))
+        print(header(options) + "\n\n" + markdown(cells) + "\n\n" + host_lines(cells))
     if csv_path:
         write_csv(cells, csv_path)
     if plot_path:
