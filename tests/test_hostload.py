@@ -1,5 +1,6 @@
 """ffcompile/bench/hostload.py: another process's CPU time shows as `others`, this process's
-own does not, and a host without /proc/stat gives no figure instead of a wrong one."""
+own does not, and a host without /proc/stat gives no figure instead of a wrong one; the
+round trip between two CPUs is a time, and two threads that cannot both run stop, not hang."""
 import os
 import subprocess
 import sys
@@ -32,3 +33,16 @@ def test_no_proc_stat_no_figure(monkeypatch, tmp_path):
         pass
     assert load.result is None
     assert harness.host_lines([harness.Cell("xor", "train", "ffcompile-llvm")]) == ""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no round trip between two")
+def test_a_round_trip_between_two_cpus_is_a_time_and_never_hangs(monkeypatch):
+    trip = hostload.round_trip_ns()
+    assert trip is not None and 1 < trip < 1e6, trip
+    # Both threads on one CPU take turns at the scheduler's pace: told to stop, no figure.
+    monkeypatch.setattr(hostload, "ROUND_TRIP_TIMEOUT", 0.3)
+    cpu = min(os.sched_getaffinity(0))
+    start = time.perf_counter()
+    assert hostload.round_trip_ns([cpu, cpu]) is None
+    assert time.perf_counter() - start < 5
+

@@ -14,8 +14,9 @@ their shapes, in the same rounds. Every round trains from the initial
 parameters, and a row is flagged when a timed step's loss was not finite
 (timing NaNs measures the wrong thing). Every result is compared with the
 reference contender's (first-step loss, or inference outputs). Under the table, what
-else ran on the host during each workload's rounds (hostload.py: other processes' CPU
-time and the hypervisor's steal), so a run on a busy machine says so.
+else ran on the host during each workload's rounds and how far apart its first two CPUs
+were (hostload.py: other processes' CPU time, the hypervisor's steal, a cache line's round
+trip), so a run on a busy or a split machine says so.
 """
 from __future__ import annotations
 
@@ -307,7 +308,8 @@ def host_lines(cells: list[Cell]) -> str:
     if not seen:
         return ""
     return (f"host during the timed rounds (/proc/stat: other processes' CPU time and the hypervisor's steal, "
-            f"shares of all {os.cpu_count()} CPUs' time): "
+            f"shares of all {os.cpu_count()} CPUs' time; a cache line's round trip between the first two CPUs "
+            f"before/after them): "
             + "; ".join(f"{model}/{mode} {load}" for (model, mode), load in seen.items()))
 
 
