@@ -40,7 +40,8 @@ def test_harness_runs_xor_and_every_contender_agrees(tmp_path, capsys):
     assert "| model | mode | contender | median ms |" in table and "threads:" in table
     assert "host during the timed rounds" in table and "xor/train others " in table
     rows = list(csv.DictReader(out_csv.open()))
-    assert all(0 <= float(r["host_others"]) <= 1 for r in rows if r["status"] == "ok")
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert all(0 <= float(r["host_others"]) <= 1 and "/" in r["host_round_trip_ns"] for r in timed)
     assert {(r["mode"], r["contender"]) for r in rows} == {
         (mode, name) for mode in harness.MODES for name in [c.name for c in FAST] + ["BLAS floor"]}
     for row in rows:

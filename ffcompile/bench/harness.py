@@ -320,7 +320,7 @@ def _notes(cell: Cell) -> str:
 CSV_FIELDS = ["model", "mode", "contender", "status", "median_ms", "min_ms", "round_median_min_ms",
               "round_median_max_ms", "ratio_to_reference", "compile_s", "peak_step_bytes",
               "memory_note", "gemm_flops", "first_value", "deviation_from_reference", "host_others",
-              "host_steal", "notes"]
+              "host_steal", "host_round_trip_ns", "notes"]
 
 
 def write_csv(cells: list[Cell], path: str) -> None:
@@ -343,6 +343,7 @@ def write_csv(cells: list[Cell], path: str) -> None:
                 "deviation_from_reference": "" if c.deviation is None else f"{c.deviation:.3e}",
                 "host_others": "" if c.host is None else f"{c.host.others:.4f}",
                 "host_steal": "" if c.host is None else f"{c.host.steal:.4f}",
+                "host_round_trip_ns": "" if c.host is None else c.host.trips(),
                 "notes": _notes(c),
             })
 

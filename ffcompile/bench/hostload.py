@@ -39,8 +39,11 @@ class HostLoad:
     round_trips_ns: tuple[float | None, float | None] = (None, None)  # before and after the window
 
     def __str__(self) -> str:
-        trips = "/".join("?" if t is None else f"{t:.0f}" for t in self.round_trips_ns)
-        return f"others {self.others:.1%}, steal {self.steal:.1%}, CPU 0-1 round trip {trips} ns"
+        return f"others {self.others:.1%}, steal {self.steal:.1%}, round trip {self.trips()} ns"
+
+    def trips(self) -> str:
+        """The round trips before/after, in ns ("?": not measured)."""
+        return "/".join("?" if t is None else f"{t:.0f}" for t in self.round_trips_ns)
 
 
 def _sample() -> tuple[int, int, int, float] | None:
