@@ -1,7 +1,7 @@
 """Builds of the packed GEMM library compared inside a zoo model's training step.
 
     python -m benchmarks.gemm_step_ab --model wide before=/path/to/an/older/checkout now=.
-    python -m benchmarks.gemm_step_ab --model wide now=. each-chunk-packs-a=.:PREPACK_BYTES=0
+    python -m benchmarks.gemm_step_ab --model mnist now=. padded-last-tile=.:SHORT_ROWS=0
 
 One bound training step is compiled; a program calls the library through slots, plain globals
 (packed_gemm.library_slot), so between rounds they are pointed at one build, then the next
@@ -13,7 +13,9 @@ slower (benchmarks/README.md, "256-bit steps, continued again").
 
 A build is NAME=TREE[:CONSTANT=VALUE,...]: the library as the source tree TREE builds it (in a
 subprocess with TREE first on its path: another checkout's code), with constants of its
-packed_gemm module set first. The step's block sizes are this tree's (constants of its call).
+packed_gemm module set first (one it does not have is an error: a misspelt or removed constant
+would build the tree's own library under another name). The step's block sizes are this
+tree's (constants of its call).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ import sys
 import ffcompile.codegen.llvm.packed_gemm as packed_gemm
 from ffcompile.codegen.llvm import gemm_library
 for name, value in {constants!r}.items():
+    if not hasattr(packed_gemm, name):
+        sys.exit(f"packed_gemm has no constant {{name}}")
     setattr(packed_gemm, name, value)
 sys.stdout.write(str(gemm_library.library_module(packed_gemm.GemmVariant.of_symbol({symbol!r}))))
 """

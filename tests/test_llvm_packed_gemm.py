@@ -494,6 +494,8 @@ def test_gemm_step_ab_benchmark_compares_builds_inside_a_step(capsys, packed_rou
     with pytest.raises(ValueError, match="NAME=TREE"):
         gemm_step_ab.parse_build("no-tree")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.raises(RuntimeError, match="no constant PREPACK_BYTES"):  # removed: not silently the same build
+        gemm_step_ab.library_addresses(root, {"PREPACK_BYTES": 0}, ["ffc_packed_gemm_f32_nn_256"], [])
     gemm_step_ab.main(["--model", "mnist", "--steps", "1", "--rounds", "2", f"now={root}",
                        f"no-prefetch={root}:PACK_AHEAD=0,TRANS_AHEAD=0"])
     header, now, other = capsys.readouterr().out.strip().splitlines()[-3:]
