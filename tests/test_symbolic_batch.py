@@ -323,7 +323,9 @@ def test_planned_arena_is_the_allocated_one_at_every_size(backend):
         if hasattr(program, "arena"):  # the NumPy program's one allocation
             assert program.arena.nbytes == lowered.memory.arena_bytes
         arenas[n] = bytes_at(lowered.memory.arena_bytes, n)
-    assert arenas[1] < arenas[7] < arenas[64] < arenas[129]
+    # (At B = 1 the NumPy program copies the transposed weights its gemv products read, as the
+    # reference multiplies by buffers: numpy_arena._gemm_reads_as_flag. Its arena is the largest.)
+    assert arenas[7] < arenas[64] < arenas[129] and (backend == "numpy" or arenas[1] < arenas[7])
 
 
 # ---- errors

@@ -171,15 +171,47 @@ class Storage:
 
 
 def _is_view_expression(node: Node, kernel_outputs: set[int], i: int, users: list[int], nodes) -> bool:
-    """A view stays a view only where layout cannot change a result: read by elementwise
-    ops. The reference holds every value C-contiguous, and NumPy's reductions and its
-    matmul kernels round by layout: even gemm, given a transpose as its flag, sums
-    otherwise than over the copy with OpenBLAS's AVX-512 kernels (f64 (128 x 64) @ (64 x
-    10) with A a transposed view, and 40% of a grid of small shapes; its Haswell kernels
-    happen to agree), so a transpose a product reads is copied."""
+    """A view stays a view only where layout cannot change a result: read by
+    elementwise ops, or a transpose read by GEMMs NumPy hands to BLAS's gemm
+    with a transpose flag, past OpenBLAS's small-matrix kernels. The reference holds
+    every value C-contiguous, and NumPy's reductions and its other matmul kernels
+    round by layout."""
     if node.op not in _VIEW_EXPRESSIONS or i in kernel_outputs:
         return False
+    if node.op is O.Transpose and all(_gemm_reads_as_flag(nodes, u, i) for u in users):
+        return True
     return all(O.ELEMENTWISE in nodes[u].op.traits for u in users)
+
+
+# m * n * k up to which OpenBLAS's AVX-512 (SkylakeX) builds may run a product by their small-matrix
+# kernels (its sgemm/dgemm_small_kernel_permit: 100^3), which sum a transposed operand otherwise than
+# its copy: on a Xeon, 40% of a grid of such products of a transposed view were 1 ulp off the
+# product of the copy (digits' f64 weight gradient (128 x 64) @ (64 x 10) among them), none above.
+OPENBLAS_SMALL_KERNEL_MAX_WORK = 100 ** 3
+
+
+def _gemm_reads_as_flag(nodes, user: int, i: int) -> bool:
+    """Whether np.matmul takes transpose i as gemm's flag, the same sums as over its copy.
+    Not where a side of the product is a vector (NumPy calls gemv or dot: a (1, 3) row by a
+    transposed (3, 3) view is 1 ulp off the product by its copy), nor where the other side
+    is the transpose's own buffer (X @ X.T: NumPy calls syrk), nor in the range of OpenBLAS's
+    small-matrix kernels."""
+    node = nodes[user]
+    if node.op is not O.Matmul or 1 in node.type.shape[-2:]:
+        return False
+    m, n = node.type.shape[-2:]
+    k = nodes[node.inputs[0]].type.shape[-1]
+    if not all(isinstance(d, int) for d in (m, n, k)) or m * n * k <= OPENBLAS_SMALL_KERNEL_MAX_WORK:
+        return False
+    other = [j for j in node.inputs if j != i]
+    return len(other) == 1 and _view_root(nodes, nodes[i].inputs[0]) != _view_root(nodes, other[0])
+
+
+def _view_root(nodes, j: int) -> int:
+    """The value whose buffer value j views (j itself if it is no view expression)."""
+    while nodes[j].op in _VIEW_EXPRESSIONS:
+        j = nodes[j].inputs[0]
+    return j
 
 
 def assign_storage(schedule: Schedule, protected) -> Storage:
