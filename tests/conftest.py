@@ -37,6 +37,13 @@ def blas_route(monkeypatch):
 
 
 @pytest.fixture
+def small_route(monkeypatch):
+    """Products of smallgemm's range through smallgemm on any host, never the packed GEMM this
+    host may have measured faster (blas.SMALL_MEASURED_MIN_WORK), nor the one the suite forces."""
+    monkeypatch.setenv("FFCOMPILE_GEMM_ROUTE", "small")
+
+
+@pytest.fixture
 def threads():
     """ff.set_num_threads, the count restored after the test."""
     import ffcompile as ff

@@ -53,7 +53,7 @@ def test_a_program_takes_the_route_measured_faster(measured_routes, packed_secon
     measured, fake = measured_routes
     fake[0] = (packed_seconds, 2.0)
     executable, a, b = product_program()
-    assert measured == [(*REPRESENTATIVE[(False, 1)], "f32")]  # the class of 1024x512x784, once
+    assert measured == [(*REPRESENTATIVE[(False, 2)], "f32")]  # the class of 1024x512x784, once
     assert blas.gemm_route(*SHAPE, "f32", False, False) == route
     assert executable.blas == (("sgemm",) if route == blas.BLAS else ())
     np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full(SHAPE[:2], 784.0, np.float32))
@@ -156,32 +156,56 @@ def test_each_representative_is_in_its_own_class():
 
 
 def test_the_real_measurement_times_every_route_that_competes():
-    """smallgemm competes in the lowest band only (the class of mnist's layers), A untransposed."""
-    packed_seconds, blas_seconds, small_seconds = calibrate.time_routes(*REPRESENTATIVE[(True, 0)], "f32")
-    assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1 and 0 < small_seconds < 1
-    assert blas.small_competes(*REPRESENTATIVE[(False, 0)], "f64", False, True)
-    assert not blas.small_competes(*REPRESENTATIVE[(True, 0)], "f32", True, False)
-    assert not any(blas.small_competes(*shape, "f32", False, False) for (_, band), shape in REPRESENTATIVE.items() if band)
+    """smallgemm competes in the two lowest bands only (the classes of deep's and mnist's layers), A
+    untransposed."""
+    for thin, band in ((True, 0), (True, 1)):
+        packed_seconds, blas_seconds, small_seconds = calibrate.time_routes(*REPRESENTATIVE[(thin, band)], "f32")
+        assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1 and 0 < small_seconds < 1
+    assert blas.small_competes(*REPRESENTATIVE[(False, 1)], "f64", False, True)
+    assert not blas.small_competes(*REPRESENTATIVE[(True, 1)], "f32", True, False)
+    assert not any(blas.small_competes(*shape, "f32", False, False) for (_, band), shape in REPRESENTATIVE.items()
+                   if band > 1)
 
 
-MNIST_LAYER = (128, 512, 784)  # the lowest band, above smallgemm's own range
+MNIST_LAYER = (128, 512, 784)  # the second band, above smallgemm's own range
+DEEP_LAYER = (64, 256, 256)  # the lowest band, smallgemm's own range
 
 
 @pytest.mark.parametrize("seconds, route", [((2.0, 3.0, 1.0), blas.SMALL), ((1.0, 3.0, 2.0), blas.PACKED),
                                             ((3.0, 1.0, 2.0), blas.BLAS)])
 def test_smallgemm_takes_a_product_of_the_lowest_band_where_measured_fastest(measured_routes, seconds, route):
-    """In the lowest band smallgemm (split across the pool) is the third contender: a program's
+    """In the second band smallgemm (split across the pool) is the third contender: a program's
     product takes the fastest of the three; a transposed A never smallgemm's."""
     measured, fake = measured_routes
     fake[0] = seconds
     m, n, k = MNIST_LAYER
     a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
     executable = build(lowered_graph(lambda x, y: x @ y, a, b))[0]
-    assert measured == [(*REPRESENTATIVE[(True, 0)], "f32")]
+    assert measured == [(*REPRESENTATIVE[(True, 1)], "f32")]
     assert blas.gemm_route(m, n, k, "f32", False, False) == route
     assert blas.gemm_route(m, n, k, "f32", False, True) == route  # B transposed: the same class
     assert blas.gemm_route(m, n, k, "f32", True, False) in (blas.PACKED, blas.BLAS)
     assert executable.blas == (("sgemm",) if route == blas.BLAS else ())
+    np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full((m, n), float(k), np.float32))
+
+
+@pytest.mark.parametrize("seconds, route", [((2.0, 3.0, 1.0), blas.SMALL), ((1.0, 3.0, 2.0), blas.PACKED),
+                                            ((3.0, 1.0, 2.0), blas.SMALL)])
+def test_a_product_of_smallgemms_range_takes_the_packed_gemm_where_measured_faster(measured_routes, seconds, route):
+    """In the lowest band, smallgemm's own range, the packed GEMM where it was measured faster than
+    smallgemm (deep's step on a Xeon: 5.85 -> 4.65 ms), in every transpose; BLAS never (it
+    loses to both there). Up to SMALL_MEASURED_MIN_WORK, smallgemm unmeasured."""
+    measured, fake = measured_routes
+    fake[0] = seconds
+    m, n, k = DEEP_LAYER
+    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
+    executable = build(lowered_graph(lambda x, y: x @ y, a, b))[0]
+    assert measured == [(*REPRESENTATIVE[(True, 0)], "f32")]
+    for trans_a, trans_b in ((False, False), (False, True), (True, False)):
+        assert blas.gemm_route(m, n, k, "f32", trans_a, trans_b) == route
+    assert blas.gemm_route(m, n, k, "f32", False, False, measured_small=False) == blas.SMALL  # a run-time product's
+    assert blas.gemm_route(64, 128, 256, "f32", False, False) == blas.SMALL  # 2^21: not measured
+    assert executable.blas == ()
     np.testing.assert_array_equal(np.asarray(executable(a, b)[0]), np.full((m, n), float(k), np.float32))
 
 
@@ -190,6 +214,7 @@ def test_the_small_route_forced_takes_smallgemm_where_it_competes(monkeypatch):
     assert blas.gemm_route(*MNIST_LAYER, "f32", False, False) == blas.SMALL
     assert blas.gemm_route(*SHAPE, "f32", False, False) == blas.BLAS  # a higher band: BLAS
     assert blas.gemm_route(*MNIST_LAYER, "f32", True, False) == blas.BLAS  # A transposed: BLAS
+    assert blas.gemm_route(*DEEP_LAYER, "f32", True, False) == blas.SMALL  # smallgemm's own range
 
 
 def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
@@ -218,7 +243,7 @@ def test_the_command_builds_the_host_runtime_and_prints_every_class(measured_rou
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(measured) == len(REPRESENTATIVE) and len(lines) == 4 + len(REPRESENTATIVE)
     assert lines[2] == "# host runtime: 8 packed GEMM functions built (the rest of 8 loaded)"
-    assert lines[4].startswith("f64 thin band0: 128x512x784 |") and lines[4].endswith("| 2.00x | packed")
+    assert lines[4].startswith("f64 thin band0: 64x256x256 |") and lines[4].endswith("| 2.00x | packed")
     monkeypatch.setattr(gemm_library, "_loaded", {})  # a new process: loaded from the disk cache
     calibrate_cli.main(["--dtype", "f64"])
     assert capsys.readouterr().out.splitlines()[2] == "# host runtime: 0 packed GEMM functions built (the rest of 8 loaded)"

@@ -169,7 +169,7 @@ def test_blas_product_split_by_rows_across_the_thread_pool(blas_route, monkeypat
 
 
 @pytest.mark.parametrize("m, n, k, trans_b", [(128, 256, 256, False), (130, 256, 256, True), (101, 129, 700, False)])
-def test_small_gemm_split_by_row_blocks_is_bitwise_the_same_at_any_thread_count(m, n, k, trans_b):
+def test_small_gemm_split_by_row_blocks_is_bitwise_the_same_at_any_thread_count(small_route, m, n, k, trans_b):
     """A smallgemm product with A's rows contiguous runs as blocks of SPLIT_SMALL_ROWS rows
     (the last one shorter) across the pool: each block is the same code at any count."""
     assert blas.gemm_route(m, n, k, "f32", False, trans_b) == blas.SMALL

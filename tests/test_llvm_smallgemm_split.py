@@ -18,6 +18,8 @@ from ffcompile.codegen.llvm.smallgemm_split import split_units
 from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 from ffcompile.codegen.llvm.target import VECTOR_BITS_VARIABLE, vector_bytes
 
+pytestmark = pytest.mark.usefixtures("small_route")  # deep's sizes: the packed GEMM where measured faster
+
 # (m, n, k, trans_a, trans_b, dtype, by rows): deep's three products, odd sizes with edge panels
 # and rows, a narrow C cut by rows (A plain, and transposed but too narrow to be packed).
 CASES = [

@@ -23,6 +23,7 @@ from ffcompile.codegen.llvm.target import VECTOR_BITS_VARIABLE, vector_bytes
 PRIMES = [2, 3, 5, 7, 11, 13, 31, 37, 61, 67, 97, 101, 127, 131, 151, 173, 193, 197, 199]
 SIZES = st.one_of(st.sampled_from(PRIMES), st.integers(1, 300))
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+pytestmark = pytest.mark.usefixtures("small_route")  # sizes past 128^3: the packed GEMM where measured faster
 
 
 @pytest.fixture

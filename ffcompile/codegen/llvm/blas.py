@@ -23,7 +23,8 @@ threadpoolctl for another BLAS), unless `set_blas_threads` chose a number before
 
 Below native_max_work() multiply-adds a call costs more than it computes: such
 float products run smallgemm's register-tiled kernel (unless an operand it would pack
-exceeds PACK_MAX_BYTES: then BLAS); integer ones (which BLAS has not) and k == 0 an
+exceeds PACK_MAX_BYTES: then BLAS), or, above SMALL_MEASURED_MIN_WORK, the packed GEMM where
+this host measured it faster; integer ones (which BLAS has not) and k == 0 an
 inner-product-free loop nest: C[i, :] += A[i, p] * B[p, :].
 """
 from __future__ import annotations
@@ -74,6 +75,11 @@ SPLIT_ROWS = 16
 SPLIT_MIN_WORK = 2 ** 21
 SPLIT_SMALL_ROWS = 48  # rows of C per block of a smallgemm product split the same way (8 tiles)
 THREADED_NATIVE_MAX_WORK = 128 ** 3
+# Multiply-adds above which a product in smallgemm's range takes the packed GEMM instead where
+# this host measured it faster (its calibration class, gemm_calibration.py). deep's 64x256x256
+# products on a Xeon (AVX-512, 2 threads): smallgemm 37-54 us, the packed GEMM 35 in every
+# transpose, the step 5.85 -> 4.65 ms; on Zen 5 smallgemm had been 1.0-1.9x BLAS up to 256^3.
+SMALL_MEASURED_MIN_WORK = 2 ** 21
 BLAS_FUNCTIONS = {"f32": "sgemm", "f64": "dgemm"}
 DEFAULT_BLAS_THREADS = 1
 _threads_chosen = False
@@ -297,9 +303,11 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
     None when the result is empty. A float product of at most skinny.SKINNY_MAX_ROWS rows
     streams its B (skinny.py), across the thread pool. A float product whose packed operand would pass
     smallgemm's PACK_MAX_BYTES goes to BLAS (1.35-1.5x faster than the loop nest); the loop
-    nest is for integers, and k == 0. Above native_max_work(), smallgemm where it competes and was
-    measured faster than both (small_competes; unless measured_small is False), else packed_gemm's
-    kernel where it beats the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
+    nest is for integers, and k == 0. Within smallgemm's range above SMALL_MEASURED_MIN_WORK, the
+    packed GEMM where it was measured faster (unless measured_small is False). Above
+    native_max_work(), smallgemm where it competes and was measured faster than both
+    (small_competes; unless measured_small is False), else packed_gemm's kernel where it beats
+    the BLAS call (packed_beats_blas), else BLAS. Raises GemmTooLarge for a BLAS product with a
     dimension past BLAS_INT_MAX (it would be passed wrapped).
 
     Sizes may be Syms (multiples of the batch size B in 1..max_batch; None: unbounded): a float
@@ -316,6 +324,8 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
     if dtype in BLAS_FUNCTIONS and skinny_fits(m, n, k, trans_a, trans_b, itemsize):
         return SKINNY
     if native and k > 0 and dtype in BLAS_FUNCTIONS and small_gemm_fits(m, n, k, trans_a, trans_b, itemsize):
+        if measured_small and work > SMALL_MEASURED_MIN_WORK and _packed_measured_faster(m, n, k, itemsize):
+            return PACKED
         return SMALL
     if dtype not in BLAS_FUNCTIONS or k == 0:
         return LOOPS
@@ -329,10 +339,10 @@ def gemm_route(m, n, k, dtype: str, trans_a: bool, trans_b: bool, max_batch: int
 
 def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> bool:
     """Whether smallgemm is measured against the packed GEMM and BLAS for a product above
-    native_max_work(): a float product in the calibration's lowest work band, A untransposed (a
+    native_max_work(): a float product in the calibration's two lowest work bands, A untransposed (a
     transposed A is packed before the tiles: 512x512x128 at 256 bits ran at half the packed
     GEMM's rate), whose packed operands fit smallgemm's PACK_MAX_BYTES."""
-    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[0]
+    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[1]
             and small_gemm_fits(m, n, k, trans_a, trans_b, 4 if dtype == "f32" else 8))
 
 
@@ -340,6 +350,12 @@ def _small_measured_fastest(m: int, n: int, k: int, itemsize: int) -> bool:
     """smallgemm for this product: as forced (FFCOMPILE_GEMM_ROUTE=small), else as its class was
     measured on this host (gemm_calibration.py; unmeasured: not)."""
     return chosen_route(route_key(m, n, k, itemsize, _blas_threads)) == "small"
+
+
+def _packed_measured_faster(m: int, n: int, k: int, itemsize: int) -> bool:
+    """The packed GEMM for this product in smallgemm's range: as forced (FFCOMPILE_GEMM_ROUTE=
+    packed), else as its class was measured on this host (unmeasured: smallgemm)."""
+    return chosen_route(route_key(m, n, k, itemsize, _blas_threads), ("small", "packed")) == "packed"
 
 
 def _symbolic_route(m, n, k, dtype, trans_a, trans_b, max_batch) -> str | None:

@@ -1,13 +1,15 @@
 """Which of the packed GEMM, the BLAS call and smallgemm is faster on this host: the crossover as measured.
 
-A product above smallgemm's range falls in a shape class: its float type, whether it is
-thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
-gradient summed over one) and its work band (m * n * k below 2^26, 2^29, or above). Each
+A product above blas.SMALL_MEASURED_MIN_WORK falls in a shape class: its float type, whether
+it is thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
+gradient summed over one) and its work band (m * n * k below 2^24, 2^26, 2^29, or above;
+every product past 2^24 is thin). Each
 class has one representative shape; calibrate.py times both routes on it, as programs run
 them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
-moment, and records the seconds here; in the lowest band, smallgemm's too (split across the
+moment, and records the seconds here; in the two lowest bands, smallgemm's too (split across the
 pool, it took mnist's 128x512x512 in 249 us at 256 bits where the packed GEMM took 310, but
-310 against 176 at 512: which wins depends on the host's width and kernels, so it is measured). The record is a small JSON file in the disk cache's
+310 against 176 at 512; deep's 64x256x256, smallgemm's own range, 37-54 us against 35 on a
+Xeon: which wins depends on the host's width and kernels, so it is measured). The record is a small JSON file in the disk cache's
 directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
 with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
 foreign or outdated file is ignored (and rewritten by the next measurement);
@@ -36,12 +38,13 @@ from .target import host_key
 
 ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
 ROUTES = ("packed", "blas", "small")
-FORMAT = 2  # the file's layout version: another one is ignored (2: small_seconds)
+FORMAT = 3  # the file's layout version: another one is ignored (2: small_seconds; 3: the band below 2^24)
 THIN_MAX = 256
-WORK_BANDS = (2 ** 26, 2 ** 29)  # upper bounds of the lower bands
-REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class
-    (True, 0): (128, 512, 784), (True, 1): (256, 1024, 1024), (True, 2): (256, 4096, 1024),
-    (False, 0): (384, 384, 384), (False, 1): (512, 512, 784), (False, 2): (1024, 1024, 1024),
+WORK_BANDS = (2 ** 24, 2 ** 26, 2 ** 29)  # upper bounds of the lower bands
+REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class (a wide one has more than 2^24)
+    (True, 0): (64, 256, 256), (True, 1): (128, 512, 784), (True, 2): (256, 1024, 1024),
+    (True, 3): (256, 4096, 1024),
+    (False, 1): (384, 384, 384), (False, 2): (512, 512, 784), (False, 3): (1024, 1024, 1024),
 }
 _tables: dict[Path | None, dict[str, dict]] = {}  # file (None: no cache) -> class key -> record
 _lock = threading.RLock()

@@ -1,5 +1,6 @@
-"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range: one
-shape-generic function per (dtype, transposes, vector width), built once per host.
+"""A BLIS-style packed float GEMM in LLVM IR, for products above smallgemm's range (and in it,
+above 2^21 multiply-adds, where measured faster): one shape-generic function per (dtype,
+transposes, vector width), built once per host.
 
 Every size is a run-time argument: m, n, k, the leading dimensions lda, ldb, ldc, alpha
 and beta (and whether they apply), the block sizes MC, KC, NC (the caller computes them
