@@ -31,7 +31,8 @@ def main(argv=None) -> None:
     from ffcompile.codegen.llvm.calibrate import calibrate_class
     from ffcompile.codegen.llvm.gemm_library import build_host_runtime
     from ffcompile.codegen.llvm.packed_gemm import vector_bytes
-    from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name, fastest
+    from ffcompile.codegen.llvm.gemm_calibration import (REPRESENTATIVE, calibration_path, class_name, fastest,
+                                                         measured_products)
 
     if args.threads:
         ff.set_num_threads(args.threads)
@@ -44,8 +45,9 @@ def main(argv=None) -> None:
         for shape in REPRESENTATIVE.values():
             found = calibrate_class(*shape, dtype, force=args.force)
             m, n, k = found["shape"]
-            packed, blas = (2 * m * n * k / found[f"{route}_seconds"] / 1e9 for route in ("packed", "blas"))
-            small = "-" if found["small_seconds"] is None else f"{2 * m * n * k / found['small_seconds'] / 1e9:6.1f}"
+            flops = 2 * m * n * k * len(measured_products((m, n, k)))
+            packed, blas = (flops / found[f"{route}_seconds"] / 1e9 for route in ("packed", "blas"))
+            small = "-" if found["small_seconds"] is None else f"{flops / found['small_seconds'] / 1e9:6.1f}"
             print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {small} | "
                   f"{packed / blas:4.2f}x | {fastest(found)}", flush=True)
 

@@ -167,6 +167,26 @@ def test_the_real_measurement_times_every_route_that_competes():
                    if band > 1)
 
 
+def test_the_lowest_band_times_a_layers_three_products(monkeypatch):
+    """In smallgemm's own range a class is timed on a dense layer's three products (forward,
+    the input's gradient, the weight's), each route's seconds their sum; above it, the product."""
+    built = []
+
+    class Recorded(calibrate.StandaloneGemm):
+        def __init__(self, m, n, k, dtype, trans_a, trans_b, route=None):
+            built.append((m, n, k, trans_a, trans_b, route))
+            super().__init__(m, n, k, dtype, trans_a, trans_b, route=route)
+
+    monkeypatch.setattr(calibrate, "StandaloneGemm", Recorded)
+    monkeypatch.setattr(calibrate, "ROUNDS", 1)
+    seconds = calibrate.time_routes(*DEEP_LAYER, "f32")
+    layer = {(64, 256, 256, False, False), (64, 256, 256, False, True), (256, 256, 64, True, False)}
+    assert {b[:5] for b in built} == layer and len(built) == 3 * 3 and all(s > 0 for s in seconds)
+    assert set(gemm_calibration.measured_products(DEEP_LAYER)) == layer
+    assert all(m * n * k == 64 * 256 * 256 for m, n, k, _, _ in layer)
+    assert gemm_calibration.measured_products(MNIST_LAYER) == ((*MNIST_LAYER, False, False),)
+
+
 MNIST_LAYER = (128, 512, 784)  # the second band, above smallgemm's own range
 DEEP_LAYER = (64, 256, 256)  # the lowest band, smallgemm's own range
 

@@ -18,7 +18,7 @@ import numpy as np
 from ...ir.symbolic import BatchRange, substitute
 from ...passes.schedule import KernelKind, Schedule
 from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route, small_competes
-from .gemm_calibration import forced_route, measured, record, representative, route_forced
+from .gemm_calibration import forced_route, measured, measured_products, record, representative, route_forced
 from .lower import gemm_dims
 from .packed_gemm import route_key
 from .standalone_gemm import StandaloneGemm
@@ -37,26 +37,32 @@ def either_route(m: int, n: int, k: int, dtype: str, trans_a: bool = False, tran
 
 
 def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float, float | None]:
-    """(packed, blas, small) seconds of an (m x k) @ (k x n) product (small None where smallgemm
-    does not compete): the fastest call of each, over ROUNDS rounds that take the routes in turn
-    (each round starting one further), each ROUND_SECONDS of calls a route (on a loaded machine
-    some calls run while another process has a core; the fastest did not)."""
+    """(packed, blas, small) seconds of the products measured for the class of an (m x k) @ (k x n)
+    product (gemm_calibration.measured_products: it, or in the lowest band a layer's three),
+    small None where smallgemm does not compete: the sum of each product's fastest call, over
+    ROUNDS rounds that take the routes in turn (each round starting one further), each
+    ROUND_SECONDS of calls a route and product (on a loaded machine some calls run while another
+    process has a core; the fastest did not)."""
     rng = np.random.default_rng(0)
     np_dtype = np.float32 if dtype == "f32" else np.float64
-    a, b = (rng.standard_normal(shape).astype(np_dtype) for shape in ((m, k), (k, n)))
-    c = np.empty((m, n), np_dtype)
     routes = ("packed", "blas", "small") if small_competes(m, n, k, dtype, False, False) else ("packed", "blas")
-    gemms = [StandaloneGemm(m, n, k, dtype, False, False, route=route) for route in routes]
-    best = [float("inf")] * len(routes)
-    for r in range(ROUNDS):
-        for which in ((r + i) % len(routes) for i in range(len(routes))):
-            gemm = gemms[which]
-            gemm(a, b, c)  # warm: caches, the pool's workers
-            end = time.perf_counter() + ROUND_SECONDS
-            while (start := time.perf_counter()) < end:
-                gemm(a, b, c)
-                best[which] = min(best[which], time.perf_counter() - start)
-    return best[0], best[1], best[2] if len(routes) == 3 else None
+    total = [0.0] * len(routes)
+    for pm, pn, pk, trans_a, trans_b in measured_products((m, n, k)):
+        a = rng.standard_normal((pk, pm) if trans_a else (pm, pk)).astype(np_dtype)
+        b = rng.standard_normal((pn, pk) if trans_b else (pk, pn)).astype(np_dtype)
+        c = np.empty((pm, pn), np_dtype)
+        gemms = [StandaloneGemm(pm, pn, pk, dtype, trans_a, trans_b, route=route) for route in routes]
+        best = [float("inf")] * len(routes)
+        for r in range(ROUNDS):
+            for which in ((r + i) % len(routes) for i in range(len(routes))):
+                gemm = gemms[which]
+                gemm(a, b, c)  # warm: caches, the pool's workers
+                end = time.perf_counter() + ROUND_SECONDS
+                while (start := time.perf_counter()) < end:
+                    gemm(a, b, c)
+                    best[which] = min(best[which], time.perf_counter() - start)
+        total = [t + x for t, x in zip(total, best)]
+    return total[0], total[1], total[2] if len(routes) == 3 else None
 
 
 def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> dict:

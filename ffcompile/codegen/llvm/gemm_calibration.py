@@ -4,8 +4,8 @@ A product above blas.SMALL_MEASURED_MIN_WORK falls in a shape class: its float t
 it is thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
 gradient summed over one) and its work band (m * n * k below 2^24, 2^26, 2^29, or above;
 every product past 2^24 is thin). Each
-class has one representative shape; calibrate.py times both routes on it, as programs run
-them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
+class has one representative shape; calibrate.py times both routes on it (in the lowest band,
+on a dense layer's three products of its size: measured_products), as programs run them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
 moment, and records the seconds here; in the two lowest bands, smallgemm's too (split across the
 pool, it took mnist's 128x512x512 in 249 us at 256 bits where the packed GEMM took 310, but
 310 against 176 at 512; deep's 64x256x256, smallgemm's own range, 37-54 us against 35 on a
@@ -80,6 +80,20 @@ def shape_class(m: int, n: int, k: int) -> tuple[bool, int]:
     """(thin, work band) of an (m x k) @ (k x n) product."""
     work = m * n * k
     return min(m, n, k) <= THIN_MAX, sum(work >= bound for bound in WORK_BANDS)
+
+
+def measured_products(shape: tuple[int, int, int]) -> tuple[tuple[int, int, int, bool, bool], ...]:
+    """(m, n, k, trans_a, trans_b) of the products timed for a class of representative `shape`,
+    each route's seconds their sum. In the lowest band, a dense layer's three (the forward
+    product, the input's gradient with B transposed, the weight's with A transposed, each of
+    m * n * k): there smallgemm, register-tiled without packing, is weaker in the
+    transposes than in the forward product (deep's at 256 bits on a Xeon: the forward product
+    measured smallgemm and the packed GEMM level, 181 and 178 GFLOP/s, but the step ran 6.38 ms
+    by smallgemm and 5.55 by the packed GEMM). Above it, the forward product."""
+    m, n, k = shape
+    if shape_class(m, n, k)[1] == 0:
+        return (m, n, k, False, False), (m, k, n, False, True), (k, n, m, True, False)
+    return ((m, n, k, False, False),)
 
 
 def representative(m: int, n: int, k: int) -> tuple[int, int, int]:
