@@ -1,6 +1,6 @@
 """`python -m ffcompile.calibrate`: build this host's runtime and measure, ahead of time, where
-ffcompile's packed GEMM beats the BLAS call on this host (and smallgemm both, in the lowest
-band), and print the table
+ffcompile's packed GEMM beats the BLAS call on this host (and smallgemm both, in the two lowest
+bands), and the chunk size smallgemm's products split across the pool at, and print the table
 (codegen/llvm/gemm_calibration.py).
 
 The host's runtime is what every program on it calls and the disk cache keeps once per host:
@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import ffcompile as ff
-    from ffcompile.codegen.llvm.calibrate import calibrate_class
+    from ffcompile.codegen.llvm.calibrate import calibrate_class, calibrate_split
+    from ffcompile.codegen.llvm.smallgemm_split import split_min_work
     from ffcompile.codegen.llvm.gemm_library import build_host_runtime
     from ffcompile.codegen.llvm.packed_gemm import vector_bytes
     from ffcompile.codegen.llvm.gemm_calibration import (REPRESENTATIVE, calibration_path, class_name, fastest,
@@ -50,6 +51,10 @@ def main(argv=None) -> None:
             small = "-" if found["small_seconds"] is None else f"{flops / found['small_seconds'] / 1e9:6.1f}"
             print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {small} | "
                   f"{packed / blas:4.2f}x | {fastest(found)}", flush=True)
+    seconds = {int(size): x for size, x in calibrate_split(force=args.force)["split_seconds"].items()}
+    chain = ", ".join(f"2^{size.bit_length() - 1}: {1e6 * x:.1f} us" for size, x in sorted(seconds.items()))
+    print(f"# smallgemm split: chunks of at least 2^{split_min_work().bit_length() - 1} multiply-adds "
+          f"(split_chain.py's chain, {chain})")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def measured_routes(monkeypatch, tmp_path):
         return fake[0]
 
     monkeypatch.setattr(calibrate, "time_routes", time_routes)
+    monkeypatch.setattr(calibrate, "time_split_sizes", lambda: {2 ** 18: 1.0, 2 ** 20: 2.0})  # test_split_calibration's
     yield measured, fake
     gemm_calibration.forget()
 
@@ -261,7 +262,9 @@ def test_the_command_builds_the_host_runtime_and_prints_every_class(measured_rou
     measured, _ = measured_routes
     calibrate_cli.main(["--dtype", "f64"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(measured) == len(REPRESENTATIVE) and len(lines) == 4 + len(REPRESENTATIVE)
+    assert len(measured) == len(REPRESENTATIVE) and len(lines) == 5 + len(REPRESENTATIVE)
+    assert lines[-1] == "# smallgemm split: chunks of at least 2^18 multiply-adds (split_chain.py's chain, " \
+                        "2^18: 1000000.0 us, 2^20: 2000000.0 us)"
     assert lines[2] == "# host runtime: 8 packed GEMM functions built (the rest of 8 loaded)"
     assert lines[4].startswith("f64 thin band0: 64x256x256 |") and lines[4].endswith("| 2.00x | packed")
     monkeypatch.setattr(gemm_library, "_loaded", {})  # a new process: loaded from the disk cache

@@ -6,7 +6,10 @@ and whose shape class is not measured yet under the current thread counts and ve
 width gets its class measured: the class's representative shape through every route
 (standalone_gemm.py), alternating, ROUNDS rounds of ROUND_SECONDS each a route; the
 fastest call of each. About 0.2-0.4 s per class, once per host: the
-record outlives the process in the disk cache's directory. `python -m ffcompile.calibrate`
+record outlives the process in the disk cache's directory. Where a product takes smallgemm split
+across the pool and the chunk sizes (smallgemm_split.SPLIT_MIN_WORK_CHOICES) cut it differently,
+the chunk size is measured too, on split_chain.py's chain (~0.5 s, once per host, threads and
+vector width). `python -m ffcompile.calibrate`
 measures every class ahead of time (or again, `--force`) and prints the table.
 """
 from __future__ import annotations
@@ -15,13 +18,17 @@ import time
 
 import numpy as np
 
-from ...ir.symbolic import BatchRange, substitute
+from ...ir.symbolic import BatchRange, substitute, symbol_names
 from ...passes.schedule import KernelKind, Schedule
-from .blas import BLAS_FUNCTIONS, PACKED, blas_thread_count, gemm_route, small_competes
-from .gemm_calibration import forced_route, measured, measured_products, record, representative, route_forced
+from .blas import BLAS_FUNCTIONS, PACKED, SMALL, blas_thread_count, gemm_route, small_competes
+from .gemm_calibration import (forced_route, measured, measured_products, record, record_split, representative,
+                               route_forced, split_key)
 from .lower import gemm_dims
 from .packed_gemm import route_key
+from .smallgemm_split import SPLIT_MIN_WORK_CHOICES, splits_at
+from .split_chain import SplitChain
 from .standalone_gemm import StandaloneGemm
+from .threadpool import get_num_threads
 
 ROUNDS = 5
 ROUND_SECONDS = 0.01  # per route and round: calls are repeated to last at least this long
@@ -76,8 +83,47 @@ def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> 
     return found
 
 
+def time_split_sizes(choices: tuple[int, ...] = SPLIT_MIN_WORK_CHOICES) -> dict[int, float]:
+    """Seconds of split_chain's chain with each chunk size: the best round's median call, over
+    ROUNDS rounds that take the sizes in turn, 2 x ROUND_SECONDS of calls a size. A median, not
+    the fastest call: what the split costs (reading the other core's lines) varies from call to
+    call, and the fastest call of each size came out level where the medians were 74-81 against
+    84-92 us (Xeon, 2 threads)."""
+    chains = [SplitChain(size) for size in choices]
+    best = [float("inf")] * len(choices)
+    for r in range(ROUNDS):
+        for which in ((r + i) % len(choices) for i in range(len(choices))):
+            chain, times = chains[which], []
+            chain()
+            end = time.perf_counter() + 2 * ROUND_SECONDS
+            while (start := time.perf_counter()) < end:
+                chain()
+                times.append(time.perf_counter() - start)
+            best[which] = min(best[which], float(np.median(times)))
+    return dict(zip(choices, best))
+
+
+def calibrate_split(force: bool = False) -> dict:
+    """The record of the smallgemm split's chunk size at the pool's threads and the vector
+    width (measured now if it has none, or if forced)."""
+    found = None if force else measured(split_key())
+    if found is None:
+        record_split(time_split_sizes())
+        found = measured(split_key())
+    return found
+
+
+def split_size_matters(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: bool) -> bool:
+    """Whether a product takes smallgemm's split and the chunk sizes measured cut it differently."""
+    if gemm_route(m, n, k, dtype, trans_a, trans_b) != SMALL or get_num_threads() < 2:
+        return False
+    cuts = {splits_at(m, n, k, trans_a, trans_b, ITEMSIZES[dtype], size) for size in SPLIT_MIN_WORK_CHOICES}
+    return len(cuts) > 1
+
+
 def calibrate_schedule(schedule: Schedule, batch: BatchRange | None = None) -> None:
-    """Measure the classes of the schedule's products that are not measured yet (none when
+    """Measure the classes of the schedule's products that are not measured yet, and the
+    smallgemm split's chunk size where it decides how one is cut (none when
     FFCOMPILE_GEMM_ROUTE forces the route). A product with the symbolic batch size B is
     measured at B's reference size: blas.py runs blocks of that size by the packed GEMM
     where a product of that size takes it."""
@@ -87,7 +133,10 @@ def calibrate_schedule(schedule: Schedule, batch: BatchRange | None = None) -> N
     for kernel in schedule.kernels:
         if kernel.kind != KernelKind.GEMM or nodes[kernel.anchor].type.dtype not in BLAS_FUNCTIONS:
             continue
-        m, n, k = substitute(gemm_dims(nodes, kernel), {"B": (batch or BatchRange()).reference})
+        dims = gemm_dims(nodes, kernel)
+        m, n, k = substitute(dims, {"B": (batch or BatchRange()).reference})
         dtype = nodes[kernel.anchor].type.dtype
         if either_route(m, n, k, dtype, kernel.trans_a, kernel.trans_b):
             calibrate_class(m, n, k, dtype)
+        if not symbol_names(dims) and split_size_matters(m, n, k, dtype, kernel.trans_a, kernel.trans_b):
+            calibrate_split()

@@ -15,6 +15,9 @@ with the code generator's fingerprint: new kernels are measured again): a missin
 foreign or outdated file is ignored (and rewritten by the next measurement);
 with the disk cache off the records live in this process only.
 
+The same file keeps the chunk size smallgemm's split products take (split_key: the seconds of
+split_chain.py's chain at each size).
+
 FFCOMPILE_GEMM_ROUTE=packed|blas|small forces the choice (small: smallgemm where it may
 compete, else BLAS; the test suite's conftest forces packed, so no test depends on a measured
 value); `route_forced` does for one thread, for a block.
@@ -34,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .cache import code_generator_fingerprint, default_cache
-from .target import host_key
+from .target import host_key, vector_bytes
+from .threadpool import get_num_threads
 
 ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
 ROUTES = ("packed", "blas", "small")
@@ -123,6 +127,10 @@ def calibration_path() -> Path | None:
 
 
 def _valid(record) -> bool:
+    if isinstance(record, dict) and set(record) == {"split_seconds"}:  # a split_key record
+        seconds = record["split_seconds"]
+        return (isinstance(seconds, dict) and len(seconds) > 0
+                and all(key.isdigit() and isinstance(x, float) and x > 0 for key, x in seconds.items()))
     return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds", "small_seconds"}
             and isinstance(record["shape"], list) and len(record["shape"]) == 3
             and all(isinstance(x, int) and x > 0 for x in record["shape"])
@@ -152,7 +160,8 @@ def _table(path: Path | None) -> dict[str, dict]:
 
 def measured(key: str) -> dict | None:
     """The record of class `key` ({"shape", "packed_seconds", "blas_seconds", "small_seconds"}), if
-    measured (small_seconds None: smallgemm does not compete in the class)."""
+    measured (small_seconds None: smallgemm does not compete in the class); of split_key(),
+    {"split_seconds": {chunk size: seconds}}."""
     with _lock:
         return _table(calibration_path()).get(key)
 
@@ -173,16 +182,42 @@ def chosen_route(key: str, among: tuple[str, ...] = ROUTES) -> str | None:
     return None if found is None else fastest(found, among)
 
 
+def split_key() -> str:
+    """The record of the smallgemm split's chunk size (smallgemm_split.split_min_work) at the
+    pool's thread count and the vector width."""
+    return f"smallgemm split threads={get_num_threads()} vector_bits={8 * vector_bytes()}"
+
+
+def chosen_split_min_work(choices: tuple[int, ...]) -> int:
+    """Of `choices`, the chunk size split_key()'s record measured fastest; the first where it
+    is not measured, or a route is forced (FFCOMPILE_GEMM_ROUTE: the test suite's code does not
+    depend on this host's measurements)."""
+    found = None if forced_route() is not None else measured(split_key())
+    if found is None:
+        return choices[0]
+    seconds = {int(key): value for key, value in found["split_seconds"].items()}
+    return min((c for c in choices if c in seconds), key=seconds.get, default=choices[0])
+
+
 def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float,
            small_seconds: float | None = None) -> None:
-    """Keep a measurement, and write the file (a temporary file renamed over it: a reader sees
+    """Keep a measurement of class `key`, and write the file."""
+    _keep(key, {"shape": list(shape), "packed_seconds": float(packed_seconds), "blas_seconds": float(blas_seconds),
+                "small_seconds": None if small_seconds is None else float(small_seconds)})
+
+
+def record_split(seconds: dict[int, float]) -> None:
+    """Keep the seconds measured for each chunk size of the smallgemm split, and write the file."""
+    _keep(split_key(), {"split_seconds": {str(size): float(x) for size, x in seconds.items()}})
+
+
+def _keep(key: str, value: dict) -> None:
+    """Keep a record, and write the file (a temporary file renamed over it: a reader sees
     the old or the new one whole; a directory that cannot be written costs only the reuse)."""
     with _lock:
         path = calibration_path()
         table = _table(path)
-        table[key] = {"shape": list(shape), "packed_seconds": float(packed_seconds),
-                      "blas_seconds": float(blas_seconds),
-                      "small_seconds": None if small_seconds is None else float(small_seconds)}
+        table[key] = value
         if path is None:
             return
         text = json.dumps({"format": FORMAT, "host": host_key(), "code": code_generator_fingerprint(),

@@ -39,6 +39,7 @@ from .elementwise import I8, I64, MEMORY_TYPES, Array, BodyEmitter, column_epilo
 from .layout import emit_constant, emit_copy, emit_layout
 from .packed_gemm import default_block_sizes
 from .reduction import emit_reduction
+from .smallgemm_split import split_min_work
 
 ENTRY = "entry"
 
@@ -170,7 +171,8 @@ def gemm_dims(nodes, kernel) -> tuple[int, int, int]:
 
 
 def gemm_routes(schedule: Schedule, batch: BatchRange | None = None) -> list[str]:
-    """Each GEMM kernel's route, the packed GEMM's with its block sizes: choices made by
+    """Each GEMM kernel's route, the packed GEMM's with its block sizes, smallgemm's with its
+    split's chunk size: choices made by
     measurement (gemm_calibration.py), FFCOMPILE_GEMM_ROUTE and the host's caches, which
     the disk cache's key must hold. A symbolic product's run-time route adds the route of its
     shape at the reference batch size (blas.py runs blocks of that size by the packed GEMM)."""
@@ -189,7 +191,8 @@ def gemm_routes(schedule: Schedule, batch: BatchRange | None = None) -> list[str
                 route, packed = f"{route}@{at}", at == PACKED
             itemsize = nodes[kernel.anchor].type.np_dtype.itemsize
             blocks = default_block_sizes(*dims, itemsize) if packed else ""
-            routes.append(f"{route}{blocks}")
+            split = f"/{split_min_work()}" if route == SMALL else ""  # measured on the host
+            routes.append(f"{route}{blocks}{split}")
     return routes
 
 

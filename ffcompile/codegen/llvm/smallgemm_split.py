@@ -3,7 +3,8 @@
 A unit of work is one panel (tile_shape's columns of C, all its rows) where C has enough of
 them to split, else one row of tiles (its rows, all columns). Units are tiles, so a chunk
 computes each element of C with the code the whole product would (the same bits at any thread
-count). The pool's chunks hold at least SMALL_SPLIT_MIN_WORK multiply-adds. A transposed A
+count). The pool's chunks hold at least split_min_work() multiply-adds (measured on the host,
+below). A transposed A
 that smallgemm packs is packed once, before the split, not in every chunk (B untransposed: with
 both transposed, every chunk packs both, as the whole product did).
 
@@ -23,32 +24,56 @@ from .cgutils import scratch_scope
 from .smallgemm import emit_small_gemm, float_bytes, packed_transpose, packs_a, tile_shape
 from .threadpool import emit_parallel_for
 
-# Multiply-adds a chunk at least: ~4-8 us on one core, against ~1 us to hand a chunk to a spinning
-# worker. mnist's products with 10 columns (128x10x512, its dW 512x10 and dX 128x512 with k = 10;
-# scaled, 256 bits) went from 17-20 us to 13.5-14.5 at 2^18; at 2^19 and 2^20 they ran whole.
-SMALL_SPLIT_MIN_WORK = 2 ** 18
+# Multiply-adds a chunk at least, the choices the host's calibration measures (calibrate.py,
+# split_chain.py). The first, the default: ~4-8 us on one core, against ~1 us to hand a chunk
+# to a spinning worker; on Zen 5 mnist's products with 10 columns (128x10x512, its dW 512x10 and
+# dX 128x512 with k = 10; scaled, 256 bits) went from 17-20 us to 13.5-14.5 at 2^18 (at 2^19 and
+# 2^20 they ran whole). On a Xeon whose cores are ~150 ns apart, each chunk's reads of what the
+# other core wrote cost more than it saved: digits' step (64x128x128 products) 0.105 ms at 2^18,
+# 0.076 at 2^20, 0.077 on one thread.
+SPLIT_MIN_WORK_CHOICES = (2 ** 18, 2 ** 20)
 
 
-def split_units(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int) -> tuple[bool, int, int]:
-    """(by rows?, units, grain): how emit_split_small_gemm cuts the product."""
+def split_min_work() -> int:
+    """The multiply-adds a chunk holds at least on this host: as measured for the pool's thread
+    count and the vector width (gemm_calibration.py), the first choice until then."""
+    from .gemm_calibration import chosen_split_min_work
+
+    return chosen_split_min_work(SPLIT_MIN_WORK_CHOICES)
+
+
+def split_units(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int,
+                min_work: int | None = None) -> tuple[bool, int, int]:
+    """(by rows?, units, grain): how emit_split_small_gemm cuts the product (chunks of at least
+    min_work multiply-adds, default split_min_work())."""
+    min_work = min_work or split_min_work()
     rows, cols = tile_shape(m, n, k, trans_a, trans_b, itemsize)
-    col_units, col_grain = -(-n // cols), -(-SMALL_SPLIT_MIN_WORK // (m * cols * k))
+    col_units, col_grain = -(-n // cols), -(-min_work // (m * cols * k))
     if col_units >= 2 * col_grain:
         return False, col_units, col_grain
-    return True, -(-m // rows), -(-SMALL_SPLIT_MIN_WORK // (rows * n * k))
+    return True, -(-m // rows), -(-min_work // (rows * n * k))
+
+
+def splits_at(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int, min_work: int) -> bool:
+    """Whether emit_split_small_gemm runs the product across the pool with chunks of min_work."""
+    packed_a = trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, itemsize)
+    _, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize, min_work)
+    return units >= 2 * grain
 
 
 def emit_split_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
-                          scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None) -> None:
-    """emit_small_gemm's product (ints m, n, k), across the pool where it has 2 grains of units;
-    then the epilogue on the part of C each chunk computed, in the chunk (still in its core's cache)."""
+                          scale: tuple[ir.Value, ir.Value] | None = None, epilogue: ColumnEpilogue | None = None,
+                          min_work: int | None = None) -> None:
+    """emit_small_gemm's product (ints m, n, k), across the pool where it has 2 grains of units
+    (chunks of at least min_work multiply-adds, default split_min_work()); then the epilogue on
+    the part of C each chunk computed, in the chunk (still in its core's cache)."""
     ty = pc.type.pointee
     if trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, float_bytes(ty)):
         with scratch_scope(b) as take:
             emit_split_small_gemm(b, packed_transpose(b, take, pa, m, k), pb, pc, m, n, k, False, trans_b, scale,
-                                  epilogue)
+                                  epilogue, min_work)
         return
-    by_rows, units, grain = split_units(m, n, k, trans_a, trans_b, float_bytes(ty))
+    by_rows, units, grain = split_units(m, n, k, trans_a, trans_b, float_bytes(ty), min_work)
     if units < 2 * grain:
         emit_small_gemm(b, pa, pb, pc, m, n, k, trans_a, trans_b, scale)
         if epilogue is not None:
