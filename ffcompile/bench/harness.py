@@ -240,7 +240,10 @@ def _gflops(cell: Cell) -> str:
 def _threads_line(threads: int) -> str:
     from threadpoolctl import threadpool_info
 
-    pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
+    # The BLAS's kernels too: an AVX-512 host's OpenBLAS runs SkylakeX's, and OPENBLAS_CORETYPE=Haswell
+    # gives it an AVX2 host's (the floor beside FFCOMPILE_VECTOR_BITS=256).
+    pools = ", ".join(f"{p['internal_api']}={p['num_threads']}"
+                      + (f" ({p['architecture']})" if p.get("architecture") else "") for p in threadpool_info())
     return (f"threads: {threads} (ffcompile's pool: {threads}, SciPy's OpenBLAS under it: 1; "
             f"threadpoolctl: {pools}; torch.set_num_threads({threads}); "
             f"jax: XLA's own CPU pool of {os.cpu_count()}, which JAX offers no reliable way to limit)")

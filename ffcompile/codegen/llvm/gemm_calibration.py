@@ -2,14 +2,15 @@
 
 A product above blas.SMALL_MEASURED_MIN_WORK falls in a shape class: its float type, whether
 it is thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
-gradient summed over one) and its work band (m * n * k below 2^24, 2^26, 2^29, or above;
-every product past 2^24 is thin). Each
-class has one representative shape; calibrate.py times both routes on it (in the lowest band,
-on a dense layer's three products of its size: measured_products), as programs run them, at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the
-moment, and records the seconds here; in the two lowest bands, smallgemm's too (split across the
-pool, it took mnist's 128x512x512 in 249 us at 256 bits where the packed GEMM took 310, but
-310 against 176 at 512; deep's 64x256x256, smallgemm's own range, 37-54 us against 35 on a
-Xeon: which wins depends on the host's width and kernels, so it is measured). The record is a small JSON file in the disk cache's
+gradient summed over one) and its work band (m * n * k below 2^24, 2^26, 2^29, or above; every
+product below 2^24 is thin). Each class has one representative shape; calibrate.py times both
+routes on it (in the lowest band, on a dense layer's three products of its size:
+measured_products), as programs run them, at the pool's and the BLAS's thread counts and the
+packed GEMM's vector width of the moment, and records the seconds here; in the two lowest
+bands, smallgemm's too (split across the pool, it took mnist's 128x512x512 in 249 us at 256
+bits where the packed GEMM took 310, but 310 against 176 at 512; deep's 64x256x256,
+smallgemm's own range, 37-54 us against 35 on a Xeon: which wins depends on the host's width
+and kernels, so it is measured). The record is a small JSON file in the disk cache's
 directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
 with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
 foreign or outdated file is ignored (and rewritten by the next measurement);
