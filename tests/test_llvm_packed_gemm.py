@@ -241,6 +241,44 @@ def test_a_short_last_row_sliver_gives_the_padded_tiles_bits(monkeypatch, thread
 
 
 @pytest.mark.parametrize("vbytes", [32, 64])
+def test_the_micro_kernel_unrolls_its_k_loop_with_the_same_bits(monkeypatch, threads, vbytes):
+    """The MR-row tile's k loop runs MICRO_UNROLL steps an iteration (its body: that many of the
+    tile's FMAs; the short tile's, one), then the depth's remainder one at a time: for every
+    depth from 1 to 2 x MICRO_UNROLL + 1, the bits of the loop without unrolling and NumPy's
+    product."""
+    threads(2)
+    variant = packed_gemm.GemmVariant("f32", False, False, vbytes)
+    mr, sv = packed_gemm.MR_BY_VECTOR_BYTES[vbytes], packed_gemm.SLIVER_VECTORS
+    unroll = packed_gemm.MICRO_UNROLL
+    assert unroll > 1
+    text = str(gemm_library.library_module(variant))
+    fmuls, label = [], None  # (loop, fmuls) of each micro-kernel loop's body block
+    for line in text.splitlines():
+        if re.fullmatch(r"[^\s].*:", line):
+            label = re.fullmatch(r'"?micro\.(k|rest)\.body(?:\.\d+)?"?:', line)
+            fmuls += [[label.group(1), 0]] if label else []
+        elif label and " fmul " in line:
+            fmuls[-1][1] += 1
+    fmuls = sorted(map(tuple, fmuls))
+    assert fmuls == sorted([("k", packed_gemm.SHORT_ROWS * sv), ("k", unroll * mr * sv), ("rest", mr * sv)])
+    unrolled = _library_call(variant, trans_b=False)
+    monkeypatch.setattr(packed_gemm, "MICRO_UNROLL", 1)
+    plain = _library_call(variant, trans_b=False)
+    nr = sv * vbytes // 4
+    rng = np.random.default_rng(11)
+    m, n = 2 * mr + 1, 2 * nr + 3
+    for k in range(1, 2 * unroll + 2):
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        results = []
+        for call in (unrolled, plain):
+            c = np.full((m, n), np.nan, np.float32)
+            call(a, b, c, (3 * mr, k, 3 * nr))
+            results.append(c)
+        np.testing.assert_array_equal(results[0], results[1])
+        assert_gemm_close(results[0], a, b, np.float32)
+
+
+@pytest.mark.parametrize("vbytes", [32, 64])
 def test_k_steps_are_of_even_depths(threads, vbytes):
     """The library cuts k into as many steps as KC asks, of even depths (multiples of 8 but the
     last): k = 784 with KC 384 was 384, 384 and 16 (a C pass and the packs' calls for 16
