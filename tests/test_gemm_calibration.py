@@ -43,9 +43,9 @@ def measured_routes(monkeypatch, tmp_path):
     gemm_calibration.forget()
 
 
-def product_program():
-    a = np.ones((SHAPE[0], SHAPE[2]), np.float32)
-    b = np.ones((SHAPE[2], SHAPE[1]), np.float32)
+def product_program(m=SHAPE[0], n=SHAPE[1], k=SHAPE[2]):
+    """The executable of x @ y over ones (m x k, k x n), and the two."""
+    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
     return build(lowered_graph(lambda x, y: x @ y, a, b))[0], a, b
 
 
@@ -200,8 +200,7 @@ def test_smallgemm_takes_a_product_of_the_lowest_band_where_measured_fastest(mea
     measured, fake = measured_routes
     fake[0] = seconds
     m, n, k = MNIST_LAYER
-    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
-    executable = build(lowered_graph(lambda x, y: x @ y, a, b))[0]
+    executable, a, b = product_program(m, n, k)
     assert measured == [(*REPRESENTATIVE[(True, 1)], "f32")]
     assert blas.gemm_route(m, n, k, "f32", False, False) == route
     assert blas.gemm_route(m, n, k, "f32", False, True) == route  # B transposed: the same class
@@ -219,8 +218,7 @@ def test_a_product_of_smallgemms_range_takes_the_packed_gemm_where_measured_fast
     measured, fake = measured_routes
     fake[0] = seconds
     m, n, k = DEEP_LAYER
-    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
-    executable = build(lowered_graph(lambda x, y: x @ y, a, b))[0]
+    executable, a, b = product_program(m, n, k)
     assert measured == [(*REPRESENTATIVE[(True, 0)], "f32")]
     for trans_a, trans_b in ((False, False), (False, True), (True, False)):
         assert blas.gemm_route(m, n, k, "f32", trans_a, trans_b) == route
