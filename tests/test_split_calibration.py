@@ -90,18 +90,26 @@ def test_the_cache_key_holds_the_chunk_size(measured_split):
 
 
 @pytest.mark.parametrize("record", [{"split_seconds": {}}, {"split_seconds": {"x": 1.0}},
-                                    {"split_seconds": {str(SMALL): -1.0}}, {"split_seconds": 3}])
+                                    {"split_seconds": {str(SMALL): -1.0}}, {"split_seconds": 3},
+                                    {"shape": [64, 128, 128], "packed_seconds": 1.0, "blas_seconds": 1.0,
+                                     "small_seconds": None}])
 def test_a_damaged_record_is_measured_again(measured_split, record):
+    """And a class's record under the split's key, or the split's under a class's, is ignored
+    (a class's route read from a split record had no seconds to compare)."""
     calls, _ = measured_split
     path = gemm_calibration.calibration_path()
     from ffcompile.codegen.llvm.cache import code_generator_fingerprint
+    from ffcompile.codegen.llvm.packed_gemm import route_key
     from ffcompile.codegen.llvm.target import host_key
 
+    class_key = route_key(64, 256, 256, 4, 1)
     path.write_text(json.dumps({"format": gemm_calibration.FORMAT, "host": host_key(),
                                 "code": code_generator_fingerprint(),
-                                "records": {gemm_calibration.split_key(): record}}))
+                                "records": {gemm_calibration.split_key(): record,
+                                            class_key: {"split_seconds": {str(SMALL): 1.0}}}}))
     gemm_calibration.forget()
     assert gemm_calibration.measured(gemm_calibration.split_key()) is None
+    assert gemm_calibration.measured(class_key) is None and gemm_calibration.chosen_route(class_key) is None
     calibrate.calibrate_split()
     assert len(calls) == 1
 

@@ -45,6 +45,7 @@ ROUTE_VARIABLE = "FFCOMPILE_GEMM_ROUTE"
 ROUTES = ("packed", "blas", "small")
 FORMAT = 3  # the file's layout version: another one is ignored (2: small_seconds; 3: the band below 2^24)
 THIN_MAX = 256
+SPLIT_KEY_PREFIX = "smallgemm split "  # split_key's records; every other key is a class's
 WORK_BANDS = (2 ** 24, 2 ** 26, 2 ** 29)  # upper bounds of the lower bands
 REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class (a wide one has more than 2^24)
     (True, 0): (64, 256, 256), (True, 1): (128, 512, 784), (True, 2): (256, 1024, 1024),
@@ -127,8 +128,10 @@ def calibration_path() -> Path | None:
     return cache.directory / f"gemm-calibration-{hashlib.sha256(host_key().encode()).hexdigest()[:16]}.json"
 
 
-def _valid(record) -> bool:
-    if isinstance(record, dict) and set(record) == {"split_seconds"}:  # a split_key record
+def _valid(key: str, record) -> bool:
+    if key.startswith(SPLIT_KEY_PREFIX):  # a split_key record
+        if not (isinstance(record, dict) and set(record) == {"split_seconds"}):
+            return False
         seconds = record["split_seconds"]
         return (isinstance(seconds, dict) and len(seconds) > 0
                 and all(key.isdigit() and isinstance(x, float) and x > 0 for key, x in seconds.items()))
@@ -149,7 +152,7 @@ def _read(path: Path) -> dict[str, dict]:
     if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("host") == host_key()
             and data.get("code") == code_generator_fingerprint() and isinstance(data.get("records"), dict)):
         return {}
-    return {key: record for key, record in data["records"].items() if isinstance(key, str) and _valid(record)}
+    return {key: record for key, record in data["records"].items() if isinstance(key, str) and _valid(key, record)}
 
 
 def _table(path: Path | None) -> dict[str, dict]:
@@ -186,7 +189,7 @@ def chosen_route(key: str, among: tuple[str, ...] = ROUTES) -> str | None:
 def split_key() -> str:
     """The record of the smallgemm split's chunk size (smallgemm_split.split_min_work) at the
     pool's thread count and the vector width."""
-    return f"smallgemm split threads={get_num_threads()} vector_bits={8 * vector_bytes()}"
+    return f"{SPLIT_KEY_PREFIX}threads={get_num_threads()} vector_bits={8 * vector_bytes()}"
 
 
 def chosen_split_min_work(choices: tuple[int, ...]) -> int:
