@@ -28,12 +28,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import ffcompile as ff
-    from ffcompile.codegen.llvm.calibrate import calibrate_class, calibrate_split
+    from ffcompile.codegen.llvm.calibrate import calibrate_class, calibrate_split, measured_products
     from ffcompile.codegen.llvm.smallgemm_split import split_min_work
     from ffcompile.codegen.llvm.gemm_library import build_host_runtime
     from ffcompile.codegen.llvm.packed_gemm import vector_bytes
-    from ffcompile.codegen.llvm.gemm_calibration import (REPRESENTATIVE, calibration_path, class_name, fastest,
-                                                         measured_products)
+    from ffcompile.codegen.llvm.gemm_calibration import REPRESENTATIVE, calibration_path, class_name, fastest
 
     if args.threads:
         ff.set_num_threads(args.threads)
@@ -47,10 +46,12 @@ def main(argv=None) -> None:
             found = calibrate_class(*shape, dtype, force=args.force)
             m, n, k = found["shape"]
             flops = 2 * m * n * k * len(measured_products((m, n, k)))
-            packed, blas = (flops / found[f"{route}_seconds"] / 1e9 for route in ("packed", "blas"))
-            small = "-" if found["small_seconds"] is None else f"{flops / found['small_seconds'] / 1e9:6.1f}"
-            print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed:6.1f} | {blas:6.1f} | {small} | "
-                  f"{packed / blas:4.2f}x | {fastest(found)}", flush=True)
+            rates = {route: None if found[f"{route}_seconds"] is None else flops / found[f"{route}_seconds"] / 1e9
+                     for route in ("packed", "blas", "small")}
+            packed, blas, small = ("     -" if x is None else f"{x:6.1f}" for x in rates.values())
+            ratio = "-" if rates["blas"] is None else f"{rates['packed'] / rates['blas']:4.2f}x"
+            print(f"{class_name(*shape, 4 if dtype == 'f32' else 8)}: {m}x{n}x{k} | {packed} | {blas} | {small} | "
+                  f"{ratio} | {fastest(found)}", flush=True)
     seconds = {int(size): x for size, x in calibrate_split(force=args.force)["split_seconds"].items()}
     chain = ", ".join(f"2^{size.bit_length() - 1}: {1e6 * x:.1f} us" for size, x in sorted(seconds.items()))
     print(f"# smallgemm split: chunks of at least 2^{split_min_work().bit_length() - 1} multiply-adds "

@@ -158,10 +158,11 @@ def test_each_representative_is_in_its_own_class():
 
 def test_the_real_measurement_times_every_route_that_competes():
     """smallgemm competes in the two lowest bands only (the classes of deep's and mnist's layers), A
-    untransposed."""
+    untransposed; BLAS not in smallgemm's own range (at one BLAS thread), where no product calls it."""
     for thin, band in ((True, 0), (True, 1)):
         packed_seconds, blas_seconds, small_seconds = calibrate.time_routes(*REPRESENTATIVE[(thin, band)], "f32")
-        assert 0 < packed_seconds < 1 and 0 < blas_seconds < 1 and 0 < small_seconds < 1
+        assert 0 < packed_seconds < 1 and 0 < small_seconds < 1
+        assert blas_seconds is None if band == 0 else 0 < blas_seconds < 1
     assert blas.small_competes(*REPRESENTATIVE[(False, 1)], "f64", False, True)
     assert not blas.small_competes(*REPRESENTATIVE[(True, 1)], "f32", True, False)
     assert not any(blas.small_competes(*shape, "f32", False, False) for (_, band), shape in REPRESENTATIVE.items()
@@ -180,12 +181,16 @@ def test_the_lowest_band_times_a_layers_three_products(monkeypatch):
 
     monkeypatch.setattr(calibrate, "StandaloneGemm", Recorded)
     monkeypatch.setattr(calibrate, "ROUNDS", 1)
-    seconds = calibrate.time_routes(*DEEP_LAYER, "f32")
+    packed_seconds, blas_seconds, small_seconds = calibrate.time_routes(*DEEP_LAYER, "f32")
     layer = {(64, 256, 256, False, False), (64, 256, 256, False, True), (256, 256, 64, True, False)}
-    assert {b[:5] for b in built} == layer and len(built) == 3 * 3 and all(s > 0 for s in seconds)
-    assert set(gemm_calibration.measured_products(DEEP_LAYER)) == layer
+    assert {b[:5] for b in built} == layer and {b[5] for b in built} == {"packed", "small"} and len(built) == 3 * 2
+    assert packed_seconds > 0 and small_seconds > 0 and blas_seconds is None
+    assert set(calibrate.measured_products(DEEP_LAYER)) == layer
     assert all(m * n * k == 64 * 256 * 256 for m, n, k, _, _ in layer)
-    assert gemm_calibration.measured_products(MNIST_LAYER) == ((*MNIST_LAYER, False, False),)
+    assert calibrate.measured_products(MNIST_LAYER) == ((*MNIST_LAYER, False, False),)
+    assert calibrate.measured_products((256, 256, 256)) == \
+        ((256, 256, 256, False, False), (256, 256, 256, False, True), (256, 256, 256, True, False))
+    assert gemm_calibration.shape_class(256, 256, 256) == (True, 0)  # 2^24: smallgemm's range, the lowest band
 
 
 MNIST_LAYER = (128, 512, 784)  # the second band, above smallgemm's own range
@@ -194,7 +199,7 @@ DEEP_LAYER = (64, 256, 256)  # the lowest band, smallgemm's own range
 
 @pytest.mark.parametrize("seconds, route", [((2.0, 3.0, 1.0), blas.SMALL), ((1.0, 3.0, 2.0), blas.PACKED),
                                             ((3.0, 1.0, 2.0), blas.BLAS)])
-def test_smallgemm_takes_a_product_of_the_lowest_band_where_measured_fastest(measured_routes, seconds, route):
+def test_smallgemm_takes_a_product_of_the_second_band_where_measured_fastest(measured_routes, seconds, route):
     """In the second band smallgemm (split across the pool) is the third contender: a program's
     product takes the fastest of the three; a transposed A never smallgemm's."""
     measured, fake = measured_routes
@@ -247,7 +252,7 @@ def test_the_cache_key_holds_the_routes_and_block_sizes(monkeypatch):
 
     packed, forced_blas, small = description("packed"), description("blas"), description("small")
     assert packed != forced_blas and "gemms blas" in forced_blas
-    assert "gemms smallgemm" in small and small not in (packed, forced_blas)  # the lowest band: smallgemm competes
+    assert "gemms smallgemm" in small and small not in (packed, forced_blas)  # the second band: smallgemm competes
     monkeypatch.setattr(packed_gemm, "cache_bytes", {1: 2048, 2: 16384}.get)
     assert description("packed") not in (packed, forced_blas)
 
@@ -323,7 +328,7 @@ def test_a_symbolic_programs_key_holds_its_reference_size_route(monkeypatch):
 def test_a_symbolic_programs_key_holds_the_packed_or_blas_choice_when_smallgemm_was_fastest(measured_routes):
     """A symbolic product never runs smallgemm past its range (blas._reference_blocks asks without
     the measured smallgemm), so its key holds the packed-or-BLAS choice of the reference size even
-    where smallgemm was measured fastest there (mnist's layer at 128: the lowest band). Keyed by
+    where smallgemm was measured fastest there (mnist's layer at 128: the second band). Keyed by
     the route with smallgemm, two records that differ in packed against BLAS shared one key while
     the programs differed."""
     _, fake = measured_routes

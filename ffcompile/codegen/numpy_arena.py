@@ -197,7 +197,7 @@ def _gemm_reads_as_flag(nodes, user: int, i: int) -> bool:
     is the transpose's own buffer (X @ X.T: NumPy calls syrk), nor in the range of OpenBLAS's
     small-matrix kernels."""
     node = nodes[user]
-    if node.op is not O.Matmul or len(node.type.shape) < 2 or 1 in node.type.shape[-2:]:
+    if node.op is not O.Matmul or 1 in node.type.shape[-2:]:
         return False
     m, n = node.type.shape[-2:]
     k = nodes[node.inputs[0]].type.shape[-1]

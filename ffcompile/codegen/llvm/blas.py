@@ -342,7 +342,7 @@ def small_competes(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_b: b
     native_max_work(): a float product in the calibration's two lowest work bands, A untransposed (a
     transposed A is packed before the tiles: 512x512x128 at 256 bits ran at half the packed
     GEMM's rate), whose packed operands fit smallgemm's PACK_MAX_BYTES."""
-    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k < WORK_BANDS[1]
+    return (dtype in BLAS_FUNCTIONS and not trans_a and 0 < m * n * k <= WORK_BANDS[1]
             and small_gemm_fits(m, n, k, trans_a, trans_b, 4 if dtype == "f32" else 8))
 
 

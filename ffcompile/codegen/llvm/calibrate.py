@@ -1,4 +1,4 @@
-"""Measure the packed GEMM against the BLAS call (and smallgemm, where it competes) on this host
+"""Measure the packed GEMM against the BLAS call and smallgemm, where they compete, on this host
 (gemm_calibration.py keeps the result).
 
 When a program is built (backend.py), every product of it that could take either route
@@ -20,9 +20,8 @@ import numpy as np
 
 from ...ir.symbolic import BatchRange, substitute, symbol_names
 from ...passes.schedule import KernelKind, Schedule
-from .blas import BLAS_FUNCTIONS, PACKED, SMALL, blas_thread_count, gemm_route, small_competes
-from .gemm_calibration import (forced_route, measured, measured_products, record, record_split, representative,
-                               route_forced, split_key)
+from .blas import BLAS_FUNCTIONS, PACKED, SMALL, blas_thread_count, gemm_route, native_max_work, small_competes
+from .gemm_calibration import forced_route, measured, record, record_split, representative, route_forced, split_key
 from .lower import gemm_dims
 from .packed_gemm import route_key
 from .smallgemm_split import SPLIT_MIN_WORK_CHOICES, splits_at
@@ -38,38 +37,66 @@ ITEMSIZES = {"f32": 4, "f64": 8}
 
 
 def either_route(m: int, n: int, k: int, dtype: str, trans_a: bool = False, trans_b: bool = False) -> bool:
-    """Whether gemm_route would choose between the packed GEMM and BLAS for this product."""
+    """Whether gemm_route would choose this product's route by its class's measurement (the
+    packed GEMM against BLAS, or smallgemm)."""
     with route_forced("packed"):
         return gemm_route(m, n, k, dtype, trans_a, trans_b) == PACKED
 
 
-def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float, float | None]:
+def measured_products(shape: tuple[int, int, int]) -> tuple[tuple[int, int, int, bool, bool], ...]:
+    """(m, n, k, trans_a, trans_b) of the products timed for the class of representative
+    `shape`, each route's seconds their sum. In smallgemm's own range (at most native_max_work()
+    multiply-adds), a dense layer's three (the forward product, the input's gradient with B
+    transposed, the weight's with A transposed, each of m * n * k): there smallgemm, register-
+    tiled without packing, is weaker in the transposes than in the forward product (deep's at
+    256 bits on a Xeon: the forward product measured smallgemm and the packed GEMM level, 181
+    and 178 GFLOP/s, but the step ran 6.38 ms by smallgemm and 5.55 by the packed GEMM).
+    Above it, the forward product."""
+    m, n, k = shape
+    if m * n * k <= native_max_work():
+        return (m, n, k, False, False), (m, k, n, False, True), (k, n, m, True, False)
+    return ((m, n, k, False, False),)
+
+
+def _best_rounds(calls: list, seconds: float, statistic) -> list[float]:
+    """For each of `calls`, the least over ROUNDS rounds of statistic(the round's call times):
+    the rounds take the calls in turn (each round starting one further), `seconds` of calls
+    each, after one call to warm caches and the pool's workers."""
+    best = [float("inf")] * len(calls)
+    for r in range(ROUNDS):
+        for which in ((r + i) % len(calls) for i in range(len(calls))):
+            call, times = calls[which], []
+            call()
+            end = time.perf_counter() + seconds
+            while (start := time.perf_counter()) < end:
+                call()
+                times.append(time.perf_counter() - start)
+            best[which] = min(best[which], statistic(times))
+    return best
+
+
+def time_routes(m: int, n: int, k: int, dtype: str) -> tuple[float, float | None, float | None]:
     """(packed, blas, small) seconds of the products measured for the class of an (m x k) @ (k x n)
-    product (gemm_calibration.measured_products: it, or in the lowest band a layer's three),
-    small None where smallgemm does not compete: the sum of each product's fastest call, over
-    ROUNDS rounds that take the routes in turn (each round starting one further), each
-    ROUND_SECONDS of calls a route and product (on a loaded machine some calls run while another
-    process has a core; the fastest did not)."""
+    product (measured_products), small None where smallgemm does not compete and blas None in
+    smallgemm's own range (where a product never calls BLAS): the sum of each product's fastest
+    call, over ROUNDS rounds of ROUND_SECONDS a route and product (on a loaded machine some calls
+    run while another process has a core; the fastest did not)."""
     rng = np.random.default_rng(0)
     np_dtype = np.float32 if dtype == "f32" else np.float64
-    routes = ("packed", "blas", "small") if small_competes(m, n, k, dtype, False, False) else ("packed", "blas")
-    total = [0.0] * len(routes)
-    for pm, pn, pk, trans_a, trans_b in measured_products((m, n, k)):
+    products = measured_products((m, n, k))
+    if len(products) > 1:
+        routes = ("packed", "small")
+    else:
+        routes = ("packed", "blas", "small") if small_competes(m, n, k, dtype, False, False) else ("packed", "blas")
+    total = dict.fromkeys(routes, 0.0)
+    for pm, pn, pk, trans_a, trans_b in products:
         a = rng.standard_normal((pk, pm) if trans_a else (pm, pk)).astype(np_dtype)
         b = rng.standard_normal((pn, pk) if trans_b else (pk, pn)).astype(np_dtype)
         c = np.empty((pm, pn), np_dtype)
         gemms = [StandaloneGemm(pm, pn, pk, dtype, trans_a, trans_b, route=route) for route in routes]
-        best = [float("inf")] * len(routes)
-        for r in range(ROUNDS):
-            for which in ((r + i) % len(routes) for i in range(len(routes))):
-                gemm = gemms[which]
-                gemm(a, b, c)  # warm: caches, the pool's workers
-                end = time.perf_counter() + ROUND_SECONDS
-                while (start := time.perf_counter()) < end:
-                    gemm(a, b, c)
-                    best[which] = min(best[which], time.perf_counter() - start)
-        total = [t + x for t, x in zip(total, best)]
-    return total[0], total[1], total[2] if len(routes) == 3 else None
+        best = _best_rounds([lambda gemm=gemm: gemm(a, b, c) for gemm in gemms], ROUND_SECONDS, min)
+        total = {route: total[route] + x for route, x in zip(routes, best)}
+    return total["packed"], total.get("blas"), total.get("small")
 
 
 def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> dict:
@@ -85,21 +112,10 @@ def calibrate_class(m: int, n: int, k: int, dtype: str, force: bool = False) -> 
 
 def time_split_sizes(choices: tuple[int, ...] = SPLIT_MIN_WORK_CHOICES) -> dict[int, float]:
     """Seconds of split_chain's chain with each chunk size: the best round's median call, over
-    ROUNDS rounds that take the sizes in turn, 2 x ROUND_SECONDS of calls a size. A median, not
-    the fastest call: what the split costs (reading the other core's lines) varies from call to
-    call, and the fastest call of each size came out level where the medians were 74-81 against
-    84-92 us (Xeon, 2 threads)."""
-    chains = [SplitChain(size) for size in choices]
-    best = [float("inf")] * len(choices)
-    for r in range(ROUNDS):
-        for which in ((r + i) % len(choices) for i in range(len(choices))):
-            chain, times = chains[which], []
-            chain()
-            end = time.perf_counter() + 2 * ROUND_SECONDS
-            while (start := time.perf_counter()) < end:
-                chain()
-                times.append(time.perf_counter() - start)
-            best[which] = min(best[which], float(np.median(times)))
+    ROUNDS rounds of 2 x ROUND_SECONDS a size. A median, not the fastest call: what the split
+    costs (reading the other core's lines) varies from call to call, and the fastest call of
+    each size came out level where the medians were 74-81 against 84-92 us (Xeon, 2 threads)."""
+    best = _best_rounds([SplitChain(size) for size in choices], 2 * ROUND_SECONDS, lambda t: float(np.median(t)))
     return dict(zip(choices, best))
 
 

@@ -2,15 +2,16 @@
 
 A product above blas.SMALL_MEASURED_MIN_WORK falls in a shape class: its float type, whether
 it is thin (its smallest dimension at most THIN_MAX: a batch of 128-256 rows, or a weight
-gradient summed over one) and its work band (m * n * k below 2^24, 2^26, 2^29, or above; every
-product below 2^24 is thin). Each class has one representative shape; calibrate.py times both
-routes on it (in the lowest band, on a dense layer's three products of its size:
-measured_products), as programs run them, at the pool's and the BLAS's thread counts and the
-packed GEMM's vector width of the moment, and records the seconds here; in the two lowest
-bands, smallgemm's too (split across the pool, it took mnist's 128x512x512 in 249 us at 256
-bits where the packed GEMM took 310, but 310 against 176 at 512; deep's 64x256x256,
-smallgemm's own range, 37-54 us against 35 on a Xeon: which wins depends on the host's width
-and kernels, so it is measured). The record is a small JSON file in the disk cache's
+gradient summed over one) and its work band (m * n * k at most 2^24, 2^26, 2^29, or above;
+every product of at most 2^24 is thin). Each class has one representative shape; calibrate.py
+times the routes that compete on it (in smallgemm's own range, the packed GEMM and smallgemm on
+a dense layer's three products of its size: calibrate.measured_products), as programs run them,
+at the pool's and the BLAS's thread counts and the packed GEMM's vector width of the moment,
+and records the seconds here; in the two lowest bands, smallgemm's too (split across the pool,
+it took mnist's 128x512x512 in 249 us at 256 bits where the packed GEMM took 310, but 310
+against 176 at 512; deep's 64x256x256, smallgemm's own range, 37-54 us against 35 on a Xeon:
+which wins depends on the host's width and kernels, so it is measured). The record is a small
+JSON file in the disk cache's
 directory, one per host (named by the SHA-256 of target.host_key(), which it also stores,
 with the code generator's fingerprint: new kernels are measured again): a missing, damaged,
 foreign or outdated file is ignored (and rewritten by the next measurement);
@@ -32,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -46,7 +48,7 @@ ROUTES = ("packed", "blas", "small")
 FORMAT = 3  # the file's layout version: another one is ignored (2: small_seconds; 3: the band below 2^24)
 THIN_MAX = 256
 SPLIT_KEY_PREFIX = "smallgemm split "  # split_key's records; every other key is a class's
-WORK_BANDS = (2 ** 24, 2 ** 26, 2 ** 29)  # upper bounds of the lower bands
+WORK_BANDS = (2 ** 24, 2 ** 26, 2 ** 29)  # upper bounds of the lower bands, inclusive (2^24: blas.NATIVE_MAX_WORK)
 REPRESENTATIVE = {  # (thin, band) -> the (m, n, k) measured for the class (a wide one has more than 2^24)
     (True, 0): (64, 256, 256), (True, 1): (128, 512, 784), (True, 2): (256, 1024, 1024),
     (True, 3): (256, 4096, 1024),
@@ -72,7 +74,7 @@ def forced_route() -> str | None:
 
 @contextmanager
 def route_forced(route: str):
-    """Force the route of products above smallgemm's range on this thread, for a block."""
+    """Force the route of the products the calibration decides on this thread, for a block."""
     assert route in ROUTES, route
     saved = getattr(_override, "route", None)
     _override.route = route
@@ -85,21 +87,7 @@ def route_forced(route: str):
 def shape_class(m: int, n: int, k: int) -> tuple[bool, int]:
     """(thin, work band) of an (m x k) @ (k x n) product."""
     work = m * n * k
-    return min(m, n, k) <= THIN_MAX, sum(work >= bound for bound in WORK_BANDS)
-
-
-def measured_products(shape: tuple[int, int, int]) -> tuple[tuple[int, int, int, bool, bool], ...]:
-    """(m, n, k, trans_a, trans_b) of the products timed for a class of representative `shape`,
-    each route's seconds their sum. In the lowest band, a dense layer's three (the forward
-    product, the input's gradient with B transposed, the weight's with A transposed, each of
-    m * n * k): there smallgemm, register-tiled without packing, is weaker in the
-    transposes than in the forward product (deep's at 256 bits on a Xeon: the forward product
-    measured smallgemm and the packed GEMM level, 181 and 178 GFLOP/s, but the step ran 6.38 ms
-    by smallgemm and 5.55 by the packed GEMM). Above it, the forward product."""
-    m, n, k = shape
-    if shape_class(m, n, k)[1] == 0:
-        return (m, n, k, False, False), (m, k, n, False, True), (k, n, m, True, False)
-    return ((m, n, k, False, False),)
+    return min(m, n, k) <= THIN_MAX, sum(work > bound for bound in WORK_BANDS)
 
 
 def representative(m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -134,13 +122,13 @@ def _valid(key: str, record) -> bool:
             return False
         seconds = record["split_seconds"]
         return (isinstance(seconds, dict) and len(seconds) > 0
-                and all(key.isdigit() and isinstance(x, float) and x > 0 for key, x in seconds.items()))
+                and all(re.fullmatch("[0-9]+", key) and isinstance(x, float) and x > 0 for key, x in seconds.items()))
     return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds", "small_seconds"}
             and isinstance(record["shape"], list) and len(record["shape"]) == 3
             and all(isinstance(x, int) and x > 0 for x in record["shape"])
-            and all(isinstance(record[s], float) and record[s] > 0 for s in ("packed_seconds", "blas_seconds"))
-            and (record["small_seconds"] is None
-                 or isinstance(record["small_seconds"], float) and record["small_seconds"] > 0))
+            and isinstance(record["packed_seconds"], float) and record["packed_seconds"] > 0
+            and all(record[s] is None or isinstance(record[s], float) and record[s] > 0
+                    for s in ("blas_seconds", "small_seconds")))
 
 
 def _read(path: Path) -> dict[str, dict]:
@@ -164,7 +152,8 @@ def _table(path: Path | None) -> dict[str, dict]:
 
 def measured(key: str) -> dict | None:
     """The record of class `key` ({"shape", "packed_seconds", "blas_seconds", "small_seconds"}), if
-    measured (small_seconds None: smallgemm does not compete in the class); of split_key(),
+    measured (small_seconds None: smallgemm does not compete in the class; blas_seconds None:
+    BLAS does not, smallgemm's own range at one BLAS thread); of split_key(),
     {"split_seconds": {chunk size: seconds}}."""
     with _lock:
         return _table(calibration_path()).get(key)
@@ -203,10 +192,11 @@ def chosen_split_min_work(choices: tuple[int, ...]) -> int:
     return min((c for c in choices if c in seconds), key=seconds.get, default=choices[0])
 
 
-def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float,
+def record(key: str, shape: tuple[int, int, int], packed_seconds: float, blas_seconds: float | None,
            small_seconds: float | None = None) -> None:
     """Keep a measurement of class `key`, and write the file."""
-    _keep(key, {"shape": list(shape), "packed_seconds": float(packed_seconds), "blas_seconds": float(blas_seconds),
+    _keep(key, {"shape": list(shape), "packed_seconds": float(packed_seconds),
+                "blas_seconds": None if blas_seconds is None else float(blas_seconds),
                 "small_seconds": None if small_seconds is None else float(small_seconds)})
 
 
