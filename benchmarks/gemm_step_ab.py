@@ -67,7 +67,7 @@ def library_addresses(tree: str, constants: dict, symbols, keep: list) -> dict[s
         if done.returncode != 0:
             raise RuntimeError(f"{tree} did not build {symbol}: {done.stderr[-2000:]}")
         jit = target.jit(done.stdout)
-        ctypes.c_void_p.from_address(jit.address(threadpool.POOL_SLOT)).value = threadpool.parallel_for_address()
+        threadpool.fill_pool_slot(jit)
         keep.append(jit)
         addresses[symbol] = jit.address(symbol)
     return addresses

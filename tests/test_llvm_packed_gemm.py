@@ -303,7 +303,7 @@ def _library_call(variant, trans_b=True):
     """variant's library function compiled here (not from the cache), as a Python callable
     (a, b (held transposed if trans_b), c, (MC, KC, NC)) without scale or epilogue."""
     jit = target.jit(gemm_library.library_module(variant))
-    ctypes.c_void_p.from_address(jit.address(threadpool.POOL_SLOT)).value = threadpool.parallel_for_address()
+    threadpool.fill_pool_slot(jit)
     real = ctypes.c_float if variant.dtype == "f32" else ctypes.c_double
     fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 6, real, real,
                           *[ctypes.c_int64] * 4, ctypes.c_void_p, ctypes.c_void_p)(jit.address(variant.symbol))

@@ -23,7 +23,7 @@ from . import fastcall
 from .cache import runtime_module
 from .packed_gemm import SLOT_SUFFIX, GemmVariant, define_library_function, program_variants
 from .target import JitModule, object_code
-from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
+from .threadpool import POOL_SLOT, fill_pool_slot, pool_slot
 
 _loaded: dict[str, JitModule] = {}
 _lock = threading.Lock()
@@ -48,7 +48,7 @@ def address(symbol: str) -> int:
         jit = _loaded.get(symbol)
         if jit is None:
             jit = runtime_module(f"packed gemm {symbol}", (symbol,), lambda: _build(variant), data=(POOL_SLOT,))
-            ctypes.c_void_p.from_address(jit.address(POOL_SLOT)).value = parallel_for_address()
+            fill_pool_slot(jit)
             _loaded[symbol] = jit
     return jit.address(symbol)
 

@@ -20,7 +20,7 @@ from llvmlite import ir
 from .elementwise import MEMORY_TYPES
 from .smallgemm_split import emit_split_small_gemm
 from .target import jit
-from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
+from .threadpool import fill_pool_slot, pool_slot
 
 ROWS, WIDTH = 64, 128  # digits' batch and hidden width
 STEP = -1e-6  # the updates' scale
@@ -48,7 +48,7 @@ class SplitChain:
         b.ret_void()
         pool_slot(module)
         self._jit = jit(module)
-        ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
+        fill_pool_slot(self._jit)
         rng = np.random.default_rng(0)
         shapes = {"x": (ROWS, WIDTH), "w1": (WIDTH, WIDTH), "w2": (WIDTH, WIDTH), "h": (ROWS, WIDTH),
                   "y": (ROWS, WIDTH), "g": (ROWS, WIDTH)}

@@ -24,7 +24,7 @@ from . import gemm_library
 from .packed_gemm import emit_packed_gemm, program_variants
 from .runtime_gemm import GEMM_ERROR_SYMBOL, gemm_error_slot, raise_gemm_error, symbolic
 from .target import jit
-from .threadpool import POOL_SLOT, parallel_for_address, pool_slot
+from .threadpool import fill_pool_slot, pool_slot
 
 
 class StandaloneGemm:
@@ -70,7 +70,7 @@ class StandaloneGemm:
         for name in BLAS_FUNCTIONS.values():
             slot = ctypes.c_void_p.from_address(self._jit.address(blas_symbol(name)))
             slot.value = blas if blas is not None else blas_address(name)
-        ctypes.c_void_p.from_address(self._jit.address(POOL_SLOT)).value = parallel_for_address()
+        fill_pool_slot(self._jit)
         gemm_library.fill_slots(self._jit, program_variants(module))
         self._error = self._jit.address(GEMM_ERROR_SYMBOL)
         scalar = np.ctypeslib.as_ctypes_type(DTYPES[dtype])

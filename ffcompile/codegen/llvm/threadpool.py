@@ -620,6 +620,11 @@ def parallel_for_address() -> int:
     return _library.address("ffc_pool_parallel_for")
 
 
+def fill_pool_slot(jit) -> None:
+    """Point a loaded module's POOL_SLOT (target.JitModule) at the pool's parallel-for."""
+    ctypes.c_void_p.from_address(jit.address(POOL_SLOT)).value = parallel_for_address()
+
+
 def running_workers() -> int:
     """Worker threads alive now (0 before the pool starts)."""
     return _functions["ffc_pool_workers"]() if _functions else 0
