@@ -14,7 +14,7 @@ from test_llvm_smallgemm import TRANSPOSES, assert_gemm_close, operands
 
 import ffcompile as ff
 from ffcompile.codegen.llvm import blas, smallgemm
-from ffcompile.codegen.llvm.smallgemm_split import split_units
+from ffcompile.codegen.llvm.smallgemm_split import split_axis
 from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 from ffcompile.codegen.llvm.target import VECTOR_BITS_VARIABLE, vector_bytes
 
@@ -38,13 +38,6 @@ CASES = [
 ]
 
 
-def splits(m, n, k, trans_a, trans_b, itemsize) -> bool | None:
-    """Whether emit_split_small_gemm cuts the product by rows (True), panels (False), or not (None)."""
-    packed_a = trans_a and not trans_b and smallgemm.packs_a(m, n, k, trans_a, trans_b, itemsize)
-    rows, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize)
-    return rows if units >= 2 * grain else None
-
-
 @pytest.fixture
 def restore_threads():
     before = ff.get_num_threads()
@@ -59,7 +52,7 @@ def test_split_product_is_bitwise_the_same_at_any_thread_count(restore_threads, 
     name = "f32" if dtype == np.float32 else "f64"
     itemsize = np.dtype(dtype).itemsize
     assert blas.gemm_route(m, n, k, name, trans_a, trans_b) == blas.SMALL
-    assert splits(m, n, k, trans_a, trans_b, itemsize) == by_rows, "the case splits, along the axis it names"
+    assert split_axis(m, n, k, trans_a, trans_b, itemsize) == by_rows, "the case splits, along the axis it names"
     gemm = StandaloneGemm(m, n, k, name, trans_a, trans_b, scaled=scaled)
     assert "ffc_parallel_for" in gemm.llvm_ir
     a, b = operands(m, n, k, trans_a, trans_b, dtype)
@@ -88,7 +81,7 @@ def test_a_layers_epilogue_runs_in_the_chunks(restore_threads, monkeypatch, tran
     at 1, 2 and 3 threads."""
     m, n, k = (64, 250, 256) if dtype == np.float32 else (96, 120, 256)
     assert blas.gemm_route(m, n, k, "f32" if dtype == np.float32 else "f64", trans_a, trans_b) == blas.SMALL
-    assert splits(m, n, k, trans_a, trans_b, np.dtype(dtype).itemsize) is False
+    assert split_axis(m, n, k, trans_a, trans_b, np.dtype(dtype).itemsize) is False
     fused = []
     split = blas.emit_split_small_gemm
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_llvm_smallgemm_split import splits
 from test_threadpool import ROOT, run_python
 
 import ffcompile as ff
 from ffcompile.codegen.llvm import blas
+from ffcompile.codegen.llvm.smallgemm_split import split_axis
 from ffcompile.codegen.llvm.standalone_gemm import StandaloneGemm
 from ffcompile.codegen.llvm.target import VECTOR_BITS_VARIABLE, vector_bytes
 
@@ -40,7 +40,7 @@ def test_split_products_match_numpy_with_the_same_bits_at_1_to_4_threads(restore
                                                                           dtype, scaled, seed):
     name = "f32" if dtype == np.float32 else "f64"
     assume(blas.gemm_route(m, n, k, name, trans_a, trans_b) == blas.SMALL)
-    assume(splits(m, n, k, trans_a, trans_b, np.dtype(dtype).itemsize) is not None)  # across the pool
+    assume(split_axis(m, n, k, trans_a, trans_b, np.dtype(dtype).itemsize) is not None)  # across the pool
     gemm = StandaloneGemm(m, n, k, name, trans_a, trans_b, scaled=scaled)
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)

@@ -12,7 +12,7 @@ import pytest
 import ffcompile as ff
 from ffcompile.codegen.llvm import calibrate, gemm_calibration, smallgemm_split
 from ffcompile.codegen.llvm.gemm_calibration import ROUTE_VARIABLE
-from ffcompile.codegen.llvm.smallgemm_split import SPLIT_MIN_WORK_CHOICES, split_min_work, splits_at
+from ffcompile.codegen.llvm.smallgemm_split import SPLIT_MIN_WORK_CHOICES, split_axis, split_min_work
 from ffcompile.codegen.llvm.split_chain import SplitChain
 
 SMALL, LARGE = SPLIT_MIN_WORK_CHOICES
@@ -49,7 +49,8 @@ def product(m, n, k):
 def test_a_programs_small_products_split_at_the_size_measured_fastest(measured_split, seconds, size):
     calls, fake = measured_split
     fake[0] = seconds
-    assert splits_at(*DIGITS_LAYER, False, False, 4, SMALL) and not splits_at(*DIGITS_LAYER, False, False, 4, LARGE)
+    assert split_axis(*DIGITS_LAYER, False, False, 4, SMALL) is False  # by panels
+    assert split_axis(*DIGITS_LAYER, False, False, 4, LARGE) is None  # whole
     fn, a, b = product(*DIGITS_LAYER)
     lowered = fn.lower(a, b)
     np.testing.assert_allclose(fn(a, b), a @ b, rtol=1e-5, atol=1e-4)
@@ -64,7 +65,7 @@ def test_a_programs_small_products_split_at_the_size_measured_fastest(measured_s
 def test_the_chunk_size_is_measured_only_where_it_decides_a_cut(measured_split, threads):
     calls, _ = measured_split
     fn, a, b = product(64, 256, 512)  # 2^23: split at either size
-    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir and splits_at(64, 256, 512, False, False, 4, LARGE)
+    assert "ffc_parallel_for" in fn.lower(a, b).llvm_ir and split_axis(64, 256, 512, False, False, 4, LARGE) is not None
     threads(1)
     fn, a, b = product(*DIGITS_LAYER)  # one thread: no split at all
     fn(a, b)

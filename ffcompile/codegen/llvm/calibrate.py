@@ -24,7 +24,7 @@ from .blas import BLAS_FUNCTIONS, PACKED, SMALL, blas_thread_count, gemm_route, 
 from .gemm_calibration import forced_route, measured, record, record_split, representative, route_forced, split_key
 from .lower import gemm_dims
 from .packed_gemm import route_key
-from .smallgemm_split import SPLIT_MIN_WORK_CHOICES, splits_at
+from .smallgemm_split import SPLIT_MIN_WORK_CHOICES, split_axis
 from .split_chain import SplitChain
 from .standalone_gemm import StandaloneGemm
 from .threadpool import get_num_threads
@@ -133,8 +133,8 @@ def split_size_matters(m: int, n: int, k: int, dtype: str, trans_a: bool, trans_
     """Whether a product takes smallgemm's split and the chunk sizes measured cut it differently."""
     if gemm_route(m, n, k, dtype, trans_a, trans_b) != SMALL or get_num_threads() < 2:
         return False
-    cuts = {splits_at(m, n, k, trans_a, trans_b, ITEMSIZES[dtype], size) for size in SPLIT_MIN_WORK_CHOICES}
-    return len(cuts) > 1
+    split = {split_axis(m, n, k, trans_a, trans_b, ITEMSIZES[dtype], size) is not None for size in SPLIT_MIN_WORK_CHOICES}
+    return len(split) > 1
 
 
 def calibrate_schedule(schedule: Schedule, batch: BatchRange | None = None) -> None:

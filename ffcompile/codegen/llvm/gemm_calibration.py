@@ -122,7 +122,7 @@ def _valid(key: str, record) -> bool:
             return False
         seconds = record["split_seconds"]
         return (isinstance(seconds, dict) and len(seconds) > 0
-                and all(re.fullmatch("[0-9]+", key) and isinstance(x, float) and x > 0 for key, x in seconds.items()))
+                and all(re.fullmatch("[0-9]+", size) and isinstance(x, float) and x > 0 for size, x in seconds.items()))
     return (isinstance(record, dict) and set(record) == {"shape", "packed_seconds", "blas_seconds", "small_seconds"}
             and isinstance(record["shape"], list) and len(record["shape"]) == 3
             and all(isinstance(x, int) and x > 0 for x in record["shape"])

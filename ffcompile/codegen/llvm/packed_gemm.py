@@ -622,11 +622,12 @@ class _Kernel:
     def _micro(self, a, bs, depth, rows: int | None = None) -> list:
         """The MR x NR tile's accumulators: MR rows of NR / vw vectors, over depth steps; of its
         first `rows` rows only (the A sliver's others are not read), the others zero. The k loop
-        walks the slivers by pointers, and the MR-row tile's is unrolled MICRO_UNROLL times: compiled compact and
-        without Loop Strength Reduction, each step had recomputed its addresses (a shift and a
-        three-operand lea), and with the loop's count and branch that was 5 integer operations
-        to 12 FMAs at 256 bits, which on Intel's cores share the FMAs' two ports (the 6 x 16 tile
-        ran at 79-81% of a Xeon core's peak, OpenBLAS's Haswell kernel at 86%)."""
+        walks the slivers by pointers, and the MR-row tile's is unrolled MICRO_UNROLL times:
+        compiled compact and without Loop Strength Reduction, each step had recomputed its
+        addresses (a shift and a three-operand lea), and with the loop's count and branch that
+        was 5 integer operations to 12 FMAs at 256 bits, which on Intel's cores share the FMAs'
+        two ports (the 6 x 16 tile ran at 79-81% of a Xeon core's peak, OpenBLAS's Haswell
+        kernel at 86%)."""
         b, vw = self.b, self.vw
         rows = rows or self.mr
         vty = ir.VectorType(self.ty, vw)

@@ -54,11 +54,13 @@ def split_units(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: 
     return True, -(-m // rows), -(-min_work // (rows * n * k))
 
 
-def splits_at(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int, min_work: int) -> bool:
-    """Whether emit_split_small_gemm runs the product across the pool with chunks of min_work."""
+def split_axis(m: int, n: int, k: int, trans_a: bool, trans_b: bool, itemsize: int,
+               min_work: int | None = None) -> bool | None:
+    """How emit_split_small_gemm runs the product with chunks of min_work (default
+    split_min_work()): across the pool by rows (True) or panels (False), or whole (None)."""
     packed_a = trans_a and not trans_b and packs_a(m, n, k, trans_a, trans_b, itemsize)
-    _, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize, min_work)
-    return units >= 2 * grain
+    by_rows, units, grain = split_units(m, n, k, trans_a and not packed_a, trans_b, itemsize, min_work)
+    return by_rows if units >= 2 * grain else None
 
 
 def emit_split_small_gemm(b: ir.IRBuilder, pa, pb, pc, m: int, n: int, k: int, trans_a: bool, trans_b: bool,
