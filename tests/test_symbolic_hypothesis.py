@@ -71,6 +71,9 @@ def test_random_batch_programs_match_the_per_size_programs(data):
         symbolic.lower(*program.inputs)
     except ShapeError:
         assume(False)  # a step needs a concrete batch size: refused at trace time, as it must be
+    # Or refused when the one program is lowered, kept per size with the reason: a size it cannot
+    # hold (x[..., None, :] + x is (B, B, 1): B * B bytes), which the trace does not see.
+    assume(not (symbolic.stats().per_size or "").startswith("ShapeError: "))
     gradient = ff.compile(ff.grad(loss, argnums=tuple(range(len(axes)))), batch_dim=axes)
     assert symbolic.stats().per_size is None, symbolic.stats()
     for batch in SIZES:
@@ -79,3 +82,17 @@ def test_random_batch_programs_match_the_per_size_programs(data):
         assert_close(gradient(*arrays),
                      ff.compile(ff.grad(loss, argnums=tuple(range(len(axes)))), backend="numpy")(*arrays))
     assert symbolic.signatures == 1 and gradient.signatures == 1
+
+
+def test_a_size_quadratic_in_the_batch_falls_back_per_size_with_its_reason():
+    """The case hypothesis found: x[..., None, :] + x traces with the symbolic B, but its (B, B, 1)
+    result needs B * B elements, which one program for every size cannot plan: it runs per size
+    (Stats.per_size says why), each size's program right."""
+    def f(x):
+        return x[..., None, :] + x
+
+    symbolic = ff.compile(f, batch_dim=(0,))
+    for batch in (1, 3, 29):
+        x = np.arange(batch, dtype=np.float32)[:, None]
+        np.testing.assert_array_equal(symbolic(x), x[..., None, :] + x)
+    assert symbolic.stats().per_size.startswith("ShapeError: the product B * B needs a concrete value")
